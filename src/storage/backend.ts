@@ -1,0 +1,104 @@
+// The one storage interface every repository sits on: a dumb, flat store of immutable named
+// objects. Retry, fault injection and the like are wrappers implementing this same interface.
+
+import { CofferError } from '../core/errors.ts';
+
+export interface ObjectInfo {
+  /** The object's full name, as given to put(). */
+  name: string;
+  /** Size in bytes. */
+  size: number;
+}
+
+export interface CallOptions {
+  signal?: AbortSignal;
+}
+
+export interface GetOptions extends CallOptions {
+  /** First byte to return (default 0). */
+  offset?: number;
+  /** How many bytes to return (default: to the end of the object). */
+  length?: number;
+}
+
+export interface ListOptions extends CallOptions {}
+
+/**
+ * A store of named, immutable byte objects.
+ *
+ * Names: non-empty strings of '/'-separated segments; no leading or trailing '/', no empty, '.'
+ * or '..' segment, no NUL or backslash, at most 1024 bytes of UTF-8. Any other character
+ * (spaces, '+', '%', unicode) is allowed and round-trips. `validateName()` enforces this and
+ * every backend calls it.
+ *
+ * Guarantees every implementation MUST give (checked by the conformance suite):
+ * - put() is atomic: a reader sees either no object or the whole object, never a part; after
+ *   put() resolves the object is durable (local: fsynced file and directory) and visible to
+ *   get(), stat() and list() (read-after-write).
+ * - put() over an existing name replaces it atomically. Coffer only ever rewrites a name with
+ *   the same bytes (content-addressed objects) or for a small set of mutable objects (session
+ *   heartbeats), so last-writer-wins is enough.
+ * - get() returns exactly the requested range. A range that starts or ends past the end of the
+ *   object fails with INVALID_RANGE; a missing object fails with NOT_FOUND.
+ * - stat() gives the size; NOT_FOUND when missing.
+ * - list(prefix) yields every object whose name starts with `prefix` (a plain string prefix, not
+ *   a directory), each exactly once, in no particular order, across any number of pages. A
+ *   listing that cannot be completed MUST throw, never end early: callers such as prune rely on
+ *   a complete listing before they delete anything.
+ * - delete() removes the object; deleting a missing object succeeds (idempotent).
+ * - Errors are CofferErrors: NOT_FOUND, INVALID_RANGE, STORAGE_UNAVAILABLE (transient; safe to
+ *   retry), STORAGE_DENIED and STORAGE_ERROR (permanent), CANCELLED when `signal` fires.
+ * - Any number of concurrent calls, from this process or others, are allowed.
+ */
+export interface Backend {
+  /** A human-readable location without secrets, e.g. `s3://bucket/prefix` or `/srv/repo`. */
+  readonly location: string;
+  put(name: string, data: Uint8Array, options?: CallOptions): Promise<void>;
+  get(name: string, options?: GetOptions): Promise<Buffer>;
+  stat(name: string, options?: CallOptions): Promise<ObjectInfo>;
+  list(prefix: string, options?: ListOptions): AsyncIterable<ObjectInfo>;
+  delete(name: string, options?: CallOptions): Promise<void>;
+  /** Releases connections and handles. The backend is unusable afterwards. */
+  close(): Promise<void>;
+}
+
+const MAX_NAME_BYTES = 1024;
+
+/** Throws STORAGE_ERROR if `name` is not a valid object name (see Backend). */
+export function validateName(name: string): void {
+  const bad = (why: string): never => {
+    throw new CofferError('STORAGE_ERROR', `Cannot use object name ${JSON.stringify(name)}: ${why}`, {
+      hint: 'Object names are relative, /-separated, without empty, "." or ".." segments.',
+    });
+  };
+  if (typeof name !== 'string' || name.length === 0) bad('it is empty');
+  if (Buffer.byteLength(name, 'utf8') > MAX_NAME_BYTES) bad(`it is longer than ${MAX_NAME_BYTES} bytes`);
+  if (name.includes('\0')) bad('it contains a NUL byte');
+  if (name.includes('\\')) bad('it contains a backslash');
+  for (const seg of name.split('/')) {
+    if (seg === '' || seg === '.' || seg === '..') bad('it has an empty, "." or ".." segment');
+  }
+}
+
+/** Validates a list prefix: '' or a name prefix (may end with '/'). */
+export function validatePrefix(prefix: string): void {
+  if (prefix === '') return;
+  validateName(prefix.endsWith('/') ? prefix.slice(0, -1) : prefix);
+}
+
+/** Collects a listing into an array (for small listings and tests). */
+export async function listAll(backend: Backend, prefix: string, options?: ListOptions): Promise<ObjectInfo[]> {
+  const out: ObjectInfo[] = [];
+  for await (const info of backend.list(prefix, options)) out.push(info);
+  return out;
+}
+
+/** Checks a ranged read's arguments against an object size; returns [start, end). */
+export function resolveRange(name: string, size: number, options: GetOptions | undefined): [number, number] {
+  const offset = options?.offset ?? 0;
+  const length = options?.length ?? size - offset;
+  if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0 || offset + length > size) {
+    throw new CofferError('INVALID_RANGE', `Cannot read ${name} bytes ${offset}+${length}: the object has ${size} bytes`);
+  }
+  return [offset, offset + length];
+}
