@@ -1,0 +1,42 @@
+// `coffer repo check [--read-data [--subset N%]]`: verify the repository.
+import type { Command } from 'commander';
+import { CofferError } from '../core/errors.ts';
+import { check } from '../repository/check.ts';
+import { formatBytes, output, withRepo } from './context.ts';
+
+export function parsePercent(v: string): number {
+  const m = /^(\d+(?:\.\d+)?)%?$/.exec(v.trim());
+  const n = m ? Number(m[1]) : NaN;
+  if (!(n > 0 && n <= 100)) throw new CofferError('USAGE', `Cannot use --subset ${JSON.stringify(v)}: give a percentage above 0 and at most 100, e.g. 10%`);
+  return n;
+}
+
+export function register(repo: Command): void {
+  repo
+    .command('check')
+    .description('check the repository structure; with --read-data also every byte')
+    .option('--read-data', 'download and verify every pack')
+    .option('--subset <percent>', 'with --read-data: only a random N% of the packs')
+    .action(async (o: { readData?: boolean; subset?: string }, cmd: Command) => {
+      const out = output(cmd);
+      if (o.subset && !o.readData) throw new CofferError('USAGE', 'Cannot use --subset without --read-data');
+      const subsetPercent = o.subset ? parsePercent(o.subset) : undefined;
+      await withRepo(cmd, async (r, signal) => {
+        const res = await check(r, { signal, readData: o.readData, subsetPercent, onProgress: (m) => out.event({ type: 'progress', message: m }) });
+        out.result(res, () => {
+          const lines = [
+            `${res.stats.snapshots} snapshots, ${res.stats.trees} trees, ${res.stats.indexFiles} index files, ${res.stats.packs} packs, ${res.stats.blobs} blobs`,
+            ...(o.readData ? [`read ${res.stats.packsRead} packs, ${formatBytes(res.stats.bytesRead)}`] : []),
+            ...res.problems.map((p) => `${p.severity}: ${p.message}`),
+          ];
+          if (res.affected.length) {
+            lines.push('affected files:');
+            for (const a of res.affected) lines.push(`  snapshot ${a.snapshot.slice(0, 12)}  ${a.path}  (blob ${a.blob.slice(0, 12)})`);
+          }
+          lines.push(res.ok ? 'no errors were found' : `${res.problems.filter((p) => p.severity === 'error').length} error(s) found`);
+          return lines;
+        });
+        if (!res.ok) throw new CofferError('CHECK_FAILED', 'The repository check found errors', { hint: 'See the list above. Restore damaged data from a clone; `coffer repo rebuild-index` repairs a damaged index.' });
+      });
+    });
+}

@@ -1,0 +1,52 @@
+// `coffer repo snapshots` and `coffer repo forget`: list and remove snapshots.
+import type { Command } from 'commander';
+import { CofferError } from '../core/errors.ts';
+import { SNAPSHOTS_PREFIX } from '../repository/layout.ts';
+import { findSnapshot, loadAllSnapshots, matchesFilter } from '../repository/snapshot.ts';
+import { formatBytes, output, parseIntOption, withRepo } from './context.ts';
+
+const collect = (v: string, prev: string[] = []) => [...prev, v];
+
+export function register(repo: Command): void {
+  repo
+    .command('snapshots')
+    .description('list snapshots')
+    .option('--host <name>', 'only snapshots of this host')
+    .option('--path <path>', 'only snapshots of this path (repeatable)', collect)
+    .option('--tag <tag>', 'only snapshots with this tag (repeatable)', collect)
+    .action(async (o: { host?: string; path?: string[]; tag?: string[] }, cmd: Command) => {
+      const out = output(cmd);
+      await withRepo(cmd, async (r, signal) => {
+        const all = (await loadAllSnapshots(r, { signal })).filter((s) => matchesFilter(s.snapshot, { host: o.host, paths: o.path, tags: o.tag }));
+        out.result(all.map((s) => ({ id: s.id, ...s.snapshot })), () => [
+          'ID            Time                      Host              Paths',
+          ...all.map((s) => `${s.id.slice(0, 12)}  ${s.snapshot.time.padEnd(24)}  ${s.snapshot.host.hostname.padEnd(16)}  ${s.snapshot.paths.join(', ')}${s.snapshot.summary ? `  (${formatBytes(s.snapshot.summary.bytesScanned)})` : ''}`),
+          `${all.length} snapshot(s)`,
+        ]);
+      });
+    });
+  repo
+    .command('forget [snapshot...]')
+    .description('remove snapshots by id, or all but the newest N per host and paths (--keep-last); run prune to free space')
+    .option('--keep-last <n>', 'keep the newest N snapshots of each host and path set')
+    .option('--dry-run', 'only show what would be removed')
+    .action(async (ids: string[], o: { keepLast?: string; dryRun?: boolean }, cmd: Command) => {
+      const out = output(cmd);
+      if (!ids.length && o.keepLast === undefined) throw new CofferError('USAGE', 'Cannot forget: give snapshot ids or --keep-last N');
+      await withRepo(cmd, async (r, signal) => {
+        const remove = new Set<string>();
+        for (const id of ids) remove.add((await findSnapshot(r, id, {}, { signal })).id);
+        if (o.keepLast !== undefined) {
+          const n = parseIntOption('--keep-last', o.keepLast, 1, 1_000_000);
+          const groups = new Map<string, string[]>();
+          for (const s of await loadAllSnapshots(r, { signal })) {
+            const k = s.snapshot.host.hostname + '\0' + [...s.snapshot.paths].sort().join('\0');
+            groups.set(k, [...(groups.get(k) ?? []), s.id]);
+          }
+          for (const list of groups.values()) for (const id of list.slice(0, Math.max(0, list.length - n))) remove.add(id);
+        }
+        if (!o.dryRun) for (const id of remove) await r.backend.delete(SNAPSHOTS_PREFIX + id, { signal });
+        out.result({ removed: [...remove], dryRun: !!o.dryRun }, () => [...[...remove].map((id) => `${o.dryRun ? 'would remove' : 'removed'} snapshot ${id.slice(0, 12)}`), `${remove.size} snapshot(s)${o.dryRun ? ' would be' : ''} removed; run \`coffer repo prune\` to free the space`]);
+      });
+    });
+}

@@ -1,0 +1,201 @@
+// Shared plumbing for CLI commands: global options, passwords, opening repositories, the worker
+// pool, cancellation on Ctrl-C, and output (human text or --json).
+
+import { execSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import type { Command } from 'commander';
+import { CofferError } from '../core/errors.ts';
+import type { Backend } from '../storage/backend.ts';
+import { openBackend } from '../storage/url.ts';
+import { RetryBackend } from '../storage/retry.ts';
+import { Repository, type OpenOptions } from '../repository/repository.ts';
+import { WorkerPool } from '../engine/pool.ts';
+
+export interface GlobalOptions {
+  repo?: string;
+  passwordFile?: string;
+  cacheDir?: string;
+  cache?: boolean;
+  json?: boolean;
+  debug?: boolean;
+  workers?: string;
+}
+
+export function globals(cmd: Command): GlobalOptions {
+  return cmd.optsWithGlobals() as GlobalOptions;
+}
+
+/** Prints results: JSON lines with --json, otherwise human text. Diagnostics go to stderr. */
+export class Output {
+  readonly json: boolean;
+  constructor(json: boolean) {
+    this.json = json;
+  }
+  /** The command's result: one JSON document, or the human rendering. */
+  result(value: unknown, human: () => string | string[]): void {
+    if (this.json) process.stdout.write(JSON.stringify(value) + '\n');
+    else {
+      const h = human();
+      const text = Array.isArray(h) ? h.join('\n') : h;
+      if (text) process.stdout.write(text + '\n');
+    }
+  }
+  /** A streamed event (progress, warning) in --json mode; human text on stderr otherwise. */
+  event(value: Record<string, unknown>, human?: string): void {
+    if (this.json) process.stdout.write(JSON.stringify(value) + '\n');
+    else if (human !== undefined) process.stderr.write(human + '\n');
+  }
+  info(text: string): void {
+    if (!this.json) process.stderr.write(text + '\n');
+  }
+}
+
+export function output(cmd: Command): Output {
+  return new Output(!!globals(cmd).json);
+}
+
+export function repoUrl(cmd: Command): string {
+  const url = globals(cmd).repo ?? process.env.COFFER_REPOSITORY;
+  if (!url) throw new CofferError('USAGE', 'Cannot find the repository: no --repo given and COFFER_REPOSITORY is not set', { hint: 'Pass --repo /path/or/s3://bucket/prefix, or set COFFER_REPOSITORY.' });
+  return url;
+}
+
+export async function backendFor(url: string): Promise<Backend> {
+  return new RetryBackend(await openBackend(url));
+}
+
+function readPasswordFile(path: string): string {
+  try {
+    return readFileSync(path, 'utf8').replace(/\r?\n$/, '');
+  } catch (e) {
+    throw new CofferError('USAGE', `Cannot read the password file ${path}: ${(e as Error).message}`);
+  }
+}
+
+async function prompt(question: string): Promise<string> {
+  const stdin = process.stdin;
+  process.stderr.write(question);
+  return new Promise((resolve, reject) => {
+    let value = '';
+    stdin.setRawMode?.(true);
+    stdin.resume();
+    stdin.setEncoding('utf8');
+    const onData = (ch: string) => {
+      for (const c of ch) {
+        if (c === '\r' || c === '\n') {
+          done();
+          resolve(value);
+          return;
+        }
+        if (c === '\u0003') {
+          done();
+          reject(new CofferError('CANCELLED', 'Cancelled at the password prompt'));
+          return;
+        }
+        if (c === '\u007f') value = value.slice(0, -1);
+        else value += c;
+      }
+    };
+    const done = () => {
+      stdin.off('data', onData);
+      stdin.setRawMode?.(false);
+      stdin.pause();
+      process.stderr.write('\n');
+    };
+    stdin.on('data', onData);
+  });
+}
+
+/** The repository password: --password-file, COFFER_PASSWORD, COFFER_PASSWORD_COMMAND or a prompt. */
+export async function getPassword(cmd: Command, options: { confirm?: boolean; envVar?: string; fileOption?: string; label?: string } = {}): Promise<string> {
+  const g = globals(cmd) as GlobalOptions & Record<string, unknown>;
+  const file = options.fileOption ? (g[options.fileOption] as string | undefined) : g.passwordFile;
+  if (file) return readPasswordFile(file);
+  const envVar = options.envVar ?? 'COFFER_PASSWORD';
+  if (process.env[envVar]) return process.env[envVar]!;
+  if (!options.envVar && process.env.COFFER_PASSWORD_COMMAND) {
+    try {
+      return execSync(process.env.COFFER_PASSWORD_COMMAND, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'] }).replace(/\r?\n$/, '');
+    } catch (e) {
+      throw new CofferError('USAGE', `Cannot get the password: COFFER_PASSWORD_COMMAND failed (${(e as Error).message.split('\n')[0]})`);
+    }
+  }
+  if (!process.stdin.isTTY) {
+    throw new CofferError('USAGE', `Cannot get the ${options.label ?? 'repository password'}: no terminal to ask on`, { hint: `Set ${envVar}, pass a password file${options.envVar ? '' : ', or set COFFER_PASSWORD_COMMAND'}.` });
+  }
+  const pw = await prompt(`Enter ${options.label ?? 'repository password'}: `);
+  if (options.confirm) {
+    const again = await prompt('Enter it again: ');
+    if (again !== pw) throw new CofferError('USAGE', 'Cannot use the password: the two entries differ');
+  }
+  if (pw.length === 0) throw new CofferError('USAGE', 'Cannot use an empty password');
+  return pw;
+}
+
+export function openOptions(cmd: Command, signal?: AbortSignal): OpenOptions {
+  const g = globals(cmd);
+  return { signal, cacheDir: g.cacheDir, noCache: g.cache === false };
+}
+
+export async function openRepo(cmd: Command, signal?: AbortSignal): Promise<Repository> {
+  const backend = await backendFor(repoUrl(cmd));
+  try {
+    return await Repository.open(backend, await getPassword(cmd), openOptions(cmd, signal));
+  } catch (e) {
+    await backend.close();
+    throw e;
+  }
+}
+
+export async function withRepo<T>(cmd: Command, fn: (repo: Repository, signal: AbortSignal) => Promise<T>): Promise<T> {
+  const signal = interruptSignal();
+  const repo = await openRepo(cmd, signal);
+  try {
+    return await fn(repo, signal);
+  } finally {
+    await repo.close();
+    await repo.backend.close();
+  }
+}
+
+export async function makePool(cmd: Command, repo: Repository): Promise<WorkerPool> {
+  const w = globals(cmd).workers ?? process.env.COFFER_WORKERS;
+  const workers = w ? Number(w) : undefined;
+  if (workers !== undefined && (!Number.isInteger(workers) || workers < 1 || workers > 256)) throw new CofferError('USAGE', `Cannot use --workers ${w}: give a whole number from 1 to 256`);
+  return WorkerPool.create({ keys: repo.keys, chunker: repo.config.chunker, level: repo.config.compressionLevel, workers });
+}
+
+let controller: AbortController | undefined;
+
+/** An AbortSignal that fires on the first Ctrl-C (SIGINT) or SIGTERM; a second one exits at once. */
+export function interruptSignal(): AbortSignal {
+  if (!controller) {
+    controller = new AbortController();
+    const c = controller;
+    const onSignal = (sig: NodeJS.Signals) => {
+      if (c.signal.aborted) process.exit(130);
+      process.stderr.write(`\n${sig}: stopping cleanly (press Ctrl-C again to stop at once)\n`);
+      c.abort(new CofferError('CANCELLED', `Cancelled by ${sig}`));
+    };
+    process.on('SIGINT', onSignal);
+    process.on('SIGTERM', onSignal);
+  }
+  return controller.signal;
+}
+
+export function formatBytes(n: number): string {
+  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+  let i = 0;
+  let v = n;
+  while (v >= 1024 && i < units.length - 1) {
+    v /= 1024;
+    i++;
+  }
+  return `${i === 0 ? v : v.toFixed(v < 10 ? 2 : 1)} ${units[i]}`;
+}
+
+export function parseIntOption(name: string, value: string, min: number, max: number): number {
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < min || n > max) throw new CofferError('USAGE', `Cannot use ${name} ${JSON.stringify(value)}: give a whole number from ${min} to ${max}`);
+  return n;
+}

@@ -1,0 +1,80 @@
+// The `coffer` command line. Each command lives in its own cmd_*.ts file; this file wires them
+// up, and turns every error into a message with a hint and the right exit code (0 ok, 1 error,
+// 2 usage, 3 completed with warnings, 130 interrupted). Stack traces only with --debug.
+import { Command, CommanderError } from 'commander';
+import { toCofferError } from '../core/errors.ts';
+import { register as repoInit } from './cmd_repo_init.ts';
+import { register as repoKey } from './cmd_repo_key.ts';
+import { register as repoBackup } from './cmd_repo_backup.ts';
+import { register as repoRestore } from './cmd_repo_restore.ts';
+import { register as repoSnapshots } from './cmd_repo_snapshots.ts';
+import { register as repoCheck } from './cmd_repo_check.ts';
+import { register as repoPrune } from './cmd_repo_prune.ts';
+import { register as repoRebuildIndex } from './cmd_repo_rebuild_index.ts';
+import { register as storageValidate } from './cmd_storage_validate.ts';
+import { register as quickstart } from './cmd_quickstart.ts';
+
+export const VERSION = '0.1.0';
+
+export function buildProgram(): Command {
+  const program = new Command('coffer')
+    .description('Coffer: deduplicating, encrypted backup and recovery')
+    .version(VERSION)
+    .option('--json', 'machine-readable output (JSON lines)')
+    .option('--debug', 'show stack traces on errors')
+    .showHelpAfterError('(run with --help for usage)')
+    .exitOverride()
+    .configureOutput({ writeErr: (s) => process.stderr.write(s) });
+  const repo = program
+    .command('repo')
+    .description('work directly on a repository (no server needed)')
+    .option('-r, --repo <url>', 'repository: /path, file:///path or s3://bucket/prefix?endpoint=... (or COFFER_REPOSITORY)')
+    .option('--password-file <file>', 'read the password from a file (or COFFER_PASSWORD / COFFER_PASSWORD_COMMAND)')
+    .option('--cache-dir <dir>', 'local cache directory (default ~/.cache/coffer)')
+    .option('--no-cache', 'use a throwaway cache')
+    .option('--workers <n>', 'worker threads for chunking, hashing, compression and encryption (default: one per core)');
+  repoInit(repo);
+  repoKey(repo);
+  repoBackup(repo);
+  repoRestore(repo);
+  repoSnapshots(repo);
+  repoCheck(repo);
+  repoPrune(repo);
+  repoRebuildIndex(repo);
+  storageValidate(program);
+  quickstart(program);
+  // Every command, however deep, shares the error handling and exits through main().
+  const all = (c: Command): Command[] => [c, ...c.commands.flatMap(all)];
+  for (const c of all(program)) c.exitOverride().showHelpAfterError('(run with --help for usage)');
+  return program;
+}
+
+export async function main(argv: string[]): Promise<number> {
+  const program = buildProgram();
+  try {
+    await program.parseAsync(argv, { from: 'user' });
+    return 0;
+  } catch (e) {
+    if (e instanceof CommanderError) {
+      if (e.code === 'commander.helpDisplayed' || e.code === 'commander.version' || e.code === 'commander.help') return 0;
+      return 2; // commander already printed the problem
+    }
+    const err = toCofferError(e);
+    const json = argv.includes('--json');
+    const debug = argv.includes('--debug');
+    if (json) process.stdout.write(JSON.stringify({ type: 'error', ...err.toJSON() }) + '\n');
+    if (err.code !== 'WARNINGS' || !json) {
+      process.stderr.write(`coffer: ${err.message}\n`);
+      if (err.hint) process.stderr.write(`  ${err.hint}\n`);
+    }
+    if (debug) process.stderr.write(`${(err.cause instanceof Error ? err.cause : err).stack}\n`);
+    return err.exitCode;
+  }
+}
+
+if (import.meta.main) {
+  const code = await main(process.argv.slice(2));
+  process.exitCode = code;
+  // Worker pools and sockets are closed by the commands; do not wait on stray handles.
+  setImmediate(() => process.exit(code)).unref();
+}

@@ -1,0 +1,65 @@
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { zstdCompressSync } from 'node:zlib';
+import { isCofferError } from '../core/errors.ts';
+import { randomBytes, textBytes } from '../testing/random.ts';
+import { compress, decompress } from './compress.ts';
+
+const corrupt = (e: unknown) => isCofferError(e, 'CORRUPT');
+
+describe('compress', () => {
+  it('round-trips compressible data at several levels', () => {
+    for (const n of [1, 100, 4096, 1 << 20]) {
+      const raw = textBytes(n, n);
+      for (const level of [-7, 0, 1, 3, 19]) {
+        const c = compress(raw, level);
+        if (c !== null) assert.deepEqual(decompress(c, raw.length), raw);
+        // Tiny inputs, or 100 bytes at the fastest levels, may not shrink.
+        if (n >= 4096) assert.ok(c !== null && c.length < raw.length, `${n} bytes at level ${level} shrinks`);
+      }
+    }
+  });
+
+  it('returns null for data that does not shrink (random, empty)', () => {
+    assert.equal(compress(randomBytes(1, 1 << 16), 3), null);
+    assert.equal(compress(new Uint8Array(0), 3), null);
+    assert.equal(compress(Buffer.from('x'), 3), null);
+  });
+
+  it('refuses levels outside zstd range with USAGE', () => {
+    for (const level of [-8, 23, 1.5, NaN]) {
+      assert.throws(() => compress(Buffer.from('abc'), level), (e) => isCofferError(e, 'USAGE'), String(level));
+    }
+  });
+
+  it('decompress() returns exactly rawLength bytes, owning its memory', () => {
+    const raw = textBytes(5, 300_000);
+    const out = decompress(compress(raw, 3)!, raw.length);
+    assert.equal(out.length, raw.length);
+    assert.equal(out.buffer.byteLength, raw.length, 'the output buffer is sized to rawLength');
+  });
+
+  it('decompress() gives CORRUPT for garbage, truncation and a wrong expected length', () => {
+    const raw = textBytes(6, 100_000);
+    const c = compress(raw, 3)!;
+    assert.throws(() => decompress(randomBytes(7, 1000), 1000), corrupt);
+    assert.throws(() => decompress(new Uint8Array(0), 0), corrupt);
+    assert.throws(() => decompress(c.subarray(0, c.length - 1), raw.length), corrupt);
+    assert.throws(() => decompress(c.subarray(0, 10), raw.length), corrupt);
+    assert.throws(() => decompress(c, raw.length - 1), corrupt);
+    assert.throws(() => decompress(c, raw.length + 1), corrupt);
+    assert.throws(() => decompress(c, 0), corrupt);
+    assert.throws(() => decompress(c, -1), corrupt);
+    assert.throws(() => decompress(c, 1.5), corrupt);
+  });
+
+  it('decompress() stops a zstd bomb at rawLength instead of expanding it', () => {
+    const bomb = zstdCompressSync(Buffer.alloc(64 << 20));
+    assert.ok(bomb.length < 16 << 10);
+    const before = process.memoryUsage().arrayBuffers;
+    const t = Date.now();
+    assert.throws(() => decompress(bomb, 1000), corrupt);
+    assert.ok(Date.now() - t < 2000);
+    assert.ok(process.memoryUsage().arrayBuffers - before < 16 << 20);
+  });
+});

@@ -1,0 +1,433 @@
+// A pool of worker threads for the CPU-heavy stages (chunking, hashing, compression, encryption,
+// decoding), sized to the machine, so that the main thread only does I/O and bookkeeping.
+//
+// Buffers: inputs are COPIED into each message (the caller keeps using its buffers, which are
+// often views into larger read buffers; structured clone would copy the whole backing store),
+// except inputs backed by a SharedArrayBuffer, which are shared with the worker without a copy
+// (the caller must then leave those bytes alone until the call settles). Results are TRANSFERRED
+// back, so every returned Buffer owns its memory, with no second copy.
+// Idle workers are unref'd: a pool nobody closes does not keep the process alive, but a pool with
+// work in flight does. Prefer close().
+import { availableParallelism } from 'node:os';
+import { Worker } from 'node:worker_threads';
+import { CofferError, throwIfAborted } from '../core/errors.ts';
+import type { EncodedBlob } from './blob.ts';
+import { chunkerParamsProblem, type ChunkerParams } from './chunker.ts';
+import { checkLevel } from './compress.ts';
+import { ID_SIZE, type BlobType } from './format.ts';
+import { chunkId } from './hash.ts';
+import type { RepoKeys } from './keys.ts';
+import { checkChunkMode, type ChunkMode } from './tasks.ts';
+import type { DecodeItemMsg, EncodeItemMsg, Reply, Request, SerializedError, WorkerInit } from './worker.ts';
+
+export interface PoolOptions {
+  keys: RepoKeys;
+  chunker: ChunkerParams;
+  /** Number of workers; default COFFER_WORKERS, else os.availableParallelism(). */
+  workers?: number;
+  /** zstd level for encode(). */
+  level: number;
+}
+
+export interface EncodeItem { type: BlobType; id: Uint8Array; raw: Uint8Array; packKey: Buffer; nonceIndex: number }
+export interface DecodeItem { type: BlobType; id: Uint8Array; packKey: Buffer; nonceIndex: number; compressed: boolean; rawLength: number; stored: Uint8Array }
+
+export const MAX_WORKERS = 256;
+/** encode()/decode() split a batch over workers in parts of at least this many bytes. */
+const MIN_PART_BYTES = 1 << 20;
+/** This many workers dying in a row without finishing a task means they cannot run at all. */
+const MAX_CONSECUTIVE_CRASHES = 5;
+const WORKER_URL = new URL('./worker.ts', import.meta.url);
+
+type DistributiveOmit<T, K extends PropertyKey> = T extends unknown ? Omit<T, K> : never;
+type Body = DistributiveOmit<Request, 'id'>;
+
+interface Task {
+  id: number;
+  body: Body;
+  transfer: ArrayBuffer[];
+  resolve: (r: Reply & { ok: true }) => void;
+  reject: (e: unknown) => void;
+  settled: boolean;
+  signal: AbortSignal | undefined;
+  onAbort: (() => void) | undefined;
+}
+
+interface Slot {
+  worker: Worker;
+  task: Task | undefined;
+  dead: boolean;
+  /** Completed a task since it started: a crash after that is not a start-up failure. */
+  proven: boolean;
+}
+
+function workerCount(requested: number | undefined): number {
+  if (requested !== undefined) {
+    if (!Number.isSafeInteger(requested) || requested < 1 || requested > MAX_WORKERS) {
+      throw new CofferError('USAGE', `Cannot start ${String(requested)} workers: give a number from 1 to ${MAX_WORKERS}`);
+    }
+    return requested;
+  }
+  const env = process.env.COFFER_WORKERS;
+  if (env !== undefined && env !== '') {
+    const n = Number(env);
+    if (!Number.isSafeInteger(n) || n < 1 || n > MAX_WORKERS) {
+      throw new CofferError('USAGE', `Cannot use COFFER_WORKERS=${env}: give a number from 1 to ${MAX_WORKERS}`);
+    }
+    return n;
+  }
+  return Math.max(1, Math.min(MAX_WORKERS, availableParallelism()));
+}
+
+/**
+ * Node options for the workers: inherited (undefined) unless the parent ran `node -e` with
+ * --input-type, which a worker refuses at start-up; then the same options without those.
+ * (An explicit list is avoided otherwise: under `node --test` the parent's execArgv spells out
+ * options that a worker cannot take.)
+ */
+function workerExecArgv(): string[] | undefined {
+  const argv = process.execArgv;
+  if (!argv.some((a) => a.startsWith('--input-type'))) return undefined;
+  const out: string[] = [];
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i]!;
+    if (a === '--input-type' || a === '-e' || a === '--eval' || a === '-p' || a === '--print') {
+      i++;
+      continue;
+    }
+    if (a.startsWith('--input-type=') || a.startsWith('--eval=') || a.startsWith('--print=')) continue;
+    out.push(a);
+  }
+  return out;
+}
+
+function toError(e: SerializedError): CofferError {
+  return new CofferError(e.code, e.message, { hint: e.hint, details: e.details });
+}
+
+function cancelled(signal: AbortSignal): CofferError {
+  return new CofferError('CANCELLED', 'Cancelled: the operation was interrupted', { cause: signal.reason });
+}
+
+const isShared = (u: Uint8Array): boolean => typeof SharedArrayBuffer !== 'undefined' && u.buffer instanceof SharedArrayBuffer;
+
+/** Copies `u` into a fresh ArrayBuffer that can be transferred. */
+function copyOf(u: Uint8Array): Uint8Array {
+  const c = new Uint8Array(u.byteLength);
+  c.set(u);
+  return c;
+}
+
+/**
+ * Keeps input buffers that workers hand back, for reuse: a fresh multi-megabyte buffer per task
+ * costs page faults that halved chunking throughput in measurements. Power-of-two classes from
+ * 64 KiB, with a cap on how much is kept.
+ */
+class Recycler {
+  private readonly free = new Map<number, ArrayBuffer[]>();
+  private kept = 0;
+  private readonly cap: number;
+
+  constructor(cap: number) {
+    this.cap = cap;
+  }
+
+  /** A view of `n` bytes over a recycled or new ArrayBuffer (contents undefined). */
+  take(n: number): Uint8Array {
+    if (n < RECYCLE_MIN) return new Uint8Array(n);
+    const cls = 2 ** Math.ceil(Math.log2(n));
+    const ab = this.free.get(cls)?.pop();
+    if (ab) {
+      this.kept -= cls;
+      return new Uint8Array(ab, 0, n);
+    }
+    return new Uint8Array(new ArrayBuffer(cls), 0, n);
+  }
+
+  give(ab: ArrayBuffer): void {
+    const cls = ab.byteLength;
+    if (cls < RECYCLE_MIN || (cls & (cls - 1)) !== 0 || this.kept + cls > this.cap) return;
+    let list = this.free.get(cls);
+    if (!list) this.free.set(cls, (list = []));
+    list.push(ab);
+    this.kept += cls;
+  }
+
+  clear(): void {
+    this.free.clear();
+    this.kept = 0;
+  }
+}
+
+const RECYCLE_MIN = 64 * 1024;
+
+const asBuffer = (u: Uint8Array): Buffer => Buffer.from(u.buffer, u.byteOffset, u.byteLength);
+
+/** Splits items into at most `parts` runs of roughly equal bytes (in order). */
+function split<T>(items: T[], bytes: (t: T) => number, parts: number): T[][] {
+  const total = items.reduce((s, t) => s + bytes(t), 0);
+  const n = Math.max(1, Math.min(parts, items.length, Math.ceil(total / MIN_PART_BYTES)));
+  if (n === 1) return [items];
+  const out: T[][] = [];
+  const target = total / n;
+  let cur: T[] = [];
+  let acc = 0;
+  for (const it of items) {
+    cur.push(it);
+    acc += bytes(it);
+    if (acc >= target * (out.length + 1) && out.length < n - 1) {
+      out.push(cur);
+      cur = [];
+    }
+  }
+  if (cur.length) out.push(cur);
+  return out;
+}
+
+export class WorkerPool {
+  readonly size: number;
+  private readonly init: WorkerInit;
+  private readonly slots: Slot[] = [];
+  private readonly queue: Task[] = [];
+  private readonly recycler: Recycler;
+  private nextId = 1;
+  private closed = false;
+  private crashes = 0;
+  private broken: CofferError | undefined;
+
+  private constructor(init: WorkerInit, size: number) {
+    this.init = init;
+    this.size = size;
+    this.recycler = new Recycler((size + 2) * 16 * 1024 * 1024);
+  }
+
+  /** Starts the workers and waits until each has warmed up its chunker. */
+  static async create(options: PoolOptions): Promise<WorkerPool> {
+    const problem = chunkerParamsProblem(options.chunker);
+    if (problem) throw new CofferError('USAGE', `Cannot start the worker pool: chunker parameters: ${problem}`);
+    checkLevel(options.level);
+    const size = workerCount(options.workers);
+    const k = options.keys;
+    const init: WorkerInit = {
+      encryption: copyOf(k.encryption),
+      chunkIdKey: copyOf(k.chunkIdKey),
+      gearSeed: copyOf(k.gearSeed),
+      chunker: { minSize: options.chunker.minSize, avgSize: options.chunker.avgSize, maxSize: options.chunker.maxSize },
+      level: options.level,
+    };
+    const pool = new WorkerPool(init, size);
+    const started: Promise<void>[] = [];
+    for (let i = 0; i < size; i++) started.push(pool.spawn(i));
+    const results = await Promise.allSettled(started);
+    const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (failed) {
+      await pool.close();
+      throw new CofferError('INTERNAL', `Cannot start the worker pool: ${(failed.reason as Error)?.message ?? String(failed.reason)}`, { cause: failed.reason });
+    }
+    return pool;
+  }
+
+  /**
+   * Chunks and hashes one buffer of a stream; `data` must start at a chunk boundary and is not
+   * modified or detached. Returns the end of every complete chunk (relative to data) and its id;
+   * `rest` bytes after the last cut remain (0 at eof) and start the next call's buffer.
+   */
+  async chunkAndHash(data: Uint8Array, eof: boolean, mode: ChunkMode, signal?: AbortSignal): Promise<{ ends: number[]; ids: Buffer[]; rest: number }> {
+    checkChunkMode(mode);
+    const shared = isShared(data);
+    const input = shared ? data : this.copy(data);
+    const r = await this.run({ op: 'chunk', data: input, eof, mode }, shared ? [] : [input.buffer as ArrayBuffer], signal);
+    if (r.op !== 'chunk') throw new CofferError('INTERNAL', 'Cannot chunk: the worker answered the wrong request');
+    const idsBuf = asBuffer(r.ids);
+    const ids: Buffer[] = new Array(r.ends.length);
+    for (let i = 0; i < ids.length; i++) ids[i] = idsBuf.subarray(i * ID_SIZE, (i + 1) * ID_SIZE);
+    return { ends: r.ends, ids, rest: r.rest };
+  }
+
+  /** Compresses, encrypts and verifies blobs (see encodeBlob); results in the order of items. */
+  async encode(items: EncodeItem[], signal?: AbortSignal): Promise<EncodedBlob[]> {
+    this.checkUsable();
+    if (items.length === 0) return [];
+    const parts = split(items, (it) => it.raw.length, this.size);
+    const results = await Promise.all(parts.map(async (part) => {
+      // Unshared raws travel back to back in one copied buffer; shared ones as views.
+      const total = part.reduce((s, it) => s + (isShared(it.raw) ? 0 : it.raw.length), 0);
+      const raws = this.recycler.take(total);
+      const msgs: EncodeItemMsg[] = [];
+      let o = 0;
+      for (const it of part) {
+        const msg: EncodeItemMsg = { type: it.type, id: copyOf(it.id), packKey: copyOf(it.packKey), nonceIndex: it.nonceIndex, rawOffset: o, rawLength: it.raw.length };
+        if (isShared(it.raw)) {
+          msg.raw = it.raw;
+        } else {
+          raws.set(it.raw, o);
+          o += it.raw.length;
+        }
+        msgs.push(msg);
+      }
+      const r = await this.run({ op: 'encode', items: msgs, raws }, [raws.buffer as ArrayBuffer], signal);
+      if (r.op !== 'encode' || r.stored.length !== part.length) throw new CofferError('INTERNAL', 'Cannot encode: the worker answered the wrong request');
+      return part.map((it, i): EncodedBlob => ({ stored: asBuffer(r.stored[i]!), compressed: r.compressed[i]!, rawLength: it.raw.length }));
+    }));
+    return results.flat();
+  }
+
+  /** Decrypts, decompresses and verifies stored blobs (see decodeBlob); results in order. */
+  async decode(items: DecodeItem[], signal?: AbortSignal): Promise<Buffer[]> {
+    this.checkUsable();
+    if (items.length === 0) return [];
+    const parts = split(items, (it) => it.stored.length, this.size);
+    const results = await Promise.all(parts.map(async (part) => {
+      const transfer: ArrayBuffer[] = [];
+      const msgs: DecodeItemMsg[] = part.map((it) => {
+        const shared = isShared(it.stored);
+        const stored = shared ? it.stored : this.copy(it.stored);
+        if (!shared) transfer.push(stored.buffer as ArrayBuffer);
+        return { type: it.type, id: copyOf(it.id), packKey: copyOf(it.packKey), nonceIndex: it.nonceIndex, compressed: it.compressed, rawLength: it.rawLength, stored };
+      });
+      const r = await this.run({ op: 'decode', items: msgs }, transfer, signal);
+      if (r.op !== 'decode' || r.raws.length !== part.length) throw new CofferError('INTERNAL', 'Cannot decode: the worker answered the wrong request');
+      return r.raws.map(asBuffer);
+    }));
+    return results.flat();
+  }
+
+  /** chunkId of each buffer. Runs inline: native BLAKE3 is faster than a round trip. */
+  async hash(datas: Uint8Array[]): Promise<Buffer[]> {
+    this.checkUsable();
+    return datas.map((d) => chunkId(this.init.chunkIdKey, d));
+  }
+
+  /** Test hook: makes one worker die as if it crashed; the returned promise rejects with INTERNAL. */
+  async crashOneWorkerForTest(): Promise<void> {
+    await this.run({ op: 'crash' }, [], undefined);
+  }
+
+  /** Terminates every worker; queued and running tasks reject with CANCELLED. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    const err = new CofferError('CANCELLED', 'Cancelled: the worker pool was closed');
+    for (const t of this.queue.splice(0)) this.settle(t, err);
+    const exits: Promise<number>[] = [];
+    for (const s of this.slots) {
+      if (s.task) this.settle(s.task, err);
+      s.task = undefined;
+      s.dead = true;
+      exits.push(s.worker.terminate());
+    }
+    await Promise.allSettled(exits);
+    this.recycler.clear();
+  }
+
+  // ---- internals ----
+
+  private copy(u: Uint8Array): Uint8Array {
+    const c = this.recycler.take(u.byteLength);
+    c.set(u);
+    return c;
+  }
+
+  private checkUsable(): void {
+    if (this.closed) throw new CofferError('INTERNAL', 'Cannot use the worker pool: it is closed');
+    if (this.broken) throw this.broken;
+  }
+
+  private run(body: Body, transfer: ArrayBuffer[], signal: AbortSignal | undefined): Promise<Reply & { ok: true }> {
+    return new Promise((resolve, reject) => {
+      this.checkUsable();
+      throwIfAborted(signal);
+      const task: Task = { id: this.nextId++, body, transfer, resolve, reject, settled: false, signal, onAbort: undefined };
+      if (signal) {
+        task.onAbort = () => {
+          const i = this.queue.indexOf(task);
+          if (i >= 0) this.queue.splice(i, 1);
+          // A running task cannot be stopped; its reply is ignored when it comes.
+          this.settle(task, cancelled(signal));
+        };
+        signal.addEventListener('abort', task.onAbort, { once: true });
+      }
+      this.queue.push(task);
+      this.pump();
+    });
+  }
+
+  private settle(task: Task, error: unknown, reply?: Reply & { ok: true }): void {
+    if (task.settled) return;
+    task.settled = true;
+    if (task.signal && task.onAbort) task.signal.removeEventListener('abort', task.onAbort);
+    if (reply) task.resolve(reply);
+    else task.reject(error);
+  }
+
+  private pump(): void {
+    for (const slot of this.slots) {
+      if (this.queue.length === 0) return;
+      if (slot.dead || slot.task) continue;
+      const task = this.queue.shift()!;
+      slot.task = task;
+      slot.worker.ref();
+      try {
+        slot.worker.postMessage({ id: task.id, ...task.body } as Request, task.transfer);
+      } catch (e) {
+        slot.task = undefined;
+        slot.worker.unref();
+        this.settle(task, new CofferError('INTERNAL', `Cannot send a task to a worker: ${(e as Error).message}`, { cause: e }));
+      }
+    }
+  }
+
+  /** Starts worker `index` (or replaces it); resolves when it has warmed up. */
+  private spawn(index: number): Promise<void> {
+    const worker = new Worker(WORKER_URL, { workerData: this.init, name: `coffer-engine-${index}`, execArgv: workerExecArgv() });
+    const slot: Slot = { worker, task: undefined, dead: false, proven: false };
+    this.slots[index] = slot;
+    const started = new Promise<void>((resolveReady, rejectReady) => {
+      let ready = false;
+      worker.on('message', (msg: Reply | { ready: true }) => {
+        if ('ready' in msg) {
+          ready = true;
+          if (!slot.task && !slot.dead) worker.unref();
+          resolveReady();
+          return;
+        }
+        for (const ab of msg.spent) this.recycler.give(ab);
+        const task = slot.task;
+        if (!task || task.id !== msg.id) return; // a reply to a task that was closed away
+        slot.task = undefined;
+        slot.proven = true;
+        this.crashes = 0;
+        if (!slot.dead) worker.unref();
+        if (msg.ok) this.settle(task, undefined, msg);
+        else this.settle(task, toError(msg.error));
+        this.pump();
+      });
+      const fail = (why: string, cause?: unknown) => {
+        if (slot.dead) return;
+        slot.dead = true;
+        const err = new CofferError('INTERNAL', `Cannot finish a task: worker ${index} died (${why})`, {
+          cause,
+          hint: 'This is a bug in Coffer or the machine ran out of memory; the task was not completed.',
+        });
+        if (!ready) rejectReady(err);
+        if (slot.task) this.settle(slot.task, err);
+        slot.task = undefined;
+        if (this.closed) return;
+        if (!slot.proven && ++this.crashes >= MAX_CONSECUTIVE_CRASHES) {
+          this.broken = new CofferError('INTERNAL', `Cannot use the worker pool: workers keep dying (${why})`, { cause });
+          for (const t of this.queue.splice(0)) this.settle(t, this.broken);
+          return;
+        }
+        // A replacement; if it cannot start either, that counts as another crash.
+        void this.spawn(index).catch(() => {});
+        this.pump();
+      };
+      worker.on('error', (e) => fail(e instanceof Error ? e.message : String(e), e));
+      worker.on('exit', (code) => fail(`exit code ${code}`));
+      worker.on('messageerror', (e) => fail('a message could not be read', e));
+    });
+    // The worker stays ref'd until it is ready (create() awaits that), then only while it has a
+    // task. Note: adding a 'message' listener refs the port again, so unref() must come after.
+    return started;
+  }
+}

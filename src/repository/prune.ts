@@ -1,0 +1,302 @@
+// Garbage collection that is safe while other processes keep backing up, without a lock that
+// stops them. Two phases, possibly in different runs:
+//
+// MARK: find packs no snapshot needs (and repack the live blobs of mostly-unused packs), then
+//   1. write the plan gc/<id> listing the condemned packs, THEN
+//   2. list live sessions and write gc/<id>.ready naming them.
+//   A writer registers its session before it reads gc/. So a writer either was live at step 2
+//   (and is named in .ready) or started after it and sees the plan, and then never reuses a
+//   blob from a condemned pack (Repository.hasBlob).
+// SWEEP: a plan is swept once every session named in its .ready has ended (or gone stale) and
+//   its grace period has passed. The sweep recomputes what every snapshot uses now; a condemned
+//   pack that a snapshot of a waited-for session uses after all is kept. Then: write one
+//   consolidated index that omits the deleted packs and supersedes every index file read, delete
+//   the superseded index files, delete the packs, delete the plan. A crash between any two steps
+//   leaves a valid repository, and the next prune finishes the job.
+//
+// Nothing is deleted unless every listing and every snapshot and tree read succeeded.
+
+import { randomBytes } from 'node:crypto';
+import { CofferError, isCofferError, throwIfAborted } from '../core/errors.ts';
+import type { CallOptions } from '../storage/backend.ts';
+import { openObject, sealObject } from '../engine/envelope.ts';
+import { fromHex, toHex } from '../engine/hash.ts';
+import type { IndexEntry, IndexPack } from './index/index-file.ts';
+import { DATA_PREFIX, GC_PREFIX, idFromName, indexName, packName } from './layout.ts';
+import { BlobSaver, type Encoder } from './packer.ts';
+import type { Repository } from './repository.ts';
+import { Session, listSessions, type SessionTiming, timingFromEnv } from './session.ts';
+import { loadAllSnapshots } from './snapshot.ts';
+import { walkTree } from './walk.ts';
+
+interface GcPlan {
+  version: 1;
+  id: string;
+  created: number;
+  /** Packs to delete at sweep unless a snapshot uses them by then. */
+  packs: string[];
+}
+
+interface GcReady {
+  version: 1;
+  /** Sessions that were live when the plan was complete; the sweep waits for them. */
+  waitFor: string[];
+}
+
+export interface PruneOptions extends CallOptions {
+  dryRun?: boolean;
+  /** Minimum time between mark and sweep (ms). Default 0: the session protocol is what makes it safe. */
+  graceMs?: number;
+  /** Repack a pack when more than this fraction of its bytes is unused (default 0.2). */
+  repackThreshold?: number;
+  timing?: SessionTiming;
+  encoder?: Encoder;
+  onProgress?: (message: string) => void;
+  /** Test hook: called between the steps of a sweep (to simulate a crash). */
+  onStep?: (step: string) => void;
+}
+
+export interface PruneResult {
+  packsDeleted: number;
+  bytesDeleted: number;
+  indexFilesDeleted: number;
+  packsCondemned: number;
+  bytesCondemned: number;
+  packsRepacked: number;
+  blobsRepacked: number;
+  plansWaiting: number;
+  packsKept: number;
+  dryRun: boolean;
+}
+
+async function readGc<T>(repo: Repository, name: string, options?: CallOptions): Promise<T> {
+  return JSON.parse(openObject(repo.keys, 'gc', await repo.backend.get(name, options)).toString('utf8')) as T;
+}
+
+async function writeGc(repo: Repository, name: string, value: unknown, options?: CallOptions): Promise<void> {
+  await repo.backend.put(name, sealObject(repo.keys, 'gc', Buffer.from(JSON.stringify(value))), options);
+}
+
+interface PlanState {
+  plan: GcPlan;
+  ready: GcReady | undefined;
+}
+
+async function loadPlans(repo: Repository, options?: CallOptions): Promise<PlanState[]> {
+  const names = new Set<string>();
+  for await (const o of repo.backend.list(GC_PREFIX, options)) names.add(o.name.slice(GC_PREFIX.length));
+  const out: PlanState[] = [];
+  for (const n of names) {
+    if (!/^[0-9a-f]{32}$/.test(n)) continue;
+    let plan: GcPlan;
+    try {
+      plan = await readGc<GcPlan>(repo, GC_PREFIX + n, options);
+    } catch (e) {
+      if (isCofferError(e, 'NOT_FOUND')) continue;
+      throw e;
+    }
+    if (plan.version !== 1 || plan.id !== n || !Array.isArray(plan.packs) || !plan.packs.every((p) => typeof p === 'string' && /^[0-9a-f]{64}$/.test(p))) {
+      throw new CofferError('CORRUPT', `Cannot read GC plan ${n}: malformed`, { hint: 'Delete gc/' + n + ' and its .ready object, then prune again.' });
+    }
+    const ready = names.has(n + '.ready') ? await readGc<GcReady>(repo, GC_PREFIX + n + '.ready', options).catch((e) => {
+      if (isCofferError(e, 'NOT_FOUND')) return undefined;
+      throw e;
+    }) : undefined;
+    out.push({ plan, ready });
+  }
+  return out;
+}
+
+/** The packs condemned by pending GC plans (blobs in them must not be reused by writers). */
+export async function loadCondemned(repo: Repository, options?: CallOptions): Promise<Set<string>> {
+  const out = new Set<string>();
+  for (const { plan } of await loadPlans(repo, options)) for (const p of plan.packs) out.add(p);
+  return out;
+}
+
+/** Every blob (type-prefixed raw id) used by a snapshot. Fails if any snapshot or tree is unreadable. */
+async function usedBlobs(repo: Repository, options?: CallOptions): Promise<Set<string>> {
+  const used = new Set<string>();
+  const snaps = await loadAllSnapshots(repo, options);
+  for (const s of snaps) {
+    await walkTree(repo, s.snapshot.tree, {
+      enterTree: (id) => {
+        const k = 't' + fromHex(id).toString('latin1');
+        if (used.has(k)) return false;
+        used.add(k);
+        return true;
+      },
+      node: (_p, n) => {
+        if (n.content) for (const c of n.content) used.add('d' + fromHex(c).toString('latin1'));
+      },
+      treeError: (path, id, e) => {
+        throw new CofferError('CHECK_FAILED', `Cannot prune: tree ${id.slice(0, 12)} of snapshot ${s.id.slice(0, 12)} at ${path} is unreadable (${(e as Error).message})`, {
+          hint: 'Nothing was deleted. Run `coffer repo check` and repair the repository first.',
+        });
+      },
+    }, options);
+  }
+  return used;
+}
+
+function usedKey(e: IndexEntry): string {
+  return (e.type === 'tree' ? 't' : 'd') + e.id.toString('latin1');
+}
+
+/** Packs by id (hex) with their entries, from the local index. */
+function packsFromIndex(repo: Repository): Map<string, IndexPack> {
+  const packs = new Map<string, IndexPack>();
+  for (const p of repo.index.packs()) packs.set(toHex(p.packId), { packId: p.packId, packSize: p.packSize, entries: [] });
+  for (const { packId, entry } of repo.index.entries()) packs.get(toHex(packId))?.entries.push(entry);
+  return packs;
+}
+
+export async function prune(repo: Repository, options: PruneOptions = {}): Promise<PruneResult> {
+  const { signal } = options;
+  const timing = options.timing ?? timingFromEnv();
+  const say = options.onProgress ?? (() => {});
+  const result: PruneResult = { packsDeleted: 0, bytesDeleted: 0, indexFilesDeleted: 0, packsCondemned: 0, bytesCondemned: 0, packsRepacked: 0, blobsRepacked: 0, plansWaiting: 0, packsKept: 0, dryRun: !!options.dryRun };
+  const session = await Session.start(repo, 'prune', { signal, timing });
+  try {
+    const others = (await listSessions(repo, { signal, timing })).filter((s) => s.kind === 'prune' && !s.stale && s.id !== session.info.id);
+    if (others.some((s) => s.started < session.info.started || (s.started === session.info.started && s.id < session.info.id))) {
+      throw new CofferError('CONFLICT', 'Cannot prune: another prune is running on this repository', { hint: 'Wait for it to finish and try again.' });
+    }
+    await sweep(repo, options, timing, session.info.id, result, say);
+    await mark(repo, options, timing, session.info.id, result, say);
+    // With no concurrent writers to wait for, what was just marked can go at once.
+    if (!options.dryRun && result.packsCondemned > 0 && !options.graceMs) await sweep(repo, options, timing, session.info.id, result, say);
+    throwIfAborted(signal);
+    return result;
+  } finally {
+    await session.end().catch(() => {});
+  }
+}
+
+async function sweep(repo: Repository, options: PruneOptions, timing: SessionTiming, selfId: string, result: PruneResult, say: (m: string) => void): Promise<void> {
+  const { signal } = options;
+  const plans = await loadPlans(repo, { signal });
+  if (plans.length === 0) return;
+  const sessions = await listSessions(repo, { signal, timing });
+  const live = new Set(sessions.filter((s) => !s.stale && s.id !== selfId).map((s) => s.id));
+  const now = Date.now();
+  const eligible: PlanState[] = [];
+  result.plansWaiting = 0;
+  for (const st of plans) {
+    if (!st.ready) {
+      // The prune that wrote this plan died before finishing it; mark will redo the work.
+      if (!options.dryRun && now - st.plan.created > timing.staleMs) {
+        await repo.backend.delete(GC_PREFIX + st.plan.id, { signal });
+      } else result.plansWaiting++;
+      continue;
+    }
+    const waiting = st.ready.waitFor.filter((id) => live.has(id));
+    if (waiting.length || now - st.plan.created < (options.graceMs ?? 0)) {
+      result.plansWaiting++;
+      say(`GC plan ${st.plan.id.slice(0, 8)} waits for ${waiting.length} session(s) or its grace period`);
+      continue;
+    }
+    eligible.push(st);
+  }
+  if (eligible.length === 0 || options.dryRun) return;
+
+  // Supersede exactly the index files whose entries the consolidated index carries over.
+  const indexIds = await repo.loadIndex({ signal });
+  const used = await usedBlobs(repo, { signal });
+  const packs = packsFromIndex(repo);
+  const doomed = new Set<string>();
+  for (const st of eligible) {
+    for (const p of st.plan.packs) {
+      const entries = packs.get(p)?.entries ?? [];
+      if (entries.some((e) => used.has(usedKey(e)))) result.packsKept++;
+      else doomed.add(p);
+    }
+  }
+  // 1. One consolidated index without the doomed packs, superseding every index file read.
+  const keep: IndexPack[] = [...packs.entries()].filter(([hex]) => !doomed.has(hex)).map(([, p]) => p);
+  const newIndex = await repo.saveIndexFile({ supersedes: indexIds.map(fromHex), packs: keep }, { signal });
+  options.onStep?.('index-written');
+  // 2. The superseded index files.
+  for (const id of indexIds) {
+    if (id === newIndex) continue;
+    await repo.backend.delete(indexName(id), { signal });
+    result.indexFilesDeleted++;
+  }
+  options.onStep?.('index-deleted');
+  // 3. The packs.
+  for (const p of doomed) {
+    const size = packs.get(p)?.packSize ?? 0;
+    await repo.backend.delete(packName(p), { signal });
+    result.packsDeleted++;
+    result.bytesDeleted += size;
+  }
+  options.onStep?.('packs-deleted');
+  // 4. The plans.
+  for (const st of eligible) {
+    await repo.backend.delete(GC_PREFIX + st.plan.id + '.ready', { signal });
+    await repo.backend.delete(GC_PREFIX + st.plan.id, { signal });
+  }
+  say(`deleted ${doomed.size} pack(s), kept ${result.packsKept} that a snapshot still uses`);
+}
+
+async function mark(repo: Repository, options: PruneOptions, timing: SessionTiming, selfId: string, result: PruneResult, say: (m: string) => void): Promise<void> {
+  const { signal } = options;
+  const pending = await loadCondemned(repo, { signal });
+  repo.setCondemned(pending);
+  await repo.loadIndex({ signal });
+  const used = await usedBlobs(repo, { signal });
+  const packs = packsFromIndex(repo);
+  // Packs in storage that no index lists: leftovers of a crashed writer, or a live writer's
+  // packs whose index is not written yet. The session protocol tells the two apart at sweep.
+  const unindexed: Array<{ hex: string; size: number }> = [];
+  for await (const o of repo.backend.list(DATA_PREFIX, { signal })) {
+    const hex = idFromName(DATA_PREFIX, o.name);
+    if (hex && !packs.has(hex) && !pending.has(hex)) unindexed.push({ hex, size: o.size });
+  }
+  const condemn: string[] = [];
+  const repack: IndexPack[] = [];
+  const threshold = options.repackThreshold ?? 0.2;
+  for (const [hex, p] of packs) {
+    if (pending.has(hex)) continue;
+    let usedBytes = 0;
+    for (const e of p.entries) if (used.has(usedKey(e))) usedBytes += e.length;
+    if (usedBytes === 0) {
+      condemn.push(hex);
+      result.bytesCondemned += p.packSize;
+    } else if (1 - usedBytes / p.packSize > threshold) {
+      repack.push(p);
+    }
+  }
+  for (const u of unindexed) {
+    condemn.push(u.hex);
+    result.bytesCondemned += u.size;
+  }
+  result.packsCondemned = condemn.length + repack.length;
+  say(`${condemn.length} unused pack(s), ${repack.length} to repack, ${unindexed.length} not indexed`);
+  if (options.dryRun || (condemn.length === 0 && repack.length === 0)) return;
+
+  if (repack.length) {
+    if (!options.encoder) throw new CofferError('INTERNAL', 'Cannot repack: no encoder given');
+    // Copies are forced: the live blobs are in the index (at their old place), which must not
+    // count as "already stored".
+    const saver = new BlobSaver(repo, options.encoder, { signal, force: true });
+    for (const p of repack) {
+      for (const e of p.entries) {
+        if (!used.has(usedKey(e))) continue;
+        const raw = await repo.readBlobAt(p.packId, e, { signal });
+        await saver.saveMany([{ type: e.type, id: e.id, raw }]);
+        result.blobsRepacked++;
+      }
+      condemn.push(toHex(p.packId));
+      result.bytesCondemned += p.packSize;
+      result.packsRepacked++;
+    }
+    await saver.flush();
+  }
+  const id = randomBytes(16).toString('hex');
+  const plan: GcPlan = { version: 1, id, created: Date.now(), packs: condemn };
+  await writeGc(repo, GC_PREFIX + id, plan, { signal });
+  const waitFor = (await listSessions(repo, { signal, timing })).filter((s) => !s.stale && s.id !== selfId).map((s) => s.id);
+  await writeGc(repo, GC_PREFIX + id + '.ready', { version: 1, waitFor } satisfies GcReady, { signal });
+  say(`marked ${condemn.length} pack(s) for deletion${waitFor.length ? `, after ${waitFor.length} running session(s) end` : ''}`);
+}

@@ -1,0 +1,372 @@
+// The repository: keys and config, encrypted objects (index files, snapshots), the chunk index,
+// and reading blobs out of packs. Writing blobs goes through BlobSaver (packer.ts); trees and
+// snapshots through tree.ts and snapshot.ts. Everything written is immutable and
+// content-addressed, in the order packs → index → snapshot, so a crash anywhere leaves a valid
+// repository (docs/format.md).
+
+import { homedir, hostname, tmpdir, userInfo } from 'node:os';
+import { join } from 'node:path';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { CofferError, isCofferError, throwIfAborted } from '../core/errors.ts';
+import type { Backend, CallOptions } from '../storage/backend.ts';
+import type { BlobType } from '../engine/format.ts';
+import { contentHash, toHex, fromHex } from '../engine/hash.ts';
+import { deriveRepoKeys, newMasterKey, unwrapMasterKey, wrapMasterKey, DEFAULT_KDF, type KdfParams, type KeyFile, type RepoKeys } from '../engine/keys.ts';
+import type { ChunkerParams } from '../engine/chunker.ts';
+import { sealObject, openObject, type ObjectKind } from '../engine/envelope.ts';
+import { decodeBlob, } from '../engine/blob.ts';
+import { packKeyFromHeader, PACK_HEADER_SIZE } from '../engine/pack.ts';
+import { ChunkIndex } from './index/chunk-index.ts';
+import { decodeIndexFile, encodeIndexFile, type IndexFileContent, type IndexEntry } from './index/index-file.ts';
+import { CONFIG_NAME, INDEX_PREFIX, KEYS_PREFIX, idFromName, indexName, keyName, packName } from './layout.ts';
+
+export const REPO_VERSION = 1;
+
+export interface RepoConfig {
+  version: number;
+  id: string;
+  created: string;
+  chunker: ChunkerParams;
+  /** Block size for fixed-size chunking of disk images. */
+  imageChunkSize: number;
+  compressionLevel: number;
+  /** Target pack size in bytes. */
+  packSize: number;
+}
+
+export const DEFAULT_CHUNKER: ChunkerParams = { minSize: 256 * 1024, avgSize: 1024 * 1024, maxSize: 4 * 1024 * 1024 };
+export const DEFAULT_PACK_SIZE = 16 * 1024 * 1024;
+
+export interface InitOptions extends CallOptions {
+  chunker?: ChunkerParams;
+  imageChunkSize?: number;
+  compressionLevel?: number;
+  packSize?: number;
+  kdf?: KdfParams;
+  cacheDir?: string;
+}
+
+export interface OpenOptions extends CallOptions {
+  /** Where the local index cache lives; defaults to $COFFER_CACHE_DIR or ~/.cache/coffer. */
+  cacheDir?: string;
+  /** Use a throwaway cache directory removed on close(). */
+  noCache?: boolean;
+}
+
+export interface KeyInfo {
+  id: string;
+  created: string;
+  hostname: string;
+  username: string;
+  current: boolean;
+}
+
+function defaultCacheRoot(): string {
+  return process.env.COFFER_CACHE_DIR || join(process.env.XDG_CACHE_HOME || join(homedir(), '.cache'), 'coffer');
+}
+
+function validateConfig(raw: unknown): RepoConfig {
+  const c = raw as Partial<RepoConfig> | null;
+  const bad = (why: string): never => {
+    throw new CofferError('CORRUPT', `Cannot read the repository config: ${why}`, { hint: 'The config object is damaged; restore it from a copy of the repository.' });
+  };
+  if (!c || typeof c !== 'object') bad('not an object');
+  if (c!.version !== REPO_VERSION) {
+    throw new CofferError('UNSUPPORTED', `Cannot open repository format version ${String(c!.version)}: this Coffer reads version ${REPO_VERSION}`, { hint: 'Use a Coffer release that supports this repository version.' });
+  }
+  if (typeof c!.id !== 'string' || !/^[0-9a-f]{64}$/.test(c!.id)) bad('bad id');
+  const ch = c!.chunker;
+  const okInt = (v: unknown, lo: number, hi: number) => Number.isSafeInteger(v) && (v as number) >= lo && (v as number) <= hi;
+  if (!ch || !okInt(ch.minSize, 64, 64 << 20) || !okInt(ch.avgSize, 256, 64 << 20) || !okInt(ch.maxSize, 1024, 128 << 20) || !(ch.minSize < ch.avgSize && ch.avgSize < ch.maxSize)) bad('bad chunker parameters');
+  if (!okInt(c!.imageChunkSize, 4096, 64 << 20)) bad('bad image chunk size');
+  if (!okInt(c!.compressionLevel, -7, 22)) bad('bad compression level');
+  if (!okInt(c!.packSize, 64 * 1024, 1 << 30)) bad('bad pack size');
+  return c as RepoConfig;
+}
+
+async function loadKeyFile(backend: Backend, name: string, options?: CallOptions): Promise<unknown> {
+  const raw = await backend.get(name, options);
+  try {
+    return JSON.parse(raw.toString('utf8'));
+  } catch {
+    throw new CofferError('CORRUPT', `Cannot read key file ${name}: not valid JSON`);
+  }
+}
+
+export class Repository {
+  readonly backend: Backend;
+  readonly config: RepoConfig;
+  readonly keys: RepoKeys;
+  readonly index: ChunkIndex;
+  /** The key file this session opened with. */
+  readonly keyId: string;
+  private readonly masterKey: Buffer;
+  private readonly tempCacheDir: string | undefined;
+  /** Pack keys by pack id hex: saves one ranged read of the header per blob. */
+  private readonly packKeys = new Map<string, Buffer>();
+  /** Packs that a pending GC (prune) has condemned: their blobs are not reused for dedup. */
+  private condemned = new Set<string>();
+
+  private constructor(backend: Backend, config: RepoConfig, master: Buffer, keyId: string, index: ChunkIndex, tempCacheDir: string | undefined) {
+    this.backend = backend;
+    this.config = config;
+    this.masterKey = master;
+    this.keys = deriveRepoKeys(master);
+    this.keyId = keyId;
+    this.index = index;
+    this.tempCacheDir = tempCacheDir;
+  }
+
+  get id(): string {
+    return this.config.id;
+  }
+
+  /** Creates a new repository. Fails with ALREADY_EXISTS if the backend holds one. */
+  static async init(backend: Backend, password: string, options: InitOptions = {}): Promise<Repository> {
+    const { signal } = options;
+    let exists = false;
+    try {
+      await backend.stat(CONFIG_NAME, { signal });
+      exists = true;
+    } catch (e) {
+      if (!isCofferError(e, 'NOT_FOUND')) throw e;
+    }
+    if (exists) {
+      throw new CofferError('ALREADY_EXISTS', `Cannot initialise a repository at ${backend.location}: one already exists there`, { hint: 'Open it with its password, or choose an empty location.' });
+    }
+    const master = newMasterKey();
+    const keys = deriveRepoKeys(master);
+    const config: RepoConfig = {
+      version: REPO_VERSION,
+      id: toHex(contentHash(newMasterKey())),
+      created: new Date().toISOString(),
+      chunker: options.chunker ?? DEFAULT_CHUNKER,
+      imageChunkSize: options.imageChunkSize ?? 1024 * 1024,
+      compressionLevel: options.compressionLevel ?? 3,
+      packSize: options.packSize ?? DEFAULT_PACK_SIZE,
+    };
+    validateConfig(config);
+    // Key file first: a config without a key would be unreadable forever.
+    const keyFile = await wrapMasterKey(master, password, options.kdf ?? DEFAULT_KDF, { hostname: hostname(), username: safeUsername() });
+    const keyBytes = Buffer.from(JSON.stringify(keyFile));
+    const keyId = toHex(contentHash(keyBytes));
+    await backend.put(keyName(keyId), keyBytes, { signal });
+    await backend.put(CONFIG_NAME, sealObject(keys, 'config', Buffer.from(JSON.stringify(config))), { signal });
+    return Repository.openWithMaster(backend, config, master, keyId, options);
+  }
+
+  /** Opens an existing repository with a passphrase that one of its key files accepts. */
+  static async open(backend: Backend, password: string, options: OpenOptions = {}): Promise<Repository> {
+    const { signal } = options;
+    const names: string[] = [];
+    for await (const o of backend.list(KEYS_PREFIX, { signal })) if (idFromName(KEYS_PREFIX, o.name)) names.push(o.name);
+    if (names.length === 0) {
+      try {
+        await backend.stat(CONFIG_NAME, { signal });
+      } catch (e) {
+        if (isCofferError(e, 'NOT_FOUND')) {
+          throw new CofferError('NOT_FOUND', `Cannot open the repository at ${backend.location}: there is no repository there`, { hint: 'Check the location, or create one with `coffer repo init`.' });
+        }
+        throw e;
+      }
+      throw new CofferError('CORRUPT', `Cannot open the repository at ${backend.location}: it has no key files`, { hint: 'The keys/ folder is missing or empty; restore it from a copy of the repository.' });
+    }
+    names.sort();
+    let master: Buffer | undefined;
+    let keyId = '';
+    let lastCorrupt: unknown;
+    for (const name of names) {
+      throwIfAborted(signal);
+      try {
+        master = await unwrapMasterKey(await loadKeyFile(backend, name, { signal }), password);
+        keyId = name.slice(KEYS_PREFIX.length);
+        break;
+      } catch (e) {
+        if (isCofferError(e, 'WRONG_PASSWORD')) continue;
+        if (isCofferError(e, 'CORRUPT')) {
+          lastCorrupt = e;
+          continue;
+        }
+        throw e;
+      }
+    }
+    if (!master) {
+      if (lastCorrupt && names.length === 1) throw lastCorrupt;
+      throw new CofferError('WRONG_PASSWORD', `Cannot open the repository at ${backend.location}: the password is wrong`, { hint: 'No key file accepts this password. Check COFFER_PASSWORD, --password-file or COFFER_PASSWORD_COMMAND.' });
+    }
+    let config: RepoConfig;
+    try {
+      const sealed = await backend.get(CONFIG_NAME, { signal });
+      const plain = openObject(deriveRepoKeys(master), 'config', sealed);
+      config = validateConfig(JSON.parse(plain.toString('utf8')));
+    } catch (e) {
+      if (isCofferError(e, 'NOT_FOUND')) throw new CofferError('CORRUPT', `Cannot open the repository at ${backend.location}: its config object is missing`, { hint: 'Restore the config object from a copy of the repository.' });
+      if (e instanceof SyntaxError) throw new CofferError('CORRUPT', 'Cannot read the repository config: not valid JSON');
+      throw e;
+    }
+    return Repository.openWithMaster(backend, config, master, keyId, options);
+  }
+
+  private static async openWithMaster(backend: Backend, config: RepoConfig, master: Buffer, keyId: string, options: OpenOptions): Promise<Repository> {
+    let tempCacheDir: string | undefined;
+    let cacheDir: string;
+    if (options.noCache) {
+      tempCacheDir = await mkdtemp(join(tmpdir(), 'coffer-cache-'));
+      cacheDir = tempCacheDir;
+    } else {
+      cacheDir = join(options.cacheDir ?? defaultCacheRoot(), config.id);
+    }
+    const index = await ChunkIndex.open({ cacheDir: join(cacheDir, 'index') });
+    return new Repository(backend, config, master, keyId, index, tempCacheDir);
+  }
+
+  async close(): Promise<void> {
+    await this.index.close();
+    if (this.tempCacheDir) await rm(this.tempCacheDir, { recursive: true, force: true });
+  }
+
+  // ---- keys -------------------------------------------------------------------------------
+
+  async listKeys(options?: CallOptions): Promise<KeyInfo[]> {
+    const out: KeyInfo[] = [];
+    for await (const o of this.backend.list(KEYS_PREFIX, options)) {
+      const id = idFromName(KEYS_PREFIX, o.name);
+      if (!id) continue;
+      const kf = (await loadKeyFile(this.backend, o.name, options)) as Partial<KeyFile>;
+      out.push({ id, created: String(kf?.created ?? ''), hostname: String(kf?.hostname ?? ''), username: String(kf?.username ?? ''), current: id === this.keyId });
+    }
+    return out.sort((a, b) => a.created.localeCompare(b.created) || a.id.localeCompare(b.id));
+  }
+
+  async addKey(password: string, options: CallOptions & { kdf?: KdfParams; hostname?: string; username?: string } = {}): Promise<string> {
+    const kf = await wrapMasterKey(this.masterKey, password, options.kdf ?? DEFAULT_KDF, { hostname: options.hostname ?? hostname(), username: options.username ?? safeUsername() });
+    const bytes = Buffer.from(JSON.stringify(kf));
+    const id = toHex(contentHash(bytes));
+    await this.backend.put(keyName(id), bytes, options);
+    return id;
+  }
+
+  /** Removes a key file by id or unique id prefix. Refuses to remove the key in use or the last one. */
+  async removeKey(idOrPrefix: string, options?: CallOptions): Promise<string> {
+    const keys = await this.listKeys(options);
+    const matches = keys.filter((k) => k.id.startsWith(idOrPrefix));
+    if (matches.length === 0) throw new CofferError('NOT_FOUND', `Cannot remove key ${idOrPrefix}: no such key`, { hint: 'List keys with `coffer repo key list`.' });
+    if (matches.length > 1) throw new CofferError('USAGE', `Cannot remove key ${idOrPrefix}: the prefix matches ${matches.length} keys`, { hint: 'Give more digits of the id.' });
+    const k = matches[0]!;
+    if (k.current) throw new CofferError('REFUSED', `Cannot remove key ${k.id.slice(0, 12)}: it is the key this command opened the repository with`, { hint: 'Open the repository with another password, then remove this key.' });
+    if (keys.length === 1) throw new CofferError('REFUSED', 'Cannot remove the last key: the repository would become unreadable');
+    await this.backend.delete(keyName(k.id), options);
+    return k.id;
+  }
+
+  // ---- encrypted objects ------------------------------------------------------------------
+
+  /** Seals and stores a content-addressed object under `prefix`; returns its id (hex). */
+  async saveObject(kind: ObjectKind, prefix: string, plaintext: Uint8Array, options?: CallOptions): Promise<string> {
+    const sealed = sealObject(this.keys, kind, plaintext);
+    // Check before upload that what we are about to store decodes back to the same bytes.
+    const back = openObject(this.keys, kind, sealed);
+    if (!back.equals(plaintext)) throw new CofferError('INTERNAL', `Cannot save a ${kind} object: it did not decode back to what was written`);
+    const id = toHex(contentHash(sealed));
+    await this.backend.put(prefix + id, sealed, options);
+    return id;
+  }
+
+  /** Loads a content-addressed object; verifies its name against its hash and its MAC. */
+  async loadObject(kind: ObjectKind, prefix: string, id: string, options?: CallOptions): Promise<Buffer> {
+    const sealed = await this.backend.get(prefix + id, options);
+    if (toHex(contentHash(sealed)) !== id) {
+      throw new CofferError('CORRUPT', `Cannot read ${prefix}${id}: its content does not match its name (hash mismatch)`, { hint: 'Run `coffer repo check` to see what is affected.' });
+    }
+    return openObject(this.keys, kind, sealed);
+  }
+
+  // ---- index ------------------------------------------------------------------------------
+
+  /** Ids (hex) of the index files currently in the repository. */
+  async listIndexFiles(options?: CallOptions): Promise<string[]> {
+    const out: string[] = [];
+    for await (const o of this.backend.list(INDEX_PREFIX, options)) {
+      const id = idFromName(INDEX_PREFIX, o.name);
+      if (id) out.push(id);
+    }
+    return out;
+  }
+
+  async loadIndexFile(id: string, options?: CallOptions): Promise<IndexFileContent> {
+    return decodeIndexFile(await this.loadObject('index', INDEX_PREFIX, id, options));
+  }
+
+  async saveIndexFile(content: IndexFileContent, options?: CallOptions): Promise<string> {
+    return this.saveObject('index', INDEX_PREFIX, encodeIndexFile(content), options);
+  }
+
+  /**
+   * Brings the local chunk index up to date with the repository's index files and returns their
+   * ids (exactly the set now in the local index). An index file
+   * can vanish between the listing and its download when a concurrent prune consolidates the
+   * index; the superseding file is always written first, so listing again is enough.
+   */
+  async loadIndex(options: CallOptions & { onProgress?: (done: number, total: number) => void } = {}): Promise<string[]> {
+    for (let attempt = 0; ; attempt++) {
+      const ids = await this.listIndexFiles(options);
+      try {
+        await this.index.sync(ids.map((h) => fromHex(h)), (id) => this.loadIndexFile(toHex(id), options), options);
+        return ids;
+      } catch (e) {
+        if (isCofferError(e, 'NOT_FOUND') && attempt < 5) continue;
+        throw e;
+      }
+    }
+  }
+
+  /** Sets the packs that a pending prune has condemned (see prune.ts). */
+  setCondemned(packs: Iterable<string>): void {
+    this.condemned = new Set(packs);
+  }
+
+  isCondemned(packHex: string): boolean {
+    return this.condemned.has(packHex);
+  }
+
+  /** True if the blob is stored in a pack that is not condemned, so it can be reused. */
+  hasBlob(type: BlobType, id: Uint8Array): boolean {
+    const hit = this.index.lookup(id, type);
+    return hit !== undefined && !this.condemned.has(toHex(hit.packId));
+  }
+
+  // ---- reading blobs ----------------------------------------------------------------------
+
+  async packKey(packHex: string, options?: CallOptions): Promise<Buffer> {
+    let key = this.packKeys.get(packHex);
+    if (!key) {
+      const header = await this.backend.get(packName(packHex), { ...options, offset: 0, length: PACK_HEADER_SIZE });
+      key = packKeyFromHeader(this.keys, header);
+      if (this.packKeys.size > 4096) this.packKeys.clear();
+      this.packKeys.set(packHex, key);
+    }
+    return key;
+  }
+
+  /** Reads and verifies one blob. NOT_FOUND if the index does not know it. */
+  async readBlob(type: BlobType, id: Uint8Array, options?: CallOptions): Promise<Buffer> {
+    const hit = this.index.lookup(id, type);
+    if (!hit) throw new CofferError('NOT_FOUND', `Cannot read ${type} blob ${toHex(id)}: it is not in the index`, { hint: 'Run `coffer repo check`; if packs exist that the index misses, `coffer repo rebuild-index`.' });
+    return this.readBlobAt(hit.packId, hit.entry, options);
+  }
+
+  async readBlobAt(packId: Uint8Array, entry: IndexEntry, options?: CallOptions): Promise<Buffer> {
+    const packHex = toHex(packId);
+    const key = await this.packKey(packHex, options);
+    const stored = await this.backend.get(packName(packHex), { ...options, offset: entry.offset, length: entry.length });
+    return decodeBlob(this.keys, key, entry.nonceIndex, entry.type, entry.id, entry.compressed, entry.rawLength, stored);
+  }
+}
+
+export function safeUsername(): string {
+  try {
+    return userInfo().username;
+  } catch {
+    return String(process.getuid?.() ?? 'unknown');
+  }
+}

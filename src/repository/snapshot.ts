@@ -1,0 +1,135 @@
+// Snapshots: the root of one backup (tree id, paths, source host identity, tags, summary),
+// stored as an encrypted, content-addressed object under snapshots/. Writing a snapshot is the
+// commit point of a backup: it happens only after every pack and index file it needs is stored.
+
+import { CofferError, isCofferError } from '../core/errors.ts';
+import type { CallOptions } from '../storage/backend.ts';
+import { SNAPSHOTS_PREFIX, idFromName } from './layout.ts';
+import type { Repository } from './repository.ts';
+
+export interface HostIdentity {
+  hostname: string;
+  os: string;
+  /** e.g. "Debian GNU/Linux 12 (bookworm)" */
+  osRelease?: string;
+  arch: string;
+  machineId?: string;
+}
+
+export interface SnapshotSummary {
+  filesNew: number;
+  filesChanged: number;
+  filesUnchanged: number;
+  dirs: number;
+  bytesScanned: number;
+  bytesNew: number;
+  bytesStored: number;
+  blobsNew: number;
+  warnings: number;
+  durationMs: number;
+}
+
+export interface Snapshot {
+  version: 1;
+  time: string;
+  tree: string;
+  paths: string[];
+  host: HostIdentity;
+  username: string;
+  tags: string[];
+  parent?: string;
+  program: string;
+  summary?: SnapshotSummary;
+  /** Files that changed while they were read or could not be read, by path (capped). */
+  warnings?: Array<{ path: string; problem: string }>;
+}
+
+export interface SnapshotRef {
+  id: string;
+  snapshot: Snapshot;
+}
+
+const HEX64 = /^[0-9a-f]{64}$/;
+
+export function validateSnapshot(raw: unknown, id: string): Snapshot {
+  const s = raw as Partial<Snapshot> | null;
+  const bad = (why: string): never => {
+    throw new CofferError('CORRUPT', `Cannot read snapshot ${id.slice(0, 12)}: ${why}`, { hint: 'Run `coffer repo check`.' });
+  };
+  if (!s || typeof s !== 'object') bad('not an object');
+  if (s!.version !== 1) bad(`unsupported snapshot version ${String(s!.version)}`);
+  if (typeof s!.time !== 'string' || Number.isNaN(Date.parse(s!.time))) bad('bad time');
+  if (typeof s!.tree !== 'string' || !HEX64.test(s!.tree)) bad('bad tree id');
+  if (!Array.isArray(s!.paths) || !s!.paths.every((p) => typeof p === 'string')) bad('bad paths');
+  if (!Array.isArray(s!.tags) || !s!.tags.every((p) => typeof p === 'string')) bad('bad tags');
+  const h = s!.host;
+  if (!h || typeof h.hostname !== 'string' || typeof h.os !== 'string' || typeof h.arch !== 'string') bad('bad host identity');
+  if (s!.parent !== undefined && (typeof s!.parent !== 'string' || !HEX64.test(s!.parent))) bad('bad parent id');
+  if (typeof s!.username !== 'string' || typeof s!.program !== 'string') bad('bad username or program');
+  return s as Snapshot;
+}
+
+export async function saveSnapshot(repo: Repository, snap: Snapshot, options?: CallOptions): Promise<string> {
+  return repo.saveObject('snapshot', SNAPSHOTS_PREFIX, Buffer.from(JSON.stringify(snap)), options);
+}
+
+export async function loadSnapshot(repo: Repository, id: string, options?: CallOptions): Promise<Snapshot> {
+  const plain = await repo.loadObject('snapshot', SNAPSHOTS_PREFIX, id, options);
+  let raw: unknown;
+  try {
+    raw = JSON.parse(plain.toString('utf8'));
+  } catch {
+    throw new CofferError('CORRUPT', `Cannot read snapshot ${id.slice(0, 12)}: not valid JSON`);
+  }
+  return validateSnapshot(raw, id);
+}
+
+export async function listSnapshotIds(repo: Repository, options?: CallOptions): Promise<string[]> {
+  const ids: string[] = [];
+  for await (const o of repo.backend.list(SNAPSHOTS_PREFIX, options)) {
+    const id = idFromName(SNAPSHOTS_PREFIX, o.name);
+    if (id) ids.push(id);
+  }
+  return ids;
+}
+
+/** Loads every snapshot, oldest first. Any unreadable snapshot fails the call. */
+export async function loadAllSnapshots(repo: Repository, options?: CallOptions): Promise<SnapshotRef[]> {
+  const ids = await listSnapshotIds(repo, options);
+  const out: SnapshotRef[] = [];
+  for (const id of ids) out.push({ id, snapshot: await loadSnapshot(repo, id, options) });
+  return out.sort((a, b) => a.snapshot.time.localeCompare(b.snapshot.time) || a.id.localeCompare(b.id));
+}
+
+export interface SnapshotFilter {
+  host?: string;
+  paths?: string[];
+  tags?: string[];
+}
+
+export function matchesFilter(s: Snapshot, f: SnapshotFilter): boolean {
+  if (f.host && s.host.hostname !== f.host) return false;
+  if (f.paths?.length && !f.paths.every((p) => s.paths.includes(p))) return false;
+  if (f.tags?.length && !f.tags.every((t) => s.tags.includes(t))) return false;
+  return true;
+}
+
+/** Resolves `latest`, a full id or a unique id prefix (at least 4 digits) to a snapshot. */
+export async function findSnapshot(repo: Repository, ref: string, filter: SnapshotFilter = {}, options?: CallOptions): Promise<SnapshotRef> {
+  if (ref === 'latest') {
+    const all = (await loadAllSnapshots(repo, options)).filter((r) => matchesFilter(r.snapshot, filter));
+    const last = all.at(-1);
+    if (!last) throw new CofferError('NOT_FOUND', 'Cannot find the latest snapshot: no snapshot matches', { hint: 'List snapshots with `coffer repo snapshots`; check --host/--path/--tag.' });
+    return last;
+  }
+  if (!/^[0-9a-f]{4,64}$/.test(ref)) throw new CofferError('USAGE', `Cannot find snapshot ${JSON.stringify(ref)}: give "latest" or a hex id (at least 4 digits)`);
+  const ids = (await listSnapshotIds(repo, options)).filter((id) => id.startsWith(ref));
+  if (ids.length === 0) throw new CofferError('NOT_FOUND', `Cannot find snapshot ${ref}: no such snapshot`, { hint: 'List snapshots with `coffer repo snapshots`.' });
+  if (ids.length > 1) throw new CofferError('USAGE', `Cannot find snapshot ${ref}: the prefix matches ${ids.length} snapshots`, { hint: 'Give more digits.' });
+  try {
+    return { id: ids[0]!, snapshot: await loadSnapshot(repo, ids[0]!, options) };
+  } catch (e) {
+    if (isCofferError(e, 'NOT_FOUND')) throw new CofferError('NOT_FOUND', `Cannot find snapshot ${ref}: it was removed meanwhile`);
+    throw e;
+  }
+}

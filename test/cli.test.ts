@@ -1,0 +1,96 @@
+// The `coffer` command line: help everywhere, exit codes, --json, clear errors without stack
+// traces, and a backup → restore round trip through the real binary.
+import { describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { join } from 'node:path';
+import { writeFile } from 'node:fs/promises';
+import { buildProgram } from '../src/cli/main.ts';
+import type { Command } from 'commander';
+import { tempDir } from '../src/testing/tmp.ts';
+import { runCli } from './cli.ts';
+import { listTree, makeSourceTree } from './helpers.ts';
+
+function allCommands(c: Command, prefix: string[] = []): string[][] {
+  return c.commands.flatMap((s) => [[...prefix, s.name()], ...allCommands(s, [...prefix, s.name()])]);
+}
+
+describe('coffer CLI', () => {
+  it('--help works on every command and subcommand', async () => {
+    const cmds = allCommands(buildProgram());
+    assert.ok(cmds.length >= 12);
+    for (const c of [[], ...cmds]) {
+      const r = await runCli([...c, '--help']);
+      assert.equal(r.code, 0, `${c.join(' ')} --help: ${r.stderr}`);
+      assert.match(r.stdout, /Usage: coffer/);
+    }
+  });
+
+  it('a usage error exits 2 and says what is wrong', async () => {
+    const r = await runCli(['repo', 'snapshots', '--no-such-option']);
+    assert.equal(r.code, 2);
+    assert.match(r.stderr, /unknown option/);
+    const r2 = await runCli(['repo', 'snapshots'], { env: { COFFER_REPOSITORY: '' } });
+    assert.equal(r2.code, 2);
+    assert.match(r2.stderr, /no --repo given/);
+    assert.doesNotMatch(r2.stderr, /at .*\.ts:\d+/, 'no stack trace without --debug');
+  });
+
+  it('init, backup, snapshots, restore and check work end to end with --json', async (t) => {
+    const dir = await tempDir(t);
+    const src = join(dir, 'src');
+    await makeSourceTree(src, 6, 0.3);
+    const repo = join(dir, 'repo');
+    const env = { COFFER_PASSWORD: 'secret', COFFER_CACHE_DIR: join(dir, 'cache'), COFFER_REPOSITORY: repo };
+    let r = await runCli(['--json', 'repo', 'init'], { env });
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(JSON.parse(r.stdout).id, /^[0-9a-f]{64}$/);
+    r = await runCli(['--json', 'repo', 'backup', src, '--tag', 'first'], { env });
+    assert.equal(r.code, 0, r.stderr);
+    const summary = r.stdout.trim().split('\n').map((l) => JSON.parse(l)).find((e) => e.type === 'summary');
+    assert.ok(summary.bytesScanned > 1_000_000);
+    assert.match(summary.snapshot, /^[0-9a-f]{64}$/);
+    r = await runCli(['--json', 'repo', 'snapshots', '--tag', 'first'], { env });
+    const snaps = JSON.parse(r.stdout);
+    assert.equal(snaps.length, 1);
+    assert.equal(snaps[0].id, summary.snapshot);
+    r = await runCli(['repo', 'restore', 'latest', '--target', join(dir, 'out')], { env });
+    assert.equal(r.code, 0, r.stderr);
+    assert.deepEqual(await listTree(join(dir, 'out', ...src.split('/').filter(Boolean))), await listTree(src));
+    r = await runCli(['--json', 'repo', 'check', '--read-data', '--subset', '50%'], { env });
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(JSON.parse(r.stdout.trim().split('\n').at(-1)!).ok, true);
+  });
+
+  it('a wrong password exits 1 with a hint and no stack trace', async (t) => {
+    const dir = await tempDir(t);
+    const repo = join(dir, 'repo');
+    await runCli(['repo', 'init', '--repo', repo], { env: { COFFER_PASSWORD: 'right' } });
+    const r = await runCli(['repo', 'snapshots', '--repo', repo], { env: { COFFER_PASSWORD: 'wrong' } });
+    assert.equal(r.code, 1);
+    assert.match(r.stderr, /password is wrong/);
+    assert.doesNotMatch(r.stderr, /\.ts:\d+/);
+  });
+
+  it('password from a file and from a command', async (t) => {
+    const dir = await tempDir(t);
+    const repo = join(dir, 'repo');
+    await writeFile(join(dir, 'pw'), 'from-file\n');
+    let r = await runCli(['repo', 'init', '--repo', repo, '--password-file', join(dir, 'pw')], { env: { COFFER_PASSWORD: '' } });
+    assert.equal(r.code, 0, r.stderr);
+    r = await runCli(['repo', 'key', 'list', '--repo', repo], { env: { COFFER_PASSWORD: '', COFFER_PASSWORD_COMMAND: `cat ${join(dir, 'pw')}` } });
+    assert.equal(r.code, 0, r.stderr);
+    r = await runCli(['repo', 'key', 'list', '--repo', repo], { env: { COFFER_PASSWORD: '', COFFER_PASSWORD_COMMAND: 'false' } });
+    assert.equal(r.code, 2);
+    assert.match(r.stderr, /COFFER_PASSWORD_COMMAND failed/);
+  });
+
+  it('a backup of a path that does not exist fails with exit code 1 and names it', async (t) => {
+    const dir = await tempDir(t);
+    const repo = join(dir, 'repo');
+    const env = { COFFER_PASSWORD: 'x', COFFER_CACHE_DIR: join(dir, 'cache') };
+    await runCli(['repo', 'init', '--repo', repo], { env });
+    const r = await runCli(['repo', 'backup', '--repo', repo, join(dir, 'does-not-exist')], { env });
+    assert.equal(r.code, 1);
+    assert.match(r.stderr, /does-not-exist/);
+  });
+});

@@ -1,0 +1,164 @@
+// Prune: frees what no snapshot needs; safe alongside concurrent backups (no global lock);
+// deletes nothing when a listing fails.
+import { describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { join } from 'node:path';
+import { writeFile, mkdir } from 'node:fs/promises';
+import { isCofferError } from '../src/core/errors.ts';
+import { listAll } from '../src/storage/backend.ts';
+import { FaultyBackend } from '../src/storage/faulty.ts';
+import { MemoryBackend } from '../src/storage/memory.ts';
+import { backup } from '../src/jobs/backup.ts';
+import { restore } from '../src/jobs/restore.ts';
+import { check } from '../src/repository/check.ts';
+import { prune } from '../src/repository/prune.ts';
+import type { Repository } from '../src/repository/repository.ts';
+import { loadAllSnapshots, saveSnapshot } from '../src/repository/snapshot.ts';
+import { DATA_PREFIX, SNAPSHOTS_PREFIX } from '../src/repository/layout.ts';
+import { WorkerPool } from '../src/engine/pool.ts';
+import { Session } from '../src/repository/session.ts';
+import { makeTestRepo } from '../src/testing/repo.ts';
+import { tempDir } from '../src/testing/tmp.ts';
+import { randomBytes } from '../src/testing/random.ts';
+import { listTree } from './helpers.ts';
+
+async function writeSet(dir: string, seed: number, files = 6, size = 120_000): Promise<void> {
+  await mkdir(dir, { recursive: true });
+  for (let i = 0; i < files; i++) await writeFile(join(dir, `f${i}.bin`), randomBytes(seed * 100 + i, size));
+}
+
+async function restoresIntact(repo: Repository, snapTree: string, src: string, out: string): Promise<void> {
+  await restore(repo, snapTree, out);
+  assert.deepEqual(await listTree(join(out, ...src.split('/').filter(Boolean))), await listTree(src));
+}
+
+describe('prune', () => {
+  it('removes the packs of forgotten snapshots and keeps everything the others need', async (t) => {
+    const dir = await tempDir(t);
+    const tr = await makeTestRepo();
+    t.after(() => tr.close());
+    const a = join(dir, 'a');
+    const b = join(dir, 'b');
+    await writeSet(a, 1);
+    await writeSet(b, 2);
+    const ra = await backup(tr.repo, tr.pool, [a]);
+    const rb = await backup(tr.repo, tr.pool, [b]);
+    const before = await listAll(tr.backend, DATA_PREFIX);
+    await tr.backend.delete(SNAPSHOTS_PREFIX + ra.snapshotId);
+    const res = await prune(tr.repo, { encoder: tr.pool });
+    assert.ok(res.packsDeleted > 0, 'something was deleted');
+    const after = await listAll(tr.backend, DATA_PREFIX);
+    assert.ok(after.length < before.length);
+    const r2 = await tr.reopen();
+    const c = await check(r2, { readData: true });
+    assert.ok(c.ok, JSON.stringify(c.problems));
+    await r2.loadIndex();
+    await restoresIntact(r2, rb.snapshot.tree, b, join(dir, 'out'));
+  });
+
+  it('keeps a condemned pack that a backup running during the mark reuses', async (t) => {
+    const dir = await tempDir(t);
+    const tr = await makeTestRepo();
+    t.after(() => tr.close());
+    const a = join(dir, 'a');
+    await writeSet(a, 3);
+    const first = await backup(tr.repo, tr.pool, [a]);
+    // A writer in another process opens the repository and loads the index: it knows the blobs.
+    const writer = await tr.reopen();
+    const session = await Session.start(writer, 'backup');
+    await writer.loadIndex();
+    // The only snapshot is forgotten and prune marks everything; the writer is live, so the
+    // sweep must wait.
+    await tr.backend.delete(SNAPSHOTS_PREFIX + first.snapshotId);
+    const pruner = await tr.reopen();
+    const p1 = await prune(pruner, { encoder: tr.pool });
+    assert.equal(p1.packsDeleted, 0);
+    assert.equal(p1.plansWaiting, 1);
+    // A backup that starts after the mark sees the plan and does not reuse condemned blobs.
+    const late = await backup(await tr.reopen(), tr.pool, [a]);
+    assert.ok(late.summary.bytesNew > 0, 'a post-mark writer stores the data again');
+    // The pre-mark writer commits a snapshot that reuses every blob it knew (an unchanged backup).
+    const sid = await saveSnapshot(writer, { ...first.snapshot, time: new Date().toISOString() });
+    session.assertAlive();
+    await session.end();
+    // Now prune sweeps: the packs are used again, so they are kept.
+    const p2 = await prune(await tr.reopen(), { encoder: tr.pool });
+    assert.ok(p2.packsKept > 0, 'the reused packs were kept');
+    const r = await tr.reopen();
+    const c = await check(r, { readData: true });
+    assert.ok(c.ok, JSON.stringify(c.problems));
+    await r.loadIndex();
+    const snap = (await loadAllSnapshots(r)).find((x) => x.id === sid)!;
+    await restoresIntact(r, snap.snapshot.tree, a, join(dir, 'out'));
+  });
+
+  it('concurrent backups and prunes leave every snapshot restorable', async (t) => {
+    const dir = await tempDir(t);
+    const tr = await makeTestRepo();
+    t.after(() => tr.close());
+    const sets: string[] = [];
+    for (let i = 0; i < 4; i++) {
+      sets.push(join(dir, `s${i}`));
+      await writeSet(sets[i]!, 10 + i, 4, 80_000);
+    }
+    // Old snapshots to forget, so that prune has work while the writers run.
+    const old = await backup(tr.repo, tr.pool, [sets[0]!]);
+    await tr.backend.delete(SNAPSHOTS_PREFIX + old.snapshotId);
+    const writers = await Promise.all([0, 1].map(async () => {
+      const r = await tr.reopen();
+      const pool = await WorkerPool.create({ keys: r.keys, chunker: r.config.chunker, level: 3, workers: 1 });
+      t.after(() => pool.close());
+      return { r, pool };
+    }));
+    const results = await Promise.all([
+      ...writers.map(async ({ r, pool }, w) => {
+        const out = [];
+        for (const s of sets) out.push({ src: s, res: await backup(r, pool, [s], { tags: [`w${w}`] }) });
+        return out;
+      }),
+      (async () => {
+        const pr = await tr.reopen();
+        for (let i = 0; i < 3; i++) {
+          try {
+            await prune(pr, { encoder: tr.pool });
+          } catch (e) {
+            if (!isCofferError(e, 'CONFLICT')) throw e;
+          }
+        }
+        return [];
+      })(),
+    ]);
+    // Once the writers are done, a final prune can sweep everything marked.
+    await prune(await tr.reopen(), { encoder: tr.pool });
+    const r = await tr.reopen();
+    const c = await check(r, { readData: true });
+    assert.ok(c.ok, JSON.stringify(c.problems));
+    await r.loadIndex();
+    let n = 0;
+    for (const list of results) for (const { src, res } of list) await restoresIntact(r, res.snapshot.tree, src, join(dir, `out${n++}`));
+    assert.equal(n, 8);
+  });
+
+  it('deletes nothing when a listing fails', async (t) => {
+    const dir = await tempDir(t);
+    const inner = new MemoryBackend();
+    const faulty = new FaultyBackend(inner);
+    const tr = await makeTestRepo({ backend: faulty });
+    t.after(() => tr.close());
+    const a = join(dir, 'a');
+    await writeSet(a, 5);
+    const res = await backup(tr.repo, tr.pool, [a]);
+    await inner.delete(SNAPSHOTS_PREFIX + res.snapshotId);
+    const before = (await listAll(inner, '')).map((o) => o.name).filter((n) => !n.startsWith('sessions/')).sort();
+    for (const prefix of [DATA_PREFIX, SNAPSHOTS_PREFIX, 'index/', 'gc/', 'sessions/']) {
+      for (const after of prefix === DATA_PREFIX ? [0, 1] : [0]) {
+        if (after === 0) faulty.add({ kind: 'error', ops: ['list'], name: prefix, error: 'transient' });
+        else faulty.add({ kind: 'failList', name: prefix, after, error: 'transient' });
+        await assert.rejects(prune(tr.repo, { encoder: tr.pool }), Error, `a failing listing of ${prefix} after ${after} was not noticed`);
+        faulty.clear();
+      }
+      const now = (await listAll(inner, '')).map((o) => o.name).filter((n) => !n.startsWith('sessions/') && !n.startsWith('gc/')).sort();
+      assert.deepEqual(now, before, `a failing listing of ${prefix} deleted something`);
+    }
+  });
+});

@@ -1,0 +1,105 @@
+// End-to-end tests of the repository engine: init/open, keys, backup → restore round trips,
+// check, rebuild-index.
+import { describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { join } from 'node:path';
+import { isCofferError } from '../src/core/errors.ts';
+import { LocalBackend } from '../src/storage/local.ts';
+import { MemoryBackend } from '../src/storage/memory.ts';
+import { Repository } from '../src/repository/repository.ts';
+import { backup } from '../src/jobs/backup.ts';
+import { restore } from '../src/jobs/restore.ts';
+import { check } from '../src/repository/check.ts';
+import { rebuildIndex } from '../src/repository/rebuild-index.ts';
+import { loadAllSnapshots } from '../src/repository/snapshot.ts';
+import { INDEX_PREFIX } from '../src/repository/layout.ts';
+import { listAll } from '../src/storage/backend.ts';
+import { makeTestRepo, TEST_KDF, TEST_PASSWORD } from '../src/testing/repo.ts';
+import { tempDir } from '../src/testing/tmp.ts';
+import { listTree, makeSourceTree } from './helpers.ts';
+
+describe('repository', () => {
+  it('init() refuses a location that already holds a repository', async (t) => {
+    const tr = await makeTestRepo();
+    t.after(() => tr.close());
+    await assert.rejects(Repository.init(tr.backend, 'x', { kdf: TEST_KDF }), (e) => isCofferError(e, 'ALREADY_EXISTS'));
+  });
+
+  it('open() with a wrong password fails with WRONG_PASSWORD', async (t) => {
+    const tr = await makeTestRepo();
+    t.after(() => tr.close());
+    await assert.rejects(Repository.open(tr.backend, 'wrong', { noCache: true }), (e) => isCofferError(e, 'WRONG_PASSWORD'));
+  });
+
+  it('open() of an empty location says there is no repository', async () => {
+    await assert.rejects(Repository.open(new MemoryBackend(), 'x', { noCache: true }), (e) => isCofferError(e, 'NOT_FOUND'));
+  });
+
+  it('a second key opens the repository and the first can then be removed', async (t) => {
+    const tr = await makeTestRepo();
+    t.after(() => tr.close());
+    const second = await tr.repo.addKey('second passphrase', { kdf: TEST_KDF });
+    assert.equal((await tr.repo.listKeys()).length, 2);
+    const r2 = await Repository.open(tr.backend, 'second passphrase', { noCache: true });
+    t.after(() => r2.close());
+    assert.equal(r2.keyId, second);
+    assert.equal(r2.id, tr.repo.id);
+    await assert.rejects(r2.removeKey(second), (e) => isCofferError(e, 'REFUSED'));
+    await r2.removeKey(tr.repo.keyId);
+    await assert.rejects(Repository.open(tr.backend, TEST_PASSWORD, { noCache: true }), (e) => isCofferError(e, 'WRONG_PASSWORD'));
+  });
+
+  it('backup then restore gives back identical files, links and modes', async (t) => {
+    const dir = await tempDir(t);
+    const src = join(dir, 'src');
+    await makeSourceTree(src);
+    const tr = await makeTestRepo({ backend: new LocalBackend(join(dir, 'repo')) });
+    t.after(() => tr.close());
+    const res = await backup(tr.repo, tr.pool, [src]);
+    assert.ok(res.snapshotId);
+    assert.equal(res.warnings.length, 0);
+    assert.ok(res.stats.packs > 1, 'small packs: the data spans several packs');
+    // A second backup of the same data stores no new data: at most the trees of ancestor
+    // directories (such as /tmp, whose mtime other tests change) are new.
+    const again = await backup(tr.repo, tr.pool, [src]);
+    assert.ok(again.summary.bytesNew < 2048, `${again.summary.bytesNew} new bytes`);
+
+    const r2 = await tr.reopen();
+    await r2.loadIndex();
+    const snaps = await loadAllSnapshots(r2);
+    assert.equal(snaps.length, 2);
+    const target = join(dir, 'restore');
+    await restore(r2, snaps[0]!.snapshot.tree, target);
+    const restored = join(target, ...src.split('/').filter(Boolean));
+    assert.deepEqual(await listTree(restored), await listTree(src));
+
+    const c = await check(r2, { readData: true });
+    assert.deepEqual(c.problems, []);
+    assert.ok(c.ok);
+    assert.ok(c.stats.packsRead > 1);
+  });
+
+  it('rebuild-index recreates a lost index from the packs alone', async (t) => {
+    const dir = await tempDir(t);
+    const src = join(dir, 'src');
+    await makeSourceTree(src, 2);
+    const tr = await makeTestRepo();
+    t.after(() => tr.close());
+    await backup(tr.repo, tr.pool, ['.'].map(() => src));
+    for (const o of await listAll(tr.backend, INDEX_PREFIX)) await tr.backend.delete(o.name);
+    const r2 = await tr.reopen();
+    const broken = await check(r2);
+    assert.equal(broken.ok, false);
+    const res = await rebuildIndex(r2);
+    assert.deepEqual(res.damaged, []);
+    assert.ok(res.blobs > 10);
+    const r3 = await tr.reopen();
+    const c = await check(r3, { readData: true });
+    assert.ok(c.ok, JSON.stringify(c.problems));
+    const [snap] = await loadAllSnapshots(r3);
+    await r3.loadIndex();
+    const target = join(dir, 'out');
+    await restore(r3, snap!.snapshot.tree, target);
+    assert.deepEqual(await listTree(join(target, ...src.split('/').filter(Boolean))), await listTree(src));
+  });
+});
