@@ -167,7 +167,9 @@ export async function backup(repo: Repository, pool: BackupPool, paths: string[]
       try {
         const content: string[] = [];
         let size = 0;
-        let buf = Buffer.allocUnsafe(readSize);
+        // Size the first buffer to the file (+1 so that EOF shows without a second buffer): a small
+        // file's chunk is a view of this buffer and is held until its batch is encoded.
+        let buf = Buffer.allocUnsafe(Math.min(readSize, Number(st.size) + 1));
         let filled = 0;
         for (;;) {
           throwIfAborted(signal);

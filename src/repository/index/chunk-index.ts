@@ -756,7 +756,7 @@ export class ChunkIndex {
         this.rewrite({ base: 'session', overlay: false, sync: { sorter, packs, active }, files: activeFiles, superseded: inForce(superseded), kind: 'rebuild', signal });
         this.overlay = new Overlay();
         this.carrySessionRecords(old);
-      } else if (!sorter.inMemory || this.overlay.n + sorter.count > this.overlayLimit) {
+      } else if (this.overlay.n + sorter.count > this.overlayLimit) {
         this.rewrite({
           base: 'visible', overlay: true, sync: { sorter, packs, active },
           files: [...this.baseFiles, ...this.overlay.files, ...activeFiles],
@@ -764,7 +764,7 @@ export class ChunkIndex {
         });
         this.overlay = new Overlay();
       } else {
-        const stream = sorter.memoryStream();
+        const stream = new MergeStream(sorter.finish(signal));
         const overlayNo = new Map<number, number>();
         const ovNo = (no: number) => {
           let o = overlayNo.get(no);
@@ -773,14 +773,18 @@ export class ChunkIndex {
         };
         // Packs with no entries are part of the index too.
         for (let no = 0; no < packs.sizes.length; no++) if (packs.isActive(no, active)) ovNo(no);
-        while (stream.next()) {
-          const buf = stream.buf;
-          const pos = stream.pos;
-          if (!active[buf.readUInt32LE(pos + SORT_TAG) - 1]) continue;
-          const no = buf.readUInt32LE(pos + REC_PACK);
-          buf.copy(this.scratch, 0, pos, pos + RECORD_SIZE);
-          this.scratch.writeUInt32LE(ovNo(no), REC_PACK);
-          this.insertRecord(this.scratch, packs.ids, no * ID_SIZE);
+        try {
+          while (stream.next()) {
+            const buf = stream.buf;
+            const pos = stream.pos;
+            if (!active[buf.readUInt32LE(pos + SORT_TAG) - 1]) continue;
+            const no = buf.readUInt32LE(pos + REC_PACK);
+            buf.copy(this.scratch, 0, pos, pos + RECORD_SIZE);
+            this.scratch.writeUInt32LE(ovNo(no), REC_PACK);
+            this.insertRecord(this.scratch, packs.ids, no * ID_SIZE);
+          }
+        } finally {
+          stream.close();
         }
         for (const f of activeFiles) this.overlay.files.add(f);
         const sup = inForce(superseded);

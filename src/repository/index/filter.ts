@@ -19,7 +19,7 @@ export class BloomFilter {
 
   add(id: Uint8Array, off: number): void {
     const h1 = idWord(id, off + 8);
-    const h2 = idWord(id, off + 12) | 1;
+    const h2 = (idWord(id, off + 12) | 1) >>> 0;
     for (let i = 0; i < this.k; i++) {
       const b = (h1 + i * h2) % this.m;
       this.bits[b >>> 5] = this.bits[b >>> 5]! | (1 << (b & 31));
@@ -28,7 +28,7 @@ export class BloomFilter {
 
   mayHave(id: Uint8Array, off: number): boolean {
     const h1 = idWord(id, off + 8);
-    const h2 = idWord(id, off + 12) | 1;
+    const h2 = (idWord(id, off + 12) | 1) >>> 0;
     for (let i = 0; i < this.k; i++) {
       const b = (h1 + i * h2) % this.m;
       if ((this.bits[b >>> 5]! & (1 << (b & 31))) === 0) return false;

@@ -227,11 +227,6 @@ export class ExternalSorter {
     return this.runs.length;
   }
 
-  /** Whether everything pushed is still in memory. */
-  get inMemory(): boolean {
-    return this.runs.length === 0;
-  }
-
   /** Bytes held in memory now. */
   get memoryBytes(): number {
     return this.buf.length;
@@ -292,11 +287,6 @@ export class ExternalSorter {
     const out: RecordStream[] = this.runs.map((p) => new RunStream(p));
     if (this.n) out.push(new BufferStream(this.buf, sortById(this.buf, this.n, SORT_RECORD_SIZE), SORT_RECORD_SIZE));
     return out;
-  }
-
-  /** In-memory records in id order (only when inMemory). */
-  memoryStream(): RecordStream {
-    return new BufferStream(this.buf, sortById(this.buf, this.n, SORT_RECORD_SIZE), SORT_RECORD_SIZE);
   }
 
   /** Deletes the run files. */
