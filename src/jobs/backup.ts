@@ -145,9 +145,12 @@ export async function backup(repo: Repository, pool: BackupPool, paths: string[]
       progress.bytesNew = saver.stats.bytesNew;
       options.onProgress(progress);
     };
-    const limiter = new Limiter(options.fileConcurrency ?? Math.max(2, pool.size * 2));
+    // Small files are bound by I/O latency: many at once. Large ones by CPU and memory: about
+    // one per worker. The BlobSaver's backpressure bounds what is read but not yet stored.
+    const smallLimiter = new Limiter(options.fileConcurrency ?? 32);
+    const largeLimiter = new Limiter(pool.size + 1);
     const chunker: ChunkerParams = repo.config.chunker;
-    const readSize = Math.max(16 * 1024 * 1024, chunker.maxSize * 2);
+    const readSize = Math.max(8 * 1024 * 1024, chunker.maxSize * 2);
     let filesNew = 0;
 
     const saveBlobs = async (items: Array<{ type: BlobType; id: Uint8Array; raw: Uint8Array }>) => {
@@ -175,13 +178,15 @@ export async function backup(repo: Repository, pool: BackupPool, paths: string[]
           throwIfAborted(signal);
           let eof = false;
           while (filled < buf.length) {
-            const { bytesRead } = await fh.read(buf, filled, buf.length - filled, null);
-            if (bytesRead === 0) {
+            const want = buf.length - filled;
+            const { bytesRead } = await fh.read(buf, filled, want, null);
+            filled += bytesRead;
+            size += bytesRead;
+            // A short read of a regular file is its end: saves a read call per small file.
+            if (bytesRead < want) {
               eof = true;
               break;
             }
-            filled += bytesRead;
-            size += bytesRead;
           }
           if (filled === 0) break;
           const data = buf.subarray(0, filled);
@@ -237,7 +242,7 @@ export async function backup(repo: Repository, pool: BackupPool, paths: string[]
         return { ...meta, type: 'dir', subtree };
       }
       if (st.isFile()) {
-        return limiter.run(async () => {
+        return (st.size > 1024n * 1024n ? largeLimiter : smallLimiter).run(async () => {
           progress.currentPath = path;
           try {
             const r = await readFile(path, st);

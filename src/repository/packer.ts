@@ -35,6 +35,8 @@ export interface BlobSaverOptions extends CallOptions {
   uploadConcurrency?: number;
   /** Write an index file after this many uploaded packs (and at flush). */
   indexEvery?: number;
+  /** Raw bytes that may be queued or being encoded before saveMany() waits (default 64 MiB). */
+  maxInFlight?: number;
   /** Store blobs even if the index has them elsewhere (prune's repacking). */
   force?: boolean;
   /** Called after each pack is uploaded (for progress and crash-test hooks). */
@@ -47,6 +49,8 @@ const BATCH_BYTES = 8 * 1024 * 1024;
 interface OpenPack {
   writer: PackWriter;
   inflight: number;
+  /** Raw bytes of the batches assigned to this pack (encoded or not yet). */
+  reserved: number;
   closing: boolean;
   done?: () => void;
 }
@@ -62,7 +66,12 @@ export class BlobSaver {
   private readonly uploads = new Set<Promise<void>>();
   private readonly closingPacks = new Set<Promise<void>>();
   private pendingIndex: IndexPack[] = [];
-  private queue: Array<{ items: Array<{ type: BlobType; id: Uint8Array; raw: Uint8Array }>; resolve: (v: boolean[]) => void; reject: (e: unknown) => void }> = [];
+  private queue: Array<{ type: BlobType; id: Uint8Array; raw: Uint8Array }> = [];
+  /** Raw bytes queued or being encoded. */
+  private inFlight = 0;
+  private readonly maxInFlight: number;
+  private readonly batchBytes: number;
+  private spaceWaiters: Array<() => void> = [];
   private queueBytes = 0;
   private scheduled = false;
   private readonly batches = new Set<Promise<void>>();
@@ -76,6 +85,9 @@ export class BlobSaver {
     this.encoder = encoder;
     this.options = options;
     this.packSize = repo.config.packSize;
+    this.maxInFlight = options.maxInFlight ?? 64 * 1024 * 1024;
+    // Batches much smaller than a pack keep packs close to their target size.
+    this.batchBytes = Math.max(64 * 1024, Math.min(BATCH_BYTES, Math.floor(this.packSize / 4)));
   }
 
   /** True if the blob is already stored or being stored (no need to send it). */
@@ -84,59 +96,78 @@ export class BlobSaver {
   }
 
   /**
-   * Saves the blobs that are not known yet. Returns, per item, whether it was new. The raw
-   * buffers must stay unchanged until the promise resolves. Calls made in the same tick are
-   * batched into one request to the worker pool, so many small files cost one round trip.
+   * Queues the blobs that are not known yet for storing and returns once there is room for more
+   * (backpressure: at most `maxInFlight` raw bytes queued or being encoded). The caller need not
+   * wait for the blobs to be stored; failures surface in a later call and in flush(). The raw
+   * buffers must not change afterwards. Calls made in the same tick are batched into one request
+   * to the worker pool, so many small files cost one round trip.
    */
-  saveMany(items: Array<{ type: BlobType; id: Uint8Array; raw: Uint8Array }>): Promise<boolean[]> {
+  async saveMany(items: Array<{ type: BlobType; id: Uint8Array; raw: Uint8Array }>): Promise<void> {
     this.check();
-    return new Promise<boolean[]>((resolve, reject) => {
-      this.queue.push({ items, resolve, reject });
-      for (const it of items) this.queueBytes += it.raw.length;
-      if (this.queueBytes >= BATCH_BYTES) this.drain();
+    const fresh: typeof items = [];
+    for (const it of items) {
+      const key = it.type + toHex(it.id);
+      if (this.mine.has(key) || (!this.options.force && this.repo.hasBlob(it.type, it.id))) {
+        this.stats.blobsKnown++;
+        continue;
+      }
+      this.mine.add(key);
+      fresh.push(it);
+      this.queueBytes += it.raw.length;
+      this.inFlight += it.raw.length;
+    }
+    if (fresh.length) {
+      this.queue.push(...fresh);
+      if (this.queueBytes >= this.batchBytes) this.drain();
       else if (!this.scheduled) {
         this.scheduled = true;
         setImmediate(() => this.drain());
       }
-    });
+    }
+    while (this.inFlight > this.maxInFlight) {
+      await new Promise<void>((resolve) => this.spaceWaiters.push(resolve));
+      this.check();
+    }
   }
 
   private drain(): void {
     this.scheduled = false;
-    const batch = this.queue;
-    if (batch.length === 0) return;
+    const queue = this.queue;
     this.queue = [];
     this.queueBytes = 0;
-    const all = batch.flatMap((b) => b.items);
-    const done = this.saveBatch(all).then(async (isNew) => {
-      let k = 0;
-      for (const b of batch) {
-        b.resolve(isNew.slice(k, k + b.items.length));
-        k += b.items.length;
+    let start = 0;
+    let bytes = 0;
+    for (let i = 0; i < queue.length; i++) {
+      bytes += queue[i]!.raw.length;
+      if (bytes >= this.batchBytes || i === queue.length - 1) {
+        this.startBatch(queue.slice(start, i + 1), bytes);
+        start = i + 1;
+        bytes = 0;
       }
-    }, (e) => {
-      for (const b of batch) b.reject(e);
-    });
-    this.batches.add(done);
-    void done.finally(() => this.batches.delete(done));
+    }
   }
 
-  private async saveBatch(items: Array<{ type: BlobType; id: Uint8Array; raw: Uint8Array }>): Promise<boolean[]> {
-    this.check();
-    const isNew = items.map((it) => {
-      const key = it.type + toHex(it.id);
-      if (this.mine.has(key) || (!this.options.force && this.repo.hasBlob(it.type, it.id))) {
-        this.stats.blobsKnown++;
-        return false;
-      }
-      this.mine.add(key);
-      return true;
+  private startBatch(batch: Array<{ type: BlobType; id: Uint8Array; raw: Uint8Array }>, bytes: number): void {
+    const done = this.saveBatch(batch).catch((e) => {
+      for (const it of batch) this.mine.delete(it.type + toHex(it.id));
+      this.failure ??= e;
+    }).finally(() => {
+      this.batches.delete(done);
+      this.inFlight -= bytes;
+      // Wake every waiter: each re-checks the limit (and a failure) itself.
+      for (const w of this.spaceWaiters.splice(0)) w();
     });
-    const fresh = items.filter((_, i) => isNew[i]);
-    if (fresh.length === 0) return isNew;
+    this.batches.add(done);
+  }
+
+  private async saveBatch(fresh: Array<{ type: BlobType; id: Uint8Array; raw: Uint8Array }>): Promise<void> {
     const pack = this.openPack();
     const nonces = fresh.map(() => pack.writer.reserveNonce());
     pack.inflight++;
+    // Batches run concurrently: count what is promised to this pack, not only what it holds,
+    // so that packs stay near their target size.
+    for (const it of fresh) pack.reserved += it.raw.length;
+    if (pack === this.current && pack.reserved >= this.packSize) this.closeCurrent();
     try {
       const encoded = await this.encoder.encode(
         fresh.map((it, i) => ({ type: it.type, id: it.id, raw: it.raw, packKey: pack.writer.packKey, nonceIndex: nonces[i]! })),
@@ -150,21 +181,16 @@ export class BlobSaver {
         this.stats.bytesNew += it.raw.length;
         this.stats.bytesStored += enc.stored.length;
       }
-    } catch (e) {
-      for (const it of fresh) this.mine.delete(it.type + toHex(it.id));
-      this.failure ??= e;
-      throw e;
     } finally {
       pack.inflight--;
       if (pack.closing && pack.inflight === 0) pack.done?.();
     }
     if (pack === this.current && pack.writer.size >= this.packSize) this.closeCurrent();
     await this.throttle();
-    return isNew;
   }
 
-  async save(type: BlobType, id: Uint8Array, raw: Uint8Array): Promise<boolean> {
-    return (await this.saveMany([{ type, id, raw }]))[0]!;
+  async save(type: BlobType, id: Uint8Array, raw: Uint8Array): Promise<void> {
+    await this.saveMany([{ type, id, raw }]);
   }
 
   /** Finishes the open pack, waits for every upload and writes the index for them. */
@@ -187,7 +213,7 @@ export class BlobSaver {
   }
 
   private openPack(): OpenPack {
-    if (!this.current) this.current = { writer: new PackWriter(this.repo.keys), inflight: 0, closing: false };
+    if (!this.current) this.current = { writer: new PackWriter(this.repo.keys), inflight: 0, reserved: 0, closing: false };
     return this.current;
   }
 

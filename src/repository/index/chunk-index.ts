@@ -112,7 +112,7 @@ class SyncPacks {
 
 interface RewritePlan {
   /** Which records of the current cache file to carry over. */
-  base: 'visible' | 'session' | 'none';
+  base: 'visible' | 'session';
   overlay: boolean;
   sync?: { sorter: ExternalSorter; packs: SyncPacks; active: boolean[] };
   files: Iterable<string>;
@@ -180,11 +180,11 @@ export class ChunkIndex {
    */
   static async open(options: ChunkIndexOptions): Promise<ChunkIndex> {
     const index = new ChunkIndex(options);
-    index.load();
+    index.loadCache();
     return index;
   }
 
-  private load(): void {
+  private loadCache(): void {
     try {
       mkdirSync(this.dir, { recursive: true });
     } catch (e) {
@@ -868,7 +868,7 @@ export class ChunkIndex {
     const sync = plan.sync;
     // 1. The pack table.
     const sources: PackSource[] = [];
-    if (base && plan.base !== 'none') {
+    if (base) {
       for (let no = 0; no < base.packCount; no++) {
         const p = no * PACK_RECORD_SIZE;
         const f = base.packTable[p + 36]!;
@@ -908,7 +908,7 @@ export class ChunkIndex {
     const inputs: RecordStream[] = [];
     const kinds: number[] = [];
     let upperBound = 0;
-    if (base && base.pages && plan.base !== 'none') {
+    if (base && base.pages) {
       const scan = new PageScanner(base);
       inputs.push({ buf: scan.buffer, pos: 0, next() { const ok = scan.next(); this.pos = scan.pos; return ok; }, close() {} });
       kinds.push(0);
@@ -938,8 +938,14 @@ export class ChunkIndex {
       upperBound += sync.sorter.count;
     }
     const filter = this.filterBits ? new BloomFilter(upperBound + this.overlayLimit, this.filterBits) : undefined;
-    const writer = new CacheWriter(this.tempPath('base'), this.pageRecords);
     const merge = new MergeStream(inputs);
+    let writer: CacheWriter;
+    try {
+      writer = new CacheWriter(this.tempPath('base'), this.pageRecords);
+    } catch (e) {
+      merge.close();
+      throw e;
+    }
     let group = Buffer.alloc(RECORD_SIZE * 16);
     let gn = 0;
     const emit = (buf: Buffer, pos: number) => {
