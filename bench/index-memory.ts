@@ -5,7 +5,7 @@
 // (process.resourceUsage().maxRSS) belongs to that N alone.
 //
 //   node bench/index-memory.ts [--chunks 1000000,2000000,5000000] [--json out.json]
-//     [--filter-bits 0] [--page-cache-mib 16] [--lookups 1000000]
+//     [--filter-bits 0] [--page-cache-mib 16] [--lookups 1000000] [--v8-flags=--max-semi-space-size=2]
 
 import { spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
@@ -26,6 +26,7 @@ const { values } = parseArgs({
     'filter-bits': { type: 'string', default: '0' },
     'page-cache-mib': { type: 'string', default: '16' },
     lookups: { type: 'string', default: '1000000' },
+    'v8-flags': { type: 'string', default: '' },
     one: { type: 'string' },
   },
 });
@@ -46,6 +47,8 @@ interface Result {
   addSeconds: number;
   memoryBytes: number;
   memoryBytesPerChunk: number;
+  /** memoryBytes() without the page cache, whose size is the fixed budget. */
+  beyondPageCachePerChunk: number;
   heapUsedMiB: number;
   baselineRssMiB: number;
   peakRssMiB: number;
@@ -214,6 +217,7 @@ async function runOne(n: number, filterBits: number, pageCacheBytes: number, loo
       addSeconds,
       memoryBytes,
       memoryBytesPerChunk: memoryBytes / n,
+      beyondPageCachePerChunk: (memoryBytes - st.memory.pageCache) / n,
       heapUsedMiB: heapUsed / 2 ** 20,
       baselineRssMiB: baselineRss / 2 ** 20,
       peakRssMiB: process.resourceUsage().maxRSS / 1024,
@@ -239,7 +243,8 @@ if (values.one) {
   }
   const results: Result[] = [];
   for (const n of sizes) {
-    const child = spawnSync(process.execPath, ['--expose-gc', import.meta.filename, '--one', String(n), '--filter-bits', values['filter-bits'], '--page-cache-mib', values['page-cache-mib'], '--lookups', values.lookups], {
+    const v8 = values['v8-flags'].split(' ').filter(Boolean);
+    const child = spawnSync(process.execPath, ['--expose-gc', ...v8, import.meta.filename, '--one', String(n), '--filter-bits', values['filter-bits'], '--page-cache-mib', values['page-cache-mib'], '--lookups', values.lookups], {
       encoding: 'utf8',
       stdio: ['ignore', 'pipe', 'inherit'],
       maxBuffer: 1 << 20,
@@ -264,6 +269,7 @@ if (values.one) {
     ['page cache hit rate', (r: Result) => `${fmt(r.pageCacheHitRate * 100)}%`],
     ['memoryBytes(), MiB', (r: Result) => fmt(r.memoryBytes / 2 ** 20)],
     ['memoryBytes() per chunk, B', (r: Result) => fmt(r.memoryBytesPerChunk, 2)],
+    ['… without the page cache, B per chunk', (r: Result) => fmt(r.beyondPageCachePerChunk, 3)],
     ['heap used (after GC), MiB', (r: Result) => fmt(r.heapUsedMiB)],
     ['RSS at start, MiB', (r: Result) => fmt(r.baselineRssMiB)],
     ['peak RSS, MiB', (r: Result) => fmt(r.peakRssMiB)],
@@ -275,8 +281,8 @@ if (values.one) {
   ] as const;
   const lines = [`| | ${results.map((r) => r.chunks.toLocaleString('en-US')).join(' | ')} |`, `|---|${results.map(() => '---:').join('|')}|`];
   for (const [name, f] of rows.slice(1)) lines.push(`| ${name} | ${results.map(f).join(' | ')} |`);
-  console.log(`Chunk index, filter bits per entry ${values['filter-bits']}, page cache ${values['page-cache-mib']} MiB, node ${process.version}\n`);
+  console.log(`Chunk index, filter bits per entry ${values['filter-bits']}, page cache ${values['page-cache-mib']} MiB, node ${process.version}${values['v8-flags'] ? ` ${values['v8-flags']}` : ''}\n`);
   console.log(lines.join('\n'));
-  if (values.json) writeFileSync(values.json, JSON.stringify({ node: process.version, date: new Date().toISOString(), results }, null, 2) + '\n');
+  if (values.json) writeFileSync(values.json, JSON.stringify({ node: process.version, v8Flags: values['v8-flags'], date: new Date().toISOString(), results }, null, 2) + '\n');
   if (results.some((r) => r.errors)) process.exit(1);
 }

@@ -11,19 +11,28 @@ export interface CliResult {
   stderr: string;
 }
 
-export function runCli(args: string[], options: { env?: Record<string, string>; input?: string; killAfterMs?: number } = {}): Promise<CliResult> {
+export function runCli(args: string[], options: { env?: Record<string, string>; input?: string; killAfterMs?: number; signalAfterMs?: number; signal?: NodeJS.Signals; signalWhen?: (stdout: string) => boolean } = {}): Promise<CliResult> {
   return new Promise((resolve, reject) => {
     const child = spawn(process.execPath, [MAIN, ...args], { env: { ...process.env, ...options.env }, stdio: ['pipe', 'pipe', 'pipe'] });
     let stdout = '';
     let stderr = '';
-    child.stdout.on('data', (d) => (stdout += d));
+    let signalled = false;
+    child.stdout.on('data', (d) => {
+      stdout += d;
+      if (!signalled && options.signalWhen?.(stdout)) {
+        signalled = true;
+        child.kill(options.signal ?? 'SIGINT');
+      }
+    });
     child.stderr.on('data', (d) => (stderr += d));
     child.on('error', reject);
     if (options.input !== undefined) child.stdin.end(options.input);
     else child.stdin.end();
     const timer = options.killAfterMs !== undefined ? setTimeout(() => child.kill('SIGKILL'), options.killAfterMs) : undefined;
+    const timer2 = options.signalAfterMs !== undefined ? setTimeout(() => child.kill(options.signal ?? 'SIGINT'), options.signalAfterMs) : undefined;
     child.on('close', (code, signal) => {
       clearTimeout(timer);
+      clearTimeout(timer2);
       resolve({ code, signal, stdout, stderr });
     });
   });

@@ -1,23 +1,32 @@
-// The file backup job: walks the given paths, reads files in large blocks, has the worker pool
-// chunk and hash them, stores new chunks through BlobSaver, builds trees bottom-up and commits
-// a snapshot only after every pack and index file is stored. Unreadable entries become
-// warnings (exit code 3), never a failed or partial commit.
+// The backup job. Files: walks the given paths (names as bytes, so names that are not UTF-8
+// survive), skips what the exclude rules say, reuses the content of files unchanged since the
+// parent snapshot (same size, mtime, ctime and inode) without reading them, reads the others in
+// large blocks, has the worker pool chunk and hash them, stores new chunks through BlobSaver and
+// builds trees bottom-up. Streams (stdin, a command's output) and disk images go through the
+// same path. A snapshot is committed only after every pack and index file is stored; entries that
+// cannot be read become warnings (exit code 3), never a failed or partial commit. On Ctrl-C the
+// index of every uploaded pack is still written, so the next run reuses those packs.
 
-import { open, lstat, readdir, readlink } from 'node:fs/promises';
+import { open, lstat, readdir, readlink, stat } from 'node:fs/promises';
 import type { BigIntStats } from 'node:fs';
-import { arch, hostname, platform } from 'node:os';
 import { readFileSync } from 'node:fs';
-import { resolve, isAbsolute, normalize, sep } from 'node:path';
-import { CofferError, throwIfAborted } from '../core/errors.ts';
-import { chunkId, toHex } from '../engine/hash.ts';
+import { arch, hostname, platform, userInfo } from 'node:os';
+import { isAbsolute, normalize, resolve, sep } from 'node:path';
+import type { Readable } from 'node:stream';
+import { spawn } from 'node:child_process';
+import ignore, { type Ignore } from 'ignore';
+import { CofferError, isCofferError, throwIfAborted } from '../core/errors.ts';
+import { chunkId, fromHex, toHex } from '../engine/hash.ts';
 import type { BlobType } from '../engine/format.ts';
 import type { ChunkerParams } from '../engine/chunker.ts';
 import { BlobSaver, type Encoder, type SaverStats } from '../repository/packer.ts';
 import type { Repository } from '../repository/repository.ts';
 import { Session } from '../repository/session.ts';
 import { encodeTree, type Tree, type TreeNode } from '../repository/tree.ts';
-import { saveSnapshot, type HostIdentity, type Snapshot, type SnapshotSummary } from '../repository/snapshot.ts';
+import { loadAllSnapshots, saveSnapshot, type HostIdentity, type Snapshot, type SnapshotRef, type SnapshotSummary } from '../repository/snapshot.ts';
+import { loadTree } from '../repository/walk.ts';
 import { loadCondemned } from '../repository/prune.ts';
+import { readXattrs, dataRegions } from '../sources/metadata.ts';
 
 export const PROGRAM = 'coffer 0.1.0';
 
@@ -30,24 +39,56 @@ export interface BackupPool extends Encoder {
 export interface BackupProgress {
   files: number;
   dirs: number;
+  /** Bytes of all files processed (read or unchanged). */
   bytesScanned: number;
+  /** Bytes actually read. */
+  bytesRead: number;
   bytesNew: number;
+  /** Total bytes expected, when known (from the parent snapshot or an image's size). */
+  bytesTotal?: number;
   currentPath?: string;
 }
 
-export interface BackupOptions {
+export interface ExcludeOptions {
+  /** gitignore-style patterns, matched against paths relative to each backup root. */
+  patterns?: string[];
+  /** Do not cross file-system boundaries below each backup root. */
+  oneFileSystem?: boolean;
+  /** Skip directories holding a valid CACHEDIR.TAG. */
+  excludeCaches?: boolean;
+  /** Skip directories holding a file of one of these names. */
+  excludeIfPresent?: string[];
+}
+
+export interface StreamSource {
+  /** Name of the file in the snapshot (e.g. "mydb.sql"). */
+  name: string;
+  /** A command run with /bin/sh -c; its stdout is stored. Fails the backup on a non-zero exit. */
+  command?: string;
+  /** Read this stream instead (e.g. process.stdin). */
+  stream?: Readable;
+}
+
+export interface BackupOptions extends ExcludeOptions {
   signal?: AbortSignal;
   tags?: string[];
   host?: HostIdentity;
-  /** Called now and then (at most every 100 ms) and at the end. */
+  /** Parent snapshot id, 'none' for a full read, or undefined to pick the latest of the same host and paths. */
+  parent?: string;
   onProgress?: (p: BackupProgress) => void;
   onWarning?: (path: string, problem: string) => void;
-  /** Called after each pack upload: used by the crash test to die at a random point. */
+  /** Called after each pack upload (the crash test dies at random points through this). */
   onPackUploaded?: (packId: string) => void;
-  /** Max files read at once (default: 2 per worker). */
+  /** Max small files read at once (default 32). */
   fileConcurrency?: number;
-  /** Dry run: read and chunk, but store nothing and commit nothing. */
+  /** Read and chunk, store nothing, commit nothing. */
   dryRun?: boolean;
+  /** Back up paths as disk images (block devices or image files): fixed-size chunks, zero blocks as holes. */
+  images?: boolean;
+  /** Back up a stream instead of paths. */
+  stream?: StreamSource;
+  /** Test hook: runs after a file's content was read, before it is checked for change. */
+  afterFileRead?: (path: string) => void | Promise<void>;
 }
 
 export interface BackupResult {
@@ -56,6 +97,7 @@ export interface BackupResult {
   summary: SnapshotSummary;
   warnings: Array<{ path: string; problem: string }>;
   stats: SaverStats;
+  parent?: string;
 }
 
 export function localHostIdentity(): HostIdentity {
@@ -82,7 +124,7 @@ class Limiter {
     this.max = max;
   }
   async run<T>(fn: () => Promise<T>): Promise<T> {
-    if (this.active >= this.max) await new Promise<void>((r) => this.waiters.push(r));
+    while (this.active >= this.max) await new Promise<void>((r) => this.waiters.push(r));
     this.active++;
     try {
       return await fn();
@@ -93,22 +135,51 @@ class Limiter {
   }
 }
 
-function nsString(n: bigint): string {
-  return n.toString();
+const SLASH = Buffer.from('/');
+const CACHEDIR_SIGNATURE = 'Signature: 8a477f597d28d172789f06886806bc55';
+
+/** A name as the tree stores it: UTF-8 when it is, else bytes in rawName. */
+function treeName(bytes: Buffer): { name: string; rawName?: string } {
+  const name = bytes.toString('utf8');
+  return Buffer.from(name, 'utf8').equals(bytes) ? { name } : { name, rawName: bytes.toString('base64') };
 }
 
-function nodeMeta(name: string, st: BigIntStats): Omit<TreeNode, 'type'> {
+function nodeMeta(nameBytes: Buffer, st: BigIntStats): Omit<TreeNode, 'type'> {
   return {
-    name,
+    ...treeName(nameBytes),
     mode: Number(st.mode & 0o7777n),
     uid: Number(st.uid),
     gid: Number(st.gid),
-    mtimeNs: nsString(st.mtimeNs),
-    ctimeNs: nsString(st.ctimeNs),
+    mtimeNs: st.mtimeNs.toString(),
+    ctimeNs: st.ctimeNs.toString(),
     inode: st.ino.toString(),
     deviceId: st.dev.toString(),
     links: Number(st.nlink),
   };
+}
+
+/** Owner names by id, looked up once each from /etc/passwd and /etc/group. */
+class OwnerNames {
+  private users: Map<number, string> | undefined;
+  private groups: Map<number, string> | undefined;
+  private static parse(path: string): Map<number, string> {
+    const m = new Map<number, string>();
+    try {
+      for (const line of readFileSync(path, 'utf8').split('\n')) {
+        const f = line.split(':');
+        if (f.length > 2 && /^\d+$/.test(f[2]!)) m.set(Number(f[2]), f[0]!);
+      }
+    } catch {
+      /* no such file: ids only */
+    }
+    return m;
+  }
+  user(uid: number): string | undefined {
+    return (this.users ??= OwnerNames.parse('/etc/passwd')).get(uid);
+  }
+  group(gid: number): string | undefined {
+    return (this.groups ??= OwnerNames.parse('/etc/group')).get(gid);
+  }
 }
 
 /** Splits a backup path into the segments it has inside the snapshot tree. */
@@ -120,44 +191,75 @@ export function treeSegments(path: string): string[] {
   return n.split(sep).filter((s) => s !== '' && s !== '.');
 }
 
+function isAllZero(b: Uint8Array): boolean {
+  // Compare 8 bytes at a time where aligned; zero blocks of disk images are the common case.
+  const n = b.length;
+  let i = 0;
+  if (b.byteOffset % 8 === 0) {
+    const w = new BigUint64Array(b.buffer, b.byteOffset, Math.floor(n / 8));
+    for (let k = 0; k < w.length; k++) if (w[k] !== 0n) return false;
+    i = w.length * 8;
+  }
+  for (; i < n; i++) if (b[i] !== 0) return false;
+  return true;
+}
+
+/** The parent snapshot: the newest of this host with the same set of paths. */
+export async function findParent(repo: Repository, host: string, paths: string[], options: { signal?: AbortSignal } = {}): Promise<SnapshotRef | undefined> {
+  const want = [...paths].sort().join('\0');
+  const all = await loadAllSnapshots(repo, options);
+  return all.filter((s) => s.snapshot.host.hostname === host && [...s.snapshot.paths].sort().join('\0') === want).at(-1);
+}
+
 export async function backup(repo: Repository, pool: BackupPool, paths: string[], options: BackupOptions = {}): Promise<BackupResult> {
   const { signal } = options;
-  if (paths.length === 0) throw new CofferError('USAGE', 'Cannot back up: no paths given', { hint: 'Name at least one file or directory.' });
+  if (paths.length === 0 && !options.stream) throw new CofferError('USAGE', 'Cannot back up: no paths given', { hint: 'Name at least one file or directory, or use --stdin / --command.' });
   const started = Date.now();
+  const host = options.host ?? localHostIdentity();
   const session = options.dryRun ? undefined : await Session.start(repo, 'backup', { signal });
+  let saver: BlobSaver | undefined;
   try {
-    // Register first, then read the GC records: a prune that marks after this point waits for us.
+    // Register first, then read the GC plans: a prune that marks after this point waits for us.
     repo.setCondemned(await loadCondemned(repo, { signal }));
     await repo.loadIndex({ signal });
+    saver = new BlobSaver(repo, pool, { signal, onPackUploaded: options.onPackUploaded });
+    const s = saver;
+    const absPaths = options.stream ? [`/${options.stream.name}`] : paths.map((p) => resolve(p));
 
-    const saver = new BlobSaver(repo, pool, { signal, onPackUploaded: options.onPackUploaded });
+    let parent: SnapshotRef | undefined;
+    if (options.parent && options.parent !== 'none') {
+      const { findSnapshot } = await import('../repository/snapshot.ts');
+      parent = await findSnapshot(repo, options.parent, {}, { signal });
+    } else if (options.parent === undefined && !options.stream) {
+      parent = await findParent(repo, host.hostname, absPaths, { signal });
+    }
+
     const warnings: Array<{ path: string; problem: string }> = [];
     const warn = (path: string, problem: string) => {
       warnings.push({ path, problem });
       options.onWarning?.(path, problem);
     };
-    const progress: BackupProgress = { files: 0, dirs: 0, bytesScanned: 0, bytesNew: 0 };
+    const progress: BackupProgress = { files: 0, dirs: 0, bytesScanned: 0, bytesRead: 0, bytesNew: 0, bytesTotal: parent?.snapshot.summary?.bytesScanned };
     let lastReport = 0;
     const report = (force = false) => {
       const t = Date.now();
-      if (!options.onProgress || (!force && t - lastReport < 100)) return;
+      if (!options.onProgress || (!force && t - lastReport < 200)) return;
       lastReport = t;
-      progress.bytesNew = saver.stats.bytesNew;
+      progress.bytesNew = s.stats.bytesNew;
       options.onProgress(progress);
     };
+    const counts = { filesNew: 0, filesChanged: 0, filesUnchanged: 0 };
     // Small files are bound by I/O latency: many at once. Large ones by CPU and memory: about
     // one per worker. The BlobSaver's backpressure bounds what is read but not yet stored.
     const smallLimiter = new Limiter(options.fileConcurrency ?? 32);
     const largeLimiter = new Limiter(pool.size + 1);
     const chunker: ChunkerParams = repo.config.chunker;
     const readSize = Math.max(8 * 1024 * 1024, chunker.maxSize * 2);
-    let filesNew = 0;
+    const owners = new OwnerNames();
 
     const saveBlobs = async (items: Array<{ type: BlobType; id: Uint8Array; raw: Uint8Array }>) => {
-      if (options.dryRun) return;
-      await saver.saveMany(items);
+      if (!options.dryRun) await s.saveMany(items);
     };
-
     const storeTree = async (tree: Tree): Promise<string> => {
       const bytes = encodeTree(tree);
       const id = chunkId(repo.keys.chunkIdKey, bytes);
@@ -165,105 +267,231 @@ export async function backup(repo: Repository, pool: BackupPool, paths: string[]
       return toHex(id);
     };
 
-    const readFile = async (path: string, st: BigIntStats): Promise<{ content: string[]; size: number; changed: boolean }> => {
-      const fh = await open(path, 'r');
-      try {
-        const content: string[] = [];
-        let size = 0;
-        // Size the first buffer to the file (+1 so that EOF shows without a second buffer): a small
-        // file's chunk is a view of this buffer and is held until its batch is encoded.
-        let buf = Buffer.allocUnsafe(Math.min(readSize, Number(st.size) + 1));
-        let filled = 0;
-        for (;;) {
-          throwIfAborted(signal);
-          let eof = false;
-          while (filled < buf.length) {
-            const want = buf.length - filled;
-            const { bytesRead } = await fh.read(buf, filled, want, null);
-            filled += bytesRead;
-            size += bytesRead;
+    /**
+     * Reads a stream of bytes (file, device, command output) through the chunker and stores its
+     * chunks. `fixed` selects fixed-size chunking (disk images); all-zero fixed blocks are
+     * counted as holes.
+     */
+    const readStream = async (next: (buf: Buffer, offset: number, length: number) => Promise<number>, sizeHint: number | undefined, fixed: number | undefined): Promise<{ content: string[]; size: number; holes: number }> => {
+      const content: string[] = [];
+      let size = 0;
+      let holes = 0;
+      let buf = Buffer.allocUnsafe(sizeHint === undefined ? readSize : Math.min(readSize, sizeHint + 1));
+      let filled = 0;
+      for (;;) {
+        throwIfAborted(signal);
+        let eof = false;
+        while (filled < buf.length) {
+          const want = buf.length - filled;
+          const n = await next(buf, filled, want);
+          filled += n;
+          size += n;
+          progress.bytesRead += n;
+          if (n === 0 || (sizeHint !== undefined && n < want)) {
             // A short read of a regular file is its end: saves a read call per small file.
-            if (bytesRead < want) {
-              eof = true;
-              break;
-            }
-          }
-          if (filled === 0) break;
-          const data = buf.subarray(0, filled);
-          if (filled < chunker.minSize && eof) {
-            // A small file is one chunk: hash it here rather than pay a worker round trip.
-            const id = chunkId(repo.keys.chunkIdKey, data);
-            await saveBlobs([{ type: 'data', id, raw: data }]);
-            content.push(toHex(id));
+            eof = true;
             break;
           }
-          const { ends, ids, rest } = await pool.chunkAndHash(data, eof, 'cdc', signal);
-          const items = ids.map((id, i) => ({ type: 'data' as const, id, raw: data.subarray(i === 0 ? 0 : ends[i - 1]!, ends[i]!) }));
-          await saveBlobs(items);
-          for (const id of ids) content.push(toHex(id));
-          progress.bytesScanned += filled - rest;
-          report();
-          if (eof) break;
-          const next = Buffer.allocUnsafe(readSize);
-          buf.copy(next, 0, filled - rest, filled);
-          buf = next;
-          filled = rest;
         }
+        if (filled === 0) break;
+        const data = buf.subarray(0, filled);
+        if (fixed === undefined && filled < chunker.minSize && eof) {
+          // A small file is one chunk: hash it here rather than pay a worker round trip.
+          const id = chunkId(repo.keys.chunkIdKey, data);
+          await saveBlobs([{ type: 'data', id, raw: data }]);
+          content.push(toHex(id));
+          break;
+        }
+        const { ends, ids, rest } = await pool.chunkAndHash(data, eof, fixed === undefined ? 'cdc' : { fixed }, signal);
+        const items: Array<{ type: BlobType; id: Uint8Array; raw: Uint8Array }> = [];
+        for (let i = 0; i < ids.length; i++) {
+          const raw = data.subarray(i === 0 ? 0 : ends[i - 1]!, ends[i]!);
+          if (fixed !== undefined && isAllZero(raw)) holes += raw.length;
+          items.push({ type: 'data', id: ids[i]!, raw });
+          content.push(toHex(ids[i]!));
+        }
+        await saveBlobs(items);
+        progress.bytesScanned += filled - rest;
+        report();
+        if (eof) break;
+        const nextBuf = Buffer.allocUnsafe(readSize);
+        buf.copy(nextBuf, 0, filled - rest, filled);
+        buf = nextBuf;
+        filled = rest;
+      }
+      return { content, size, holes };
+    };
+
+    const readFile = async (path: Buffer, st: BigIntStats, fixed: number | undefined): Promise<{ content: string[]; size: number; changed: boolean; holes: number }> => {
+      const fh = await open(path, 'r');
+      try {
+        const isDev = st.isBlockDevice();
+        const r = await readStream(async (b, o, l) => (await fh.read(b, o, l, null)).bytesRead, isDev ? undefined : Number(st.size), fixed);
+        await options.afterFileRead?.(path.toString('utf8'));
         const after = await fh.stat({ bigint: true });
-        const changed = after.mtimeNs !== st.mtimeNs || after.size !== st.size || after.ctimeNs !== st.ctimeNs;
-        return { content, size, changed };
+        const changed = !isDev && (after.mtimeNs !== st.mtimeNs || after.size !== st.size || after.ctimeNs !== st.ctimeNs || BigInt(r.size) !== st.size);
+        return { ...r, changed };
       } finally {
         await fh.close();
       }
     };
 
-    // Returns the node for `path` (named `name`), or undefined if it must be skipped.
-    const visit = async (path: string, name: string): Promise<TreeNode | undefined> => {
+    /** True when every blob of a parent's file is still stored (and not condemned by prune). */
+    const contentAvailable = (content: string[]) => content.every((c) => repo.hasBlob('data', fromHex(c)));
+
+    interface Ctx {
+      /** Root of the backup path being walked: excludes are relative to it. */
+      root: Buffer;
+      ig: Ignore | undefined;
+      dev: bigint;
+    }
+
+    const excluded = (ctx: Ctx, path: Buffer, isDir: boolean): boolean => {
+      if (!ctx.ig) return false;
+      const rel = path.subarray(ctx.root.length + (ctx.root.length > 1 ? 1 : 0)).toString('utf8');
+      if (!rel) return false;
+      return ctx.ig.ignores(isDir ? rel + '/' : rel);
+    };
+
+    const dirExcludedByMarker = async (path: Buffer): Promise<string | undefined> => {
+      if (options.excludeCaches) {
+        try {
+          const fh = await open(Buffer.concat([path, SLASH, Buffer.from('CACHEDIR.TAG')]), 'r');
+          try {
+            const head = Buffer.alloc(CACHEDIR_SIGNATURE.length);
+            await fh.read(head, 0, head.length, 0);
+            if (head.toString('latin1') === CACHEDIR_SIGNATURE) return 'CACHEDIR.TAG';
+          } finally {
+            await fh.close();
+          }
+        } catch {
+          /* no tag */
+        }
+      }
+      for (const name of options.excludeIfPresent ?? []) {
+        try {
+          await lstat(Buffer.concat([path, SLASH, Buffer.from(name)]));
+          return name;
+        } catch {
+          /* not present */
+        }
+      }
+      return undefined;
+    };
+
+    const loadParentChildren = async (node: TreeNode | undefined): Promise<Map<string, TreeNode> | undefined> => {
+      if (!node || node.type !== 'dir' || !node.subtree) return undefined;
+      try {
+        const t = await loadTree(repo, node.subtree, { signal });
+        return new Map(t.nodes.map((n) => [n.rawName ?? n.name, n]));
+      } catch (e) {
+        if (isCofferError(e, 'CANCELLED')) throw e;
+        return undefined; // a damaged parent only costs a full read of this directory
+      }
+    };
+
+    // Returns the node for `path` (named `nameBytes`), or undefined if it must be skipped.
+    const visit = async (ctx: Ctx, path: Buffer, nameBytes: Buffer, prev: TreeNode | undefined): Promise<TreeNode | undefined> => {
       throwIfAborted(signal);
+      const shown = path.toString('utf8');
       let st: BigIntStats;
       try {
         st = await lstat(path, { bigint: true });
       } catch (e) {
-        warn(path, `cannot stat: ${(e as Error).message}`);
+        warn(shown, `cannot stat: ${(e as Error).message}`);
         return undefined;
       }
-      const meta = nodeMeta(name, st);
+      if (excluded(ctx, path, st.isDirectory())) return undefined;
+      const meta = nodeMeta(nameBytes, st);
+      const user = owners.user(meta.uid);
+      const group = owners.group(meta.gid);
+      if (user) meta.user = user;
+      if (group) meta.group = group;
+      try {
+        const xattrs = readXattrs(path);
+        if (xattrs?.length) meta.xattrs = xattrs;
+      } catch (e) {
+        warn(shown, `cannot read extended attributes: ${(e as Error).message}`);
+      }
       if (st.isDirectory()) {
-        let names: string[];
+        if (ctx.dev !== st.dev && options.oneFileSystem) {
+          // A mount point: keep the directory itself, not what is mounted on it.
+          progress.dirs++;
+          return { ...meta, type: 'dir', subtree: await storeTree({ nodes: [] }) };
+        }
+        const marker = await dirExcludedByMarker(path);
+        if (marker) {
+          progress.dirs++;
+          return { ...meta, type: 'dir', subtree: await storeTree({ nodes: [] }) };
+        }
+        let names: Buffer[];
         try {
-          names = (await readdir(path)).sort();
+          names = (await readdir(path, { encoding: 'buffer' })).sort(Buffer.compare);
         } catch (e) {
-          warn(path, `cannot list directory: ${(e as Error).message}`);
+          warn(shown, `cannot list directory: ${(e as Error).message}`);
           return undefined;
         }
-        const children = await Promise.all(names.map((n) => visit(path === sep ? sep + n : path + sep + n, n)));
+        const prevChildren = await loadParentChildren(prev);
+        const base = path.length === 1 && path[0] === 0x2f ? path : Buffer.concat([path, SLASH]);
+        const children = await Promise.all(names.map((n) => {
+          const key = treeName(n);
+          return visit(ctx, Buffer.concat([base, n]), n, prevChildren?.get(key.rawName ?? key.name));
+        }));
         progress.dirs++;
         const subtree = await storeTree({ nodes: children.filter((c): c is TreeNode => c !== undefined) });
         return { ...meta, type: 'dir', subtree };
       }
-      if (st.isFile()) {
-        return (st.size > 1024n * 1024n ? largeLimiter : smallLimiter).run(async () => {
-          progress.currentPath = path;
+      if (st.isFile() || (options.images && st.isBlockDevice())) {
+        const size = Number(st.size);
+        if (
+          prev?.type === 'file' && prev.size === size && prev.mtimeNs === meta.mtimeNs && prev.ctimeNs === meta.ctimeNs &&
+          prev.inode === meta.inode && prev.content && !prev.changedWhileRead && contentAvailable(prev.content)
+        ) {
+          counts.filesUnchanged++;
+          progress.files++;
+          progress.bytesScanned += size;
+          report();
+          return { ...meta, type: 'file', size, content: prev.content, ...(prev.sparse ? { sparse: true } : {}) };
+        }
+        const fixed = options.images ? repo.config.imageChunkSize : undefined;
+        return (size > 1024 * 1024 || st.isBlockDevice() ? largeLimiter : smallLimiter).run(async () => {
+          progress.currentPath = shown;
           try {
-            const r = await readFile(path, st);
+            const r = await readFile(path, st, fixed);
             progress.files++;
-            filesNew++;
-            if (r.size < chunker.minSize) progress.bytesScanned += r.size;
-            if (r.changed) warn(path, 'file changed while it was read; stored as read');
+            if (prev) counts.filesChanged++;
+            else counts.filesNew++;
+            if (r.size < chunker.minSize && fixed === undefined) progress.bytesScanned += r.size;
+            if (r.changed) warn(shown, 'file changed while it was read; stored as read');
             report();
-            return { ...meta, type: 'file' as const, size: r.size, content: r.content, ...(r.changed ? { changedWhileRead: true } : {}) };
+            let sparse = r.holes > 0;
+            if (!sparse && fixed === undefined && st.blocks * 512n < st.size) {
+              try {
+                const fh = await open(path, 'r');
+                try {
+                  sparse = dataRegions(fh.fd, size).reduce((n, [a, b]) => n + (b - a), 0) < size;
+                } finally {
+                  await fh.close();
+                }
+              } catch {
+                /* sparse detection is an optimisation for restore */
+              }
+            }
+            return { ...meta, type: 'file' as const, size: r.size, content: r.content, ...(r.changed ? { changedWhileRead: true } : {}), ...(sparse ? { sparse: true } : {}) };
           } catch (e) {
             if (e instanceof CofferError) throw e;
-            warn(path, `cannot read: ${(e as Error).message}`);
+            warn(shown, `cannot read: ${(e as Error).message}`);
             return undefined;
           }
         });
       }
       if (st.isSymbolicLink()) {
         try {
-          return { ...meta, type: 'symlink', linkTarget: await readlink(path) };
+          const target = await readlink(path, { encoding: 'buffer' });
+          const t = treeName(target);
+          return { ...meta, type: 'symlink', linkTarget: t.name, ...(t.rawName ? { rawLinkTarget: t.rawName } : {}) };
         } catch (e) {
-          warn(path, `cannot read link: ${(e as Error).message}`);
+          warn(shown, `cannot read link: ${(e as Error).message}`);
           return undefined;
         }
       }
@@ -271,74 +499,91 @@ export async function backup(repo: Repository, pool: BackupPool, paths: string[]
       return { ...meta, type, rdev: Number(st.rdev) };
     };
 
-    // Build the root: each path keeps its own place in the tree (absolute paths in full,
-    // relative ones as given, "." as the root itself).
-    interface Dir { children: Map<string, Dir | TreeNode>; path: string }
-    const root: Dir = { children: new Map(), path: '' };
-    const absPaths: string[] = [];
-    for (const p of paths) {
-      const abs = resolve(p);
-      absPaths.push(abs);
-      const segs = treeSegments(p);
-      if (segs.length === 0) {
-        // "." (or "/"): the directory's entries go to the root.
+    // The root tree: absolute paths keep their full place, relative ones their place below the
+    // current directory, and "." is the root itself.
+    interface Dir { children: Map<string, Dir | TreeNode>; path: string; prev: Map<string, TreeNode> | undefined }
+    let rootPrev: Map<string, TreeNode> | undefined;
+    if (parent) {
+      try {
+        rootPrev = new Map((await loadTree(repo, parent.snapshot.tree, { signal })).nodes.map((n) => [n.rawName ?? n.name, n]));
+      } catch (e) {
+        if (isCofferError(e, 'CANCELLED')) throw e;
+        warn('/', `parent snapshot ${parent.id.slice(0, 12)} is unreadable; reading everything`);
+      }
+    }
+    const root: Dir = { children: new Map(), path: '/', prev: rootPrev };
+    let treeId: string;
+    if (options.stream) {
+      const src = options.stream;
+      const r = await readCommandOrStream(src, readStream, signal);
+      counts.filesNew++;
+      progress.files++;
+      const now = BigInt(Date.now()) * 1_000_000n;
+      const uid = process.getuid?.() ?? 0;
+      const gid = process.getgid?.() ?? 0;
+      treeId = await storeTree({ nodes: [{ name: src.name, type: 'file', mode: 0o600, uid, gid, mtimeNs: now.toString(), size: r.size, content: r.content }] });
+    } else {
+      for (const p of paths) {
+        const abs = resolve(p);
+        const segs = treeSegments(p);
         let st: BigIntStats;
         try {
-          st = await lstat(abs, { bigint: true });
+          st = await stat(abs, { bigint: true });
         } catch (e) {
-          throw new CofferError('NOT_FOUND', `Cannot back up ${p}: ${(e as Error).message}`);
+          throw new CofferError('NOT_FOUND', `Cannot back up ${p}: ${(e as Error).message}`, { hint: 'Check the path.' });
         }
-        if (!st.isDirectory()) throw new CofferError('USAGE', `Cannot back up ${p} as the root: it is not a directory`);
-        for (const n of (await readdir(abs)).sort()) {
-          const node = await visit(abs === sep ? sep + n : abs + sep + n, n);
-          if (node) root.children.set(n, node);
+        const patterns = options.patterns ?? [];
+        const ctx: Ctx = { root: Buffer.from(abs), ig: patterns.length ? ignore().add(patterns) : undefined, dev: st.dev };
+        if (segs.length === 0) {
+          // "." (or "/"): the directory's entries go to the root.
+          if (!st.isDirectory()) throw new CofferError('USAGE', `Cannot back up ${p} as the root: it is not a directory`);
+          const base = abs === sep ? Buffer.from(abs) : Buffer.from(abs + sep);
+          for (const n of (await readdir(abs, { encoding: 'buffer' })).sort(Buffer.compare)) {
+            const key = treeName(n);
+            const node = await visit(ctx, Buffer.concat([base, n]), n, root.prev?.get(key.rawName ?? key.name));
+            if (node) root.children.set(key.rawName ?? key.name, node);
+          }
+          continue;
         }
-        continue;
-      }
-      try {
-        await lstat(abs);
-      } catch (e) {
-        throw new CofferError('NOT_FOUND', `Cannot back up ${p}: ${(e as Error).message}`, { hint: 'Check the path.' });
-      }
-      let dir = root;
-      const base = isAbsolute(p) ? sep : process.cwd() + sep;
-      let cur = base.replace(/\/+$/, '');
-      for (const seg of segs.slice(0, -1)) {
-        cur = cur + sep + seg;
-        let next = dir.children.get(seg);
-        if (!next || !('children' in next)) {
-          next = { children: new Map(), path: cur };
-          dir.children.set(seg, next);
+        let dir = root;
+        let cur = isAbsolute(p) ? '' : process.cwd().replace(/\/+$/, '');
+        for (const seg of segs.slice(0, -1)) {
+          cur = cur + sep + seg;
+          let next = dir.children.get(seg);
+          if (!next || !('children' in next)) {
+            const prevNode = dir.prev?.get(seg);
+            next = { children: new Map(), path: cur, prev: await loadParentChildren(prevNode) };
+            dir.children.set(seg, next);
+          }
+          dir = next as Dir;
         }
-        dir = next as Dir;
+        const last = segs.at(-1)!;
+        const node = await visit(ctx, Buffer.from(abs), Buffer.from(last), dir.prev?.get(last));
+        if (node) dir.children.set(last, node);
       }
-      const last = segs.at(-1)!;
-      const node = await visit(abs, last);
-      if (node) dir.children.set(last, node);
+      const buildDir = async (d: Dir): Promise<string> => {
+        const nodes: TreeNode[] = [];
+        for (const [name, c] of d.children) {
+          if ('children' in c && c.children instanceof Map) {
+            const st = await lstat(c.path, { bigint: true });
+            nodes.push({ ...nodeMeta(Buffer.from(name), st), type: 'dir', subtree: await buildDir(c as Dir) });
+          } else nodes.push(c as TreeNode);
+        }
+        return storeTree({ nodes });
+      };
+      treeId = await buildDir(root);
     }
-    const buildDir = async (d: Dir): Promise<string> => {
-      const nodes: TreeNode[] = [];
-      for (const [name, c] of d.children) {
-        if ('children' in c && c.children instanceof Map) {
-          const st = await lstat(c.path, { bigint: true });
-          nodes.push({ ...nodeMeta(name, st), type: 'dir', subtree: await buildDir(c as Dir) });
-        } else nodes.push(c as TreeNode);
-      }
-      return storeTree({ nodes });
-    };
-    const treeId = await buildDir(root);
-    if (!options.dryRun) await saver.flush();
+    if (!options.dryRun) await s.flush();
     report(true);
 
     const summary: SnapshotSummary = {
-      filesNew,
-      filesChanged: 0,
-      filesUnchanged: 0,
+      ...counts,
       dirs: progress.dirs,
       bytesScanned: progress.bytesScanned,
-      bytesNew: saver.stats.bytesNew,
-      bytesStored: saver.stats.bytesStored,
-      blobsNew: saver.stats.blobsNew,
+      bytesRead: progress.bytesRead,
+      bytesNew: s.stats.bytesNew,
+      bytesStored: s.stats.bytesStored,
+      blobsNew: s.stats.blobsNew,
       warnings: warnings.length,
       durationMs: Date.now() - started,
     };
@@ -347,9 +592,10 @@ export async function backup(repo: Repository, pool: BackupPool, paths: string[]
       time: new Date(started).toISOString(),
       tree: treeId,
       paths: absPaths,
-      host: options.host ?? localHostIdentity(),
-      username: process.env.USER ?? String(process.getuid?.() ?? ''),
+      host,
+      username: safeUser(),
       tags: options.tags ?? [],
+      ...(parent ? { parent: parent.id } : {}),
       program: PROGRAM,
       summary,
       ...(warnings.length ? { warnings: warnings.slice(0, 1000) } : {}),
@@ -359,9 +605,81 @@ export async function backup(repo: Repository, pool: BackupPool, paths: string[]
       session!.assertAlive();
       snapshotId = await saveSnapshot(repo, snapshot, { signal });
     }
-    return { snapshotId, snapshot, summary, warnings, stats: saver.stats };
+    return { snapshotId, snapshot, summary, warnings, stats: s.stats, parent: parent?.id };
+  } catch (e) {
+    // Interrupted or failed: index what was uploaded, so that the next run reuses it.
+    if (saver && !options.dryRun) await saver.salvage().catch(() => {});
+    throw e;
   } finally {
     await session?.end().catch(() => {});
   }
 }
 
+function safeUser(): string {
+  try {
+    return userInfo().username;
+  } catch {
+    return String(process.getuid?.() ?? '');
+  }
+}
+
+type StreamReader = (next: (buf: Buffer, offset: number, length: number) => Promise<number>, sizeHint: number | undefined, fixed: number | undefined) => Promise<{ content: string[]; size: number; holes: number }>;
+
+/** Feeds a command's stdout or a stream to the reader; a command that fails fails the backup. */
+async function readCommandOrStream(src: StreamSource, read: StreamReader, signal: AbortSignal | undefined): Promise<{ content: string[]; size: number }> {
+  let stream: Readable;
+  let child: ReturnType<typeof spawn> | undefined;
+  let stderr = '';
+  if (src.command) {
+    child = spawn('/bin/sh', ['-c', src.command], { stdio: ['ignore', 'pipe', 'pipe'], signal });
+    child.stderr!.on('data', (d) => {
+      if (stderr.length < 4000) stderr += d;
+    });
+    stream = child.stdout!;
+  } else if (src.stream) stream = src.stream;
+  else throw new CofferError('USAGE', 'Cannot back up a stream: neither a command nor a stream given');
+  const exited = child
+    ? new Promise<{ code: number | null; sig: NodeJS.Signals | null }>((resolve, reject) => {
+        child!.on('error', reject);
+        child!.on('close', (code, sig) => resolve({ code, sig }));
+      })
+    : undefined;
+  // Pull-based reads from the stream into the reader's buffers.
+  const iterator = stream[Symbol.asyncIterator]() as AsyncIterator<Buffer>;
+  let pending: Buffer | undefined;
+  let done = false;
+  const next = async (buf: Buffer, offset: number, length: number): Promise<number> => {
+    let n = 0;
+    while (n < length && !done) {
+      if (!pending || pending.length === 0) {
+        const r = await iterator.next();
+        if (r.done) {
+          done = true;
+          break;
+        }
+        pending = r.value;
+      }
+      const take = Math.min(length - n, pending.length);
+      pending.copy(buf, offset + n, 0, take);
+      pending = pending.subarray(take);
+      n += take;
+    }
+    return n;
+  };
+  let r: { content: string[]; size: number };
+  try {
+    r = await read(next, undefined, undefined);
+  } catch (e) {
+    child?.kill('SIGTERM');
+    throw e;
+  }
+  if (exited) {
+    const { code, sig } = await exited;
+    if (code !== 0) {
+      throw new CofferError('INVALID_CONFIG', `Cannot back up the output of \`${src.command}\`: the command ${sig ? `was killed by ${sig}` : `exited with code ${code}`}; no snapshot was saved`, {
+        hint: stderr.trim() ? `Its error output: ${stderr.trim().slice(0, 500)}` : 'Run the command by hand to see what fails.',
+      });
+    }
+  }
+  return r;
+}

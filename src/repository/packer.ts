@@ -207,6 +207,22 @@ export class BlobSaver {
     await this.writeIndex();
   }
 
+  /**
+   * After a failure or Ctrl-C: lets what is under way settle, then writes the index for every
+   * pack that was fully uploaded, so that the next backup reuses those packs. No snapshot.
+   */
+  async salvage(): Promise<void> {
+    while (this.batches.size || this.closingPacks.size || this.uploads.size) {
+      await Promise.allSettled([...this.batches, ...this.closingPacks, ...this.uploads]);
+    }
+    if (this.pendingIndex.length === 0) return;
+    const packs = this.pendingIndex;
+    this.pendingIndex = [];
+    // Deliberately without the (aborted) signal: this is one small write.
+    this.indexFiles.push(await this.repo.saveIndexFile({ supersedes: [], packs }));
+    this.stats.indexFiles++;
+  }
+
   private check(): void {
     if (this.failure) throw this.failure;
     throwIfAborted(this.options.signal);

@@ -331,7 +331,9 @@ export class Repository {
 
   /** True if the blob is stored in a pack that is not condemned, so it can be reused. */
   hasBlob(type: BlobType, id: Uint8Array): boolean {
-    const hit = this.index.lookup(id, type);
+    if (this.condemned.size === 0) return this.index.has(id, type);
+    // A blob may sit both in a condemned pack and in a live one (after repacking): the live copy counts.
+    const hit = this.index.lookup(id, type, { prefer: (p) => !this.condemned.has(toHex(p)) });
     return hit !== undefined && !this.condemned.has(toHex(hit.packId));
   }
 

@@ -21,7 +21,10 @@ export interface SnapshotSummary {
   filesChanged: number;
   filesUnchanged: number;
   dirs: number;
+  /** Bytes of every file in the snapshot (read, or unchanged since the parent). */
   bytesScanned: number;
+  /** Bytes actually read. */
+  bytesRead?: number;
   bytesNew: number;
   bytesStored: number;
   blobsNew: number;

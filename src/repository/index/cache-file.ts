@@ -227,6 +227,16 @@ export class CacheWriter {
   }
 }
 
+export interface OpenOptions {
+  /** The summary of a file this process just wrote: the page pass is skipped. */
+  written?: CacheSummary;
+  /**
+   * Called with the record count before the verification pass; the function it returns sees
+   * every record, in order (e.g. to fill a filter without reading the file twice).
+   */
+  visit?: (recordCount: number) => ((buf: Buffer, pos: number) => void) | undefined;
+}
+
 /**
  * An open, fully verified cache file. open() reads it once from end to end (checking every page
  * checksum, the record order and every pack reference) and builds the sparse table; later page
@@ -275,20 +285,19 @@ export class CacheFile implements CacheSummary {
 
   /**
    * Opens and verifies a cache file. Throws CORRUPT (via `damaged`) for anything wrong with it;
-   * fs errors from opening it come through unchanged (ENOENT: there is no cache yet). With
-   * `written` (the summary of a file this process just wrote), the page pass is skipped.
+   * fs errors from opening it come through unchanged (ENOENT: there is no cache yet).
    */
-  static open(path: string, expectKind: number, written?: CacheSummary): CacheFile {
+  static open(path: string, expectKind: number, options: OpenOptions = {}): CacheFile {
     const fd = openSync(path, 'r');
     try {
-      return CacheFile.verify(path, fd, expectKind, written);
+      return CacheFile.verify(path, fd, expectKind, options);
     } catch (e) {
       closeSync(fd);
       throw e;
     }
   }
 
-  private static verify(path: string, fd: number, expectKind: number, written?: CacheSummary): CacheFile {
+  private static verify(path: string, fd: number, expectKind: number, { written, visit }: OpenOptions): CacheFile {
     const bad = (why: string): never => {
       throw damaged(path, why);
     };
@@ -328,6 +337,7 @@ export class CacheFile implements CacheSummary {
       if (written.recordCount !== recordCount || written.sessionCount !== sessionCount || written.pageRecords !== pageRecords) bad('it is not the file just written');
       return new CacheFile(path, fd, h, meta, written);
     }
+    const onRecord = visit?.(recordCount);
     // One sequential pass over every page.
     const pb = pageBytes(pageRecords);
     const pages = pageCount(recordCount, pageRecords);
@@ -359,6 +369,7 @@ export class CacheFile implements CacheSummary {
           if (flags & FLAG_SESSION) sessions++;
           chunk.copy(prev, 0, pos, pos + RECORD_SIZE);
           seen++;
+          onRecord?.(chunk, pos);
         }
       }
     }

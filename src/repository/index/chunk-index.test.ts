@@ -156,7 +156,7 @@ function assertMatches(index: ChunkIndex, repo: FakeRepo, session: IndexPack[] =
       sameEntry(hit.entry, want[0]!.entry, `lookup ${h}`);
       // `prefer` picks the first acceptable location.
       const last = want[want.length - 1]!.packId;
-      assert.equal(index.lookup(id, type, (p) => p.toString('hex') === last)!.packId.toString('hex'), last);
+      assert.equal(index.lookup(id, type, { prefer: (p) => p.toString('hex') === last })!.packId.toString('hex'), last);
     }
   }
   for (let k = 0; k < 50; k++) {
@@ -376,9 +376,9 @@ test('every location of a blob stored in several packs is kept; lookup() picks b
   assert.deepEqual(index.lookupAll(shared[0]!).map((h) => h.packId), packIds);
   assert.deepEqual(index.lookup(shared[0]!)!.packId, packIds[0]);
   const notFirst = (p: Buffer) => !p.equals(packIds[0]!);
-  assert.deepEqual(index.lookup(shared[0]!, 'data', notFirst)!.packId, packIds[1]);
-  assert.deepEqual(index.lookup(shared[1]!, 'data', notFirst)!.packId, packIds[2]);
-  assert.deepEqual(index.lookup(shared[1]!, 'data', () => false)!.packId, packIds[0], 'nothing preferred: the first');
+  assert.deepEqual(index.lookup(shared[0]!, 'data', { prefer: notFirst })!.packId, packIds[1]);
+  assert.deepEqual(index.lookup(shared[1]!, 'data', { prefer: notFirst })!.packId, packIds[2]);
+  assert.deepEqual(index.lookup(shared[1]!, 'data', { prefer: () => false })!.packId, packIds[0], 'nothing preferred: the first');
   assert.equal(index.lookup(shared[0]!, 'tree'), undefined);
   assertMatches(index, repo);
   await index.close();

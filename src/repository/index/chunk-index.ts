@@ -15,7 +15,7 @@ import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { CofferError, isCofferError, throwIfAborted } from '../../core/errors.ts';
 import { invalidPack, type BlobType, type IndexEntry, type IndexFileContent } from './index-file.ts';
-import { CacheFile, CacheWriter, KIND_BASE, KIND_DELTA, PageScanner, damaged, storageError, type CacheSummary } from './cache-file.ts';
+import { CacheFile, CacheWriter, KIND_BASE, KIND_DELTA, PageScanner, damaged, storageError, type CacheSummary, type OpenOptions } from './cache-file.ts';
 import { BloomFilter } from './filter.ts';
 import { Overlay } from './overlay.ts';
 import { PageCache } from './page-cache.ts';
@@ -48,6 +48,11 @@ export interface IndexHit {
   entry: IndexEntry;
 }
 
+export interface LookupOptions {
+  /** Among several locations, the first one (in pack-id order) to accept. */
+  prefer?: (packId: Buffer) => boolean;
+}
+
 export interface SyncOptions {
   signal?: AbortSignal;
   onProgress?: (done: number, total: number) => void;
@@ -70,6 +75,8 @@ export interface ChunkIndexStats {
   filesLoaded: number;
   /** Damaged cache files found and discarded. */
   discarded: number;
+  /** Where memoryBytes() goes. */
+  memory: { sparseTable: number; pageCache: number; packTable: number; overlay: number; filter: number; other: number };
 }
 
 const BASE_NAME = 'chunks.cfx';
@@ -191,7 +198,12 @@ export class ChunkIndex {
       throw storageError('create', this.dir, e);
     }
     this.removeStaleTemps();
-    const base = this.openCacheFile(this.basePath, KIND_BASE);
+    // The filter (if any) fills during the verification pass; it is only kept with the file.
+    let filter: BloomFilter | undefined;
+    const base = this.openCacheFile(this.basePath, KIND_BASE, this.filterBits ? (count) => {
+      const f = (filter = new BloomFilter(count + this.overlayLimit, this.filterBits));
+      return (buf, pos) => f.add(buf, pos);
+    } : undefined);
     if (base) {
       this.base = base;
       this.sessionVisible = false;
@@ -199,8 +211,8 @@ export class ChunkIndex {
       this.baseSuperseded = new Set(base.superseded);
       this.generation = base.generation;
       this.cache.reset(base);
-    }
-    this.resetFilter();
+      this.filter = filter;
+    } else this.resetFilter();
     const delta = this.openCacheFile(this.deltaPath, KIND_DELTA);
     if (delta) {
       try {
@@ -218,9 +230,9 @@ export class ChunkIndex {
   }
 
   /** Opens and verifies a cache file; a damaged one is deleted and undefined returned. */
-  private openCacheFile(path: string, kind: number): CacheFile | undefined {
+  private openCacheFile(path: string, kind: number, visit?: OpenOptions['visit']): CacheFile | undefined {
     try {
-      return CacheFile.open(path, kind);
+      return CacheFile.open(path, kind, { visit });
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
       if (isCofferError(e, 'CORRUPT')) {
@@ -465,17 +477,17 @@ export class ChunkIndex {
 
   /**
    * Where a blob is stored, or undefined. With several locations: the first in pack-id order that
-   * `prefer` accepts, else the first.
+   * `prefer` accepts (e.g. "not in a condemned pack"), else the first.
    */
-  lookup(id: Uint8Array, type?: BlobType, prefer?: (packId: Buffer) => boolean): IndexHit | undefined {
+  lookup(id: Uint8Array, type?: BlobType, options: LookupOptions = {}): IndexHit | undefined {
     this.assertUsable('look up a blob');
     this.checkId(id, 'look up a blob');
     const n = this.collect(id, type === undefined ? -1 : typeFlag(type));
     if (n === 0) return undefined;
-    if (prefer) {
-      for (let i = 0; i < n; i++) if (prefer(Buffer.from(this.candPackId(i)))) return this.hit(i);
-    }
-    return this.hit(0);
+    if (n === 1 || !options.prefer) return this.hit(0);
+    // All hits first: `prefer` may itself use the index.
+    const hits = Array.from({ length: n }, (_, i) => this.hit(i));
+    return hits.find((h) => options.prefer!(h.packId)) ?? hits[0];
   }
 
   /** Every location of a blob (one per type and pack), in (type, pack id) order. */
@@ -1004,7 +1016,7 @@ export class ChunkIndex {
         this.basePath,
       );
       completed = true;
-      const next = CacheFile.open(this.basePath, KIND_BASE, summary);
+      const next = CacheFile.open(this.basePath, KIND_BASE, { written: summary });
       this.base?.close();
       this.base = next;
       this.sessionVisible = true;
@@ -1030,10 +1042,21 @@ export class ChunkIndex {
 
   /** An estimate of the bytes this structure holds in memory, excluding V8's fixed overhead. */
   memoryBytes(): number {
+    const m = this.memory();
+    return m.sparseTable + m.pageCache + m.packTable + m.overlay + m.filter + m.other;
+  }
+
+  private memory(): ChunkIndexStats['memory'] {
     const base = this.base;
-    let n = this.cache.memoryBytes() + this.overlay.memoryBytes() + (this.filter?.bytes ?? 0) + this.cand.length + RECORD_SIZE;
-    if (base) n += base.sparseHi.byteLength + base.sparseLo.byteLength + base.packTable.buffer.byteLength + (this.baseFiles.size + this.baseSuperseded.size) * 120;
-    return n;
+    return {
+      sparseTable: base ? base.sparseHi.byteLength + base.sparseLo.byteLength : 0,
+      pageCache: this.cache.memoryBytes(),
+      // The pack table shares one buffer with the (small) lists of index files.
+      packTable: base ? base.packTable.buffer.byteLength : 0,
+      overlay: this.overlay.memoryBytes(),
+      filter: this.filter?.bytes ?? 0,
+      other: (this.baseFiles.size + this.baseSuperseded.size) * 120 + this.cand.length + RECORD_SIZE,
+    };
   }
 
   stats(): ChunkIndexStats {
@@ -1044,6 +1067,7 @@ export class ChunkIndex {
       pageCacheHits: this.cache.hits,
       pageCacheMisses: this.cache.misses,
       ...this.counters,
+      memory: this.memory(),
     };
   }
 

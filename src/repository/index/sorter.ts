@@ -223,15 +223,6 @@ export class ExternalSorter {
     this.buf = Buffer.allocUnsafeSlow(Math.min(this.runEntries, 4096) * SORT_RECORD_SIZE);
   }
 
-  get runCount(): number {
-    return this.runs.length;
-  }
-
-  /** Bytes held in memory now. */
-  get memoryBytes(): number {
-    return this.buf.length;
-  }
-
   /** Returns the offset in `buffer` where the caller writes the next record (SORT_RECORD_SIZE). */
   slot(): number {
     if (this.n * SORT_RECORD_SIZE === this.buf.length) {

@@ -1,0 +1,472 @@
+// coffer_native: the few Linux file-system calls that Node.js does not expose and that a backup
+// needs for full fidelity: nanosecond-exact times (also on symlinks), extended attributes (POSIX
+// ACLs are the xattrs system.posix_acl_*), device nodes, FIFOs, Unix socket files and the
+// SEEK_DATA/SEEK_HOLE walk of sparse files. Plain C against node_api.h only (ABI-stable N-API,
+// no C++ and no npm dependencies), so `npm ci` builds it with the machine's compiler and
+// Node's headers and the result loads on any later Node.js.
+//
+// Every function is one synchronous system call on a path (never following a final symlink
+// where that matters) or a file descriptor. Failures throw an Error shaped like Node's own:
+// message "ENOENT: No such file or directory, lsetxattr '/x'", and .code, .errno (negative),
+// .syscall, .path and .description (strerror), so that src/sources/native.ts can map errno
+// values the way node:fs errors are mapped. Paths and xattr names may be strings (UTF-8) or
+// Buffers (any bytes but NUL).
+
+#define _GNU_SOURCE
+#define NAPI_VERSION 8
+#include <node_api.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <sys/types.h>
+#include <sys/un.h>
+#include <sys/xattr.h>
+#include <unistd.h>
+
+#ifndef ENOATTR
+#define ENOATTR ENODATA
+#endif
+
+// errno names, so JS sees the same .code strings that node:fs errors carry. Numbers differ
+// between architectures, names do not.
+static const char *errno_name(int e) {
+  switch (e) {
+#define N(x) case x: return #x;
+    N(EPERM) N(ENOENT) N(ESRCH) N(EINTR) N(EIO) N(ENXIO) N(E2BIG) N(ENOEXEC) N(EBADF) N(ECHILD)
+    N(EAGAIN) N(ENOMEM) N(EACCES) N(EFAULT) N(EBUSY) N(EEXIST) N(EXDEV) N(ENODEV) N(ENOTDIR)
+    N(EISDIR) N(EINVAL) N(ENFILE) N(EMFILE) N(ENOTTY) N(ETXTBSY) N(EFBIG) N(ENOSPC) N(ESPIPE)
+    N(EROFS) N(EMLINK) N(EPIPE) N(EDOM) N(ERANGE) N(ENAMETOOLONG) N(ENOSYS) N(ELOOP)
+    N(ENODATA) N(EOVERFLOW) N(EOPNOTSUPP) N(EADDRINUSE) N(EADDRNOTAVAIL) N(EAFNOSUPPORT)
+    N(EDQUOT) N(ESTALE) N(ECONNREFUSED) N(ENOTSOCK) N(EPROTONOSUPPORT) N(ENOTEMPTY)
+#if ENOTSUP != EOPNOTSUPP
+    N(ENOTSUP)
+#endif
+#undef N
+    default: return NULL;
+  }
+}
+
+// Throws an errno Error; returns NULL so callers can `return throw_errno(...)`.
+static napi_value throw_errno(napi_env env, int err, const char *syscall, const char *path) {
+  char codebuf[24];
+  const char *code = errno_name(err);
+  if (code == NULL) {
+    snprintf(codebuf, sizeof codebuf, "E%d", err);
+    code = codebuf;
+  }
+  // ENOTSUP and EOPNOTSUPP are one value on Linux; report the name node:fs uses for it.
+  if (err == EOPNOTSUPP) code = "ENOTSUP";
+  size_t len = strlen(code) + strlen(strerror(err)) + strlen(syscall) + (path ? strlen(path) : 0) + 16;
+  char *msg = malloc(len);
+  if (msg == NULL) {
+    napi_throw_error(env, "ENOMEM", "out of memory");
+    return NULL;
+  }
+  if (path) snprintf(msg, len, "%s: %s, %s '%s'", code, strerror(err), syscall, path);
+  else snprintf(msg, len, "%s: %s, %s", code, strerror(err), syscall);
+  napi_value jcode, jmsg, error, v;
+  napi_create_string_utf8(env, code, NAPI_AUTO_LENGTH, &jcode);
+  napi_create_string_utf8(env, msg, NAPI_AUTO_LENGTH, &jmsg);
+  free(msg);
+  napi_create_error(env, jcode, jmsg, &error);
+  napi_create_int32(env, -err, &v);
+  napi_set_named_property(env, error, "errno", v);
+  napi_create_string_utf8(env, strerror(err), NAPI_AUTO_LENGTH, &v);
+  napi_set_named_property(env, error, "description", v);
+  napi_create_string_utf8(env, syscall, NAPI_AUTO_LENGTH, &v);
+  napi_set_named_property(env, error, "syscall", v);
+  if (path) {
+    napi_create_string_utf8(env, path, NAPI_AUTO_LENGTH, &v);
+    napi_set_named_property(env, error, "path", v);
+  }
+  napi_throw(env, error);
+  return NULL;
+}
+
+static napi_value throw_type(napi_env env, const char *msg) {
+  napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", msg);
+  return NULL;
+}
+
+// Reads argc arguments; throws unless exactly `want` were given.
+static int get_args(napi_env env, napi_callback_info info, size_t want, napi_value *argv) {
+  size_t argc = want;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok) return 0;
+  if (argc < want) {
+    throw_type(env, "coffer_native: too few arguments");
+    return 0;
+  }
+  return 1;
+}
+
+// A NUL-terminated copy of a string (UTF-8) or Buffer argument; NULL after throwing. Buffers
+// carry names that are not valid UTF-8; an embedded NUL could never name a file, so refuse it.
+static char *get_bytes(napi_env env, napi_value v, const char *what) {
+  napi_valuetype t;
+  napi_typeof(env, v, &t);
+  if (t == napi_string) {
+    size_t len;
+    napi_get_value_string_utf8(env, v, NULL, 0, &len);
+    char *s = malloc(len + 1);
+    if (s == NULL) return (char *)throw_errno(env, ENOMEM, "malloc", NULL);
+    napi_get_value_string_utf8(env, v, s, len + 1, &len);
+    if (strlen(s) != len) {
+      free(s);
+      throw_type(env, what);
+      return NULL;
+    }
+    return s;
+  }
+  bool is_buffer = false;
+  napi_is_buffer(env, v, &is_buffer);
+  if (is_buffer) {
+    void *data;
+    size_t len;
+    napi_get_buffer_info(env, v, &data, &len);
+    if (memchr(data, 0, len) != NULL) {
+      throw_type(env, what);
+      return NULL;
+    }
+    char *s = malloc(len + 1);
+    if (s == NULL) return (char *)throw_errno(env, ENOMEM, "malloc", NULL);
+    memcpy(s, data, len);
+    s[len] = 0;
+    return s;
+  }
+  throw_type(env, what);
+  return NULL;
+}
+
+// An integer argument given as a Number (must be an exact integer) or a BigInt.
+static int get_int64(napi_env env, napi_value v, int64_t *out, const char *what) {
+  napi_valuetype t;
+  napi_typeof(env, v, &t);
+  if (t == napi_bigint) {
+    bool lossless;
+    napi_get_value_bigint_int64(env, v, out, &lossless);
+    if (lossless) return 1;
+  } else if (t == napi_number) {
+    double d;
+    napi_get_value_double(env, v, &d);
+    // Range first (NaN fails it too): casting a double outside int64_t's range is undefined.
+    if (d >= -9223372036854775808.0 && d < 9223372036854775808.0 && d == (double)(int64_t)d) {
+      *out = (int64_t)d;
+      return 1;
+    }
+  }
+  throw_type(env, what);
+  return 0;
+}
+
+static napi_value make_number(napi_env env, double d) {
+  napi_value v;
+  napi_create_double(env, d, &v);
+  return v;
+}
+
+static napi_value make_undefined(napi_env env) {
+  napi_value v;
+  napi_get_undefined(env, &v);
+  return v;
+}
+
+// utimensat(path, atimeSec, atimeNsec, mtimeSec, mtimeNsec, nofollow): seconds as Number or
+// BigInt (times before 1970 are negative seconds with a non-negative nanosecond part).
+static napi_value js_utimensat(napi_env env, napi_callback_info info) {
+  napi_value argv[6];
+  if (!get_args(env, info, 6, argv)) return NULL;
+  int64_t as, an, ms, mn;
+  bool nofollow = false;
+  if (!get_int64(env, argv[1], &as, "atimeSec must be an integer")) return NULL;
+  if (!get_int64(env, argv[2], &an, "atimeNsec must be an integer")) return NULL;
+  if (!get_int64(env, argv[3], &ms, "mtimeSec must be an integer")) return NULL;
+  if (!get_int64(env, argv[4], &mn, "mtimeNsec must be an integer")) return NULL;
+  if (an < 0 || an > 999999999 || mn < 0 || mn > 999999999) return throw_type(env, "nanoseconds must be in 0..999999999");
+  napi_get_value_bool(env, argv[5], &nofollow);
+  char *path = get_bytes(env, argv[0], "path must be a string or Buffer without NUL");
+  if (path == NULL) return NULL;
+  struct timespec ts[2] = {{.tv_sec = (time_t)as, .tv_nsec = (long)an}, {.tv_sec = (time_t)ms, .tv_nsec = (long)mn}};
+  int r = utimensat(AT_FDCWD, path, ts, nofollow ? AT_SYMLINK_NOFOLLOW : 0);
+  napi_value result = r == 0 ? make_undefined(env) : throw_errno(env, errno, "utimensat", path);
+  free(path);
+  return result;
+}
+
+// lgetxattr(path, name) → Buffer. Sizes the value first; retries if it grew in between.
+static napi_value js_lgetxattr(napi_env env, napi_callback_info info) {
+  napi_value argv[2];
+  if (!get_args(env, info, 2, argv)) return NULL;
+  char *path = get_bytes(env, argv[0], "path must be a string or Buffer without NUL");
+  if (path == NULL) return NULL;
+  char *name = get_bytes(env, argv[1], "name must be a string or Buffer without NUL");
+  if (name == NULL) {
+    free(path);
+    return NULL;
+  }
+  napi_value result = NULL;
+  for (int attempt = 0;; attempt++) {
+    ssize_t size = lgetxattr(path, name, NULL, 0);
+    if (size < 0) {
+      result = throw_errno(env, errno, "lgetxattr", path);
+      break;
+    }
+    char *buf = malloc(size > 0 ? (size_t)size : 1);
+    if (buf == NULL) {
+      result = throw_errno(env, ENOMEM, "malloc", NULL);
+      break;
+    }
+    ssize_t got = lgetxattr(path, name, buf, (size_t)size);
+    if (got < 0) {
+      int err = errno;
+      free(buf);
+      if (err == ERANGE && attempt < 8) continue;
+      result = throw_errno(env, err, "lgetxattr", path);
+      break;
+    }
+    napi_create_buffer_copy(env, (size_t)got, buf, NULL, &result);
+    free(buf);
+    break;
+  }
+  free(name);
+  free(path);
+  return result;
+}
+
+// llistxattr(path) → Buffer[]: each name's bytes (names need not be UTF-8).
+static napi_value js_llistxattr(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  if (!get_args(env, info, 1, argv)) return NULL;
+  char *path = get_bytes(env, argv[0], "path must be a string or Buffer without NUL");
+  if (path == NULL) return NULL;
+  napi_value result = NULL;
+  for (int attempt = 0;; attempt++) {
+    ssize_t size = llistxattr(path, NULL, 0);
+    if (size < 0) {
+      result = throw_errno(env, errno, "llistxattr", path);
+      break;
+    }
+    char *buf = malloc(size > 0 ? (size_t)size : 1);
+    if (buf == NULL) {
+      result = throw_errno(env, ENOMEM, "malloc", NULL);
+      break;
+    }
+    ssize_t got = llistxattr(path, buf, (size_t)size);
+    if (got < 0) {
+      int err = errno;
+      free(buf);
+      if (err == ERANGE && attempt < 8) continue;
+      result = throw_errno(env, err, "llistxattr", path);
+      break;
+    }
+    napi_create_array(env, &result);
+    uint32_t n = 0;
+    for (ssize_t i = 0; i < got;) {
+      size_t len = strnlen(buf + i, (size_t)(got - i));
+      if (len > 0) {
+        napi_value name;
+        napi_create_buffer_copy(env, len, buf + i, NULL, &name);
+        napi_set_element(env, result, n++, name);
+      }
+      i += (ssize_t)len + 1;
+    }
+    free(buf);
+    break;
+  }
+  free(path);
+  return result;
+}
+
+// lsetxattr(path, name, value: Buffer, flags: 0 | XATTR_CREATE | XATTR_REPLACE).
+static napi_value js_lsetxattr(napi_env env, napi_callback_info info) {
+  napi_value argv[4];
+  if (!get_args(env, info, 4, argv)) return NULL;
+  bool is_buffer = false;
+  napi_is_buffer(env, argv[2], &is_buffer);
+  if (!is_buffer) return throw_type(env, "value must be a Buffer");
+  int64_t flags;
+  if (!get_int64(env, argv[3], &flags, "flags must be an integer")) return NULL;
+  void *data;
+  size_t len;
+  napi_get_buffer_info(env, argv[2], &data, &len);
+  char *path = get_bytes(env, argv[0], "path must be a string or Buffer without NUL");
+  if (path == NULL) return NULL;
+  char *name = get_bytes(env, argv[1], "name must be a string or Buffer without NUL");
+  if (name == NULL) {
+    free(path);
+    return NULL;
+  }
+  int r = lsetxattr(path, name, len ? data : "", len, (int)flags);
+  napi_value result = r == 0 ? make_undefined(env) : throw_errno(env, errno, "lsetxattr", path);
+  free(name);
+  free(path);
+  return result;
+}
+
+static napi_value js_lremovexattr(napi_env env, napi_callback_info info) {
+  napi_value argv[2];
+  if (!get_args(env, info, 2, argv)) return NULL;
+  char *path = get_bytes(env, argv[0], "path must be a string or Buffer without NUL");
+  if (path == NULL) return NULL;
+  char *name = get_bytes(env, argv[1], "name must be a string or Buffer without NUL");
+  if (name == NULL) {
+    free(path);
+    return NULL;
+  }
+  int r = lremovexattr(path, name);
+  napi_value result = r == 0 ? make_undefined(env) : throw_errno(env, errno, "lremovexattr", path);
+  free(name);
+  free(path);
+  return result;
+}
+
+// mknod(path, mode, dev): mode includes the file type (S_IFCHR, S_IFBLK, ...); the umask applies.
+static napi_value js_mknod(napi_env env, napi_callback_info info) {
+  napi_value argv[3];
+  if (!get_args(env, info, 3, argv)) return NULL;
+  int64_t mode, dev;
+  if (!get_int64(env, argv[1], &mode, "mode must be an integer")) return NULL;
+  if (!get_int64(env, argv[2], &dev, "dev must be an integer")) return NULL;
+  char *path = get_bytes(env, argv[0], "path must be a string or Buffer without NUL");
+  if (path == NULL) return NULL;
+  int r = mknod(path, (mode_t)mode, (dev_t)dev);
+  napi_value result = r == 0 ? make_undefined(env) : throw_errno(env, errno, "mknod", path);
+  free(path);
+  return result;
+}
+
+static napi_value js_mkfifo(napi_env env, napi_callback_info info) {
+  napi_value argv[2];
+  if (!get_args(env, info, 2, argv)) return NULL;
+  int64_t mode;
+  if (!get_int64(env, argv[1], &mode, "mode must be an integer")) return NULL;
+  char *path = get_bytes(env, argv[0], "path must be a string or Buffer without NUL");
+  if (path == NULL) return NULL;
+  int r = mkfifo(path, (mode_t)mode);
+  napi_value result = r == 0 ? make_undefined(env) : throw_errno(env, errno, "mkfifo", path);
+  free(path);
+  return result;
+}
+
+// mksock(path): creates a Unix socket file by binding a socket to the path and closing it (the
+// file stays). sun_path holds only 107 bytes, so a longer path is bound through
+// /proc/self/fd/<dir>/<name> with the parent directory opened O_PATH, which changes no process
+// state (a chdir would race with other threads).
+static napi_value js_mksock(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  if (!get_args(env, info, 1, argv)) return NULL;
+  char *path = get_bytes(env, argv[0], "path must be a string or Buffer without NUL");
+  if (path == NULL) return NULL;
+  struct sockaddr_un addr;
+  memset(&addr, 0, sizeof addr);
+  addr.sun_family = AF_UNIX;
+  int dirfd = -1, err = 0;
+  if (strlen(path) < sizeof addr.sun_path) {
+    memcpy(addr.sun_path, path, strlen(path));
+  } else {
+    char *slash = strrchr(path, '/');
+    const char *base = slash ? slash + 1 : path;
+    if (slash == path) dirfd = open("/", O_PATH | O_DIRECTORY | O_CLOEXEC);
+    else if (slash) {
+      *slash = 0;
+      dirfd = open(path, O_PATH | O_DIRECTORY | O_CLOEXEC);
+      *slash = '/';
+    } else dirfd = open(".", O_PATH | O_DIRECTORY | O_CLOEXEC);
+    if (dirfd < 0) err = errno;
+    else if ((size_t)snprintf(addr.sun_path, sizeof addr.sun_path, "/proc/self/fd/%d/%s", dirfd, base) >= sizeof addr.sun_path)
+      err = ENAMETOOLONG;
+  }
+  if (err == 0) {
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) err = errno;
+    else {
+      if (bind(fd, (struct sockaddr *)&addr, sizeof addr) != 0) err = errno;
+      close(fd);
+    }
+  }
+  if (dirfd >= 0) close(dirfd);
+  napi_value result = err == 0 ? make_undefined(env) : throw_errno(env, err, "bind", path);
+  free(path);
+  return result;
+}
+
+// seekData/seekHole(fd, offset) → the next data/hole offset, or -1 at ENXIO (no data at or
+// after offset / offset past the end). The descriptor's file position is put back, so a caller
+// reading sequentially from the same descriptor is not disturbed.
+static napi_value do_seek(napi_env env, napi_callback_info info, int whence, const char *syscall) {
+  napi_value argv[2];
+  if (!get_args(env, info, 2, argv)) return NULL;
+  int64_t fd, offset;
+  if (!get_int64(env, argv[0], &fd, "fd must be an integer")) return NULL;
+  if (!get_int64(env, argv[1], &offset, "offset must be an integer")) return NULL;
+  off_t here = lseek((int)fd, 0, SEEK_CUR);
+  if (here < 0) return throw_errno(env, errno, "lseek", NULL);
+  off_t r = lseek((int)fd, (off_t)offset, whence);
+  int err = errno;
+  lseek((int)fd, here, SEEK_SET);
+  if (r >= 0) return make_number(env, (double)r);
+  if (err == ENXIO) return make_number(env, -1);
+  return throw_errno(env, err, syscall, NULL);
+}
+
+static napi_value js_seekData(napi_env env, napi_callback_info info) {
+  return do_seek(env, info, SEEK_DATA, "lseek(SEEK_DATA)");
+}
+
+static napi_value js_seekHole(napi_env env, napi_callback_info info) {
+  return do_seek(env, info, SEEK_HOLE, "lseek(SEEK_HOLE)");
+}
+
+// makedev(major, minor) → dev_t as a Number, in the C library's encoding (the one
+// fs.Stats.rdev reports), and its inverse.
+static napi_value js_makedev(napi_env env, napi_callback_info info) {
+  napi_value argv[2];
+  if (!get_args(env, info, 2, argv)) return NULL;
+  int64_t ma, mi;
+  if (!get_int64(env, argv[0], &ma, "major must be an integer")) return NULL;
+  if (!get_int64(env, argv[1], &mi, "minor must be an integer")) return NULL;
+  if (ma < 0 || ma > 0xffffffffLL || mi < 0 || mi > 0xffffffffLL) return throw_type(env, "major and minor must be 32-bit");
+  return make_number(env, (double)makedev((unsigned)ma, (unsigned)mi));
+}
+
+static napi_value js_splitdev(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  if (!get_args(env, info, 1, argv)) return NULL;
+  int64_t dev;
+  if (!get_int64(env, argv[0], &dev, "dev must be an integer")) return NULL;
+  napi_value result;
+  napi_create_array_with_length(env, 2, &result);
+  napi_set_element(env, result, 0, make_number(env, major((dev_t)dev)));
+  napi_set_element(env, result, 1, make_number(env, minor((dev_t)dev)));
+  return result;
+}
+
+NAPI_MODULE_INIT() {
+  napi_property_descriptor props[] = {
+    {"utimensat", NULL, js_utimensat, NULL, NULL, NULL, napi_enumerable, NULL},
+    {"lgetxattr", NULL, js_lgetxattr, NULL, NULL, NULL, napi_enumerable, NULL},
+    {"llistxattr", NULL, js_llistxattr, NULL, NULL, NULL, napi_enumerable, NULL},
+    {"lsetxattr", NULL, js_lsetxattr, NULL, NULL, NULL, napi_enumerable, NULL},
+    {"lremovexattr", NULL, js_lremovexattr, NULL, NULL, NULL, napi_enumerable, NULL},
+    {"mknod", NULL, js_mknod, NULL, NULL, NULL, napi_enumerable, NULL},
+    {"mkfifo", NULL, js_mkfifo, NULL, NULL, NULL, napi_enumerable, NULL},
+    {"mksock", NULL, js_mksock, NULL, NULL, NULL, napi_enumerable, NULL},
+    {"seekData", NULL, js_seekData, NULL, NULL, NULL, napi_enumerable, NULL},
+    {"seekHole", NULL, js_seekHole, NULL, NULL, NULL, napi_enumerable, NULL},
+    {"makedev", NULL, js_makedev, NULL, NULL, NULL, napi_enumerable, NULL},
+    {"splitdev", NULL, js_splitdev, NULL, NULL, NULL, napi_enumerable, NULL},
+  };
+  if (napi_define_properties(env, exports, sizeof props / sizeof props[0], props) != napi_ok) return NULL;
+  napi_value flag;
+  napi_create_int32(env, XATTR_CREATE, &flag);
+  napi_set_named_property(env, exports, "XATTR_CREATE", flag);
+  napi_create_int32(env, XATTR_REPLACE, &flag);
+  napi_set_named_property(env, exports, "XATTR_REPLACE", flag);
+  return exports;
+}

@@ -1,0 +1,145 @@
+// Loads the native addon (src/native/coffer_native.c, built by node-gyp into build/Release/ when
+// `npm ci` runs) and maps its errno errors to CofferErrors. When the addon is missing (installed
+// with --ignore-scripts, no compiler, not Linux), loading still succeeds and every function
+// throws UNSUPPORTED instead, so that only the features that need it fail, each with a message
+// that says how to get it.
+
+import { existsSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { fileURLToPath } from 'node:url';
+import { CofferError } from '../core/errors.ts';
+import type { ErrorCode } from '../core/errors.ts';
+
+/** A path as node:fs takes it: a string, or a Buffer for names that are not valid UTF-8. */
+export type PathArg = string | Buffer;
+
+/** The addon's functions; see src/native/coffer_native.c for each one's contract. */
+export interface NativeBinding {
+  /** Seconds may be negative (before 1970); nanoseconds are 0..999999999. */
+  utimensat(path: PathArg, atimeSec: bigint | number, atimeNsec: number, mtimeSec: bigint | number, mtimeNsec: number, nofollow: boolean): void;
+  lgetxattr(path: PathArg, name: string | Buffer): Buffer;
+  /** Each name's bytes: names need not be UTF-8. */
+  llistxattr(path: PathArg): Buffer[];
+  lsetxattr(path: PathArg, name: string | Buffer, value: Buffer, flags: number): void;
+  lremovexattr(path: PathArg, name: string | Buffer): void;
+  /** `mode` includes the file type bits (S_IFCHR, S_IFBLK); the umask applies. */
+  mknod(path: PathArg, mode: number, dev: number | bigint): void;
+  mkfifo(path: PathArg, mode: number): void;
+  /** Creates a Unix socket file by binding a socket to the path and closing it. */
+  mksock(path: PathArg): void;
+  /** The next data (hole) offset at or after `offset`, or -1 when there is none (ENXIO). */
+  seekData(fd: number, offset: number): number;
+  seekHole(fd: number, offset: number): number;
+  /** dev_t in the encoding fs.Stats.rdev uses, and back. */
+  makedev(major: number, minor: number): number;
+  splitdev(dev: number): [major: number, minor: number];
+  readonly XATTR_CREATE: number;
+  readonly XATTR_REPLACE: number;
+}
+
+/** Where `npm ci` puts the addon. */
+export const NATIVE_MODULE_PATH = fileURLToPath(new URL('../../build/Release/coffer_native.node', import.meta.url));
+
+// What each function is for, for the "Cannot <action>" message when the addon is missing.
+const ACTIONS: Record<Exclude<keyof NativeBinding, 'XATTR_CREATE' | 'XATTR_REPLACE'>, string> = {
+  utimensat: 'set exact file times',
+  lgetxattr: 'read extended attributes',
+  llistxattr: 'list extended attributes',
+  lsetxattr: 'write extended attributes',
+  lremovexattr: 'remove extended attributes',
+  mknod: 'create device nodes',
+  mkfifo: 'create FIFOs',
+  mksock: 'create Unix socket files',
+  seekData: 'find the data in sparse files',
+  seekHole: 'find the holes in sparse files',
+  makedev: 'encode device numbers',
+  splitdev: 'decode device numbers',
+};
+
+export interface LoadedNative {
+  binding: NativeBinding;
+  /** False when the functions only throw UNSUPPORTED. */
+  available: boolean;
+  /** Why the addon could not be loaded, when it could not. */
+  reason?: string;
+}
+
+/**
+ * Loads the addon from `options.path` (default NATIVE_MODULE_PATH). Never throws: when the
+ * addon is missing or broken, the returned binding's functions throw UNSUPPORTED.
+ */
+export function loadNative(options: { path?: string } = {}): LoadedNative {
+  const path = options.path ?? NATIVE_MODULE_PATH;
+  let state: string;
+  let hint: string;
+  let cause: unknown;
+  if (process.platform !== 'linux') {
+    state = `full file-system fidelity needs Linux, this is ${process.platform}`;
+    hint = 'Times are kept to the precision node:fs offers; extended attributes, ACLs, devices and holes are not backed up or restored here.';
+  } else if (!existsSync(path)) {
+    state = 'the native module is not built';
+    hint = 'Run npm ci (needs python3, make and a C compiler); after changing src/native/, `npm run build:native`.';
+  } else {
+    try {
+      const binding = createRequire(import.meta.url)(path) as NativeBinding;
+      return { binding, available: true };
+    } catch (e) {
+      cause = e;
+      state = `the native module ${path} cannot be loaded (${(e as Error).message})`;
+      hint = 'Rebuild it with `npm run build:native` (needs python3, make and a C compiler).';
+    }
+  }
+  const stub: Record<string, unknown> = { XATTR_CREATE: 1, XATTR_REPLACE: 2 };
+  for (const [name, action] of Object.entries(ACTIONS)) {
+    stub[name] = () => {
+      throw new CofferError('UNSUPPORTED', `Cannot ${action}: ${state}`, { hint, cause, details: { module: path } });
+    };
+  }
+  return { binding: stub as unknown as NativeBinding, available: false, reason: state };
+}
+
+let loaded: LoadedNative | undefined;
+
+/** The addon at its usual place, loaded on first use. */
+export function native(): NativeBinding {
+  loaded ??= loadNative();
+  return loaded.binding;
+}
+
+/** Whether the addon is there: callers can warn once instead of once per file. */
+export function nativeAvailable(): boolean {
+  loaded ??= loadNative();
+  return loaded.available;
+}
+
+/** The errno name (`ENOENT`, ...) of an error thrown by the addon or node:fs, if it has one. */
+export function errnoCode(e: unknown): string | undefined {
+  const code = (e as { code?: unknown } | null)?.code;
+  return typeof code === 'string' && /^E[A-Z0-9]+$/.test(code) ? code : undefined;
+}
+
+const UNSUPPORTED_CODES = new Set(['ENOTSUP', 'EOPNOTSUPP', 'ENOSYS']);
+
+/**
+ * Turns an errno error from the addon into a CofferError "Cannot <action>: <what the system
+ * said>". Errors that are CofferErrors already (the addon is missing) pass through.
+ */
+export function nativeError(e: unknown, action: string, hint?: string): CofferError {
+  if (e instanceof CofferError) return e;
+  const errno = errnoCode(e);
+  const err = e as { description?: unknown; message?: unknown; syscall?: unknown; path?: unknown };
+  const said = typeof err.description === 'string' ? err.description.toLowerCase() : String(err.message);
+  let code: ErrorCode = 'STORAGE_ERROR';
+  if (errno === 'ENOENT' || errno === 'ENOTDIR') code = 'NOT_FOUND';
+  else if (errno === 'EEXIST') code = 'ALREADY_EXISTS';
+  else if (errno === 'EPERM' || errno === 'EACCES') code = 'REFUSED';
+  else if (errno !== undefined && UNSUPPORTED_CODES.has(errno)) code = 'UNSUPPORTED';
+  else if (errno === undefined) code = 'INTERNAL';
+  if (hint === undefined && (errno === 'ENOSPC' || errno === 'EDQUOT')) hint = 'Free some space on that file system, or raise the quota.';
+  if (hint === undefined && errno === 'EROFS') hint = 'The file system is mounted read-only.';
+  return new CofferError(code, `Cannot ${action}: ${said}${errno ? ` (${errno})` : ''}`, {
+    cause: e,
+    hint,
+    details: { errno, syscall: err.syscall, path: err.path },
+  });
+}

@@ -1,0 +1,176 @@
+// Backup behaviour: incremental runs read only what changed, excludes, files that change while
+// read, streams from commands, names that are not UTF-8, disk images, Ctrl-C.
+import { describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { join } from 'node:path';
+import { appendFile, mkdir, writeFile, open as fsOpen, truncate } from 'node:fs/promises';
+import { isCofferError } from '../src/core/errors.ts';
+import { backup } from '../src/jobs/backup.ts';
+import { loadAllSnapshots } from '../src/repository/snapshot.ts';
+import { loadTree } from '../src/repository/walk.ts';
+import type { Repository } from '../src/repository/repository.ts';
+import type { TreeNode } from '../src/repository/tree.ts';
+import { makeTestRepo } from '../src/testing/repo.ts';
+import { tempDir } from '../src/testing/tmp.ts';
+import { randomBytes } from '../src/testing/random.ts';
+import { runCli } from './cli.ts';
+
+/** The node at a snapshot path like "/a/b" (names as UTF-8). */
+async function nodeAt(repo: Repository, tree: string, path: string): Promise<TreeNode | undefined> {
+  let nodes = (await loadTree(repo, tree)).nodes;
+  const segs = path.split('/').filter(Boolean);
+  for (let i = 0; i < segs.length; i++) {
+    const n = nodes.find((x) => x.name === segs[i]);
+    if (!n || i === segs.length - 1) return n;
+    nodes = (await loadTree(repo, n.subtree!)).nodes;
+  }
+  return undefined;
+}
+
+describe('backup', () => {
+  it('an incremental backup reads only the files that changed', async (t) => {
+    const dir = await tempDir(t);
+    const src = join(dir, 'src');
+    await mkdir(join(src, 'd'), { recursive: true });
+    for (let i = 0; i < 20; i++) await writeFile(join(src, 'd', `f${i}`), randomBytes(i, 50_000));
+    const tr = await makeTestRepo();
+    t.after(() => tr.close());
+    const first = await backup(tr.repo, tr.pool, [src]);
+    assert.equal(first.summary.filesNew, 20);
+    await appendFile(join(src, 'd', 'f3'), 'more');
+    await writeFile(join(src, 'd', 'new'), 'brand new');
+    const second = await backup(tr.repo, tr.pool, [src]);
+    assert.equal(second.parent, first.snapshotId);
+    assert.equal(second.summary.filesUnchanged, 19);
+    assert.equal(second.summary.filesChanged, 1);
+    assert.equal(second.summary.filesNew, 1);
+    assert.equal(second.summary.bytesRead, 50_004 + 9);
+    assert.equal(second.summary.bytesScanned, 20 * 50_000 + 4 + 9);
+    const forced = await backup(tr.repo, tr.pool, [src], { parent: 'none' });
+    assert.equal(forced.summary.filesUnchanged, 0);
+    assert.equal(forced.summary.bytesNew < 2048, true, 'nothing new to store');
+  });
+
+  it('excludes patterns, cache directories and marked directories', async (t) => {
+    const dir = await tempDir(t);
+    const src = join(dir, 'src');
+    await mkdir(join(src, 'logs'), { recursive: true });
+    await mkdir(join(src, 'cache'), { recursive: true });
+    await mkdir(join(src, 'private'), { recursive: true });
+    await writeFile(join(src, 'keep.txt'), 'keep');
+    await writeFile(join(src, 'logs', 'a.log'), 'log');
+    await writeFile(join(src, 'logs', 'b.txt'), 'txt');
+    await writeFile(join(src, 'cache', 'CACHEDIR.TAG'), 'Signature: 8a477f597d28d172789f06886806bc55\n');
+    await writeFile(join(src, 'cache', 'blob'), 'cached');
+    await writeFile(join(src, 'private', '.nobackup'), '');
+    await writeFile(join(src, 'private', 'secret'), 'secret');
+    const tr = await makeTestRepo();
+    t.after(() => tr.close());
+    const r = await backup(tr.repo, tr.pool, [src], { patterns: ['*.log'], excludeCaches: true, excludeIfPresent: ['.nobackup'] });
+    const base = src;
+    assert.ok(await nodeAt(tr.repo, r.snapshot.tree, `${base}/keep.txt`));
+    assert.ok(await nodeAt(tr.repo, r.snapshot.tree, `${base}/logs/b.txt`));
+    assert.equal(await nodeAt(tr.repo, r.snapshot.tree, `${base}/logs/a.log`), undefined);
+    const cache = await nodeAt(tr.repo, r.snapshot.tree, `${base}/cache`);
+    assert.equal(cache?.type, 'dir', 'the excluded directory itself is kept, empty');
+    assert.equal(await nodeAt(tr.repo, r.snapshot.tree, `${base}/cache/blob`), undefined);
+    assert.equal(await nodeAt(tr.repo, r.snapshot.tree, `${base}/private/secret`), undefined);
+  });
+
+  it('a file that changes while it is read is kept as read, flagged and reported', async (t) => {
+    const dir = await tempDir(t);
+    const src = join(dir, 'src');
+    await mkdir(src);
+    await writeFile(join(src, 'busy.db'), randomBytes(1, 300_000));
+    await writeFile(join(src, 'calm.txt'), 'calm');
+    const tr = await makeTestRepo();
+    t.after(() => tr.close());
+    const r = await backup(tr.repo, tr.pool, [src], {
+      afterFileRead: async (p) => {
+        if (p.endsWith('busy.db')) await appendFile(p, 'written during the backup');
+      },
+    });
+    assert.ok(r.snapshotId, 'the snapshot is committed');
+    assert.deepEqual(r.warnings.map((w) => w.path), [join(src, 'busy.db')]);
+    assert.match(r.warnings[0]!.problem, /changed while it was read/);
+    const n = await nodeAt(tr.repo, r.snapshot.tree, `${src}/busy.db`);
+    assert.equal(n?.changedWhileRead, true);
+    assert.equal(n?.size, 300_000, 'stored as read');
+    // The next backup reads it again rather than trusting the flagged copy.
+    const again = await backup(tr.repo, tr.pool, [src]);
+    assert.equal(again.summary.filesChanged, 1);
+  });
+
+  it('a command that fails commits no snapshot; one that succeeds stores its output', async (t) => {
+    const tr = await makeTestRepo();
+    t.after(() => tr.close());
+    await assert.rejects(
+      backup(tr.repo, tr.pool, [], { stream: { name: 'db.sql', command: 'echo partial dump; echo boom >&2; exit 3' } }),
+      (e) => isCofferError(e) && /exited with code 3/.test(e.message) && /boom/.test(e.hint ?? ''),
+    );
+    assert.equal((await loadAllSnapshots(tr.repo)).length, 0);
+    const ok = await backup(tr.repo, tr.pool, [], { stream: { name: 'db.sql', command: 'seq 1 100000' } });
+    const n = await nodeAt(tr.repo, ok.snapshot.tree, '/db.sql');
+    assert.equal(n?.type, 'file');
+    const expected = Array.from({ length: 100000 }, (_, i) => `${i + 1}\n`).join('');
+    assert.equal(n?.size, Buffer.byteLength(expected));
+    const parts = await Promise.all(n!.content!.map((c) => tr.repo.readBlob('data', Buffer.from(c, 'hex'))));
+    assert.equal(Buffer.concat(parts).toString(), expected);
+  });
+
+  it('names that are not valid UTF-8 keep their bytes', async (t) => {
+    const dir = await tempDir(t);
+    const src = join(dir, 'src');
+    await mkdir(src);
+    const raw = Buffer.concat([Buffer.from(src + '/'), Buffer.from([0x66, 0xff, 0xfe, 0x2e, 0x74])]);
+    await writeFile(raw, 'bytes');
+    const tr = await makeTestRepo();
+    t.after(() => tr.close());
+    const r = await backup(tr.repo, tr.pool, [src]);
+    const parent = await nodeAt(tr.repo, r.snapshot.tree, src);
+    const kids = (await loadTree(tr.repo, parent!.subtree!)).nodes;
+    assert.equal(kids.length, 1);
+    assert.deepEqual(Buffer.from(kids[0]!.rawName!, 'base64'), Buffer.from([0x66, 0xff, 0xfe, 0x2e, 0x74]));
+  });
+
+  it('a disk image is stored in fixed-size chunks with its zero blocks as holes', async (t) => {
+    const dir = await tempDir(t);
+    const img = join(dir, 'disk.img');
+    const fh = await fsOpen(img, 'w');
+    await fh.write(randomBytes(5, 100_000), 0, 100_000, 0);
+    await fh.write(randomBytes(6, 100_000), 0, 100_000, 3 * 1024 * 1024);
+    await fh.close();
+    await truncate(img, 8 * 1024 * 1024);
+    const tr = await makeTestRepo();
+    t.after(() => tr.close());
+    const r = await backup(tr.repo, tr.pool, [img], { images: true });
+    const n = await nodeAt(tr.repo, r.snapshot.tree, img);
+    assert.equal(n?.size, 8 * 1024 * 1024);
+    assert.equal(n?.sparse, true);
+    assert.equal(n?.content?.length, 8, 'one chunk per 1 MiB block');
+    // Two blocks with data and one zero block: the other five zero blocks are the same blob.
+    assert.ok(r.summary.bytesNew <= 3 * 1024 * 1024 + 4096, `${r.summary.bytesNew} new bytes`);
+  });
+
+  it('Ctrl-C stops cleanly with exit code 130 and the next run reuses what was uploaded', async (t) => {
+    const dir = await tempDir(t);
+    const src = join(dir, 'src');
+    await mkdir(src);
+    for (let i = 0; i < 80; i++) await writeFile(join(src, `f${i}`), randomBytes(900 + i, 1_000_000));
+    const repoDir = join(dir, 'repo');
+    const env = { COFFER_PASSWORD: 'pw', COFFER_CACHE_DIR: join(dir, 'cache'), COFFER_WORKERS: '1' };
+    assert.equal((await runCli(['repo', 'init', '--repo', repoDir, '--pack-size', '1'], { env })).code, 0);
+    // Interrupt once a quarter of the data is stored (progress events on stdout).
+    const r = await runCli(['--json', 'repo', 'backup', '--repo', repoDir, src], {
+      env,
+      signal: 'SIGINT',
+      signalWhen: (out) => [...out.matchAll(/"bytesNew":(\d+)/g)].some((m) => Number(m[1]) > 20_000_000),
+    });
+    assert.equal(r.code, 130, r.stderr);
+    assert.match(r.stderr, /stopping cleanly|Cancelled/);
+    const next = await runCli(['--json', 'repo', 'backup', '--repo', repoDir, src], { env });
+    assert.equal(next.code, 0, next.stderr);
+    const summary = next.stdout.trim().split('\n').map((l) => JSON.parse(l)).find((e) => e.type === 'summary');
+    assert.ok(summary.bytesNew < 75_000_000, `the second run stored ${summary.bytesNew} bytes: nothing was reused`);
+  });
+});
