@@ -1,34 +1,112 @@
-// `coffer repo restore SNAPSHOT --target DIR`: restore a snapshot or part of it.
+// `coffer repo restore SNAPSHOT --target DIR`: restore a snapshot, or selected paths of it, into a
+// directory (or in place with --target /). Before anything is written it shows whose data goes
+// onto which host, and refuses to overwrite a system directory with another host's data unless
+// the operator names this host (--force --confirm-host NAME).
 import type { Command } from 'commander';
 import { CofferError } from '../core/errors.ts';
-import { restore } from '../jobs/restore.ts';
+import { localHostIdentity } from '../jobs/backup.ts';
+import { OVERWRITE_POLICIES, checkRestoreTarget, describeHost, restore, type OverwritePolicy, type RestoreCounts, type RestoreEntry } from '../jobs/restore.ts';
 import { findSnapshot } from '../repository/snapshot.ts';
-import { formatBytes, output, withRepo } from './context.ts';
+import { formatBytes, output, parseIntOption, withRepo } from './context.ts';
 
 const collect = (v: string, prev: string[] = []) => [...prev, v];
+
+interface RestoreCliOptions {
+  target: string;
+  include?: string[];
+  exclude?: string[];
+  overwrite: string;
+  dryRun?: boolean;
+  force?: boolean;
+  confirmHost?: string;
+  sparse: boolean;
+  verbose?: boolean;
+  parallel?: string;
+  host?: string;
+  path?: string[];
+  tag?: string[];
+}
+
+function counts(c: RestoreCounts): string {
+  const parts = [`${c.files} files`, `${c.dirs} dirs`, `${c.symlinks} symlinks`];
+  if (c.hardlinks) parts.push(`${c.hardlinks} hard links`);
+  if (c.special) parts.push(`${c.special} special`);
+  return `${parts.join(', ')}, ${formatBytes(c.bytes)}`;
+}
+
+const VERBS: Record<RestoreEntry['action'], [now: string, dry: string]> = {
+  create: ['created', 'would create'],
+  overwrite: ['overwrote', 'would overwrite'],
+  unchanged: ['unchanged', 'unchanged'],
+  skip: ['skipped', 'would skip'],
+};
 
 export function register(repo: Command): void {
   repo
     .command('restore <snapshot>')
-    .description('restore a snapshot ("latest" or an id) into a target directory')
-    .requiredOption('--target <dir>', 'directory to restore into')
-    .option('--include <path>', 'only this path inside the snapshot (repeatable)', collect)
+    .description('restore a snapshot ("latest" or an id), or paths of it, into a directory (--target / puts files back in place)')
+    .requiredOption('--target <dir>', 'directory to restore into (created if missing); / restores in place')
+    .option('--include <pattern>', 'only this path or glob of the snapshot and what is below it: /home/alice/docs, "/home/*/.bashrc", "**/*.conf"; without a "/", a name at any depth ("*.sql") (repeatable)', collect)
+    .option('--exclude <pattern>', 'leave out this path, glob or name and everything below it (repeatable)', collect)
+    .option('--overwrite <policy>', 'existing entries: never (keep and report), if-changed (replace when size or mtime differ), always', 'if-changed')
+    .option('--dry-run', 'show what would be created, overwritten and left alone; write nothing')
+    .option('--force', "with --confirm-host: allow overwriting a system directory with another host's data")
+    .option('--confirm-host <name>', "this host's name: required with --force, and checked whenever given")
+    .option('--no-sparse', 'write zeros instead of holes (e.g. for swap files)')
+    .option('-v, --verbose', 'list every entry restored')
+    .option('--parallel <n>', 'files restored at once (default 16)')
     .option('--host <name>', 'with latest: the newest snapshot of this host')
     .option('--path <path>', 'with latest: the newest snapshot of this path', collect)
     .option('--tag <tag>', 'with latest: the newest snapshot with this tag', collect)
-    .action(async (ref: string, o: { target: string; include?: string[]; host?: string; path?: string[]; tag?: string[] }, cmd: Command) => {
+    .action(async (ref: string, o: RestoreCliOptions, cmd: Command) => {
       const out = output(cmd);
+      if (!(OVERWRITE_POLICIES as readonly string[]).includes(o.overwrite)) {
+        throw new CofferError('USAGE', `Cannot restore with --overwrite ${JSON.stringify(o.overwrite)}: give never, if-changed or always`);
+      }
+      const fileConcurrency = o.parallel === undefined ? undefined : parseIntOption('--parallel', o.parallel, 1, 256);
+      // A reader that goes away (`--dry-run | head`) must not kill a restore halfway through.
+      process.stdout.on('error', () => {});
       await withRepo(cmd, async (r, signal) => {
         const snap = await findSnapshot(r, ref, { host: o.host, paths: o.path, tags: o.tag }, { signal });
-        out.info(`restoring snapshot ${snap.id.slice(0, 12)} of ${snap.snapshot.host.hostname} (${snap.snapshot.host.os}/${snap.snapshot.host.arch}) from ${snap.snapshot.time} to ${o.target}`);
+        const source = snap.snapshot.host;
+        const here = localHostIdentity();
+        // Whose data goes where, before the safety check can refuse and before any write.
+        out.event(
+          { type: 'hosts', snapshot: snap.id, time: snap.snapshot.time, source, target: here, targetPath: o.target },
+          [`restoring snapshot ${snap.id.slice(0, 12)} of ${snap.snapshot.time}${o.dryRun ? ' (dry run)' : ''}`, `  from host ${describeHost(source)}`, `  onto host ${describeHost(here)} at ${o.target}`].join('\n'),
+        );
+        const safety = { force: o.force, confirmHost: o.confirmHost, targetHost: here };
+        const checked = await checkRestoreTarget(source, o.target, safety);
+        for (const n of checked.verdict.warnings) out.event({ type: 'notice', message: n }, `note: ${n}`);
         await r.loadIndex({ signal });
-        const res = await restore(r, snap.snapshot.tree, o.target, {
+        const dry = !!o.dryRun;
+        const res = await restore(r, snap.snapshot, o.target, {
           signal,
+          ...safety,
           include: o.include,
+          exclude: o.exclude,
+          overwrite: o.overwrite as OverwritePolicy,
+          dryRun: dry,
+          sparse: o.sparse,
+          fileConcurrency,
+          onEntry: (e) => {
+            // A dry run lists everything; a real one lists what it kept back, or all with -v.
+            if (!dry && !o.verbose && e.action !== 'skip') return;
+            const verb = VERBS[e.action][dry ? 1 : 0];
+            out.event({ type: 'entry', action: e.action, path: e.path, nodeType: e.type, ...(e.size !== undefined ? { size: e.size } : {}), ...(e.reason ? { reason: e.reason } : {}), dryRun: dry }, `${verb.padEnd(15)} ${e.path}${e.type === 'dir' ? '/' : ''}${e.reason ? `  (${e.reason})` : ''}`);
+          },
           onWarning: (path, problem) => out.event({ type: 'warning', path, problem }, `warning: ${path}: ${problem}`),
         });
-        out.result({ type: 'summary', snapshot: snap.id, ...res, warnings: res.warnings.length }, () => `restored ${res.files} files, ${res.dirs} directories, ${res.symlinks} symlinks, ${formatBytes(res.bytes)}`);
-        if (res.warnings.length) throw new CofferError('WARNINGS', `Restore completed with ${res.warnings.length} warning(s)`);
+        for (const n of res.notices) if (!checked.verdict.warnings.includes(n)) out.event({ type: 'notice', message: n }, `note: ${n}`);
+        out.result({ type: 'summary', snapshot: snap.id, target: res.target, dryRun: dry, created: res.created, overwritten: res.overwritten, unchanged: res.unchanged, skipped: res.skipped, warnings: res.warnings.length }, () => [
+          `${dry ? 'would create:   ' : 'created:        '}${counts(res.created)}`,
+          `${dry ? 'would overwrite:' : 'overwritten:    '}${counts(res.overwritten)}`,
+          `unchanged:      ${counts(res.unchanged)}`,
+          `${dry ? 'would skip:     ' : 'skipped:        '}${counts(res.skipped)}${res.skipped.files + res.skipped.symlinks + res.skipped.special + res.skipped.hardlinks > 0 && o.overwrite === 'never' ? ' (existing, --overwrite never)' : ''}`,
+          `warnings:       ${res.warnings.length}`,
+          dry ? 'dry run: nothing was written' : `restored into ${res.target}`,
+        ]);
+        if (res.warnings.length) throw new CofferError('WARNINGS', `Restore completed with ${res.warnings.length} warning(s)`, { hint: 'See the warnings above; everything else was restored.' });
       });
     });
 }

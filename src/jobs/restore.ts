@@ -1,146 +1,996 @@
-// The restore job: recreates a snapshot (or a part of it) under a target directory. Every blob
-// is verified as it is read (MAC and chunk id). No write ever leaves the target directory:
-// names come from validated trees (single segments, never '..'), existing path components must
-// be real directories (never symlinks), and files are created with O_EXCL|O_NOFOLLOW.
+// The restore job: recreates a snapshot, or the paths and globs selected from it, under a target
+// directory, which may be `/` to put files back in their original place.
+//
+// Safety comes first, in this order:
+//  1. Before anything is written, restoreSafety() compares the snapshot's source host with this
+//     host. Restoring another host's (or platform's) data in place over a system directory is
+//     refused unless the operator confirms this host by name (--force --confirm-host NAME): the
+//     classic disaster is a Linux client's root file system restored over a Solaris server.
+//  2. No write leaves the target directory, whatever the snapshot holds. Names come from trees
+//     that decodeTree() validated (single segments, never '..'); every existing path component
+//     is lstat()ed and must be a real directory (a symlink is refused, or with
+//     --overwrite always replaced by a directory, never written through); files, links and
+//     special files are created under a fresh temporary name (O_EXCL|O_NOFOLLOW) and renamed
+//     into place, which replaces a directory entry and never writes into an existing inode (a
+//     pre-existing hard link to a file elsewhere is left untouched). Symlinks from the snapshot
+//     are created as links and never followed.
+//  3. Every blob is verified as it is read (MAC and chunk id), before its bytes reach the disk;
+//     a file whose data is damaged or missing is never renamed into place.
+// An interrupted restore leaves no half-written file under a real name: at worst a temporary
+// `.coffer-restore-*` file, and those are removed on failure and cancellation.
 
-import { constants } from 'node:fs';
-import { lstat, mkdir, open, symlink, chmod, lchown, lutimes } from 'node:fs/promises';
-import { join, resolve } from 'node:path';
+import { constants, type BigIntStats } from 'node:fs';
+import { chmod, link, lchown, lstat, mkdir, open, readlink, realpath, rename, rmdir, symlink, unlink, type FileHandle } from 'node:fs/promises';
+import { randomBytes } from 'node:crypto';
+import { homedir } from 'node:os';
+import { posix } from 'node:path';
 import { CofferError, isCofferError, throwIfAborted } from '../core/errors.ts';
 import { fromHex } from '../engine/hash.ts';
 import type { Repository } from '../repository/repository.ts';
-import type { TreeNode } from '../repository/tree.ts';
+import type { HostIdentity, Snapshot } from '../repository/snapshot.ts';
+import { nameBytes, type NodeType, type Tree, type TreeNode } from '../repository/tree.ts';
+import { Session } from '../repository/session.ts';
 import { loadTree } from '../repository/walk.ts';
+import { createSpecial, setTimesNs, writeXattrs } from '../sources/metadata.ts';
+import { localHostIdentity } from './backup.ts';
 
-export interface RestoreOptions {
-  signal?: AbortSignal;
-  /** Only restore these paths inside the snapshot ("/a/b"); default: everything. */
-  include?: string[];
-  onProgress?: (p: { files: number; bytes: number }) => void;
-  onWarning?: (path: string, problem: string) => void;
-  /** Blob reads in flight (default 8). */
-  concurrency?: number;
+// ---- safety: whose data goes where ----------------------------------------------------------
+
+/** Directories whose contents belong to the operating system or to users' homes. */
+export const SYSTEM_DIRS = ['/usr', '/etc', '/var', '/boot', '/bin', '/sbin', '/lib', '/opt', '/root', '/home'] as const;
+
+export interface SafetyOptions {
+  force?: boolean;
+  /** Must equal this host's name (case-insensitive) for --force to take effect. */
+  confirmHost?: string;
+  /** More home directories to protect (e.g. this user's, when it is not under /home). */
+  homeDirs?: string[];
 }
 
-export interface RestoreResult {
+export interface SafetyVerdict {
+  /** Set when the restore must not run: the message names both hosts. */
+  refuse?: string;
+  hint?: string;
+  /** Things the operator should see before the restore starts; they do not fail it. */
+  warnings: string[];
+  /** The system directory the target is in or is, if any ("/" for the root). */
+  systemDir?: string;
+  /** How the snapshot's source differs from this host (empty: the same host). */
+  differences: string[];
+}
+
+const sameName = (a: string, b: string) => a.toLowerCase() === b.toLowerCase();
+
+/** One line describing a host: name, platform and machine id. */
+export function describeHost(h: HostIdentity): string {
+  const platform = [h.os, h.osRelease, h.arch].filter(Boolean).join(', ');
+  return `${JSON.stringify(h.hostname)} (${platform}${h.machineId ? `, machine-id ${h.machineId.slice(0, 12)}` : ''})`;
+}
+
+/** How a snapshot's source host differs from the target host; empty when it is the same host. */
+export function hostDifferences(source: HostIdentity, target: HostIdentity): string[] {
+  const out: string[] = [];
+  if (!sameName(source.hostname, target.hostname)) out.push(`hostname ${JSON.stringify(source.hostname)} is not ${JSON.stringify(target.hostname)}`);
+  if (source.machineId && target.machineId && source.machineId !== target.machineId) out.push('the machine ids differ');
+  if (source.os !== target.os) out.push(`os ${source.os} is not ${target.os}`);
+  if (source.arch !== target.arch) out.push(`arch ${source.arch} is not ${target.arch}`);
+  return out;
+}
+
+/** The system directory a resolved absolute target is, or is inside; undefined if none. */
+export function systemDirOf(resolvedTarget: string, homeDirs: string[] = []): string | undefined {
+  const t = posix.normalize(resolvedTarget).replace(/\/+$/, '') || '/';
+  if (t === '/') return '/';
+  const top = '/' + t.split('/')[1]!;
+  // Every /lib* (lib32, lib64, libx32, ...) counts.
+  if ((SYSTEM_DIRS as readonly string[]).includes(top) || /^\/lib[^/]*$/.test(top)) return top;
+  for (const h of homeDirs) {
+    const home = posix.normalize(h).replace(/\/+$/, '');
+    if (home.startsWith('/') && home !== '' && (t === home || t.startsWith(home + '/'))) return home;
+  }
+  return undefined;
+}
+
+/**
+ * Decides whether restoring a snapshot made on `snapshotHost` (undefined: unknown, e.g. a bare
+ * tree) into `resolvedTarget` on `targetHost` may go ahead. Pure: the caller resolves the target
+ * (lexically and through symlinks) and calls this for each form.
+ */
+export function restoreSafety(snapshotHost: HostIdentity | undefined, targetHost: HostIdentity, resolvedTarget: string, options: SafetyOptions = {}): SafetyVerdict {
+  const warnings: string[] = [];
+  const differences = snapshotHost ? hostDifferences(snapshotHost, targetHost) : ['the source host is unknown'];
+  const systemDir = systemDirOf(resolvedTarget, options.homeDirs);
+  const src = snapshotHost ? `host ${describeHost(snapshotHost)}` : 'an unknown host';
+  const dst = `host ${describeHost(targetHost)}`;
+  // --confirm-host states which host the operator believes they are on: a wrong name always stops.
+  if (options.confirmHost !== undefined && !sameName(options.confirmHost, targetHost.hostname)) {
+    return {
+      refuse: `Cannot restore into ${resolvedTarget}: --confirm-host ${JSON.stringify(options.confirmHost)} does not name this host, which is ${dst}`,
+      hint: 'Check which host you are logged into before restoring; --confirm-host must give its name.',
+      warnings,
+      systemDir,
+      differences,
+    };
+  }
+  if (differences.length === 0) {
+    if (systemDir && snapshotHost?.osRelease && targetHost.osRelease && snapshotHost.osRelease !== targetHost.osRelease) {
+      warnings.push(`the snapshot was taken under ${snapshotHost.osRelease}; this host now runs ${targetHost.osRelease}: restored system files may not match`);
+    }
+    return { warnings, systemDir, differences };
+  }
+  if (!systemDir) {
+    warnings.push(`restoring the data of ${src} on ${dst} (${differences.join('; ')})`);
+    return { warnings, systemDir, differences };
+  }
+  const what = `this would overwrite ${dst} at ${resolvedTarget} with the data of ${src} (${differences.join('; ')})`;
+  if (!options.force) {
+    return {
+      refuse: `Cannot restore into ${resolvedTarget}: ${what}`,
+      hint: `Restore into a scratch directory (e.g. --target /tmp/restore) and copy what you need. To overwrite this host anyway, pass --force --confirm-host ${targetHost.hostname}.`,
+      warnings,
+      systemDir,
+      differences,
+    };
+  }
+  if (options.confirmHost === undefined) {
+    return {
+      refuse: `Cannot restore into ${resolvedTarget} with --force alone: ${what}`,
+      hint: `Also pass --confirm-host ${targetHost.hostname} to confirm which host is overwritten.`,
+      warnings,
+      systemDir,
+      differences,
+    };
+  }
+  warnings.push(`overwriting ${dst} at ${resolvedTarget} with the data of ${src}: forced with --confirm-host`);
+  return { warnings, systemDir, differences };
+}
+
+// ---- selecting paths: --include / --exclude ------------------------------------------------
+
+/**
+ * A path pattern, gitignore-style: a pattern with a '/' at its start or in its middle is anchored
+ * at the snapshot root ("/home/*\/docs", "etc/hosts"); one without is a name matched at any depth
+ * ("*.sql", "node_modules"). `*` and `?` stay within one segment, `**` spans segments, `[a-z]` and
+ * `{a,b}` work as in shells. A pattern without glob characters is a plain path or name.
+ */
+export interface PathPattern {
+  text: string;
+  anchored: boolean;
+  /** Per segment: '**' or a test of one name. */
+  segments: Array<'**' | RegExp>;
+}
+
+function segmentSource(seg: string): string {
+  let out = '';
+  for (let i = 0; i < seg.length; i++) {
+    const c = seg[i]!;
+    if (c === '\\' && i + 1 < seg.length) out += escapeRe(seg[++i]!);
+    else if (c === '*') out += '[^/]*';
+    else if (c === '?') out += '[^/]';
+    else if (c === '[') {
+      const end = seg.indexOf(']', i + 2);
+      if (end < 0) out += '\\[';
+      else {
+        let body = seg.slice(i + 1, end);
+        const neg = body.startsWith('!') || body.startsWith('^');
+        if (neg) body = body.slice(1);
+        out += `[${neg ? '^' : ''}${body.replace(/[\\\]]/g, '\\$&')}]`;
+        i = end;
+      }
+    } else if (c === '{') {
+      const end = seg.indexOf('}', i);
+      if (end < 0) out += '\\{';
+      else {
+        out += `(?:${seg.slice(i + 1, end).split(',').map(segmentSource).join('|')})`;
+        i = end;
+      }
+    } else out += escapeRe(c);
+  }
+  return out;
+}
+
+function escapeRe(s: string): string {
+  return s.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&');
+}
+
+export function compilePattern(text: string): PathPattern {
+  const trimmed = text.replace(/\/+$/, '');
+  if (trimmed === '') {
+    // "/" is the whole snapshot.
+    if (text.startsWith('/')) return { text, anchored: true, segments: ['**'] };
+    throw new CofferError('USAGE', `Cannot use the pattern ${JSON.stringify(text)}: it is empty`);
+  }
+  const anchored = trimmed.includes('/');
+  const segs = trimmed.split('/').filter((s) => s !== '');
+  for (const s of segs) {
+    if (s === '.' || s === '..') throw new CofferError('USAGE', `Cannot use the pattern ${JSON.stringify(text)}: '.' and '..' have no meaning inside a snapshot`, { hint: 'Give paths as they are in the snapshot, e.g. /home/alice/docs.' });
+  }
+  return { text, anchored, segments: segs.map((s) => (s === '**' ? '**' : new RegExp(`^${segmentSource(s)}$`, 's'))) };
+}
+
+function matchSegments(pat: Array<'**' | RegExp>, pi: number, segs: string[], si: number): boolean {
+  while (pi < pat.length) {
+    const p = pat[pi]!;
+    if (p === '**') {
+      for (let k = si; k <= segs.length; k++) if (matchSegments(pat, pi + 1, segs, k)) return true;
+      return false;
+    }
+    if (si >= segs.length || !p.test(segs[si]!)) return false;
+    pi++;
+    si++;
+  }
+  return si === segs.length;
+}
+
+const splitPath = (path: string) => path.split('/').filter((s) => s !== '');
+
+/** Whether a snapshot path ("/a/b") matches the pattern. */
+export function matchesPattern(p: PathPattern, path: string): boolean {
+  const segs = splitPath(path);
+  if (!p.anchored) {
+    const last = segs.at(-1);
+    return last !== undefined && (p.segments[0] === '**' || (p.segments[0] as RegExp).test(last));
+  }
+  return matchSegments(p.segments, 0, segs, 0);
+}
+
+/** Whether something strictly below the directory `path` could match (so it must be walked). */
+export function couldMatchBelow(p: PathPattern, path: string): boolean {
+  if (!p.anchored) return true;
+  const segs = splitPath(path);
+  for (let i = 0; i < segs.length; i++) {
+    const s = p.segments[i];
+    if (s === undefined) return false;
+    if (s === '**') return true;
+    if (!s.test(segs[i]!)) return false;
+  }
+  return p.segments.length > segs.length;
+}
+
+export type FilterDecision = 'all' | 'descend' | 'skip';
+
+export interface PathFilter {
+  /**
+   * 'all': select this entry and everything below it (excludes still apply further down);
+   * 'descend': a directory that is not selected itself but may hold selected entries; 'skip'.
+   */
+  decide(path: string, isDir: boolean, parentSelected: boolean): FilterDecision;
+}
+
+export function compilePathFilter(include: string[] = [], exclude: string[] = []): PathFilter {
+  const inc = include.map(compilePattern);
+  const exc = exclude.map(compilePattern);
+  return {
+    decide(path, isDir, parentSelected) {
+      if (exc.some((p) => matchesPattern(p, path))) return 'skip';
+      if (parentSelected || inc.length === 0 || inc.some((p) => matchesPattern(p, path))) return 'all';
+      if (isDir && inc.some((p) => couldMatchBelow(p, path))) return 'descend';
+      return 'skip';
+    },
+  };
+}
+
+// ---- the restore ---------------------------------------------------------------------------
+
+export const OVERWRITE_POLICIES = ['never', 'if-changed', 'always'] as const;
+export type OverwritePolicy = (typeof OVERWRITE_POLICIES)[number];
+
+export type RestoreAction = 'create' | 'overwrite' | 'unchanged' | 'skip';
+
+export interface RestoreEntry {
+  action: RestoreAction;
+  /** The path inside the snapshot ("/etc/hosts"). */
+  path: string;
+  type: NodeType | 'hardlink';
+  size?: number;
+  /** Why an entry was skipped or overwritten. */
+  reason?: string;
+}
+
+export interface RestoreCounts {
   files: number;
   dirs: number;
   symlinks: number;
+  hardlinks: number;
+  special: number;
   bytes: number;
-  warnings: Array<{ path: string; problem: string }>;
 }
+
+export interface RestoreProgress {
+  files: number;
+  bytes: number;
+  currentPath?: string;
+}
+
+export interface RestoreOptions extends SafetyOptions {
+  signal?: AbortSignal;
+  /** Paths or globs inside the snapshot to restore (see PathPattern); default: everything. */
+  include?: string[];
+  /** Paths or globs to leave out, with everything below them. */
+  exclude?: string[];
+  /** What to do with entries that exist in the target (default 'if-changed'). */
+  overwrite?: OverwritePolicy;
+  /** Decide and report everything, write nothing. */
+  dryRun?: boolean;
+  /** Write all-zero chunks (and zero blocks of sparse files) as holes (default true). */
+  sparse?: boolean;
+  /** This host, for the safety check (default: localHostIdentity()). */
+  targetHost?: HostIdentity;
+  /** Files restored at once (default 16). */
+  fileConcurrency?: number;
+  /** Blob reads in flight, over all files (default 8). */
+  blobConcurrency?: number;
+  /** Every entry's decision (in a dry run: what would happen). */
+  onEntry?: (e: RestoreEntry) => void;
+  /** After each blob written and each entry done. */
+  onProgress?: (p: RestoreProgress) => void;
+  onWarning?: (path: string, problem: string) => void;
+}
+
+export interface RestoreResult {
+  /** The real path of the target directory. */
+  target: string;
+  dryRun: boolean;
+  created: RestoreCounts;
+  overwritten: RestoreCounts;
+  unchanged: RestoreCounts;
+  skipped: RestoreCounts;
+  warnings: Array<{ path: string; problem: string }>;
+  /** What the safety check wanted the operator to see (not counted as warnings). */
+  notices: string[];
+}
+
+const zeroCounts = (): RestoreCounts => ({ files: 0, dirs: 0, symlinks: 0, hardlinks: 0, special: 0, bytes: 0 });
 
 const isRoot = process.getuid?.() === 0;
+const SLASH = Buffer.from('/');
+const TMP_PREFIX = '.coffer-restore-';
+const SPARSE_BLOCK = 4096;
+const { O_WRONLY, O_CREAT, O_EXCL, O_NOFOLLOW, O_RDONLY, O_DIRECTORY } = constants;
 
-function nsToSeconds(ns: string): number {
-  return Number(BigInt(ns)) / 1e9;
+function childPath(dir: Buffer, name: Buffer): Buffer {
+  return dir.length === 1 && dir[0] === 0x2f ? Buffer.concat([SLASH, name]) : Buffer.concat([dir, SLASH, name]);
 }
 
-async function ensureRealDir(path: string): Promise<void> {
+function tempPath(dir: Buffer): Buffer {
+  return childPath(dir, Buffer.from(TMP_PREFIX + randomBytes(8).toString('hex')));
+}
+
+async function lstatOrUndefined(p: Buffer): Promise<BigIntStats | undefined> {
   try {
-    const st = await lstat(path);
-    if (st.isDirectory()) return;
-    throw new CofferError('REFUSED', `Cannot restore into ${path}: it exists and is not a directory${st.isSymbolicLink() ? ' (a symlink; restore never writes through links)' : ''}`, { hint: 'Restore into an empty target directory, or remove it.' });
+    return await lstat(p, { bigint: true });
   } catch (e) {
-    if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
-    await mkdir(path, { mode: 0o700 });
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT' || code === 'ENOTDIR') return undefined;
+    throw e;
   }
 }
 
-export async function restore(repo: Repository, treeId: string, target: string, options: RestoreOptions = {}): Promise<RestoreResult> {
-  const { signal } = options;
-  const root = resolve(target);
-  await mkdir(root, { recursive: true });
-  await ensureRealDir(root);
-  const result: RestoreResult = { files: 0, dirs: 0, symlinks: 0, bytes: 0, warnings: [] };
+function statType(st: BigIntStats): NodeType {
+  if (st.isFile()) return 'file';
+  if (st.isDirectory()) return 'dir';
+  if (st.isSymbolicLink()) return 'symlink';
+  if (st.isFIFO()) return 'fifo';
+  if (st.isSocket()) return 'socket';
+  return st.isBlockDevice() ? 'blockdev' : 'chardev';
+}
+
+function linkTargetBytes(n: TreeNode): Buffer {
+  return n.rawLinkTarget !== undefined ? Buffer.from(n.rawLinkTarget, 'base64') : Buffer.from(n.linkTarget ?? '', 'utf8');
+}
+
+function isAllZero(b: Buffer, zero: Buffer): boolean {
+  for (let i = 0; i < b.length; i += zero.length) {
+    const n = Math.min(zero.length, b.length - i);
+    if (!b.subarray(i, i + n).equals(n === zero.length ? zero : zero.subarray(0, n))) return false;
+  }
+  return true;
+}
+
+/** File-system errors after which every remaining entry would fail the same way. */
+function isFatalFsError(e: unknown): boolean {
+  const code = isCofferError(e) ? e.details?.errno : (e as NodeJS.ErrnoException)?.code;
+  return code === 'ENOSPC' || code === 'EDQUOT' || code === 'EROFS';
+}
+
+// Errors are sorted by where they came from, not by code: the metadata helpers report a missing
+// file as NOT_FOUND too, which must not be taken for a blob missing from the repository.
+/** Damaged or missing repository data: that entry is not restored, the others are. */
+const dataErrors = new WeakSet<object>();
+/** The repository is unreachable, or a safety rule stopped the restore: nothing more is tried. */
+const stopErrors = new WeakSet<object>();
+
+function tag<E>(set: WeakSet<object>, e: E): E {
+  if (e !== null && typeof e === 'object') set.add(e);
+  return e;
+}
+
+function isFatal(e: unknown): boolean {
+  if (e !== null && typeof e === 'object' && stopErrors.has(e)) return true;
+  if (isCofferError(e, 'CANCELLED') || isCofferError(e, 'INTERNAL') || isFatalFsError(e)) return true;
+  // Neither an errno error nor a CofferError: a bug, not a problem with one entry.
+  return !isCofferError(e) && !/^E[A-Z0-9]+$/.test(String((e as NodeJS.ErrnoException)?.code));
+}
+
+class Slots {
+  private active = 0;
+  private readonly waiters: Array<() => void> = [];
+  private readonly max: number;
+  constructor(max: number) {
+    this.max = max;
+  }
+  async acquire(): Promise<void> {
+    while (this.active >= this.max) await new Promise<void>((r) => this.waiters.push(r));
+    this.active++;
+  }
+  release(): void {
+    this.active--;
+    this.waiters.shift()?.();
+  }
+  async run<T>(fn: () => Promise<T>): Promise<T> {
+    await this.acquire();
+    try {
+      return await fn();
+    } finally {
+      this.release();
+    }
+  }
+}
+
+/** Members of one hard-link group run one after another; the first one written is the source. */
+interface LinkGroup {
+  node: TreeNode;
+  source?: { path: Buffer; ino: bigint | undefined };
+  chain: Promise<void>;
+}
+
+/** Resolves the target lexically and, through symlinks, as far as it exists. */
+async function resolveTarget(target: string): Promise<{ lexical: string; real: string; exists: boolean }> {
+  if (target === '') throw new CofferError('USAGE', 'Cannot restore: the target directory is empty', { hint: 'Give --target DIR (use / to restore files to their original place).' });
+  const lexical = posix.resolve(target);
+  let base = lexical;
+  const rest: string[] = [];
+  for (;;) {
+    try {
+      const real = await realpath(base);
+      return { lexical, real: rest.length ? posix.join(real, ...rest.reverse()) : real, exists: rest.length === 0 };
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code;
+      if (code !== 'ENOENT' || base === '/') throw new CofferError('USAGE', `Cannot restore into ${lexical}: ${(e as Error).message}`, { cause: e, hint: 'Give a target directory you can write to.' });
+      rest.push(posix.basename(base));
+      base = posix.dirname(base);
+    }
+  }
+}
+
+/** Runs the safety check on both forms of the target; throws REFUSED if either is refused. */
+export async function checkRestoreTarget(snapshotHost: HostIdentity | undefined, target: string, options: SafetyOptions & { targetHost?: HostIdentity } = {}): Promise<{ lexical: string; real: string; exists: boolean; verdict: SafetyVerdict }> {
+  const t = await resolveTarget(target);
+  const targetHost = options.targetHost ?? localHostIdentity();
+  const homeDirs = [...(options.homeDirs ?? []), homedir()].filter((h) => h && h !== '/');
+  const opts = { ...options, homeDirs };
+  const a = restoreSafety(snapshotHost, targetHost, t.lexical, opts);
+  const b = t.real === t.lexical ? a : restoreSafety(snapshotHost, targetHost, t.real, opts);
+  const refused = a.refuse ? a : b.refuse ? b : undefined;
+  if (refused) throw new CofferError('REFUSED', refused.refuse!, { hint: refused.hint, details: { differences: refused.differences, systemDir: refused.systemDir } });
+  const verdict: SafetyVerdict = { warnings: [...new Set([...a.warnings, ...b.warnings])], systemDir: a.systemDir ?? b.systemDir, differences: a.differences };
+  return { ...t, verdict };
+}
+
+/**
+ * Restores a snapshot (or a bare tree id, whose source host is then unknown) into `target`.
+ * Throws REFUSED before writing anything when the safety check says no; CORRUPT at the end if
+ * some entries could not be restored because their data is damaged or missing (everything else
+ * is restored); CANCELLED when the signal fires (temporary files are removed first).
+ */
+export async function restore(repo: Repository, source: Snapshot | string, target: string, options: RestoreOptions = {}): Promise<RestoreResult> {
+  const userSignal = options.signal;
+  throwIfAborted(userSignal);
+  const treeId = typeof source === 'string' ? source : source.tree;
+  const policy = options.overwrite ?? 'if-changed';
+  if (!(OVERWRITE_POLICIES as readonly string[]).includes(policy)) throw new CofferError('USAGE', `Cannot restore with --overwrite ${JSON.stringify(policy)}: give never, if-changed or always`);
+  const dryRun = !!options.dryRun;
+  const sparse = options.sparse ?? true;
+  const filter = compilePathFilter(options.include, options.exclude);
+  const checked = await checkRestoreTarget(typeof source === 'string' ? undefined : source.host, target, options);
+
+  const result: RestoreResult = { target: checked.real, dryRun, created: zeroCounts(), overwritten: zeroCounts(), unchanged: zeroCounts(), skipped: zeroCounts(), warnings: [], notices: checked.verdict.warnings };
+  const progress: RestoreProgress = { files: 0, bytes: 0 };
   const warn = (path: string, problem: string) => {
     result.warnings.push({ path, problem });
     options.onWarning?.(path, problem);
   };
-  const include = options.include?.map((p) => '/' + p.split('/').filter(Boolean).join('/'));
-  const wanted = (p: string) => !include || include.some((i) => p === i || p.startsWith(i + '/') || i.startsWith(p + '/'));
-  const dirMeta: Array<{ path: string; node: TreeNode }> = [];
-  const concurrency = options.concurrency ?? 8;
-  const writes = new Set<Promise<void>>();
-  let failure: unknown;
-
-  const setMeta = async (path: string, n: TreeNode) => {
-    if (isRoot) await lchown(path, n.uid, n.gid).catch((e) => warn(path, `cannot set owner: ${(e as Error).message}`));
-    if (n.type !== 'symlink') await chmod(path, n.mode);
-    const mtime = nsToSeconds(n.mtimeNs);
-    await lutimes(path, n.atimeNs ? nsToSeconds(n.atimeNs) : mtime, mtime);
+  const bucket = (a: RestoreAction) => (a === 'create' ? result.created : a === 'overwrite' ? result.overwritten : a === 'unchanged' ? result.unchanged : result.skipped);
+  const report = (e: RestoreEntry) => {
+    const c = bucket(e.action);
+    if (e.type === 'file') {
+      c.files++;
+      c.bytes += e.size ?? 0;
+    } else if (e.type === 'dir') c.dirs++;
+    else if (e.type === 'symlink') c.symlinks++;
+    else if (e.type === 'hardlink') c.hardlinks++;
+    else c.special++;
+    options.onEntry?.(e);
+  };
+  const damaged: Array<{ path: string; problem: string }> = [];
+  let fatal: unknown;
+  const fail = (e: unknown) => {
+    fatal ??= e;
+    if (!signal.aborted) inner.abort(e);
   };
 
-  const restoreFile = async (path: string, n: TreeNode) => {
-    const fh = await open(path, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600);
+  // A registered session makes a concurrent prune wait before it deletes packs this restore may
+  // still read; registering comes before the index is (re)loaded, as the GC protocol requires.
+  // A read-only repository (an immutable bucket in a disaster) must still restore.
+  let session: Session | undefined;
+  if (!dryRun) {
     try {
-      let pos = 0;
-      for (const c of n.content ?? []) {
-        throwIfAborted(signal);
-        const data = await repo.readBlob('data', fromHex(c), { signal });
-        await fh.write(data, 0, data.length, pos);
-        pos += data.length;
-      }
-      if (pos !== n.size) throw new CofferError('CORRUPT', `Cannot restore ${path}: its content has ${pos} bytes, the snapshot says ${n.size}`);
-      result.bytes += pos;
-    } finally {
-      await fh.close();
+      session = await Session.start(repo, 'restore', { signal: userSignal });
+    } catch (e) {
+      if (!(isCofferError(e, 'STORAGE_DENIED') || isCofferError(e, 'STORAGE_ERROR'))) throw e;
+      result.notices.push(`cannot register this restore in the repository (${(e as Error).message}): a prune running meanwhile could remove data it reads`);
     }
-    await setMeta(path, n);
-    result.files++;
-    options.onProgress?.({ files: result.files, bytes: result.bytes });
+  }
+  const endSession = () => session?.end().catch(() => {});
+
+  // The target directory itself: created (not in a dry run), then used by its real path.
+  let rootPath = Buffer.from(checked.real);
+  let rootFresh = false;
+  try {
+    await repo.loadIndex({ signal: userSignal });
+    try {
+      if (!checked.exists) {
+        if (dryRun) rootFresh = true;
+        else {
+          await mkdir(checked.lexical, { recursive: true });
+          rootPath = Buffer.from(await realpath(checked.lexical));
+          result.target = rootPath.toString();
+        }
+      }
+      if (!rootFresh && !(await lstat(rootPath)).isDirectory()) throw new Error('it exists and is not a directory');
+    } catch (e) {
+      throw new CofferError('USAGE', `Cannot restore into ${checked.lexical}: ${(e as Error).message}`, { cause: e, hint: 'Give a directory you can write to (it is created if missing).' });
+    }
+  } catch (e) {
+    await endSession();
+    throw e;
+  }
+
+  // An internal controller stops in-flight work as soon as one entry fails fatally.
+  const inner = new AbortController();
+  const onUserAbort = () => inner.abort(userSignal!.reason);
+  if (userSignal?.aborted) onUserAbort();
+  userSignal?.addEventListener('abort', onUserAbort, { once: true });
+  const signal = inner.signal;
+
+  // Directories: created when first needed, with their metadata applied at the very end.
+  interface DirMeta { path: Buffer; inner: string; node: TreeNode; depth: number }
+  const dirMeta: DirMeta[] = [];
+  class DirCtx {
+    readonly path: Buffer;
+    readonly inner: string;
+    readonly parent: DirCtx | undefined;
+    readonly node: TreeNode | undefined;
+    /** Selected by the filter itself (not only an ancestor of a selected entry). */
+    readonly selected: boolean;
+    /** Created by this restore (or would be, in a dry run): nothing in it exists yet. */
+    fresh = false;
+    private ready: Promise<boolean> | undefined;
+    constructor(path: Buffer, inner: string, parent: DirCtx | undefined, node: TreeNode | undefined, selected: boolean, fresh = false) {
+      this.path = path;
+      this.inner = inner;
+      this.parent = parent;
+      this.node = node;
+      this.selected = selected;
+      this.fresh = fresh;
+      if (!parent) this.ready = Promise.resolve(true);
+    }
+    /** Makes sure the directory exists as a real directory; false if it is skipped. */
+    ensure(): Promise<boolean> {
+      this.ready ??= this.prepare().catch((e: unknown) => {
+        // One warning for a directory that cannot be made, not one per entry in it.
+        if (isFatal(e)) throw e;
+        warn(this.inner, `cannot restore directory: ${(e as Error).message}`);
+        report({ action: 'skip', path: this.inner, type: 'dir', reason: (e as Error).message });
+        return false;
+      });
+      return this.ready;
+    }
+    private async prepare(): Promise<boolean> {
+      const parent = this.parent!;
+      const node = this.node!;
+      if (!(await parent.ensure())) return false;
+      throwIfAborted(signal);
+      const st = parent.fresh ? undefined : await lstatOrUndefined(this.path);
+      const meta = () => dirMeta.push({ path: this.path, inner: this.inner, node, depth: this.inner.split('/').length });
+      if (!st) {
+        if (!dryRun) await mkdir(this.path, { mode: 0o700 });
+        this.fresh = true;
+        meta();
+        report({ action: 'create', path: this.inner, type: 'dir' });
+        return true;
+      }
+      if (st.isDirectory()) {
+        // An existing directory is merged into; its metadata is restored only if it was selected.
+        if (this.selected && policy !== 'never') meta();
+        report({ action: 'unchanged', path: this.inner, type: 'dir' });
+        return true;
+      }
+      const what = st.isSymbolicLink() ? 'a symlink' : `a ${statType(st)}`;
+      if (policy === 'never') {
+        report({ action: 'skip', path: this.inner, type: 'dir', reason: `exists as ${what}` });
+        return false;
+      }
+      if (st.isSymbolicLink() && policy !== 'always') {
+        // A symlinked directory in the target is usually deliberate (data moved to another disk):
+        // writing through it would escape the target, replacing it would silently redirect.
+        throw tag(stopErrors, new CofferError('REFUSED', `Cannot restore ${this.inner} into ${this.path.toString()}: it exists as a symlink, and a restore never writes through links`, {
+          hint: 'Remove the symlink, restore into another directory, or pass --overwrite always to replace the link by a directory.',
+        }));
+      }
+      if (!dryRun) {
+        await unlink(this.path);
+        await mkdir(this.path, { mode: 0o700 });
+      }
+      this.fresh = true;
+      meta();
+      report({ action: 'overwrite', path: this.inner, type: 'dir', reason: `was ${what}` });
+      return true;
+    }
+  }
+
+  const zero = Buffer.alloc(64 * 1024);
+  const zeroIds = new Set<string>();
+  const blobSlots = new Slots(options.blobConcurrency ?? 8);
+  const fileSlots = new Slots(options.fileConcurrency ?? 16);
+
+  /** Where each blob of a file is stored and where it goes in the file; checks the sizes add up. */
+  const contentParts = (node: TreeNode, innerPath: string) => {
+    const parts: Array<{ id: string; hit: NonNullable<ReturnType<Repository['index']['lookup']>>; pos: number }> = [];
+    let pos = 0;
+    for (const id of node.content ?? []) {
+      const hit = repo.index.lookup(fromHex(id), 'data');
+      if (!hit) throw tag(dataErrors, new CofferError('NOT_FOUND', `Cannot restore ${innerPath}: its data blob ${id.slice(0, 12)} is not in the repository index`, { hint: 'Run `coffer repo check`.' }));
+      parts.push({ id, hit, pos });
+      pos += hit.entry.rawLength;
+    }
+    if (pos !== node.size) throw tag(dataErrors, new CofferError('CORRUPT', `Cannot restore ${innerPath}: its content adds up to ${pos} bytes, the snapshot says ${node.size}`, { hint: 'Run `coffer repo check`.' }));
+    return parts;
   };
 
-  const walk = async (treeId: string, dir: string, inner: string): Promise<void> => {
-    const tree = await loadTree(repo, treeId, { signal });
-    for (const n of tree.nodes) {
-      throwIfAborted(signal);
-      if (failure) throw failure;
-      const innerPath = `${inner}/${n.name}`;
-      if (!wanted(innerPath)) continue;
-      if (n.rawName !== undefined) {
-        warn(innerPath, 'name is not valid UTF-8; restored under its UTF-8 rendering');
+  /** Writes a file's content at its offsets; zero chunks (and zero blocks if sparse) become holes. */
+  const writeContent = async (fh: FileHandle, node: TreeNode, innerPath: string) => {
+    const parts = contentParts(node, innerPath);
+    const writeBlock = async (data: Buffer, at: number) => {
+      if (!node.sparse || !sparse) {
+        await fh.write(data, 0, data.length, at);
+        return;
       }
-      const path = join(dir, n.name);
+      // A sparse file: zero blocks (aligned in the file) stay holes; the runs between are written.
+      let runStart = -1;
+      for (let off = 0; off < data.length; ) {
+        const end = Math.min(data.length, off + SPARSE_BLOCK - ((at + off) % SPARSE_BLOCK));
+        const isZero = isAllZero(data.subarray(off, end), zero);
+        if (!isZero && runStart < 0) runStart = off;
+        if (isZero && runStart >= 0) {
+          await fh.write(data, runStart, off - runStart, at + runStart);
+          runStart = -1;
+        }
+        off = end;
+      }
+      if (runStart >= 0) await fh.write(data, runStart, data.length - runStart, at + runStart);
+    };
+    let next = 0;
+    let stop: unknown;
+    // Where the last byte written ends: the file needs ftruncate() only if holes reach its end.
+    let written = 0;
+    const worker = async () => {
       try {
-        switch (n.type) {
-          case 'dir':
-            await ensureRealDir(path);
-            await walk(n.subtree!, path, innerPath);
-            dirMeta.push({ path, node: n });
-            result.dirs++;
-            break;
-          case 'file': {
-            while (writes.size >= concurrency) await Promise.race(writes);
-            const p: Promise<void> = restoreFile(path, n).catch((e) => {
-              if (isCofferError(e, 'CANCELLED')) failure ??= e;
-              else if ((e as NodeJS.ErrnoException).code === 'EEXIST') warn(innerPath, 'exists already; not overwritten');
-              else if (isCofferError(e)) failure ??= e;
-              else warn(innerPath, `cannot restore: ${(e as Error).message}`);
-            }).finally(() => writes.delete(p));
-            writes.add(p);
-            break;
+        while (next < parts.length && stop === undefined) {
+          const part = parts[next++]!;
+          throwIfAborted(signal);
+          if (sparse && zeroIds.has(part.id)) continue;
+          const data = await blobSlots.run(() => repo.readBlobAt(part.hit.packId, part.hit.entry, { signal })).catch((e: unknown) => {
+            throw tag(isCofferError(e, 'CORRUPT') || isCofferError(e, 'NOT_FOUND') ? dataErrors : stopErrors, e);
+          });
+          if (data.length !== part.hit.entry.rawLength) throw tag(dataErrors, new CofferError('CORRUPT', `Cannot restore ${innerPath}: blob ${part.id.slice(0, 12)} has ${data.length} bytes, the index says ${part.hit.entry.rawLength}`));
+          if (sparse && isAllZero(data, zero)) {
+            zeroIds.add(part.id);
+            continue;
           }
-          case 'symlink':
-            await symlink(n.linkTarget!, path);
-            await setMeta(path, n);
-            result.symlinks++;
-            break;
-          default:
-            warn(innerPath, `${n.type} not restored (needs issue #3 support)`);
+          throwIfAborted(signal);
+          await writeBlock(data, part.pos);
+          written = Math.max(written, part.pos + data.length);
+          progress.bytes += data.length;
+          options.onProgress?.({ ...progress, currentPath: innerPath });
         }
       } catch (e) {
-        if (isCofferError(e)) throw e;
-        if ((e as NodeJS.ErrnoException).code === 'EEXIST') warn(innerPath, 'exists already; not overwritten');
+        stop ??= e;
+      }
+    };
+    // A few reads per file in flight (the blob slots bound the total); every worker has stopped
+    // before the caller closes the file.
+    await Promise.all(Array.from({ length: Math.min(4, parts.length) }, worker));
+    if (stop !== undefined) throw stop;
+    // (A sparse write may have skipped a zero tail of the last blob: truncate to be sure then.)
+    if (written !== node.size || node.sparse) await fh.truncate(node.size ?? 0);
+  };
+
+  /**
+   * Ownership, extended attributes, mode and times of a new entry at `p` (a temporary name, or a
+   * directory through its open handle `fh`). A step that fails is a warning: the entry's content
+   * is restored all the same.
+   */
+  const applyMeta = async (p: Buffer, node: TreeNode, innerPath: string, fh?: FileHandle) => {
+    const step = async (what: string, fn: () => unknown) => {
+      try {
+        await fn();
+      } catch (e) {
+        if (isCofferError(e, 'CANCELLED')) throw e;
+        warn(innerPath, `cannot restore ${what}: ${(e as Error).message}`);
+      }
+    };
+    if (isRoot) await step(`owner ${node.uid}:${node.gid}`, () => (fh ? fh.chown(node.uid, node.gid) : lchown(p, node.uid, node.gid)));
+    // After chown (which clears security.capability), before chmod (user.* needs write access).
+    if (node.xattrs?.length) {
+      // The helpers act on the entry itself (lsetxattr, utimensat without following): safe on symlinks.
+      await step('extended attributes', () => writeXattrs(p, node.xattrs!, (problem) => warn(innerPath, problem)));
+    }
+    if (node.type !== 'symlink') {
+      // A special file is changed by path: safe, as the name is our fresh temporary one.
+      await step('mode', () => (fh ? fh.chmod(node.mode) : chmod(p, node.mode)));
+    }
+    await step('times', () => setTimesNs(p, node, { nofollow: true }));
+  };
+
+  /** Puts a finished temporary entry in place of `final` (removing an empty directory there). */
+  const moveIntoPlace = async (tmp: Buffer, final: Buffer, existing: BigIntStats | undefined) => {
+    if (existing?.isDirectory()) await rmdir(final);
+    await rename(tmp, final);
+  };
+
+  /** Why the entry at `final` differs from the node (the if-changed test), or undefined if it does not. */
+  const difference = async (node: TreeNode, final: Buffer, existing: BigIntStats): Promise<string | undefined> => {
+    const have = statType(existing);
+    if (have !== node.type) return `was a ${have}`;
+    if (node.type === 'file') {
+      return existing.size === BigInt(node.size ?? 0) && existing.mtimeNs === BigInt(node.mtimeNs) ? undefined : 'size or mtime differ';
+    }
+    if (node.type === 'symlink') return (await readlink(final, { encoding: 'buffer' })).equals(linkTargetBytes(node)) ? undefined : 'link target differs';
+    if ((node.type === 'blockdev' || node.type === 'chardev') && BigInt(node.rdev ?? 0) !== existing.rdev) return 'device number differs';
+    return undefined;
+  };
+
+  /** Decides what to do with a non-directory entry given what exists at its place. */
+  const decide = async (node: TreeNode, final: Buffer, existing: BigIntStats | undefined): Promise<{ action: RestoreAction; reason?: string }> => {
+    if (!existing) return { action: 'create' };
+    if (existing.isDirectory()) {
+      // Replacing a directory by a file would delete what is in it: only an empty one, and only when asked.
+      if (policy !== 'always') return { action: 'skip', reason: 'exists as a directory' + (policy === 'never' ? '' : '; not replaced (--overwrite always replaces an empty one)') };
+      return { action: 'overwrite', reason: 'was an empty directory' };
+    }
+    if (policy === 'always') return { action: 'overwrite' };
+    const why = await difference(node, final, existing);
+    if (why === undefined) return { action: 'unchanged' };
+    return policy === 'never' ? { action: 'skip', reason: `exists and differs (${why})` } : { action: 'overwrite', reason: why };
+  };
+
+  /** Restores one non-directory entry. Returns where it ended up, for hard links. */
+  const restoreEntry = async (node: TreeNode, dir: DirCtx, final: Buffer, innerPath: string, group?: LinkGroup): Promise<void> => {
+    if (!(await dir.ensure())) return;
+    throwIfAborted(signal);
+    const existing = dir.fresh ? undefined : await lstatOrUndefined(final);
+    const src = group?.source;
+    if (src) {
+      // A later member of a hard-link group: a link to the first one.
+      if (existing && src.ino !== undefined && existing.ino === src.ino && existing.isFile()) {
+        report({ action: 'unchanged', path: innerPath, type: 'hardlink' });
+        return;
+      }
+      const d = existing ? await decide(node, final, existing) : { action: 'create' as const };
+      // Under "never" an existing entry stays, even one that only lacks the link.
+      if (d.action === 'skip' || (existing && policy === 'never')) {
+        report({ action: d.action === 'unchanged' ? 'unchanged' : 'skip', path: innerPath, type: 'hardlink', ...(d.reason ? { reason: d.reason } : {}) });
+        return;
+      }
+      const action = existing ? 'overwrite' : 'create';
+      if (!dryRun) {
+        const tmp = tempPath(dir.path);
+        await link(src.path, tmp);
+        try {
+          await moveIntoPlace(tmp, final, existing);
+        } catch (e) {
+          await unlink(tmp).catch(() => {});
+          throw e;
+        }
+      }
+      report({ action, path: innerPath, type: 'hardlink', ...(existing ? { reason: 'replaced by a link' } : {}) });
+      return;
+    }
+    const d = await decide(node, final, existing);
+    const entry: RestoreEntry = { action: d.action, path: innerPath, type: node.type, ...(node.type === 'file' ? { size: node.size } : {}), ...(d.reason ? { reason: d.reason } : {}) };
+    if (d.action === 'skip' || d.action === 'unchanged') {
+      if (group && d.action === 'unchanged') group.source = { path: final, ino: existing!.ino };
+      report(entry);
+      return;
+    }
+    if (dryRun) {
+      // Without reading any data: is every blob where the index says, with the right sizes?
+      if (node.type === 'file') contentParts(node, innerPath);
+      if (group) group.source = { path: final, ino: undefined };
+      report(entry);
+      return;
+    }
+    const tmp = tempPath(dir.path);
+    let created = false;
+    try {
+      if (node.type === 'file') {
+        const fh = await open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, 0o600);
+        created = true;
+        try {
+          await writeContent(fh, node, innerPath);
+          await applyMeta(tmp, node, innerPath, fh);
+        } finally {
+          await fh.close();
+        }
+      } else if (node.type === 'symlink') {
+        await symlink(linkTargetBytes(node), tmp);
+        created = true;
+        await applyMeta(tmp, node, innerPath);
+      } else {
+        try {
+          createSpecial(tmp, { type: node.type as 'blockdev' | 'chardev' | 'fifo' | 'socket', mode: node.mode, rdev: node.rdev });
+        } catch (e) {
+          await unlink(tmp).catch(() => {});
+          // Not permitted (devices as non-root) or not supported here: this entry only.
+          if (isFatal(e)) throw e;
+          warn(innerPath, (e as Error).message);
+          report({ ...entry, action: 'skip', reason: (e as Error).message });
+          return;
+        }
+        created = true;
+        await applyMeta(tmp, node, innerPath);
+      }
+      await moveIntoPlace(tmp, final, existing);
+      created = false;
+    } finally {
+      if (created) await unlink(tmp).catch(() => {});
+    }
+    if (group) group.source = { path: final, ino: node.type === 'file' ? (await lstat(final, { bigint: true })).ino : undefined };
+    progress.files++;
+    options.onProgress?.({ ...progress, currentPath: innerPath });
+    report(entry);
+  };
+
+  const tasks = new Set<Promise<void>>();
+  const groups = new Map<string, LinkGroup>();
+
+  const runEntry = async (node: TreeNode, dir: DirCtx, final: Buffer, innerPath: string) => {
+    let group: LinkGroup | undefined;
+    if (node.type === 'file' && (node.links ?? 1) > 1 && node.inode !== undefined && node.deviceId !== undefined) {
+      const key = `${node.deviceId}:${node.inode}`;
+      group = groups.get(key);
+      if (group && (group.node.size !== node.size || (group.node.content ?? []).join() !== (node.content ?? []).join())) {
+        // The snapshot claims one inode with two contents: damaged or crafted; keep them apart.
+        warn(innerPath, 'marked as a hard link of another file with different content; restored as a separate file');
+        group = undefined;
+      } else if (!group) {
+        group = { node, chain: Promise.resolve() };
+        groups.set(key, group);
+      }
+    }
+    // The walk awaits each call, so the members of a group join its chain in walk order.
+    await fileSlots.acquire();
+    const run = async () => {
+      try {
+        await restoreEntry(node, dir, final, innerPath, group);
+      } catch (e) {
+        if (signal.aborted) fail(fatal ?? e);
+        else if (e !== null && typeof e === 'object' && dataErrors.has(e)) damaged.push({ path: innerPath, problem: (e as Error).message });
+        else if (isFatal(e)) fail(e);
         else warn(innerPath, `cannot restore: ${(e as Error).message}`);
+      } finally {
+        fileSlots.release();
+      }
+    };
+    let p: Promise<void>;
+    if (group) {
+      p = group.chain = group.chain.then(run);
+    } else p = run();
+    tasks.add(p);
+    void p.finally(() => tasks.delete(p));
+  };
+
+  // Subtrees are loaded a few ahead of the walk: on remote storage each load is a round trip.
+  const PREFETCH = 8;
+  const loadAhead = (id: string) => {
+    const p = loadTree(repo, id, { signal });
+    p.catch(() => {}); // awaited (and its error handled) when the walk gets there
+    return p;
+  };
+
+  const walk = async (id: string, dir: DirCtx, selected: boolean, loading?: Promise<Tree>): Promise<void> => {
+    let nodes: TreeNode[];
+    try {
+      nodes = (await (loading ?? loadTree(repo, id, { signal }))).nodes;
+    } catch (e) {
+      // The root tree is the snapshot: without it there is nothing to restore.
+      if (!dir.parent || !(isCofferError(e, 'CORRUPT') || isCofferError(e, 'NOT_FOUND'))) throw e;
+      damaged.push({ path: dir.inner, problem: (e as Error).message });
+      return;
+    }
+    const entries = nodes.map((n) => {
+      const innerPath = `${dir.inner}/${n.name}`;
+      return { n, innerPath, decision: filter.decide(innerPath, n.type === 'dir', selected) };
+    });
+    const subdirs = entries.filter((e) => e.n.type === 'dir' && e.decision !== 'skip');
+    const ahead = new Map<typeof entries[number], Promise<Tree>>();
+    let nextDir = 0;
+    for (const e of entries) {
+      throwIfAborted(signal);
+      if (fatal) return;
+      if (e.decision === 'skip') continue;
+      const { n, innerPath, decision } = e;
+      const path = childPath(dir.path, nameBytes(n));
+      if (n.type === 'dir') {
+        while (nextDir < subdirs.length && ahead.size < PREFETCH) {
+          const d = subdirs[nextDir++]!;
+          ahead.set(d, loadAhead(d.n.subtree!));
+        }
+        const loading = ahead.get(e);
+        ahead.delete(e);
+        const child = new DirCtx(path, innerPath, dir, n, decision === 'all');
+        // Selected directories exist even when empty; others only once something inside needs them.
+        if (decision === 'all' && !(await child.ensure())) continue;
+        await walk(n.subtree!, child, decision === 'all', loading);
+      } else if (decision === 'all') {
+        await runEntry(n, dir, path, innerPath);
       }
     }
   };
-  await walk(treeId, root, '');
-  await Promise.all(writes);
-  if (failure) throw failure;
-  // Directories last, deepest first, so that writing their children does not change their times.
-  for (const { path, node } of dirMeta.reverse()) await setMeta(path, node);
+
+  try {
+    const root = new DirCtx(rootPath, '', undefined, undefined, true, rootFresh);
+    try {
+      await walk(treeId, root, false);
+    } catch (e) {
+      fail(e);
+    }
+    while (tasks.size) await Promise.allSettled([...tasks]);
+    if (fatal) {
+      if (isCofferError(fatal, 'CANCELLED') || userSignal?.aborted) throw userSignal?.aborted ? new CofferError('CANCELLED', 'Cancelled: the restore was interrupted', { cause: userSignal.reason }) : fatal;
+      if (isFatalFsError(fatal)) throw new CofferError('STORAGE_ERROR', `Cannot restore into ${result.target}: ${(fatal as Error).message}`, { cause: fatal, hint: 'Free space on (or remount) the target file system and run the restore again; existing files are kept.' });
+      throw fatal;
+    }
+    if (!dryRun) {
+      // Deepest first: writing into a directory changes its times, and a read-only mode would
+      // stop us from finishing its children.
+      dirMeta.sort((a, b) => b.depth - a.depth);
+      for (const d of dirMeta) {
+        throwIfAborted(signal);
+        try {
+          const fh = await open(d.path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW);
+          try {
+            await applyMeta(d.path, d.node, d.inner || '/', fh);
+          } finally {
+            await fh.close();
+          }
+        } catch (e) {
+          if (isFatal(e)) throw e;
+          warn(d.inner, `cannot restore directory metadata: ${(e as Error).message}`);
+        }
+      }
+    }
+  } finally {
+    await endSession();
+    userSignal?.removeEventListener('abort', onUserAbort);
+  }
+  if (damaged.length) {
+    for (const d of damaged) warn(d.path, d.problem);
+    throw new CofferError('CORRUPT', `Cannot restore ${damaged.length} entr${damaged.length === 1 ? 'y' : 'ies'}: their data is damaged or missing in the repository (everything else was restored)`, {
+      hint: 'Run `coffer repo check --read-data` to see what is affected; restore those files from another snapshot or copy.',
+      details: { damaged: damaged.slice(0, 1000), result },
+    });
+  }
   return result;
 }
-

@@ -1,0 +1,75 @@
+// `coffer repo dump SNAPSHOT PATH`: write one file of a snapshot to stdout, blob by blob, waiting
+// for the reader, so that `coffer repo dump latest /db.sql | psql` streams without a temporary
+// copy. Every blob is verified before it is written. With --json, only errors are JSON (stdout
+// carries the file).
+import type { Command } from 'commander';
+import { CofferError } from '../core/errors.ts';
+import { dumpFile, lookupPath } from '../jobs/browse.ts';
+import { findSnapshot } from '../repository/snapshot.ts';
+import { withRepo } from './context.ts';
+
+const collect = (v: string, prev: string[] = []) => [...prev, v];
+
+/**
+ * Standard output for the browse commands: waits when the reader is slow, and notices when the
+ * reader has gone (EPIPE, e.g. `| head`) instead of crashing on the unhandled 'error' event.
+ */
+export interface StdoutSink {
+  /** False once the reader has closed the pipe: the caller stops. */
+  write(data: string | Buffer): Promise<boolean>;
+  /** Resolves once everything written has been handed to the OS. */
+  end(): Promise<void>;
+}
+
+export function stdoutSink(): StdoutSink {
+  const out = process.stdout;
+  let closed = false;
+  let failure: Error | undefined;
+  out.on('error', (e: NodeJS.ErrnoException) => {
+    if (e.code === 'EPIPE') closed = true;
+    else failure ??= e;
+  });
+  return {
+    async write(data) {
+      if (failure) throw failure;
+      if (closed) return false;
+      if (!out.write(data)) {
+        await new Promise<void>((resolve) => {
+          const done = () => {
+            out.off('drain', done);
+            out.off('close', done);
+            resolve();
+          };
+          out.on('drain', done);
+          out.on('close', done);
+        });
+      }
+      return !closed;
+    },
+    end() {
+      return new Promise<void>((resolve) => out.write('', () => resolve()));
+    },
+  };
+}
+
+export function register(repo: Command): void {
+  repo
+    .command('dump <snapshot> <path>')
+    .description("write one file of a snapshot to stdout (e.g. coffer repo dump latest /db.sql | psql)")
+    .option('--host <name>', 'with latest: the newest snapshot of this host')
+    .option('--path <path>', 'with latest: the newest snapshot of this path', collect)
+    .option('--tag <tag>', 'with latest: the newest snapshot with this tag', collect)
+    .action(async (ref: string, path: string, o: { host?: string; path?: string[]; tag?: string[] }, cmd: Command) => {
+      await withRepo(cmd, async (r, signal) => {
+        const snap = await findSnapshot(r, ref, { host: o.host, paths: o.path, tags: o.tag }, { signal });
+        await r.loadIndex({ signal });
+        const at = await lookupPath(r, snap.snapshot.tree, path, { signal });
+        if (!at.node) throw new CofferError('USAGE', 'Cannot dump /: it is the snapshot root, a directory', { hint: 'List it with `coffer repo ls SNAPSHOT`.' });
+        const sink = stdoutSink();
+        await dumpFile(r, at.node, at.path, async (data) => {
+          if (!(await sink.write(data))) throw new CofferError('CANCELLED', `Cannot dump ${at.path}: the reader closed the pipe before the end of the file`);
+        }, { signal });
+        await sink.end();
+      });
+    });
+}

@@ -1,0 +1,36 @@
+// `coffer repo find PATTERN`: which snapshots hold a file of this name (or glob, or path glob),
+// across every snapshot of the repository, newest last: "when did I last have that file?".
+import type { Command } from 'commander';
+import { findInSnapshots, nodeJson } from '../jobs/browse.ts';
+import { loadAllSnapshots, matchesFilter } from '../repository/snapshot.ts';
+import { output, withRepo } from './context.ts';
+import { stdoutSink } from './cmd_repo_dump.ts';
+
+const collect = (v: string, prev: string[] = []) => [...prev, v];
+
+export function register(repo: Command): void {
+  repo
+    .command('find <pattern>')
+    .description('find entries by name or glob in every snapshot ("*.sql"; with a "/", a path from the root: "/home/*/notes.txt")')
+    .option('--host <name>', 'only snapshots of this host')
+    .option('--path <path>', 'only snapshots of this path (repeatable)', collect)
+    .option('--tag <tag>', 'only snapshots with this tag (repeatable)', collect)
+    .action(async (pattern: string, o: { host?: string; path?: string[]; tag?: string[] }, cmd: Command) => {
+      const out = output(cmd);
+      await withRepo(cmd, async (r, signal) => {
+        const snaps = (await loadAllSnapshots(r, { signal })).filter((s) => matchesFilter(s.snapshot, { host: o.host, paths: o.path, tags: o.tag }));
+        await r.loadIndex({ signal });
+        let matches = 0;
+        const seen = new Set<string>();
+        const sink = stdoutSink();
+        for await (const m of findInSnapshots(r, snaps, pattern, { signal })) {
+          matches++;
+          seen.add(m.snapshot);
+          const line = out.json ? JSON.stringify({ snapshot: m.snapshot, time: m.time, hostname: m.hostname, ...nodeJson(m.path, m.node) }) : `${m.snapshot.slice(0, 12)}  ${m.time}  ${m.hostname}  ${m.path}${m.node.type === 'dir' ? '/' : ''}`;
+          if (!(await sink.write(line + '\n'))) return;
+        }
+        await sink.end();
+        out.info(`${matches} match(es) in ${seen.size} of ${snaps.length} snapshot(s)`);
+      });
+    });
+}
