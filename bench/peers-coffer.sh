@@ -2,7 +2,7 @@
 # REPO, SRC, DEST, N, CACHE and MODE (see run-peers.sh). Images are backed up with --image.
 COFFER_ROOT=${COFFER_ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}
 _coffer() {
-  COFFER_PASSWORD=bench COFFER_CACHE_DIR="$CACHE" "$COFFER_ROOT/node_modules/.bin/node" "$COFFER_ROOT/src/cli/main.ts" "$@"
+  COFFER_PASSWORD=bench COFFER_CACHE_DIR="$CACHE" "$COFFER_ROOT/node_modules/.bin/node" "$COFFER_ROOT/bin/coffer.mjs" "$@"
 }
 peer_coffer_init()    { _coffer repo init --repo "$REPO" >/dev/null; }
 peer_coffer_backup()  {

@@ -4,6 +4,8 @@ import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { writeFile } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
 import { buildProgram } from '../src/cli/main.ts';
 import type { Command } from 'commander';
 import { tempDir } from '../src/testing/tmp.ts';
@@ -22,6 +24,18 @@ describe('coffer CLI', () => {
       const r = await runCli([...c, '--help']);
       assert.equal(r.code, 0, `${c.join(' ')} --help: ${r.stderr}`);
       assert.match(r.stdout, /Usage: coffer/);
+    }
+  });
+
+  it('the bin launcher works from the pinned Node and from an older system node, and keeps exit codes', () => {
+    const launcher = join(import.meta.dirname, '..', 'bin', 'coffer.mjs');
+    const nodes = [process.execPath, ...['/usr/bin/node', '/usr/local/bin/node'].filter((n) => existsSync(n))];
+    for (const node of nodes) {
+      const ok = spawnSync(node, [launcher, '--version'], { encoding: 'utf8' });
+      assert.equal(ok.status, 0, `${node}: ${ok.stderr}`);
+      assert.match(ok.stdout, /^\d+\.\d+\.\d+/);
+      const bad = spawnSync(node, [launcher, 'repo', 'snapshots', '--no-such-option'], { encoding: 'utf8' });
+      assert.equal(bad.status, 2);
     }
   });
 

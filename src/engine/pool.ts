@@ -198,7 +198,7 @@ export class WorkerPool {
   private constructor(init: WorkerInit, size: number) {
     this.init = init;
     this.size = size;
-    this.recycler = new Recycler((size + 2) * 16 * 1024 * 1024);
+    this.recycler = new Recycler((size + 1) * 8 * 1024 * 1024);
   }
 
   /** Starts the workers and waits until each has warmed up its chunker. */
@@ -379,7 +379,7 @@ export class WorkerPool {
 
   /** Starts worker `index` (or replaces it); resolves when it has warmed up. */
   private spawn(index: number): Promise<void> {
-    const worker = new Worker(WORKER_URL, { workerData: this.init, name: `coffer-engine-${index}`, execArgv: workerExecArgv() });
+    const worker = new Worker(WORKER_URL, { workerData: this.init, name: `coffer-engine-${index}`, execArgv: workerExecArgv(), resourceLimits: { maxYoungGenerationSizeMb: 8 } });
     const slot: Slot = { worker, task: undefined, dead: false, proven: false };
     this.slots[index] = slot;
     const started = new Promise<void>((resolveReady, rejectReady) => {

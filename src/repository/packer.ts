@@ -35,7 +35,7 @@ export interface BlobSaverOptions extends CallOptions {
   uploadConcurrency?: number;
   /** Write an index file after this many uploaded packs (and at flush). */
   indexEvery?: number;
-  /** Raw bytes that may be queued or being encoded before saveMany() waits (default 64 MiB). */
+  /** Raw bytes that may be queued or being encoded before saveMany() waits (default 32 MiB). */
   maxInFlight?: number;
   /** Store blobs even if the index has them elsewhere (prune's repacking). */
   force?: boolean;
@@ -85,7 +85,7 @@ export class BlobSaver {
     this.encoder = encoder;
     this.options = options;
     this.packSize = repo.config.packSize;
-    this.maxInFlight = options.maxInFlight ?? 64 * 1024 * 1024;
+    this.maxInFlight = options.maxInFlight ?? 32 * 1024 * 1024;
     // Batches much smaller than a pack keep packs close to their target size.
     this.batchBytes = Math.max(64 * 1024, Math.min(BATCH_BYTES, Math.floor(this.packSize / 4)));
   }
