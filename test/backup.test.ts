@@ -46,6 +46,10 @@ describe('backup', () => {
     assert.equal(second.summary.filesNew, 1);
     assert.equal(second.summary.bytesRead, 50_004 + 9);
     assert.equal(second.summary.bytesScanned, 20 * 50_000 + 4 + 9);
+    // Nothing changed since: the directory's tree is the parent's, reused as it is.
+    const third = await backup(tr.repo, tr.pool, [src]);
+    assert.equal(third.summary.filesUnchanged, 21);
+    assert.equal((await nodeAt(tr.repo, third.snapshot.tree, src))!.subtree, (await nodeAt(tr.repo, second.snapshot.tree, src))!.subtree);
     const forced = await backup(tr.repo, tr.pool, [src], { parent: 'none' });
     assert.equal(forced.summary.filesUnchanged, 0);
     assert.equal(forced.summary.bytesNew < 2048, true, 'nothing new to store');

@@ -109,7 +109,7 @@ export function register(repo: Command): void {
           const s = res.summary;
           out.result({ type: 'summary', snapshot: res.snapshotId, parent: res.parent, ...s }, () => [
             `files: ${s.filesNew} new, ${s.filesChanged} changed, ${s.filesUnchanged} unchanged; ${s.dirs} directories${res.parent ? ` (parent ${res.parent.slice(0, 12)})` : ''}`,
-            `scanned ${formatBytes(s.bytesScanned)} (read ${formatBytes(s.bytesRead ?? s.bytesScanned)}), new after dedup ${formatBytes(s.bytesNew)}, stored ${formatBytes(s.bytesStored)} after compression (dedup ratio ${(s.bytesScanned / Math.max(1, s.bytesNew)).toFixed(2)}x) in ${(s.durationMs / 1000).toFixed(1)} s`,
+            `scanned ${formatBytes(s.bytesScanned)} (read ${formatBytes(s.bytesRead ?? s.bytesScanned)}), new after dedup ${formatBytes(s.bytesNew)}, stored ${formatBytes(s.bytesStored)} after compression${s.bytesNew > 0 ? ` (dedup ratio ${(s.bytesScanned / s.bytesNew).toFixed(2)}x)` : ""} in ${(s.durationMs / 1000).toFixed(1)} s`,
             res.snapshotId ? `snapshot ${res.snapshotId.slice(0, 12)} saved` : 'dry run: nothing stored',
           ]);
           if (res.warnings.length) {

@@ -182,6 +182,21 @@ class OwnerNames {
   }
 }
 
+const COMPARED = ['name', 'rawName', 'type', 'mode', 'uid', 'gid', 'user', 'group', 'mtimeNs', 'atimeNs', 'ctimeNs', 'size', 'subtree', 'linkTarget',
+  'rawLinkTarget', 'rdev', 'inode', 'deviceId', 'links', 'changedWhileRead', 'sparse'] as const;
+
+/**
+ * Returns the parent's node itself when the new one says the same, so that a directory whose
+ * children are all the parent's nodes can reuse the parent's subtree as it is.
+ */
+function reuseIfSame(prev: TreeNode | undefined, node: TreeNode): TreeNode {
+  if (!prev) return node;
+  for (const k of COMPARED) if (prev[k] !== node[k]) return node;
+  if (prev.content !== node.content && JSON.stringify(prev.content) !== JSON.stringify(node.content)) return node;
+  if (prev.xattrs !== node.xattrs && JSON.stringify(prev.xattrs) !== JSON.stringify(node.xattrs)) return node;
+  return prev;
+}
+
 /** Splits a backup path into the segments it has inside the snapshot tree. */
 export function treeSegments(path: string): string[] {
   const n = normalize(path);
@@ -407,11 +422,17 @@ export async function backup(repo: Repository, pool: BackupPool, paths: string[]
       const group = owners.group(meta.gid);
       if (user) meta.user = user;
       if (group) meta.group = group;
-      try {
-        const xattrs = readXattrs(path);
-        if (xattrs?.length) meta.xattrs = xattrs;
-      } catch (e) {
-        warn(shown, `cannot read extended attributes: ${(e as Error).message}`);
+      // Setting an xattr changes ctime: with the same inode and ctime as in the parent, the
+      // parent's xattrs are still right and the syscalls can be skipped.
+      if (prev && prev.ctimeNs === meta.ctimeNs && prev.inode === meta.inode) {
+        if (prev.xattrs) meta.xattrs = prev.xattrs;
+      } else {
+        try {
+          const xattrs = readXattrs(path);
+          if (xattrs?.length) meta.xattrs = xattrs;
+        } catch (e) {
+          warn(shown, `cannot read extended attributes: ${(e as Error).message}`);
+        }
       }
       if (st.isDirectory()) {
         if (ctx.dev !== st.dev && options.oneFileSystem) {
@@ -438,8 +459,13 @@ export async function backup(repo: Repository, pool: BackupPool, paths: string[]
           return visit(ctx, Buffer.concat([base, n]), n, prevChildren?.get(key.rawName ?? key.name));
         }));
         progress.dirs++;
-        const subtree = await storeTree({ nodes: children.filter((c): c is TreeNode => c !== undefined) });
-        return { ...meta, type: 'dir', subtree };
+        const kept = children.filter((c): c is TreeNode => c !== undefined);
+        // Every child is the parent's node itself: the subtree is the parent's, no need to encode,
+        // hash and look it up again.
+        const sameChildren = prev?.subtree !== undefined && prevChildren !== undefined && kept.length === prevChildren.size &&
+          kept.every((c) => prevChildren.get(c.rawName ?? c.name) === c) && repo.hasBlob('tree', fromHex(prev.subtree));
+        const subtree = sameChildren ? prev!.subtree! : await storeTree({ nodes: kept });
+        return reuseIfSame(prev, { ...meta, type: 'dir', subtree });
       }
       if (st.isFile() || (options.images && st.isBlockDevice())) {
         const size = Number(st.size);
@@ -451,7 +477,7 @@ export async function backup(repo: Repository, pool: BackupPool, paths: string[]
           progress.files++;
           progress.bytesScanned += size;
           report();
-          return { ...meta, type: 'file', size, content: prev.content, ...(prev.sparse ? { sparse: true } : {}) };
+          return reuseIfSame(prev, { ...meta, type: 'file', size, content: prev.content, ...(prev.sparse ? { sparse: true } : {}) });
         }
         const fixed = options.images ? repo.config.imageChunkSize : undefined;
         return (size > 1024 * 1024 || st.isBlockDevice() ? largeLimiter : smallLimiter).run(async () => {
@@ -489,7 +515,7 @@ export async function backup(repo: Repository, pool: BackupPool, paths: string[]
         try {
           const target = await readlink(path, { encoding: 'buffer' });
           const t = treeName(target);
-          return { ...meta, type: 'symlink', linkTarget: t.name, ...(t.rawName ? { rawLinkTarget: t.rawName } : {}) };
+          return reuseIfSame(prev, { ...meta, type: 'symlink', linkTarget: t.name, ...(t.rawName ? { rawLinkTarget: t.rawName } : {}) });
         } catch (e) {
           warn(shown, `cannot read link: ${(e as Error).message}`);
           return undefined;
