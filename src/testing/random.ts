@@ -1,6 +1,6 @@
 // Seeded random data for tests: the same seed always gives the same bytes (sfc32).
 export function rng(seed: number): () => number {
-  let a = 0x9e3779b9 ^ seed, b = 0x243f6a88 ^ (seed * 31), c = 0xb7e15162, d = 1;
+  let a = 0x9e3779b9 ^ seed, b = 0x243f6a88 ^ Math.imul(seed, 31), c = 0xb7e15162, d = 1;
   const next = () => {
     a >>>= 0; b >>>= 0; c >>>= 0; d >>>= 0;
     const t = (((a + b) | 0) + d) | 0;

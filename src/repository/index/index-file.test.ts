@@ -2,23 +2,8 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { CofferError, isCofferError } from '../../core/errors.ts';
 import { decodeIndexFile, encodeIndexFile, MAX_U32, type IndexEntry, type IndexFileContent, type IndexPack } from './index-file.ts';
+import { rng } from '../../testing/random.ts';
 
-/** Seeded PRNG (sfc32): the same seed gives the same data. */
-function rng(seed: number): () => number {
-  let a = 0x9e3779b9 ^ seed, b = 0x243f6a88 ^ Math.imul(seed, 31), c = 0xb7e15162, d = 1;
-  const next = () => {
-    a >>>= 0; b >>>= 0; c >>>= 0; d >>>= 0;
-    const t = (((a + b) | 0) + d) | 0;
-    d = (d + 1) | 0;
-    a = b ^ (b >>> 9);
-    b = (c + (c << 3)) | 0;
-    c = (c << 21) | (c >>> 11);
-    c = (c + t) | 0;
-    return (t >>> 0) / 4294967296;
-  };
-  for (let i = 0; i < 12; i++) next();
-  return next;
-}
 
 function bytes(r: () => number, n: number): Buffer {
   const b = Buffer.alloc(n);
