@@ -27,16 +27,27 @@ describe('crash safety', () => {
     const r = rng(42);
     let killed = 0;
     for (let round = 0; round < 6; round++) {
-      const delay = 150 + Math.floor(r() * 1500);
-      const res = await runCli(['repo', 'backup', '--repo', repoDir, src], { env, killAfterMs: delay });
+      // Die at a random point: early rounds after a random delay (start-up, session, index
+      // loading), later ones once a random share of the data has gone through (progress events),
+      // which does not depend on how fast the machine is.
+      const delay = 100 + Math.floor(r() * 600);
+      const threshold = Math.floor(r() * 20_000_000);
+      const what = round < 2 ? `${delay} ms` : `${threshold} bytes read`;
+      const res = round < 2
+        ? await runCli(['repo', 'backup', '--repo', repoDir, src], { env, killAfterMs: delay })
+        : await runCli(['--json', 'repo', 'backup', '--repo', repoDir, src], {
+            env,
+            signal: 'SIGKILL',
+            signalWhen: (out) => [...out.matchAll(/"bytesScanned":(\d+)/g)].some((m) => Number(m[1]) >= threshold),
+          });
       if (res.signal === 'SIGKILL') killed++;
       else assert.equal(res.code, 0, res.stderr);
       const repo = await Repository.open(new LocalBackend(repoDir), 'pw', { noCache: true });
       const c = await check(repo);
       await repo.close();
-      assert.ok(c.ok, `after a kill at ${delay} ms: ${JSON.stringify(c.problems.filter((p) => p.severity === 'error'))}`);
+      assert.ok(c.ok, `after a kill at ${what}: ${JSON.stringify(c.problems.filter((p) => p.severity === 'error'))}`);
     }
-    assert.ok(killed >= 2, `only ${killed} of 6 runs were killed mid-way: the data set is too small to test anything`);
+    assert.ok(killed >= 4, `only ${killed} of 6 runs were killed mid-way: the data set is too small to test anything`);
     const final = await runCli(['repo', 'backup', '--repo', repoDir, src], { env });
     assert.equal(final.code, 0, final.stderr);
     const repo = await Repository.open(new LocalBackend(repoDir), 'pw', { noCache: true });
