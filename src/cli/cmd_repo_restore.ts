@@ -7,7 +7,7 @@ import { CofferError } from '../core/errors.ts';
 import { localHostIdentity } from '../jobs/backup.ts';
 import { OVERWRITE_POLICIES, checkRestoreTarget, describeHost, restore, type OverwritePolicy, type RestoreCounts, type RestoreEntry } from '../jobs/restore.ts';
 import { findSnapshot } from '../repository/snapshot.ts';
-import { formatBytes, output, parseIntOption, withRepo } from './context.ts';
+import { formatBytes, makePool, output, parseIntOption, withRepo } from './context.ts';
 
 const collect = (v: string, prev: string[] = []) => [...prev, v];
 
@@ -54,7 +54,7 @@ export function register(repo: Command): void {
     .option('--confirm-host <name>', "this host's name: required with --force, and checked whenever given")
     .option('--no-sparse', 'write zeros instead of holes (e.g. for swap files)')
     .option('-v, --verbose', 'list every entry restored')
-    .option('--parallel <n>', 'files restored at once (default 16)')
+    .option('--parallel <n>', 'entries prepared at once (default 16)')
     .option('--host <name>', 'with latest: the newest snapshot of this host')
     .option('--path <path>', 'with latest: the newest snapshot of this path', collect)
     .option('--tag <tag>', 'with latest: the newest snapshot with this tag', collect)
@@ -80,7 +80,10 @@ export function register(repo: Command): void {
         for (const n of checked.verdict.warnings) out.event({ type: 'notice', message: n }, `note: ${n}`);
         await r.loadIndex({ signal });
         const dry = !!o.dryRun;
+        // Blobs are decoded (decrypted, decompressed, verified) in worker threads; a dry run reads none.
+        const pool = dry ? undefined : await makePool(cmd, r);
         const res = await restore(r, snap.snapshot, o.target, {
+          pool,
           signal,
           ...safety,
           include: o.include,
@@ -96,7 +99,7 @@ export function register(repo: Command): void {
             out.event({ type: 'entry', action: e.action, path: e.path, nodeType: e.type, ...(e.size !== undefined ? { size: e.size } : {}), ...(e.reason ? { reason: e.reason } : {}), dryRun: dry }, `${verb.padEnd(15)} ${e.path}${e.type === 'dir' ? '/' : ''}${e.reason ? `  (${e.reason})` : ''}`);
           },
           onWarning: (path, problem) => out.event({ type: 'warning', path, problem }, `warning: ${path}: ${problem}`),
-        });
+        }).finally(() => pool?.close());
         for (const n of res.notices) if (!checked.verdict.warnings.includes(n)) out.event({ type: 'notice', message: n }, `note: ${n}`);
         out.result({ type: 'summary', snapshot: snap.id, target: res.target, dryRun: dry, created: res.created, overwritten: res.overwritten, unchanged: res.unchanged, skipped: res.skipped, warnings: res.warnings.length }, () => [
           `${dry ? 'would create:   ' : 'created:        '}${counts(res.created)}`,

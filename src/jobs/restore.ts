@@ -19,20 +19,23 @@
 // An interrupted restore leaves no half-written file under a real name: at worst a temporary
 // `.coffer-restore-*` file, and those are removed on failure and cancellation.
 
-import { constants, type BigIntStats } from 'node:fs';
-import { chmod, link, lchown, lstat, mkdir, open, readlink, realpath, rename, rmdir, symlink, unlink, type FileHandle } from 'node:fs/promises';
+import { closeSync, constants, openSync, unlinkSync, type BigIntStats } from 'node:fs';
+import { link, lstat, mkdir, readlink, realpath, rename, rmdir, symlink, unlink } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import { homedir } from 'node:os';
 import { posix } from 'node:path';
+import { setImmediate as nextTurn } from 'node:timers/promises';
 import { CofferError, isCofferError, throwIfAborted } from '../core/errors.ts';
 import { fromHex } from '../engine/hash.ts';
+import type { IndexHit } from '../repository/index/chunk-index.ts';
 import type { Repository } from '../repository/repository.ts';
 import type { HostIdentity, Snapshot } from '../repository/snapshot.ts';
-import { nameBytes, type NodeType, type Tree, type TreeNode } from '../repository/tree.ts';
+import { decodeTree, nameBytes, type NodeType, type Tree, type TreeNode } from '../repository/tree.ts';
 import { Session } from '../repository/session.ts';
-import { loadTree } from '../repository/walk.ts';
-import { createSpecial, setTimesNs, writeXattrs } from '../sources/metadata.ts';
+import { createSpecial } from '../sources/metadata.ts';
 import { localHostIdentity } from './backup.ts';
+import { readBlobs, type BlobDecoder, type BlobResult } from './read-blobs.ts';
+import { FileWriters, applyMeta as applyMetaTo, deserializeError, isAllZero, type FileHeader, type WriteOp } from './restore-writer.ts';
 
 // ---- safety: whose data goes where ----------------------------------------------------------
 
@@ -316,10 +319,15 @@ export interface RestoreOptions extends SafetyOptions {
   sparse?: boolean;
   /** This host, for the safety check (default: localHostIdentity()). */
   targetHost?: HostIdentity;
-  /** Files restored at once (default 16). */
+  /** Entries prepared at once: looked up in the target, created if not files (default 16). */
   fileConcurrency?: number;
-  /** Blob reads in flight, over all files (default 8). */
+  /** Pack reads in flight, each of up to 8 MiB of neighbouring blobs (default 4). */
   blobConcurrency?: number;
+  /**
+   * Decodes (decrypts, decompresses and verifies) blobs in worker threads: a WorkerPool. Without
+   * it blobs are decoded on the calling thread, which is slower but checks just the same.
+   */
+  pool?: BlobDecoder;
   /** Every entry's decision (in a dry run: what would happen). */
   onEntry?: (e: RestoreEntry) => void;
   /** After each blob written and each entry done. */
@@ -345,15 +353,24 @@ const zeroCounts = (): RestoreCounts => ({ files: 0, dirs: 0, symlinks: 0, hardl
 const isRoot = process.getuid?.() === 0;
 const SLASH = Buffer.from('/');
 const TMP_PREFIX = '.coffer-restore-';
-const SPARSE_BLOCK = 4096;
-const { O_WRONLY, O_CREAT, O_EXCL, O_NOFOLLOW, O_RDONLY, O_DIRECTORY } = constants;
+const { O_WRONLY, O_CREAT, O_EXCL, O_NOFOLLOW, O_NONBLOCK, O_RDONLY, O_DIRECTORY } = constants;
 
 function childPath(dir: Buffer, name: Buffer): Buffer {
   return dir.length === 1 && dir[0] === 0x2f ? Buffer.concat([SLASH, name]) : Buffer.concat([dir, SLASH, name]);
 }
 
+// Random bytes for temporary names, drawn in bulk: one randomBytes() call per file was a
+// noticeable part of restoring many small files.
+let tempRandom = Buffer.alloc(0);
+let tempRandomAt = 0;
+
 function tempPath(dir: Buffer): Buffer {
-  return childPath(dir, Buffer.from(TMP_PREFIX + randomBytes(8).toString('hex')));
+  if (tempRandomAt + 8 > tempRandom.length) {
+    tempRandom = randomBytes(8 * 1024);
+    tempRandomAt = 0;
+  }
+  const name = TMP_PREFIX + tempRandom.toString('hex', tempRandomAt, (tempRandomAt += 8));
+  return childPath(dir, Buffer.from(name));
 }
 
 async function lstatOrUndefined(p: Buffer): Promise<BigIntStats | undefined> {
@@ -377,14 +394,6 @@ function statType(st: BigIntStats): NodeType {
 
 function linkTargetBytes(n: TreeNode): Buffer {
   return n.rawLinkTarget !== undefined ? Buffer.from(n.rawLinkTarget, 'base64') : Buffer.from(n.linkTarget ?? '', 'utf8');
-}
-
-function isAllZero(b: Buffer, zero: Buffer): boolean {
-  for (let i = 0; i < b.length; i += zero.length) {
-    const n = Math.min(zero.length, b.length - i);
-    if (!b.subarray(i, i + n).equals(n === zero.length ? zero : zero.subarray(0, n))) return false;
-  }
-  return true;
 }
 
 /** File-system errors after which every remaining entry would fail the same way. */
@@ -426,14 +435,6 @@ class Slots {
   release(): void {
     this.active--;
     this.waiters.shift()?.();
-  }
-  async run<T>(fn: () => Promise<T>): Promise<T> {
-    await this.acquire();
-    try {
-      return await fn();
-    } finally {
-      this.release();
-    }
   }
 }
 
@@ -639,114 +640,271 @@ export async function restore(repo: Repository, source: Snapshot | string, targe
     }
   }
 
-  const zero = Buffer.alloc(64 * 1024);
+  /** Data blobs found to be all zeros: with `sparse` they become holes and are not read again. */
   const zeroIds = new Set<string>();
-  const blobSlots = new Slots(options.blobConcurrency ?? 8);
   const fileSlots = new Slots(options.fileConcurrency ?? 16);
+  const readOptions = { signal, decoder: options.pool, concurrency: options.blobConcurrency ?? 4 };
 
-  /** Where each blob of a file is stored and where it goes in the file; checks the sizes add up. */
-  const contentParts = (node: TreeNode, innerPath: string) => {
-    const parts: Array<{ id: string; hit: NonNullable<ReturnType<Repository['index']['lookup']>>; pos: number }> = [];
+  /** How an entry that could not be restored counts: damaged data, the end of the restore, or a warning. */
+  const entryFailed = (innerPath: string, e: unknown) => {
+    if (signal.aborted) fail(fatal ?? e);
+    else if (e !== null && typeof e === 'object' && dataErrors.has(e)) damaged.push({ path: innerPath, problem: (e as Error).message });
+    else if (isFatal(e)) fail(e);
+    else warn(innerPath, `cannot restore: ${(e as Error).message}`);
+  };
+
+  /** Checks that every blob of a file is in the index and that they add up to its size. */
+  const contentParts = (node: TreeNode, innerPath: string, known?: Map<string, BlobNeed>) => {
+    const parts: Array<{ id: string; hit: IndexHit; pos: number; need?: BlobNeed }> = [];
     let pos = 0;
     for (const id of node.content ?? []) {
-      const hit = repo.index.lookup(fromHex(id), 'data');
+      const need = known?.get(id);
+      const hit = need?.hit ?? repo.index.lookup(fromHex(id), 'data');
       if (!hit) throw tag(dataErrors, new CofferError('NOT_FOUND', `Cannot restore ${innerPath}: its data blob ${id.slice(0, 12)} is not in the repository index`, { hint: 'Run `coffer repo check`.' }));
-      parts.push({ id, hit, pos });
+      parts.push({ id, hit, pos, need });
       pos += hit.entry.rawLength;
     }
     if (pos !== node.size) throw tag(dataErrors, new CofferError('CORRUPT', `Cannot restore ${innerPath}: its content adds up to ${pos} bytes, the snapshot says ${node.size}`, { hint: 'Run `coffer repo check`.' }));
     return parts;
   };
 
-  /** Writes a file's content at its offsets; zero chunks (and zero blocks if sparse) become holes. */
-  const writeContent = async (fh: FileHandle, node: TreeNode, innerPath: string) => {
-    const parts = contentParts(node, innerPath);
-    const writeBlock = async (data: Buffer, at: number) => {
-      if (!node.sparse || !sparse) {
-        await fh.write(data, 0, data.length, at);
-        return;
-      }
-      // A sparse file: zero blocks (aligned in the file) stay holes; the runs between are written.
-      let runStart = -1;
-      for (let off = 0; off < data.length; ) {
-        const end = Math.min(data.length, off + SPARSE_BLOCK - ((at + off) % SPARSE_BLOCK));
-        const isZero = isAllZero(data.subarray(off, end), zero);
-        if (!isZero && runStart < 0) runStart = off;
-        if (isZero && runStart >= 0) {
-          await fh.write(data, runStart, off - runStart, at + runStart);
-          runStart = -1;
-        }
-        off = end;
-      }
-      if (runStart >= 0) await fh.write(data, runStart, data.length - runStart, at + runStart);
-    };
-    let next = 0;
-    let stop: unknown;
-    // Where the last byte written ends: the file needs ftruncate() only if holes reach its end.
-    let written = 0;
-    const worker = async () => {
-      try {
-        while (next < parts.length && stop === undefined) {
-          const part = parts[next++]!;
-          throwIfAborted(signal);
-          if (sparse && zeroIds.has(part.id)) continue;
-          const data = await blobSlots.run(() => repo.readBlobAt(part.hit.packId, part.hit.entry, { signal })).catch((e: unknown) => {
-            throw tag(isCofferError(e, 'CORRUPT') || isCofferError(e, 'NOT_FOUND') ? dataErrors : stopErrors, e);
-          });
-          if (data.length !== part.hit.entry.rawLength) throw tag(dataErrors, new CofferError('CORRUPT', `Cannot restore ${innerPath}: blob ${part.id.slice(0, 12)} has ${data.length} bytes, the index says ${part.hit.entry.rawLength}`));
-          if (sparse && isAllZero(data, zero)) {
-            zeroIds.add(part.id);
-            continue;
-          }
-          throwIfAborted(signal);
-          await writeBlock(data, part.pos);
-          written = Math.max(written, part.pos + data.length);
-          progress.bytes += data.length;
-          options.onProgress?.({ ...progress, currentPath: innerPath });
-        }
-      } catch (e) {
-        stop ??= e;
-      }
-    };
-    // A few reads per file in flight (the blob slots bound the total); every worker has stopped
-    // before the caller closes the file.
-    await Promise.all(Array.from({ length: Math.min(4, parts.length) }, worker));
-    if (stop !== undefined) throw stop;
-    // (A sparse write may have skipped a zero tail of the last blob: truncate to be sure then.)
-    if (written !== node.size || node.sparse) await fh.truncate(node.size ?? 0);
-  };
-
-  /**
-   * Ownership, extended attributes, mode and times of a new entry at `p` (a temporary name, or a
-   * directory through its open handle `fh`). A step that fails is a warning: the entry's content
-   * is restored all the same.
-   */
-  const applyMeta = async (p: Buffer, node: TreeNode, innerPath: string, fh?: FileHandle) => {
-    const step = async (what: string, fn: () => unknown) => {
-      try {
-        await fn();
-      } catch (e) {
-        if (isCofferError(e, 'CANCELLED')) throw e;
-        warn(innerPath, `cannot restore ${what}: ${(e as Error).message}`);
-      }
-    };
-    if (isRoot) await step(`owner ${node.uid}:${node.gid}`, () => (fh ? fh.chown(node.uid, node.gid) : lchown(p, node.uid, node.gid)));
-    // After chown (which clears security.capability), before chmod (user.* needs write access).
-    if (node.xattrs?.length) {
-      // The helpers act on the entry itself (lsetxattr, utimensat without following): safe on symlinks.
-      await step('extended attributes', () => writeXattrs(p, node.xattrs!, (problem) => warn(innerPath, problem)));
-    }
-    if (node.type !== 'symlink') {
-      // A special file is changed by path: safe, as the name is our fresh temporary one.
-      await step('mode', () => (fh ? fh.chmod(node.mode) : chmod(p, node.mode)));
-    }
-    await step('times', () => setTimesNs(p, node, { nofollow: true }));
-  };
+  /** Owner, xattrs, mode and times (see restore-writer.ts); a step that fails is a warning. */
+  const applyMeta = (p: Buffer, node: TreeNode, innerPath: string, fd?: number) => applyMetaTo(p, node, fd, isRoot, (problem) => warn(innerPath, problem));
 
   /** Puts a finished temporary entry in place of `final` (removing an empty directory there). */
   const moveIntoPlace = async (tmp: Buffer, final: Buffer, existing: BigIntStats | undefined) => {
     if (existing?.isDirectory()) await rmdir(final);
     await rename(tmp, final);
+  };
+
+  // ---- file content, pack by pack ------------------------------------------------------------
+  //
+  // Files are not read and written one by one. restoreEntry() registers each file as a FileJob in
+  // the current window; flush() then reads every blob the window needs once, pack by pack with
+  // neighbouring blobs in one request (readBlobs() verifies each), and writes it to every file and
+  // offset that needs it: a blob shared by many files, the common case in a deduplicated
+  // repository, is read, verified and decoded once. A file is created under a fresh temporary
+  // name (O_EXCL|O_NOFOLLOW) when its first blob arrives and renamed into place after its last.
+  // The writes are synchronous calls, in slices of a few milliseconds between which the event loop
+  // runs: for the many small files of a typical restore, a write through the thread pool costs
+  // more than the write itself.
+
+  interface FileJob {
+    node: TreeNode;
+    dir: DirCtx;
+    final: Buffer;
+    innerPath: string;
+    existing: BigIntStats | undefined;
+    entry: RestoreEntry;
+    group: LinkGroup | undefined;
+    /** Blob parts not yet written (holes count as written). */
+    remaining: number;
+    /** Where the last byte written ends: the file needs ftruncate() only if holes reach its end. */
+    written: number;
+    /** Set with the first parts sent to a writer: the file's id there, the writer, the temporary name. */
+    file?: number;
+    writer?: number;
+    tmp?: Buffer;
+    settled: boolean;
+    /** Set by the first member of a hard-link group, whose other members wait for it. */
+    onSettled?: () => void;
+  }
+  /** One blob a window reads, and every place it goes. */
+  interface BlobNeed {
+    id: string;
+    hit: IndexHit;
+    uses: Array<{ job: FileJob; pos: number }>;
+  }
+  /** A window's bookkeeping is its memory (about a kilobyte per file): it closes at these sizes. */
+  const WINDOW_FILES = 131_072;
+  const WINDOW_PARTS = 1_048_576;
+  const SLICE_MS = 8;
+  let windowJobs: FileJob[] = [];
+  let windowNeeds = new Map<string, BlobNeed>();
+  let windowParts = 0;
+  let onJobAdded: (() => void) | undefined;
+  /** Jobs whose temporary file exists and is not yet in place: removed if they fail. */
+  const partial = new Set<FileJob>();
+
+  const addJob = (job: FileJob) => {
+    throwIfAborted(signal);
+    const parts = contentParts(job.node, job.innerPath, windowNeeds);
+    for (const p of parts) {
+      if (sparse && zeroIds.has(p.id)) continue;
+      let need = p.need ?? windowNeeds.get(p.id);
+      if (!need) windowNeeds.set(p.id, (need = { id: p.id, hit: p.hit, uses: [] }));
+      need.uses.push({ job, pos: p.pos });
+      job.remaining++;
+    }
+    windowParts += parts.length;
+    windowJobs.push(job);
+    onJobAdded?.();
+  };
+  const windowFull = () => windowJobs.length >= WINDOW_FILES || windowParts >= WINDOW_PARTS;
+
+  /** Ends a job: on failure its temporary file is removed and the failure counted. */
+  const settleJob = (job: FileJob, e?: unknown) => {
+    if (job.settled) return;
+    job.settled = true;
+    if (e !== undefined) {
+      if (partial.delete(job)) {
+        try {
+          unlinkSync(job.tmp!);
+        } catch {
+          // already gone
+        }
+      }
+      entryFailed(job.innerPath, e);
+    }
+    job.onSettled?.();
+  };
+
+  /** Writer threads, started with the first window; stopped when the restore ends. */
+  let writers: FileWriters | undefined;
+  let nextFileId = 1;
+  type Writes = Array<{ data: Buffer | undefined; pos: number }>;
+
+  const headerOf = (job: FileJob): FileHeader => {
+    const n = job.node;
+    return {
+      tmp: job.tmp!,
+      final: job.final,
+      replaceDir: !!job.existing?.isDirectory(),
+      size: n.size ?? 0,
+      sparse: !!n.sparse,
+      holes: !!n.sparse && sparse,
+      meta: { type: n.type, uid: n.uid, gid: n.gid, mode: n.mode, mtimeNs: n.mtimeNs, atimeNs: n.atimeNs, xattrs: n.xattrs },
+      wantIno: !!job.group,
+    };
+  };
+
+  /**
+   * Has the writer threads write parts of files (`data` undefined: a hole), creating each file
+   * with its first parts and finishing it with its last; waits until they are written. All ops
+   * are posted before the first await, so a file's ops reach its writer in order. The blobs move
+   * to the writers: the caller must not touch them afterwards.
+   */
+  const write = async (batch: Array<{ job: FileJob; writes: Writes }>) => {
+    const w = (writers ??= new FileWriters());
+    const fresh = w.leastBusy();
+    interface Sub { ops: WriteOp[]; blobs: Buffer[]; index: Map<Buffer, number>; items: Array<{ job: FileJob; bytes: number; last: boolean }> }
+    const subs = new Map<number, Sub>();
+    /** The writer each blob went to first: a second writer gets a copy. */
+    const sentTo = new Map<Buffer, number>();
+    for (const { job, writes } of batch) {
+      let header: FileHeader | undefined;
+      if (job.file === undefined) {
+        job.file = nextFileId++;
+        job.writer = fresh;
+        job.tmp = tempPath(job.dir.path);
+        partial.add(job);
+        header = headerOf(job);
+      }
+      const index = job.writer!;
+      let sub = subs.get(index);
+      if (!sub) subs.set(index, (sub = { ops: [], blobs: [], index: new Map(), items: [] }));
+      const parts: WriteOp['parts'] = [];
+      let bytes = 0;
+      for (const x of writes) {
+        if (!x.data) continue;
+        let b = sub.index.get(x.data);
+        if (b === undefined) {
+          const first = sentTo.get(x.data);
+          if (first === undefined) sentTo.set(x.data, index);
+          b = sub.blobs.push(first === undefined || first === index ? x.data : Buffer.from(x.data)) - 1;
+          sub.index.set(x.data, b);
+        }
+        parts.push({ blob: b, pos: x.pos });
+        bytes += x.data.length;
+      }
+      const last = writes.length === job.remaining;
+      job.remaining -= writes.length;
+      sub.ops.push({ file: job.file, header, parts, last });
+      sub.items.push({ job, bytes, last });
+    }
+    const done = await Promise.all(
+      [...subs].map(([index, sub]) => w.write(index, sub.ops, sub.blobs).then((outcomes) => ({ sub, outcomes }), (error: unknown) => ({ sub, error }))),
+    );
+    for (const d of done) {
+      if ('error' in d) {
+        // The writer is gone; what it left behind is removed by settleJob().
+        for (const it of d.sub.items) settleJob(it.job, d.error);
+        continue;
+      }
+      for (let k = 0; k < d.outcomes.length; k++) {
+        const o = d.outcomes[k]!;
+        const { job, bytes, last } = d.sub.items[k]!;
+        for (const problem of o.warnings) warn(job.innerPath, problem);
+        if (job.settled) continue; // an earlier part failed, or its data was damaged
+        if (!o.ok) {
+          if (o.kept) partial.delete(job); // replaced by someone else: not ours to remove
+          settleJob(job, deserializeError(o.error));
+          continue;
+        }
+        progress.bytes += bytes;
+        if (last) {
+          partial.delete(job);
+          if (job.group) job.group.source = { path: job.final, ino: o.ino };
+          progress.files++;
+        }
+        options.onProgress?.({ ...progress, currentPath: job.innerPath });
+        if (last) {
+          report(job.entry);
+          settleJob(job);
+        }
+      }
+    }
+  };
+
+  /** Writes the blobs of one request to every file that needs them. */
+  const deliver = async (needs: BlobNeed[], indexes: number[], results: BlobResult[]) => {
+    const byJob = new Map<FileJob, Writes>();
+    for (let k = 0; k < indexes.length; k++) {
+      const need = needs[indexes[k]!]!;
+      const r = results[k]!;
+      if (r.error) {
+        for (const u of need.uses) settleJob(u.job, tag(dataErrors, r.error));
+        continue;
+      }
+      let data: Buffer | undefined = r.data;
+      if (sparse && isAllZero(data)) {
+        zeroIds.add(need.id);
+        data = undefined;
+      }
+      for (const u of need.uses) {
+        if (u.job.settled) continue;
+        let w = byJob.get(u.job);
+        if (!w) byJob.set(u.job, (w = []));
+        w.push({ data, pos: u.pos });
+      }
+    }
+    throwIfAborted(signal);
+    const batch: Array<{ job: FileJob; writes: Writes }> = [];
+    for (const [job, writes] of byJob) if (!job.settled) batch.push({ job, writes });
+    if (batch.length) await write(batch);
+  };
+
+  /** Restores the content of every file in the window. */
+  const flush = async () => {
+    const jobs = windowJobs;
+    const needs = [...windowNeeds.values()];
+    windowJobs = [];
+    windowNeeds = new Map();
+    windowParts = 0;
+    try {
+      // Empty files, and files of holes only, need nothing read.
+      const empty = jobs.filter((j) => j.remaining === 0).map((job) => ({ job, writes: [] }));
+      for (let i = 0; i < empty.length; i += 512) {
+        throwIfAborted(signal);
+        await write(empty.slice(i, i + 512));
+      }
+      await readBlobs(repo, needs.map((n) => n.hit), (indexes, results) => deliver(needs, indexes, results), readOptions);
+    } finally {
+      // After a fatal error or cancellation: what the window could not finish is removed.
+      for (const job of jobs) {
+        if (!job.settled) settleJob(job, fatal ?? new CofferError('INTERNAL', `Cannot restore ${job.innerPath}: not all of its data was read`));
+      }
+    }
   };
 
   /** Why the entry at `final` differs from the node (the if-changed test), or undefined if it does not. */
@@ -775,8 +933,11 @@ export async function restore(repo: Repository, source: Snapshot | string, targe
     return policy === 'never' ? { action: 'skip', reason: `exists and differs (${why})` } : { action: 'overwrite', reason: why };
   };
 
-  /** Restores one non-directory entry. Returns where it ended up, for hard links. */
-  const restoreEntry = async (node: TreeNode, dir: DirCtx, final: Buffer, innerPath: string, group?: LinkGroup): Promise<void> => {
+  /**
+   * Restores one non-directory entry. A file's content is left to its window: the FileJob is
+   * returned, and the file is in place once the job has settled.
+   */
+  const restoreEntry = async (node: TreeNode, dir: DirCtx, final: Buffer, innerPath: string, group?: LinkGroup): Promise<FileJob | undefined> => {
     if (!(await dir.ensure())) return;
     throwIfAborted(signal);
     const existing = dir.fresh ? undefined : await lstatOrUndefined(final);
@@ -821,22 +982,18 @@ export async function restore(repo: Repository, source: Snapshot | string, targe
       report(entry);
       return;
     }
+    if (node.type === 'file') {
+      const job: FileJob = { node, dir, final, innerPath, existing, entry, group, remaining: 0, written: 0, settled: false };
+      addJob(job);
+      return job;
+    }
     const tmp = tempPath(dir.path);
     let created = false;
     try {
-      if (node.type === 'file') {
-        const fh = await open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, 0o600);
-        created = true;
-        try {
-          await writeContent(fh, node, innerPath);
-          await applyMeta(tmp, node, innerPath, fh);
-        } finally {
-          await fh.close();
-        }
-      } else if (node.type === 'symlink') {
+      if (node.type === 'symlink') {
         await symlink(linkTargetBytes(node), tmp);
         created = true;
-        await applyMeta(tmp, node, innerPath);
+        applyMeta(tmp, node, innerPath);
       } else {
         try {
           createSpecial(tmp, { type: node.type as 'blockdev' | 'chardev' | 'fifo' | 'socket', mode: node.mode, rdev: node.rdev });
@@ -849,21 +1006,40 @@ export async function restore(repo: Repository, source: Snapshot | string, targe
           return;
         }
         created = true;
-        await applyMeta(tmp, node, innerPath);
+        applyMeta(tmp, node, innerPath);
       }
       await moveIntoPlace(tmp, final, existing);
       created = false;
     } finally {
       if (created) await unlink(tmp).catch(() => {});
     }
-    if (group) group.source = { path: final, ino: node.type === 'file' ? (await lstat(final, { bigint: true })).ino : undefined };
+    if (group) group.source = { path: final, ino: undefined };
     progress.files++;
     options.onProgress?.({ ...progress, currentPath: innerPath });
     report(entry);
   };
 
   const tasks = new Set<Promise<void>>();
+  const track = (p: Promise<void>) => {
+    tasks.add(p);
+    void p.finally(() => tasks.delete(p));
+  };
   const groups = new Map<string, LinkGroup>();
+
+  /** Runs restoreEntry() in a file slot; the first of a hard-link group also waits for its content. */
+  const run = async (node: TreeNode, dir: DirCtx, final: Buffer, innerPath: string, group: LinkGroup | undefined, holdingSlot: boolean) => {
+    if (!holdingSlot) await fileSlots.acquire();
+    let job: FileJob | undefined;
+    try {
+      job = await restoreEntry(node, dir, final, innerPath, group);
+    } catch (e) {
+      entryFailed(innerPath, e);
+    } finally {
+      fileSlots.release();
+    }
+    const j = job;
+    if (j && group) await new Promise<void>((resolve) => (j.settled ? resolve() : (j.onSettled = resolve)));
+  };
 
   const runEntry = async (node: TreeNode, dir: DirCtx, final: Buffer, innerPath: string) => {
     let group: LinkGroup | undefined;
@@ -879,83 +1055,134 @@ export async function restore(repo: Repository, source: Snapshot | string, targe
         groups.set(key, group);
       }
     }
-    // The walk awaits each call, so the members of a group join its chain in walk order.
-    await fileSlots.acquire();
-    const run = async () => {
-      try {
-        await restoreEntry(node, dir, final, innerPath, group);
-      } catch (e) {
-        if (signal.aborted) fail(fatal ?? e);
-        else if (e !== null && typeof e === 'object' && dataErrors.has(e)) damaged.push({ path: innerPath, problem: (e as Error).message });
-        else if (isFatal(e)) fail(e);
-        else warn(innerPath, `cannot restore: ${(e as Error).message}`);
-      } finally {
-        fileSlots.release();
-      }
-    };
-    let p: Promise<void>;
     if (group) {
-      p = group.chain = group.chain.then(run);
-    } else p = run();
-    tasks.add(p);
-    void p.finally(() => tasks.delete(p));
-  };
-
-  // Subtrees are loaded a few ahead of the walk: on remote storage each load is a round trip.
-  const PREFETCH = 8;
-  const loadAhead = (id: string) => {
-    const p = loadTree(repo, id, { signal });
-    p.catch(() => {}); // awaited (and its error handled) when the walk gets there
-    return p;
-  };
-
-  const walk = async (id: string, dir: DirCtx, selected: boolean, loading?: Promise<Tree>): Promise<void> => {
-    let nodes: TreeNode[];
-    try {
-      nodes = (await (loading ?? loadTree(repo, id, { signal }))).nodes;
-    } catch (e) {
-      // The root tree is the snapshot: without it there is nothing to restore.
-      if (!dir.parent || !(isCofferError(e, 'CORRUPT') || isCofferError(e, 'NOT_FOUND'))) throw e;
-      damaged.push({ path: dir.inner, problem: (e as Error).message });
+      // The walk awaits each call, so the members of a group join its chain in walk order; each
+      // takes a file slot when its turn comes (holding one while waiting could stall the walk).
+      const g = group;
+      track((g.chain = g.chain.then(() => run(node, dir, final, innerPath, g, false))));
       return;
     }
-    const entries = nodes.map((n) => {
-      const innerPath = `${dir.inner}/${n.name}`;
-      return { n, innerPath, decision: filter.decide(innerPath, n.type === 'dir', selected) };
-    });
-    const subdirs = entries.filter((e) => e.n.type === 'dir' && e.decision !== 'skip');
-    const ahead = new Map<typeof entries[number], Promise<Tree>>();
-    let nextDir = 0;
-    for (const e of entries) {
+    await fileSlots.acquire();
+    track(run(node, dir, final, innerPath, undefined, true));
+  };
+
+  // ---- the walk: breadth first, a batch of trees at a time -----------------------------------
+  // Trees are read like file content, pack by pack, many per request: loading them one at a time
+  // (a round trip each) took longer than restoring the data of a typical snapshot.
+
+  const TREE_BATCH = 4096;
+  const TREE_GAP = 64 * 1024;
+
+  /** Loads trees by id; each is a Tree or the error that stopped it (CORRUPT, NOT_FOUND). */
+  const loadTrees = async (ids: string[]): Promise<Map<string, { tree: Tree } | { error: unknown }>> => {
+    const out = new Map<string, { tree: Tree } | { error: unknown }>();
+    const want: string[] = [];
+    const hits: IndexHit[] = [];
+    for (const id of new Set(ids)) {
+      const hit = repo.index.lookup(fromHex(id), 'tree');
+      if (hit) {
+        want.push(id);
+        hits.push(hit);
+      } else {
+        out.set(id, { error: new CofferError('NOT_FOUND', `Cannot read tree blob ${id}: it is not in the index`, { hint: 'Run `coffer repo check`; if packs exist that the index misses, `coffer repo rebuild-index`.' }) });
+      }
+    }
+    await readBlobs(repo, hits, async (indexes, results) => {
+      let slice = performance.now();
+      for (let k = 0; k < indexes.length; k++) {
+        const id = want[indexes[k]!]!;
+        const r = results[k]!;
+        if (r.error) out.set(id, { error: r.error });
+        else {
+          try {
+            out.set(id, { tree: decodeTree(r.data) });
+          } catch (e) {
+            out.set(id, { error: e });
+          }
+        }
+        if (performance.now() - slice > SLICE_MS) {
+          await nextTurn();
+          slice = performance.now();
+        }
+      }
+    }, { ...readOptions, maxGap: TREE_GAP });
+    return out;
+  };
+
+  interface DirWork { id: string; dir: DirCtx; selected: boolean }
+
+  const walkDir = async (w: DirWork, nodes: TreeNode[], next: DirWork[]) => {
+    const { dir, selected } = w;
+    for (const n of nodes) {
       throwIfAborted(signal);
       if (fatal) return;
-      if (e.decision === 'skip') continue;
-      const { n, innerPath, decision } = e;
+      const innerPath = `${dir.inner}/${n.name}`;
+      const decision = filter.decide(innerPath, n.type === 'dir', selected);
+      if (decision === 'skip') continue;
       const path = childPath(dir.path, nameBytes(n));
       if (n.type === 'dir') {
-        while (nextDir < subdirs.length && ahead.size < PREFETCH) {
-          const d = subdirs[nextDir++]!;
-          ahead.set(d, loadAhead(d.n.subtree!));
-        }
-        const loading = ahead.get(e);
-        ahead.delete(e);
         const child = new DirCtx(path, innerPath, dir, n, decision === 'all');
-        // Selected directories exist even when empty; others only once something inside needs them.
-        if (decision === 'all' && !(await child.ensure())) continue;
-        await walk(n.subtree!, child, decision === 'all', loading);
+        // Selected directories exist even when empty; others only once something inside needs
+        // them. Made in the background: the next level waits for them.
+        if (decision === 'all') child.ensure().catch(() => {});
+        next.push({ id: n.subtree!, dir: child, selected: decision === 'all' });
       } else if (decision === 'all') {
         await runEntry(n, dir, path, innerPath);
+        if (windowFull()) await flush();
       }
+    }
+  };
+
+  const walk = async (root: DirCtx) => {
+    let level: DirWork[] = [{ id: treeId, dir: root, selected: false }];
+    while (level.length) {
+      const next: DirWork[] = [];
+      for (let i = 0; i < level.length; i += TREE_BATCH) {
+        const batch: DirWork[] = [];
+        for (const w of level.slice(i, i + TREE_BATCH)) {
+          // A selected directory that could not be made is skipped with what is below it.
+          if (!w.selected || (await w.dir.ensure())) batch.push(w);
+        }
+        const trees = await loadTrees(batch.map((w) => w.id));
+        for (const w of batch) {
+          if (fatal) return;
+          const t = trees.get(w.id)!;
+          if ('error' in t) {
+            // The root tree is the snapshot: without it there is nothing to restore.
+            if (!w.dir.parent || !(isCofferError(t.error, 'CORRUPT') || isCofferError(t.error, 'NOT_FOUND'))) throw t.error;
+            damaged.push({ path: w.dir.inner, problem: (t.error as Error).message });
+            continue;
+          }
+          await walkDir(w, t.tree.nodes, next);
+        }
+      }
+      level = next;
     }
   };
 
   try {
     const root = new DirCtx(rootPath, '', undefined, undefined, true, rootFresh);
     try {
-      await walk(treeId, root, false);
+      const T0 = performance.now();
+      await walk(root);
+      if (process.env.XTIME) console.error('walk done', (performance.now() - T0).toFixed(0), 'jobs', windowJobs.length, 'needs', windowNeeds.size, 'cpu', JSON.stringify(process.cpuUsage()));
+      // The last window, and any that members of hard-link groups open after theirs failed.
+      for (;;) {
+        if (fatal) break;
+        if (windowJobs.length) {
+          await flush();
+          continue;
+        }
+        if (tasks.size === 0) break;
+        await Promise.race([Promise.allSettled([...tasks]), new Promise<void>((resolve) => (onJobAdded = resolve))]);
+        onJobAdded = undefined;
+      }
     } catch (e) {
       fail(e);
     }
+    if (process.env.XTIME) console.error('content done', performance.now().toFixed(0));
+    // A window that never ran (the restore stopped) lets the members waiting on it go.
+    for (const job of windowJobs.splice(0)) settleJob(job, fatal ?? new CofferError('CANCELLED', 'Cancelled: the restore was interrupted'));
     while (tasks.size) await Promise.allSettled([...tasks]);
     if (fatal) {
       if (isCofferError(fatal, 'CANCELLED') || userSignal?.aborted) throw userSignal?.aborted ? new CofferError('CANCELLED', 'Cancelled: the restore was interrupted', { cause: userSignal.reason }) : fatal;
@@ -966,22 +1193,28 @@ export async function restore(repo: Repository, source: Snapshot | string, targe
       // Deepest first: writing into a directory changes its times, and a read-only mode would
       // stop us from finishing its children.
       dirMeta.sort((a, b) => b.depth - a.depth);
+      let slice = performance.now();
       for (const d of dirMeta) {
         throwIfAborted(signal);
         try {
-          const fh = await open(d.path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW);
+          const fd = openSync(d.path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW);
           try {
-            await applyMeta(d.path, d.node, d.inner || '/', fh);
+            applyMeta(d.path, d.node, d.inner || '/', fd);
           } finally {
-            await fh.close();
+            closeSync(fd);
           }
         } catch (e) {
           if (isFatal(e)) throw e;
           warn(d.inner, `cannot restore directory metadata: ${(e as Error).message}`);
         }
+        if (performance.now() - slice > SLICE_MS) {
+          await nextTurn();
+          slice = performance.now();
+        }
       }
     }
   } finally {
+    await writers?.close();
     await endSession();
     userSignal?.removeEventListener('abort', onUserAbort);
   }
