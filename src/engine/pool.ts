@@ -14,11 +14,11 @@ import { CofferError, throwIfAborted } from '../core/errors.ts';
 import type { EncodedBlob } from './blob.ts';
 import { chunkerParamsProblem, type ChunkerParams } from './chunker.ts';
 import { checkLevel } from './compress.ts';
-import { ID_SIZE, type BlobType } from './format.ts';
+import { BLOB_TYPE_CODE, ID_SIZE, type BlobType } from './format.ts';
 import { chunkId } from './hash.ts';
 import type { RepoKeys } from './keys.ts';
-import { checkChunkMode, type ChunkMode } from './tasks.ts';
-import type { DecodeItemMsg, EncodeItemMsg, Reply, Request, SerializedError, WorkerInit } from './worker.ts';
+import { DECODE_COLS, checkChunkMode, type ChunkMode } from './tasks.ts';
+import type { EncodeItemMsg, Reply, Request, SerializedError, WorkerInit } from './worker.ts';
 
 export interface PoolOptions {
   keys: RepoKeys;
@@ -110,6 +110,30 @@ function cancelled(signal: AbortSignal): CofferError {
 }
 
 const isShared = (u: Uint8Array): boolean => typeof SharedArrayBuffer !== 'undefined' && u.buffer instanceof SharedArrayBuffer;
+
+/**
+ * The ids of `items` back to back in one buffer, and their pack keys once each (by content: a
+ * batch rarely spans more than a few packs).
+ */
+function packIdsAndKeys(items: ReadonlyArray<{ id: Uint8Array; packKey: Uint8Array }>): { ids: Uint8Array; keys: Uint8Array[]; keyOf: (k: Uint8Array) => number } {
+  const ids = new Uint8Array(items.length * ID_SIZE);
+  items.forEach((it, i) => {
+    if (it.id.length !== ID_SIZE) throw new CofferError('INTERNAL', `Cannot encode or decode a blob: its id has ${it.id.length} bytes, not ${ID_SIZE}`);
+    ids.set(it.id, i * ID_SIZE);
+  });
+  const keys: Uint8Array[] = [];
+  const byHex = new Map<string, number>();
+  const keyOf = (k: Uint8Array): number => {
+    const hex = Buffer.from(k.buffer, k.byteOffset, k.byteLength).toString('hex');
+    let i = byHex.get(hex);
+    if (i === undefined) {
+      byHex.set(hex, (i = keys.length));
+      keys.push(copyOf(k));
+    }
+    return i;
+  };
+  return { ids, keys, keyOf };
+}
 
 /** Copies `u` into a fresh ArrayBuffer that can be transferred. */
 function copyOf(u: Uint8Array): Uint8Array {
@@ -254,9 +278,10 @@ export class WorkerPool {
       const total = part.reduce((s, it) => s + (isShared(it.raw) ? 0 : it.raw.length), 0);
       const raws = this.recycler.take(total);
       const msgs: EncodeItemMsg[] = [];
+      const { ids, keys, keyOf } = packIdsAndKeys(part);
       let o = 0;
       for (const it of part) {
-        const msg: EncodeItemMsg = { type: it.type, id: copyOf(it.id), packKey: copyOf(it.packKey), nonceIndex: it.nonceIndex, rawOffset: o, rawLength: it.raw.length };
+        const msg: EncodeItemMsg = { type: it.type, key: keyOf(it.packKey), nonceIndex: it.nonceIndex, rawOffset: o, rawLength: it.raw.length };
         if (isShared(it.raw)) {
           msg.raw = it.raw;
         } else {
@@ -265,7 +290,7 @@ export class WorkerPool {
         }
         msgs.push(msg);
       }
-      const r = await this.run({ op: 'encode', items: msgs, raws }, [raws.buffer as ArrayBuffer], signal);
+      const r = await this.run({ op: 'encode', items: msgs, ids, keys, raws }, [raws.buffer as ArrayBuffer, ids.buffer as ArrayBuffer], signal);
       if (r.op !== 'encode' || r.stored.length !== part.length) throw new CofferError('INTERNAL', 'Cannot encode: the worker answered the wrong request');
       return part.map((it, i): EncodedBlob => ({ stored: asBuffer(r.stored[i]!), compressed: r.compressed[i]!, rawLength: it.raw.length }));
     }));
@@ -278,15 +303,45 @@ export class WorkerPool {
     if (items.length === 0) return [];
     const parts = split(items, (it) => it.stored.length, this.size);
     const results = await Promise.all(parts.map(async (part) => {
-      const transfer: ArrayBuffer[] = [];
-      const msgs: DecodeItemMsg[] = part.map((it) => {
-        const shared = isShared(it.stored);
-        const stored = shared ? it.stored : this.copy(it.stored);
-        if (!shared) transfer.push(stored.buffer as ArrayBuffer);
-        return { type: it.type, id: copyOf(it.id), packKey: copyOf(it.packKey), nonceIndex: it.nonceIndex, compressed: it.compressed, rawLength: it.rawLength, stored };
+      const { ids, keys, keyOf } = packIdsAndKeys(part);
+      const transfer: ArrayBuffer[] = [ids.buffer as ArrayBuffer];
+      // The stored bytes: the shared buffer they all are views of (readBlobs() hands over one
+      // request's range), else copied back to back into one buffer.
+      const first = part[0]!.stored.buffer;
+      const oneShared = first instanceof SharedArrayBuffer && part.every((it) => it.stored.buffer === first);
+      let data: Uint8Array;
+      if (oneShared) data = new Uint8Array(first);
+      else {
+        data = this.recycler.take(part.reduce((n, it) => n + it.stored.length, 0));
+        transfer.push(data.buffer as ArrayBuffer);
+      }
+      const cols = new Float64Array(part.length * DECODE_COLS);
+      let o = 0;
+      part.forEach((it, i) => {
+        const k = i * DECODE_COLS;
+        let at = it.stored.byteOffset;
+        if (!oneShared) {
+          data.set(it.stored, o);
+          at = o;
+          o += it.stored.length;
+        }
+        cols[k] = BLOB_TYPE_CODE[it.type];
+        cols[k + 1] = keyOf(it.packKey);
+        cols[k + 2] = it.nonceIndex;
+        cols[k + 3] = it.compressed ? 1 : 0;
+        cols[k + 4] = it.rawLength;
+        cols[k + 5] = at;
+        cols[k + 6] = it.stored.length;
       });
-      const r = await this.run({ op: 'decode', items: msgs }, transfer, signal);
-      if (r.op !== 'decode' || r.raws.length !== part.length) throw new CofferError('INTERNAL', 'Cannot decode: the worker answered the wrong request');
+      transfer.push(cols.buffer);
+      const r = await this.run({ op: 'decode', cols, data, ids, keys }, transfer, signal);
+      if (r.op !== 'decode') throw new CofferError('INTERNAL', 'Cannot decode: the worker answered the wrong request');
+      if (r.joined) {
+        const all = asBuffer(r.joined);
+        let o = 0;
+        return part.map((it) => all.subarray(o, (o += it.rawLength)));
+      }
+      if (r.raws?.length !== part.length) throw new CofferError('INTERNAL', 'Cannot decode: the worker answered the wrong request');
       return r.raws.map(asBuffer);
     }));
     return results.flat();

@@ -8,9 +8,9 @@ import { parentPort, workerData } from 'node:worker_threads';
 import { CofferError, isCofferError, type ErrorCode } from '../core/errors.ts';
 import { decodeBlob, encodeBlob } from './blob.ts';
 import { Chunker, gearTable, warmUpChunker, type ChunkerParams } from './chunker.ts';
-import type { BlobType } from './format.ts';
+import { ID_SIZE, blobTypeFromCode, type BlobType } from './format.ts';
 import type { RepoKeys } from './keys.ts';
-import { chunkAndHashSync, type ChunkMode } from './tasks.ts';
+import { DECODE_COLS, chunkAndHashSync, type ChunkMode } from './tasks.ts';
 
 export interface WorkerInit {
   encryption: Uint8Array;
@@ -20,15 +20,23 @@ export interface WorkerInit {
   level: number;
 }
 
-/** The raw bytes are `raw` when given (shared memory), else raws[rawOffset, rawOffset + rawLength). */
-export interface EncodeItemMsg { type: BlobType; id: Uint8Array; packKey: Uint8Array; nonceIndex: number; raw?: Uint8Array; rawOffset: number; rawLength: number }
-export interface DecodeItemMsg { type: BlobType; id: Uint8Array; packKey: Uint8Array; nonceIndex: number; compressed: boolean; rawLength: number; stored: Uint8Array }
+/**
+ * Per-item fields of encode and decode requests. Ids travel back to back in one buffer (`ids`,
+ * ID_SIZE bytes each, in item order) and pack keys once per pack (`keys`, `key` indexes it): a
+ * separate small buffer per item cost more to clone than the work on small blobs.
+ * The raw bytes are `raw` when given (shared memory), else raws[rawOffset, rawOffset + rawLength).
+ */
+export interface EncodeItemMsg { type: BlobType; key: number; nonceIndex: number; raw?: Uint8Array; rawOffset: number; rawLength: number }
+
+/** Decoded blobs up to this size come back in one buffer (`joined`), bigger ones one by one. */
+const JOIN_MAX = 64 * 1024;
 
 export type Request =
   | { id: number; op: 'chunk'; data: Uint8Array; eof: boolean; mode: ChunkMode }
   /** `raws` holds every item's raw bytes back to back. */
-  | { id: number; op: 'encode'; items: EncodeItemMsg[]; raws: Uint8Array }
-  | { id: number; op: 'decode'; items: DecodeItemMsg[] }
+  | { id: number; op: 'encode'; items: EncodeItemMsg[]; ids: Uint8Array; keys: Uint8Array[]; raws: Uint8Array }
+  /** Items as columns: see DECODE_COLS (tasks.ts). */
+  | { id: number; op: 'decode'; cols: Float64Array; data: Uint8Array; ids: Uint8Array; keys: Uint8Array[] }
   /** Test hook: the worker dies with an uncaught exception. */
   | { id: number; op: 'crash' };
 
@@ -38,7 +46,11 @@ export interface SerializedError { code: ErrorCode; message: string; hint?: stri
 export type Reply = { spent: ArrayBuffer[] } & (
   | { id: number; ok: true; op: 'chunk'; ends: number[]; ids: Uint8Array; rest: number }
   | { id: number; ok: true; op: 'encode'; stored: Uint8Array[]; compressed: boolean[] }
-  | { id: number; ok: true; op: 'decode'; raws: Uint8Array[] }
+  /**
+   * When every blob is at most JOIN_MAX bytes: `joined` holds them back to back (each blob's
+   * length is its rawLength); else `raws`, one buffer each.
+   */
+  | { id: number; ok: true; op: 'decode'; raws?: Uint8Array[]; joined?: Uint8Array }
   | { id: number; ok: false; error: SerializedError }
 );
 
@@ -86,27 +98,47 @@ function main(): void {
         case 'encode': {
           const stored: Uint8Array[] = [];
           const compressed: boolean[] = [];
-          for (const it of req.items) {
+          const keyBufs = req.keys.map(buf);
+          req.items.forEach((it, i) => {
             const raw = it.raw ?? req.raws.subarray(it.rawOffset, it.rawOffset + it.rawLength);
-            const b = encodeBlob(keys, buf(it.packKey), it.nonceIndex, it.type, it.id, raw, level);
+            const id = req.ids.subarray(i * ID_SIZE, (i + 1) * ID_SIZE);
+            const b = encodeBlob(keys, keyBufs[it.key]!, it.nonceIndex, it.type, id, raw, level);
             const o = owned(b.stored);
             stored.push(o);
             compressed.push(b.compressed);
             transfer.push(o.buffer as ArrayBuffer);
-          }
+          });
           done(req.raws);
           reply = { spent, id: req.id, ok: true, op: 'encode', stored, compressed };
           break;
         }
         case 'decode': {
-          const raws: Uint8Array[] = [];
-          for (const it of req.items) {
-            const raw = owned(decodeBlob(keys, buf(it.packKey), it.nonceIndex, it.type, it.id, it.compressed, it.rawLength, it.stored));
-            raws.push(raw);
-            transfer.push(raw.buffer as ArrayBuffer);
-            done(it.stored);
+          const keyBufs = req.keys.map(buf);
+          const c = req.cols;
+          const out: Buffer[] = [];
+          for (let i = 0; i * DECODE_COLS < c.length; i++) {
+            const k = i * DECODE_COLS;
+            const type = blobTypeFromCode(c[k]!);
+            if (!type) throw new CofferError('INTERNAL', `Cannot decode: unknown blob type code ${c[k]}`);
+            const id = req.ids.subarray(i * ID_SIZE, (i + 1) * ID_SIZE);
+            const stored = req.data.subarray(c[k + 5]!, c[k + 5]! + c[k + 6]!);
+            out.push(decodeBlob(keys, keyBufs[c[k + 1]!]!, c[k + 2]!, type, id, c[k + 3] === 1, c[k + 4]!, stored));
           }
-          reply = { spent, id: req.id, ok: true, op: 'decode', raws };
+          done(req.data);
+          if (out.every((b) => b.length <= JOIN_MAX)) {
+            const joined = new Uint8Array(out.reduce((n, b) => n + b.length, 0));
+            let o = 0;
+            for (const b of out) {
+              joined.set(b, o);
+              o += b.length;
+            }
+            transfer.push(joined.buffer);
+            reply = { spent, id: req.id, ok: true, op: 'decode', joined };
+          } else {
+            const raws = out.map(owned);
+            for (const r of raws) transfer.push(r.buffer as ArrayBuffer);
+            reply = { spent, id: req.id, ok: true, op: 'decode', raws };
+          }
           break;
         }
         case 'crash':

@@ -7,7 +7,7 @@
 // cannot be read become warnings (exit code 3), never a failed or partial commit. On Ctrl-C the
 // index of every uploaded pack is still written, so the next run reuses those packs.
 
-import { open, lstat, readdir, readlink, stat } from 'node:fs/promises';
+import { open, lstat, readlink, stat } from 'node:fs/promises';
 import type { BigIntStats } from 'node:fs';
 import { readFile as readFileCb, readFileSync } from 'node:fs';
 import { arch, hostname, platform, userInfo } from 'node:os';
@@ -24,15 +24,19 @@ import type { Repository } from '../repository/repository.ts';
 import { Session } from '../repository/session.ts';
 import { encodeTree, type Tree, type TreeNode } from '../repository/tree.ts';
 import { loadAllSnapshots, saveSnapshot, type HostIdentity, type Snapshot, type SnapshotRef, type SnapshotSummary } from '../repository/snapshot.ts';
-import { loadTree } from '../repository/walk.ts';
 import { loadCondemned } from '../repository/prune.ts';
 import { readXattrs, dataRegions } from '../sources/metadata.ts';
+import { scanDir, type DirEntry, type EntryStat } from '../sources/scan.ts';
+import type { BlobDecoder } from './read-blobs.ts';
+import { TreeLoader } from './tree-loader.ts';
 
 export const PROGRAM = 'coffer 0.1.0';
 
 /** What the backup needs of the worker pool. */
 export interface BackupPool extends Encoder {
   readonly size: number;
+  /** Decodes the parent snapshot's trees off the main thread, when given. */
+  decode?: BlobDecoder['decode'];
   chunkAndHash(data: Uint8Array, eof: boolean, mode: 'cdc' | { fixed: number }, signal?: AbortSignal): Promise<{ ends: number[]; ids: Buffer[]; rest: number }>;
 }
 
@@ -144,7 +148,7 @@ function treeName(bytes: Buffer): { name: string; rawName?: string } {
   return Buffer.from(name, 'utf8').equals(bytes) ? { name } : { name, rawName: bytes.toString('base64') };
 }
 
-function nodeMeta(nameBytes: Buffer, st: BigIntStats): Omit<TreeNode, 'type'> {
+function nodeMeta(nameBytes: Buffer, st: EntryStat): Omit<TreeNode, 'type'> {
   return {
     ...treeName(nameBytes),
     mode: Number(st.mode & 0o7777n),
@@ -337,7 +341,7 @@ export async function backup(repo: Repository, pool: BackupPool, paths: string[]
       return { content, size, holes };
     };
 
-    const readFile = async (path: Buffer, st: BigIntStats, fixed: number | undefined): Promise<{ content: string[]; size: number; changed: boolean; holes: number }> => {
+    const readFile = async (path: Buffer, st: EntryStat, fixed: number | undefined): Promise<{ content: string[]; size: number; changed: boolean; holes: number }> => {
       if (fixed === undefined && st.isFile() && st.size < BigInt(chunker.minSize)) {
         // Most files are small: one readFile (a single request in Node's C++ layer) and one
         // lstat cost about 35 % less main-thread time than open/read/fstat/close on a FileHandle.
@@ -406,10 +410,15 @@ export async function backup(repo: Repository, pool: BackupPool, paths: string[]
       return undefined;
     };
 
+    // The parent's trees, read in batches: when a directory's parent tree is loaded, the trees of
+    // its subdirectories are fetched too, as the walk is about to ask for them.
+    const decoder = pool.decode ? { decode: pool.decode.bind(pool) } : undefined;
+    const parentTrees = new TreeLoader(repo, { decoder, signal });
     const loadParentChildren = async (node: TreeNode | undefined): Promise<Map<string, TreeNode> | undefined> => {
       if (!node || node.type !== 'dir' || !node.subtree) return undefined;
       try {
-        const t = await loadTree(repo, node.subtree, { signal });
+        const t = await parentTrees.get(node.subtree);
+        parentTrees.prefetch(t.nodes.filter((n) => n.type === 'dir' && n.subtree).map((n) => n.subtree!));
         return new Map(t.nodes.map((n) => [n.rawName ?? n.name, n]));
       } catch (e) {
         if (isCofferError(e, 'CANCELLED')) throw e;
@@ -418,12 +427,14 @@ export async function backup(repo: Repository, pool: BackupPool, paths: string[]
     };
 
     // Returns the node for `path` (named `nameBytes`), or undefined if it must be skipped.
-    const visit = async (ctx: Ctx, path: Buffer, nameBytes: Buffer, prev: TreeNode | undefined): Promise<TreeNode | undefined> => {
+    // `entry` is what scanDir() found of it (its lstat or why there is none); without it, lstat.
+    const visit = async (ctx: Ctx, path: Buffer, nameBytes: Buffer, prev: TreeNode | undefined, entry?: DirEntry): Promise<TreeNode | undefined> => {
       throwIfAborted(signal);
       const shown = path.toString('utf8');
-      let st: BigIntStats;
+      let st: EntryStat;
       try {
-        st = await lstat(path, { bigint: true });
+        if (entry?.error) throw entry.error;
+        st = entry?.stat ?? (await lstat(path, { bigint: true }));
       } catch (e) {
         warn(shown, `cannot stat: ${(e as Error).message}`);
         return undefined;
@@ -457,18 +468,18 @@ export async function backup(repo: Repository, pool: BackupPool, paths: string[]
           progress.dirs++;
           return { ...meta, type: 'dir', subtree: await storeTree({ nodes: [] }) };
         }
-        let names: Buffer[];
+        let entries: DirEntry[];
         try {
-          names = (await readdir(path, { encoding: 'buffer' })).sort(Buffer.compare);
+          entries = await scanDir(path);
         } catch (e) {
           warn(shown, `cannot list directory: ${(e as Error).message}`);
           return undefined;
         }
         const prevChildren = await loadParentChildren(prev);
         const base = path.length === 1 && path[0] === 0x2f ? path : Buffer.concat([path, SLASH]);
-        const children = await Promise.all(names.map((n) => {
-          const key = treeName(n);
-          return visit(ctx, Buffer.concat([base, n]), n, prevChildren?.get(key.rawName ?? key.name));
+        const children = await Promise.all(entries.map((en) => {
+          const key = treeName(en.name);
+          return visit(ctx, Buffer.concat([base, en.name]), en.name, prevChildren?.get(key.rawName ?? key.name), en);
         }));
         progress.dirs++;
         const kept = children.filter((c): c is TreeNode => c !== undefined);
@@ -543,7 +554,9 @@ export async function backup(repo: Repository, pool: BackupPool, paths: string[]
     let rootPrev: Map<string, TreeNode> | undefined;
     if (parent) {
       try {
-        rootPrev = new Map((await loadTree(repo, parent.snapshot.tree, { signal })).nodes.map((n) => [n.rawName ?? n.name, n]));
+        const t = await parentTrees.get(parent.snapshot.tree);
+        parentTrees.prefetch(t.nodes.filter((n) => n.type === 'dir' && n.subtree).map((n) => n.subtree!));
+        rootPrev = new Map(t.nodes.map((n) => [n.rawName ?? n.name, n]));
       } catch (e) {
         if (isCofferError(e, 'CANCELLED')) throw e;
         warn('/', `parent snapshot ${parent.id.slice(0, 12)} is unreadable; reading everything`);
@@ -576,9 +589,15 @@ export async function backup(repo: Repository, pool: BackupPool, paths: string[]
           // "." (or "/"): the directory's entries go to the root.
           if (!st.isDirectory()) throw new CofferError('USAGE', `Cannot back up ${p} as the root: it is not a directory`);
           const base = abs === sep ? Buffer.from(abs) : Buffer.from(abs + sep);
-          for (const n of (await readdir(abs, { encoding: 'buffer' })).sort(Buffer.compare)) {
-            const key = treeName(n);
-            const node = await visit(ctx, Buffer.concat([base, n]), n, root.prev?.get(key.rawName ?? key.name));
+          let entries: DirEntry[];
+          try {
+            entries = await scanDir(Buffer.from(abs));
+          } catch (e) {
+            throw new CofferError('NOT_FOUND', `Cannot back up ${p}: ${(e as Error).message}`, { hint: 'Check the path and its permissions.' });
+          }
+          for (const en of entries) {
+            const key = treeName(en.name);
+            const node = await visit(ctx, Buffer.concat([base, en.name]), en.name, root.prev?.get(key.rawName ?? key.name), en);
             if (node) root.children.set(key.rawName ?? key.name, node);
           }
           continue;
@@ -610,6 +629,7 @@ export async function backup(repo: Repository, pool: BackupPool, paths: string[]
         return storeTree({ nodes });
       };
       treeId = await buildDir(root);
+      parentTrees.clear();
     }
     if (!options.dryRun) await s.flush();
     report(true);

@@ -28,6 +28,7 @@
 #include <sys/types.h>
 #include <sys/un.h>
 #include <sys/xattr.h>
+#include <dirent.h>
 #include <unistd.h>
 
 #ifndef ENOATTR
@@ -53,8 +54,8 @@ static const char *errno_name(int e) {
   }
 }
 
-// Throws an errno Error; returns NULL so callers can `return throw_errno(...)`.
-static napi_value throw_errno(napi_env env, int err, const char *syscall, const char *path) {
+// An errno Error shaped like node:fs's; NULL (with an exception pending) when out of memory.
+static napi_value make_errno_error(napi_env env, int err, const char *syscall, const char *path) {
   char codebuf[24];
   const char *code = errno_name(err);
   if (code == NULL) {
@@ -86,7 +87,13 @@ static napi_value throw_errno(napi_env env, int err, const char *syscall, const 
     napi_create_string_utf8(env, path, NAPI_AUTO_LENGTH, &v);
     napi_set_named_property(env, error, "path", v);
   }
-  napi_throw(env, error);
+  return error;
+}
+
+// Throws an errno Error; returns NULL so callers can `return throw_errno(...)`.
+static napi_value throw_errno(napi_env env, int err, const char *syscall, const char *path) {
+  napi_value error = make_errno_error(env, err, syscall, path);
+  if (error != NULL) napi_throw(env, error);
   return NULL;
 }
 
@@ -447,6 +454,211 @@ static napi_value js_splitdev(napi_env env, napi_callback_info info) {
   return result;
 }
 
+// ---- scanDir: a directory's entries and their lstat, in one thread-pool job --------------------
+// scanDir(path, callback): lists the directory (not following a symlink at `path`), sorts the
+// names bytewise (as Buffer.compare does) and lstats each entry relative to the open directory,
+// all on a libuv pool thread. A backup walk pays one call per directory instead of a readdir
+// and one lstat round trip per entry. callback(error) when the directory cannot be opened or
+// listed; else callback(null, names, stats): `names` is every name's bytes back to back, each
+// followed by a NUL, and `stats` is a BigInt64Array of SCAN_FIELDS values per entry (see
+// SCAN_* below, times in nanoseconds); an entry whose lstat failed (it vanished) has its errno in SCAN_ERRNO.
+
+enum {
+  SCAN_MODE, SCAN_UID, SCAN_GID, SCAN_NLINK, SCAN_INO, SCAN_DEV, SCAN_RDEV, SCAN_SIZE, SCAN_BLOCKS,
+  SCAN_ATIME_NS, SCAN_MTIME_NS, SCAN_CTIME_NS, SCAN_ERRNO, SCAN_FIELDS
+};
+
+typedef struct {
+  char *name;
+  size_t len;
+} scan_name;
+
+typedef struct {
+  napi_async_work work;
+  napi_ref callback;
+  char *path;
+  int err;
+  const char *syscall;
+  scan_name *names;
+  size_t count;
+  int64_t *stats;
+} scan_job;
+
+// Nanoseconds since 1970 as one int64 (years 1678 to 2262); beyond that, saturated.
+static int64_t time_ns(struct timespec t) {
+  __int128 ns = (__int128)t.tv_sec * 1000000000 + t.tv_nsec;
+  if (ns > INT64_MAX) return INT64_MAX;
+  if (ns < INT64_MIN) return INT64_MIN;
+  return (int64_t)ns;
+}
+
+static int cmp_names(const void *a, const void *b) {
+  const scan_name *x = a, *y = b;
+  size_t n = x->len < y->len ? x->len : y->len;
+  int c = memcmp(x->name, y->name, n);
+  if (c != 0) return c;
+  return x->len < y->len ? -1 : x->len > y->len;
+}
+
+static void scan_execute(napi_env env, void *data) {
+  scan_job *job = data;
+  int fd = open(job->path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+  if (fd < 0) {
+    job->err = errno;
+    job->syscall = "open";
+    return;
+  }
+  DIR *dir = fdopendir(fd);
+  if (dir == NULL) {
+    job->err = errno;
+    job->syscall = "fdopendir";
+    close(fd);
+    return;
+  }
+  size_t cap = 64;
+  job->names = malloc(cap * sizeof *job->names);
+  if (job->names == NULL) {
+    job->err = ENOMEM;
+    job->syscall = "malloc";
+    closedir(dir);
+    return;
+  }
+  for (;;) {
+    errno = 0;
+    struct dirent *d = readdir(dir);
+    if (d == NULL) {
+      if (errno != 0) {
+        job->err = errno;
+        job->syscall = "readdir";
+      }
+      break;
+    }
+    if (d->d_name[0] == '.' && (d->d_name[1] == 0 || (d->d_name[1] == '.' && d->d_name[2] == 0))) continue;
+    if (job->count == cap) {
+      scan_name *more = realloc(job->names, 2 * cap * sizeof *job->names);
+      if (more == NULL) {
+        job->err = ENOMEM;
+        job->syscall = "malloc";
+        break;
+      }
+      job->names = more;
+      cap *= 2;
+    }
+    size_t len = strlen(d->d_name);
+    char *copy = malloc(len + 1);
+    if (copy == NULL) {
+      job->err = ENOMEM;
+      job->syscall = "malloc";
+      break;
+    }
+    memcpy(copy, d->d_name, len + 1);
+    job->names[job->count].name = copy;
+    job->names[job->count].len = len;
+    job->count++;
+  }
+  if (job->err == 0) {
+    qsort(job->names, job->count, sizeof *job->names, cmp_names);
+    job->stats = calloc(job->count ? job->count : 1, SCAN_FIELDS * sizeof(int64_t));
+    if (job->stats == NULL) {
+      job->err = ENOMEM;
+      job->syscall = "malloc";
+    } else {
+      int dfd = dirfd(dir);
+      for (size_t i = 0; i < job->count; i++) {
+        int64_t *o = job->stats + i * SCAN_FIELDS;
+        struct stat st;
+        if (fstatat(dfd, job->names[i].name, &st, AT_SYMLINK_NOFOLLOW) != 0) {
+          o[SCAN_ERRNO] = errno;
+          continue;
+        }
+        o[SCAN_MODE] = st.st_mode;
+        o[SCAN_UID] = st.st_uid;
+        o[SCAN_GID] = st.st_gid;
+        o[SCAN_NLINK] = (int64_t)st.st_nlink;
+        o[SCAN_INO] = (int64_t)st.st_ino;
+        o[SCAN_DEV] = (int64_t)st.st_dev;
+        o[SCAN_RDEV] = (int64_t)st.st_rdev;
+        o[SCAN_SIZE] = st.st_size;
+        o[SCAN_BLOCKS] = st.st_blocks;
+        o[SCAN_ATIME_NS] = time_ns(st.st_atim);
+        o[SCAN_MTIME_NS] = time_ns(st.st_mtim);
+        o[SCAN_CTIME_NS] = time_ns(st.st_ctim);
+      }
+    }
+  }
+  closedir(dir);
+}
+
+static void scan_free(scan_job *job) {
+  for (size_t i = 0; i < job->count; i++) free(job->names[i].name);
+  free(job->names);
+  free(job->stats);
+  free(job->path);
+  free(job);
+}
+
+static void scan_complete(napi_env env, napi_status status, void *data) {
+  scan_job *job = data;
+  napi_value callback, global, argv[3], result;
+  napi_get_reference_value(env, job->callback, &callback);
+  napi_get_global(env, &global);
+  napi_get_null(env, &argv[0]);
+  size_t argc = 1;
+  if (status != napi_ok) {
+    argv[0] = make_errno_error(env, ECANCELED, "scandir", job->path);
+  } else if (job->err != 0) {
+    argv[0] = make_errno_error(env, job->err, job->syscall, job->path);
+  } else {
+    size_t total = 0;
+    for (size_t i = 0; i < job->count; i++) total += job->names[i].len + 1;
+    void *bytes;
+    napi_create_buffer(env, total, &bytes, &argv[1]);
+    char *at = bytes;
+    for (size_t i = 0; i < job->count; i++) {
+      memcpy(at, job->names[i].name, job->names[i].len + 1);
+      at += job->names[i].len + 1;
+    }
+    void *stats;
+    napi_value ab;
+    size_t n = job->count * SCAN_FIELDS;
+    napi_create_arraybuffer(env, n * sizeof(int64_t), &stats, &ab);
+    if (n) memcpy(stats, job->stats, n * sizeof(int64_t));
+    napi_create_typedarray(env, napi_bigint64_array, n, ab, 0, &argv[2]);
+    argc = 3;
+  }
+  if (argv[0] == NULL) napi_get_null(env, &argv[0]);
+  napi_call_function(env, global, callback, argc, argv, &result);
+  napi_delete_reference(env, job->callback);
+  napi_delete_async_work(env, job->work);
+  scan_free(job);
+}
+
+static napi_value js_scanDir(napi_env env, napi_callback_info info) {
+  napi_value argv[2];
+  if (!get_args(env, info, 2, argv)) return NULL;
+  napi_valuetype t;
+  napi_typeof(env, argv[1], &t);
+  if (t != napi_function) return throw_type(env, "callback must be a function");
+  char *path = get_bytes(env, argv[0], "path must be a string or Buffer without NUL bytes");
+  if (path == NULL) return NULL;
+  scan_job *job = calloc(1, sizeof *job);
+  if (job == NULL) {
+    free(path);
+    return throw_errno(env, ENOMEM, "malloc", NULL);
+  }
+  job->path = path;
+  napi_value name;
+  napi_create_string_utf8(env, "coffer:scanDir", NAPI_AUTO_LENGTH, &name);
+  napi_create_reference(env, argv[1], 1, &job->callback);
+  if (napi_create_async_work(env, NULL, name, scan_execute, scan_complete, job, &job->work) != napi_ok ||
+      napi_queue_async_work(env, job->work) != napi_ok) {
+    napi_delete_reference(env, job->callback);
+    scan_free(job);
+    return throw_errno(env, ENOMEM, "napi_queue_async_work", NULL);
+  }
+  return make_undefined(env);
+}
+
 NAPI_MODULE_INIT() {
   napi_property_descriptor props[] = {
     {"utimensat", NULL, js_utimensat, NULL, NULL, NULL, napi_enumerable, NULL},
@@ -461,6 +673,7 @@ NAPI_MODULE_INIT() {
     {"seekHole", NULL, js_seekHole, NULL, NULL, NULL, napi_enumerable, NULL},
     {"makedev", NULL, js_makedev, NULL, NULL, NULL, napi_enumerable, NULL},
     {"splitdev", NULL, js_splitdev, NULL, NULL, NULL, napi_enumerable, NULL},
+    {"scanDir", NULL, js_scanDir, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   if (napi_define_properties(env, exports, sizeof props / sizeof props[0], props) != napi_ok) return NULL;
   napi_value flag;

@@ -33,6 +33,12 @@ export interface NativeBinding {
   /** dev_t in the encoding fs.Stats.rdev uses, and back. */
   makedev(major: number, minor: number): number;
   splitdev(dev: number): [major: number, minor: number];
+  /**
+   * Lists a directory (not following a symlink at `path`) and lstats every entry, on a libuv
+   * pool thread: `names` holds each name's bytes followed by a NUL, sorted bytewise; `stats`
+   * SCAN_FIELDS values per entry (see scan.ts), an entry's errno in its last one if lstat failed.
+   */
+  scanDir(path: PathArg, callback: (error: Error | null, names?: Buffer, stats?: BigInt64Array) => void): void;
   readonly XATTR_CREATE: number;
   readonly XATTR_REPLACE: number;
 }
@@ -54,6 +60,7 @@ const ACTIONS: Record<Exclude<keyof NativeBinding, 'XATTR_CREATE' | 'XATTR_REPLA
   seekHole: 'find the holes in sparse files',
   makedev: 'encode device numbers',
   splitdev: 'decode device numbers',
+  scanDir: 'list directories with their entries\' status in one call',
 };
 
 export interface LoadedNative {

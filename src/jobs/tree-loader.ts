@@ -1,0 +1,137 @@
+// Loading many trees, batched: the trees asked for in the same turn of the event loop (and the
+// ones announced with prefetch()) are read with one readBlobs() call, pack by pack with
+// coalesced ranged reads, and decoded (decrypted, decompressed, verified) in the worker pool.
+// An incremental backup looks up the parent snapshot's tree of every directory it walks: one
+// ranged get per tree (an open, a read and a close on local disk, a round trip on S3) plus a
+// decode on the main thread took a quarter of its time.
+//
+// A prefetched tree is kept until get() takes it (as many times as it was prefetched): the
+// caller prefetches only what it is about to ask for. clear() drops whatever is left.
+
+import { CofferError, isCofferError } from '../core/errors.ts';
+import { fromHex } from '../engine/hash.ts';
+import type { IndexHit } from '../repository/index/chunk-index.ts';
+import type { Repository } from '../repository/repository.ts';
+import { decodeTree, type Tree } from '../repository/tree.ts';
+import { readBlobs, type BlobDecoder } from './read-blobs.ts';
+
+/** Trees are small and written next to each other: read across small gaps only. */
+const TREE_GAP = 64 * 1024;
+
+interface Entry {
+  promise: Promise<Tree>;
+  resolve: (t: Tree) => void;
+  reject: (e: unknown) => void;
+  /** get() calls still expected (from prefetch()); the entry is dropped when it reaches 0. */
+  expected: number;
+}
+
+export class TreeLoader {
+  private readonly repo: Repository;
+  private readonly decoder: BlobDecoder | undefined;
+  private readonly signal: AbortSignal | undefined;
+  private readonly entries = new Map<string, Entry>();
+  private pending: Array<[string, Entry]> = [];
+  private scheduled = false;
+
+  constructor(repo: Repository, options: { decoder?: BlobDecoder; signal?: AbortSignal } = {}) {
+    this.repo = repo;
+    this.decoder = options.decoder;
+    this.signal = options.signal;
+  }
+
+  /** Starts loading trees that get() will be asked for soon (once per id listed). */
+  prefetch(ids: Iterable<string>): void {
+    for (const id of ids) {
+      const e = this.entries.get(id);
+      if (e) e.expected++;
+      else this.entries.set(id, this.load(id, 1));
+    }
+  }
+
+  /** The tree `id`: validated, or a CofferError (NOT_FOUND, CORRUPT, CANCELLED, ...). */
+  get(id: string): Promise<Tree> {
+    const e = this.entries.get(id);
+    if (!e) return this.load(id, 0).promise;
+    if (--e.expected <= 0) this.entries.delete(id);
+    return e.promise;
+  }
+
+  /** Forgets prefetched trees nobody asked for. */
+  clear(): void {
+    this.entries.clear();
+  }
+
+  private load(id: string, expected: number): Entry {
+    let resolve!: (t: Tree) => void;
+    let reject!: (e: unknown) => void;
+    const promise = new Promise<Tree>((res, rej) => {
+      resolve = res;
+      reject = rej;
+    });
+    // A prefetched tree that fails and is never asked for must not be an unhandled rejection.
+    promise.catch(() => {});
+    const e: Entry = { promise, resolve, reject, expected };
+    this.pending.push([id, e]);
+    if (!this.scheduled) {
+      this.scheduled = true;
+      setImmediate(() => this.flush());
+    }
+    return e;
+  }
+
+  private flush(): void {
+    this.scheduled = false;
+    const batch = this.pending;
+    this.pending = [];
+    const waiting = new Map<string, Entry[]>();
+    const want: string[] = [];
+    const hits: IndexHit[] = [];
+    const failed = new Map<string, unknown>();
+    for (const [id, e] of batch) {
+      if (failed.has(id)) {
+        e.reject(failed.get(id));
+        continue;
+      }
+      const list = waiting.get(id);
+      if (list) {
+        list.push(e);
+        continue;
+      }
+      let hit: IndexHit | undefined;
+      try {
+        hit = this.repo.index.lookup(fromHex(id), 'tree');
+        if (!hit) throw new CofferError('NOT_FOUND', `Cannot read tree blob ${id}: it is not in the index`, { hint: 'Run `coffer repo check`; if packs exist that the index misses, `coffer repo rebuild-index`.' });
+      } catch (err) {
+        failed.set(id, err);
+        e.reject(err);
+        continue;
+      }
+      waiting.set(id, [e]);
+      want.push(id);
+      hits.push(hit);
+    }
+    if (hits.length === 0) return;
+    readBlobs(this.repo, hits, (indexes, results) => {
+      for (let k = 0; k < indexes.length; k++) {
+        const list = waiting.get(want[indexes[k]!]!)!;
+        const r = results[k]!;
+        let outcome: { tree: Tree } | { error: unknown };
+        if (r.error) outcome = { error: r.error };
+        else {
+          try {
+            outcome = { tree: decodeTree(r.data) };
+          } catch (err) {
+            outcome = { error: err };
+          }
+        }
+        for (const e of list) 'tree' in outcome ? e.resolve(outcome.tree) : e.reject(outcome.error);
+      }
+    }, { signal: this.signal, decoder: this.decoder, maxGap: TREE_GAP }).catch((err: unknown) => {
+      // The whole read failed (backend unreachable, cancelled): every tree not delivered fails
+      // (rejecting a settled promise does nothing).
+      const error = isCofferError(err) ? err : new CofferError('STORAGE_ERROR', `Cannot read trees: ${(err as Error)?.message ?? String(err)}`, { cause: err });
+      for (const list of waiting.values()) for (const e of list) e.reject(error);
+    });
+  }
+}
