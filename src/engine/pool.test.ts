@@ -9,7 +9,7 @@ import { chunkId } from './hash.ts';
 import { deriveRepoKeys } from './keys.ts';
 import { PackWriter } from './pack.ts';
 import { WorkerPool } from './pool.ts';
-import { chunkAndHashSync } from './tasks.ts';
+import { chunkAndHashSync, readFilesSync } from './tasks.ts';
 
 const KEYS = deriveRepoKeys(Buffer.from(Array.from({ length: 32 }, (_, i) => i)));
 const PARAMS: ChunkerParams = { minSize: 4096, avgSize: 16384, maxSize: 65536 };
@@ -17,7 +17,7 @@ const CHUNKER = new Chunker(PARAMS, gearTable(KEYS.gearSeed));
 
 function expected(data: Uint8Array, eof: boolean, mode: 'cdc' | { fixed: number }) {
   const r = chunkAndHashSync(CHUNKER, KEYS.chunkIdKey, data, eof, mode);
-  return { ends: r.ends, ids: r.ends.map((_, i) => r.ids.subarray(i * 32, i * 32 + 32)), rest: r.rest };
+  return { ends: r.ends, ids: r.ends.map((_, i) => r.ids.subarray(i * 32, i * 32 + 32)), rest: r.rest, data };
 }
 
 describe('WorkerPool', () => {
@@ -51,6 +51,57 @@ describe('WorkerPool', () => {
     assert.deepEqual(got, expected(view, false, 'cdc'));
     // Ids are right for the slices the caller cuts from its own buffer.
     got.ends.forEach((e, i) => assert.deepEqual(got.ids[i], chunkId(KEYS.chunkIdKey, view.subarray(i ? got.ends[i - 1]! : 0, e))));
+  });
+
+  it('with transfer, moves the input to the worker and back instead of copying it', async () => {
+    const data = Buffer.from(new ArrayBuffer(300_000));
+    randomBytes(6, 300_000).copy(data);
+    const copy = Buffer.from(data);
+    const want = expected(copy, true, 'cdc');
+    const got = await pool.chunkAndHash(data.subarray(0, 300_000), true, 'cdc', undefined, { transfer: true });
+    assert.equal(data.buffer.detached, true, 'the caller\'s buffer moved');
+    assert.equal(got.data.buffer.byteLength, 300_000, 'and came back whole');
+    assert.deepEqual(Buffer.from(got.data), copy);
+    assert.deepEqual(got.ends, want.ends);
+    assert.deepEqual(got.ids, want.ids);
+  });
+
+  it('readFiles() reads and hashes small files like readFilesSync(), flags changed files and reports unreadable ones', async (t) => {
+    const { mkdtemp, writeFile, rm, symlink, lstat } = await import('node:fs/promises');
+    const { tmpdir } = await import('node:os');
+    const dir = await mkdtemp(`${tmpdir()}/coffer-readfiles-`);
+    t.after(() => rm(dir, { recursive: true, force: true }));
+    const names = ['a', 'b', 'empty', 'grew', 'link', 'missing'];
+    await writeFile(`${dir}/a`, textBytes(30, 5000));
+    await writeFile(`${dir}/b`, randomBytes(31, 20_000));
+    await writeFile(`${dir}/empty`, '');
+    await writeFile(`${dir}/grew`, 'short');
+    await symlink('a', `${dir}/link`);
+    const expect = async (n: string) => {
+      const st = await lstat(`${dir}/${n}`, { bigint: true }).catch(() => undefined);
+      return { path: Buffer.from(`${dir}/${n}`), size: st?.size ?? 0n, ino: st?.ino ?? 0n, mtimeNs: st?.mtimeNs ?? 0n, ctimeNs: st?.ctimeNs ?? 0n };
+    };
+    const files = await Promise.all(names.map(expect));
+    await writeFile(`${dir}/grew`, 'longer than before');
+    const got = await pool.readFiles(files, 65536);
+    const sync = readFilesSync(KEYS.chunkIdKey, files, 65536);
+    assert.equal(got.length, names.length);
+    got.forEach((r, i) => {
+      const s = sync[i]!;
+      assert.equal(r.ok, s.ok, names[i]);
+      if (r.ok && s.ok) {
+        assert.deepEqual(Buffer.from(r.data), Buffer.from(s.data));
+        assert.deepEqual(r.id, s.id);
+        assert.equal(r.changed, s.changed);
+        assert.deepEqual(r.id, chunkId(KEYS.chunkIdKey, r.data));
+      }
+    });
+    const by = Object.fromEntries(names.map((n, i) => [n, got[i]!]));
+    assert.ok(by.a!.ok && !by.a!.changed && by.a!.data.length === 5000);
+    assert.ok(by.empty!.ok && by.empty!.data.length === 0);
+    assert.ok(by.grew!.ok && by.grew!.changed && by.grew!.data.toString() === 'longer than before', 'changed since the lstat: kept as read, flagged');
+    assert.ok(!by.link!.ok && by.link!.errno === 'ELOOP', 'a symlink is not followed');
+    assert.ok(!by.missing!.ok && by.missing!.errno === 'ENOENT');
   });
 
   it('shares SharedArrayBuffer-backed input instead of copying it, with the same results', async () => {

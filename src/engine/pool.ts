@@ -17,7 +17,7 @@ import { checkLevel } from './compress.ts';
 import { BLOB_TYPE_CODE, ID_SIZE, type BlobType } from './format.ts';
 import { chunkId } from './hash.ts';
 import type { RepoKeys } from './keys.ts';
-import { DECODE_COLS, checkChunkMode, type ChunkMode } from './tasks.ts';
+import { DECODE_COLS, checkChunkMode, type ChunkMode, type ExpectedFile, type ReadFileResult } from './tasks.ts';
 import type { EncodeItemMsg, Reply, Request, SerializedError, WorkerInit } from './worker.ts';
 
 export interface PoolOptions {
@@ -252,20 +252,61 @@ export class WorkerPool {
   }
 
   /**
-   * Chunks and hashes one buffer of a stream; `data` must start at a chunk boundary and is not
-   * modified or detached. Returns the end of every complete chunk (relative to data) and its id;
-   * `rest` bytes after the last cut remain (0 at eof) and start the next call's buffer.
+   * Chunks and hashes one buffer of a stream; `data` must start at a chunk boundary. Returns the
+   * end of every complete chunk (relative to data) and its id; `rest` bytes after the last cut
+   * remain (0 at eof) and start the next call's buffer; `data` is the input's bytes.
+   * By default the input is copied (or shared, if it lives in a SharedArrayBuffer) and left as
+   * it is. With `transfer`, an input over an ArrayBuffer is moved to the worker and back instead
+   * of copied: the caller's view is detached and the returned `data` is the same memory.
    */
-  async chunkAndHash(data: Uint8Array, eof: boolean, mode: ChunkMode, signal?: AbortSignal): Promise<{ ends: number[]; ids: Buffer[]; rest: number }> {
+  async chunkAndHash(data: Uint8Array, eof: boolean, mode: ChunkMode, signal?: AbortSignal, options: { transfer?: boolean } = {}): Promise<{ ends: number[]; ids: Buffer[]; rest: number; data: Uint8Array }> {
     checkChunkMode(mode);
     const shared = isShared(data);
-    const input = shared ? data : this.copy(data);
-    const r = await this.run({ op: 'chunk', data: input, eof, mode }, shared ? [] : [input.buffer as ArrayBuffer], signal);
-    if (r.op !== 'chunk') throw new CofferError('INTERNAL', 'Cannot chunk: the worker answered the wrong request');
+    const moved = !shared && options.transfer === true;
+    const input = shared || moved ? data : this.copy(data);
+    const r = await this.run({ op: 'chunk', data: input, eof, mode, giveBack: moved }, shared ? [] : [input.buffer as ArrayBuffer], signal);
+    if (r.op !== 'chunk' || (moved && !r.data)) throw new CofferError('INTERNAL', 'Cannot chunk: the worker answered the wrong request');
     const idsBuf = asBuffer(r.ids);
     const ids: Buffer[] = new Array(r.ends.length);
     for (let i = 0; i < ids.length; i++) ids[i] = idsBuf.subarray(i * ID_SIZE, (i + 1) * ID_SIZE);
-    return { ends: r.ends, ids, rest: r.rest };
+    return { ends: r.ends, ids, rest: r.rest, data: moved ? r.data! : data };
+  }
+
+  /**
+   * Reads small files whole and hashes each as one chunk, in a worker (see readFilesSync):
+   * results in the order of `files`; a file that cannot be read is { ok: false } with why.
+   */
+  async readFiles(files: readonly ExpectedFile[], limit: number, signal?: AbortSignal): Promise<ReadFileResult[]> {
+    this.checkUsable();
+    if (files.length === 0) return [];
+    const pathEnds = new Float64Array(files.length);
+    const expect = new BigInt64Array(files.length * 4);
+    let total = 0;
+    for (const f of files) total += f.path.length;
+    const paths = new Uint8Array(total);
+    let at = 0;
+    files.forEach((f, i) => {
+      paths.set(f.path, at);
+      pathEnds[i] = at += f.path.length;
+      expect[i * 4] = f.size;
+      expect[i * 4 + 1] = BigInt.asIntN(64, f.ino);
+      expect[i * 4 + 2] = f.mtimeNs;
+      expect[i * 4 + 3] = f.ctimeNs;
+    });
+    const r = await this.run({ op: 'readFiles', paths, pathEnds, expect, limit }, [paths.buffer, pathEnds.buffer, expect.buffer], signal);
+    if (r.op !== 'readFiles' || r.status.length !== files.length) throw new CofferError('INTERNAL', 'Cannot read files: the worker answered the wrong request');
+    const data = asBuffer(r.data);
+    const ids = asBuffer(r.ids);
+    let o = 0;
+    return files.map((_, i): ReadFileResult => {
+      if (r.status[i] === 2) {
+        const e = r.errors[i]!;
+        return { ok: false, message: e.message, errno: e.errno };
+      }
+      const len = r.lengths[i]!;
+      const bytes = data.subarray(o, (o += len));
+      return { ok: true, data: bytes, id: ids.subarray(i * ID_SIZE, (i + 1) * ID_SIZE), changed: r.status[i] === 1 };
+    });
   }
 
   /** Compresses, encrypts and verifies blobs (see encodeBlob); results in the order of items. */

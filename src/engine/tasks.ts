@@ -1,5 +1,6 @@
 // The work the pool's workers do, as plain synchronous functions: the worker calls them, tests
 // compare the pool's answers with them, and callers without a pool can use them directly.
+import { closeSync, constants as fsConstants, fstatSync, openSync, readSync } from 'node:fs';
 import { CofferError } from '../core/errors.ts';
 import { Chunker, fixedCut } from './chunker.ts';
 import { ID_SIZE } from './format.ts';
@@ -53,3 +54,64 @@ export function chunkAndHashSync(chunker: Chunker, chunkIdKey: Uint8Array, data:
  * Twenty thousand small objects and buffer views took longer to clone than to decode.
  */
 export const DECODE_COLS = 7;
+
+/** What a caller expects of a small file it asks readFilesSync() to read (from its lstat). */
+export interface ExpectedFile {
+  path: Uint8Array;
+  size: bigint;
+  ino: bigint;
+  mtimeNs: bigint;
+  ctimeNs: bigint;
+}
+
+/** One file read by readFilesSync(): its bytes (as one chunk), id and whether it changed. */
+export type ReadFileResult =
+  | { ok: true; data: Buffer; id: Buffer; changed: boolean }
+  | { ok: false; message: string; errno?: string };
+
+/**
+ * Reads small files whole, each as one chunk, and hashes them: for a backup of many small files
+ * the open/fstat/read/close round trips and the hashing are most of the work, and here (in a
+ * worker) they cost no main-thread time. A file is opened without following a final symlink and
+ * without blocking (a FIFO put in its place does not hang the reader). It counts as changed
+ * when it is not the file that was stat'ed (inode), or its size, mtime or ctime differ from
+ * `expected` before or after the read, or the bytes read are not its size. At most `limit`
+ * bytes are read (a file that grew beyond is kept as read, and changed).
+ */
+export function readFilesSync(chunkIdKey: Uint8Array, files: readonly ExpectedFile[], limit: number): ReadFileResult[] {
+  return files.map((f): ReadFileResult => {
+    const path = Buffer.from(f.path.buffer, f.path.byteOffset, f.path.byteLength);
+    let fd: number;
+    try {
+      fd = openSync(path, fsConstants.O_RDONLY | fsConstants.O_NOFOLLOW | fsConstants.O_NONBLOCK);
+    } catch (e) {
+      return failure(e);
+    }
+    try {
+      const before = fstatSync(fd, { bigint: true });
+      if (!before.isFile()) return { ok: false, message: 'it is not a regular file any more' };
+      const want = Math.min(limit, Number(before.size > f.size ? before.size : f.size));
+      // One byte more than expected: a file that grew is noticed without a second read call.
+      const buf = Buffer.allocUnsafeSlow(Math.min(limit, want + 1));
+      let n = 0;
+      while (n < buf.length) {
+        const got = readSync(fd, buf, n, buf.length - n, n);
+        if (got === 0) break;
+        n += got;
+      }
+      const after = fstatSync(fd, { bigint: true });
+      const same = (s: typeof after) => s.ino === f.ino && s.size === f.size && s.mtimeNs === f.mtimeNs && s.ctimeNs === f.ctimeNs;
+      const data = buf.subarray(0, n);
+      return { ok: true, data, id: chunkId(chunkIdKey, data), changed: !same(before) || !same(after) || BigInt(n) !== f.size };
+    } catch (e) {
+      return failure(e);
+    } finally {
+      closeSync(fd);
+    }
+  });
+}
+
+function failure(e: unknown): ReadFileResult {
+  const err = e as NodeJS.ErrnoException;
+  return { ok: false, message: err instanceof Error ? err.message : String(e), errno: typeof err?.code === 'string' ? err.code : undefined };
+}

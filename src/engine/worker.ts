@@ -10,7 +10,7 @@ import { decodeBlob, encodeBlob } from './blob.ts';
 import { Chunker, gearTable, warmUpChunker, type ChunkerParams } from './chunker.ts';
 import { ID_SIZE, blobTypeFromCode, type BlobType } from './format.ts';
 import type { RepoKeys } from './keys.ts';
-import { DECODE_COLS, chunkAndHashSync, type ChunkMode } from './tasks.ts';
+import { DECODE_COLS, chunkAndHashSync, readFilesSync, type ChunkMode, type ExpectedFile } from './tasks.ts';
 
 export interface WorkerInit {
   encryption: Uint8Array;
@@ -32,11 +32,17 @@ export interface EncodeItemMsg { type: BlobType; key: number; nonceIndex: number
 const JOIN_MAX = 64 * 1024;
 
 export type Request =
-  | { id: number; op: 'chunk'; data: Uint8Array; eof: boolean; mode: ChunkMode }
+  /** giveBack: `data` was moved here and goes back in the reply (else it is spent). */
+  | { id: number; op: 'chunk'; data: Uint8Array; eof: boolean; mode: ChunkMode; giveBack?: boolean }
   /** `raws` holds every item's raw bytes back to back. */
   | { id: number; op: 'encode'; items: EncodeItemMsg[]; ids: Uint8Array; keys: Uint8Array[]; raws: Uint8Array }
   /** Items as columns: see DECODE_COLS (tasks.ts). */
   | { id: number; op: 'decode'; cols: Float64Array; data: Uint8Array; ids: Uint8Array; keys: Uint8Array[] }
+  /**
+   * Small files read whole and hashed (readFilesSync): `paths` back to back, file i ending at
+   * pathEnds[i]; `expect` 4 values per file: size, inode, mtime ns, ctime ns.
+   */
+  | { id: number; op: 'readFiles'; paths: Uint8Array; pathEnds: Float64Array; expect: BigInt64Array; limit: number }
   /** Test hook: the worker dies with an uncaught exception. */
   | { id: number; op: 'crash' };
 
@@ -44,13 +50,18 @@ export interface SerializedError { code: ErrorCode; message: string; hint?: stri
 
 /** `spent`: the request's own (unshared) input buffers, handed back for reuse. */
 export type Reply = { spent: ArrayBuffer[] } & (
-  | { id: number; ok: true; op: 'chunk'; ends: number[]; ids: Uint8Array; rest: number }
+  | { id: number; ok: true; op: 'chunk'; ends: number[]; ids: Uint8Array; rest: number; data?: Uint8Array }
   | { id: number; ok: true; op: 'encode'; stored: Uint8Array[]; compressed: boolean[] }
   /**
    * When every blob is at most JOIN_MAX bytes: `joined` holds them back to back (each blob's
    * length is its rawLength); else `raws`, one buffer each.
    */
   | { id: number; ok: true; op: 'decode'; raws?: Uint8Array[]; joined?: Uint8Array }
+  /**
+   * Per file: status 0 read, 1 read but changed, 2 failed (errors[i] says why); the bytes of
+   * the files read back to back in `data` (lengths[i] each), their ids in `ids` (ID_SIZE each).
+   */
+  | { id: number; ok: true; op: 'readFiles'; status: Uint8Array; lengths: Float64Array; data: Uint8Array; ids: Uint8Array; errors: Array<{ message: string; errno?: string } | null> }
   | { id: number; ok: false; error: SerializedError }
 );
 
@@ -90,9 +101,12 @@ function main(): void {
       switch (req.op) {
         case 'chunk': {
           const r = chunkAndHashSync(chunker, keys.chunkIdKey, req.data, req.eof, req.mode);
-          done(req.data);
           reply = { spent, id: req.id, ok: true, op: 'chunk', ends: r.ends, ids: r.ids, rest: r.rest };
           transfer.push(r.ids.buffer as ArrayBuffer);
+          if (req.giveBack) {
+            reply.data = req.data;
+            transfer.push(req.data.buffer as ArrayBuffer);
+          } else done(req.data);
           break;
         }
         case 'encode': {
@@ -139,6 +153,41 @@ function main(): void {
             for (const r of raws) transfer.push(r.buffer as ArrayBuffer);
             reply = { spent, id: req.id, ok: true, op: 'decode', raws };
           }
+          break;
+        }
+        case 'readFiles': {
+          const files: ExpectedFile[] = [];
+          const e = req.expect;
+          for (let i = 0, at = 0; i < req.pathEnds.length; i++) {
+            const end = req.pathEnds[i]!;
+            files.push({ path: req.paths.subarray(at, end), size: e[i * 4]!, ino: BigInt.asUintN(64, e[i * 4 + 1]!), mtimeNs: e[i * 4 + 2]!, ctimeNs: e[i * 4 + 3]! });
+            at = end;
+          }
+          const results = readFilesSync(keys.chunkIdKey, files, req.limit);
+          const n = results.length;
+          const status = new Uint8Array(n);
+          const lengths = new Float64Array(n);
+          const ids = new Uint8Array(n * ID_SIZE);
+          const errors: Array<{ message: string; errno?: string } | null> = [];
+          let total = 0;
+          for (const r of results) if (r.ok) total += r.data.length;
+          const data = new Uint8Array(total);
+          let o = 0;
+          results.forEach((r, i) => {
+            if (!r.ok) {
+              status[i] = 2;
+              errors.push({ message: r.message, errno: r.errno });
+              return;
+            }
+            errors.push(null);
+            status[i] = r.changed ? 1 : 0;
+            lengths[i] = r.data.length;
+            data.set(r.data, o);
+            o += r.data.length;
+            ids.set(r.id, i * ID_SIZE);
+          });
+          reply = { spent, id: req.id, ok: true, op: 'readFiles', status, lengths, data, ids, errors };
+          transfer.push(status.buffer, lengths.buffer, data.buffer, ids.buffer);
           break;
         }
         case 'crash':

@@ -19,6 +19,7 @@ import { CofferError, isCofferError, throwIfAborted } from '../core/errors.ts';
 import { chunkId, fromHex, toHex } from '../engine/hash.ts';
 import type { BlobType } from '../engine/format.ts';
 import type { ChunkerParams } from '../engine/chunker.ts';
+import type { ExpectedFile, ReadFileResult } from '../engine/tasks.ts';
 import { BlobSaver, type Encoder, type SaverStats } from '../repository/packer.ts';
 import type { Repository } from '../repository/repository.ts';
 import { Session } from '../repository/session.ts';
@@ -35,9 +36,11 @@ export const PROGRAM = 'coffer 0.1.0';
 /** What the backup needs of the worker pool. */
 export interface BackupPool extends Encoder {
   readonly size: number;
+  /** Reads and hashes small files in a worker, when given (see WorkerPool.readFiles). */
+  readFiles?(files: readonly ExpectedFile[], limit: number, signal?: AbortSignal): Promise<ReadFileResult[]>;
   /** Decodes the parent snapshot's trees off the main thread, when given. */
   decode?: BlobDecoder['decode'];
-  chunkAndHash(data: Uint8Array, eof: boolean, mode: 'cdc' | { fixed: number }, signal?: AbortSignal): Promise<{ ends: number[]; ids: Buffer[]; rest: number }>;
+  chunkAndHash(data: Uint8Array, eof: boolean, mode: 'cdc' | { fixed: number }, signal?: AbortSignal, options?: { transfer?: boolean }): Promise<{ ends: number[]; ids: Buffer[]; rest: number; data: Uint8Array }>;
 }
 
 export interface BackupProgress {
@@ -270,9 +273,13 @@ export async function backup(repo: Repository, pool: BackupPool, paths: string[]
     const counts = { filesNew: 0, filesChanged: 0, filesUnchanged: 0 };
     // Small files are bound by I/O latency: many at once. Large ones by CPU and memory: about
     // one per worker. The BlobSaver's backpressure bounds what is read but not yet stored.
-    const smallLimiter = new Limiter(options.fileConcurrency ?? 32);
-    const largeLimiter = new Limiter(pool.size + 1);
     const chunker: ChunkerParams = repo.config.chunker;
+    // Small files are read and hashed by the workers, in batches, when the pool can (and no test
+    // hook needs to run between a file's read and its check).
+    const batchedReads = pool.readFiles !== undefined && !options.afterFileRead;
+    const smallLimiter = new Limiter(options.fileConcurrency ?? (batchedReads ? 256 : 32));
+    const smallReader = batchedReads ? new SmallFileBatcher(pool, chunker.maxSize, signal) : undefined;
+    const largeLimiter = new Limiter(pool.size + 1);
     const readSize = Math.max(8 * 1024 * 1024, chunker.maxSize * 2);
     const owners = new OwnerNames();
 
@@ -295,7 +302,9 @@ export async function backup(repo: Repository, pool: BackupPool, paths: string[]
       const content: string[] = [];
       let size = 0;
       let holes = 0;
-      let buf = Buffer.allocUnsafe(sizeHint === undefined ? readSize : Math.min(readSize, sizeHint + 1));
+      // Buffers over their own ArrayBuffer (never Node's shared pool): they are moved to workers.
+      const ownBuffer = (n: number): Buffer => Buffer.from(new ArrayBuffer(n));
+      let buf: Buffer = ownBuffer(sizeHint === undefined ? readSize : Math.min(readSize, sizeHint + 1));
       let filled = 0;
       for (;;) {
         throwIfAborted(signal);
@@ -313,15 +322,19 @@ export async function backup(repo: Repository, pool: BackupPool, paths: string[]
           }
         }
         if (filled === 0) break;
-        const data = buf.subarray(0, filled);
         if (fixed === undefined && filled < chunker.minSize && eof) {
           // A small file is one chunk: hash it here rather than pay a worker round trip.
+          const data = buf.subarray(0, filled);
           const id = chunkId(repo.keys.chunkIdKey, data);
           await saveBlobs([{ type: 'data', id, raw: data }]);
           content.push(toHex(id));
           break;
         }
-        const { ends, ids, rest } = await pool.chunkAndHash(data, eof, fixed === undefined ? 'cdc' : { fixed }, signal);
+        // The read buffer moves to the worker and back (no copy); `buf` is detached meanwhile.
+        const r = await pool.chunkAndHash(buf.subarray(0, filled), eof, fixed === undefined ? 'cdc' : { fixed }, signal, { transfer: true });
+        const { ends, ids, rest } = r;
+        const data = Buffer.from(r.data.buffer, r.data.byteOffset, r.data.byteLength);
+        buf = data;
         const items: Array<{ type: BlobType; id: Uint8Array; raw: Uint8Array }> = [];
         for (let i = 0; i < ids.length; i++) {
           const raw = data.subarray(i === 0 ? 0 : ends[i - 1]!, ends[i]!);
@@ -333,7 +346,7 @@ export async function backup(repo: Repository, pool: BackupPool, paths: string[]
         progress.bytesScanned += filled - rest;
         report();
         if (eof) break;
-        const nextBuf = Buffer.allocUnsafe(readSize);
+        const nextBuf = ownBuffer(readSize);
         buf.copy(nextBuf, 0, filled - rest, filled);
         buf = nextBuf;
         filled = rest;
@@ -342,6 +355,13 @@ export async function backup(repo: Repository, pool: BackupPool, paths: string[]
     };
 
     const readFile = async (path: Buffer, st: EntryStat, fixed: number | undefined): Promise<{ content: string[]; size: number; changed: boolean; holes: number }> => {
+      if (smallReader && fixed === undefined && st.isFile() && st.size < BigInt(chunker.minSize)) {
+        const r = await smallReader.read({ path, size: st.size, ino: st.ino, mtimeNs: st.mtimeNs, ctimeNs: st.ctimeNs });
+        if (!r.ok) throw Object.assign(new Error(r.message), { code: r.errno });
+        progress.bytesRead += r.data.length;
+        if (r.data.length) await saveBlobs([{ type: 'data', id: r.id, raw: r.data }]);
+        return { content: r.data.length ? [toHex(r.id)] : [], size: r.data.length, changed: r.changed, holes: 0 };
+      }
       if (fixed === undefined && st.isFile() && st.size < BigInt(chunker.minSize)) {
         // Most files are small: one readFile (a single request in Node's C++ layer) and one
         // lstat cost about 35 % less main-thread time than open/read/fstat/close on a FileHandle.
@@ -670,6 +690,53 @@ export async function backup(repo: Repository, pool: BackupPool, paths: string[]
     throw e;
   } finally {
     await session?.end().catch(() => {});
+  }
+}
+
+/**
+ * Collects small-file reads into batches for the workers: a batch goes out when it has
+ * BATCH_FILES files or BATCH_BYTES bytes, or at the end of the current turn of the event loop.
+ */
+class SmallFileBatcher {
+  static readonly BATCH_FILES = 64;
+  static readonly BATCH_BYTES = 4 << 20;
+  private readonly pool: Required<Pick<BackupPool, 'readFiles'>>;
+  private readonly limit: number;
+  private readonly signal: AbortSignal | undefined;
+  private batch: Array<{ file: ExpectedFile; resolve: (r: ReadFileResult) => void; reject: (e: unknown) => void }> = [];
+  private bytes = 0;
+  private scheduled = false;
+
+  constructor(pool: BackupPool, limit: number, signal: AbortSignal | undefined) {
+    this.pool = pool as Required<Pick<BackupPool, 'readFiles'>>;
+    this.limit = limit;
+    this.signal = signal;
+  }
+
+  read(file: ExpectedFile): Promise<ReadFileResult> {
+    return new Promise((resolve, reject) => {
+      this.batch.push({ file, resolve, reject });
+      this.bytes += Number(file.size);
+      if (this.batch.length >= SmallFileBatcher.BATCH_FILES || this.bytes >= SmallFileBatcher.BATCH_BYTES) this.flush();
+      else if (!this.scheduled) {
+        this.scheduled = true;
+        setImmediate(() => {
+          this.scheduled = false;
+          this.flush();
+        });
+      }
+    });
+  }
+
+  private flush(): void {
+    const batch = this.batch;
+    if (batch.length === 0) return;
+    this.batch = [];
+    this.bytes = 0;
+    this.pool.readFiles(batch.map((b) => b.file), this.limit, this.signal).then(
+      (results) => batch.forEach((b, i) => b.resolve(results[i]!)),
+      (e: unknown) => batch.forEach((b) => b.reject(e)),
+    );
   }
 }
 
