@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { link, lstat, mkdir, readdir, symlink, writeFile } from 'node:fs/promises';
 import { execFileSync } from 'node:child_process';
 import { scanDir, type DirEntry, type EntryStat } from '../src/sources/scan.ts';
-import { nativeAvailable } from '../src/sources/native.ts';
+import { native, nativeAvailable } from '../src/sources/native.ts';
 import { tempDir } from '../src/testing/tmp.ts';
 
 const FIELDS = ['mode', 'uid', 'gid', 'nlink', 'ino', 'dev', 'rdev', 'size', 'blocks', 'mtimeNs', 'ctimeNs'] as const;
@@ -64,6 +64,22 @@ describe('scanDir', () => {
       assert.deepEqual(await scanDir(at('sub'), { native }), []);
     });
   }
+
+  it('native: tells which entries have extended attributes, so that only those are listed', { skip: !nativeAvailable() ? 'the native addon is not built' : false }, async (t) => {
+    const dir = await tempDir(t);
+    await writeFile(join(dir, 'plain'), '');
+    await writeFile(join(dir, 'tagged'), '');
+    try {
+      native().lsetxattr(join(dir, 'tagged'), 'user.coffer.test', Buffer.from('x'), 0);
+    } catch (e) {
+      t.skip(`this file system has no user xattrs (${(e as Error).message})`);
+      return;
+    }
+    const [plain, tagged] = await scanDir(Buffer.from(dir));
+    assert.equal(plain!.mayHaveXattrs, false);
+    assert.equal(tagged!.mayHaveXattrs, true);
+    for (const e of await scanDir(Buffer.from(dir), { native: false })) assert.equal(e.mayHaveXattrs, true, 'unknown without the addon');
+  });
 
   it('times are exact to the nanosecond, also before 1970', { skip: !nativeAvailable() ? 'the native addon is not built' : false }, async (t) => {
     const dir = await tempDir(t);

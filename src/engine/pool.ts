@@ -4,8 +4,10 @@
 // Buffers: inputs are COPIED into each message (the caller keeps using its buffers, which are
 // often views into larger read buffers; structured clone would copy the whole backing store),
 // except inputs backed by a SharedArrayBuffer, which are shared with the worker without a copy
-// (the caller must then leave those bytes alone until the call settles). Results are TRANSFERRED
-// back, so every returned Buffer owns its memory, with no second copy.
+// (the caller must then leave those bytes alone until the call settles); chunkAndHash() can also
+// move its input to the worker and back. Results are TRANSFERRED back, not copied: the results
+// of one encode()/decode() call (decoded blobs of up to 64 KiB) share one buffer, so a message
+// carries a few typed arrays instead of thousands of small objects and buffers.
 // Idle workers are unref'd: a pool nobody closes does not keep the process alive, but a pool with
 // work in flight does. Prefer close().
 import { availableParallelism } from 'node:os';
@@ -17,8 +19,8 @@ import { checkLevel } from './compress.ts';
 import { BLOB_TYPE_CODE, ID_SIZE, type BlobType } from './format.ts';
 import { chunkId } from './hash.ts';
 import type { RepoKeys } from './keys.ts';
-import { DECODE_COLS, checkChunkMode, type ChunkMode, type ExpectedFile, type ReadFileResult } from './tasks.ts';
-import type { EncodeItemMsg, Reply, Request, SerializedError, WorkerInit } from './worker.ts';
+import { DECODE_COLS, ENCODE_COLS, checkChunkMode, type ChunkMode, type ExpectedFile, type ReadFileResult } from './tasks.ts';
+import type { Reply, Request, SerializedError, WorkerInit } from './worker.ts';
 
 export interface PoolOptions {
   keys: RepoKeys;
@@ -318,22 +320,31 @@ export class WorkerPool {
       // Unshared raws travel back to back in one copied buffer; shared ones as views.
       const total = part.reduce((s, it) => s + (isShared(it.raw) ? 0 : it.raw.length), 0);
       const raws = this.recycler.take(total);
-      const msgs: EncodeItemMsg[] = [];
+      const shared: Uint8Array[] = [];
       const { ids, keys, keyOf } = packIdsAndKeys(part);
+      const cols = new Float64Array(part.length * ENCODE_COLS);
       let o = 0;
-      for (const it of part) {
-        const msg: EncodeItemMsg = { type: it.type, key: keyOf(it.packKey), nonceIndex: it.nonceIndex, rawOffset: o, rawLength: it.raw.length };
+      part.forEach((it, i) => {
+        const k = i * ENCODE_COLS;
+        cols[k] = BLOB_TYPE_CODE[it.type];
+        cols[k + 1] = keyOf(it.packKey);
+        cols[k + 2] = it.nonceIndex;
+        cols[k + 4] = it.raw.length;
         if (isShared(it.raw)) {
-          msg.raw = it.raw;
+          cols[k + 3] = 0;
+          cols[k + 5] = shared.push(it.raw) - 1;
         } else {
           raws.set(it.raw, o);
+          cols[k + 3] = o;
+          cols[k + 5] = -1;
           o += it.raw.length;
         }
-        msgs.push(msg);
-      }
-      const r = await this.run({ op: 'encode', items: msgs, ids, keys, raws }, [raws.buffer as ArrayBuffer, ids.buffer as ArrayBuffer], signal);
-      if (r.op !== 'encode' || r.stored.length !== part.length) throw new CofferError('INTERNAL', 'Cannot encode: the worker answered the wrong request');
-      return part.map((it, i): EncodedBlob => ({ stored: asBuffer(r.stored[i]!), compressed: r.compressed[i]!, rawLength: it.raw.length }));
+      });
+      const r = await this.run({ op: 'encode', cols, ids, keys, raws, shared }, [raws.buffer as ArrayBuffer, ids.buffer as ArrayBuffer, cols.buffer], signal);
+      if (r.op !== 'encode' || r.lengths.length !== part.length) throw new CofferError('INTERNAL', 'Cannot encode: the worker answered the wrong request');
+      const stored = asBuffer(r.stored);
+      let at = 0;
+      return part.map((it, i): EncodedBlob => ({ stored: stored.subarray(at, (at += r.lengths[i]!)), compressed: r.compressed[i] === 1, rawLength: it.raw.length }));
     }));
     return results.flat();
   }

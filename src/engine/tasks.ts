@@ -55,6 +55,12 @@ export function chunkAndHashSync(chunker: Chunker, chunkIdKey: Uint8Array, data:
  */
 export const DECODE_COLS = 7;
 
+/**
+ * Encode items as columns: ENCODE_COLS numbers per item in `cols` (type code, key index, nonce
+ * index, offset and length of the raw bytes in `raws`, index into `shared` or -1).
+ */
+export const ENCODE_COLS = 6;
+
 /** What a caller expects of a small file it asks readFilesSync() to read (from its lstat). */
 export interface ExpectedFile {
   path: Uint8Array;

@@ -10,7 +10,7 @@ import { decodeBlob, encodeBlob } from './blob.ts';
 import { Chunker, gearTable, warmUpChunker, type ChunkerParams } from './chunker.ts';
 import { ID_SIZE, blobTypeFromCode, type BlobType } from './format.ts';
 import type { RepoKeys } from './keys.ts';
-import { DECODE_COLS, chunkAndHashSync, readFilesSync, type ChunkMode, type ExpectedFile } from './tasks.ts';
+import { DECODE_COLS, ENCODE_COLS, chunkAndHashSync, readFilesSync, type ChunkMode, type ExpectedFile } from './tasks.ts';
 
 export interface WorkerInit {
   encryption: Uint8Array;
@@ -26,7 +26,6 @@ export interface WorkerInit {
  * separate small buffer per item cost more to clone than the work on small blobs.
  * The raw bytes are `raw` when given (shared memory), else raws[rawOffset, rawOffset + rawLength).
  */
-export interface EncodeItemMsg { type: BlobType; key: number; nonceIndex: number; raw?: Uint8Array; rawOffset: number; rawLength: number }
 
 /** Decoded blobs up to this size come back in one buffer (`joined`), bigger ones one by one. */
 const JOIN_MAX = 64 * 1024;
@@ -35,7 +34,11 @@ export type Request =
   /** giveBack: `data` was moved here and goes back in the reply (else it is spent). */
   | { id: number; op: 'chunk'; data: Uint8Array; eof: boolean; mode: ChunkMode; giveBack?: boolean }
   /** `raws` holds every item's raw bytes back to back. */
-  | { id: number; op: 'encode'; items: EncodeItemMsg[]; ids: Uint8Array; keys: Uint8Array[]; raws: Uint8Array }
+  /**
+   * Items as columns: see ENCODE_COLS (tasks.ts). An item's raw bytes are raws[offset, +length],
+   * or shared[index] (a view into shared memory) when its shared index is not -1.
+   */
+  | { id: number; op: 'encode'; cols: Float64Array; ids: Uint8Array; keys: Uint8Array[]; raws: Uint8Array; shared: Uint8Array[] }
   /** Items as columns: see DECODE_COLS (tasks.ts). */
   | { id: number; op: 'decode'; cols: Float64Array; data: Uint8Array; ids: Uint8Array; keys: Uint8Array[] }
   /**
@@ -51,7 +54,8 @@ export interface SerializedError { code: ErrorCode; message: string; hint?: stri
 /** `spent`: the request's own (unshared) input buffers, handed back for reuse. */
 export type Reply = { spent: ArrayBuffer[] } & (
   | { id: number; ok: true; op: 'chunk'; ends: number[]; ids: Uint8Array; rest: number; data?: Uint8Array }
-  | { id: number; ok: true; op: 'encode'; stored: Uint8Array[]; compressed: boolean[] }
+  /** The stored blobs back to back in `stored`, lengths[i] bytes each; compressed[i] 0 or 1. */
+  | { id: number; ok: true; op: 'encode'; stored: Uint8Array; lengths: Float64Array; compressed: Uint8Array }
   /**
    * When every blob is at most JOIN_MAX bytes: `joined` holds them back to back (each blob's
    * length is its rawLength); else `raws`, one buffer each.
@@ -110,20 +114,34 @@ function main(): void {
           break;
         }
         case 'encode': {
-          const stored: Uint8Array[] = [];
-          const compressed: boolean[] = [];
           const keyBufs = req.keys.map(buf);
-          req.items.forEach((it, i) => {
-            const raw = it.raw ?? req.raws.subarray(it.rawOffset, it.rawOffset + it.rawLength);
+          const c = req.cols;
+          const n = c.length / ENCODE_COLS;
+          const out: Buffer[] = [];
+          const lengths = new Float64Array(n);
+          const compressed = new Uint8Array(n);
+          let total = 0;
+          for (let i = 0; i < n; i++) {
+            const k = i * ENCODE_COLS;
+            const type = blobTypeFromCode(c[k]!);
+            if (!type) throw new CofferError('INTERNAL', `Cannot encode: unknown blob type code ${c[k]}`);
+            const raw = c[k + 5]! >= 0 ? req.shared[c[k + 5]!]! : req.raws.subarray(c[k + 3]!, c[k + 3]! + c[k + 4]!);
             const id = req.ids.subarray(i * ID_SIZE, (i + 1) * ID_SIZE);
-            const b = encodeBlob(keys, keyBufs[it.key]!, it.nonceIndex, it.type, id, raw, level);
-            const o = owned(b.stored);
-            stored.push(o);
-            compressed.push(b.compressed);
-            transfer.push(o.buffer as ArrayBuffer);
-          });
+            const b = encodeBlob(keys, keyBufs[c[k + 1]!]!, c[k + 2]!, type, id, raw, level);
+            out.push(b.stored);
+            lengths[i] = b.stored.length;
+            compressed[i] = b.compressed ? 1 : 0;
+            total += b.stored.length;
+          }
+          const stored = new Uint8Array(total);
+          let o = 0;
+          for (const b of out) {
+            stored.set(b, o);
+            o += b.length;
+          }
           done(req.raws);
-          reply = { spent, id: req.id, ok: true, op: 'encode', stored, compressed };
+          reply = { spent, id: req.id, ok: true, op: 'encode', stored, lengths, compressed };
+          transfer.push(stored.buffer, lengths.buffer, compressed.buffer);
           break;
         }
         case 'decode': {

@@ -469,7 +469,7 @@ export async function backup(repo: Repository, pool: BackupPool, paths: string[]
       // parent's xattrs are still right and the syscalls can be skipped.
       if (prev && prev.ctimeNs === meta.ctimeNs && prev.inode === meta.inode) {
         if (prev.xattrs) meta.xattrs = prev.xattrs;
-      } else {
+      } else if (entry?.mayHaveXattrs !== false) {
         try {
           const xattrs = readXattrs(path);
           if (xattrs?.length) meta.xattrs = xattrs;

@@ -461,11 +461,11 @@ static napi_value js_splitdev(napi_env env, napi_callback_info info) {
 // and one lstat round trip per entry. callback(error) when the directory cannot be opened or
 // listed; else callback(null, names, stats): `names` is every name's bytes back to back, each
 // followed by a NUL, and `stats` is a BigInt64Array of SCAN_FIELDS values per entry (see
-// SCAN_* below, times in nanoseconds); an entry whose lstat failed (it vanished) has its errno in SCAN_ERRNO.
+// SCAN_* below, times in nanoseconds, the size of the xattr name list); an entry whose lstat failed (it vanished) has its errno in SCAN_ERRNO.
 
 enum {
   SCAN_MODE, SCAN_UID, SCAN_GID, SCAN_NLINK, SCAN_INO, SCAN_DEV, SCAN_RDEV, SCAN_SIZE, SCAN_BLOCKS,
-  SCAN_ATIME_NS, SCAN_MTIME_NS, SCAN_CTIME_NS, SCAN_ERRNO, SCAN_FIELDS
+  SCAN_ATIME_NS, SCAN_MTIME_NS, SCAN_CTIME_NS, SCAN_XATTR_BYTES, SCAN_ERRNO, SCAN_FIELDS
 };
 
 typedef struct {
@@ -564,6 +564,12 @@ static void scan_execute(napi_env env, void *data) {
       job->syscall = "malloc";
     } else {
       int dfd = dirfd(dir);
+      size_t plen = strlen(job->path);
+      char *full = malloc(plen + 2 + 256);
+      if (full != NULL) {
+        memcpy(full, job->path, plen);
+        full[plen] = '/';
+      }
       for (size_t i = 0; i < job->count; i++) {
         int64_t *o = job->stats + i * SCAN_FIELDS;
         struct stat st;
@@ -583,7 +589,17 @@ static void scan_execute(napi_env env, void *data) {
         o[SCAN_ATIME_NS] = time_ns(st.st_atim);
         o[SCAN_MTIME_NS] = time_ns(st.st_mtim);
         o[SCAN_CTIME_NS] = time_ns(st.st_ctim);
+        // How many bytes the entry's xattr names take (0: none, the common case), so that the
+        // caller lists them only where there are some; -1 when that cannot be told here.
+        o[SCAN_XATTR_BYTES] = -1;
+        if (full != NULL && job->names[i].len < 256) {
+          memcpy(full + plen + 1, job->names[i].name, job->names[i].len + 1);
+          ssize_t n = llistxattr(full, NULL, 0);
+          if (n >= 0) o[SCAN_XATTR_BYTES] = n;
+          else if (errno == ENOTSUP) o[SCAN_XATTR_BYTES] = 0;
+        }
       }
+      free(full);
     }
   }
   closedir(dir);

@@ -20,12 +20,14 @@ export interface DirEntry {
   /** Its lstat, or the error that lstat gave (the entry vanished, ...). */
   stat?: EntryStat;
   error?: Error;
+  /** False when the entry has no extended attributes (known from the scan); else unknown or yes. */
+  mayHaveXattrs: boolean;
 }
 
 // Layout of the addon's stats array (enum SCAN_* in coffer_native.c).
 const MODE = 0, UID = 1, GID = 2, NLINK = 3, INO = 4, DEV = 5, RDEV = 6, SIZE = 7, BLOCKS = 8;
-const ATIME_NS = 9, MTIME_NS = 10, CTIME_NS = 11, ERRNO = 12;
-export const SCAN_FIELDS = 13;
+const ATIME_NS = 9, MTIME_NS = 10, CTIME_NS = 11, XATTR_BYTES = 12, ERRNO = 13;
+export const SCAN_FIELDS = 14;
 
 const S_IFMT = 0o170000n;
 
@@ -115,8 +117,8 @@ export function scanDir(path: Buffer, options: { native?: boolean } = {}): Promi
         at = end + 1;
         const o = i * SCAN_FIELDS;
         const errno = Number(stats![o + ERRNO]);
-        if (errno !== 0) out.push({ name, error: entryError(errno, joinPath(path, name)) });
-        else out.push({ name, stat: new NativeStat(stats!, o) });
+        if (errno !== 0) out.push({ name, error: entryError(errno, joinPath(path, name)), mayHaveXattrs: true });
+        else out.push({ name, stat: new NativeStat(stats!, o), mayHaveXattrs: stats![o + XATTR_BYTES] !== 0n });
       }
       resolve(out);
     });
@@ -133,9 +135,9 @@ async function scanDirPortable(path: Buffer): Promise<DirEntry[]> {
   const names = (await readdir(path, { encoding: 'buffer' })).sort(Buffer.compare);
   return Promise.all(names.map(async (name): Promise<DirEntry> => {
     try {
-      return { name, stat: await lstat(joinPath(path, name), { bigint: true }) };
+      return { name, stat: await lstat(joinPath(path, name), { bigint: true }), mayHaveXattrs: true };
     } catch (e) {
-      return { name, error: e as Error };
+      return { name, error: e as Error, mayHaveXattrs: true };
     }
   }));
 }
