@@ -3,13 +3,13 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
-import { writeFile } from 'node:fs/promises';
+import { mkdir, readdir, writeFile } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import { spawnSync } from 'node:child_process';
 import { buildProgram } from '../src/cli/main.ts';
 import type { Command } from 'commander';
 import { tempDir } from '../src/testing/tmp.ts';
-import { runCli } from './cli.ts';
+import { MAIN, runCli } from './cli.ts';
 import { listTree, makeSourceTree } from './helpers.ts';
 
 function allCommands(c: Command, prefix: string[] = []): string[][] {
@@ -73,6 +73,22 @@ describe('coffer CLI', () => {
     r = await runCli(['--json', 'repo', 'check', '--read-data', '--subset', '50%'], { env });
     assert.equal(r.code, 0, r.stderr);
     assert.equal(JSON.parse(r.stdout.trim().split('\n').at(-1)!).ok, true);
+  });
+
+  it('a reader that goes away (| head) neither crashes a command nor stops its work', async (t) => {
+    const dir = await tempDir(t);
+    const src = join(dir, 'src');
+    await mkdir(src);
+    for (let i = 0; i < 2500; i++) await writeFile(join(src, `file-with-a-rather-long-name-${String(i).padStart(5, '0')}.txt`), `${i}`);
+    const env = { ...process.env, COFFER_PASSWORD: 'x', COFFER_CACHE_DIR: join(dir, 'cache'), COFFER_REPOSITORY: join(dir, 'repo') };
+    assert.equal((await runCli(['repo', 'init'], { env })).code, 0);
+    assert.equal((await runCli(['repo', 'backup', src], { env })).code, 0);
+    // -v lists every entry (over 64 KiB): the pipe closes long before the restore ends.
+    const sh = `"${process.execPath}" "${MAIN}" repo restore latest --target "${join(dir, 'out')}" -v | head -c 100 >/dev/null; echo "exit=\${PIPESTATUS[0]}"`;
+    const r = spawnSync('bash', ['-c', sh], { env, encoding: 'utf8' });
+    assert.match(r.stdout, /exit=0/, r.stderr);
+    assert.doesNotMatch(r.stderr, /EPIPE|Unhandled/);
+    assert.equal((await readdir(join(dir, 'out', ...src.split('/').filter(Boolean)))).length, 2500, 'the restore went on to the end');
   });
 
   it('a wrong password exits 1 with a hint and no stack trace', async (t) => {

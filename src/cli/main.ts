@@ -80,8 +80,26 @@ export async function main(argv: string[]): Promise<number> {
   }
 }
 
+/**
+ * A reader that goes away (`coffer repo snapshots | head -1`) must not crash a command with an
+ * unhandled EPIPE, and must not stop a backup or restore half way: output is dropped from then
+ * on and the command finishes its work. Other errors writing stdout or stderr are reported once.
+ */
+let outputFailed = false;
+
+export function guardOutput(stream: NodeJS.WriteStream, name: string): void {
+  stream.on('error', (e: NodeJS.ErrnoException) => {
+    if (e.code === 'EPIPE' || outputFailed) return;
+    outputFailed = true;
+    if (stream !== process.stderr) process.stderr.write(`coffer: cannot write to ${name}: ${e.message}\n`);
+  });
+}
+
 if (import.meta.main) {
-  const code = await main(process.argv.slice(2));
+  guardOutput(process.stdout, 'standard output');
+  guardOutput(process.stderr, 'standard error');
+  const result = await main(process.argv.slice(2));
+  const code = result === 0 && outputFailed ? 1 : result;
   process.exitCode = code;
   // Worker pools and sockets are closed by the commands; do not wait on stray handles.
   setImmediate(() => process.exit(code)).unref();
