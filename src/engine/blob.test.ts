@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { isCofferError } from '../core/errors.ts';
 import { randomBytes, textBytes } from '../testing/random.ts';
-import { blobAad, blobNonce, decodeBlob, encodeBlob } from './blob.ts';
+import { blobAad, blobNonce, decodeBlob, encodeBlob, release } from './blob.ts';
 import type { BlobType } from './format.ts';
 import { chunkId } from './hash.ts';
 import { deriveRepoKeys } from './keys.ts';
@@ -59,6 +59,23 @@ describe('blob encoding', () => {
         }
       }
     }
+  });
+
+  it('release() frees only buffers that are the whole of their own memory', () => {
+    const own = Buffer.from(new ArrayBuffer(100));
+    release(own);
+    assert.equal(own.buffer.detached, true);
+    const big = Buffer.from(new ArrayBuffer(100));
+    release(big.subarray(10, 20));
+    assert.equal(big.buffer.detached, false, 'a slice leaves its parent alone');
+    const pooled = Buffer.from('small');
+    release(pooled);
+    assert.equal(pooled.toString(), 'small', "Node's shared pool is never touched");
+    const shared = new Uint8Array(new SharedArrayBuffer(8));
+    release(shared);
+    assert.equal(shared.length, 8);
+    release(undefined);
+    release(null);
   });
 
   it('stored buffers own exactly their memory (transferable without a copy)', () => {

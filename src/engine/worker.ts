@@ -6,7 +6,7 @@
 // carrying the same id. Result buffers are transferred, not copied.
 import { parentPort, workerData } from 'node:worker_threads';
 import { CofferError, isCofferError, type ErrorCode } from '../core/errors.ts';
-import { decodeBlob, encodeBlob } from './blob.ts';
+import { decodeBlob, encodeBlob, release } from './blob.ts';
 import { Chunker, gearTable, warmUpChunker, type ChunkerParams } from './chunker.ts';
 import { ID_SIZE, blobTypeFromCode, type BlobType } from './format.ts';
 import type { RepoKeys } from './keys.ts';
@@ -138,6 +138,7 @@ function main(): void {
           for (const b of out) {
             stored.set(b, o);
             o += b.length;
+            release(b);
           }
           done(req.raws);
           reply = { spent, id: req.id, ok: true, op: 'encode', stored, lengths, compressed };
@@ -163,6 +164,7 @@ function main(): void {
             for (const b of out) {
               joined.set(b, o);
               o += b.length;
+              release(b);
             }
             transfer.push(joined.buffer);
             reply = { spent, id: req.id, ok: true, op: 'decode', joined };
@@ -202,6 +204,8 @@ function main(): void {
             lengths[i] = r.data.length;
             data.set(r.data, o);
             o += r.data.length;
+            // The read buffer (one byte longer than the file) is ours alone.
+            release(new Uint8Array(r.data.buffer));
             ids.set(r.id, i * ID_SIZE);
           });
           reply = { spent, id: req.id, ok: true, op: 'readFiles', status, lengths, data, ids, errors };

@@ -6,7 +6,7 @@
 import { throwIfAborted } from '../core/errors.ts';
 import type { CallOptions } from '../storage/backend.ts';
 import type { BlobType, } from '../engine/format.ts';
-import type { EncodedBlob } from '../engine/blob.ts';
+import { release, type EncodedBlob } from '../engine/blob.ts';
 import { PackWriter, type PackEntry } from '../engine/pack.ts';
 import { toHex } from '../engine/hash.ts';
 import type { IndexPack } from './index/index-file.ts';
@@ -251,10 +251,14 @@ export class BlobSaver {
     const hex = toHex(id);
     const p: Promise<void> = (async () => {
       await this.repo.backend.put(packName(hex), bytes, { signal: this.options.signal });
+      const size = bytes.length;
+      // Stored: the pack's memory is freed now rather than at the next collection (backends
+      // keep no reference to what they were given once put() has resolved).
+      release(bytes);
       this.stats.packs++;
-      this.repo.index.add(id, bytes.length, entries.map(toIndexEntry));
-      this.pendingIndex.push({ packId: id, packSize: bytes.length, entries: entries.map(toIndexEntry) });
-      this.options.onPackUploaded?.(hex, bytes.length);
+      this.repo.index.add(id, size, entries.map(toIndexEntry));
+      this.pendingIndex.push({ packId: id, packSize: size, entries: entries.map(toIndexEntry) });
+      this.options.onPackUploaded?.(hex, size);
       if (this.pendingIndex.length >= (this.options.indexEvery ?? 64)) await this.writeIndex();
     })().then(
       () => void this.uploads.delete(p),

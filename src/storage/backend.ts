@@ -34,7 +34,8 @@ export interface ListOptions extends CallOptions {}
  * Guarantees every implementation MUST give (checked by the conformance suite):
  * - put() is atomic: a reader sees either no object or the whole object, never a part; after
  *   put() resolves the object is durable (local: fsynced file and directory) and visible to
- *   get(), stat() and list() (read-after-write).
+ *   get(), stat() and list() (read-after-write). Once put() has settled the backend holds no
+ *   reference to `data`: the caller may reuse or free it (BlobSaver frees each pack at once).
  * - put() over an existing name replaces it atomically. Coffer only ever rewrites a name with
  *   the same bytes (content-addressed objects) or for a small set of mutable objects (session
  *   heartbeats), so last-writer-wins is enough.
