@@ -450,13 +450,15 @@ export async function backup(repo: Repository, pool: BackupPool, paths: string[]
     // `entry` is what scanDir() found of it (its lstat or why there is none); without it, lstat.
     const visit = async (ctx: Ctx, path: Buffer, nameBytes: Buffer, prev: TreeNode | undefined, entry?: DirEntry): Promise<TreeNode | undefined> => {
       throwIfAborted(signal);
-      const shown = path.toString('utf8');
+      // The path as text, for warnings and progress only: made when needed.
+      let shownText: string | undefined;
+      const shown = (): string => (shownText ??= path.toString('utf8'));
       let st: EntryStat;
       try {
         if (entry?.error) throw entry.error;
         st = entry?.stat ?? (await lstat(path, { bigint: true }));
       } catch (e) {
-        warn(shown, `cannot stat: ${(e as Error).message}`);
+        warn(shown(), `cannot stat: ${(e as Error).message}`);
         return undefined;
       }
       if (excluded(ctx, path, st.isDirectory())) return undefined;
@@ -474,7 +476,7 @@ export async function backup(repo: Repository, pool: BackupPool, paths: string[]
           const xattrs = readXattrs(path);
           if (xattrs?.length) meta.xattrs = xattrs;
         } catch (e) {
-          warn(shown, `cannot read extended attributes: ${(e as Error).message}`);
+          warn(shown(), `cannot read extended attributes: ${(e as Error).message}`);
         }
       }
       if (st.isDirectory()) {
@@ -492,7 +494,7 @@ export async function backup(repo: Repository, pool: BackupPool, paths: string[]
         try {
           entries = await scanDir(path);
         } catch (e) {
-          warn(shown, `cannot list directory: ${(e as Error).message}`);
+          warn(shown(), `cannot list directory: ${(e as Error).message}`);
           return undefined;
         }
         const prevChildren = await loadParentChildren(prev);
@@ -524,14 +526,14 @@ export async function backup(repo: Repository, pool: BackupPool, paths: string[]
         }
         const fixed = options.images ? repo.config.imageChunkSize : undefined;
         return (size > 1024 * 1024 || st.isBlockDevice() ? largeLimiter : smallLimiter).run(async () => {
-          progress.currentPath = shown;
+          progress.currentPath = shown();
           try {
             const r = await readFile(path, st, fixed);
             progress.files++;
             if (prev) counts.filesChanged++;
             else counts.filesNew++;
             if (r.size < chunker.minSize && fixed === undefined) progress.bytesScanned += r.size;
-            if (r.changed) warn(shown, 'file changed while it was read; stored as read');
+            if (r.changed) warn(shown(), 'file changed while it was read; stored as read');
             report();
             let sparse = r.holes > 0;
             if (!sparse && fixed === undefined && st.blocks * 512n < st.size) {
@@ -549,18 +551,23 @@ export async function backup(repo: Repository, pool: BackupPool, paths: string[]
             return { ...meta, type: 'file' as const, size: r.size, content: r.content, ...(r.changed ? { changedWhileRead: true } : {}), ...(sparse ? { sparse: true } : {}) };
           } catch (e) {
             if (e instanceof CofferError) throw e;
-            warn(shown, `cannot read: ${(e as Error).message}`);
+            warn(shown(), `cannot read: ${(e as Error).message}`);
             return undefined;
           }
         });
       }
       if (st.isSymbolicLink()) {
+        // A symlink's target cannot change in place: the same inode, ctime and mtime as in the
+        // parent snapshot means the same target, and no readlink is needed.
+        if (prev?.type === 'symlink' && prev.inode === meta.inode && prev.ctimeNs === meta.ctimeNs && prev.mtimeNs === meta.mtimeNs && prev.linkTarget !== undefined) {
+          return reuseIfSame(prev, { ...meta, type: 'symlink', linkTarget: prev.linkTarget, ...(prev.rawLinkTarget !== undefined ? { rawLinkTarget: prev.rawLinkTarget } : {}) });
+        }
         try {
           const target = await readlink(path, { encoding: 'buffer' });
           const t = treeName(target);
           return reuseIfSame(prev, { ...meta, type: 'symlink', linkTarget: t.name, ...(t.rawName ? { rawLinkTarget: t.rawName } : {}) });
         } catch (e) {
-          warn(shown, `cannot read link: ${(e as Error).message}`);
+          warn(shown(), `cannot read link: ${(e as Error).message}`);
           return undefined;
         }
       }
