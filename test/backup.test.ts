@@ -3,7 +3,7 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
-import { appendFile, mkdir, writeFile, open as fsOpen, truncate } from 'node:fs/promises';
+import { appendFile, mkdir, writeFile, open as fsOpen, truncate, symlink, unlink } from 'node:fs/promises';
 import { isCofferError } from '../src/core/errors.ts';
 import { backup } from '../src/jobs/backup.ts';
 import { loadAllSnapshots } from '../src/repository/snapshot.ts';
@@ -53,6 +53,22 @@ describe('backup', () => {
     const forced = await backup(tr.repo, tr.pool, [src], { parent: 'none' });
     assert.equal(forced.summary.filesUnchanged, 0);
     assert.equal(forced.summary.bytesNew < 2048, true, 'nothing new to store');
+  });
+
+  it('an incremental backup keeps unchanged symlinks and sees a symlink replaced with another target', async (t) => {
+    const dir = await tempDir(t);
+    const src = join(dir, 'src');
+    await mkdir(src);
+    await symlink('target-one', join(src, 'moving'));
+    await symlink('/etc/steady', join(src, 'steady'));
+    const tr = await makeTestRepo();
+    t.after(() => tr.close());
+    await backup(tr.repo, tr.pool, [src]);
+    await unlink(join(src, 'moving'));
+    await symlink('target-two', join(src, 'moving'));
+    const r = await backup(tr.repo, tr.pool, [src]);
+    assert.equal((await nodeAt(tr.repo, r.snapshot.tree, `${src}/moving`))?.linkTarget, 'target-two');
+    assert.equal((await nodeAt(tr.repo, r.snapshot.tree, `${src}/steady`))?.linkTarget, '/etc/steady');
   });
 
   it('excludes patterns, cache directories and marked directories', async (t) => {
