@@ -77,15 +77,15 @@ function isUint(v: unknown, max = Number.MAX_SAFE_INTEGER): v is number {
   return typeof v === 'number' && Number.isSafeInteger(v) && v >= 0 && v <= max;
 }
 
-/** Validates a node's name: one path segment, never '', '.', '..', or containing '/' or NUL. */
-export function validateNodeName(n: Pick<TreeNode, 'name' | 'rawName'>): void {
+/** Validates a node's name (one path segment, never '', '.', '..', or containing '/' or NUL); returns its bytes. */
+export function validateNodeName(n: Pick<TreeNode, 'name' | 'rawName'>): Buffer {
   if (typeof n.name !== 'string') fail('a node has no name');
   if (n.rawName !== undefined && (typeof n.rawName !== 'string' || !B64.test(n.rawName))) fail('a node has a malformed raw name');
   const bytes = nameBytes(n);
   if (bytes.length === 0 || bytes.length > 4096) fail('a node name is empty or too long');
   if (bytes.includes(0x2f) || bytes.includes(0)) fail(`node name ${JSON.stringify(n.name)} contains '/' or NUL`);
-  const s = bytes.toString('latin1');
-  if (s === '.' || s === '..') fail(`node name ${JSON.stringify(n.name)} is not allowed`);
+  if (bytes[0] === 0x2e && (bytes.length === 1 || (bytes.length === 2 && bytes[1] === 0x2e))) fail(`node name ${JSON.stringify(n.name)} is not allowed`);
+  return bytes;
 }
 
 export function decodeTree(data: Uint8Array): Tree {
@@ -97,16 +97,17 @@ export function decodeTree(data: Uint8Array): Tree {
   }
   const nodes = (raw as { nodes?: unknown })?.nodes;
   if (!Array.isArray(nodes) || nodes.length > MAX_NODES) fail('no node list');
-  const seen = new Set<string>();
-  let prev: TreeNode | undefined;
+  // Names strictly ascending by their bytes: sorted, and no name twice.
+  let prev: Buffer | undefined;
   for (const n of nodes as TreeNode[]) {
     if (!n || typeof n !== 'object') fail('a node is not an object');
-    validateNodeName(n);
-    const key = nameBytes(n).toString('latin1');
-    if (seen.has(key)) fail(`duplicate name ${JSON.stringify(n.name)}`);
-    seen.add(key);
-    if (prev && compareNames(prev, n) > 0) fail('nodes are not sorted');
-    prev = n;
+    const bytes = validateNodeName(n);
+    if (prev) {
+      const c = Buffer.compare(prev, bytes);
+      if (c === 0) fail(`duplicate name ${JSON.stringify(n.name)}`);
+      if (c > 0) fail('nodes are not sorted');
+    }
+    prev = bytes;
     if (!(NODE_TYPES as readonly string[]).includes(n.type)) fail(`unknown node type ${JSON.stringify(n.type)}`);
     if (!isUint(n.mode, 0o7777) || !isUint(n.uid, 0xffffffff) || !isUint(n.gid, 0xffffffff)) fail(`bad mode or owner on ${JSON.stringify(n.name)}`);
     if (typeof n.mtimeNs !== 'string' || !NS.test(n.mtimeNs)) fail(`bad mtime on ${JSON.stringify(n.name)}`);
