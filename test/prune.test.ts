@@ -56,6 +56,40 @@ describe('prune', () => {
     await restoresIntact(r2, rb.snapshot.tree, b, join(dir, 'out'));
   });
 
+  it('writes the new index in bounded files; a crash between them leaves a readable repository', async (t) => {
+    const dir = await tempDir(t);
+    const tr = await makeTestRepo({ packSize: 64 * 1024 });
+    t.after(() => tr.close());
+    const a = join(dir, 'a');
+    const b = join(dir, 'b');
+    await writeSet(a, 11, 8);
+    await writeSet(b, 12, 8);
+    const ra = await backup(tr.repo, tr.pool, [a]);
+    const rb = await backup(tr.repo, tr.pool, [b]);
+    await tr.backend.delete(SNAPSHOTS_PREFIX + ra.snapshotId);
+    // First run dies after the first part of the new index (and before anything is deleted).
+    const died = new Error('crash after a part');
+    await assert.rejects(prune(tr.repo, { encoder: tr.pool, indexFileEntries: 10, onStep: (s) => { if (s === 'index-part-written') throw died; } }), (e) => e === died);
+    let r2 = await tr.reopen();
+    let c = await check(r2, { readData: true });
+    assert.ok(c.ok, JSON.stringify(c.problems));
+    // Then a whole prune: the index ends up in several files of at most 10 entries each.
+    const res = await prune(r2, { encoder: tr.pool, indexFileEntries: 10 });
+    assert.ok(res.packsDeleted > 0);
+    r2 = await tr.reopen();
+    const files = await r2.listIndexFiles();
+    assert.ok(files.length > 2, `${files.length} index files`);
+    for (const id of files) {
+      const f = await r2.loadIndexFile(id);
+      const entries = f.packs.reduce((n, p) => n + p.entries.length, 0);
+      assert.ok(entries <= 10 || f.packs.length === 1, `${entries} entries in one file`);
+    }
+    c = await check(r2, { readData: true });
+    assert.ok(c.ok, JSON.stringify(c.problems));
+    await r2.loadIndex();
+    await restoresIntact(r2, rb.snapshot.tree, b, join(dir, 'out'));
+  });
+
   it('keeps a condemned pack that a backup running during the mark reuses', async (t) => {
     const dir = await tempDir(t);
     const tr = await makeTestRepo();

@@ -9,9 +9,10 @@
 //   blob from a condemned pack (Repository.hasBlob).
 // SWEEP: a plan is swept once every session named in its .ready has ended (or gone stale) and
 //   its grace period has passed. The sweep recomputes what every snapshot uses now; a condemned
-//   pack that a snapshot of a waited-for session uses after all is kept. Then: write one
-//   consolidated index that omits the deleted packs and supersedes every index file read, delete
-//   the superseded index files, delete the packs, delete the plan. A crash between any two steps
+//   pack that a snapshot of a waited-for session uses after all is kept. Then: write a new index
+//   that omits the deleted packs, in files of at most INDEX_FILE_ENTRIES entries, the last of
+//   which supersedes every index file read; delete the superseded index files, delete the
+//   packs, delete the plan. A crash between any two steps
 //   leaves a valid repository, and the next prune finishes the job.
 //
 // Nothing is deleted unless every listing and every snapshot and tree read succeeded.
@@ -54,6 +55,32 @@ export interface PruneOptions extends CallOptions {
   onProgress?: (message: string) => void;
   /** Test hook: called between the steps of a sweep (to simulate a crash). */
   onStep?: (step: string) => void;
+  /** Blob entries per index file written by the sweep (default INDEX_FILE_ENTRIES). */
+  indexFileEntries?: number;
+}
+
+/**
+ * The sweep's new index is split into files of about this many blob entries (~2.5 MiB each), so
+ * that no reader ever has to hold one huge index file in memory.
+ */
+export const INDEX_FILE_ENTRIES = 50_000;
+
+/** Packs in runs of at most `max` entries each (a pack with more is a run of its own). */
+export function splitPacks(packs: readonly IndexPack[], max: number): IndexPack[][] {
+  const out: IndexPack[][] = [];
+  let cur: IndexPack[] = [];
+  let n = 0;
+  for (const p of packs) {
+    if (cur.length && n + p.entries.length > max) {
+      out.push(cur);
+      cur = [];
+      n = 0;
+    }
+    cur.push(p);
+    n += p.entries.length;
+  }
+  if (cur.length || out.length === 0) out.push(cur);
+  return out;
 }
 
 export interface PruneResult {
@@ -212,13 +239,23 @@ async function sweep(repo: Repository, options: PruneOptions, timing: SessionTim
       else doomed.add(p);
     }
   }
-  // 1. One consolidated index without the doomed packs, superseding every index file read.
+  // 1. A new index without the doomed packs, in files of bounded size. All but the last
+  //    supersede nothing: a reader that lists them before the last one is written sees some
+  //    packs listed twice, which the index tolerates. The last supersedes every index file read
+  //    (except a new part that happens to have an old one's id: same content, same name).
   const keep: IndexPack[] = [...packs.entries()].filter(([hex]) => !doomed.has(hex)).map(([, p]) => p);
-  const newIndex = await repo.saveIndexFile({ supersedes: indexIds.map(fromHex), packs: keep }, { signal });
+  const parts = splitPacks(keep, options.indexFileEntries ?? INDEX_FILE_ENTRIES);
+  const written = new Set<string>();
+  for (const part of parts.slice(0, -1)) {
+    written.add(await repo.saveIndexFile({ supersedes: [], packs: part }, { signal }));
+    options.onStep?.('index-part-written');
+  }
+  const superseded = indexIds.filter((id) => !written.has(id));
+  written.add(await repo.saveIndexFile({ supersedes: superseded.map(fromHex), packs: parts.at(-1)! }, { signal }));
   options.onStep?.('index-written');
   // 2. The superseded index files.
   for (const id of indexIds) {
-    if (id === newIndex) continue;
+    if (written.has(id)) continue;
     await repo.backend.delete(indexName(id), { signal });
     result.indexFilesDeleted++;
   }
