@@ -1163,9 +1163,7 @@ export async function restore(repo: Repository, source: Snapshot | string, targe
   try {
     const root = new DirCtx(rootPath, '', undefined, undefined, true, rootFresh);
     try {
-      const T0 = performance.now();
       await walk(root);
-      if (process.env.XTIME) console.error('walk done', (performance.now() - T0).toFixed(0), 'jobs', windowJobs.length, 'needs', windowNeeds.size, 'cpu', JSON.stringify(process.cpuUsage()));
       // The last window, and any that members of hard-link groups open after theirs failed.
       for (;;) {
         if (fatal) break;
@@ -1180,7 +1178,6 @@ export async function restore(repo: Repository, source: Snapshot | string, targe
     } catch (e) {
       fail(e);
     }
-    if (process.env.XTIME) console.error('content done', performance.now().toFixed(0));
     // A window that never ran (the restore stopped) lets the members waiting on it go.
     for (const job of windowJobs.splice(0)) settleJob(job, fatal ?? new CofferError('CANCELLED', 'Cancelled: the restore was interrupted'));
     while (tasks.size) await Promise.allSettled([...tasks]);
