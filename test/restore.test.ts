@@ -21,6 +21,7 @@ import { LocalBackend } from '../src/storage/local.ts';
 import { makeTestRepo, TEST_PASSWORD, type TestRepo } from '../src/testing/repo.ts';
 import { randomBytes } from '../src/testing/random.ts';
 import { tempDir } from '../src/testing/tmp.ts';
+import { listTree, makeSourceTree } from './helpers.ts';
 import { runCli } from './cli.ts';
 
 const OTHER: HostIdentity = { hostname: 'other-host', os: 'linux', arch: 'x64' };
@@ -442,6 +443,26 @@ describe('restore', () => {
     const again = await restore(tr.repo, snapshot, out);
     assert.equal(again.unchanged.hardlinks, 2);
     assert.equal(again.created.files + again.overwritten.files + again.overwritten.hardlinks, 0);
+  });
+
+  it('a restore in many small windows (shared blobs, hard links across windows) gives the same tree', async (t) => {
+    const dir = await tempDir(t);
+    const src = join(dir, 'src');
+    await makeSourceTree(src, 7, 0.2);
+    await mkdir(join(src, 'copies'));
+    for (let i = 0; i < 6; i++) await writeFile(join(src, 'copies', `same-${i}`), randomBytes(70, 90_000));
+    await link(join(src, 'copies', 'same-0'), join(src, 'zz-link-to-same-0'));
+    await link(join(src, 'sub', 'text-65536.txt'), join(src, 'copies', 'a-link'));
+    const tr = await makeTestRepo();
+    t.after(() => tr.close());
+    const { snapshot } = await backup(tr.repo, tr.pool, [src]);
+    for (const windowFiles of [1, 3]) {
+      const out = join(dir, `out-${windowFiles}`);
+      await restore(tr.repo, snapshot, out, { windowFiles, fileConcurrency: 2 });
+      assert.deepEqual(await listTree(inSnap(out, src)), await listTree(src), `windows of ${windowFiles}`);
+      assert.equal((await stat(inSnap(out, src, 'zz-link-to-same-0'))).ino, (await stat(inSnap(out, src, 'copies/same-0'))).ino);
+      assert.equal((await stat(inSnap(out, src, 'copies/a-link'))).ino, (await stat(inSnap(out, src, 'sub/text-65536.txt'))).ino);
+    }
   });
 
   it('sparse files and zero runs are restored as holes (or written with sparse: false)', async (t) => {

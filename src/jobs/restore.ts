@@ -323,6 +323,8 @@ export interface RestoreOptions extends SafetyOptions {
   fileConcurrency?: number;
   /** Pack reads in flight, each of up to 8 MiB of neighbouring blobs (default 4). */
   blobConcurrency?: number;
+  /** Files per content window (default 16,384; tests use tiny windows to cross many). */
+  windowFiles?: number;
   /**
    * Decodes (decrypts, decompresses and verifies) blobs in worker threads: a WorkerPool. Without
    * it blobs are decoded on the calling thread, which is slower but checks just the same.
@@ -715,9 +717,14 @@ export async function restore(repo: Repository, source: Snapshot | string, targe
     hit: IndexHit;
     uses: Array<{ job: FileJob; pos: number }>;
   }
-  /** A window's bookkeeping is its memory (about a kilobyte per file): it closes at these sizes. */
-  const WINDOW_FILES = 131_072;
-  const WINDOW_PARTS = 1_048_576;
+  /**
+   * A window's bookkeeping is its memory (about a kilobyte per file): it closes at these sizes.
+   * Measured on the 76,000-file benchmark: 16,384 files per window restore as fast as one window
+   * for everything (a blob needed by two windows is read twice, but reading is not what limits a
+   * restore) with ~90 MB less peak memory.
+   */
+  const WINDOW_FILES = options.windowFiles ?? 16_384;
+  const WINDOW_PARTS = WINDOW_FILES * 8;
   const SLICE_MS = 8;
   let windowJobs: FileJob[] = [];
   let windowNeeds = new Map<string, BlobNeed>();
