@@ -581,6 +581,25 @@ describe('restore', () => {
     assert.deepEqual(await readdir(out), ['good']);
   });
 
+  it('damaged data found by a window flushed behind the walk fails that file only', async (t) => {
+    const dir = await tempDir(t);
+    const src = join(dir, 'src');
+    await mkdir(src);
+    for (let i = 0; i < 6; i++) await writeFile(join(src, `f${i}`), randomBytes(200 + i, 3000));
+    const tr = await makeTestRepo();
+    t.after(() => tr.close());
+    const { snapshot } = await backup(tr.repo, tr.pool, [src]);
+    // Flip a byte inside f3's one blob, in its pack.
+    const hit = tr.repo.index.lookup(chunkId(tr.repo.keys.chunkIdKey, randomBytes(203, 3000)), 'data')!;
+    const name = `data/${toHex(hit.packId).slice(0, 2)}/${toHex(hit.packId)}`;
+    const pack = await tr.backend.get(name);
+    pack[hit.entry.offset + 5]! ^= 1;
+    await tr.backend.put(name, pack);
+    const out = join(dir, 'out');
+    await assert.rejects(restore(tr.repo, snapshot, out, { windowFiles: 1, pool: tr.pool }), (e) => isCofferError(e, 'CORRUPT') && (e.details?.damaged as Array<{ path: string }>).length === 1 && /f3$/.test((e.details?.damaged as Array<{ path: string }>)[0]!.path));
+    assert.deepEqual((await readdir(inSnap(out, src))).sort(), ['f0', 'f1', 'f2', 'f4', 'f5']);
+  });
+
   it('a restore stopped halfway leaves no partial file under its final name, and an old version whole', async (t) => {
     const dir = await tempDir(t);
     const src = join(dir, 'src');

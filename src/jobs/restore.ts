@@ -724,7 +724,6 @@ export async function restore(repo: Repository, source: Snapshot | string, targe
    * restore) with ~90 MB less peak memory.
    */
   const WINDOW_FILES = options.windowFiles ?? 16_384;
-  const WINDOW_PARTS = WINDOW_FILES * 8;
   const SLICE_MS = 8;
   let windowJobs: FileJob[] = [];
   let windowNeeds = new Map<string, BlobNeed>();
@@ -747,7 +746,10 @@ export async function restore(repo: Repository, source: Snapshot | string, targe
     windowJobs.push(job);
     onJobAdded?.();
   };
-  const windowFull = () => windowJobs.length >= WINDOW_FILES || windowParts >= WINDOW_PARTS;
+  // The first windows are small, so that writing starts soon after the walk does; each flush
+  // doubles the size up to WINDOW_FILES.
+  let windowLimit = Math.min(WINDOW_FILES, 1024);
+  const windowFull = () => windowJobs.length >= windowLimit || windowParts >= windowLimit * 8;
 
   /** Ends a job: on failure its temporary file is removed and the failure counted. */
   const settleJob = (job: FileJob, e?: unknown) => {
@@ -892,7 +894,24 @@ export async function restore(repo: Repository, source: Snapshot | string, targe
   };
 
   /** Restores the content of every file in the window. */
+  // A full window is flushed while the walk goes on filling the next one (writing starts early
+  // instead of after the whole walk); a further full window waits for the flush before it, so
+  // at most two windows are held. A flush's failure surfaces at the next wait.
+  let flushing: Promise<void> | undefined;
+  const waitForFlush = async () => {
+    const f = flushing;
+    flushing = undefined;
+    if (f) await f;
+  };
+  const flushBehind = async () => {
+    await waitForFlush();
+    const p = flush();
+    p.catch(() => {});
+    flushing = p;
+  };
+
   const flush = async () => {
+    windowLimit = Math.min(WINDOW_FILES, windowLimit * 2);
     const jobs = windowJobs;
     const needs = [...windowNeeds.values()];
     windowJobs = [];
@@ -1135,7 +1154,7 @@ export async function restore(repo: Repository, source: Snapshot | string, targe
         next.push({ id: n.subtree!, dir: child, selected: decision === 'all' });
       } else if (decision === 'all') {
         await runEntry(n, dir, path, innerPath);
-        if (windowFull()) await flush();
+        if (windowFull()) await flushBehind();
       }
     }
   };
@@ -1171,6 +1190,7 @@ export async function restore(repo: Repository, source: Snapshot | string, targe
     const root = new DirCtx(rootPath, '', undefined, undefined, true, rootFresh);
     try {
       await walk(root);
+      await waitForFlush();
       // The last window, and any that members of hard-link groups open after theirs failed.
       for (;;) {
         if (fatal) break;
@@ -1185,6 +1205,8 @@ export async function restore(repo: Repository, source: Snapshot | string, targe
     } catch (e) {
       fail(e);
     }
+    // A flush still running (the walk stopped) finishes, or fails, before the cleanup.
+    await flushing?.catch(() => {});
     // A window that never ran (the restore stopped) lets the members waiting on it go.
     for (const job of windowJobs.splice(0)) settleJob(job, fatal ?? new CofferError('CANCELLED', 'Cancelled: the restore was interrupted'));
     while (tasks.size) await Promise.allSettled([...tasks]);
