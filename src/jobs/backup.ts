@@ -1,7 +1,8 @@
 // The backup job. Files: walks the given paths (names as bytes, so names that are not UTF-8
 // survive), skips what the exclude rules say, reuses the content of files unchanged since the
-// parent snapshot (same size, mtime, ctime and inode) without reading them, reads the others in
-// large blocks, has the worker pool chunk and hash them, stores new chunks through BlobSaver and
+// parent snapshot (same size, mtime, ctime and inode) without reading them, has the workers read
+// and hash small files in batches, reads large ones in large blocks for the workers to chunk and
+// hash, stores new chunks through BlobSaver and
 // builds trees bottom-up. Streams (stdin, a command's output) and disk images go through the
 // same path. A snapshot is committed only after every pack and index file is stored; entries that
 // cannot be read become warnings (exit code 3), never a failed or partial commit. On Ctrl-C the
@@ -9,7 +10,7 @@
 
 import { open, lstat, readlink, stat } from 'node:fs/promises';
 import type { BigIntStats } from 'node:fs';
-import { readFile as readFileCb, readFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { arch, hostname, platform, userInfo } from 'node:os';
 import { isAbsolute, normalize, resolve, sep } from 'node:path';
 import type { Readable } from 'node:stream';
@@ -33,13 +34,11 @@ import { TreeLoader } from './tree-loader.ts';
 
 export const PROGRAM = 'coffer 0.1.0';
 
-/** What the backup needs of the worker pool. */
-export interface BackupPool extends Encoder {
+/** What the backup needs of the worker pool (WorkerPool): encoding, decoding the parent's trees. */
+export interface BackupPool extends Encoder, BlobDecoder {
   readonly size: number;
-  /** Reads and hashes small files in a worker, when given (see WorkerPool.readFiles). */
-  readFiles?(files: readonly ExpectedFile[], limit: number, signal?: AbortSignal): Promise<ReadFileResult[]>;
-  /** Decodes the parent snapshot's trees off the main thread, when given. */
-  decode?: BlobDecoder['decode'];
+  /** Reads and hashes small files in a worker (see WorkerPool.readFiles). */
+  readFiles(files: readonly ExpectedFile[], limit: number, signal?: AbortSignal): Promise<ReadFileResult[]>;
   chunkAndHash(data: Uint8Array, eof: boolean, mode: 'cdc' | { fixed: number }, signal?: AbortSignal, options?: { transfer?: boolean }): Promise<{ ends: number[]; ids: Buffer[]; rest: number; data: Uint8Array }>;
 }
 
@@ -86,7 +85,7 @@ export interface BackupOptions extends ExcludeOptions {
   onWarning?: (path: string, problem: string) => void;
   /** Called after each pack upload (the crash test dies at random points through this). */
   onPackUploaded?: (packId: string) => void;
-  /** Max small files read at once (default 32). */
+  /** Max small files read at once (default 256). */
   fileConcurrency?: number;
   /** Read and chunk, store nothing, commit nothing. */
   dryRun?: boolean;
@@ -94,7 +93,10 @@ export interface BackupOptions extends ExcludeOptions {
   images?: boolean;
   /** Back up a stream instead of paths. */
   stream?: StreamSource;
-  /** Test hook: runs after a file's content was read, before it is checked for change. */
+  /**
+   * Test hook: runs after a file's content was read, before it is checked for change (files of
+   * chunker minSize bytes or more, which this thread reads; smaller ones are read by the workers).
+   */
   afterFileRead?: (path: string) => void | Promise<void>;
 }
 
@@ -271,14 +273,12 @@ export async function backup(repo: Repository, pool: BackupPool, paths: string[]
       options.onProgress(progress);
     };
     const counts = { filesNew: 0, filesChanged: 0, filesUnchanged: 0 };
-    // Small files are bound by I/O latency: many at once. Large ones by CPU and memory: about
-    // one per worker. The BlobSaver's backpressure bounds what is read but not yet stored.
+    // Small files are bound by I/O latency: many at once, read and hashed by the workers in
+    // batches. Large ones by CPU and memory: about one per worker. The BlobSaver's backpressure
+    // bounds what is read but not yet stored.
     const chunker: ChunkerParams = repo.config.chunker;
-    // Small files are read and hashed by the workers, in batches, when the pool can (and no test
-    // hook needs to run between a file's read and its check).
-    const batchedReads = pool.readFiles !== undefined && !options.afterFileRead;
-    const smallLimiter = new Limiter(options.fileConcurrency ?? (batchedReads ? 256 : 32));
-    const smallReader = batchedReads ? new SmallFileBatcher(pool, chunker.maxSize, signal) : undefined;
+    const smallLimiter = new Limiter(options.fileConcurrency ?? 256);
+    const smallReader = new SmallFileBatcher(pool, chunker.maxSize, signal);
     const largeLimiter = new Limiter(pool.size + 1);
     const readSize = Math.max(8 * 1024 * 1024, chunker.maxSize * 2);
     const owners = new OwnerNames();
@@ -355,24 +355,12 @@ export async function backup(repo: Repository, pool: BackupPool, paths: string[]
     };
 
     const readFile = async (path: Buffer, st: EntryStat, fixed: number | undefined): Promise<{ content: string[]; size: number; changed: boolean; holes: number }> => {
-      if (smallReader && fixed === undefined && st.isFile() && st.size < BigInt(chunker.minSize)) {
+      if (fixed === undefined && st.isFile() && st.size < BigInt(chunker.minSize)) {
         const r = await smallReader.read({ path, size: st.size, ino: st.ino, mtimeNs: st.mtimeNs, ctimeNs: st.ctimeNs });
         if (!r.ok) throw Object.assign(new Error(r.message), { code: r.errno });
         progress.bytesRead += r.data.length;
         if (r.data.length) await saveBlobs([{ type: 'data', id: r.id, raw: r.data }]);
         return { content: r.data.length ? [toHex(r.id)] : [], size: r.data.length, changed: r.changed, holes: 0 };
-      }
-      if (fixed === undefined && st.isFile() && st.size < BigInt(chunker.minSize)) {
-        // Most files are small: one readFile (a single request in Node's C++ layer) and one
-        // lstat cost about 35 % less main-thread time than open/read/fstat/close on a FileHandle.
-        const data = await readWhole(path);
-        progress.bytesRead += data.length;
-        const id = chunkId(repo.keys.chunkIdKey, data);
-        if (data.length) await saveBlobs([{ type: 'data', id, raw: data }]);
-        await options.afterFileRead?.(path.toString('utf8'));
-        const after = await lstat(path, { bigint: true });
-        const changed = after.mtimeNs !== st.mtimeNs || after.size !== st.size || after.ctimeNs !== st.ctimeNs || after.ino !== st.ino || BigInt(data.length) !== st.size;
-        return { content: data.length ? [toHex(id)] : [], size: data.length, changed, holes: 0 };
       }
       const fh = await open(path, 'r');
       try {
@@ -432,8 +420,7 @@ export async function backup(repo: Repository, pool: BackupPool, paths: string[]
 
     // The parent's trees, read in batches: when a directory's parent tree is loaded, the trees of
     // its subdirectories are fetched too, as the walk is about to ask for them.
-    const decoder = pool.decode ? { decode: pool.decode.bind(pool) } : undefined;
-    const parentTrees = new TreeLoader(repo, { decoder, signal });
+    const parentTrees = new TreeLoader(repo, { decoder: pool, signal });
     const loadParentChildren = async (node: TreeNode | undefined): Promise<Map<string, TreeNode> | undefined> => {
       if (!node || node.type !== 'dir' || !node.subtree) return undefined;
       try {
@@ -707,7 +694,7 @@ export async function backup(repo: Repository, pool: BackupPool, paths: string[]
 class SmallFileBatcher {
   static readonly BATCH_FILES = 64;
   static readonly BATCH_BYTES = 4 << 20;
-  private readonly pool: Required<Pick<BackupPool, 'readFiles'>>;
+  private readonly pool: Pick<BackupPool, 'readFiles'>;
   private readonly limit: number;
   private readonly signal: AbortSignal | undefined;
   private batch: Array<{ file: ExpectedFile; resolve: (r: ReadFileResult) => void; reject: (e: unknown) => void }> = [];
@@ -715,7 +702,7 @@ class SmallFileBatcher {
   private scheduled = false;
 
   constructor(pool: BackupPool, limit: number, signal: AbortSignal | undefined) {
-    this.pool = pool as Required<Pick<BackupPool, 'readFiles'>>;
+    this.pool = pool;
     this.limit = limit;
     this.signal = signal;
   }
@@ -745,10 +732,6 @@ class SmallFileBatcher {
       (e: unknown) => batch.forEach((b) => b.reject(e)),
     );
   }
-}
-
-function readWhole(path: Buffer): Promise<Buffer> {
-  return new Promise((resolve, reject) => readFileCb(path, (e, d) => (e ? reject(e) : resolve(d))));
 }
 
 function safeUser(): string {
