@@ -30,11 +30,12 @@ import { fromHex } from '../engine/hash.ts';
 import type { IndexHit } from '../repository/index/chunk-index.ts';
 import type { Repository } from '../repository/repository.ts';
 import type { HostIdentity, Snapshot } from '../repository/snapshot.ts';
-import { decodeTree, nameBytes, type NodeType, type Tree, type TreeNode } from '../repository/tree.ts';
+import { nameBytes, type NodeType, type TreeNode } from '../repository/tree.ts';
 import { Session } from '../repository/session.ts';
 import { createSpecial } from '../sources/metadata.ts';
 import { localHostIdentity } from './backup.ts';
 import { readBlobs, type BlobDecoder, type BlobResult } from './read-blobs.ts';
+import { TreeLoader } from './tree-loader.ts';
 import { FileWriters, applyMeta as applyMetaTo, deserializeError, isAllZero, type FileHeader, type WriteOp } from './restore-writer.ts';
 
 // ---- safety: whose data goes where ----------------------------------------------------------
@@ -1097,43 +1098,7 @@ export async function restore(repo: Repository, source: Snapshot | string, targe
   // (a round trip each) took longer than restoring the data of a typical snapshot.
 
   const TREE_BATCH = 4096;
-  const TREE_GAP = 64 * 1024;
-
-  /** Loads trees by id; each is a Tree or the error that stopped it (CORRUPT, NOT_FOUND). */
-  const loadTrees = async (ids: string[]): Promise<Map<string, { tree: Tree } | { error: unknown }>> => {
-    const out = new Map<string, { tree: Tree } | { error: unknown }>();
-    const want: string[] = [];
-    const hits: IndexHit[] = [];
-    for (const id of new Set(ids)) {
-      const hit = repo.index.lookup(fromHex(id), 'tree');
-      if (hit) {
-        want.push(id);
-        hits.push(hit);
-      } else {
-        out.set(id, { error: new CofferError('NOT_FOUND', `Cannot read tree blob ${id}: it is not in the index`, { hint: 'Run `coffer repo check`; if packs exist that the index misses, `coffer repo rebuild-index`.' }) });
-      }
-    }
-    await readBlobs(repo, hits, async (indexes, results) => {
-      let slice = performance.now();
-      for (let k = 0; k < indexes.length; k++) {
-        const id = want[indexes[k]!]!;
-        const r = results[k]!;
-        if (r.error) out.set(id, { error: r.error });
-        else {
-          try {
-            out.set(id, { tree: decodeTree(r.data) });
-          } catch (e) {
-            out.set(id, { error: e });
-          }
-        }
-        if (performance.now() - slice > SLICE_MS) {
-          await nextTurn();
-          slice = performance.now();
-        }
-      }
-    }, { ...readOptions, maxGap: TREE_GAP });
-    return out;
-  };
+  const trees = new TreeLoader(repo, { decoder: options.pool, signal, concurrency: readOptions.concurrency });
 
   interface DirWork { id: string; dir: DirCtx; selected: boolean }
 
@@ -1169,17 +1134,19 @@ export async function restore(repo: Repository, source: Snapshot | string, targe
           // A selected directory that could not be made is skipped with what is below it.
           if (!w.selected || (await w.dir.ensure())) batch.push(w);
         }
-        const trees = await loadTrees(batch.map((w) => w.id));
-        for (const w of batch) {
+        // Asked for in one turn: read together (see TreeLoader).
+        const loaded = await Promise.allSettled(batch.map((w) => trees.get(w.id)));
+        for (let k = 0; k < batch.length; k++) {
           if (fatal) return;
-          const t = trees.get(w.id)!;
-          if ('error' in t) {
+          const w = batch[k]!;
+          const t = loaded[k]!;
+          if (t.status === 'rejected') {
             // The root tree is the snapshot: without it there is nothing to restore.
-            if (!w.dir.parent || !(isCofferError(t.error, 'CORRUPT') || isCofferError(t.error, 'NOT_FOUND'))) throw t.error;
-            damaged.push({ path: w.dir.inner, problem: (t.error as Error).message });
+            if (!w.dir.parent || !(isCofferError(t.reason, 'CORRUPT') || isCofferError(t.reason, 'NOT_FOUND'))) throw t.reason;
+            damaged.push({ path: w.dir.inner, problem: (t.reason as Error).message });
             continue;
           }
-          await walkDir(w, t.tree.nodes, next);
+          await walkDir(w, t.value.nodes, next);
         }
       }
       level = next;

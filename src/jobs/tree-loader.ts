@@ -30,14 +30,17 @@ export class TreeLoader {
   private readonly repo: Repository;
   private readonly decoder: BlobDecoder | undefined;
   private readonly signal: AbortSignal | undefined;
+  private readonly concurrency: number | undefined;
   private readonly entries = new Map<string, Entry>();
   private pending: Array<[string, Entry]> = [];
   private scheduled = false;
 
-  constructor(repo: Repository, options: { decoder?: BlobDecoder; signal?: AbortSignal } = {}) {
+  /** `concurrency`: pack reads in flight per batch (readBlobs' default when not given). */
+  constructor(repo: Repository, options: { decoder?: BlobDecoder; signal?: AbortSignal; concurrency?: number } = {}) {
     this.repo = repo;
     this.decoder = options.decoder;
     this.signal = options.signal;
+    this.concurrency = options.concurrency;
   }
 
   /** Starts loading trees that get() will be asked for soon (once per id listed). */
@@ -127,7 +130,7 @@ export class TreeLoader {
         }
         for (const e of list) 'tree' in outcome ? e.resolve(outcome.tree) : e.reject(outcome.error);
       }
-    }, { signal: this.signal, decoder: this.decoder, maxGap: TREE_GAP }).catch((err: unknown) => {
+    }, { signal: this.signal, decoder: this.decoder, maxGap: TREE_GAP, concurrency: this.concurrency }).catch((err: unknown) => {
       // The whole read failed (backend unreachable, cancelled): every tree not delivered fails
       // (rejecting a settled promise does nothing).
       const error = isCofferError(err) ? err : new CofferError('STORAGE_ERROR', `Cannot read trees: ${(err as Error)?.message ?? String(err)}`, { cause: err });
