@@ -17,6 +17,8 @@ import type { Readable } from 'node:stream';
 import { spawn } from 'node:child_process';
 import ignore, { type Ignore } from 'ignore';
 import { CofferError, isCofferError, throwIfAborted } from '../core/errors.ts';
+import { Limiter } from '../core/limiter.ts';
+import { isAllZero } from '../core/bytes.ts';
 import { chunkId, fromHex, toHex } from '../engine/hash.ts';
 import type { BlobType } from '../engine/format.ts';
 import type { ChunkerParams } from '../engine/chunker.ts';
@@ -125,25 +127,6 @@ export function localHostIdentity(): HostIdentity {
   return { hostname: hostname(), os: platform(), osRelease, arch: arch(), machineId };
 }
 
-class Limiter {
-  private active = 0;
-  private readonly waiters: Array<() => void> = [];
-  private readonly max: number;
-  constructor(max: number) {
-    this.max = max;
-  }
-  async run<T>(fn: () => Promise<T>): Promise<T> {
-    while (this.active >= this.max) await new Promise<void>((r) => this.waiters.push(r));
-    this.active++;
-    try {
-      return await fn();
-    } finally {
-      this.active--;
-      this.waiters.shift()?.();
-    }
-  }
-}
-
 const SLASH = Buffer.from('/');
 const CACHEDIR_SIGNATURE = 'Signature: 8a477f597d28d172789f06886806bc55';
 
@@ -213,19 +196,6 @@ export function treeSegments(path: string): string[] {
     throw new CofferError('USAGE', `Cannot back up ${path}: relative paths must not leave the current directory`, { hint: 'Give an absolute path instead.' });
   }
   return n.split(sep).filter((s) => s !== '' && s !== '.');
-}
-
-function isAllZero(b: Uint8Array): boolean {
-  // Compare 8 bytes at a time where aligned; zero blocks of disk images are the common case.
-  const n = b.length;
-  let i = 0;
-  if (b.byteOffset % 8 === 0) {
-    const w = new BigUint64Array(b.buffer, b.byteOffset, Math.floor(n / 8));
-    for (let k = 0; k < w.length; k++) if (w[k] !== 0n) return false;
-    i = w.length * 8;
-  }
-  for (; i < n; i++) if (b[i] !== 0) return false;
-  return true;
 }
 
 /** The parent snapshot: the newest of this host with the same set of paths. */

@@ -14,13 +14,13 @@
 import { availableParallelism } from 'node:os';
 import { chmodSync, closeSync, constants, fchmodSync, fchownSync, fstatSync, ftruncateSync, lchownSync, openSync, renameSync, rmdirSync, unlinkSync, writeSync } from 'node:fs';
 import { isMainThread, parentPort, Worker, workerData } from 'node:worker_threads';
+import { isAllZero } from '../core/bytes.ts';
 import { CofferError, isCofferError, type ErrorCode } from '../core/errors.ts';
 import type { NodeType } from '../repository/tree.ts';
 import { setTimesNs, writeXattrs, type Xattr } from '../sources/metadata.ts';
 
 const { O_WRONLY, O_CREAT, O_EXCL, O_NOFOLLOW, O_NONBLOCK } = constants;
 const SPARSE_BLOCK = 4096;
-const ZERO = Buffer.alloc(64 * 1024);
 
 /** What applyMeta() needs of a tree node. */
 export interface MetaNode {
@@ -31,15 +31,6 @@ export interface MetaNode {
   mtimeNs: string;
   atimeNs?: string;
   xattrs?: Xattr[];
-}
-
-export function isAllZero(b: Uint8Array, zero: Buffer = ZERO): boolean {
-  const buf = Buffer.from(b.buffer, b.byteOffset, b.byteLength);
-  for (let i = 0; i < buf.length; i += zero.length) {
-    const n = Math.min(zero.length, buf.length - i);
-    if (!buf.subarray(i, i + n).equals(n === zero.length ? zero : zero.subarray(0, n))) return false;
-  }
-  return true;
 }
 
 function writeAll(fd: number, data: Uint8Array, offset: number, length: number, at: number): void {

@@ -26,6 +26,8 @@ import { homedir } from 'node:os';
 import { posix } from 'node:path';
 import { setImmediate as nextTurn } from 'node:timers/promises';
 import { CofferError, isCofferError, throwIfAborted } from '../core/errors.ts';
+import { Limiter } from '../core/limiter.ts';
+import { isAllZero } from '../core/bytes.ts';
 import { fromHex } from '../engine/hash.ts';
 import type { IndexHit } from '../repository/index/chunk-index.ts';
 import type { Repository } from '../repository/repository.ts';
@@ -36,7 +38,7 @@ import { createSpecial } from '../sources/metadata.ts';
 import { localHostIdentity } from './backup.ts';
 import { readBlobs, type BlobDecoder, type BlobResult } from './read-blobs.ts';
 import { TreeLoader } from './tree-loader.ts';
-import { FileWriters, applyMeta as applyMetaTo, deserializeError, isAllZero, type FileHeader, type WriteOp } from './restore-writer.ts';
+import { FileWriters, applyMeta as applyMetaTo, deserializeError, type FileHeader, type WriteOp } from './restore-writer.ts';
 
 // ---- safety: whose data goes where ----------------------------------------------------------
 
@@ -424,23 +426,6 @@ function isFatal(e: unknown): boolean {
   return !isCofferError(e) && !/^E[A-Z0-9]+$/.test(String((e as NodeJS.ErrnoException)?.code));
 }
 
-class Slots {
-  private active = 0;
-  private readonly waiters: Array<() => void> = [];
-  private readonly max: number;
-  constructor(max: number) {
-    this.max = max;
-  }
-  async acquire(): Promise<void> {
-    while (this.active >= this.max) await new Promise<void>((r) => this.waiters.push(r));
-    this.active++;
-  }
-  release(): void {
-    this.active--;
-    this.waiters.shift()?.();
-  }
-}
-
 /** Members of one hard-link group run one after another; the first one written is the source. */
 interface LinkGroup {
   node: TreeNode;
@@ -645,7 +630,7 @@ export async function restore(repo: Repository, source: Snapshot | string, targe
 
   /** Data blobs found to be all zeros: with `sparse` they become holes and are not read again. */
   const zeroIds = new Set<string>();
-  const fileSlots = new Slots(options.fileConcurrency ?? 16);
+  const fileSlots = new Limiter(options.fileConcurrency ?? 16);
   const readOptions = { signal, decoder: options.pool, concurrency: options.blobConcurrency ?? 4 };
 
   /** How an entry that could not be restored counts: damaged data, the end of the restore, or a warning. */
