@@ -13,6 +13,7 @@
 import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
 import { CofferError, throwIfAborted } from '../core/errors.ts';
+import { workerExecArgv } from '../core/worker-argv.ts';
 import type { EncodedBlob } from './blob.ts';
 import { chunkerParamsProblem, type ChunkerParams } from './chunker.ts';
 import { checkLevel } from './compress.ts';
@@ -79,28 +80,6 @@ function workerCount(requested: number | undefined): number {
     return n;
   }
   return Math.max(1, Math.min(MAX_WORKERS, availableParallelism()));
-}
-
-/**
- * Node options for the workers: inherited (undefined) unless the parent ran `node -e` with
- * --input-type, which a worker refuses at start-up; then the same options without those.
- * (An explicit list is avoided otherwise: under `node --test` the parent's execArgv spells out
- * options that a worker cannot take.)
- */
-function workerExecArgv(): string[] | undefined {
-  const argv = process.execArgv;
-  if (!argv.some((a) => a.startsWith('--input-type'))) return undefined;
-  const out: string[] = [];
-  for (let i = 0; i < argv.length; i++) {
-    const a = argv[i]!;
-    if (a === '--input-type' || a === '-e' || a === '--eval' || a === '-p' || a === '--print') {
-      i++;
-      continue;
-    }
-    if (a.startsWith('--input-type=') || a.startsWith('--eval=') || a.startsWith('--print=')) continue;
-    out.push(a);
-  }
-  return out;
 }
 
 function toError(e: SerializedError): CofferError {

@@ -15,6 +15,7 @@ import { availableParallelism } from 'node:os';
 import { chmodSync, closeSync, constants, fchmodSync, fchownSync, fstatSync, ftruncateSync, lchownSync, openSync, renameSync, rmdirSync, unlinkSync, writeSync } from 'node:fs';
 import { isMainThread, parentPort, Worker, workerData } from 'node:worker_threads';
 import { isAllZero } from '../core/bytes.ts';
+import { workerExecArgv } from '../core/worker-argv.ts';
 import { CofferError, isCofferError, type ErrorCode } from '../core/errors.ts';
 import type { NodeType } from '../repository/tree.ts';
 import { setTimesNs, writeXattrs, type Xattr } from '../sources/metadata.ts';
@@ -308,19 +309,6 @@ function runOps(files: FileOps, ops: WriteOp[], blobs: Uint8Array[]): WriteOutco
   });
 }
 
-/** Node options for a writer: inherited, unless the parent ran `node -e` (see pool.ts). */
-function writerExecArgv(): string[] | undefined {
-  const argv = process.execArgv;
-  if (!argv.some((a) => a.startsWith('--input-type'))) return undefined;
-  const out: string[] = [];
-  for (let i = 0; i < argv.length; i++) {
-    const a = argv[i]!;
-    if (a === '--input-type' || a === '-e' || a === '--eval' || a === '-p' || a === '--print') i++;
-    else if (!(a.startsWith('--input-type=') || a.startsWith('--eval=') || a.startsWith('--print='))) out.push(a);
-  }
-  return out;
-}
-
 interface Writer {
   worker: Worker;
   pending: Map<number, { resolve: (o: WriteOutcome[]) => void; reject: (e: unknown) => void }>;
@@ -339,7 +327,7 @@ export class FileWriters {
   constructor(count = Math.min(2, availableParallelism()), asRoot = process.getuid?.() === 0) {
     const init: WriterInit = { cofferRestoreWriter: true, asRoot };
     for (let i = 0; i < Math.max(1, count); i++) {
-      const worker = new Worker(new URL(import.meta.url), { workerData: init, name: `coffer-restore-writer-${i}`, execArgv: writerExecArgv() });
+      const worker = new Worker(new URL(import.meta.url), { workerData: init, name: `coffer-restore-writer-${i}`, execArgv: workerExecArgv() });
       const w: Writer = { worker, pending: new Map() };
       worker.on('message', (m: Reply) => {
         const p = w.pending.get(m.id);
