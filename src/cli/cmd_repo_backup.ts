@@ -6,9 +6,7 @@ import type { Command } from 'commander';
 import cliProgress from 'cli-progress';
 import { CofferError } from '../core/errors.ts';
 import { backup, localHostIdentity, type BackupProgress } from '../jobs/backup.ts';
-import { formatBytes, makePool, output, withRepo } from './context.ts';
-
-const collect = (v: string, prev: string[] = []) => [...prev, v];
+import { collect, formatBytes, makePool, output, withRepo } from './context.ts';
 
 interface BackupCliOptions {
   tag?: string[];

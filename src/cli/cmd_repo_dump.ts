@@ -6,9 +6,7 @@ import type { Command } from 'commander';
 import { CofferError } from '../core/errors.ts';
 import { dumpFile, lookupPath } from '../jobs/browse.ts';
 import { findSnapshot } from '../repository/snapshot.ts';
-import { withRepo } from './context.ts';
-
-const collect = (v: string, prev: string[] = []) => [...prev, v];
+import { withRepo, snapshotSelectionOptions, snapshotFilter, type SnapshotSelection } from './context.ts';
 
 /**
  * Standard output for the browse commands: waits when the reader is slow, and notices when the
@@ -53,15 +51,13 @@ export function stdoutSink(): StdoutSink {
 }
 
 export function register(repo: Command): void {
-  repo
+  const command = repo
     .command('dump <snapshot> <path>')
-    .description("write one file of a snapshot to stdout (e.g. coffer repo dump latest /db.sql | psql)")
-    .option('--host <name>', 'with latest: the newest snapshot of this host')
-    .option('--path <path>', 'with latest: the newest snapshot of this path', collect)
-    .option('--tag <tag>', 'with latest: the newest snapshot with this tag', collect)
-    .action(async (ref: string, path: string, o: { host?: string; path?: string[]; tag?: string[] }, cmd: Command) => {
+    .description("write one file of a snapshot to stdout (e.g. coffer repo dump latest /db.sql | psql)");
+  snapshotSelectionOptions(command, 'latest')
+    .action(async (ref: string, path: string, o: SnapshotSelection, cmd: Command) => {
       await withRepo(cmd, async (r, signal) => {
-        const snap = await findSnapshot(r, ref, { host: o.host, paths: o.path, tags: o.tag }, { signal });
+        const snap = await findSnapshot(r, ref, snapshotFilter(o), { signal });
         await r.loadIndex({ signal });
         const at = await lookupPath(r, snap.snapshot.tree, path, { signal });
         if (!at.node) throw new CofferError('USAGE', 'Cannot dump /: it is the snapshot root, a directory', { hint: 'List it with `coffer repo ls SNAPSHOT`.' });

@@ -3,22 +3,18 @@
 import type { Command } from 'commander';
 import { findInSnapshots, nodeJson } from '../jobs/browse.ts';
 import { loadAllSnapshots, matchesFilter } from '../repository/snapshot.ts';
-import { output, withRepo } from './context.ts';
+import { output, withRepo, snapshotSelectionOptions, snapshotFilter, type SnapshotSelection } from './context.ts';
 import { stdoutSink } from './cmd_repo_dump.ts';
 
-const collect = (v: string, prev: string[] = []) => [...prev, v];
-
 export function register(repo: Command): void {
-  repo
+  const command = repo
     .command('find <pattern>')
-    .description('find entries by name or glob in every snapshot ("*.sql"; with a "/", a path from the root: "/home/*/notes.txt")')
-    .option('--host <name>', 'only snapshots of this host')
-    .option('--path <path>', 'only snapshots of this path (repeatable)', collect)
-    .option('--tag <tag>', 'only snapshots with this tag (repeatable)', collect)
-    .action(async (pattern: string, o: { host?: string; path?: string[]; tag?: string[] }, cmd: Command) => {
+    .description('find entries by name or glob in every snapshot ("*.sql"; with a "/", a path from the root: "/home/*/notes.txt")');
+  snapshotSelectionOptions(command, 'filter')
+    .action(async (pattern: string, o: SnapshotSelection, cmd: Command) => {
       const out = output(cmd);
       await withRepo(cmd, async (r, signal) => {
-        const snaps = (await loadAllSnapshots(r, { signal })).filter((s) => matchesFilter(s.snapshot, { host: o.host, paths: o.path, tags: o.tag }));
+        const snaps = (await loadAllSnapshots(r, { signal })).filter((s) => matchesFilter(s.snapshot, snapshotFilter(o)));
         await r.loadIndex({ signal });
         let matches = 0;
         const seen = new Set<string>();

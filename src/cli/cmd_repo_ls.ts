@@ -5,10 +5,8 @@ import type { Command } from 'commander';
 import { listSnapshot, modeString, nodeJson, nodeTime } from '../jobs/browse.ts';
 import { findSnapshot } from '../repository/snapshot.ts';
 import type { TreeNode } from '../repository/tree.ts';
-import { output, withRepo } from './context.ts';
+import { output, withRepo, snapshotSelectionOptions, snapshotFilter, type SnapshotSelection } from './context.ts';
 import { stdoutSink } from './cmd_repo_dump.ts';
-
-const collect = (v: string, prev: string[] = []) => [...prev, v];
 
 function longLine(path: string, n: TreeNode): string {
   const owner = `${n.user ?? n.uid}/${n.group ?? n.gid}`;
@@ -18,18 +16,16 @@ function longLine(path: string, n: TreeNode): string {
 }
 
 export function register(repo: Command): void {
-  repo
+  const command = repo
     .command('ls <snapshot> [path]')
     .description('list the entries of a directory in a snapshot ("latest" or an id)')
     .option('-R, --recursive', 'list everything below the directory')
-    .option('-l, --long', 'show mode, owner, size and modification time')
-    .option('--host <name>', 'with latest: the newest snapshot of this host')
-    .option('--path <path>', 'with latest: the newest snapshot of this path', collect)
-    .option('--tag <tag>', 'with latest: the newest snapshot with this tag', collect)
-    .action(async (ref: string, path: string | undefined, o: { recursive?: boolean; long?: boolean; host?: string; path?: string[]; tag?: string[] }, cmd: Command) => {
+    .option('-l, --long', 'show mode, owner, size and modification time');
+  snapshotSelectionOptions(command, 'latest')
+    .action(async (ref: string, path: string | undefined, o: { recursive?: boolean; long?: boolean } & SnapshotSelection, cmd: Command) => {
       const out = output(cmd);
       await withRepo(cmd, async (r, signal) => {
-        const snap = await findSnapshot(r, ref, { host: o.host, paths: o.path, tags: o.tag }, { signal });
+        const snap = await findSnapshot(r, ref, snapshotFilter(o), { signal });
         await r.loadIndex({ signal });
         const sink = stdoutSink();
         for await (const { path: p, node } of listSnapshot(r, snap.snapshot.tree, path ?? '/', { signal, recursive: o.recursive })) {

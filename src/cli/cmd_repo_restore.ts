@@ -7,11 +7,9 @@ import { CofferError } from '../core/errors.ts';
 import { localHostIdentity } from '../jobs/backup.ts';
 import { OVERWRITE_POLICIES, checkRestoreTarget, describeHost, restore, type OverwritePolicy, type RestoreCounts, type RestoreEntry } from '../jobs/restore.ts';
 import { findSnapshot } from '../repository/snapshot.ts';
-import { formatBytes, makePool, output, parseIntOption, withRepo } from './context.ts';
+import { collect, formatBytes, makePool, output, parseIntOption, withRepo, snapshotSelectionOptions, snapshotFilter, type SnapshotSelection } from './context.ts';
 
-const collect = (v: string, prev: string[] = []) => [...prev, v];
-
-interface RestoreCliOptions {
+interface RestoreCliOptions extends SnapshotSelection {
   target: string;
   include?: string[];
   exclude?: string[];
@@ -22,9 +20,6 @@ interface RestoreCliOptions {
   sparse: boolean;
   verbose?: boolean;
   parallel?: string;
-  host?: string;
-  path?: string[];
-  tag?: string[];
 }
 
 function counts(c: RestoreCounts): string {
@@ -42,7 +37,7 @@ const VERBS: Record<RestoreEntry['action'], [now: string, dry: string]> = {
 };
 
 export function register(repo: Command): void {
-  repo
+  const command = repo
     .command('restore <snapshot>')
     .description('restore a snapshot ("latest" or an id), or paths of it, into a directory (--target / puts files back in place)')
     .requiredOption('--target <dir>', 'directory to restore into (created if missing); / restores in place')
@@ -54,10 +49,8 @@ export function register(repo: Command): void {
     .option('--confirm-host <name>', "this host's name: required with --force, and checked whenever given")
     .option('--no-sparse', 'write zeros instead of holes (e.g. for swap files)')
     .option('-v, --verbose', 'list every entry restored')
-    .option('--parallel <n>', 'entries prepared at once (default 16)')
-    .option('--host <name>', 'with latest: the newest snapshot of this host')
-    .option('--path <path>', 'with latest: the newest snapshot of this path', collect)
-    .option('--tag <tag>', 'with latest: the newest snapshot with this tag', collect)
+    .option('--parallel <n>', 'entries prepared at once (default 16)');
+  snapshotSelectionOptions(command, 'latest')
     .action(async (ref: string, o: RestoreCliOptions, cmd: Command) => {
       const out = output(cmd);
       if (!(OVERWRITE_POLICIES as readonly string[]).includes(o.overwrite)) {
@@ -67,7 +60,7 @@ export function register(repo: Command): void {
       // A reader that goes away (`--dry-run | head`) must not kill a restore halfway through.
       process.stdout.on('error', () => {});
       await withRepo(cmd, async (r, signal) => {
-        const snap = await findSnapshot(r, ref, { host: o.host, paths: o.path, tags: o.tag }, { signal });
+        const snap = await findSnapshot(r, ref, snapshotFilter(o), { signal });
         const source = snap.snapshot.host;
         const here = localHostIdentity();
         // Whose data goes where, before the safety check can refuse and before any write.

@@ -3,21 +3,17 @@ import type { Command } from 'commander';
 import { CofferError } from '../core/errors.ts';
 import { SNAPSHOTS_PREFIX } from '../repository/layout.ts';
 import { findSnapshot, loadAllSnapshots, matchesFilter } from '../repository/snapshot.ts';
-import { formatBytes, output, parseIntOption, withRepo } from './context.ts';
-
-const collect = (v: string, prev: string[] = []) => [...prev, v];
+import { formatBytes, output, parseIntOption, withRepo, snapshotSelectionOptions, snapshotFilter, type SnapshotSelection } from './context.ts';
 
 export function register(repo: Command): void {
-  repo
+  const command = repo
     .command('snapshots')
-    .description('list snapshots')
-    .option('--host <name>', 'only snapshots of this host')
-    .option('--path <path>', 'only snapshots of this path (repeatable)', collect)
-    .option('--tag <tag>', 'only snapshots with this tag (repeatable)', collect)
-    .action(async (o: { host?: string; path?: string[]; tag?: string[] }, cmd: Command) => {
+    .description('list snapshots');
+  snapshotSelectionOptions(command, 'filter')
+    .action(async (o: SnapshotSelection, cmd: Command) => {
       const out = output(cmd);
       await withRepo(cmd, async (r, signal) => {
-        const all = (await loadAllSnapshots(r, { signal })).filter((s) => matchesFilter(s.snapshot, { host: o.host, paths: o.path, tags: o.tag }));
+        const all = (await loadAllSnapshots(r, { signal })).filter((s) => matchesFilter(s.snapshot, snapshotFilter(o)));
         out.result(all.map((s) => ({ id: s.id, ...s.snapshot })), () => [
           'ID            Time                      Host              Paths',
           ...all.map((s) => `${s.id.slice(0, 12)}  ${s.snapshot.time.padEnd(24)}  ${s.snapshot.host.hostname.padEnd(16)}  ${s.snapshot.paths.join(', ')}${s.snapshot.summary ? `  (${formatBytes(s.snapshot.summary.bytesScanned)})` : ''}`),

@@ -9,6 +9,7 @@ import type { Backend } from '../storage/backend.ts';
 import { openBackend } from '../storage/url.ts';
 import { RetryBackend } from '../storage/retry.ts';
 import { Repository, type OpenOptions } from '../repository/repository.ts';
+import type { SnapshotFilter } from '../repository/snapshot.ts';
 import { WorkerPool } from '../engine/pool.ts';
 
 export interface GlobalOptions {
@@ -198,4 +199,34 @@ export function parseIntOption(name: string, value: string, min: number, max: nu
   const n = Number(value);
   if (!Number.isInteger(n) || n < min || n > max) throw new CofferError('USAGE', `Cannot use ${name} ${JSON.stringify(value)}: give a whole number from ${min} to ${max}`);
   return n;
+}
+
+/** Collects a repeatable option's values (commander's `.option(..., collect)`). */
+export const collect = (v: string, prev: string[] = []): string[] => [...prev, v];
+
+/** What --host, --path and --tag gave. */
+export interface SnapshotSelection {
+  host?: string;
+  path?: string[];
+  tag?: string[];
+}
+
+/**
+ * Adds --host, --path and --tag: which snapshot `latest` means (`use` 'latest'), or which
+ * snapshots a listing covers ('filter').
+ */
+export function snapshotSelectionOptions(cmd: Command, use: 'latest' | 'filter'): Command {
+  return use === 'latest'
+    ? cmd
+        .option('--host <name>', 'with latest: the newest snapshot of this host')
+        .option('--path <path>', 'with latest: the newest snapshot of this path', collect)
+        .option('--tag <tag>', 'with latest: the newest snapshot with this tag', collect)
+    : cmd
+        .option('--host <name>', 'only snapshots of this host')
+        .option('--path <path>', 'only snapshots of this path (repeatable)', collect)
+        .option('--tag <tag>', 'only snapshots with this tag (repeatable)', collect);
+}
+
+export function snapshotFilter(o: SnapshotSelection): SnapshotFilter {
+  return { host: o.host, paths: o.path, tags: o.tag };
 }
