@@ -92,10 +92,7 @@ function cancelled(signal: AbortSignal): CofferError {
 
 const isShared = (u: Uint8Array): boolean => typeof SharedArrayBuffer !== 'undefined' && u.buffer instanceof SharedArrayBuffer;
 
-/**
- * The ids of `items` back to back in one buffer, and their pack keys once each (by content: a
- * batch rarely spans more than a few packs).
- */
+/** The ids of `items` back to back in one buffer, and their pack keys once each. */
 function packIdsAndKeys(items: ReadonlyArray<{ id: Uint8Array; packKey: Uint8Array }>): { ids: Uint8Array; keys: Uint8Array[]; keyOf: (k: Uint8Array) => number } {
   const ids = new Uint8Array(items.length * ID_SIZE);
   items.forEach((it, i) => {
@@ -103,12 +100,13 @@ function packIdsAndKeys(items: ReadonlyArray<{ id: Uint8Array; packKey: Uint8Arr
     ids.set(it.id, i * ID_SIZE);
   });
   const keys: Uint8Array[] = [];
-  const byHex = new Map<string, number>();
+  // By identity: the items of one pack share its key object (no hex string per item). An equal
+  // key in another object is only sent twice.
+  const byObject = new Map<Uint8Array, number>();
   const keyOf = (k: Uint8Array): number => {
-    const hex = Buffer.from(k.buffer, k.byteOffset, k.byteLength).toString('hex');
-    let i = byHex.get(hex);
+    let i = byObject.get(k);
     if (i === undefined) {
-      byHex.set(hex, (i = keys.length));
+      byObject.set(k, (i = keys.length));
       keys.push(copyOf(k));
     }
     return i;
