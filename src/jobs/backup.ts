@@ -30,7 +30,7 @@ import { encodeTree, type Tree, type TreeNode } from '../repository/tree.ts';
 import { loadAllSnapshots, saveSnapshot, type HostIdentity, type Snapshot, type SnapshotRef, type SnapshotSummary } from '../repository/snapshot.ts';
 import { loadCondemned } from '../repository/prune.ts';
 import { readXattrs, dataRegions } from '../sources/metadata.ts';
-import { scanDir, type DirEntry, type EntryStat } from '../sources/scan.ts';
+import { childPath, scanDir, type DirEntry, type EntryStat } from '../sources/scan.ts';
 import type { BlobDecoder } from './read-blobs.ts';
 import { TreeLoader } from './tree-loader.ts';
 
@@ -127,7 +127,6 @@ export function localHostIdentity(): HostIdentity {
   return { hostname: hostname(), os: platform(), osRelease, arch: arch(), machineId };
 }
 
-const SLASH = Buffer.from('/');
 const CACHEDIR_SIGNATURE = 'Signature: 8a477f597d28d172789f06886806bc55';
 
 /** A name as the tree stores it: UTF-8 when it is, else bytes in rawName. */
@@ -365,7 +364,7 @@ export async function backup(repo: Repository, pool: BackupPool, paths: string[]
     const dirExcludedByMarker = async (path: Buffer): Promise<string | undefined> => {
       if (options.excludeCaches) {
         try {
-          const fh = await open(Buffer.concat([path, SLASH, Buffer.from('CACHEDIR.TAG')]), 'r');
+          const fh = await open(childPath(path, Buffer.from('CACHEDIR.TAG')), 'r');
           try {
             const head = Buffer.alloc(CACHEDIR_SIGNATURE.length);
             await fh.read(head, 0, head.length, 0);
@@ -379,7 +378,7 @@ export async function backup(repo: Repository, pool: BackupPool, paths: string[]
       }
       for (const name of options.excludeIfPresent ?? []) {
         try {
-          await lstat(Buffer.concat([path, SLASH, Buffer.from(name)]));
+          await lstat(childPath(path, Buffer.from(name)));
           return name;
         } catch {
           /* not present */
@@ -455,10 +454,9 @@ export async function backup(repo: Repository, pool: BackupPool, paths: string[]
           return undefined;
         }
         const prevChildren = await loadParentChildren(prev);
-        const base = path.length === 1 && path[0] === 0x2f ? path : Buffer.concat([path, SLASH]);
         const children = await Promise.all(entries.map((en) => {
           const key = treeName(en.name);
-          return visit(ctx, Buffer.concat([base, en.name]), en.name, prevChildren?.get(key.rawName ?? key.name), en);
+          return visit(ctx, childPath(path, en.name), en.name, prevChildren?.get(key.rawName ?? key.name), en);
         }));
         progress.dirs++;
         const kept = children.filter((c): c is TreeNode => c !== undefined);
@@ -572,7 +570,6 @@ export async function backup(repo: Repository, pool: BackupPool, paths: string[]
         if (segs.length === 0) {
           // "." (or "/"): the directory's entries go to the root.
           if (!st.isDirectory()) throw new CofferError('USAGE', `Cannot back up ${p} as the root: it is not a directory`);
-          const base = abs === sep ? Buffer.from(abs) : Buffer.from(abs + sep);
           let entries: DirEntry[];
           try {
             entries = await scanDir(Buffer.from(abs));
@@ -581,7 +578,7 @@ export async function backup(repo: Repository, pool: BackupPool, paths: string[]
           }
           for (const en of entries) {
             const key = treeName(en.name);
-            const node = await visit(ctx, Buffer.concat([base, en.name]), en.name, root.prev?.get(key.rawName ?? key.name), en);
+            const node = await visit(ctx, childPath(Buffer.from(abs), en.name), en.name, root.prev?.get(key.rawName ?? key.name), en);
             if (node) root.children.set(key.rawName ?? key.name, node);
           }
           continue;

@@ -35,6 +35,7 @@ import type { HostIdentity, Snapshot } from '../repository/snapshot.ts';
 import { nameBytes, type NodeType, type TreeNode } from '../repository/tree.ts';
 import { Session } from '../repository/session.ts';
 import { createSpecial } from '../sources/metadata.ts';
+import { childPath } from '../sources/scan.ts';
 import { localHostIdentity } from './backup.ts';
 import { readBlobs, type BlobDecoder, type BlobResult } from './read-blobs.ts';
 import { TreeLoader } from './tree-loader.ts';
@@ -356,13 +357,8 @@ export interface RestoreResult {
 const zeroCounts = (): RestoreCounts => ({ files: 0, dirs: 0, symlinks: 0, hardlinks: 0, special: 0, bytes: 0 });
 
 const isRoot = process.getuid?.() === 0;
-const SLASH = Buffer.from('/');
 const TMP_PREFIX = '.coffer-restore-';
 const { O_WRONLY, O_CREAT, O_EXCL, O_NOFOLLOW, O_NONBLOCK, O_RDONLY, O_DIRECTORY } = constants;
-
-function childPath(dir: Buffer, name: Buffer): Buffer {
-  return dir.length === 1 && dir[0] === 0x2f ? Buffer.concat([SLASH, name]) : Buffer.concat([dir, SLASH, name]);
-}
 
 // Random bytes for temporary names, drawn in bulk: one randomBytes() call per file was a
 // noticeable part of restoring many small files.

@@ -117,7 +117,7 @@ export function scanDir(path: Buffer, options: { native?: boolean } = {}): Promi
         at = end + 1;
         const o = i * SCAN_FIELDS;
         const errno = Number(stats![o + ERRNO]);
-        if (errno !== 0) out.push({ name, error: entryError(errno, joinPath(path, name)), mayHaveXattrs: true });
+        if (errno !== 0) out.push({ name, error: entryError(errno, childPath(path, name)), mayHaveXattrs: true });
         else out.push({ name, stat: new NativeStat(stats!, o), mayHaveXattrs: stats![o + XATTR_BYTES] !== 0n });
       }
       resolve(out);
@@ -125,8 +125,11 @@ export function scanDir(path: Buffer, options: { native?: boolean } = {}): Promi
   });
 }
 
-function joinPath(dir: Buffer, name: Buffer): Buffer {
-  return dir.length === 1 && dir[0] === SLASH ? Buffer.concat([dir, name]) : Buffer.concat([dir, Buffer.from('/'), name]);
+const SLASH_BYTES = Buffer.from('/');
+
+/** The path of entry `name` in directory `dir` (paths as bytes; `/` has no second slash). */
+export function childPath(dir: Buffer, name: Buffer): Buffer {
+  return dir.length === 1 && dir[0] === SLASH ? Buffer.concat([dir, name]) : Buffer.concat([dir, SLASH_BYTES, name]);
 }
 
 async function scanDirPortable(path: Buffer): Promise<DirEntry[]> {
@@ -135,7 +138,7 @@ async function scanDirPortable(path: Buffer): Promise<DirEntry[]> {
   const names = (await readdir(path, { encoding: 'buffer' })).sort(Buffer.compare);
   return Promise.all(names.map(async (name): Promise<DirEntry> => {
     try {
-      return { name, stat: await lstat(joinPath(path, name), { bigint: true }), mayHaveXattrs: true };
+      return { name, stat: await lstat(childPath(path, name), { bigint: true }), mayHaveXattrs: true };
     } catch (e) {
       return { name, error: e as Error, mayHaveXattrs: true };
     }
