@@ -79,6 +79,18 @@ function owned(b: Uint8Array): Uint8Array {
   return copy;
 }
 
+/** The buffers back to back in one new buffer; each is freed at once (see release()). */
+function joinAndRelease(parts: readonly Uint8Array[]): Uint8Array<ArrayBuffer> {
+  const out = new Uint8Array(parts.reduce((n, b) => n + b.length, 0));
+  let o = 0;
+  for (const b of parts) {
+    out.set(b, o);
+    o += b.length;
+    release(b);
+  }
+  return out;
+}
+
 function serialize(e: unknown): SerializedError {
   if (isCofferError(e)) return { code: e.code, message: e.message, hint: e.hint, details: e.details };
   const message = e instanceof Error ? e.message : String(e);
@@ -120,7 +132,6 @@ function main(): void {
           const out: Buffer[] = [];
           const lengths = new Float64Array(n);
           const compressed = new Uint8Array(n);
-          let total = 0;
           for (let i = 0; i < n; i++) {
             const k = i * ENCODE_COLS;
             const type = blobTypeFromCode(c[k]!);
@@ -131,15 +142,8 @@ function main(): void {
             out.push(b.stored);
             lengths[i] = b.stored.length;
             compressed[i] = b.compressed ? 1 : 0;
-            total += b.stored.length;
           }
-          const stored = new Uint8Array(total);
-          let o = 0;
-          for (const b of out) {
-            stored.set(b, o);
-            o += b.length;
-            release(b);
-          }
+          const stored = joinAndRelease(out);
           done(req.raws);
           reply = { spent, id: req.id, ok: true, op: 'encode', stored, lengths, compressed };
           transfer.push(stored.buffer, lengths.buffer, compressed.buffer);
@@ -159,13 +163,7 @@ function main(): void {
           }
           done(req.data);
           if (out.every((b) => b.length <= JOIN_MAX)) {
-            const joined = new Uint8Array(out.reduce((n, b) => n + b.length, 0));
-            let o = 0;
-            for (const b of out) {
-              joined.set(b, o);
-              o += b.length;
-              release(b);
-            }
+            const joined = joinAndRelease(out);
             transfer.push(joined.buffer);
             reply = { spent, id: req.id, ok: true, op: 'decode', joined };
           } else {
