@@ -1,8 +1,9 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { zstdCompressSync } from 'node:zlib';
+import { constants, zstdCompressSync, zstdDecompressSync } from 'node:zlib';
 import { isCofferError } from '../core/errors.ts';
 import { randomBytes, textBytes } from '../testing/random.ts';
+import { nativeZstd } from './addon.ts';
 import { compress, decompress } from './compress.ts';
 
 const corrupt = (e: unknown) => isCofferError(e, 'CORRUPT');
@@ -61,5 +62,28 @@ describe('compress', () => {
     assert.throws(() => decompress(bomb, 1000), corrupt);
     assert.ok(Date.now() - t < 2000);
     assert.ok(process.memoryUsage().arrayBuffers - before < 16 << 20);
+  });
+
+  it('uses the addon (built by npm ci), whose frames are the ones node:zlib writes and reads', () => {
+    const z = nativeZstd();
+    assert.ok(z, 'the native addon with zstd is there');
+    for (const [seed, n] of [[8, 1], [9, 4096], [10, 300_000], [11, 1 << 20]] as const) {
+      const raw = textBytes(seed, n);
+      for (const level of [1, 3, 9]) {
+        const params = { [constants.ZSTD_c_compressionLevel]: level, [constants.ZSTD_c_checksumFlag]: 0 };
+        const viaZlib = zstdCompressSync(raw, { params });
+        const viaAddon = z.zstdCompress(raw, level);
+        if (viaAddon === null) {
+          assert.ok(viaZlib.length >= raw.length, `${n} bytes: null only when it does not shrink`);
+          continue;
+        }
+        assert.deepEqual(viaAddon, viaZlib, `${n} bytes at level ${level}: the same frame`);
+        assert.deepEqual(zstdDecompressSync(viaAddon), raw);
+        assert.deepEqual(z.zstdDecompress(viaZlib, raw.length), raw);
+      }
+    }
+    // Random data never comes back "compressed", however the output buffer was sized before.
+    assert.equal(z.zstdCompress(randomBytes(12, 1 << 20), 3), null);
+    assert.ok(z.zstdCompress(textBytes(13, 1 << 20), 3)!.length < 1 << 20);
   });
 });

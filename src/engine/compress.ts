@@ -1,7 +1,10 @@
-// zstd compression of blobs and objects, via node:zlib. Blobs that do not shrink are stored raw,
-// which also keeps already-compressed data from paying the decompression cost on restore.
+// zstd compression of blobs and objects. Blobs that do not shrink are stored raw, which also
+// keeps already-compressed data from paying the decompression cost on restore. The native addon
+// (addon.ts) reuses one zstd context per thread; without it, node:zlib builds one per call.
+// Both write the same frames (content size recorded, no checksum).
 import { constants, zstdCompressSync, zstdDecompressSync } from 'node:zlib';
 import { CofferError } from '../core/errors.ts';
+import { nativeZstd } from './addon.ts';
 
 export const MIN_LEVEL = -7;
 export const MAX_LEVEL = 22;
@@ -19,6 +22,8 @@ export function checkLevel(level: number): void {
 export function compress(raw: Uint8Array, level: number): Buffer | null {
   checkLevel(level);
   if (raw.length === 0) return null;
+  const z = nativeZstd();
+  if (z) return z.zstdCompress(raw, level);
   const out = zstdCompressSync(raw, {
     params: {
       [constants.ZSTD_c_compressionLevel]: level,
@@ -32,6 +37,8 @@ export function compress(raw: Uint8Array, level: number): Buffer | null {
 // Output buffers are allocated whole: an output-sized chunkSize makes decompression 1.2-1.8x
 // faster (DESIGN). Above this, stream in pieces of this size instead.
 const MAX_CHUNK = 256 << 20;
+/** The addon decompresses into one buffer of up to this many bytes (blobs are far smaller). */
+const NATIVE_MAX = 0xffffffff;
 
 /**
  * Decompresses one zstd frame that must expand to exactly `rawLength` bytes. Anything else
@@ -42,7 +49,9 @@ export function decompress(data: Uint8Array, rawLength: number): Buffer {
     throw new CofferError('CORRUPT', `Cannot decompress: bad expected length ${String(rawLength)}`);
   }
   let out: Buffer;
+  const z = nativeZstd();
   try {
+    if (z && rawLength <= NATIVE_MAX) return z.zstdDecompress(data, rawLength);
     out = zstdDecompressSync(data, {
       // maxOutputLength must be ≥ 1; a frame expanding to one byte more than expected is caught
       // below as a length mismatch.

@@ -6,9 +6,9 @@
 
 import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
-import { fileURLToPath } from 'node:url';
 import { CofferError } from '../core/errors.ts';
 import type { ErrorCode } from '../core/errors.ts';
+import { NATIVE_MODULE_PATH } from '../engine/addon.ts';
 
 /** A path as node:fs takes it: a string, or a Buffer for names that are not valid UTF-8. */
 export type PathArg = string | Buffer;
@@ -43,8 +43,7 @@ export interface NativeBinding {
   readonly XATTR_REPLACE: number;
 }
 
-/** Where `npm ci` puts the addon. */
-export const NATIVE_MODULE_PATH = fileURLToPath(new URL('../../build/Release/coffer_native.node', import.meta.url));
+export { NATIVE_MODULE_PATH };
 
 // What each function is for, for the "Cannot <action>" message when the addon is missing.
 const ACTIONS: Record<Exclude<keyof NativeBinding, 'XATTR_CREATE' | 'XATTR_REPLACE'>, string> = {
