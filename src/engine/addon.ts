@@ -1,7 +1,8 @@
 // Where the native addon lives (src/native/coffer_native.c, built by node-gyp when `npm ci`
-// runs), and the engine's own use of it: zstd with one reused context per thread. The file-system
-// functions are loaded and wrapped by sources/native.ts; this layer needs only the codec, and
-// works without the addon (compress.ts then uses node:zlib).
+// runs), and the engine's own use of it: zstd with one reused context per thread, and read-ahead
+// advice for the files a worker is about to read. The file-system functions for fidelity are
+// loaded and wrapped by sources/native.ts; this layer works without the addon (compress.ts then
+// uses node:zlib, and reads get no advice).
 import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
@@ -16,19 +17,40 @@ export interface NativeZstd {
   zstdDecompress(data: Uint8Array, rawLength: number): Buffer;
 }
 
-let zstd: NativeZstd | null | undefined;
+interface EngineAddon extends Partial<NativeZstd> {
+  zstdAvailable?: () => boolean;
+  willNeed?: (fd: number) => void;
+}
 
-/** The addon's zstd functions, or null when the addon or the zstd symbols are missing. */
-export function nativeZstd(): NativeZstd | null {
-  if (zstd !== undefined) return zstd;
-  zstd = null;
-  if (process.platform === 'linux' && process.env.COFFER_NATIVE_ZSTD !== '0' && existsSync(NATIVE_MODULE_PATH)) {
+let addon: EngineAddon | null | undefined;
+
+function load(): EngineAddon | null {
+  if (addon !== undefined) return addon;
+  addon = null;
+  if (process.platform === 'linux' && existsSync(NATIVE_MODULE_PATH)) {
     try {
-      const m = createRequire(import.meta.url)(NATIVE_MODULE_PATH) as Partial<NativeZstd> & { zstdAvailable?: () => boolean };
-      if (typeof m.zstdAvailable === 'function' && m.zstdAvailable() && m.zstdCompress && m.zstdDecompress) zstd = m as NativeZstd;
+      addon = createRequire(import.meta.url)(NATIVE_MODULE_PATH) as EngineAddon;
     } catch {
-      /* sources/native.ts reports a broken addon where it matters; the codec falls back */
+      /* sources/native.ts reports a broken addon where it matters; the engine falls back */
     }
   }
+  return addon;
+}
+
+let zstd: NativeZstd | null | undefined;
+
+/**
+ * The addon's zstd functions, or null when the addon or the zstd symbols are missing (or
+ * COFFER_NATIVE_ZSTD=0, to compare with node:zlib).
+ */
+export function nativeZstd(): NativeZstd | null {
+  if (zstd !== undefined) return zstd;
+  const m = load();
+  zstd = m && process.env.COFFER_NATIVE_ZSTD !== '0' && m.zstdAvailable?.() && m.zstdCompress && m.zstdDecompress ? (m as NativeZstd) : null;
   return zstd;
+}
+
+/** Asks the kernel to start reading file `fd` into the page cache (a no-op without the addon). */
+export function willNeed(fd: number): void {
+  load()?.willNeed?.(fd);
 }

