@@ -9,7 +9,6 @@ import { CofferError } from '../core/errors.ts';
 import type { Backend } from './backend.ts';
 import { LocalBackend } from './local.ts';
 import { MemoryBackend } from './memory.ts';
-import { S3Backend } from './s3.ts';
 import type { S3BackendOptions } from './s3.ts';
 
 export type BackendSpec =
@@ -146,6 +145,9 @@ export async function openBackend(url: string, options: OpenBackendOptions = {})
           hint: 'Set both, or neither to use an AWS profile or instance role.',
         });
       }
+      // The AWS SDK is loaded only for S3 repositories: it adds ~33 MB of RSS and 0.07 s of
+      // start-up to every command on a local one.
+      const { S3Backend } = await import('./s3.ts');
       return new S3Backend({
         ...options.s3,
         bucket: spec.bucket,
