@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
+import { execFileSync } from 'node:child_process';
 import { constants, zstdCompressSync, zstdDecompressSync } from 'node:zlib';
 import { isCofferError } from '../core/errors.ts';
 import { randomBytes, textBytes } from '../testing/random.ts';
@@ -85,5 +86,22 @@ describe('compress', () => {
     // Random data never comes back "compressed", however the output buffer was sized before.
     assert.equal(z.zstdCompress(randomBytes(12, 1 << 20), 3), null);
     assert.ok(z.zstdCompress(textBytes(13, 1 << 20), 3)!.length < 1 << 20);
+  });
+
+  it('falls back to node:zlib without the addon (COFFER_NATIVE_ZSTD=0), reading the same frames', () => {
+    const raw = textBytes(14, 200_000);
+    const frame = compress(raw, 3)!;
+    const script = `
+      import { compress, decompress } from ${JSON.stringify(new URL('./compress.ts', import.meta.url).href)};
+      import { nativeZstd } from ${JSON.stringify(new URL('./addon.ts', import.meta.url).href)};
+      const frame = Buffer.from(process.argv[1], 'base64');
+      const raw = decompress(frame, Number(process.argv[2]));
+      const again = compress(raw, 3);
+      process.stdout.write(JSON.stringify({ native: nativeZstd() !== null, same: again.equals(frame), length: raw.length }));`;
+    const out = execFileSync(process.execPath, ['--input-type=module', '-e', script, frame.toString('base64'), String(raw.length)], {
+      env: { ...process.env, COFFER_NATIVE_ZSTD: '0' },
+      encoding: 'utf8',
+    });
+    assert.deepEqual(JSON.parse(out), { native: false, same: true, length: raw.length });
   });
 });
