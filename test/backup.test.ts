@@ -3,9 +3,10 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
-import { appendFile, mkdir, writeFile, open as fsOpen, truncate, symlink, unlink } from 'node:fs/promises';
+import { appendFile, mkdir, readFile, stat, writeFile, open as fsOpen, truncate, symlink, unlink } from 'node:fs/promises';
 import { isCofferError } from '../src/core/errors.ts';
 import { backup } from '../src/jobs/backup.ts';
+import { restore } from '../src/jobs/restore.ts';
 import { loadAllSnapshots } from '../src/repository/snapshot.ts';
 import { loadTree } from '../src/repository/walk.ts';
 import type { Repository } from '../src/repository/repository.ts';
@@ -170,6 +171,41 @@ describe('backup', () => {
     assert.equal(n?.content?.length, 8, 'one chunk per 1 MiB block');
     // Two blocks with data and one zero block: the other five zero blocks are the same blob.
     assert.ok(r.summary.bytesNew <= 3 * 1024 * 1024 + 4096, `${r.summary.bytesNew} new bytes`);
+  });
+
+  it('images cut content-defined (--image-chunking cdc) find data at other offsets; restored images are the same bytes', async (t) => {
+    const dir = await tempDir(t);
+    const data = randomBytes(7, 3 * 1024 * 1024);
+    const a = join(dir, 'a.img');
+    const b = join(dir, 'b.img');
+    // The same 3 MiB in both images, at offset 0 in one and 12 KiB in the other (block-aligned
+    // for a file system, not for 1 MiB chunks); both 8 MiB with the rest a hole.
+    for (const [path, at] of [[a, 0], [b, 12 * 1024]] as const) {
+      const fh = await fsOpen(path, 'w');
+      await fh.write(data, 0, data.length, at);
+      await fh.close();
+      await truncate(path, 8 * 1024 * 1024);
+    }
+    const tr = await makeTestRepo();
+    t.after(() => tr.close());
+    const fixed = await backup(tr.repo, tr.pool, [a, b], { images: true, parent: 'none' });
+    assert.ok(fixed.summary.bytesNew > 5 * 1024 * 1024, `fixed blocks store the data twice: ${fixed.summary.bytesNew} new bytes`);
+    const tr2 = await makeTestRepo();
+    t.after(() => tr2.close());
+    const cdc = await backup(tr2.repo, tr2.pool, [a, b], { images: true, imageChunking: 'cdc', parent: 'none' });
+    assert.ok(cdc.summary.bytesNew < 4.5 * 1024 * 1024, `content-defined chunks store it about once: ${cdc.summary.bytesNew} new bytes`);
+    for (const img of [a, b]) {
+      const n = await nodeAt(tr2.repo, cdc.snapshot.tree, img);
+      assert.equal(n?.size, 8 * 1024 * 1024);
+      assert.equal(n?.sparse, true, 'the zero tail makes it sparse');
+    }
+    const out = join(dir, 'out');
+    await restore(tr2.repo, cdc.snapshot, out);
+    for (const img of [a, b]) {
+      const back = join(out, img);
+      assert.deepEqual(await readFile(back), await readFile(img), `${img} comes back byte for byte`);
+      assert.ok((await stat(back)).blocks * 512 < 8 * 1024 * 1024, 'and sparse');
+    }
   });
 
   it('Ctrl-C stops cleanly with exit code 130 and the next run reuses what was uploaded', async (t) => {

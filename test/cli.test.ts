@@ -47,6 +47,12 @@ describe('coffer CLI', () => {
     assert.equal(r2.code, 2);
     assert.match(r2.stderr, /no --repo given/);
     assert.doesNotMatch(r2.stderr, /at .*\.ts:\d+/, 'no stack trace without --debug');
+    const r3 = await runCli(['repo', 'backup', '--repo', '/nonexistent', '--image', '--image-chunking', 'rolling', '/x.img']);
+    assert.equal(r3.code, 2);
+    assert.match(r3.stderr, /--image-chunking "rolling": give fixed or cdc/);
+    const r4 = await runCli(['repo', 'backup', '--repo', '/nonexistent', '--image-chunking', 'cdc', '/x']);
+    assert.equal(r4.code, 2);
+    assert.match(r4.stderr, /without --image/);
   });
 
   it('init, backup, snapshots, restore and check work end to end with --json', async (t) => {

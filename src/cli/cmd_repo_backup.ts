@@ -22,6 +22,7 @@ interface BackupCliOptions {
   stdinFilename?: string;
   command?: string;
   image?: boolean;
+  imageChunking?: string;
   host?: string;
 }
 
@@ -56,6 +57,7 @@ export function register(repo: Command): void {
     .option('--stdin-filename <name>', 'name of the file for --stdin or --command', 'stdin')
     .option('--command <command>', 'back up the output of a command (e.g. "pg_dump mydb"); fails if it exits non-zero')
     .option('--image', 'the paths are disk images or block devices: fixed-size chunks, zero blocks as holes')
+    .option('--image-chunking <how>', 'with --image: fixed (default; fast, block-aligned) or cdc (content-defined: finds the same data at other offsets, e.g. the same files in different VM images)')
     .option('--host <name>', 'record this host name instead of the local one')
     .action(async (paths: string[], o: BackupCliOptions, cmd: Command) => {
       const out = output(cmd);
@@ -65,6 +67,10 @@ export function register(repo: Command): void {
       if (o.stdinFilename && (o.stdinFilename.includes('/') || o.stdinFilename === '.' || o.stdinFilename === '..')) {
         throw new CofferError('USAGE', `Cannot use --stdin-filename ${JSON.stringify(o.stdinFilename)}: give a plain file name`);
       }
+      if (o.imageChunking !== undefined && o.imageChunking !== 'fixed' && o.imageChunking !== 'cdc') {
+        throw new CofferError('USAGE', `Cannot use --image-chunking ${JSON.stringify(o.imageChunking)}: give fixed or cdc`);
+      }
+      if (o.imageChunking !== undefined && !o.image) throw new CofferError('USAGE', 'Cannot use --image-chunking without --image');
       const patterns = [...(o.exclude ?? []), ...(o.excludeFile ?? []).flatMap(readExcludeFile)];
       const tty = process.stderr.isTTY && !out.json;
       await withRepo(cmd, async (r, signal) => {
@@ -87,6 +93,7 @@ export function register(repo: Command): void {
             excludeIfPresent: o.excludeIfPresent,
             parent: o.force ? 'none' : o.parent,
             images: o.image,
+            imageChunking: o.imageChunking as 'fixed' | 'cdc' | undefined,
             host: o.host ? { ...host, hostname: o.host, machineId: undefined } : host,
             stream: o.command ? { name: o.stdinFilename ?? 'stdin', command: o.command } : o.stdin ? { name: o.stdinFilename ?? 'stdin', stream: process.stdin } : undefined,
             onWarning: (path, problem) => {

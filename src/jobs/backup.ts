@@ -93,6 +93,13 @@ export interface BackupOptions extends ExcludeOptions {
   dryRun?: boolean;
   /** Back up paths as disk images (block devices or image files): fixed-size chunks, zero blocks as holes. */
   images?: boolean;
+  /**
+   * How images are cut: 'fixed' (default) in the repository's imageChunkSize blocks, fast and
+   * aligned with the device's own blocks; 'cdc' content-defined like files, which finds the same
+   * file data at different places in different images (8 ext4 images of the benchmark: 271 MB
+   * stored instead of 435 MB). All-zero chunks count as holes either way.
+   */
+  imageChunking?: 'fixed' | 'cdc';
   /** Back up a stream instead of paths. */
   stream?: StreamSource;
   /**
@@ -307,7 +314,7 @@ export async function backup(repo: Repository, pool: BackupPool, paths: string[]
         const items: Array<{ type: BlobType; id: Uint8Array; raw: Uint8Array }> = [];
         for (let i = 0; i < ids.length; i++) {
           const raw = data.subarray(i === 0 ? 0 : ends[i - 1]!, ends[i]!);
-          if (fixed !== undefined && isAllZero(raw)) holes += raw.length;
+          if ((fixed !== undefined || options.images) && isAllZero(raw)) holes += raw.length;
           items.push({ type: 'data', id: ids[i]!, raw });
           content.push(toHex(ids[i]!));
         }
@@ -479,7 +486,7 @@ export async function backup(repo: Repository, pool: BackupPool, paths: string[]
           report();
           return reuseIfSame(prev, { ...meta, type: 'file', size, content: prev.content, ...(prev.sparse ? { sparse: true } : {}) });
         }
-        const fixed = options.images ? repo.config.imageChunkSize : undefined;
+        const fixed = options.images && options.imageChunking !== 'cdc' ? repo.config.imageChunkSize : undefined;
         return (size > 1024 * 1024 || st.isBlockDevice() ? largeLimiter : smallLimiter).run(async () => {
           progress.currentPath = shown();
           try {
@@ -556,6 +563,21 @@ export async function backup(repo: Repository, pool: BackupPool, paths: string[]
       const gid = process.getgid?.() ?? 0;
       treeId = await storeTree({ nodes: [{ name: src.name, type: 'file', mode: 0o600, uid, gid, mtimeNs: now.toString(), size: r.size, content: r.content }] });
     } else {
+      // The top-level directories (the paths given, or the entries of a root ".") are walked one
+      // after another: each walk is already parallel inside, and two at once cost 15 % more CPU
+      // on the benchmark. Everything else (files, images) starts at once, bounded by the read
+      // limiters: one by one, each image's last block drained the workers before the next began
+      // (8 images: 3.3 s instead of 2.2 s). Results are put in place afterwards, in the order of
+      // the paths, so that overlapping paths end as they would one by one.
+      const placed: Array<Promise<() => void>> = [];
+      let dirChain: Promise<unknown> = Promise.resolve();
+      const place = (dir: Dir, key: string, isDir: boolean, walk: () => Promise<TreeNode | undefined>) => {
+        const node = isDir ? dirChain.then(walk) : walk();
+        if (isDir) dirChain = node.catch(() => {});
+        placed.push(node.then((n) => () => {
+          if (n) dir.children.set(key, n);
+        }));
+      };
       for (const p of paths) {
         const abs = resolve(p);
         const segs = treeSegments(p);
@@ -578,8 +600,8 @@ export async function backup(repo: Repository, pool: BackupPool, paths: string[]
           }
           for (const en of entries) {
             const key = treeName(en.name);
-            const node = await visit(ctx, childPath(Buffer.from(abs), en.name), en.name, root.prev?.get(key.rawName ?? key.name), en);
-            if (node) root.children.set(key.rawName ?? key.name, node);
+            const k = key.rawName ?? key.name;
+            place(root, k, en.stat?.isDirectory() === true, () => visit(ctx, childPath(Buffer.from(abs), en.name), en.name, root.prev?.get(k), en));
           }
           continue;
         }
@@ -596,9 +618,12 @@ export async function backup(repo: Repository, pool: BackupPool, paths: string[]
           dir = next as Dir;
         }
         const last = segs.at(-1)!;
-        const node = await visit(ctx, Buffer.from(abs), Buffer.from(last), dir.prev?.get(last));
-        if (node) dir.children.set(last, node);
+        place(dir, last, st.isDirectory(), () => visit(ctx, Buffer.from(abs), Buffer.from(last), dir.prev?.get(last)));
       }
+      // All settled before any error is thrown: no walk is left running behind a failed backup.
+      const outcomes = await Promise.allSettled(placed);
+      for (const o of outcomes) if (o.status === 'rejected') throw o.reason;
+      for (const o of outcomes) if (o.status === 'fulfilled') o.value();
       const buildDir = async (d: Dir): Promise<string> => {
         const nodes: TreeNode[] = [];
         for (const [name, c] of d.children) {
