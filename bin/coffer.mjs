@@ -29,10 +29,8 @@ const tunables = 'glibc.malloc.arena_max=2:glibc.malloc.mmap_threshold=1048576';
 if (!process.env.NODE_COMPILE_CACHE) process.env.NODE_COMPILE_CACHE = join(tmpdir(), 'node-compile-cache');
 
 if (major >= 24 && (process.platform !== 'linux' || process.env[TUNED])) {
-  // A no-op when the variable already enabled it at start-up; the workers inherit the variable.
+  // Uses the variable set above (a no-op when it was set at start-up); the workers inherit it.
   nodeModule.enableCompileCache?.();
-  const dir = nodeModule.getCompileCacheDir?.();
-  if (dir) process.env.NODE_COMPILE_CACHE = dir;
   await import(pathToFileURL(main).href);
 } else {
   let node = process.execPath;

@@ -271,8 +271,8 @@ export async function backup(repo: Repository, pool: BackupPool, paths: string[]
 
     /**
      * Reads a stream of bytes (file, device, command output) through the chunker and stores its
-     * chunks. `fixed` selects fixed-size chunking (disk images); all-zero fixed blocks are
-     * counted as holes.
+     * chunks. `fixed` selects fixed-size chunking (disk images); all-zero chunks of images
+     * (fixed or content-defined) are counted as holes.
      */
     const readStream = async (next: (buf: Buffer, offset: number, length: number) => Promise<number>, sizeHint: number | undefined, fixed: number | undefined): Promise<{ content: string[]; size: number; holes: number }> => {
       const content: string[] = [];
@@ -314,7 +314,7 @@ export async function backup(repo: Repository, pool: BackupPool, paths: string[]
         const items: Array<{ type: BlobType; id: Uint8Array; raw: Uint8Array }> = [];
         for (let i = 0; i < ids.length; i++) {
           const raw = data.subarray(i === 0 ? 0 : ends[i - 1]!, ends[i]!);
-          if ((fixed !== undefined || options.images) && isAllZero(raw)) holes += raw.length;
+          if (options.images && isAllZero(raw)) holes += raw.length;
           items.push({ type: 'data', id: ids[i]!, raw });
           content.push(toHex(ids[i]!));
         }

@@ -704,7 +704,6 @@ extern ZSTD_CCtx *ZSTD_createCCtx(void) __attribute__((weak));
 extern size_t ZSTD_freeCCtx(ZSTD_CCtx *cctx) __attribute__((weak));
 extern size_t ZSTD_CCtx_setParameter(ZSTD_CCtx *cctx, int param, int value) __attribute__((weak));
 extern size_t ZSTD_compress2(ZSTD_CCtx *cctx, void *dst, size_t dstCapacity, const void *src, size_t srcSize) __attribute__((weak));
-extern size_t ZSTD_compressBound(size_t srcSize) __attribute__((weak));
 extern unsigned ZSTD_isError(size_t code) __attribute__((weak));
 extern const char *ZSTD_getErrorName(size_t code) __attribute__((weak));
 extern ZSTD_DCtx *ZSTD_createDCtx(void) __attribute__((weak));
@@ -713,7 +712,7 @@ extern size_t ZSTD_decompressDCtx(ZSTD_DCtx *dctx, void *dst, size_t dstCapacity
 enum { ZSTD_C_COMPRESSION_LEVEL = 100, ZSTD_C_CHECKSUM_FLAG = 201 };
 
 static int zstd_present(void) {
-  return ZSTD_createCCtx && ZSTD_freeCCtx && ZSTD_CCtx_setParameter && ZSTD_compress2 && ZSTD_compressBound &&
+  return ZSTD_createCCtx && ZSTD_freeCCtx && ZSTD_CCtx_setParameter && ZSTD_compress2 &&
          ZSTD_isError && ZSTD_getErrorName && ZSTD_createDCtx && ZSTD_freeDCtx && ZSTD_decompressDCtx;
 }
 
@@ -758,6 +757,21 @@ static napi_value zstd_error(napi_env env, const char *what, size_t code) {
   return NULL;
 }
 
+// A Uint8Array argument's bytes (any backing store, shared or not); 0 with a TypeError pending.
+static int get_u8(napi_env env, napi_value v, void **data, size_t *len) {
+  bool is_ta = false;
+  napi_is_typedarray(env, v, &is_ta);
+  napi_typedarray_type tt = napi_int8_array;
+  napi_value ab;
+  size_t off;
+  if (is_ta) napi_get_typedarray_info(env, v, &tt, len, data, &ab, &off);
+  if (tt != napi_uint8_array) {
+    throw_type(env, "data must be a Uint8Array");
+    return 0;
+  }
+  return 1;
+}
+
 static napi_value js_zstdAvailable(napi_env env, napi_callback_info info) {
   napi_value v;
   napi_get_boolean(env, zstd_present(), &v);
@@ -772,14 +786,7 @@ static napi_value js_zstdCompress(napi_env env, napi_callback_info info) {
   if (!zstd_present()) return throw_errno(env, ENOSYS, "zstdCompress", NULL);
   void *src;
   size_t len;
-  bool is_ta = false;
-  napi_is_typedarray(env, argv[0], &is_ta);
-  if (!is_ta) return throw_type(env, "data must be a Uint8Array");
-  napi_typedarray_type tt;
-  napi_value ab;
-  size_t off;
-  napi_get_typedarray_info(env, argv[0], &tt, &len, &src, &ab, &off);
-  if (tt != napi_uint8_array) return throw_type(env, "data must be a Uint8Array");
+  if (!get_u8(env, argv[0], &src, &len)) return NULL;
   int32_t level;
   if (napi_get_value_int32(env, argv[1], &level) != napi_ok) return throw_type(env, "level must be a number");
   zstd_state *st = zstd_get(env);
@@ -837,16 +844,10 @@ static napi_value js_zstdDecompress(napi_env env, napi_callback_info info) {
   if (!zstd_present()) return throw_errno(env, ENOSYS, "zstdDecompress", NULL);
   void *src;
   size_t len;
-  bool is_ta = false;
-  napi_is_typedarray(env, argv[0], &is_ta);
-  if (!is_ta) return throw_type(env, "data must be a Uint8Array");
-  napi_typedarray_type tt;
-  napi_value ab;
-  size_t off;
-  napi_get_typedarray_info(env, argv[0], &tt, &len, &src, &ab, &off);
-  if (tt != napi_uint8_array) return throw_type(env, "data must be a Uint8Array");
+  if (!get_u8(env, argv[0], &src, &len)) return NULL;
   int64_t want;
-  if (napi_get_value_int64(env, argv[1], &want) != napi_ok || want < 0 || want > 0xffffffffLL) return throw_type(env, "rawLength must be 0..2^32-1");
+  if (!get_int64(env, argv[1], &want, "rawLength must be an integer")) return NULL;
+  if (want < 0 || want > 0xffffffffLL) return throw_type(env, "rawLength must be 0..2^32-1");
   if (len == 0) {
     napi_throw_error(env, "ZSTD_ERROR", "zstd decompress: no frame (empty input)");
     return NULL;
