@@ -3,7 +3,7 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
-import { writeFile, mkdir } from 'node:fs/promises';
+import { writeFile, mkdir, rm } from 'node:fs/promises';
 import { isCofferError } from '../src/core/errors.ts';
 import { listAll } from '../src/storage/backend.ts';
 import { FaultyBackend } from '../src/storage/faulty.ts';
@@ -54,6 +54,39 @@ describe('prune', () => {
     assert.ok(c.ok, JSON.stringify(c.problems));
     await r2.loadIndex();
     await restoresIntact(r2, rb.snapshot.tree, b, join(dir, 'out'));
+  });
+
+  it('frees the packs it repacked: after forget and prune only the live data stays, and a second prune changes nothing', async (t) => {
+    const dir = await tempDir(t);
+    // One pack for everything (the default size here is 256 KiB): the random file's pack also
+    // holds the text file, which the second snapshot still uses.
+    const tr = await makeTestRepo({ packSize: 16 * 1024 * 1024 });
+    t.after(() => tr.close());
+    const src = join(dir, 'src');
+    await mkdir(src);
+    await writeFile(join(src, 'rand'), randomBytes(77, 3_000_000));
+    await writeFile(join(src, 'text'), Buffer.from(Array.from({ length: 10_000 }, (_, i) => `${i + 1}\n`).join('')));
+    const first = await backup(tr.repo, tr.pool, [src]);
+    await rm(join(src, 'rand'));
+    const second = await backup(tr.repo, tr.pool, [src]);
+    await tr.backend.delete(SNAPSHOTS_PREFIX + first.snapshotId);
+    const size = async () => (await listAll(tr.backend, '')).filter((o) => !o.name.startsWith('sessions/')).reduce((n, o) => n + o.size, 0);
+    const res = await prune(tr.repo, { encoder: tr.pool });
+    assert.equal(res.packsRepacked, 1);
+    assert.equal(res.packsKept, 0, 'a repacked pack is not kept for the blobs that were copied out of it');
+    assert.ok(res.packsDeleted >= 1);
+    const after = await size();
+    assert.ok(after < 200_000, `the repository holds ${after} bytes for 49 kB of live data`);
+    for (let i = 0; i < 2; i++) {
+      const again = await prune(tr.repo, { encoder: tr.pool });
+      assert.deepEqual([again.packsCondemned, again.packsRepacked, again.packsDeleted, again.indexFilesDeleted], [0, 0, 0, 0], 'a second prune changes nothing');
+      assert.equal(await size(), after);
+    }
+    const r2 = await tr.reopen();
+    const c = await check(r2, { readData: true });
+    assert.ok(c.ok, JSON.stringify(c.problems));
+    await r2.loadIndex();
+    await restoresIntact(r2, second.snapshot.tree, src, join(dir, 'out'));
   });
 
   it('writes the new index in bounded files; a crash between them leaves a readable repository', async (t) => {

@@ -9,7 +9,8 @@
 //   blob from a condemned pack (Repository.hasBlob).
 // SWEEP: a plan is swept once every session named in its .ready has ended (or gone stale) and
 //   its grace period has passed. The sweep recomputes what every snapshot uses now; a condemned
-//   pack that a snapshot of a waited-for session uses after all is kept. Then: write a new index
+//   pack holding the only copy of a blob a snapshot uses after all (a waited-for session reused
+//   it) is kept; a repacked pack, whose live blobs were copied at mark, goes. Then: write a new index
 //   that omits the deleted packs, in files of at most INDEX_FILE_ENTRIES entries, the last of
 //   which supersedes every index file read; delete the superseded index files, delete the
 //   packs, delete the plan. A crash between any two steps
@@ -231,13 +232,16 @@ async function sweep(repo: Repository, options: PruneOptions, timing: SessionTim
   const indexIds = await repo.loadIndex({ signal });
   const used = await usedBlobs(repo, { signal });
   const packs = packsFromIndex(repo);
+  // A condemned pack goes unless it holds the only copy of a blob that a snapshot uses now: a
+  // repacked pack's live blobs were copied elsewhere at mark, so it goes; a pack that a
+  // waited-for session's new snapshot reuses stays.
+  const candidates = new Set(eligible.flatMap((st) => st.plan.packs));
   const doomed = new Set<string>();
-  for (const st of eligible) {
-    for (const p of st.plan.packs) {
-      const entries = packs.get(p)?.entries ?? [];
-      if (entries.some((e) => used.has(usedKey(e)))) result.packsKept++;
-      else doomed.add(p);
-    }
+  for (const p of candidates) {
+    const entries = packs.get(p)?.entries ?? [];
+    const needed = entries.some((e) => used.has(usedKey(e)) && !repo.index.lookupAll(e.id, e.type).some((h) => !candidates.has(toHex(h.packId))));
+    if (needed) result.packsKept++;
+    else doomed.add(p);
   }
   // 1. A new index without the doomed packs, in files of bounded size. All but the last
   //    supersede nothing: a reader that lists them before the last one is written sees some
@@ -295,12 +299,18 @@ async function mark(repo: Repository, options: PruneOptions, timing: SessionTimi
   const threshold = options.repackThreshold ?? 0.2;
   for (const [hex, p] of packs) {
     if (pending.has(hex)) continue;
+    // Unused bytes are the unused blobs' bytes: a pack's header and trailer are not waste (with
+    // them counted, every small pack looked worth repacking, and each prune repacked it again).
     let usedBytes = 0;
-    for (const e of p.entries) if (used.has(usedKey(e))) usedBytes += e.length;
+    let unusedBytes = 0;
+    for (const e of p.entries) {
+      if (used.has(usedKey(e))) usedBytes += e.length;
+      else unusedBytes += e.length;
+    }
     if (usedBytes === 0) {
       condemn.push(hex);
       result.bytesCondemned += p.packSize;
-    } else if (1 - usedBytes / p.packSize > threshold) {
+    } else if (unusedBytes / p.packSize > threshold) {
       repack.push(p);
     }
   }
