@@ -100,6 +100,10 @@ export function register(repo: Command): void {
               if (bar) process.stderr.write('\r\x1b[K');
               out.event({ type: 'warning', path, problem }, `warning: ${path}: ${problem}`);
             },
+            onNotice: (message) => {
+              if (bar) process.stderr.write('\r\x1b[K');
+              out.event({ type: 'notice', message }, `note: ${message}`);
+            },
             onProgress: (p) => {
               if (out.json) out.event({ type: 'progress', ...p });
               else if (bar) {

@@ -2,7 +2,7 @@
 // across every snapshot of the repository, newest last: "when did I last have that file?".
 import type { Command } from 'commander';
 import { findInSnapshots, nodeJson } from '../jobs/browse.ts';
-import { loadAllSnapshots, matchesFilter } from '../repository/snapshot.ts';
+import { describeUnreadable, matchesFilter, readSnapshots } from '../repository/snapshot.ts';
 import { output, withRepo, snapshotSelectionOptions, snapshotFilter, type SnapshotSelection } from './context.ts';
 import { stdoutSink } from './cmd_repo_dump.ts';
 
@@ -14,7 +14,9 @@ export function register(repo: Command): void {
     .action(async (pattern: string, o: SnapshotSelection, cmd: Command) => {
       const out = output(cmd);
       await withRepo(cmd, async (r, signal) => {
-        const snaps = (await loadAllSnapshots(r, { signal })).filter((s) => matchesFilter(s.snapshot, snapshotFilter(o)));
+        const listing = await readSnapshots(r, { signal });
+        for (const u of listing.unreadable) out.event({ type: 'warning', snapshot: u.id, problem: u.error.message }, `warning: ${describeUnreadable(u)}`);
+        const snaps = listing.snapshots.filter((s) => matchesFilter(s.snapshot, snapshotFilter(o)));
         await r.loadIndex({ signal });
         let matches = 0;
         const seen = new Set<string>();

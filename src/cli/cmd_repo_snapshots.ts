@@ -2,7 +2,7 @@
 import type { Command } from 'commander';
 import { CofferError } from '../core/errors.ts';
 import { SNAPSHOTS_PREFIX } from '../repository/layout.ts';
-import { findSnapshot, loadAllSnapshots, matchesFilter } from '../repository/snapshot.ts';
+import { describeUnreadable, findSnapshot, matchesFilter, readSnapshots, resolveSnapshotId } from '../repository/snapshot.ts';
 import { formatBytes, output, parseIntOption, withRepo, snapshotSelectionOptions, snapshotFilter, type SnapshotSelection } from './context.ts';
 
 export function register(repo: Command): void {
@@ -13,12 +13,15 @@ export function register(repo: Command): void {
     .action(async (o: SnapshotSelection, cmd: Command) => {
       const out = output(cmd);
       await withRepo(cmd, async (r, signal) => {
-        const all = (await loadAllSnapshots(r, { signal })).filter((s) => matchesFilter(s.snapshot, snapshotFilter(o)));
+        const listing = await readSnapshots(r, { signal });
+        for (const u of listing.unreadable) out.event({ type: 'warning', snapshot: u.id, problem: u.error.message }, `warning: ${describeUnreadable(u)}`);
+        const all = listing.snapshots.filter((s) => matchesFilter(s.snapshot, snapshotFilter(o)));
         out.result(all.map((s) => ({ id: s.id, ...s.snapshot })), () => [
           'ID            Time                      Host              Paths',
           ...all.map((s) => `${s.id.slice(0, 12)}  ${s.snapshot.time.padEnd(24)}  ${s.snapshot.host.hostname.padEnd(16)}  ${s.snapshot.paths.join(', ')}${s.snapshot.summary ? `  (${formatBytes(s.snapshot.summary.bytesScanned)})` : ''}`),
-          `${all.length} snapshot(s)`,
+          `${all.length} snapshot(s)${listing.unreadable.length ? `, ${listing.unreadable.length} unreadable` : ''}`,
         ]);
+        if (listing.unreadable.length) throw new CofferError('WARNINGS', `${listing.unreadable.length} snapshot(s) could not be read`, { hint: 'See the warnings above; `coffer repo check` tells more.' });
       });
     });
   repo
@@ -31,11 +34,15 @@ export function register(repo: Command): void {
       if (!ids.length && o.keepLast === undefined) throw new CofferError('USAGE', 'Cannot forget: give snapshot ids or --keep-last N');
       await withRepo(cmd, async (r, signal) => {
         const remove = new Set<string>();
-        for (const id of ids) remove.add((await findSnapshot(r, id, {}, { signal })).id);
+        // By id without reading the snapshot: a damaged one must be removable too.
+        for (const id of ids) remove.add(id === 'latest' ? (await findSnapshot(r, id, {}, { signal })).id : await resolveSnapshotId(r, id, { signal }));
         if (o.keepLast !== undefined) {
           const n = parseIntOption('--keep-last', o.keepLast, 1, 1_000_000);
           const groups = new Map<string, string[]>();
-          for (const s of await loadAllSnapshots(r, { signal })) {
+          // An unreadable snapshot belongs to no known group: it is kept, and said so.
+          const listing = await readSnapshots(r, { signal });
+          for (const u of listing.unreadable) out.event({ type: 'notice', message: describeUnreadable(u) }, `note: ${describeUnreadable(u)}`);
+          for (const s of listing.snapshots) {
             const k = s.snapshot.host.hostname + '\0' + [...s.snapshot.paths].sort().join('\0');
             groups.set(k, [...(groups.get(k) ?? []), s.id]);
           }

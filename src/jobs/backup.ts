@@ -27,7 +27,7 @@ import { BlobSaver, type Encoder, type SaverStats } from '../repository/packer.t
 import type { Repository } from '../repository/repository.ts';
 import { Session } from '../repository/session.ts';
 import { encodeTree, type Tree, type TreeNode } from '../repository/tree.ts';
-import { loadAllSnapshots, saveSnapshot, type HostIdentity, type Snapshot, type SnapshotRef, type SnapshotSummary } from '../repository/snapshot.ts';
+import { describeUnreadable, findSnapshot, readSnapshots, saveSnapshot, type HostIdentity, type Snapshot, type SnapshotRef, type SnapshotSummary, type UnreadableSnapshot } from '../repository/snapshot.ts';
 import { loadCondemned } from '../repository/prune.ts';
 import { readXattrs, dataRegions } from '../sources/metadata.ts';
 import { childPath, scanDir, type DirEntry, type EntryStat } from '../sources/scan.ts';
@@ -85,6 +85,8 @@ export interface BackupOptions extends ExcludeOptions {
   parent?: string;
   onProgress?: (p: BackupProgress) => void;
   onWarning?: (path: string, problem: string) => void;
+  /** Things about the repository the operator should know (e.g. an unreadable snapshot skipped); not warnings about the data backed up. */
+  onNotice?: (message: string) => void;
   /** Called after each pack upload (the crash test dies at random points through this). */
   onPackUploaded?: (packId: string) => void;
   /** Max small files read at once (default 256). */
@@ -204,11 +206,12 @@ export function treeSegments(path: string): string[] {
   return n.split(sep).filter((s) => s !== '' && s !== '.');
 }
 
-/** The parent snapshot: the newest of this host with the same set of paths. */
-export async function findParent(repo: Repository, host: string, paths: string[], options: { signal?: AbortSignal } = {}): Promise<SnapshotRef | undefined> {
+/** The parent snapshot: the newest readable one of this host with the same set of paths. */
+export async function findParent(repo: Repository, host: string, paths: string[], options: { signal?: AbortSignal; onUnreadable?: (u: UnreadableSnapshot) => void } = {}): Promise<SnapshotRef | undefined> {
   const want = [...paths].sort().join('\0');
-  const all = await loadAllSnapshots(repo, options);
-  return all.filter((s) => s.snapshot.host.hostname === host && [...s.snapshot.paths].sort().join('\0') === want).at(-1);
+  const { snapshots, unreadable } = await readSnapshots(repo, options);
+  for (const u of unreadable) options.onUnreadable?.(u);
+  return snapshots.filter((s) => s.snapshot.host.hostname === host && [...s.snapshot.paths].sort().join('\0') === want).at(-1);
 }
 
 export async function backup(repo: Repository, pool: BackupPool, paths: string[], options: BackupOptions = {}): Promise<BackupResult> {
@@ -227,11 +230,11 @@ export async function backup(repo: Repository, pool: BackupPool, paths: string[]
     const absPaths = options.stream ? [`/${options.stream.name}`] : paths.map((p) => resolve(p));
 
     let parent: SnapshotRef | undefined;
+    const onUnreadable = (u: UnreadableSnapshot) => options.onNotice?.(describeUnreadable(u));
     if (options.parent && options.parent !== 'none') {
-      const { findSnapshot } = await import('../repository/snapshot.ts');
-      parent = await findSnapshot(repo, options.parent, {}, { signal });
+      parent = await findSnapshot(repo, options.parent, {}, { signal, onUnreadable });
     } else if (options.parent === undefined && !options.stream) {
-      parent = await findParent(repo, host.hostname, absPaths, { signal });
+      parent = await findParent(repo, host.hostname, absPaths, { signal, onUnreadable });
     }
 
     const warnings: Array<{ path: string; problem: string }> = [];

@@ -145,7 +145,7 @@ export async function loadCondemned(repo: Repository, options?: CallOptions): Pr
 /** Every blob (type-prefixed raw id) used by a snapshot. Fails if any snapshot or tree is unreadable. */
 async function usedBlobs(repo: Repository, options?: CallOptions): Promise<Set<string>> {
   const used = new Set<string>();
-  const snaps = await loadAllSnapshots(repo, options);
+  const snaps = await loadAllSnapshots(repo, { ...options, action: 'prune' });
   for (const s of snaps) {
     await walkTree(repo, s.snapshot.tree, {
       enterTree: (id) => {
