@@ -7,11 +7,17 @@ import { join } from 'node:path';
 import { mkdir, readdir, writeFile } from 'node:fs/promises';
 import { tempDir } from '../src/testing/tmp.ts';
 import { randomBytes } from '../src/testing/random.ts';
-import { runCli, type CliResult } from './cli.ts';
+import { spawn } from 'node:child_process';
+import { MAIN, runCli, type CliResult } from './cli.ts';
+import { listTree } from './helpers.ts';
 
 /** Runs `coffer repo ...` against one repository in `dir`. */
-function repoCli(dir: string): (...args: string[]) => Promise<CliResult> {
-  const env = { COFFER_PASSWORD: 'pw', COFFER_CACHE_DIR: join(dir, 'cache'), COFFER_REPOSITORY: join(dir, 'repo') };
+function repoEnv(dir: string, extra: Record<string, string> = {}): Record<string, string> {
+  return { COFFER_PASSWORD: 'pw', COFFER_CACHE_DIR: join(dir, 'cache'), COFFER_REPOSITORY: join(dir, 'repo'), ...extra };
+}
+
+function repoCli(dir: string, extra: Record<string, string> = {}): (...args: string[]) => Promise<CliResult> {
+  const env = repoEnv(dir, extra);
   return (...args) => runCli(['repo', ...args], { env });
 }
 
@@ -54,5 +60,51 @@ describe('damage tolerance', () => {
     r = ok(await c('snapshots'), 'listing');
     assert.match(r.stdout, /2 snapshot\(s\)/);
     ok(await c('check', '--read-data'), 'check');
+  });
+
+  it('a backup process stopped (SIGSTOP) longer than the stale time while a prune runs fails clearly when continued, and the repository stays whole', async (t) => {
+    const dir = await tempDir(t);
+    // Seconds instead of minutes: heartbeats every 0.3 s, stale after 3 s.
+    const timing = { COFFER_SESSION_HEARTBEAT_MS: '300', COFFER_SESSION_STALE_MS: '3000' };
+    const c = repoCli(dir, timing);
+    const old = join(dir, 'old');
+    const src = join(dir, 'src');
+    await mkdir(old);
+    await mkdir(src);
+    const reused = randomBytes(11, 8_000_000);
+    await writeFile(join(old, 'reused'), reused);
+    await writeFile(join(src, 'reused'), reused);
+    for (let i = 0; i < 6; i++) await writeFile(join(src, `new${i}`), randomBytes(20 + i, 8_000_000));
+    ok(await c('init'), 'init');
+    ok(await c('backup', old), 'backup of the data the next backup reuses');
+    ok(await c('forget', (await readdir(join(dir, 'repo', 'snapshots')))[0]!), 'forget it');
+
+    const child = spawn(process.execPath, [MAIN, '--json', 'repo', 'backup', src], { env: { ...process.env, ...repoEnv(dir, timing) }, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stderr.on('data', (d) => (stderr += d));
+    const exited = new Promise<number | null>((resolve) => child.on('close', (code) => resolve(code)));
+    await new Promise<void>((resolve) => {
+      child.stdout.on('data', (d) => {
+        stdout += d;
+        if (stdout.includes('"progress"') && !child.killed) {
+          child.kill('SIGSTOP');
+          resolve();
+        }
+      });
+    });
+    await new Promise((r) => setTimeout(r, 4000));
+    const p = ok(await c('prune'), 'prune while the backup is stopped');
+    assert.match(p.stdout, /deleted [1-9]\d* pack/, 'the prune took the stopped backup for dead');
+    child.kill('SIGCONT');
+    assert.equal(await exited, 1, `the continued backup must fail: ${stdout}\n${stderr}`);
+    assert.match(stderr, /Cannot commit: this backup was paused or cut off from the repository/);
+    assert.equal((await readdir(join(dir, 'repo', 'snapshots'))).length, 0, 'nothing was committed');
+    ok(await c('check', '--read-data'), 'the repository is whole: no index lists a deleted pack');
+    ok(await c('backup', src), 'the backup run again');
+    const out = join(dir, 'out');
+    ok(await c('restore', 'latest', '--target', out), 'restore');
+    assert.deepEqual(await listTree(join(out, ...src.split('/').filter(Boolean))), await listTree(src));
+    ok(await c('check', '--read-data'), 'check after');
   });
 });

@@ -25,10 +25,11 @@ import type { ChunkerParams } from '../engine/chunker.ts';
 import type { ExpectedFile, ReadFileResult } from '../engine/tasks.ts';
 import { BlobSaver, type Encoder, type SaverStats } from '../repository/packer.ts';
 import type { Repository } from '../repository/repository.ts';
-import { Session } from '../repository/session.ts';
+import { Session, isSessionGap } from '../repository/session.ts';
 import { encodeTree, type Tree, type TreeNode } from '../repository/tree.ts';
 import { describeUnreadable, findSnapshot, readSnapshots, saveSnapshot, type HostIdentity, type Snapshot, type SnapshotRef, type SnapshotSummary, type UnreadableSnapshot } from '../repository/snapshot.ts';
 import { loadCondemned } from '../repository/prune.ts';
+import { snapshotName } from '../repository/layout.ts';
 import { readXattrs, dataRegions } from '../sources/metadata.ts';
 import { childPath, scanDir, type DirEntry, type EntryStat } from '../sources/scan.ts';
 import type { BlobDecoder } from './read-blobs.ts';
@@ -225,7 +226,7 @@ export async function backup(repo: Repository, pool: BackupPool, paths: string[]
     // Register first, then read the GC plans: a prune that marks after this point waits for us.
     repo.setCondemned(await loadCondemned(repo, { signal }));
     await repo.loadIndex({ signal });
-    saver = new BlobSaver(repo, pool, { signal, onPackUploaded: options.onPackUploaded });
+    saver = new BlobSaver(repo, pool, { signal, onPackUploaded: options.onPackUploaded, session });
     const s = saver;
     const absPaths = options.stream ? [`/${options.stream.name}`] : paths.map((p) => resolve(p));
 
@@ -669,16 +670,43 @@ export async function backup(repo: Repository, pool: BackupPool, paths: string[]
     };
     let snapshotId: string | undefined;
     if (!options.dryRun) {
-      session!.assertAlive();
-      snapshotId = await saveSnapshot(repo, snapshot, { signal });
+      // The commit point, guarded on both sides: alive without a break up to now, by the
+      // storage's clock (else a prune may have deleted what the snapshot would reference), and
+      // still after the write (a pause between the check and the write): then the snapshot goes.
+      await session!.assertAlive({ signal });
+      const id = await saveSnapshot(repo, snapshot, { signal });
+      try {
+        await session!.assertAlive({ signal });
+      } catch (e) {
+        if (isSessionGap(e)) await repo.backend.delete(snapshotName(id)).catch(() => {});
+        throw e;
+      }
+      snapshotId = id;
     }
     return { snapshotId, snapshot, summary, warnings, stats: s.stats, parent: parent?.id };
   } catch (e) {
-    // Interrupted or failed: index what was uploaded, so that the next run reuses it.
-    if (saver && !options.dryRun) await saver.salvage().catch(() => {});
+    if (saver && !options.dryRun) await closeAfterFailure(repo, saver, e);
     throw e;
   } finally {
     await session?.end().catch(() => {});
+  }
+}
+
+/**
+ * After a failure or Ctrl-C: indexes what was uploaded, so that the next run reuses it. After a
+ * session gap (or one found while indexing), a prune may have deleted some of it instead: the
+ * writer's index files are replaced by ones that list only what is still stored (retract()).
+ */
+async function closeAfterFailure(repo: Repository, saver: BlobSaver, e: unknown): Promise<void> {
+  try {
+    if (!isSessionGap(e)) return await saver.salvage();
+  } catch (e2) {
+    if (!isSessionGap(e2)) return;
+  }
+  try {
+    await saver.retract(await loadCondemned(repo));
+  } catch {
+    // What is left is an index listing packs a prune deleted: `coffer repo check` finds it.
   }
 }
 
