@@ -33,10 +33,13 @@ export function register(repo: Command): void {
             lines.push('affected files:');
             for (const a of res.affected) lines.push(`  snapshot ${a.snapshot.slice(0, 12)}  ${a.path}  (blob ${a.blob.slice(0, 12)})`);
           }
+          if (res.damageRecorded) lines.push(`recorded the damage found in the repository (damage/${res.damageRecorded.slice(0, 12)}): backups no longer deduplicate against it`);
+          for (const p of res.damageCleared) lines.push(`pack ${p.slice(0, 12)} reads intact again: its damage record was cleared`);
+          if (res.advice.length) lines.push('what to do:', ...res.advice.map((a) => `  ${a}`));
           lines.push(res.ok ? 'no errors were found' : `${res.problems.filter((p) => p.severity === 'error').length} error(s) found`);
           return lines;
         });
-        if (!res.ok) throw new CofferError('CHECK_FAILED', 'The repository check found errors', { hint: 'See the list above. Restore damaged data from a clone; `coffer repo rebuild-index` repairs a damaged index.' });
+        if (!res.ok) throw new CofferError('CHECK_FAILED', 'The repository check found errors', { hint: res.advice.length ? `See the list above; ${res.advice[0]}.` : 'See the list above.' });
       });
     });
 }
