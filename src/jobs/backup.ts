@@ -195,15 +195,6 @@ function reuseIfSame(prev: TreeNode | undefined, node: TreeNode): TreeNode {
   return prev;
 }
 
-/** Splits a backup path into the segments it has inside the snapshot tree. */
-export function treeSegments(path: string): string[] {
-  const n = normalize(path);
-  if (!isAbsolute(n) && (n === '..' || n.startsWith('..' + sep))) {
-    throw new CofferError('USAGE', `Cannot back up ${path}: relative paths must not leave the current directory`, { hint: 'Give an absolute path instead.' });
-  }
-  return n.split(sep).filter((s) => s !== '' && s !== '.');
-}
-
 /** Two paths given would be one entry of the snapshot (`etc` and `/etc`; `.` and `/`). */
 function samePlace(a: { p: string }, b: { p: string }, treePath: string, onDisk?: string): CofferError {
   const where = treePath === '/' ? 'the root of the snapshot' : `${treePath} in the snapshot`;
@@ -221,6 +212,15 @@ function notADirectory(path: string, st: EntryStat, outer: { p: string; abs: str
       ? `Give ${inner.p} by its real path, ${innerReal}, which does not go through the link, or back up the two paths in separate runs.`
       : 'Back up the two paths in separate runs.',
   });
+}
+
+/** Splits a backup path into the segments it has inside the snapshot tree. */
+export function treeSegments(path: string): string[] {
+  const n = normalize(path);
+  if (!isAbsolute(n) && (n === '..' || n.startsWith('..' + sep))) {
+    throw new CofferError('USAGE', `Cannot back up ${path}: relative paths must not leave the current directory`, { hint: 'Give an absolute path instead.' });
+  }
+  return n.split(sep).filter((s) => s !== '' && s !== '.');
 }
 
 /** The parent snapshot: the newest of this host with the same set of paths. */
