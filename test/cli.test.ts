@@ -7,6 +7,7 @@ import { mkdir, readdir, writeFile } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import { spawnSync } from 'node:child_process';
 import { buildProgram } from '../src/cli/main.ts';
+import { localHostIdentity } from '../src/jobs/backup.ts';
 import type { Command } from 'commander';
 import { tempDir } from '../src/testing/tmp.ts';
 import { MAIN, runCli } from './cli.ts';
@@ -95,6 +96,20 @@ describe('coffer CLI', () => {
     assert.match(r.stdout, /exit=0/, r.stderr);
     assert.doesNotMatch(r.stderr, /EPIPE|Unhandled/);
     assert.equal((await readdir(join(dir, 'out', ...src.split('/').filter(Boolean)))).length, 2500, 'the restore went on to the end');
+  });
+
+  it('backup --host NAME records that name and keeps the machine id', async (t) => {
+    const machineId = localHostIdentity().machineId;
+    if (machineId === undefined) return t.skip('this system has no /etc/machine-id');
+    const dir = await tempDir(t);
+    await writeFile(join(dir, 'file'), 'x');
+    const env = { COFFER_PASSWORD: 'x', COFFER_CACHE_DIR: join(dir, 'cache'), COFFER_REPOSITORY: join(dir, 'repo') };
+    assert.equal((await runCli(['repo', 'init'], { env })).code, 0);
+    const r = await runCli(['repo', 'backup', '--host', 'renamed', join(dir, 'file')], { env });
+    assert.equal(r.code, 0, r.stderr);
+    const [snap] = JSON.parse((await runCli(['--json', 'repo', 'snapshots', '--host', 'renamed'], { env })).stdout);
+    assert.equal(snap.host.hostname, 'renamed');
+    assert.equal(snap.host.machineId, machineId);
   });
 
   it('a wrong password exits 1 with a hint and no stack trace', async (t) => {
