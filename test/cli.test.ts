@@ -2,7 +2,7 @@
 // traces, and a backup → restore round trip through the real binary.
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 import { mkdir, readdir, writeFile } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import { spawnSync } from 'node:child_process';
@@ -120,6 +120,20 @@ describe('coffer CLI', () => {
     assert.equal(r.code, 1);
     assert.match(r.stderr, /password is wrong/);
     assert.doesNotMatch(r.stderr, /\.ts:\d+/);
+  });
+
+  it('repo init into a directory that holds other files is refused before the passphrase prompt, and done with --force', async (t) => {
+    const dir = await tempDir(t);
+    await writeFile(join(dir, 'notes.txt'), 'mine');
+    // No COFFER_PASSWORD and no terminal: asking for a passphrase would fail with exit code 2.
+    let r = await runCli(['repo', 'init', '--repo', dir], { env: { COFFER_PASSWORD: '', COFFER_CACHE_DIR: join(dir, 'cache') } });
+    assert.equal(r.code, 1, r.stderr);
+    assert.match(r.stderr, /Cannot initialise a repository at .*: it already holds other files, e\.g\. "notes\.txt"/);
+    assert.match(r.stderr, /--force/);
+    assert.deepEqual(await readdir(dir), ['notes.txt']);
+    r = await runCli(['repo', 'init', '--repo', dir, '--force'], { env: { COFFER_PASSWORD: 'x', COFFER_CACHE_DIR: join(dir, '..', `${basename(dir)}-cache`) } });
+    assert.equal(r.code, 0, r.stderr);
+    assert.ok((await readdir(dir)).includes('config'));
   });
 
   it('password from a file and from a command', async (t) => {

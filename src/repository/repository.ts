@@ -44,6 +44,8 @@ export interface InitOptions extends CallOptions {
   packSize?: number;
   kdf?: KdfParams;
   cacheDir?: string;
+  /** Create the repository even where other objects (files, S3 keys) already are. */
+  force?: boolean;
 }
 
 export interface OpenOptions extends CallOptions {
@@ -121,8 +123,13 @@ export class Repository {
     return this.config.id;
   }
 
-  /** Creates a new repository. Fails with ALREADY_EXISTS if the backend holds one. */
-  static async init(backend: Backend, password: string, options: InitOptions = {}): Promise<Repository> {
+  /**
+   * Checks that a repository may be created on `backend`: fails with ALREADY_EXISTS if it holds
+   * one, and with REFUSED if it holds anything else (unless `force`): a repository mixed into other
+   * files is easily damaged by whoever tidies them, and prune or check would meet strangers.
+   * init() checks this itself; the CLI also calls it before asking for a new passphrase.
+   */
+  static async checkInitLocation(backend: Backend, options: CallOptions & { force?: boolean } = {}): Promise<void> {
     const { signal } = options;
     let exists = false;
     try {
@@ -134,6 +141,24 @@ export class Repository {
     if (exists) {
       throw new CofferError('ALREADY_EXISTS', `Cannot initialise a repository at ${backend.location}: one already exists there`, { hint: 'Open it with its password, or choose an empty location.' });
     }
+    if (options.force) return;
+    let other: string | undefined;
+    for await (const o of backend.list('', { signal })) {
+      other = o.name;
+      break;
+    }
+    if (other !== undefined) {
+      throw new CofferError('REFUSED', `Cannot initialise a repository at ${backend.location}: it already holds other files, e.g. ${JSON.stringify(other)}`, {
+        hint: 'Choose an empty directory or S3 prefix (one that does not exist yet is fine), or pass --force to create the repository beside what is there.',
+        details: { location: backend.location, found: other },
+      });
+    }
+  }
+
+  /** Creates a new repository where checkInitLocation() allows it. */
+  static async init(backend: Backend, password: string, options: InitOptions = {}): Promise<Repository> {
+    const { signal } = options;
+    await Repository.checkInitLocation(backend, options);
     const master = newMasterKey();
     const keys = deriveRepoKeys(master);
     const config: RepoConfig = {
