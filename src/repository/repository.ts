@@ -19,6 +19,7 @@ import { packKeyFromHeader, PACK_HEADER_SIZE } from '../engine/pack.ts';
 import { ChunkIndex } from './index/chunk-index.ts';
 import { decodeIndexFile, encodeIndexFile, type IndexFileContent, type IndexEntry } from './index/index-file.ts';
 import { CONFIG_NAME, INDEX_PREFIX, KEYS_PREFIX, idFromName, indexName, keyName, packName } from './layout.ts';
+import { detectForeignRepository, foreignRepositoryError } from './foreign.ts';
 
 export const REPO_VERSION = 1;
 
@@ -139,6 +140,8 @@ export class Repository {
       if (!isCofferError(e, 'NOT_FOUND')) throw e;
     }
     if (exists) {
+      const foreign = await detectForeignRepository(backend, { signal });
+      if (foreign) throw foreignRepositoryError(foreign, backend.location, 'initialise a repository');
       throw new CofferError('ALREADY_EXISTS', `Cannot initialise a repository at ${backend.location}: one already exists there`, { hint: 'Open it with its password, or choose an empty location.' });
     }
     if (options.force) return;
@@ -194,6 +197,8 @@ export class Repository {
         }
         throw e;
       }
+      const foreign = await detectForeignRepository(backend, { signal });
+      if (foreign) throw foreignRepositoryError(foreign, backend.location, 'open the repository');
       throw new CofferError('CORRUPT', `Cannot open the repository at ${backend.location}: it has no key files`, { hint: 'The keys/ folder is missing or empty; restore it from a copy of the repository.' });
     }
     names.sort();
@@ -216,6 +221,9 @@ export class Repository {
       }
     }
     if (!master) {
+      // restic's key files sit where ours do and look damaged to us: say what they are instead.
+      const foreign = await detectForeignRepository(backend, { signal });
+      if (foreign) throw foreignRepositoryError(foreign, backend.location, 'open the repository');
       if (lastCorrupt && names.length === 1) throw lastCorrupt;
       throw new CofferError('WRONG_PASSWORD', `Cannot open the repository at ${backend.location}: the password is wrong`, { hint: 'No key file accepts this password. Check COFFER_PASSWORD, --password-file or COFFER_PASSWORD_COMMAND.' });
     }
