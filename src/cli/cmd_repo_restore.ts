@@ -94,7 +94,7 @@ export function register(repo: Command): void {
           onWarning: (path, problem) => out.event({ type: 'warning', path, problem }, `warning: ${path}: ${problem}`),
         }).finally(() => pool?.close());
         for (const n of res.notices) if (!checked.verdict.warnings.includes(n)) out.event({ type: 'notice', message: n }, `note: ${n}`);
-        out.result({ type: 'summary', snapshot: snap.id, target: res.target, dryRun: dry, created: res.created, overwritten: res.overwritten, unchanged: res.unchanged, skipped: res.skipped, warnings: res.warnings.length }, () => [
+        out.result({ type: 'summary', snapshot: snap.id, target: res.target, dryRun: dry, created: res.created, overwritten: res.overwritten, unchanged: res.unchanged, skipped: res.skipped, warnings: res.warnings.length, staleTemps: res.staleTemps }, () => [
           `${dry ? 'would create:   ' : 'created:        '}${counts(res.created)}`,
           `${dry ? 'would overwrite:' : 'overwritten:    '}${counts(res.overwritten)}`,
           `unchanged:      ${counts(res.unchanged)}`,
