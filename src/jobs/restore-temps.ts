@@ -23,7 +23,7 @@ import { listSessions } from '../repository/session.ts';
 import { childPath } from '../sources/scan.ts';
 
 export const TMP_PREFIX = '.coffer-restore-';
-/** Exactly the names restore's tempPath() makes. */
+/** Exactly the names tempPath() in restore.ts makes: the prefix and 8 random bytes in hex. */
 const TMP_NAME = /^\.coffer-restore-[0-9a-f]{16}$/;
 /** Temporary files older than this (by ctime) are stale whatever else runs. */
 export const STALE_TEMP_MS = 15 * 60_000;
