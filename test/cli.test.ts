@@ -2,11 +2,12 @@
 // traces, and a backup → restore round trip through the real binary.
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 import { mkdir, readdir, writeFile } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import { spawnSync } from 'node:child_process';
 import { buildProgram } from '../src/cli/main.ts';
+import { localHostIdentity } from '../src/jobs/backup.ts';
 import type { Command } from 'commander';
 import { tempDir } from '../src/testing/tmp.ts';
 import { MAIN, runCli } from './cli.ts';
@@ -97,6 +98,20 @@ describe('coffer CLI', () => {
     assert.equal((await readdir(join(dir, 'out', ...src.split('/').filter(Boolean)))).length, 2500, 'the restore went on to the end');
   });
 
+  it('backup --host NAME records that name and keeps the machine id', async (t) => {
+    const machineId = localHostIdentity().machineId;
+    if (machineId === undefined) return t.skip('this system has no /etc/machine-id');
+    const dir = await tempDir(t);
+    await writeFile(join(dir, 'file'), 'x');
+    const env = { COFFER_PASSWORD: 'x', COFFER_CACHE_DIR: join(dir, 'cache'), COFFER_REPOSITORY: join(dir, 'repo') };
+    assert.equal((await runCli(['repo', 'init'], { env })).code, 0);
+    const r = await runCli(['repo', 'backup', '--host', 'renamed', join(dir, 'file')], { env });
+    assert.equal(r.code, 0, r.stderr);
+    const [snap] = JSON.parse((await runCli(['--json', 'repo', 'snapshots', '--host', 'renamed'], { env })).stdout);
+    assert.equal(snap.host.hostname, 'renamed');
+    assert.equal(snap.host.machineId, machineId);
+  });
+
   it('a wrong password exits 1 with a hint and no stack trace', async (t) => {
     const dir = await tempDir(t);
     const repo = join(dir, 'repo');
@@ -105,6 +120,20 @@ describe('coffer CLI', () => {
     assert.equal(r.code, 1);
     assert.match(r.stderr, /password is wrong/);
     assert.doesNotMatch(r.stderr, /\.ts:\d+/);
+  });
+
+  it('repo init into a directory that holds other files is refused before the passphrase prompt, and done with --force', async (t) => {
+    const dir = await tempDir(t);
+    await writeFile(join(dir, 'notes.txt'), 'mine');
+    // No COFFER_PASSWORD and no terminal: asking for a passphrase would fail with exit code 2.
+    let r = await runCli(['repo', 'init', '--repo', dir], { env: { COFFER_PASSWORD: '', COFFER_CACHE_DIR: join(dir, 'cache') } });
+    assert.equal(r.code, 1, r.stderr);
+    assert.match(r.stderr, /Cannot initialise a repository at .*: it already holds other files, e\.g\. "notes\.txt"/);
+    assert.match(r.stderr, /--force/);
+    assert.deepEqual(await readdir(dir), ['notes.txt']);
+    r = await runCli(['repo', 'init', '--repo', dir, '--force'], { env: { COFFER_PASSWORD: 'x', COFFER_CACHE_DIR: join(dir, '..', `${basename(dir)}-cache`) } });
+    assert.equal(r.code, 0, r.stderr);
+    assert.ok((await readdir(dir)).includes('config'));
   });
 
   it('password from a file and from a command', async (t) => {

@@ -3,6 +3,7 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
+import { mkdir, writeFile } from 'node:fs/promises';
 import { isCofferError } from '../src/core/errors.ts';
 import { LocalBackend } from '../src/storage/local.ts';
 import { MemoryBackend } from '../src/storage/memory.ts';
@@ -23,6 +24,28 @@ describe('repository', () => {
     const tr = await makeTestRepo();
     t.after(() => tr.close());
     await assert.rejects(Repository.init(tr.backend, 'x', { kdf: TEST_KDF }), (e) => isCofferError(e, 'ALREADY_EXISTS'));
+  });
+
+  it('init() refuses a location that holds other files unless forced, and leaves them alone', async (t) => {
+    const dir = await tempDir(t);
+    const cacheDir = join(dir, 'cache');
+    const memory = new MemoryBackend();
+    await memory.put('notes.txt', Buffer.from('mine'));
+    const local = new LocalBackend(join(dir, 'occupied'));
+    await mkdir(join(dir, 'occupied', 'deep', 'er'), { recursive: true });
+    await writeFile(join(dir, 'occupied', 'deep', 'er', 'photo.jpg'), 'jpeg');
+    for (const backend of [memory, local]) {
+      await assert.rejects(Repository.init(backend, 'x', { kdf: TEST_KDF, cacheDir }), (e) =>
+        isCofferError(e, 'REFUSED') && /Cannot initialise a repository at .*: it already holds other files, e\.g\. "(notes\.txt|deep\/er\/photo\.jpg)"/.test(e.message) && /--force/.test(e.hint ?? ''));
+      assert.equal((await listAll(backend, '')).length, 1, 'nothing was written');
+      const repo = await Repository.init(backend, 'x', { kdf: TEST_KDF, cacheDir, force: true });
+      await repo.close();
+      assert.equal((await Repository.open(backend, 'x', { noCache: true })).id, repo.id);
+    }
+    assert.equal((await memory.get('notes.txt')).toString(), 'mine');
+    // An empty directory, or one that does not exist yet, is fine.
+    await mkdir(join(dir, 'empty'));
+    for (const path of ['empty', 'new/below']) await (await Repository.init(new LocalBackend(join(dir, path)), 'x', { kdf: TEST_KDF, cacheDir })).close();
   });
 
   it('open() with a wrong password fails with WRONG_PASSWORD', async (t) => {

@@ -3,6 +3,7 @@
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
+import { openBackend } from '../src/storage/url.ts';
 import { startS3Server, type S3Server } from '../src/testing/s3server.ts';
 import { tempDir } from '../src/testing/tmp.ts';
 import { runCli } from './cli.ts';
@@ -43,6 +44,22 @@ describe('repository on S3', () => {
       assert.ok(lines.filter((l) => l.type === 'check').length >= 10);
       assert.equal(lines.at(-1).failed, 0);
     }
+  });
+
+  it('init into a prefix that already holds objects is refused unless --force', async (t) => {
+    const dir = await tempDir(t);
+    const url = `s3://${s3.bucket}/occupied?endpoint=${encodeURIComponent(s3.endpoint)}`;
+    const env = { COFFER_PASSWORD: 'pw', COFFER_CACHE_DIR: join(dir, 'cache'), AWS_ACCESS_KEY_ID: s3.accessKeyId, AWS_SECRET_ACCESS_KEY: s3.secretAccessKey };
+    const backend = await openBackend(url, { env });
+    t.after(() => backend.close());
+    await backend.put('exports/2026.csv', Buffer.from('a,b'));
+    let r = await runCli(['repo', 'init', '--repo', url], { env });
+    assert.equal(r.code, 1, r.stderr);
+    assert.match(r.stderr, /Cannot initialise a repository at s3:\/\/.*\/occupied: it already holds other files, e\.g\. "exports\/2026\.csv"/);
+    assert.match(r.stderr, /--force/);
+    r = await runCli(['repo', 'init', '--repo', url, '--force'], { env });
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal((await backend.get('exports/2026.csv')).toString(), 'a,b');
   });
 
   it('a wrong S3 key is a clear error with exit code 1', async (t) => {

@@ -94,7 +94,9 @@ export function register(repo: Command): void {
             parent: o.force ? 'none' : o.parent,
             images: o.image,
             imageChunking: o.imageChunking as 'fixed' | 'cdc' | undefined,
-            host: o.host ? { ...host, hostname: o.host, machineId: undefined } : host,
+            // --host renames this machine, it does not make it another one: the machine id stays,
+            // so that restore can still tell two machines of the same name apart.
+            host: o.host ? { ...host, hostname: o.host } : host,
             stream: o.command ? { name: o.stdinFilename ?? 'stdin', command: o.command } : o.stdin ? { name: o.stdinFilename ?? 'stdin', stream: process.stdin } : undefined,
             onWarning: (path, problem) => {
               if (bar) process.stderr.write('\r\x1b[K');

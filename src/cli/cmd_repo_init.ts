@@ -12,11 +12,14 @@ export function register(repo: Command): void {
     .option('--chunk-max <bytes>', 'largest chunk')
     .option('--compression <level>', 'zstd level, 1-19 (default 3)')
     .option('--pack-size <MiB>', 'target pack size in MiB (default 16)')
+    .option('--force', 'create the repository even if the directory or S3 prefix already holds other files')
     .action(async (opts: Record<string, string | undefined>, cmd: Command) => {
       const out = output(cmd);
       const url = repoUrl(cmd);
       const backend = await backendFor(url);
       try {
+        // Before the passphrase prompt: nobody should type a new passphrase twice to be refused.
+        await Repository.checkInitLocation(backend, { signal: interruptSignal(), force: Boolean(opts.force) });
         const password = await getPassword(cmd, { confirm: true });
         const chunker = opts.chunkAvg || opts.chunkMin || opts.chunkMax
           ? {
@@ -30,6 +33,7 @@ export function register(repo: Command): void {
           chunker,
           compressionLevel: opts.compression ? parseIntOption('--compression', opts.compression, 1, 19) : undefined,
           packSize: opts.packSize ? parseIntOption('--pack-size', opts.packSize, 1, 1024) * 1024 * 1024 : undefined,
+          force: Boolean(opts.force),
         });
         await r.close();
         out.result({ id: r.id, location: backend.location, config: r.config }, () => `created repository ${r.id.slice(0, 12)} at ${backend.location}`);

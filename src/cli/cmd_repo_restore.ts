@@ -114,7 +114,7 @@ export function register(repo: Command): void {
         for (const n of res.notices) if (!checked.verdict.warnings.includes(n)) out.event({ type: 'notice', message: n }, `note: ${n}`);
         // What "unchanged" rests on: by size and mtime, a file changed behind them counts as unchanged.
         const basis = o.overwrite === 'always' ? '' : res.compare === 'content' ? ' (content compared)' : ' (judged by size and mtime; --compare content reads them)';
-        out.result({ type: 'summary', snapshot: snap.id, target: res.target, dryRun: dry, created: res.created, overwritten: res.overwritten, metadataRestored: res.metadataRestored, unchanged: res.unchanged, compare: res.compare, skipped: res.skipped, warnings: res.warnings.length }, () => [
+        out.result({ type: 'summary', snapshot: snap.id, target: res.target, dryRun: dry, created: res.created, overwritten: res.overwritten, metadataRestored: res.metadataRestored, unchanged: res.unchanged, compare: res.compare, skipped: res.skipped, warnings: res.warnings.length, staleTemps: res.staleTemps }, () => [
           `${dry ? 'would create:   ' : 'created:        '}${counts(res.created)}`,
           `${dry ? 'would overwrite:' : 'overwritten:    '}${counts(res.overwritten)}`,
           `${dry ? 'metadata to fix:' : 'metadata fixed: '}${counts(res.metadataRestored)} (content unchanged)`,

@@ -34,6 +34,7 @@ import { readXattrs, dataRegions } from '../sources/metadata.ts';
 import { childPath, scanDir, type DirEntry, type EntryStat } from '../sources/scan.ts';
 import type { BlobDecoder } from './read-blobs.ts';
 import { TreeLoader } from './tree-loader.ts';
+import { HoleMap, ZeroChunks } from './sparse-read.ts';
 
 export const PROGRAM = 'coffer 0.1.0';
 
@@ -280,6 +281,7 @@ export async function backup(repo: Repository, pool: BackupPool, paths: string[]
     const smallReader = new SmallFileBatcher(pool, chunker.maxSize, signal);
     const largeLimiter = new Limiter(pool.size + 1);
     const readSize = Math.max(8 * 1024 * 1024, chunker.maxSize * 2);
+    const zeroChunks = new ZeroChunks(pool, chunker);
     const owners = new OwnerNames();
 
     const saveBlobs = async (items: Array<{ type: BlobType; id: Uint8Array; raw: Uint8Array }>) => {
@@ -295,9 +297,10 @@ export async function backup(repo: Repository, pool: BackupPool, paths: string[]
     /**
      * Reads a stream of bytes (file, device, command output) through the chunker and stores its
      * chunks. `fixed` selects fixed-size chunking (disk images); all-zero chunks of images
-     * (fixed or content-defined) are counted as holes.
+     * (fixed or content-defined) are counted as holes. With `holeMap`, holes are not read but
+     * given as zeros, and long ones skipped whole chunk by chunk (sparse-read.ts).
      */
-    const readStream = async (next: (buf: Buffer, offset: number, length: number) => Promise<number>, sizeHint: number | undefined, fixed: number | undefined): Promise<{ content: string[]; size: number; holes: number }> => {
+    const readStream = async (next: (buf: Buffer, offset: number, length: number, position: number) => Promise<number>, sizeHint: number | undefined, fixed: number | undefined, holeMap?: HoleMap): Promise<{ content: string[]; size: number; holes: number }> => {
       const content: string[] = [];
       let size = 0;
       let holes = 0;
@@ -307,10 +310,37 @@ export async function backup(repo: Repository, pool: BackupPool, paths: string[]
       let filled = 0;
       for (;;) {
         throwIfAborted(signal);
+        // The buffer holds [size - filled, size) and starts at a chunk boundary. When all of it
+        // lies in a hole, the chunks that fit in the rest of the hole are all the zero chunk.
+        const start = size - filled;
+        const holeEnd = holeMap ? holeMap.holeEnd(start) : start;
+        if (holeEnd >= size && holeEnd - start >= (fixed ?? chunker.minSize)) {
+          const zero = await zeroChunks.get(fixed, signal);
+          const k = Math.floor((holeEnd - start) / zero.length);
+          if (k > 0) {
+            await saveBlobs([{ type: 'data', id: zero.id, raw: zero.raw }]);
+            for (let i = 0; i < k; i++) content.push(zero.hex);
+            if (options.images) holes += k * zero.length;
+            progress.bytesScanned += k * zero.length;
+            size = start + k * zero.length;
+            filled = 0;
+            report();
+          }
+        }
         let eof = false;
         while (filled < buf.length) {
-          const want = buf.length - filled;
-          const n = await next(buf, filled, want);
+          let want = buf.length - filled;
+          if (holeMap) {
+            const zeros = Math.min(holeMap.holeEnd(size) - size, want);
+            if (zeros > 0) {
+              buf.fill(0, filled, filled + zeros);
+              filled += zeros;
+              size += zeros;
+              continue;
+            }
+            want = Math.min(want, holeMap.dataEnd(size) - size);
+          }
+          const n = await next(buf, filled, want, size);
           filled += n;
           size += n;
           progress.bytesRead += n;
@@ -353,7 +383,7 @@ export async function backup(repo: Repository, pool: BackupPool, paths: string[]
       return { content, size, holes };
     };
 
-    const readFile = async (path: Buffer, st: EntryStat, fixed: number | undefined): Promise<{ content: string[]; size: number; changed: boolean; holes: number }> => {
+    const readFile = async (path: Buffer, st: EntryStat, fixed: number | undefined): Promise<{ content: string[]; size: number; changed: boolean; holes: number; sparse?: boolean }> => {
       if (fixed === undefined && st.isFile() && st.size < BigInt(chunker.minSize)) {
         const r = await smallReader.read({ path, size: st.size, ino: st.ino, mtimeNs: st.mtimeNs, ctimeNs: st.ctimeNs });
         if (!r.ok) throw Object.assign(new Error(r.message), { code: r.errno });
@@ -364,11 +394,21 @@ export async function backup(repo: Repository, pool: BackupPool, paths: string[]
       const fh = await open(path, 'r');
       try {
         const isDev = st.isBlockDevice();
-        const r = await readStream(async (b, o, l) => (await fh.read(b, o, l, null)).bytesRead, isDev ? undefined : Number(st.size), fixed);
+        // Fewer blocks than the size needs: maybe holes, which are then not read.
+        let holeMap: HoleMap | undefined;
+        if (!isDev && st.blocks * 512n < st.size) {
+          try {
+            const map = new HoleMap(dataRegions(fh.fd, Number(st.size)), Number(st.size));
+            if (map.holeBytes > 0) holeMap = map;
+          } catch {
+            /* then it is read whole */
+          }
+        }
+        const r = await readStream(async (b, o, l, at) => (await fh.read(b, o, l, at)).bytesRead, isDev ? undefined : Number(st.size), fixed, holeMap);
         await options.afterFileRead?.(path.toString('utf8'));
         const after = await fh.stat({ bigint: true });
         const changed = !isDev && (after.mtimeNs !== st.mtimeNs || after.size !== st.size || after.ctimeNs !== st.ctimeNs || BigInt(r.size) !== st.size);
-        return { ...r, changed };
+        return { ...r, changed, ...(holeMap ? { sparse: true } : {}) };
       } finally {
         await fh.close();
       }
@@ -520,7 +560,7 @@ export async function backup(repo: Repository, pool: BackupPool, paths: string[]
             if (r.size < chunker.minSize && fixed === undefined) progress.bytesScanned += r.size;
             if (r.changed) warn(shown(), 'file changed while it was read; stored as read');
             report();
-            let sparse = r.holes > 0;
+            let sparse = r.holes > 0 || (fixed === undefined && r.sparse === true);
             if (!sparse && fixed === undefined && st.blocks * 512n < st.size) {
               try {
                 const fh = await open(path, 'r');
@@ -851,7 +891,7 @@ function safeUser(): string {
   }
 }
 
-type StreamReader = (next: (buf: Buffer, offset: number, length: number) => Promise<number>, sizeHint: number | undefined, fixed: number | undefined) => Promise<{ content: string[]; size: number; holes: number }>;
+type StreamReader = (next: (buf: Buffer, offset: number, length: number, position: number) => Promise<number>, sizeHint: number | undefined, fixed: number | undefined) => Promise<{ content: string[]; size: number; holes: number }>;
 
 /** Feeds a command's stdout or a stream to the reader; a command that fails fails the backup. */
 async function readCommandOrStream(src: StreamSource, read: StreamReader, signal: AbortSignal | undefined): Promise<{ content: string[]; size: number }> {

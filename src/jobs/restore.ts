@@ -19,7 +19,8 @@
 //  3. Every blob is verified as it is read (MAC and chunk id), before its bytes reach the disk;
 //     a file whose data is damaged or missing is never renamed into place.
 // An interrupted restore leaves no half-written file under a real name: at worst a temporary
-// `.coffer-restore-*` file, and those are removed on failure and cancellation.
+// `.coffer-restore-*` file, and those are removed on failure and cancellation; those that a killed
+// restore left are removed by the next one into the same directories (restore-temps.ts).
 
 import { closeSync, constants, fstatSync, openSync, unlinkSync, type BigIntStats } from 'node:fs';
 import { link, lstat, mkdir, open, readlink, realpath, rename, rmdir, symlink, unlink } from 'node:fs/promises';
@@ -44,6 +45,7 @@ import { localHostIdentity } from './backup.ts';
 import { readBlobs, type BlobDecoder, type BlobResult } from './read-blobs.ts';
 import { TreeLoader } from './tree-loader.ts';
 import { FileWriters, applyMeta as applyMetaTo, deserializeError, type FileHeader, type WriteOp } from './restore-writer.ts';
+import { StaleTemps, TMP_PREFIX, otherRestoreRunning } from './restore-temps.ts';
 
 // ---- safety: whose data goes where ----------------------------------------------------------
 
@@ -361,6 +363,11 @@ export interface RestoreOptions extends SafetyOptions {
    * as damaged.
    */
   salvage?: boolean;
+  /**
+   * Temporary files of earlier restores younger than this (by ctime) are kept while another
+   * restore of the repository runs (default 15 minutes; see restore-temps.ts).
+   */
+  staleTempMs?: number;
 }
 
 /** An entry whose data is damaged or missing in the repository. */
@@ -396,12 +403,13 @@ export interface RestoreResult {
   notices: string[];
   /** Entries not restored (or only salvaged) because their data is damaged or missing. */
   damaged: DamagedEntry[];
+  /** Temporary files of earlier, interrupted restores: removed (in a dry run: would be), and kept as possibly another running restore's. */
+  staleTemps: { removed: number; kept: number };
 }
 
 const zeroCounts = (): RestoreCounts => ({ files: 0, dirs: 0, symlinks: 0, hardlinks: 0, special: 0, bytes: 0 });
 
 const isRoot = process.getuid?.() === 0;
-const TMP_PREFIX = '.coffer-restore-';
 const { O_WRONLY, O_CREAT, O_EXCL, O_NOFOLLOW, O_NONBLOCK, O_RDONLY, O_DIRECTORY } = constants;
 
 // Random bytes for temporary names, drawn in bulk: one randomBytes() call per file was a
@@ -526,7 +534,7 @@ export async function restore(repo: Repository, source: Snapshot | string, targe
   const checked = await checkRestoreTarget(typeof source === 'string' ? undefined : source.host, target, options);
 
   const salvage = !!options.salvage && !dryRun;
-  const result: RestoreResult = { target: checked.real, dryRun, created: zeroCounts(), overwritten: zeroCounts(), metadataRestored: zeroCounts(), unchanged: zeroCounts(), skipped: zeroCounts(), compare, warnings: [], notices: checked.verdict.warnings, damaged: [] };
+  const result: RestoreResult = { target: checked.real, dryRun, created: zeroCounts(), overwritten: zeroCounts(), metadataRestored: zeroCounts(), unchanged: zeroCounts(), skipped: zeroCounts(), compare, warnings: [], notices: checked.verdict.warnings, damaged: [], staleTemps: { removed: 0, kept: 0 } };
   const progress: RestoreProgress = { files: 0, bytes: 0 };
   const warn = (path: string, problem: string) => {
     result.warnings.push({ path, problem });
@@ -578,6 +586,7 @@ export async function restore(repo: Repository, source: Snapshot | string, targe
     }
   }
   const endSession = () => session?.end().catch(() => {});
+  const temps = new StaleTemps({ othersMayWrite: await otherRestoreRunning(repo, session, { signal: userSignal }), minAgeMs: options.staleTempMs, dryRun, onWarning: warn });
 
   // The target directory itself: created (not in a dry run), then used by its real path.
   let rootPath = Buffer.from(checked.real);
@@ -597,6 +606,7 @@ export async function restore(repo: Repository, source: Snapshot | string, targe
     } catch (e) {
       throw new CofferError('USAGE', `Cannot restore into ${checked.lexical}: ${(e as Error).message}`, { cause: e, hint: 'Give a directory you can write to (it is created if missing).' });
     }
+    if (checked.exists) await temps.sweep(rootPath, '');
   } catch (e) {
     await endSession();
     throw e;
@@ -658,6 +668,7 @@ export async function restore(repo: Repository, source: Snapshot | string, targe
       }
       if (st.isDirectory()) {
         // An existing directory is merged into; its metadata is restored only if it was selected.
+        await temps.sweep(this.path, this.inner);
         if (this.selected && policy !== 'never') meta();
         report({ action: 'unchanged', path: this.inner, type: 'dir' });
         return true;
@@ -1505,6 +1516,8 @@ export async function restore(repo: Repository, source: Snapshot | string, targe
     await endSession();
     userSignal?.removeEventListener('abort', onUserAbort);
   }
+  result.staleTemps = { removed: temps.removed, kept: temps.kept };
+  result.notices.push(...temps.notices());
   if (damaged.length) {
     for (const d of damaged) warn(d.path, d.problem);
     throw new CofferError('CORRUPT', `Cannot restore ${damaged.length} entr${damaged.length === 1 ? 'y' : 'ies'}: their data is damaged or missing in the repository (everything else was restored)`, {

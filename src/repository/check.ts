@@ -277,7 +277,10 @@ export async function check(repo: Repository, options: CheckOptions = {}): Promi
       lost.set(blobKey(type, hex), { kind: 'blob-lost', severity: 'error', blob: hex, pack: toHex(hits[0]!.packId), message: `${type} blob ${hex.slice(0, 12)} has no readable copy (pack ${where})` });
     };
     for (const c of usedData) judge('data', c);
-    for (const t of seenTrees) if (!lost.has(blobKey('tree', t))) judge('tree', t);
+    for (const t of seenTrees) {
+      if (!lost.has(blobKey('tree', t))) judge('tree', t);
+      else for (const h of repo.index.lookupAll(fromHex(t), 'tree')) losingPacks.add(toHex(h.packId));
+    }
     // Per blob only those the index does not know at all; the rest is said per pack, and the
     // affected files are listed below.
     for (const p of lost.values()) if (p.kind === 'blob-missing') add(p);

@@ -20,6 +20,7 @@ import { ChunkIndex, type IndexHit } from './index/chunk-index.ts';
 import { DamageSet, loadDamage, recordDamage, type DamageSource, type PackDamage } from './damage.ts';
 import { decodeIndexFile, encodeIndexFile, splitPacks, INDEX_FILE_ENTRIES, type IndexFileContent, type IndexEntry, type IndexPack } from './index/index-file.ts';
 import { CONFIG_NAME, INDEX_PREFIX, KEYS_PREFIX, idFromName, indexName, keyName, packName } from './layout.ts';
+import { detectForeignRepository, foreignRepositoryError } from './foreign.ts';
 
 export const REPO_VERSION = 1;
 
@@ -45,6 +46,8 @@ export interface InitOptions extends CallOptions {
   packSize?: number;
   kdf?: KdfParams;
   cacheDir?: string;
+  /** Create the repository even where other objects (files, S3 keys) already are. */
+  force?: boolean;
 }
 
 export interface OpenOptions extends CallOptions {
@@ -124,8 +127,13 @@ export class Repository {
     return this.config.id;
   }
 
-  /** Creates a new repository. Fails with ALREADY_EXISTS if the backend holds one. */
-  static async init(backend: Backend, password: string, options: InitOptions = {}): Promise<Repository> {
+  /**
+   * Checks that a repository may be created on `backend`: fails with ALREADY_EXISTS if it holds
+   * one, and with REFUSED if it holds anything else (unless `force`): a repository mixed into other
+   * files is easily damaged by whoever tidies them, and prune or check would meet strangers.
+   * init() checks this itself; the CLI also calls it before asking for a new passphrase.
+   */
+  static async checkInitLocation(backend: Backend, options: CallOptions & { force?: boolean } = {}): Promise<void> {
     const { signal } = options;
     let exists = false;
     try {
@@ -135,8 +143,28 @@ export class Repository {
       if (!isCofferError(e, 'NOT_FOUND')) throw e;
     }
     if (exists) {
+      const foreign = await detectForeignRepository(backend, { signal });
+      if (foreign) throw foreignRepositoryError(foreign, backend.location, 'initialise a repository');
       throw new CofferError('ALREADY_EXISTS', `Cannot initialise a repository at ${backend.location}: one already exists there`, { hint: 'Open it with its password, or choose an empty location.' });
     }
+    if (options.force) return;
+    let other: string | undefined;
+    for await (const o of backend.list('', { signal })) {
+      other = o.name;
+      break;
+    }
+    if (other !== undefined) {
+      throw new CofferError('REFUSED', `Cannot initialise a repository at ${backend.location}: it already holds other files, e.g. ${JSON.stringify(other)}`, {
+        hint: 'Choose an empty directory or S3 prefix (one that does not exist yet is fine), or pass --force to create the repository beside what is there.',
+        details: { location: backend.location, found: other },
+      });
+    }
+  }
+
+  /** Creates a new repository where checkInitLocation() allows it. */
+  static async init(backend: Backend, password: string, options: InitOptions = {}): Promise<Repository> {
+    const { signal } = options;
+    await Repository.checkInitLocation(backend, options);
     const master = newMasterKey();
     const keys = deriveRepoKeys(master);
     const config: RepoConfig = {
@@ -172,6 +200,8 @@ export class Repository {
         }
         throw e;
       }
+      const foreign = await detectForeignRepository(backend, { signal });
+      if (foreign) throw foreignRepositoryError(foreign, backend.location, 'open the repository');
       throw new CofferError('CORRUPT', `Cannot open the repository at ${backend.location}: it has no key files`, { hint: 'The keys/ folder is missing or empty; restore it from a copy of the repository.' });
     }
     names.sort();
@@ -194,6 +224,9 @@ export class Repository {
       }
     }
     if (!master) {
+      // restic's key files sit where ours do and look damaged to us: say what they are instead.
+      const foreign = await detectForeignRepository(backend, { signal });
+      if (foreign) throw foreignRepositoryError(foreign, backend.location, 'open the repository');
       if (lastCorrupt && names.length === 1) throw lastCorrupt;
       throw new CofferError('WRONG_PASSWORD', `Cannot open the repository at ${backend.location}: the password is wrong`, { hint: 'No key file accepts this password. Check COFFER_PASSWORD, --password-file or COFFER_PASSWORD_COMMAND.' });
     }

@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { mkdir, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -42,6 +42,25 @@ describe('LocalBackend', () => {
     await backend.put('tidy/one', Buffer.from('1'));
     await backend.put('tidy/one', Buffer.from('2'));
     assert.deepEqual(await readdir(join(root, 'tidy')), ['one']);
+  });
+
+  it('put() creates files 0600 and directories 0700, whatever the umask', async () => {
+    const base = await mkdtemp(join(tmpdir(), 'coffer-local-'));
+    const fresh = new LocalBackend(join(base, 'private', 'repo'));
+    const old = process.umask(0);
+    try {
+      await fresh.put('keys/abc', Buffer.from('key'));
+      await fresh.put('config', Buffer.from('config'));
+    } finally {
+      process.umask(old);
+    }
+    const mode = async (p: string) => (await stat(join(base, p))).mode & 0o777;
+    assert.equal(await mode('private/repo/keys/abc'), 0o600);
+    assert.equal(await mode('private/repo/config'), 0o600);
+    assert.equal(await mode('private/repo/keys'), 0o700);
+    assert.equal(await mode('private/repo'), 0o700, 'the root it creates');
+    assert.equal(await mode('private'), 0o700, 'and the parents of the root');
+    await rm(base, { recursive: true, force: true });
   });
 
   it('list() ignores a temporary file left behind by a crashed writer', async () => {

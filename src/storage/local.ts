@@ -16,6 +16,11 @@ const TEMP_FILE = /^\.tmp-[0-9a-f]{24}$/;
 const IO_CHUNK = 8 * 1024 * 1024;
 /** How many files list() stats at once. */
 const STAT_BATCH = 64;
+// Key files and the config let anyone who copies them guess the passphrase offline, so the
+// repository is private to its owner whatever the umask, as restic's is: files 0600, directories
+// 0700 (the mode applies only to what this backend creates; an existing directory keeps its own).
+const FILE_MODE = 0o600;
+const DIR_MODE = 0o700;
 
 const TRANSIENT_CODES = new Set(['EIO', 'EAGAIN', 'EMFILE', 'ENFILE', 'EBUSY', 'EINTR', 'ETIMEDOUT', 'ESTALE']);
 const DENIED_CODES = new Set(['EACCES', 'EPERM']);
@@ -233,35 +238,35 @@ export class LocalBackend implements Backend {
 
   async #createTemp(temp: string, dir: string): Promise<FileHandle> {
     try {
-      return await open(temp, 'wx');
+      return await open(temp, 'wx', FILE_MODE);
     } catch (e) {
       if (errCode(e) !== 'ENOENT') throw e;
     }
     await this.#ensureDir(dir);
-    return await open(temp, 'wx');
+    return await open(temp, 'wx', FILE_MODE);
   }
 
   /** Creates `dir` and missing parents, fsyncing each new directory's parent. */
   async #ensureDir(dir: string): Promise<void> {
     if (dir === this.#root) {
       try {
-        await mkdir(dir);
+        await mkdir(dir, DIR_MODE);
       } catch (e) {
         if (errCode(e) === 'EEXIST') return;
         if (errCode(e) !== 'ENOENT') throw e;
-        await mkdir(dir, { recursive: true });
+        await mkdir(dir, { recursive: true, mode: DIR_MODE });
       }
       await fsyncDir(dirname(dir));
       return;
     }
     try {
-      await mkdir(dir);
+      await mkdir(dir, DIR_MODE);
     } catch (e) {
       if (errCode(e) === 'EEXIST') return;
       if (errCode(e) !== 'ENOENT') throw e;
       await this.#ensureDir(dirname(dir));
       try {
-        await mkdir(dir);
+        await mkdir(dir, DIR_MODE);
       } catch (e2) {
         // Another writer created it meanwhile.
         if (errCode(e2) !== 'EEXIST') throw e2;

@@ -193,7 +193,8 @@ export class ChunkIndex {
 
   private loadCache(): void {
     try {
-      mkdirSync(this.dir, { recursive: true });
+      // 0700 like the repository: the cache holds which chunks (content hashes) the repository has.
+      mkdirSync(this.dir, { recursive: true, mode: 0o700 });
     } catch (e) {
       throw storageError('create', this.dir, e);
     }

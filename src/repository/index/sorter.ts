@@ -244,7 +244,7 @@ export class ExternalSorter {
   private newRunPath(): string {
     if (!this.made) {
       try {
-        mkdirSync(this.dir, { recursive: true });
+        mkdirSync(this.dir, { recursive: true, mode: 0o700 });
       } catch (e) {
         throw storageError('create a sort directory for', this.dir, e);
       }
