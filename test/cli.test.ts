@@ -70,7 +70,7 @@ describe('coffer CLI', () => {
     assert.ok(summary.bytesScanned > 1_000_000);
     assert.match(summary.snapshot, /^[0-9a-f]{64}$/);
     r = await runCli(['--json', 'repo', 'snapshots', '--tag', 'first'], { env });
-    const snaps = JSON.parse(r.stdout);
+    const snaps = r.stdout.trim().split('\n').map((l) => JSON.parse(l)).filter((e) => e.type === 'snapshot');
     assert.equal(snaps.length, 1);
     assert.equal(snaps[0].id, summary.snapshot);
     r = await runCli(['repo', 'restore', 'latest', '--target', join(dir, 'out')], { env });

@@ -3,6 +3,7 @@
 import type { Command } from 'commander';
 import { findInSnapshots, nodeJson } from '../jobs/browse.ts';
 import { loadAllSnapshots, matchesFilter } from '../repository/snapshot.ts';
+import type { EventLine } from './json-schema.ts';
 import { output, withRepo, snapshotSelectionOptions, snapshotFilter, type SnapshotSelection } from './context.ts';
 import { stdoutSink } from './cmd_repo_dump.ts';
 
@@ -22,11 +23,15 @@ export function register(repo: Command): void {
         for await (const m of findInSnapshots(r, snaps, pattern, { signal })) {
           matches++;
           seen.add(m.snapshot);
-          const line = out.json ? JSON.stringify({ snapshot: m.snapshot, time: m.time, hostname: m.hostname, ...nodeJson(m.path, m.node) }) : `${m.snapshot.slice(0, 12)}  ${m.time}  ${m.hostname}  ${m.path}${m.node.type === 'dir' ? '/' : ''}`;
-          if (!(await sink.write(line + '\n'))) return;
+          const line = out.render(
+            { type: 'match', snapshot: m.snapshot, time: m.time, hostname: m.hostname, ...nodeJson(m.path, m.node) } as EventLine,
+            `${m.snapshot.slice(0, 12)}  ${m.time}  ${m.hostname}  ${m.path}${m.node.type === 'dir' ? '/' : ''}`,
+          );
+          if (!(await sink.write(line + '\n'))) break;
         }
         await sink.end();
         out.info(`${matches} match(es) in ${seen.size} of ${snaps.length} snapshot(s)`);
+        out.summary({ pattern, matches, snapshots: seen.size, searched: snaps.length });
       });
     });
 }

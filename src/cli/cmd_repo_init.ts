@@ -32,7 +32,7 @@ export function register(repo: Command): void {
           packSize: opts.packSize ? parseIntOption('--pack-size', opts.packSize, 1, 1024) * 1024 * 1024 : undefined,
         });
         await r.close();
-        out.result({ id: r.id, location: backend.location, config: r.config }, () => `created repository ${r.id.slice(0, 12)} at ${backend.location}`);
+        out.summary({ id: r.id, location: backend.location, config: r.config }, () => `created repository ${r.id.slice(0, 12)} at ${backend.location}`);
       } finally {
         await backend.close();
       }

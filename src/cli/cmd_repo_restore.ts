@@ -91,10 +91,10 @@ export function register(repo: Command): void {
             const verb = VERBS[e.action][dry ? 1 : 0];
             out.event({ type: 'entry', action: e.action, path: e.path, nodeType: e.type, ...(e.size !== undefined ? { size: e.size } : {}), ...(e.reason ? { reason: e.reason } : {}), dryRun: dry }, `${verb.padEnd(15)} ${e.path}${e.type === 'dir' ? '/' : ''}${e.reason ? `  (${e.reason})` : ''}`);
           },
-          onWarning: (path, problem) => out.event({ type: 'warning', path, problem }, `warning: ${path}: ${problem}`),
+          onWarning: (path, problem) => out.warning(path, problem),
         }).finally(() => pool?.close());
         for (const n of res.notices) if (!checked.verdict.warnings.includes(n)) out.event({ type: 'notice', message: n }, `note: ${n}`);
-        out.result({ type: 'summary', snapshot: snap.id, target: res.target, dryRun: dry, created: res.created, overwritten: res.overwritten, unchanged: res.unchanged, skipped: res.skipped, warnings: res.warnings.length }, () => [
+        out.summary({ snapshot: snap.id, target: res.target, dryRun: dry, created: res.created, overwritten: res.overwritten, unchanged: res.unchanged, skipped: res.skipped, warnings: res.warnings.length }, () => [
           `${dry ? 'would create:   ' : 'created:        '}${counts(res.created)}`,
           `${dry ? 'would overwrite:' : 'overwritten:    '}${counts(res.overwritten)}`,
           `unchanged:      ${counts(res.unchanged)}`,
