@@ -236,6 +236,30 @@ describe('--json output (docs/json.md)', () => {
     assert.equal(rebuilt.final.code, 'CHECK_FAILED');
   });
 
+  it('a damaged snapshot: listings warn about it (exit 3), latest skips it with a notice, forget removes it by id', async () => {
+    const e = { ...env, COFFER_REPOSITORY: join(dir, 'bad-snapshot'), COFFER_CACHE_DIR: join(dir, 'cache-bad-snapshot') };
+    await json(['repo', 'init'], e, 0);
+    const good = await json(['repo', 'backup', src], e, 0);
+    const newest = await json(['repo', 'backup', src, '--force'], e, 0);
+    const bad = String(newest.final.snapshot);
+    await writeFile(join(dir, 'bad-snapshot', 'snapshots', bad), 'not a snapshot');
+    const snaps = await json(['repo', 'snapshots'], e, 3);
+    assert.deepEqual(ofType(snaps.lines, 'warning').map((w) => w.snapshot), [bad]);
+    assert.deepEqual(ofType(snaps.lines, 'snapshot').map((s) => s.id), [good.final.snapshot]);
+    assert.deepEqual([snaps.final.type, snaps.final.warnings], ['summary', 1]);
+    const find = await json(['repo', 'find', 'added.txt'], e, 3);
+    assert.deepEqual([ofType(find.lines, 'warning').length, find.final.searched], [1, 1]);
+    const ls = await json(['repo', 'ls', 'latest', src], e, 0);
+    assert.deepEqual(ofType(ls.lines, 'notice').map((n) => n.snapshot), [bad]);
+    assert.equal(ls.final.snapshot, good.final.snapshot);
+    const diff = await json(['repo', 'diff', String(good.final.snapshot), 'latest'], e, 0);
+    assert.equal(diff.final.added, 0);
+    const backup = await json(['repo', 'backup', src], e, 0);
+    assert.deepEqual([ofType(backup.lines, 'notice').length, backup.final.parent], [1, good.final.snapshot]);
+    const forget = await json(['repo', 'forget', bad.slice(0, 12)], e, 0);
+    assert.deepEqual(ofType(forget.lines, 'forget'), [{ type: 'forget', snapshot: bad, dryRun: false }], 'removed by id, unread');
+  });
+
   it('dump refuses --json with a usage error line (its output is the file itself)', async () => {
     const r = await json(['repo', 'dump', 'latest', join(src, 'link')], { ...env, COFFER_PASSWORD: 'not even checked' }, 2);
     assert.equal(r.final.code, 'USAGE');
@@ -258,18 +282,19 @@ describe('--json output (docs/json.md)', () => {
   });
 
   it('the checker rejects text, lines without a valid type, misplaced or missing final lines and wrong exit codes', () => {
-    const ok = '{"type":"summary","snapshots":0,"exitCode":0}\n';
+    const ok = '{"type":"summary","snapshots":0,"warnings":0,"exitCode":0}\n';
     assert.equal(checkJsonOutput('repo snapshots', ok, 0).length, 1);
     const bad: Array<[string, string, number, RegExp]> = [
       ['repo snapshots', `1 snapshot(s)\n${ok}`, 0, /not JSON/],
       ['repo snapshots', `[]\n${ok}`, 0, /not a JSON object/],
       ['repo snapshots', `{"id":"x"}\n${ok}`, 0, /no string "type"/],
       ['repo snapshots', `{"type":"snapshots"}\n${ok}`, 0, /unknown type "snapshots"/],
-      ['repo snapshots', `{"type":"warning","path":"/x","problem":"y"}\n${ok}`, 0, /may not print "warning"/],
+      ['repo snapshots', `{"type":"progress","message":"y"}\n${ok}`, 0, /may not print "progress"/],
       ['repo snapshots', '{"type":"snapshot","id":"x"}\n', 0, /last line must be/],
       ['repo snapshots', `${ok}${ok}`, 0, /must be the last line/],
       ['repo snapshots', ok, 3, /exited with 3/],
-      ['repo snapshots', '{"type":"summary","snapshots":0,"extra":1,"exitCode":0}\n', 0, /extra/],
+      ['repo snapshots', '{"type":"summary","snapshots":0,"warnings":0,"extra":1,"exitCode":0}\n', 0, /extra/],
+      ['repo snapshots', '{"type":"summary","snapshots":0,"warnings":1,"exitCode":3}\n', 3, /1 warning\(s\) but 0 warning line/],
       ['repo backup', '{"type":"error","code":"WARNINGS","message":"m","exitCode":3}\n', 3, /end with a summary/],
       ['repo key add', '', 0, /printed nothing/],
       ['repo no-such', ok, 0, /No --json contract/],

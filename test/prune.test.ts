@@ -3,7 +3,7 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
-import { writeFile, mkdir } from 'node:fs/promises';
+import { writeFile, mkdir, rm } from 'node:fs/promises';
 import { isCofferError } from '../src/core/errors.ts';
 import { listAll } from '../src/storage/backend.ts';
 import { FaultyBackend } from '../src/storage/faulty.ts';
@@ -16,7 +16,7 @@ import type { Repository } from '../src/repository/repository.ts';
 import { loadAllSnapshots, saveSnapshot } from '../src/repository/snapshot.ts';
 import { DATA_PREFIX, SNAPSHOTS_PREFIX } from '../src/repository/layout.ts';
 import { WorkerPool } from '../src/engine/pool.ts';
-import { Session } from '../src/repository/session.ts';
+import { Session, isSessionGap } from '../src/repository/session.ts';
 import { makeTestRepo } from '../src/testing/repo.ts';
 import { tempDir } from '../src/testing/tmp.ts';
 import { randomBytes } from '../src/testing/random.ts';
@@ -54,6 +54,39 @@ describe('prune', () => {
     assert.ok(c.ok, JSON.stringify(c.problems));
     await r2.loadIndex();
     await restoresIntact(r2, rb.snapshot.tree, b, join(dir, 'out'));
+  });
+
+  it('frees the packs it repacked: after forget and prune only the live data stays, and a second prune changes nothing', async (t) => {
+    const dir = await tempDir(t);
+    // One pack for everything (the default size here is 256 KiB): the random file's pack also
+    // holds the text file, which the second snapshot still uses.
+    const tr = await makeTestRepo({ packSize: 16 * 1024 * 1024 });
+    t.after(() => tr.close());
+    const src = join(dir, 'src');
+    await mkdir(src);
+    await writeFile(join(src, 'rand'), randomBytes(77, 3_000_000));
+    await writeFile(join(src, 'text'), Buffer.from(Array.from({ length: 10_000 }, (_, i) => `${i + 1}\n`).join('')));
+    const first = await backup(tr.repo, tr.pool, [src]);
+    await rm(join(src, 'rand'));
+    const second = await backup(tr.repo, tr.pool, [src]);
+    await tr.backend.delete(SNAPSHOTS_PREFIX + first.snapshotId);
+    const size = async () => (await listAll(tr.backend, '')).filter((o) => !o.name.startsWith('sessions/')).reduce((n, o) => n + o.size, 0);
+    const res = await prune(tr.repo, { encoder: tr.pool });
+    assert.equal(res.packsRepacked, 1);
+    assert.equal(res.packsKept, 0, 'a repacked pack is not kept for the blobs that were copied out of it');
+    assert.ok(res.packsDeleted >= 1);
+    const after = await size();
+    assert.ok(after < 200_000, `the repository holds ${after} bytes for 49 kB of live data`);
+    for (let i = 0; i < 2; i++) {
+      const again = await prune(tr.repo, { encoder: tr.pool });
+      assert.deepEqual([again.packsCondemned, again.packsRepacked, again.packsDeleted, again.indexFilesDeleted], [0, 0, 0, 0], 'a second prune changes nothing');
+      assert.equal(await size(), after);
+    }
+    const r2 = await tr.reopen();
+    const c = await check(r2, { readData: true });
+    assert.ok(c.ok, JSON.stringify(c.problems));
+    await r2.loadIndex();
+    await restoresIntact(r2, second.snapshot.tree, src, join(dir, 'out'));
   });
 
   it('writes the new index in bounded files; a crash between them leaves a readable repository', async (t) => {
@@ -108,12 +141,10 @@ describe('prune', () => {
     const p1 = await prune(pruner, { encoder: tr.pool });
     assert.equal(p1.packsDeleted, 0);
     assert.equal(p1.plansWaiting, 1);
-    // A backup that starts after the mark sees the plan and does not reuse condemned blobs.
-    const late = await backup(await tr.reopen(), tr.pool, [a]);
-    assert.ok(late.summary.bytesNew > 0, 'a post-mark writer stores the data again');
     // The pre-mark writer commits a snapshot that reuses every blob it knew (an unchanged backup).
+    await session.assertAlive();
     const sid = await saveSnapshot(writer, { ...first.snapshot, time: new Date().toISOString() });
-    session.assertAlive();
+    await session.assertAlive();
     await session.end();
     // Now prune sweeps: the packs are used again, so they are kept.
     const p2 = await prune(await tr.reopen(), { encoder: tr.pool });
@@ -124,6 +155,114 @@ describe('prune', () => {
     await r.loadIndex();
     const snap = (await loadAllSnapshots(r)).find((x) => x.id === sid)!;
     await restoresIntact(r, snap.snapshot.tree, a, join(dir, 'out'));
+  });
+
+  it('a backup that starts after the mark stores condemned blobs again; the sweep then deletes the old packs and the new snapshot restores', async (t) => {
+    const dir = await tempDir(t);
+    const tr = await makeTestRepo();
+    t.after(() => tr.close());
+    const a = join(dir, 'a');
+    await writeSet(a, 3);
+    const first = await backup(tr.repo, tr.pool, [a]);
+    const before = new Set((await listAll(tr.backend, DATA_PREFIX)).map((o) => o.name));
+    // A live session makes the sweep wait after the mark.
+    const other = await tr.reopen();
+    const session = await Session.start(other, 'backup');
+    await tr.backend.delete(SNAPSHOTS_PREFIX + first.snapshotId);
+    const p1 = await prune(await tr.reopen(), { encoder: tr.pool });
+    assert.equal(p1.plansWaiting, 1);
+    const late = await backup(await tr.reopen(), tr.pool, [a]);
+    assert.ok(late.summary.bytesNew > 0, 'a post-mark writer stores the data again');
+    await session.end();
+    const p2 = await prune(await tr.reopen(), { encoder: tr.pool });
+    assert.equal(p2.packsKept, 0, 'every used blob has a copy outside the condemned packs');
+    const after = new Set((await listAll(tr.backend, DATA_PREFIX)).map((o) => o.name));
+    assert.ok([...before].every((n) => !after.has(n)), 'the old packs are gone');
+    const r = await tr.reopen();
+    const c = await check(r, { readData: true });
+    assert.ok(c.ok, JSON.stringify(c.problems));
+    await r.loadIndex();
+    await restoresIntact(r, late.snapshot.tree, a, join(dir, 'out'));
+  });
+
+  /**
+   * A backup of a tree that reuses a forgotten snapshot's data and adds new data, held at its
+   * last file (as if the process were stopped there) until `release()`.
+   */
+  async function heldBackup(dir: string, backend: MemoryBackend) {
+    const tr = await makeTestRepo({ backend });
+    const a = join(dir, 'a');
+    const b = join(dir, 'b');
+    await writeSet(a, 21);
+    const first = await backup(tr.repo, tr.pool, [a]);
+    await tr.backend.delete(SNAPSHOTS_PREFIX + first.snapshotId);
+    await writeSet(b, 21);
+    await writeSet(join(b, 'new'), 22, 6);
+    let release!: () => void;
+    const released = new Promise<void>((r) => (release = r));
+    let held!: () => void;
+    const holding = new Promise<void>((r) => (held = r));
+    let reads = 0;
+    const running = backup(await tr.reopen(), tr.pool, [b], {
+      afterFileRead: async () => {
+        if (++reads === 12) {
+          held();
+          await released;
+        }
+      },
+    });
+    running.catch(() => {});
+    await holding;
+    return { tr, b, running, release };
+  }
+
+  it('a prune on a host whose clock is 45 and 90 minutes ahead still waits for a running backup: staleness is by the storage clock', async (t) => {
+    const dir = await tempDir(t);
+    const realNow = Date.now;
+    const { tr, b, running, release } = await heldBackup(dir, new MemoryBackend({ now: () => realNow() }));
+    t.after(() => tr.close());
+    for (const ahead of [45, 90]) {
+      Date.now = () => realNow() + ahead * 60_000;
+      try {
+        const p = await prune(await tr.reopen(), { encoder: tr.pool });
+        assert.equal(p.packsDeleted, 0, `a prune ${ahead} min ahead deleted packs of a live backup`);
+      } finally {
+        Date.now = realNow;
+      }
+    }
+    release();
+    const res = await running;
+    await prune(await tr.reopen(), { encoder: tr.pool });
+    const r = await tr.reopen();
+    const c = await check(r, { readData: true });
+    assert.ok(c.ok, JSON.stringify(c.problems));
+    await r.loadIndex();
+    await restoresIntact(r, res.snapshot.tree, b, join(dir, 'out'));
+  });
+
+  it('a backup paused longer than the stale time by the storage clock commits nothing and leaves no index entry for what prune deleted', async (t) => {
+    const dir = await tempDir(t);
+    let storageAhead = 0;
+    const backend = new MemoryBackend({ now: () => Date.now() + storageAhead });
+    const { tr, b, running, release } = await heldBackup(dir, backend);
+    t.after(() => tr.close());
+    // 20 minutes pass for the storage (and every other host); the held backup writes nothing.
+    storageAhead = 20 * 60_000;
+    const p = await prune(await tr.reopen(), { encoder: tr.pool });
+    assert.ok(p.packsDeleted > 0, 'the prune took the paused backup for dead and deleted what it reused and uploaded');
+    release();
+    await assert.rejects(running, (e) => isSessionGap(e) && /paused or cut off from the repository for 20 min/.test((e as Error).message));
+    assert.equal((await listAll(backend, SNAPSHOTS_PREFIX)).length, 0, 'no snapshot was committed');
+    const r = await tr.reopen();
+    const c = await check(r, { readData: true });
+    assert.ok(c.ok, `the index lists no deleted pack: ${JSON.stringify(c.problems)}`);
+    // Running the backup again stores what is gone and restores whole.
+    const again = await backup(r, tr.pool, [b]);
+    assert.ok(again.summary.bytesNew > 0);
+    const r2 = await tr.reopen();
+    assert.ok((await check(r2, { readData: true })).ok);
+    await r2.loadIndex();
+    await restoresIntact(r2, again.snapshot.tree, b, join(dir, 'out'));
   });
 
   it('concurrent backups and prunes leave every snapshot restorable', async (t) => {

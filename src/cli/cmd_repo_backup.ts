@@ -100,11 +100,14 @@ export function register(repo: Command): void {
               if (bar) process.stderr.write('\r\x1b[K');
               out.warning(path, problem);
             },
+            onNotice: (message) => {
+              if (bar) process.stderr.write('\r\x1b[K');
+              out.event({ type: 'notice', message }, `note: ${message}`);
+            },
             onProgress: (p) => {
               if (out.json) {
                 out.event({ type: 'progress', files: p.files, dirs: p.dirs, bytesScanned: p.bytesScanned, bytesRead: p.bytesRead, bytesNew: p.bytesNew, bytesTotal: p.bytesTotal, currentPath: p.currentPath });
-              }
-              else if (bar) {
+              } else if (bar) {
                 const s = Math.max((Date.now() - started) / 1000, 0.001);
                 bar.setTotal(Math.max(p.bytesTotal ?? 0, p.bytesScanned, 1));
                 bar.update(p.bytesScanned, { done: formatBytes(p.bytesScanned), files: p.files, rate: formatBytes(p.bytesScanned / s), eta: eta(p, s) });

@@ -4,7 +4,7 @@
 import type { Command } from 'commander';
 import { diffTrees, type DiffChange, type DiffStats } from '../jobs/browse.ts';
 import { findSnapshot } from '../repository/snapshot.ts';
-import { output, withRepo } from './context.ts';
+import { output, withRepo, unreadableNotice } from './context.ts';
 import { stdoutSink } from './cmd_repo_dump.ts';
 
 const MARK: Record<DiffChange, string> = { added: '+', removed: '-', modified: 'M', metadata: 'U' };
@@ -16,8 +16,8 @@ export function register(repo: Command): void {
     .action(async (ref1: string, ref2: string, _o: unknown, cmd: Command) => {
       const out = output(cmd);
       await withRepo(cmd, async (r, signal) => {
-        const a = await findSnapshot(r, ref1, {}, { signal });
-        const b = await findSnapshot(r, ref2, {}, { signal });
+        const a = await findSnapshot(r, ref1, {}, { signal, onUnreadable: unreadableNotice(out) });
+        const b = await findSnapshot(r, ref2, {}, { signal, onUnreadable: unreadableNotice(out) });
         await r.loadIndex({ signal });
         const stats: DiffStats = { added: 0, removed: 0, modified: 0, metadata: 0 };
         const sink = stdoutSink();

@@ -6,7 +6,7 @@
 import type { Command } from 'commander';
 import { CofferError } from '../core/errors.ts';
 import { dumpFile, lookupPath } from '../jobs/browse.ts';
-import { findSnapshot } from '../repository/snapshot.ts';
+import { describeUnreadable, findSnapshot } from '../repository/snapshot.ts';
 import { output, withRepo, snapshotSelectionOptions, snapshotFilter, type SnapshotSelection } from './context.ts';
 
 /**
@@ -63,7 +63,7 @@ export function register(repo: Command): void {
         });
       }
       await withRepo(cmd, async (r, signal) => {
-        const snap = await findSnapshot(r, ref, snapshotFilter(o), { signal });
+        const snap = await findSnapshot(r, ref, snapshotFilter(o), { signal, onUnreadable: (u) => process.stderr.write(`note: ${describeUnreadable(u)}\n`) });
         await r.loadIndex({ signal });
         const at = await lookupPath(r, snap.snapshot.tree, path, { signal });
         if (!at.node) throw new CofferError('USAGE', 'Cannot dump /: it is the snapshot root, a directory', { hint: 'List it with `coffer repo ls SNAPSHOT`.' });

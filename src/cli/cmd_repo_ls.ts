@@ -6,7 +6,7 @@ import { listSnapshot, modeString, nodeJson, nodeTime } from '../jobs/browse.ts'
 import { findSnapshot } from '../repository/snapshot.ts';
 import type { TreeNode } from '../repository/tree.ts';
 import type { EventLine } from './json-schema.ts';
-import { output, withRepo, snapshotSelectionOptions, snapshotFilter, type SnapshotSelection } from './context.ts';
+import { output, withRepo, snapshotSelectionOptions, snapshotFilter, type SnapshotSelection, unreadableNotice } from './context.ts';
 import { stdoutSink } from './cmd_repo_dump.ts';
 
 function longLine(path: string, n: TreeNode): string {
@@ -26,7 +26,7 @@ export function register(repo: Command): void {
     .action(async (ref: string, path: string | undefined, o: { recursive?: boolean; long?: boolean } & SnapshotSelection, cmd: Command) => {
       const out = output(cmd);
       await withRepo(cmd, async (r, signal) => {
-        const snap = await findSnapshot(r, ref, snapshotFilter(o), { signal });
+        const snap = await findSnapshot(r, ref, snapshotFilter(o), { signal, onUnreadable: unreadableNotice(out) });
         await r.loadIndex({ signal });
         const sink = stdoutSink();
         let entries = 0;

@@ -7,7 +7,7 @@ import { CofferError } from '../core/errors.ts';
 import { localHostIdentity } from '../jobs/backup.ts';
 import { OVERWRITE_POLICIES, checkRestoreTarget, describeHost, restore, type OverwritePolicy, type RestoreCounts, type RestoreEntry } from '../jobs/restore.ts';
 import { findSnapshot } from '../repository/snapshot.ts';
-import { collect, formatBytes, makePool, output, parseIntOption, withRepo, snapshotSelectionOptions, snapshotFilter, type SnapshotSelection } from './context.ts';
+import { collect, formatBytes, makePool, output, parseIntOption, withRepo, snapshotSelectionOptions, snapshotFilter, type SnapshotSelection, unreadableNotice } from './context.ts';
 
 interface RestoreCliOptions extends SnapshotSelection {
   target: string;
@@ -60,7 +60,7 @@ export function register(repo: Command): void {
       // A reader that goes away (`--dry-run | head`) must not kill a restore halfway through.
       process.stdout.on('error', () => {});
       await withRepo(cmd, async (r, signal) => {
-        const snap = await findSnapshot(r, ref, snapshotFilter(o), { signal });
+        const snap = await findSnapshot(r, ref, snapshotFilter(o), { signal, onUnreadable: unreadableNotice(out) });
         const source = snap.snapshot.host;
         const here = localHostIdentity();
         // Whose data goes where, before the safety check can refuse and before any write.

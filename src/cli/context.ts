@@ -9,7 +9,7 @@ import type { Backend } from '../storage/backend.ts';
 import { openBackend } from '../storage/url.ts';
 import { RetryBackend } from '../storage/retry.ts';
 import { Repository, type OpenOptions } from '../repository/repository.ts';
-import type { SnapshotFilter } from '../repository/snapshot.ts';
+import { describeUnreadable, type SnapshotFilter, type UnreadableSnapshot } from '../repository/snapshot.ts';
 import { WorkerPool } from '../engine/pool.ts';
 import type { EventLine } from './json-schema.ts';
 
@@ -308,4 +308,9 @@ export function snapshotSelectionOptions(cmd: Command, use: 'latest' | 'filter')
 
 export function snapshotFilter(o: SnapshotSelection): SnapshotFilter {
   return { host: o.host, paths: o.path, tags: o.tag };
+}
+
+/** Reports a snapshot that `latest` skipped because it cannot be read (a notice: the command goes on). */
+export function unreadableNotice(out: Output): (u: UnreadableSnapshot) => void {
+  return (u) => out.event({ type: 'notice', snapshot: u.id, message: describeUnreadable(u) }, `note: ${describeUnreadable(u)}`);
 }

@@ -51,8 +51,9 @@ export const EVENT_LINES = {
     bytesTotal: count.optional(),
     currentPath: z.string().optional(),
   }),
-  warning: z.strictObject({ type: z.literal('warning'), path: z.string(), problem: z.string() }),
-  notice: z.strictObject({ type: z.literal('notice'), message: z.string() }),
+  // A warning is about a path (backup, restore) or a whole snapshot that could not be read.
+  warning: z.strictObject({ type: z.literal('warning'), path: z.string().optional(), snapshot: id.optional(), problem: z.string() }),
+  notice: z.strictObject({ type: z.literal('notice'), snapshot: id.optional(), message: z.string() }),
   hosts: z.strictObject({ type: z.literal('hosts'), snapshot: id, time, source: host, target: host, targetPath: z.string() }),
   entry: z.strictObject({
     type: z.literal('entry'),
@@ -100,7 +101,8 @@ export const EVENT_LINES = {
     warnings: z.array(z.object({ path: z.string(), problem: z.string() })).optional(),
   }),
   key: z.strictObject({ type: z.literal('key'), id, current: z.boolean(), created: time, username: z.string(), hostname: z.string() }),
-  forget: z.strictObject({ type: z.literal('forget'), snapshot: id, time, hostname: z.string(), paths: z.array(z.string()), dryRun: z.boolean() }),
+  // time, hostname and paths when the snapshot was read (not when it is removed by id: it may be damaged).
+  forget: z.strictObject({ type: z.literal('forget'), snapshot: id, time: time.optional(), hostname: z.string().optional(), paths: z.array(z.string()).optional(), dryRun: z.boolean() }),
   problem: z.strictObject({
     type: z.literal('problem'),
     severity: z.enum(['error', 'warning']),
@@ -163,7 +165,7 @@ export const COMMAND_OUTPUT: Record<string, CommandOutput> = {
   'repo key add': { events: [], summary: summary({ id }) },
   'repo key remove': { events: [], summary: summary({ removed: id }) },
   'repo backup': {
-    events: ['progress', 'warning'],
+    events: ['progress', 'warning', 'notice'],
     summary: summary({
       snapshot: id.optional(),
       parent: id.optional(),
@@ -185,13 +187,13 @@ export const COMMAND_OUTPUT: Record<string, CommandOutput> = {
     events: ['hosts', 'notice', 'entry', 'warning'],
     summary: summary({ snapshot: id, target: z.string(), dryRun: z.boolean(), created: restoreCounts, overwritten: restoreCounts, unchanged: restoreCounts, skipped: restoreCounts, warnings: count }),
   },
-  'repo ls': { events: ['node'], summary: summary({ snapshot: id, path: z.string(), entries: count }) },
-  'repo find': { events: ['match'], summary: summary({ pattern: z.string(), matches: count, snapshots: count, searched: count }) },
-  'repo diff': { events: ['change'], summary: summary({ from: id, to: id, added: count, removed: count, modified: count, metadata: count }) },
+  'repo ls': { events: ['notice', 'node'], summary: summary({ snapshot: id, path: z.string(), entries: count }) },
+  'repo find': { events: ['warning', 'match'], summary: summary({ pattern: z.string(), matches: count, snapshots: count, searched: count, warnings: count }) },
+  'repo diff': { events: ['notice', 'change'], summary: summary({ from: id, to: id, added: count, removed: count, modified: count, metadata: count }) },
   // The file's bytes are the output: --json is refused (docs/json.md).
   'repo dump': { events: [], summary: null },
-  'repo snapshots': { events: ['snapshot'], summary: summary({ snapshots: count }) },
-  'repo forget': { events: ['forget'], summary: summary({ removed: count, dryRun: z.boolean() }) },
+  'repo snapshots': { events: ['warning', 'snapshot'], summary: summary({ snapshots: count, warnings: count }) },
+  'repo forget': { events: ['notice', 'forget'], summary: summary({ removed: count, dryRun: z.boolean() }) },
   'repo check': {
     events: ['progress', 'problem', 'affected'],
     summary: summary({

@@ -25,10 +25,11 @@ import type { ChunkerParams } from '../engine/chunker.ts';
 import type { ExpectedFile, ReadFileResult } from '../engine/tasks.ts';
 import { BlobSaver, type Encoder, type SaverStats } from '../repository/packer.ts';
 import type { Repository } from '../repository/repository.ts';
-import { Session } from '../repository/session.ts';
+import { Session, isSessionGap } from '../repository/session.ts';
 import { encodeTree, type Tree, type TreeNode } from '../repository/tree.ts';
-import { loadAllSnapshots, saveSnapshot, type HostIdentity, type Snapshot, type SnapshotRef, type SnapshotSummary } from '../repository/snapshot.ts';
+import { describeUnreadable, findSnapshot, readSnapshots, saveSnapshot, type HostIdentity, type Snapshot, type SnapshotRef, type SnapshotSummary, type UnreadableSnapshot } from '../repository/snapshot.ts';
 import { loadCondemned } from '../repository/prune.ts';
+import { snapshotName } from '../repository/layout.ts';
 import { readXattrs, dataRegions } from '../sources/metadata.ts';
 import { childPath, scanDir, type DirEntry, type EntryStat } from '../sources/scan.ts';
 import type { BlobDecoder } from './read-blobs.ts';
@@ -85,6 +86,8 @@ export interface BackupOptions extends ExcludeOptions {
   parent?: string;
   onProgress?: (p: BackupProgress) => void;
   onWarning?: (path: string, problem: string) => void;
+  /** Things about the repository the operator should know (e.g. an unreadable snapshot skipped); not warnings about the data backed up. */
+  onNotice?: (message: string) => void;
   /** Called after each pack upload (the crash test dies at random points through this). */
   onPackUploaded?: (packId: string) => void;
   /** Max small files read at once (default 256). */
@@ -204,11 +207,12 @@ export function treeSegments(path: string): string[] {
   return n.split(sep).filter((s) => s !== '' && s !== '.');
 }
 
-/** The parent snapshot: the newest of this host with the same set of paths. */
-export async function findParent(repo: Repository, host: string, paths: string[], options: { signal?: AbortSignal } = {}): Promise<SnapshotRef | undefined> {
+/** The parent snapshot: the newest readable one of this host with the same set of paths. */
+export async function findParent(repo: Repository, host: string, paths: string[], options: { signal?: AbortSignal; onUnreadable?: (u: UnreadableSnapshot) => void } = {}): Promise<SnapshotRef | undefined> {
   const want = [...paths].sort().join('\0');
-  const all = await loadAllSnapshots(repo, options);
-  return all.filter((s) => s.snapshot.host.hostname === host && [...s.snapshot.paths].sort().join('\0') === want).at(-1);
+  const { snapshots, unreadable } = await readSnapshots(repo, options);
+  for (const u of unreadable) options.onUnreadable?.(u);
+  return snapshots.filter((s) => s.snapshot.host.hostname === host && [...s.snapshot.paths].sort().join('\0') === want).at(-1);
 }
 
 export async function backup(repo: Repository, pool: BackupPool, paths: string[], options: BackupOptions = {}): Promise<BackupResult> {
@@ -222,16 +226,16 @@ export async function backup(repo: Repository, pool: BackupPool, paths: string[]
     // Register first, then read the GC plans: a prune that marks after this point waits for us.
     repo.setCondemned(await loadCondemned(repo, { signal }));
     await repo.loadIndex({ signal });
-    saver = new BlobSaver(repo, pool, { signal, onPackUploaded: options.onPackUploaded });
+    saver = new BlobSaver(repo, pool, { signal, onPackUploaded: options.onPackUploaded, session });
     const s = saver;
     const absPaths = options.stream ? [`/${options.stream.name}`] : paths.map((p) => resolve(p));
 
     let parent: SnapshotRef | undefined;
+    const onUnreadable = (u: UnreadableSnapshot) => options.onNotice?.(describeUnreadable(u));
     if (options.parent && options.parent !== 'none') {
-      const { findSnapshot } = await import('../repository/snapshot.ts');
-      parent = await findSnapshot(repo, options.parent, {}, { signal });
+      parent = await findSnapshot(repo, options.parent, {}, { signal, onUnreadable });
     } else if (options.parent === undefined && !options.stream) {
-      parent = await findParent(repo, host.hostname, absPaths, { signal });
+      parent = await findParent(repo, host.hostname, absPaths, { signal, onUnreadable });
     }
 
     const warnings: Array<{ path: string; problem: string }> = [];
@@ -666,16 +670,43 @@ export async function backup(repo: Repository, pool: BackupPool, paths: string[]
     };
     let snapshotId: string | undefined;
     if (!options.dryRun) {
-      session!.assertAlive();
-      snapshotId = await saveSnapshot(repo, snapshot, { signal });
+      // The commit point, guarded on both sides: alive without a break up to now, by the
+      // storage's clock (else a prune may have deleted what the snapshot would reference), and
+      // still after the write (a pause between the check and the write): then the snapshot goes.
+      await session!.assertAlive({ signal });
+      const id = await saveSnapshot(repo, snapshot, { signal });
+      try {
+        await session!.assertAlive({ signal });
+      } catch (e) {
+        if (isSessionGap(e)) await repo.backend.delete(snapshotName(id)).catch(() => {});
+        throw e;
+      }
+      snapshotId = id;
     }
     return { snapshotId, snapshot, summary, warnings, stats: s.stats, parent: parent?.id };
   } catch (e) {
-    // Interrupted or failed: index what was uploaded, so that the next run reuses it.
-    if (saver && !options.dryRun) await saver.salvage().catch(() => {});
+    if (saver && !options.dryRun) await closeAfterFailure(repo, saver, e);
     throw e;
   } finally {
     await session?.end().catch(() => {});
+  }
+}
+
+/**
+ * After a failure or Ctrl-C: indexes what was uploaded, so that the next run reuses it. After a
+ * session gap (or one found while indexing), a prune may have deleted some of it instead: the
+ * writer's index files are replaced by ones that list only what is still stored (retract()).
+ */
+async function closeAfterFailure(repo: Repository, saver: BlobSaver, e: unknown): Promise<void> {
+  try {
+    if (!isSessionGap(e)) return await saver.salvage();
+  } catch (e2) {
+    if (!isSessionGap(e2)) return;
+  }
+  try {
+    await saver.retract(await loadCondemned(repo));
+  } catch {
+    // What is left is an index listing packs a prune deleted: `coffer repo check` finds it.
   }
 }
 

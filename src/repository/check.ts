@@ -114,7 +114,7 @@ export async function check(repo: Repository, options: CheckOptions = {}): Promi
       }
     }
 
-    for (const s of await listSessions(repo, { signal })) {
+    for (const s of await listSessions(repo, { signal, now: await session.storageNow({ signal }) })) {
       if (s.id === session.info.id) continue;
       if (s.unreadable) add({ kind: 'session-unreadable', severity: 'warning', message: `session object ${s.id} is unreadable; prune waits for it until it is deleted` });
       else if (s.stale) add({ kind: 'session-stale', severity: 'warning', message: `session ${s.id.slice(0, 8)} (${s.kind} on ${s.hostname}, pid ${s.pid}) stopped without ending (crashed or killed)` });

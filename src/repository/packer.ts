@@ -3,14 +3,14 @@
 // packs (a few in parallel), and writes index files only for packs that are fully uploaded.
 // Order on the backend is therefore always packs → index; the snapshot comes after flush().
 
-import { throwIfAborted } from '../core/errors.ts';
+import { isCofferError, throwIfAborted } from '../core/errors.ts';
 import type { CallOptions } from '../storage/backend.ts';
 import type { BlobType, } from '../engine/format.ts';
 import { release, type EncodedBlob } from '../engine/blob.ts';
 import { PackWriter, type PackEntry } from '../engine/pack.ts';
 import { toHex } from '../engine/hash.ts';
 import type { IndexPack } from './index/index-file.ts';
-import { packName } from './layout.ts';
+import { indexName, packName } from './layout.ts';
 import type { Repository } from './repository.ts';
 
 /** What BlobSaver needs of the worker pool. */
@@ -41,6 +41,12 @@ export interface BlobSaverOptions extends CallOptions {
   force?: boolean;
   /** Called after each pack is uploaded (for progress and crash-test hooks). */
   onPackUploaded?: (packId: string, size: number) => void;
+  /**
+   * The writer's session: asked before and after every index file is written whether it may have
+   * been taken for dead (Session.assertAlive). An index file must not go out listing packs that
+   * a prune may have deleted while this process was paused.
+   */
+  session?: { assertAlive(options?: CallOptions): Promise<void> };
 }
 
 /** A batch is sent to the workers once this many raw bytes are queued (or on the next tick). */
@@ -219,11 +225,60 @@ export class BlobSaver {
       await Promise.allSettled([...this.batches, ...this.closingPacks, ...this.uploads]);
     }
     if (this.pendingIndex.length === 0) return;
+    // Deliberately without the (aborted) signal: these are small writes.
+    await this.options.session?.assertAlive();
     const packs = this.pendingIndex;
     this.pendingIndex = [];
-    // Deliberately without the (aborted) signal: this is one small write.
+    if (packs.length === 0) return;
     this.indexFiles.push(await this.repo.saveIndexFile({ supersedes: [], packs }));
     this.stats.indexFiles++;
+    await this.options.session?.assertAlive();
+  }
+
+  /**
+   * After this writer's session was found to have had a gap (Session.assertAlive): a prune may
+   * have deleted packs it uploaded, and its index files may list them. Writes one index that
+   * lists only its packs still stored and not condemned by a pending prune, in place of its own
+   * index files, so that nobody deduplicates against a deleted blob. Call it after a fresh
+   * heartbeat (assertAlive writes one, even when it throws), with the condemned packs read since.
+   * Returns how many of its packs were gone.
+   */
+  async retract(condemned: ReadonlySet<string>): Promise<number> {
+    while (this.batches.size || this.closingPacks.size || this.uploads.size) {
+      await Promise.allSettled([...this.batches, ...this.closingPacks, ...this.uploads]);
+    }
+    const candidates: IndexPack[] = this.pendingIndex;
+    this.pendingIndex = [];
+    const own = [...this.indexFiles];
+    for (const id of own) {
+      try {
+        candidates.push(...(await this.repo.loadIndexFile(id)).packs);
+      } catch (e) {
+        // Consolidated into a prune's index and deleted: its surviving packs are listed there.
+        if (!isCofferError(e, 'NOT_FOUND')) throw e;
+      }
+    }
+    const keep: IndexPack[] = [];
+    let lost = 0;
+    for (const p of candidates) {
+      const hex = toHex(p.packId);
+      let stored = !condemned.has(hex);
+      if (stored) {
+        try {
+          await this.repo.backend.stat(packName(hex));
+        } catch (e) {
+          if (!isCofferError(e, 'NOT_FOUND')) throw e;
+          stored = false;
+        }
+      }
+      if (stored) keep.push(p);
+      else lost++;
+    }
+    if (lost === 0 && candidates.length === 0) return 0;
+    const written = await this.repo.saveIndexFiles(keep, own);
+    for (const id of own) if (!written.includes(id)) await this.repo.backend.delete(indexName(id));
+    this.indexFiles.splice(0, this.indexFiles.length, ...written);
+    return lost;
   }
 
   private check(): void {
@@ -288,11 +343,16 @@ export class BlobSaver {
 
   private async writeIndex(): Promise<void> {
     if (this.pendingIndex.length === 0) return;
+    const { signal, session } = this.options;
+    await session?.assertAlive({ signal });
     const packs = this.pendingIndex;
     this.pendingIndex = [];
-    const id = await this.repo.saveIndexFile({ supersedes: [], packs }, { signal: this.options.signal });
+    if (packs.length === 0) return;
+    const id = await this.repo.saveIndexFile({ supersedes: [], packs }, { signal });
     this.indexFiles.push(id);
     this.stats.indexFiles++;
+    // Paused between the check and the write? Then the index may list deleted packs: retract().
+    await session?.assertAlive({ signal });
   }
 }
 

@@ -9,7 +9,8 @@
 //   blob from a condemned pack (Repository.hasBlob).
 // SWEEP: a plan is swept once every session named in its .ready has ended (or gone stale) and
 //   its grace period has passed. The sweep recomputes what every snapshot uses now; a condemned
-//   pack that a snapshot of a waited-for session uses after all is kept. Then: write a new index
+//   pack holding the only copy of a blob a snapshot uses after all (a waited-for session reused
+//   it) is kept; a repacked pack, whose live blobs were copied at mark, goes. Then: write a new index
 //   that omits the deleted packs, in files of at most INDEX_FILE_ENTRIES entries, the last of
 //   which supersedes every index file read; delete the superseded index files, delete the
 //   packs, delete the plan. A crash between any two steps
@@ -59,30 +60,6 @@ export interface PruneOptions extends CallOptions {
   indexFileEntries?: number;
 }
 
-/**
- * The sweep's new index is split into files of about this many blob entries (~2.5 MiB each), so
- * that no reader ever has to hold one huge index file in memory.
- */
-export const INDEX_FILE_ENTRIES = 50_000;
-
-/** Packs in runs of at most `max` entries each (a pack with more is a run of its own). */
-export function splitPacks(packs: readonly IndexPack[], max: number): IndexPack[][] {
-  const out: IndexPack[][] = [];
-  let cur: IndexPack[] = [];
-  let n = 0;
-  for (const p of packs) {
-    if (cur.length && n + p.entries.length > max) {
-      out.push(cur);
-      cur = [];
-      n = 0;
-    }
-    cur.push(p);
-    n += p.entries.length;
-  }
-  if (cur.length || out.length === 0) out.push(cur);
-  return out;
-}
-
 export interface PruneResult {
   packsDeleted: number;
   bytesDeleted: number;
@@ -107,11 +84,17 @@ async function writeGc(repo: Repository, name: string, value: unknown, options?:
 interface PlanState {
   plan: GcPlan;
   ready: GcReady | undefined;
+  /** When the plan object was written, by the storage's clock. */
+  modified: number | undefined;
 }
 
 async function loadPlans(repo: Repository, options?: CallOptions): Promise<PlanState[]> {
   const names = new Set<string>();
-  for await (const o of repo.backend.list(GC_PREFIX, options)) names.add(o.name.slice(GC_PREFIX.length));
+  const modified = new Map<string, number | undefined>();
+  for await (const o of repo.backend.list(GC_PREFIX, options)) {
+    names.add(o.name.slice(GC_PREFIX.length));
+    modified.set(o.name.slice(GC_PREFIX.length), o.modified);
+  }
   const out: PlanState[] = [];
   for (const n of names) {
     if (!/^[0-9a-f]{32}$/.test(n)) continue;
@@ -129,7 +112,7 @@ async function loadPlans(repo: Repository, options?: CallOptions): Promise<PlanS
       if (isCofferError(e, 'NOT_FOUND')) return undefined;
       throw e;
     }) : undefined;
-    out.push({ plan, ready });
+    out.push({ plan, ready, modified: modified.get(n) });
   }
   return out;
 }
@@ -144,7 +127,7 @@ export async function loadCondemned(repo: Repository, options?: CallOptions): Pr
 /** Every blob (type-prefixed raw id) used by a snapshot. Fails if any snapshot or tree is unreadable. */
 async function usedBlobs(repo: Repository, options?: CallOptions): Promise<Set<string>> {
   const used = new Set<string>();
-  const snaps = await loadAllSnapshots(repo, options);
+  const snaps = await loadAllSnapshots(repo, { ...options, action: 'prune' });
   for (const s of snaps) {
     await walkTree(repo, s.snapshot.tree, {
       enterTree: (id) => {
@@ -185,14 +168,14 @@ export async function prune(repo: Repository, options: PruneOptions = {}): Promi
   const result: PruneResult = { packsDeleted: 0, bytesDeleted: 0, indexFilesDeleted: 0, packsCondemned: 0, bytesCondemned: 0, packsRepacked: 0, blobsRepacked: 0, plansWaiting: 0, packsKept: 0, dryRun: !!options.dryRun };
   const session = await Session.start(repo, 'prune', { signal, timing });
   try {
-    const others = (await listSessions(repo, { signal, timing })).filter((s) => s.kind === 'prune' && !s.stale && s.id !== session.info.id);
+    const others = (await listSessions(repo, { signal, timing, now: await session.storageNow({ signal }) })).filter((s) => s.kind === 'prune' && !s.stale && s.id !== session.info.id);
     if (others.some((s) => s.started < session.info.started || (s.started === session.info.started && s.id < session.info.id))) {
       throw new CofferError('CONFLICT', 'Cannot prune: another prune is running on this repository', { hint: 'Wait for it to finish and try again.' });
     }
-    await sweep(repo, options, timing, session.info.id, result, say);
-    await mark(repo, options, timing, session.info.id, result, say);
+    await sweep(repo, options, timing, session, result, say);
+    await mark(repo, options, timing, session, result, say);
     // With no concurrent writers to wait for, what was just marked can go at once.
-    if (!options.dryRun && result.packsCondemned > 0 && !options.graceMs) await sweep(repo, options, timing, session.info.id, result, say);
+    if (!options.dryRun && result.packsCondemned > 0 && !options.graceMs) await sweep(repo, options, timing, session, result, say);
     throwIfAborted(signal);
     return result;
   } finally {
@@ -200,25 +183,27 @@ export async function prune(repo: Repository, options: PruneOptions = {}): Promi
   }
 }
 
-async function sweep(repo: Repository, options: PruneOptions, timing: SessionTiming, selfId: string, result: PruneResult, say: (m: string) => void): Promise<void> {
+async function sweep(repo: Repository, options: PruneOptions, timing: SessionTiming, self: Session, result: PruneResult, say: (m: string) => void): Promise<void> {
   const { signal } = options;
   const plans = await loadPlans(repo, { signal });
   if (plans.length === 0) return;
-  const sessions = await listSessions(repo, { signal, timing });
-  const live = new Set(sessions.filter((s) => !s.stale && s.id !== selfId).map((s) => s.id));
-  const now = Date.now();
+  // Every age here is by the storage's clock: this prune's host clock may be anything.
+  const now = await self.storageNow({ signal });
+  const sessions = await listSessions(repo, { signal, timing, now });
+  const live = new Set(sessions.filter((s) => !s.stale && s.id !== self.info.id).map((s) => s.id));
+  const age = (st: PlanState) => now - (st.modified ?? st.plan.created);
   const eligible: PlanState[] = [];
   result.plansWaiting = 0;
   for (const st of plans) {
     if (!st.ready) {
       // The prune that wrote this plan died before finishing it; mark will redo the work.
-      if (!options.dryRun && now - st.plan.created > timing.staleMs) {
+      if (!options.dryRun && age(st) > timing.staleMs) {
         await repo.backend.delete(GC_PREFIX + st.plan.id, { signal });
       } else result.plansWaiting++;
       continue;
     }
     const waiting = st.ready.waitFor.filter((id) => live.has(id));
-    if (waiting.length || now - st.plan.created < (options.graceMs ?? 0)) {
+    if (waiting.length || age(st) < (options.graceMs ?? 0)) {
       result.plansWaiting++;
       say(`GC plan ${st.plan.id.slice(0, 8)} waits for ${waiting.length} session(s) or its grace period`);
       continue;
@@ -231,27 +216,25 @@ async function sweep(repo: Repository, options: PruneOptions, timing: SessionTim
   const indexIds = await repo.loadIndex({ signal });
   const used = await usedBlobs(repo, { signal });
   const packs = packsFromIndex(repo);
+  // A condemned pack goes unless it holds the only copy of a blob that a snapshot uses now: a
+  // repacked pack's live blobs were copied elsewhere at mark, so it goes; a pack that a
+  // waited-for session's new snapshot reuses stays.
+  const candidates = new Set(eligible.flatMap((st) => st.plan.packs));
   const doomed = new Set<string>();
-  for (const st of eligible) {
-    for (const p of st.plan.packs) {
-      const entries = packs.get(p)?.entries ?? [];
-      if (entries.some((e) => used.has(usedKey(e)))) result.packsKept++;
-      else doomed.add(p);
-    }
+  for (const p of candidates) {
+    const entries = packs.get(p)?.entries ?? [];
+    const needed = entries.some((e) => used.has(usedKey(e)) && !repo.index.lookupAll(e.id, e.type).some((h) => !candidates.has(toHex(h.packId))));
+    if (needed) result.packsKept++;
+    else doomed.add(p);
   }
   // 1. A new index without the doomed packs, in files of bounded size. All but the last
   //    supersede nothing: a reader that lists them before the last one is written sees some
   //    packs listed twice, which the index tolerates. The last supersedes every index file read
   //    (except a new part that happens to have an old one's id: same content, same name).
   const keep: IndexPack[] = [...packs.entries()].filter(([hex]) => !doomed.has(hex)).map(([, p]) => p);
-  const parts = splitPacks(keep, options.indexFileEntries ?? INDEX_FILE_ENTRIES);
-  const written = new Set<string>();
-  for (const part of parts.slice(0, -1)) {
-    written.add(await repo.saveIndexFile({ supersedes: [], packs: part }, { signal }));
-    options.onStep?.('index-part-written');
-  }
-  const superseded = indexIds.filter((id) => !written.has(id));
-  written.add(await repo.saveIndexFile({ supersedes: superseded.map(fromHex), packs: parts.at(-1)! }, { signal }));
+  // A prune paused since it decided (and taken for dead meanwhile) must not act on old decisions.
+  await self.assertAlive({ signal });
+  const written = new Set(await repo.saveIndexFiles(keep, indexIds, { signal, entriesPerFile: options.indexFileEntries, onPart: () => options.onStep?.('index-part-written') }));
   options.onStep?.('index-written');
   // 2. The superseded index files.
   for (const id of indexIds) {
@@ -261,6 +244,7 @@ async function sweep(repo: Repository, options: PruneOptions, timing: SessionTim
   }
   options.onStep?.('index-deleted');
   // 3. The packs.
+  await self.assertAlive({ signal });
   for (const p of doomed) {
     const size = packs.get(p)?.packSize ?? 0;
     await repo.backend.delete(packName(p), { signal });
@@ -276,7 +260,7 @@ async function sweep(repo: Repository, options: PruneOptions, timing: SessionTim
   say(`deleted ${doomed.size} pack(s), kept ${result.packsKept} that a snapshot still uses`);
 }
 
-async function mark(repo: Repository, options: PruneOptions, timing: SessionTiming, selfId: string, result: PruneResult, say: (m: string) => void): Promise<void> {
+async function mark(repo: Repository, options: PruneOptions, timing: SessionTiming, self: Session, result: PruneResult, say: (m: string) => void): Promise<void> {
   const { signal } = options;
   const pending = await loadCondemned(repo, { signal });
   repo.setCondemned(pending);
@@ -295,12 +279,18 @@ async function mark(repo: Repository, options: PruneOptions, timing: SessionTimi
   const threshold = options.repackThreshold ?? 0.2;
   for (const [hex, p] of packs) {
     if (pending.has(hex)) continue;
+    // Unused bytes are the unused blobs' bytes: a pack's header and trailer are not waste (with
+    // them counted, every small pack looked worth repacking, and each prune repacked it again).
     let usedBytes = 0;
-    for (const e of p.entries) if (used.has(usedKey(e))) usedBytes += e.length;
+    let unusedBytes = 0;
+    for (const e of p.entries) {
+      if (used.has(usedKey(e))) usedBytes += e.length;
+      else unusedBytes += e.length;
+    }
     if (usedBytes === 0) {
       condemn.push(hex);
       result.bytesCondemned += p.packSize;
-    } else if (1 - usedBytes / p.packSize > threshold) {
+    } else if (unusedBytes / p.packSize > threshold) {
       repack.push(p);
     }
   }
@@ -333,7 +323,7 @@ async function mark(repo: Repository, options: PruneOptions, timing: SessionTimi
   const id = randomBytes(16).toString('hex');
   const plan: GcPlan = { version: 1, id, created: Date.now(), packs: condemn };
   await writeGc(repo, GC_PREFIX + id, plan, { signal });
-  const waitFor = (await listSessions(repo, { signal, timing })).filter((s) => !s.stale && s.id !== selfId).map((s) => s.id);
+  const waitFor = (await listSessions(repo, { signal, timing, now: await self.storageNow({ signal }) })).filter((s) => !s.stale && s.id !== self.info.id).map((s) => s.id);
   await writeGc(repo, GC_PREFIX + id + '.ready', { version: 1, waitFor } satisfies GcReady, { signal });
   say(`marked ${condemn.length} pack(s) for deletion${waitFor.length ? `, after ${waitFor.length} running session(s) end` : ''}`);
 }

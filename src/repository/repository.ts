@@ -17,7 +17,7 @@ import { sealObject, openObject, type ObjectKind } from '../engine/envelope.ts';
 import { decodeBlob, } from '../engine/blob.ts';
 import { packKeyFromHeader, PACK_HEADER_SIZE } from '../engine/pack.ts';
 import { ChunkIndex } from './index/chunk-index.ts';
-import { decodeIndexFile, encodeIndexFile, type IndexFileContent, type IndexEntry } from './index/index-file.ts';
+import { decodeIndexFile, encodeIndexFile, splitPacks, INDEX_FILE_ENTRIES, type IndexFileContent, type IndexEntry, type IndexPack } from './index/index-file.ts';
 import { CONFIG_NAME, INDEX_PREFIX, KEYS_PREFIX, idFromName, indexName, keyName, packName } from './layout.ts';
 
 export const REPO_VERSION = 1;
@@ -299,6 +299,25 @@ export class Repository {
 
   async saveIndexFile(content: IndexFileContent, options?: CallOptions): Promise<string> {
     return this.saveObject('index', INDEX_PREFIX, encodeIndexFile(content), options);
+  }
+
+  /**
+   * Writes `packs` as new index files of bounded size that replace the index files `supersedes`:
+   * all parts but the last supersede nothing, the last supersedes them all (a reader between
+   * the two sees some packs listed twice, which it tolerates). Returns the ids written; the
+   * caller deletes the superseded files afterwards (except any written here again: same content,
+   * same name).
+   */
+  async saveIndexFiles(packs: readonly IndexPack[], supersedes: readonly string[], options: CallOptions & { entriesPerFile?: number; onPart?: () => void } = {}): Promise<string[]> {
+    const parts = splitPacks(packs, options.entriesPerFile ?? INDEX_FILE_ENTRIES);
+    const written: string[] = [];
+    for (const part of parts.slice(0, -1)) {
+      written.push(await this.saveIndexFile({ supersedes: [], packs: part }, options));
+      options.onPart?.();
+    }
+    const superseded = supersedes.filter((id) => !written.includes(id));
+    written.push(await this.saveIndexFile({ supersedes: superseded.map((h) => fromHex(h)), packs: parts.at(-1)! }, options));
+    return written;
   }
 
   /**

@@ -41,19 +41,32 @@ export function timingFromEnv(): SessionTiming {
   };
 }
 
+/**
+ * A running process's registration in the repository. Whether a session is stale is decided by
+ * the storage's clock alone (ObjectInfo.modified of the heartbeat object, against the time the
+ * storage gives the deciding prune's own heartbeat), never by comparing two hosts' clocks. The
+ * session itself watches the storage times of its own heartbeats: while no two in a row are
+ * more than half the stale time apart, no prune can have taken it for dead (assertAlive()). A
+ * paused process (SIGSTOP, a suspended VM or laptop, a storage outage) finds the gap when it
+ * resumes, whatever any clock says, and must not commit anything that relies on what it wrote
+ * or reused before the pause.
+ */
 export class Session {
   readonly info: SessionInfo;
   private readonly repo: Repository;
   private readonly timing: SessionTiming;
   private timer: NodeJS.Timeout | undefined;
-  private lastOk: number;
   private ended = false;
+  /** Heartbeats are written one at a time, so their storage times come in order. */
+  private chain: Promise<unknown> = Promise.resolve();
+  /** Storage time of the last heartbeat written, and the longest gap between two in a row. */
+  private lastStored: number | undefined;
+  private longestGap = 0;
 
   private constructor(repo: Repository, info: SessionInfo, timing: SessionTiming) {
     this.repo = repo;
     this.info = info;
     this.timing = timing;
-    this.lastOk = info.started;
   }
 
   static async start(repo: Repository, kind: SessionKind, options: CallOptions & { timing?: SessionTiming; now?: () => number } = {}): Promise<Session> {
@@ -62,37 +75,59 @@ export class Session {
     const info: SessionInfo = { id: randomBytes(16).toString('hex'), kind, hostname: hostname(), pid: process.pid, started: now, heartbeat: now };
     const s = new Session(repo, info, timing);
     await s.write(options);
-    s.timer = setInterval(() => void s.beat(), timing.heartbeatMs);
+    s.timer = setInterval(() => void s.beat().catch(() => {}), timing.heartbeatMs);
     s.timer.unref();
     return s;
   }
 
-  private async write(options?: CallOptions): Promise<void> {
+  /** Rewrites the heartbeat object; returns the storage's time for it. */
+  private async write(options?: CallOptions): Promise<number> {
+    const name = SESSIONS_PREFIX + this.info.id;
+    this.info.heartbeat = Date.now();
     const sealed = sealObject(this.repo.keys, 'session', Buffer.from(JSON.stringify(this.info)));
-    await this.repo.backend.put(SESSIONS_PREFIX + this.info.id, sealed, options);
+    await this.repo.backend.put(name, sealed, options);
+    // A backend that keeps no modification times leaves only the local clock.
+    const stored = (await this.repo.backend.stat(name, options)).modified ?? Date.now();
+    if (this.lastStored !== undefined) this.longestGap = Math.max(this.longestGap, stored - this.lastStored);
+    this.lastStored = Math.max(stored, this.lastStored ?? stored);
+    return stored;
   }
 
-  private async beat(): Promise<void> {
-    if (this.ended) return;
-    const t = Date.now();
-    this.info.heartbeat = t;
-    try {
-      await this.write();
-      this.lastOk = t;
-    } catch {
-      // A missed heartbeat is tolerated; assertAlive() refuses to commit once too many were missed.
-    }
+  /** One heartbeat after the ones already under way. */
+  private beat(options?: CallOptions): Promise<number> {
+    const next = this.chain.then(() => {
+      if (this.ended) throw new CofferError('INTERNAL', 'Cannot refresh a session that has ended');
+      return this.write(options);
+    });
+    this.chain = next.catch(() => {}); // a missed heartbeat is tolerated: the gap shows it
+    return next;
   }
 
   /**
-   * Throws if this session may have been taken as dead by a concurrent prune (its heartbeat has
-   * not been refreshed for half the stale time): committing then could reference data that prune
-   * is about to delete.
+   * The storage's current time, read off a fresh heartbeat of this session: what a prune measures
+   * other sessions' heartbeats against.
    */
-  assertAlive(now = Date.now()): void {
-    if (now - this.lastOk > this.timing.staleMs / 2) {
-      throw new CofferError('CONFLICT', 'Cannot commit: this session could not refresh its heartbeat in the repository for too long', {
-        hint: 'Storage was unreachable or the process was paused; run the backup again (what was uploaded is reused).',
+  storageNow(options?: CallOptions): Promise<number> {
+    return this.beat(options);
+  }
+
+  /** The longest time between two heartbeats in a row so far, by the storage's clock (ms). */
+  get longestGapMs(): number {
+    return this.longestGap;
+  }
+
+  /**
+   * Throws CONFLICT unless this session has been alive without a break, by the storage's clock,
+   * up to a heartbeat written now: two heartbeats in a row more than half the stale time apart
+   * mean a prune may have taken this session for dead and deleted what it wrote or reused.
+   * Writers call it before and after each commit point (index files, the snapshot).
+   */
+  async assertAlive(options?: CallOptions): Promise<void> {
+    await this.beat(options);
+    if (this.longestGap > this.timing.staleMs / 2) {
+      throw new CofferError('CONFLICT', `Cannot commit: this ${this.info.kind} was paused or cut off from the repository for ${duration(this.longestGap)}, longer than half the ${duration(this.timing.staleMs)} after which a prune takes it for dead; a prune may have deleted data it relies on`, {
+        hint: 'Nothing was committed. Run it again: what is still stored is reused.',
+        details: { reason: 'session-gap', gapMs: this.longestGap, staleMs: this.timing.staleMs },
       });
     }
   }
@@ -101,20 +136,36 @@ export class Session {
     if (this.ended) return;
     this.ended = true;
     clearInterval(this.timer);
+    await this.chain;
     await this.repo.backend.delete(SESSIONS_PREFIX + this.info.id, options);
   }
 }
 
+function duration(ms: number): string {
+  return ms < 120_000 ? `${Math.round(ms / 1000)} s` : `${Math.round(ms / 60_000)} min`;
+}
+
+/** True for the error assertAlive() throws (the session may have been taken for dead). */
+export function isSessionGap(e: unknown): boolean {
+  return isCofferError(e, 'CONFLICT') && e.details?.reason === 'session-gap';
+}
+
 export interface ListedSession extends SessionInfo {
+  /** Its heartbeat object is older than the stale time, by the storage's clock. */
   stale: boolean;
   /** True when the session object could not be read; such a session is treated as live. */
   unreadable?: boolean;
 }
 
-/** Lists every session; unreadable session objects are reported as live (the safe choice). */
-export async function listSessions(repo: Repository, options: CallOptions & { timing?: SessionTiming; now?: number } = {}): Promise<ListedSession[]> {
+/**
+ * Lists every session; unreadable session objects are reported as live (the safe choice). A
+ * session is stale when its heartbeat object is older than the stale time at `now`, which must
+ * be a storage time (Session.storageNow()): the object's own storage time is what counts, not
+ * the time its writer's clock put inside it.
+ */
+export async function listSessions(repo: Repository, options: CallOptions & { timing?: SessionTiming; now: number }): Promise<ListedSession[]> {
   const timing = options.timing ?? timingFromEnv();
-  const now = options.now ?? Date.now();
+  const now = options.now;
   const out: ListedSession[] = [];
   for await (const o of repo.backend.list(SESSIONS_PREFIX, options)) {
     const id = o.name.slice(SESSIONS_PREFIX.length);
@@ -122,7 +173,7 @@ export async function listSessions(repo: Repository, options: CallOptions & { ti
     try {
       const info = JSON.parse(openObject(repo.keys, 'session', await repo.backend.get(o.name, options)).toString('utf8')) as SessionInfo;
       if (typeof info.started !== 'number' || typeof info.heartbeat !== 'number' || info.id !== id) throw new Error('bad session');
-      out.push({ ...info, stale: now - info.heartbeat > timing.staleMs });
+      out.push({ ...info, stale: now - (o.modified ?? info.heartbeat) > timing.staleMs });
     } catch (e) {
       if (isCofferError(e, 'NOT_FOUND')) continue; // ended meanwhile
       if (isCofferError(e, 'STORAGE_UNAVAILABLE') || isCofferError(e, 'CANCELLED')) throw e;

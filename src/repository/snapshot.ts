@@ -96,12 +96,67 @@ export async function listSnapshotIds(repo: Repository, options?: CallOptions): 
   return ids;
 }
 
-/** Loads every snapshot, oldest first. Any unreadable snapshot fails the call. */
-export async function loadAllSnapshots(repo: Repository, options?: CallOptions): Promise<SnapshotRef[]> {
+/** A snapshot object that could not be read: damaged, crafted, or of a newer format. */
+export interface UnreadableSnapshot {
+  id: string;
+  error: CofferError;
+}
+
+export interface SnapshotListing {
+  /** Every snapshot that could be read, oldest first. */
+  snapshots: SnapshotRef[];
+  unreadable: UnreadableSnapshot[];
+}
+
+const SNAPSHOT_READS = 8;
+
+/**
+ * Loads every snapshot it can, oldest first. One damaged snapshot object must not hide the
+ * others or stop backups, so snapshots that fail their checks (CORRUPT, UNSUPPORTED) are listed
+ * apart; one deleted meanwhile is left out; storage errors and cancellation fail the call.
+ */
+export async function readSnapshots(repo: Repository, options?: CallOptions): Promise<SnapshotListing> {
   const ids = await listSnapshotIds(repo, options);
-  const out: SnapshotRef[] = [];
-  for (const id of ids) out.push({ id, snapshot: await loadSnapshot(repo, id, options) });
-  return out.sort((a, b) => a.snapshot.time.localeCompare(b.snapshot.time) || a.id.localeCompare(b.id));
+  const snapshots: SnapshotRef[] = [];
+  const unreadable: UnreadableSnapshot[] = [];
+  let next = 0;
+  const worker = async () => {
+    while (next < ids.length) {
+      const id = ids[next++]!;
+      try {
+        snapshots.push({ id, snapshot: await loadSnapshot(repo, id, options) });
+      } catch (e) {
+        if (isCofferError(e, 'NOT_FOUND')) continue;
+        if (isCofferError(e, 'CORRUPT') || isCofferError(e, 'UNSUPPORTED')) unreadable.push({ id, error: e });
+        else throw e;
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(SNAPSHOT_READS, ids.length) }, worker));
+  snapshots.sort((a, b) => a.snapshot.time.localeCompare(b.snapshot.time) || a.id.localeCompare(b.id));
+  unreadable.sort((a, b) => a.id.localeCompare(b.id));
+  return { snapshots, unreadable };
+}
+
+/**
+ * Loads every snapshot, oldest first, and fails if any is unreadable: for callers that must know
+ * everything the snapshots use before they delete anything (prune).
+ */
+export async function loadAllSnapshots(repo: Repository, options?: CallOptions & { action?: string }): Promise<SnapshotRef[]> {
+  const { snapshots, unreadable } = await readSnapshots(repo, options);
+  const bad = unreadable[0];
+  if (bad) {
+    throw new CofferError('CORRUPT', `Cannot ${options?.action ?? 'read every snapshot'}: snapshot ${bad.id.slice(0, 12)} is unreadable (${bad.error.message})${unreadable.length > 1 ? ` and ${unreadable.length - 1} more` : ''}`, {
+      hint: `An unreadable snapshot may use any data, so nothing was deleted. Restore snapshots/${bad.id} from a copy of the repository, or remove it with \`coffer repo forget ${bad.id.slice(0, 12)}\`.`,
+      details: { unreadable: unreadable.map((u) => ({ id: u.id, error: u.error.message })) },
+    });
+  }
+  return snapshots;
+}
+
+/** Says what to do about unreadable snapshots, in one line each. */
+export function describeUnreadable(u: UnreadableSnapshot): string {
+  return `snapshot ${u.id.slice(0, 12)} is unreadable and was skipped (${u.error.message}); restore it from a copy of the repository, or remove it with \`coffer repo forget ${u.id.slice(0, 12)}\``;
 }
 
 export interface SnapshotFilter {
@@ -117,20 +172,30 @@ export function matchesFilter(s: Snapshot, f: SnapshotFilter): boolean {
   return true;
 }
 
-/** Resolves `latest`, a full id or a unique id prefix (at least 4 digits) to a snapshot. */
-export async function findSnapshot(repo: Repository, ref: string, filter: SnapshotFilter = {}, options?: CallOptions): Promise<SnapshotRef> {
-  if (ref === 'latest') {
-    const all = (await loadAllSnapshots(repo, options)).filter((r) => matchesFilter(r.snapshot, filter));
-    const last = all.at(-1);
-    if (!last) throw new CofferError('NOT_FOUND', 'Cannot find the latest snapshot: no snapshot matches', { hint: 'List snapshots with `coffer repo snapshots`; check --host/--path/--tag.' });
-    return last;
-  }
+/** A full id or a unique prefix (at least 4 digits) to the full id, without reading the snapshot. */
+export async function resolveSnapshotId(repo: Repository, ref: string, options?: CallOptions): Promise<string> {
   if (!/^[0-9a-f]{4,64}$/.test(ref)) throw new CofferError('USAGE', `Cannot find snapshot ${JSON.stringify(ref)}: give "latest" or a hex id (at least 4 digits)`);
   const ids = (await listSnapshotIds(repo, options)).filter((id) => id.startsWith(ref));
   if (ids.length === 0) throw new CofferError('NOT_FOUND', `Cannot find snapshot ${ref}: no such snapshot`, { hint: 'List snapshots with `coffer repo snapshots`.' });
   if (ids.length > 1) throw new CofferError('USAGE', `Cannot find snapshot ${ref}: the prefix matches ${ids.length} snapshots`, { hint: 'Give more digits.' });
+  return ids[0]!;
+}
+
+/**
+ * Resolves `latest`, a full id or a unique id prefix (at least 4 digits) to a snapshot. `latest`
+ * skips unreadable snapshots (reported through onUnreadable); a named one that is unreadable fails.
+ */
+export async function findSnapshot(repo: Repository, ref: string, filter: SnapshotFilter = {}, options?: CallOptions & { onUnreadable?: (u: UnreadableSnapshot) => void }): Promise<SnapshotRef> {
+  if (ref === 'latest') {
+    const listing = await readSnapshots(repo, options);
+    for (const u of listing.unreadable) options?.onUnreadable?.(u);
+    const last = listing.snapshots.filter((r) => matchesFilter(r.snapshot, filter)).at(-1);
+    if (!last) throw new CofferError('NOT_FOUND', 'Cannot find the latest snapshot: no snapshot matches', { hint: 'List snapshots with `coffer repo snapshots`; check --host/--path/--tag.' });
+    return last;
+  }
+  const id = await resolveSnapshotId(repo, ref, options);
   try {
-    return { id: ids[0]!, snapshot: await loadSnapshot(repo, ids[0]!, options) };
+    return { id, snapshot: await loadSnapshot(repo, id, options) };
   } catch (e) {
     if (isCofferError(e, 'NOT_FOUND')) throw new CofferError('NOT_FOUND', `Cannot find snapshot ${ref}: it was removed meanwhile`);
     throw e;

@@ -8,6 +8,13 @@ export interface ObjectInfo {
   name: string;
   /** Size in bytes. */
   size: number;
+  /**
+   * When the object was last written, in ms since the epoch by the storage's own clock (a local
+   * file's mtime, S3's LastModified, possibly rounded to the second). Coffer compares these only
+   * with each other, never with a local clock: that is how sessions on hosts whose clocks
+   * disagree still agree on which of them are stale (see repository/session.ts).
+   */
+  modified?: number;
 }
 
 export interface CallOptions {
@@ -41,7 +48,8 @@ export interface ListOptions extends CallOptions {}
  *   heartbeats), so last-writer-wins is enough.
  * - get() returns exactly the requested range. A range that starts or ends past the end of the
  *   object fails with INVALID_RANGE; a missing object fails with NOT_FOUND.
- * - stat() gives the size; NOT_FOUND when missing.
+ * - stat() gives the size and the time of the last write by the storage's clock (`modified`, as
+ *   list() does); NOT_FOUND when missing. A later put() never gets an earlier `modified`.
  * - list(prefix) yields every object whose name starts with `prefix` (a plain string prefix, not
  *   a directory), each exactly once, in no particular order, across any number of pages. A
  *   listing that cannot be completed MUST throw, never end early: callers such as prune rely on

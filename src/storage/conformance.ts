@@ -185,6 +185,24 @@ export const CONFORMANCE_CHECKS: ConformanceCheck[] = [
     },
   },
   {
+    name: 'stat() and list() say when an object was written, by the storage clock, and an overwrite a second later moves it forward',
+    async run(backend, { prefix, signal }) {
+      await withCleanup(backend, prefix, async () => {
+        const name = `${prefix}heartbeat`;
+        await backend.put(name, testBytes(21, 5), { signal });
+        const first = await backend.stat(name, { signal });
+        if (typeof first.modified !== 'number' || !Number.isFinite(first.modified)) fail(`stat(${q(name)}) gave no modification time (modified: ${String(first.modified)})`);
+        const listed = (await listAll(backend, prefix, { signal })).find((o) => o.name === name);
+        if (listed?.modified !== first.modified) fail(`list(${q(prefix)}) gave modified ${String(listed?.modified)} for ${q(name)}, stat() ${first.modified}`);
+        // S3 keeps LastModified to the second.
+        await new Promise((r) => setTimeout(r, 1100));
+        await backend.put(name, testBytes(22, 5), { signal });
+        const second = await backend.stat(name, { signal });
+        if (!(second.modified! > first.modified!)) fail(`stat(${q(name)}) gave modified ${String(second.modified)} after an overwrite 1.1 s later, before: ${first.modified}`);
+      });
+    },
+  },
+  {
     name: 'list() finds exactly the objects under a prefix and not its siblings',
     async run(backend, { prefix, signal }) {
       await withCleanup(backend, prefix, async () => {

@@ -145,7 +145,7 @@ export class LocalBackend implements Backend {
     try {
       const info = await stat(path);
       if (!info.isFile()) throw missing(this.#where(name));
-      return { name, size: info.size };
+      return { name, size: info.size, modified: info.mtimeMs };
     } catch (e) {
       throw fsError(e, 'stat', this.#where(name), 'read');
     }
@@ -217,7 +217,7 @@ export class LocalBackend implements Backend {
       names.map(async (name) => {
         try {
           const info = await lstat(join(this.#root, ...name.split('/')));
-          return info.isFile() ? { name, size: info.size } : undefined;
+          return info.isFile() ? { name, size: info.size, modified: info.mtimeMs } : undefined;
         } catch (e) {
           // Deleted between reading the directory and now: no longer listed.
           if (errCode(e) === 'ENOENT') return undefined;

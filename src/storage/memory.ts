@@ -6,27 +6,38 @@ import { CofferError, throwIfAborted } from '../core/errors.ts';
 import { resolveRange, validateName, validatePrefix } from './backend.ts';
 import type { Backend, CallOptions, GetOptions, ListOptions, ObjectInfo } from './backend.ts';
 
+export interface MemoryBackendOptions {
+  /** The storage's clock, for `modified` (tests move it to simulate time passing). Default Date.now. */
+  now?: () => number;
+}
+
 export class MemoryBackend implements Backend {
   readonly location = 'memory:';
-  readonly #objects = new Map<string, Buffer>();
+  readonly #objects = new Map<string, { data: Buffer; modified: number }>();
+  readonly #now: () => number;
+
+  constructor(options: MemoryBackendOptions = {}) {
+    this.#now = options.now ?? Date.now;
+  }
 
   async put(name: string, data: Uint8Array, options?: CallOptions): Promise<void> {
     throwIfAborted(options?.signal);
     validateName(name);
     // A copy, so that a caller reusing its buffer cannot change what is stored.
-    this.#objects.set(name, Buffer.from(data));
+    this.#objects.set(name, { data: Buffer.from(data), modified: this.#now() });
   }
 
   async get(name: string, options?: GetOptions): Promise<Buffer> {
     throwIfAborted(options?.signal);
-    const data = this.#find(name);
+    const { data } = this.#find(name);
     const [start, end] = resolveRange(name, data.length, options);
     return Buffer.from(data.subarray(start, end));
   }
 
   async stat(name: string, options?: CallOptions): Promise<ObjectInfo> {
     throwIfAborted(options?.signal);
-    return { name, size: this.#find(name).length };
+    const o = this.#find(name);
+    return { name, size: o.data.length, modified: o.modified };
   }
 
   async *list(prefix: string, options?: ListOptions): AsyncIterable<ObjectInfo> {
@@ -39,8 +50,8 @@ export class MemoryBackend implements Backend {
       // Yield to the event loop between items so that a listing can be interrupted mid-way.
       await Promise.resolve();
       throwIfAborted(options?.signal);
-      const data = this.#objects.get(name);
-      if (data !== undefined) yield { name, size: data.length };
+      const o = this.#objects.get(name);
+      if (o !== undefined) yield { name, size: o.data.length, modified: o.modified };
     }
   }
 
@@ -52,12 +63,12 @@ export class MemoryBackend implements Backend {
 
   async close(): Promise<void> {}
 
-  #find(name: string): Buffer {
+  #find(name: string): { data: Buffer; modified: number } {
     validateName(name);
-    const data = this.#objects.get(name);
-    if (data === undefined) {
+    const o = this.#objects.get(name);
+    if (o === undefined) {
       throw new CofferError('NOT_FOUND', `Cannot read ${name}: no such object in memory`);
     }
-    return data;
+    return o;
   }
 }

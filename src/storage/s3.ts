@@ -228,7 +228,7 @@ export class S3Backend implements Backend {
       if (out.ContentLength === undefined) {
         throw new CofferError('STORAGE_ERROR', `Cannot stat ${this.#where(name)}: the server sent no Content-Length`);
       }
-      return { name, size: out.ContentLength };
+      return { name, size: out.ContentLength, ...(out.LastModified ? { modified: out.LastModified.getTime() } : {}) };
     } catch (e) {
       throw s3Error(e, 'stat', this.#where(name), signal);
     }
@@ -265,7 +265,7 @@ export class S3Backend implements Backend {
         // Keys Coffer cannot have written, such as the "folder/" markers of S3 consoles.
         if (!key.startsWith(this.#prefix) || !isValidName(name)) continue;
         if (object.Size === undefined) throw new CofferError('STORAGE_ERROR', `Cannot list ${this.#where(prefix)}: the server sent no size for ${name}`);
-        yield { name, size: object.Size };
+        yield { name, size: object.Size, ...(object.LastModified ? { modified: object.LastModified.getTime() } : {}) };
       }
       if (page.IsTruncated && !page.NextContinuationToken) {
         // Ending here would silently drop the rest of the listing.

@@ -313,6 +313,31 @@ test('an index file that vanished (prune) is dropped: the cache file is rebuilt'
   await index.close();
 });
 
+test('a pack this process added, confirmed by an index file and then dropped by a prune, is gone after the rebuild', async (t) => {
+  const dir = await tempDir(t);
+  const r = rng(8);
+  const repo = new FakeRepo();
+  repo.write({ supersedes: [], packs: [makePack(r, 10)] }, r);
+  const index = await ChunkIndex.open({ cacheDir: dir, ...SMALL });
+  await index.sync(repo.list(), repo.load);
+  // Two packs written by this process, both confirmed by its index file...
+  const gone = makePack(r, 5);
+  const kept = makePack(r, 5);
+  for (const p of [gone, kept]) index.add(p.packId, p.packSize, p.entries);
+  const mine = repo.write({ supersedes: [], packs: [gone, kept] }, r);
+  await index.sync(repo.list(), repo.load);
+  // ...then a prune writes an index without `gone` that supersedes every file.
+  const all = repo.list();
+  const old = [...repo.files.keys()];
+  repo.write({ supersedes: all, packs: [...repo.files.values()].flatMap((b) => decodeIndexFile(b).packs).filter((p) => !p.packId.equals(gone.packId)) }, r);
+  for (const f of old) repo.files.delete(f);
+  assert.ok(!repo.files.has(mine));
+  await index.sync(repo.list(), repo.load);
+  assert.ok(![...index.packs()].some((p) => p.packId.equals(gone.packId)), 'the dropped pack is not listed as one of this session');
+  assertMatches(index, repo, [], r);
+  await index.close();
+});
+
 test('superseded index files are ignored while still listed, and not read once that is known', async (t) => {
   const dir = await tempDir(t);
   const r = rng(8);

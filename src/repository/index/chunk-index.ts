@@ -818,7 +818,8 @@ export class ChunkIndex {
       if (n === undefined) nos.set(o, (n = this.overlay.packNo(old.packIdAt(o), old.packSizes[o]!, PACK_SESSION_REF)));
       return n;
     };
-    for (let o = 0; o < old.packCount; o++) if (old.packFlags[o]! & PACK_SESSION_REF) no(o);
+    // Only packs that still have a session record: a pack whose records an index file confirmed
+    // and a prune then dropped must not come back as an empty pack of this session.
     for (let i = 0; i < old.n; i++) {
       const pos = i * RECORD_SIZE;
       if (!(old.recs[pos + REC_FLAGS]! & FLAG_SESSION)) continue;

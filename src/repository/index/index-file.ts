@@ -268,3 +268,27 @@ export function decodeIndexFile(data: Uint8Array): IndexFileContent {
   if (pos !== end) corrupt(`${end - pos} bytes of trailing garbage`, pos);
   return { supersedes, packs };
 }
+
+/**
+ * Index files are written in parts of about this many blob entries (~2.5 MiB each), so that no
+ * reader ever has to hold one huge index file in memory.
+ */
+export const INDEX_FILE_ENTRIES = 50_000;
+
+/** Packs in runs of at most `max` entries each (a pack with more is a run of its own). */
+export function splitPacks(packs: readonly IndexPack[], max: number): IndexPack[][] {
+  const out: IndexPack[][] = [];
+  let cur: IndexPack[] = [];
+  let n = 0;
+  for (const p of packs) {
+    if (cur.length && n + p.entries.length > max) {
+      out.push(cur);
+      cur = [];
+      n = 0;
+    }
+    cur.push(p);
+    n += p.entries.length;
+  }
+  if (cur.length || out.length === 0) out.push(cur);
+  return out;
+}
