@@ -4,7 +4,7 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
-import { mkdir, readdir, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, readFile, rm, stat, truncate, writeFile } from 'node:fs/promises';
 import { tempDir } from '../src/testing/tmp.ts';
 import { randomBytes } from '../src/testing/random.ts';
 import { spawn } from 'node:child_process';
@@ -111,4 +111,103 @@ describe('damage tolerance', () => {
     assert.deepEqual(await listTree(join(out, ...src.split('/').filter(Boolean))), await listTree(src));
     ok(await c('check', '--read-data'), 'check after');
   });
+
+  it('one truncated pack no longer stops a restore: every readable file comes back, each lost one is named with its pack and blob, and --salvage writes NAME.damaged', async (t) => {
+    const dir = await tempDir(t);
+    const c = repoCli(dir);
+    const src = join(dir, 'src');
+    await mkdir(src);
+    for (let i = 0; i < 93; i++) await writeFile(join(src, `f${i}`), randomBytes(100 + i, 3000 + ((i * 7919) % 30000)));
+    await writeFile(join(src, 'big'), randomBytes(99, 5_000_000));
+    ok(await c('init', '--pack-size', '1'), 'init');
+    ok(await c('backup', src), 'backup');
+    const packs = await listPacks(join(dir, 'repo'));
+    const largest = packs.sort((a, b) => b.size - a.size)[0]!;
+    await truncate(largest.path, Math.floor(largest.size / 2));
+
+    const out = join(dir, 'out');
+    let r = await c('restore', 'latest', '--target', out);
+    assert.equal(r.code, 1, r.stderr);
+    const lostNames = [...r.stderr.matchAll(/^warning: (\S+): .*in pack ([0-9a-f]{12})/gm)];
+    assert.ok(lostNames.length >= 1, r.stderr);
+    for (const m of lostNames) assert.equal(m[2], largest.hex.slice(0, 12), 'the damaged pack is named');
+    assert.match(r.stderr, /data blob [0-9a-f]{12} in pack/);
+    const restored = join(out, ...src.split('/').filter(Boolean));
+    const lost = new Set(lostNames.map((m) => m[1]!.split('/').at(-1)!));
+    const want = await listTree(src);
+    const got = await listTree(restored);
+    for (const [name, e] of want) {
+      if (lost.has(name)) assert.ok(!got.has(name), `${name} is not written under its name`);
+      else assert.deepEqual(got.get(name), e, `${name} is restored intact`);
+    }
+    assert.ok(got.size >= 90, `restored ${got.size} of 94 files`);
+    assert.deepEqual([...got.keys()].filter((n) => n.startsWith('.coffer-restore-')), [], 'no temporary file is left');
+
+    const out2 = join(dir, 'out2');
+    r = await c('restore', 'latest', '--target', out2, '--salvage');
+    assert.equal(r.code, 1, 'a salvaging restore still fails');
+    const salvaged = await listTree(join(out2, ...src.split('/').filter(Boolean)));
+    for (const name of lost) {
+      assert.ok(!salvaged.has(name));
+      assert.equal(salvaged.get(name + '.damaged')?.size, want.get(name)!.size, `${name}.damaged has the file's size`);
+    }
+  });
+
+  it('damage found by check leaves the index for writers: the next backup stores the data again, and old snapshots restore again', async (t) => {
+    const dir = await tempDir(t);
+    const c = repoCli(dir);
+    const src = join(dir, 'src');
+    await mkdir(src);
+    await writeFile(join(src, 'rand'), randomBytes(5, 5_000_000));
+    ok(await c('init'), 'init');
+    ok(await c('backup', src), 'backup');
+    const first = (await readdir(join(dir, 'repo', 'snapshots')))[0]!;
+    const [pack] = await listPacks(join(dir, 'repo'));
+    const bytes = await readFile(pack!.path);
+    for (const at of [1000, 1001, 2_000_000, 4_000_000]) bytes[at]! ^= 0x55;
+    await writeFile(pack!.path, bytes);
+
+    let r = await c('check', '--read-data');
+    assert.equal(r.code, 1);
+    assert.match(r.stdout, /blob [0-9a-f]{12} in pack [0-9a-f]{12} is damaged/);
+    assert.match(r.stdout, /recorded the damage/);
+    r = ok(await c('backup', '--force', src), 'backup --force of the intact source');
+    assert.doesNotMatch(r.stdout, /new after dedup 0 B/, 'the damaged chunks are stored again');
+    for (const snap of [first.slice(0, 12), 'latest']) {
+      const out = join(dir, `out-${snap}`);
+      ok(await c('restore', snap, '--target', out), `restore ${snap}`);
+      assert.deepEqual(await listTree(join(out, ...src.split('/').filter(Boolean))), await listTree(src), `snapshot ${snap} restores whole`);
+    }
+    r = ok(await c('check', '--read-data'), 'check: the damaged pack has a good copy of everything');
+    assert.match(r.stdout, /warning: .*nothing is lost/);
+  });
+
+  it('a pack deleted from storage: once check has seen it, the next backup stores its data again instead of referencing the missing pack', async (t) => {
+    const dir = await tempDir(t);
+    const c = repoCli(dir);
+    const src = join(dir, 'src');
+    await mkdir(src);
+    await writeFile(join(src, 'a'), randomBytes(6, 3_000_000));
+    ok(await c('init', '--pack-size', '1'), 'init');
+    ok(await c('backup', src), 'backup');
+    const packs = await listPacks(join(dir, 'repo'));
+    await rm(packs.sort((a, b) => b.size - a.size)[0]!.path);
+    const r = await c('check');
+    assert.equal(r.code, 1);
+    assert.match(r.stdout, /missing from storage/);
+    ok(await c('backup', src), 'backup without --force: the unchanged file is read again, as its data is gone');
+    const out = join(dir, 'out');
+    ok(await c('restore', 'latest', '--target', out), 'restore latest');
+    assert.deepEqual(await listTree(join(out, ...src.split('/').filter(Boolean))), await listTree(src));
+    ok(await c('check'), 'check after: the old snapshot is whole again');
+  });
 });
+
+/** The packs of a local repository, with their ids. */
+async function listPacks(repo: string): Promise<Array<{ path: string; hex: string; size: number }>> {
+  const out: Array<{ path: string; hex: string; size: number }> = [];
+  for (const d of await readdir(join(repo, 'data'))) {
+    for (const f of await readdir(join(repo, 'data', d))) out.push({ path: join(repo, 'data', d, f), hex: f, size: (await stat(join(repo, 'data', d, f))).size });
+  }
+  return out;
+}

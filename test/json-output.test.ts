@@ -234,6 +234,9 @@ describe('--json output (docs/json.md)', () => {
     const rebuilt = await json(['repo', 'rebuild-index'], e, 1);
     assert.deepEqual(ofType(rebuilt.lines, 'problem').map((p) => [p.kind, p.pack]), [['pack-damaged', biggest.split('/').at(-1)]]);
     assert.equal(rebuilt.final.code, 'CHECK_FAILED');
+    const restored = await json(['repo', 'restore', 'latest', '--target', join(dir, 'out-damaged')], e);
+    assert.equal(restored.final.type, 'error', 'a restore that lost files fails');
+    assert.notEqual(restored.code, 0);
   });
 
   it('a damaged snapshot: listings warn about it (exit 3), latest skips it with a notice, forget removes it by id', async () => {

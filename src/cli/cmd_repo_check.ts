@@ -28,7 +28,7 @@ export function register(repo: Command): void {
         }
         for (const a of res.affected) out.item({ type: 'affected', snapshot: a.snapshot, path: a.path, blob: a.blob });
         // Found errors end with CHECK_FAILED, whose details.summary keeps this summary (docs/json.md).
-        out.summary({ ok: res.ok, readData: !!o.readData, stats: { snapshots: res.stats.snapshots, trees: res.stats.trees, indexFiles: res.stats.indexFiles, packs: res.stats.packs, blobs: res.stats.blobs, packsRead: res.stats.packsRead, bytesRead: res.stats.bytesRead }, problems: res.problems.length }, () => {
+        out.summary({ ok: res.ok, readData: !!o.readData, stats: { snapshots: res.stats.snapshots, trees: res.stats.trees, indexFiles: res.stats.indexFiles, packs: res.stats.packs, blobs: res.stats.blobs, packsRead: res.stats.packsRead, bytesRead: res.stats.bytesRead }, problems: res.problems.length, damageRecorded: res.damageRecorded, damageCleared: res.damageCleared, advice: res.advice }, () => {
           const lines = [
             `${res.stats.snapshots} snapshots, ${res.stats.trees} trees, ${res.stats.indexFiles} index files, ${res.stats.packs} packs, ${res.stats.blobs} blobs`,
             ...(o.readData ? [`read ${res.stats.packsRead} packs, ${formatBytes(res.stats.bytesRead)}`] : []),
@@ -38,10 +38,13 @@ export function register(repo: Command): void {
             lines.push('affected files:');
             for (const a of res.affected) lines.push(`  snapshot ${a.snapshot.slice(0, 12)}  ${a.path}  (blob ${a.blob.slice(0, 12)})`);
           }
+          if (res.damageRecorded) lines.push(`recorded the damage found in the repository (damage/${res.damageRecorded.slice(0, 12)}): backups no longer deduplicate against it`);
+          for (const p of res.damageCleared) lines.push(`pack ${p.slice(0, 12)} reads intact again: its damage record was cleared`);
+          if (res.advice.length) lines.push('what to do:', ...res.advice.map((a) => `  ${a}`));
           lines.push(res.ok ? 'no errors were found' : `${res.problems.filter((p) => p.severity === 'error').length} error(s) found`);
           return lines;
         });
-        if (!res.ok) throw new CofferError('CHECK_FAILED', 'The repository check found errors', { hint: 'See the list above. Restore damaged data from a clone; `coffer repo rebuild-index` repairs a damaged index.' });
+        if (!res.ok) throw new CofferError('CHECK_FAILED', 'The repository check found errors', { hint: res.advice.length ? `See the list above; ${res.advice[0]}.` : 'See the list above.' });
       });
     });
 }

@@ -20,6 +20,7 @@ interface RestoreCliOptions extends SnapshotSelection {
   sparse: boolean;
   verbose?: boolean;
   parallel?: string;
+  salvage?: boolean;
 }
 
 function counts(c: RestoreCounts): string {
@@ -49,7 +50,8 @@ export function register(repo: Command): void {
     .option('--confirm-host <name>', "this host's name: required with --force, and checked whenever given")
     .option('--no-sparse', 'write zeros instead of holes (e.g. for swap files)')
     .option('-v, --verbose', 'list every entry restored')
-    .option('--parallel <n>', 'entries prepared at once (default 16)');
+    .option('--parallel <n>', 'entries prepared at once (default 16)')
+    .option('--salvage', 'also write files whose data is partly unreadable, the unreadable ranges zero-filled, as NAME.damaged (the restore still fails)');
   snapshotSelectionOptions(command, 'latest')
     .action(async (ref: string, o: RestoreCliOptions, cmd: Command) => {
       const out = output(cmd);
@@ -85,6 +87,7 @@ export function register(repo: Command): void {
           dryRun: dry,
           sparse: o.sparse,
           fileConcurrency,
+          salvage: o.salvage,
           onEntry: (e) => {
             // A dry run lists everything; a real one lists what it kept back, or all with -v.
             if (!dry && !o.verbose && e.action !== 'skip') return;
@@ -92,6 +95,11 @@ export function register(repo: Command): void {
             out.event({ type: 'entry', action: e.action, path: e.path, nodeType: e.type, ...(e.size !== undefined ? { size: e.size } : {}), ...(e.reason ? { reason: e.reason } : {}), dryRun: dry }, `${verb.padEnd(15)} ${e.path}${e.type === 'dir' ? '/' : ''}${e.reason ? `  (${e.reason})` : ''}`);
           },
           onWarning: (path, problem) => out.warning(path, problem),
+        }).catch((e: unknown) => {
+          // What the restore wanted said (e.g. that it recorded damage) is said on failure too.
+          const partial = (e as CofferError).details?.result as { notices?: string[] } | undefined;
+          for (const n of partial?.notices ?? []) if (!checked.verdict.warnings.includes(n)) out.event({ type: 'notice', message: n }, `note: ${n}`);
+          throw e;
         }).finally(() => pool?.close());
         for (const n of res.notices) if (!checked.verdict.warnings.includes(n)) out.event({ type: 'notice', message: n }, `note: ${n}`);
         out.summary({ snapshot: snap.id, target: res.target, dryRun: dry, created: res.created, overwritten: res.overwritten, unchanged: res.unchanged, skipped: res.skipped, warnings: res.warnings.length }, () => [

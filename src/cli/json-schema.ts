@@ -201,6 +201,9 @@ export const COMMAND_OUTPUT: Record<string, CommandOutput> = {
       readData: z.boolean(),
       stats: z.strictObject({ snapshots: count, trees: count, indexFiles: count, packs: count, blobs: count, packsRead: count, bytesRead: count }),
       problems: count,
+      damageRecorded: id.optional(),
+      damageCleared: z.array(id),
+      advice: z.array(z.string()),
     }),
   },
   'repo prune': {

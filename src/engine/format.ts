@@ -42,9 +42,9 @@ export const BLOB_VERSION = 1;
 /** Prefix of the additional authenticated data of every pack trailer. DO NOT MODIFY. */
 export const TRAILER_AAD_MAGIC: Buffer = ascii('CFRTRLR\0');
 
-/** Object kinds and their codes in the envelope header. DO NOT MODIFY. */
-export type ObjectKind = 'config' | 'index' | 'snapshot' | 'session' | 'gc';
-export const OBJECT_KIND_CODE: Record<ObjectKind, number> = { config: 1, index: 2, snapshot: 3, session: 4, gc: 5 };
+/** Object kinds and their codes in the envelope header. DO NOT MODIFY (new kinds get new codes). */
+export type ObjectKind = 'config' | 'index' | 'snapshot' | 'session' | 'gc' | 'damage';
+export const OBJECT_KIND_CODE: Record<ObjectKind, number> = { config: 1, index: 2, snapshot: 3, session: 4, gc: 5, damage: 6 };
 
 /** HKDF info labels (UTF-8). DO NOT MODIFY. */
 export const LABEL_ENCRYPTION = 'coffer v1 encryption';

@@ -8,7 +8,8 @@
 // requests in flight fit in `maxInFlight` (one request is always admitted, however large), and
 // its buffers are dropped once deliver() has returned.
 //
-// Errors: a blob that is damaged or missing (CORRUPT, NOT_FOUND) is delivered as that blob's
+// Errors: a blob that is damaged or missing (CORRUPT, NOT_FOUND, or INVALID_RANGE when its pack
+// was truncated) is delivered as that blob's
 // error and the others are delivered as usual; anything else (the backend is unreachable, the
 // worker pool broke, cancellation) rejects the whole call. A coalesced request that fails is
 // retried blob by blob, so that one bad neighbour cannot take down the others.
@@ -30,7 +31,7 @@ export interface BlobDecoder {
 
 export type BlobSource = Pick<Repository, 'backend' | 'keys' | 'packKey'>;
 
-/** One blob's outcome: its verified bytes, or why it cannot be read (CORRUPT or NOT_FOUND). */
+/** One blob's outcome: its verified bytes, or why it cannot be read (CORRUPT, NOT_FOUND or INVALID_RANGE). */
 export type BlobResult = { data: Buffer; error?: undefined } | { data?: undefined; error: CofferError };
 
 export interface ReadBlobsOptions {
@@ -65,7 +66,8 @@ interface Request {
 /** Main-thread decoding yields to the event loop after this many milliseconds. */
 const SLICE_MS = 8;
 
-const isBlobError = (e: unknown): e is CofferError => isCofferError(e, 'CORRUPT') || isCofferError(e, 'NOT_FOUND');
+/** Damage to one blob or pack: damaged bytes, a missing pack, a range past the end of a truncated one. */
+const isBlobError = (e: unknown): e is CofferError => isCofferError(e, 'CORRUPT') || isCofferError(e, 'NOT_FOUND') || isCofferError(e, 'INVALID_RANGE');
 
 /** Splits the hits into requests: by pack (in order of first appearance), then by offset. */
 export function planRequests(hits: readonly IndexHit[], maxGap = DEFAULT_MAX_GAP, maxRequest = DEFAULT_MAX_REQUEST): Request[] {

@@ -118,6 +118,8 @@ export interface WriteOp {
   /** Where each blob goes (an index into the batch's blobs); holes are not listed. */
   parts: Array<{ blob: number; pos: number }>;
   last: boolean;
+  /** With `last`: put the file here instead of the header's `final` (a salvaged file's name). */
+  final?: Uint8Array;
 }
 
 export interface SerializedError {
@@ -206,8 +208,8 @@ export class FileOps {
         f.fd = undefined;
         closeSync(fd);
       }
-      const final = asBuffer(f.h.final);
-      if (f.h.replaceDir) rmdirSync(final);
+      const final = asBuffer(op.final ?? f.h.final);
+      if (f.h.replaceDir && !op.final) rmdirSync(final);
       renameSync(f.tmp, final);
       this.files.delete(op.file);
       return f.h.wantIno ? f.ino : undefined;

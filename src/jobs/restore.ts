@@ -28,12 +28,14 @@ import { setImmediate as nextTurn } from 'node:timers/promises';
 import { CofferError, isCofferError, throwIfAborted } from '../core/errors.ts';
 import { Limiter } from '../core/limiter.ts';
 import { isAllZero } from '../core/bytes.ts';
-import { fromHex } from '../engine/hash.ts';
+import { fromHex, toHex } from '../engine/hash.ts';
 import type { IndexHit } from '../repository/index/chunk-index.ts';
 import type { Repository } from '../repository/repository.ts';
 import type { HostIdentity, Snapshot } from '../repository/snapshot.ts';
 import { nameBytes, type NodeType, type TreeNode } from '../repository/tree.ts';
 import { Session } from '../repository/session.ts';
+import { loadCondemned } from '../repository/prune.ts';
+import type { PackDamage } from '../repository/damage.ts';
 import { createSpecial } from '../sources/metadata.ts';
 import { childPath } from '../sources/scan.ts';
 import { localHostIdentity } from './backup.ts';
@@ -339,7 +341,29 @@ export interface RestoreOptions extends SafetyOptions {
   /** After each blob written and each entry done. */
   onProgress?: (p: RestoreProgress) => void;
   onWarning?: (path: string, problem: string) => void;
+  /**
+   * Also write files whose data is partly unreadable, with the unreadable ranges zero-filled,
+   * as NAME.damaged next to where NAME would go (NAME itself is left as it is). They still count
+   * as damaged.
+   */
+  salvage?: boolean;
 }
+
+/** An entry whose data is damaged or missing in the repository. */
+export interface DamagedEntry {
+  /** The path inside the snapshot. */
+  path: string;
+  problem: string;
+  /** The pack and blob that could not be read, when one was. */
+  pack?: string;
+  blob?: string;
+  /** With salvage: the path (inside the snapshot) it was written to, and the bytes zero-filled. */
+  salvagedAs?: string;
+  lostBytes?: number;
+}
+
+/** The name a salvaged file is written under: says that it is not the real content. */
+export const SALVAGE_SUFFIX = '.damaged';
 
 export interface RestoreResult {
   /** The real path of the target directory. */
@@ -352,6 +376,8 @@ export interface RestoreResult {
   warnings: Array<{ path: string; problem: string }>;
   /** What the safety check wanted the operator to see (not counted as warnings). */
   notices: string[];
+  /** Entries not restored (or only salvaged) because their data is damaged or missing. */
+  damaged: DamagedEntry[];
 }
 
 const zeroCounts = (): RestoreCounts => ({ files: 0, dirs: 0, symlinks: 0, hardlinks: 0, special: 0, bytes: 0 });
@@ -479,7 +505,8 @@ export async function restore(repo: Repository, source: Snapshot | string, targe
   const filter = compilePathFilter(options.include, options.exclude);
   const checked = await checkRestoreTarget(typeof source === 'string' ? undefined : source.host, target, options);
 
-  const result: RestoreResult = { target: checked.real, dryRun, created: zeroCounts(), overwritten: zeroCounts(), unchanged: zeroCounts(), skipped: zeroCounts(), warnings: [], notices: checked.verdict.warnings };
+  const salvage = !!options.salvage && !dryRun;
+  const result: RestoreResult = { target: checked.real, dryRun, created: zeroCounts(), overwritten: zeroCounts(), unchanged: zeroCounts(), skipped: zeroCounts(), warnings: [], notices: checked.verdict.warnings, damaged: [] };
   const progress: RestoreProgress = { files: 0, bytes: 0 };
   const warn = (path: string, problem: string) => {
     result.warnings.push({ path, problem });
@@ -497,7 +524,19 @@ export async function restore(repo: Repository, source: Snapshot | string, targe
     else c.special++;
     options.onEntry?.(e);
   };
-  const damaged: Array<{ path: string; problem: string }> = [];
+  const damaged = result.damaged;
+  // Copies that could not be read, by pack: recorded in the repository at the end (damage.ts),
+  // so that the next backup stores those blobs again instead of deduplicating against them.
+  const readFailures = new Map<string, PackDamage>();
+  const noteReadFailure = (hit: IndexHit, error: CofferError) => {
+    const pack = toHex(hit.packId);
+    if (repo.isCondemned(pack)) return; // a prune's to delete: not damage
+    let d = readFailures.get(pack);
+    if (!d) readFailures.set(pack, (d = { pack, problem: error.message, blobs: [] }));
+    // A missing pack, or one whose header is unreadable, is unusable as a whole.
+    if (error.code === 'NOT_FOUND' || /pack header/.test(error.message)) d.blobs = undefined;
+    else d.blobs?.push({ type: hit.entry.type, id: toHex(hit.entry.id) });
+  };
   let fatal: unknown;
   const fail = (e: unknown) => {
     fatal ??= e;
@@ -511,6 +550,8 @@ export async function restore(repo: Repository, source: Snapshot | string, targe
   if (!dryRun) {
     try {
       session = await Session.start(repo, 'restore', { signal: userSignal });
+      // Copies in packs a pending prune condemned may vanish: read the sound copy if there is one.
+      repo.setCondemned(await loadCondemned(repo, { signal: userSignal }));
     } catch (e) {
       if (!(isCofferError(e, 'STORAGE_DENIED') || isCofferError(e, 'STORAGE_ERROR'))) throw e;
       result.notices.push(`cannot register this restore in the repository (${(e as Error).message}): a prune running meanwhile could remove data it reads`);
@@ -632,21 +673,44 @@ export async function restore(repo: Repository, source: Snapshot | string, targe
   /** How an entry that could not be restored counts: damaged data, the end of the restore, or a warning. */
   const entryFailed = (innerPath: string, e: unknown) => {
     if (signal.aborted) fail(fatal ?? e);
-    else if (e !== null && typeof e === 'object' && dataErrors.has(e)) damaged.push({ path: innerPath, problem: (e as Error).message });
+    else if (e !== null && typeof e === 'object' && dataErrors.has(e)) {
+      const d = (e as CofferError).details;
+      damaged.push({ path: innerPath, problem: (e as Error).message, ...(typeof d?.pack === 'string' ? { pack: d.pack } : {}), ...(typeof d?.blob === 'string' ? { blob: d.blob } : {}) });
+    }
     else if (isFatal(e)) fail(e);
     else warn(innerPath, `cannot restore: ${(e as Error).message}`);
   };
 
-  /** Checks that every blob of a file is in the index and that they add up to its size. */
+  /**
+   * Checks that every blob of a file is in the index and that they add up to its size. With
+   * salvage, a blob the index does not know is a lost part (no hit) when its length follows from
+   * the others (it is the only one unknown).
+   */
   const contentParts = (node: TreeNode, innerPath: string, known?: Map<string, BlobNeed>) => {
-    const parts: Array<{ id: string; hit: IndexHit; pos: number; need?: BlobNeed }> = [];
+    const parts: Array<{ id: string; hit?: IndexHit; length: number; pos: number; need?: BlobNeed }> = [];
     let pos = 0;
+    let unknown = 0;
     for (const id of node.content ?? []) {
       const need = known?.get(id);
-      const hit = need?.hit ?? repo.index.lookup(fromHex(id), 'data');
-      if (!hit) throw tag(dataErrors, new CofferError('NOT_FOUND', `Cannot restore ${innerPath}: its data blob ${id.slice(0, 12)} is not in the repository index`, { hint: 'Run `coffer repo check`.' }));
-      parts.push({ id, hit, pos, need });
+      const hit = need?.hit ?? repo.locate('data', fromHex(id));
+      if (!hit) {
+        if (!salvage || ++unknown > 1) throw tag(dataErrors, new CofferError('NOT_FOUND', `Cannot restore ${innerPath}: its data blob ${id.slice(0, 12)} is not in the repository index`, { hint: 'Run `coffer repo check`.', details: { blob: id } }));
+        parts.push({ id, length: -1, pos: -1 });
+        continue;
+      }
+      parts.push({ id, hit, length: hit.entry.rawLength, pos, need });
       pos += hit.entry.rawLength;
+    }
+    if (unknown) {
+      // The one blob the index does not know fills the gap.
+      const length = (node.size ?? 0) - pos;
+      if (length <= 0) throw tag(dataErrors, new CofferError('NOT_FOUND', `Cannot restore ${innerPath}: a data blob is not in the repository index and its size cannot be told`, { hint: 'Run `coffer repo check`.' }));
+      pos = 0;
+      for (const p of parts) {
+        if (!p.hit) p.length = length;
+        p.pos = pos;
+        pos += p.length;
+      }
     }
     if (pos !== node.size) throw tag(dataErrors, new CofferError('CORRUPT', `Cannot restore ${innerPath}: its content adds up to ${pos} bytes, the snapshot says ${node.size}`, { hint: 'Run `coffer repo check`.' }));
     return parts;
@@ -674,6 +738,8 @@ export async function restore(repo: Repository, source: Snapshot | string, targe
   // more than the write itself.
 
   interface FileJob {
+    /** With salvage: the parts that could not be read (written as holes), and why. */
+    lost?: Array<{ pos: number; length: number; problem: string; pack?: string; blob: string }>;
     node: TreeNode;
     dir: DirCtx;
     final: Buffer;
@@ -692,12 +758,17 @@ export async function restore(repo: Repository, source: Snapshot | string, targe
     settled: boolean;
     /** Set by the first member of a hard-link group, whose other members wait for it. */
     onSettled?: () => void;
+    /** Batches of ops sent to its writer and not back yet; a failed file's removal waits for them. */
+    inflight?: number;
+    removeWhenIdle?: boolean;
   }
   /** One blob a window reads, and every place it goes. */
   interface BlobNeed {
     id: string;
     hit: IndexHit;
     uses: Array<{ job: FileJob; pos: number }>;
+    /** Packs whose copy failed: another copy is read before the blob counts as lost. */
+    tried?: Set<string>;
   }
   /**
    * A window's bookkeeping is its memory (about a kilobyte per file): it closes at these sizes.
@@ -718,6 +789,10 @@ export async function restore(repo: Repository, source: Snapshot | string, targe
     throwIfAborted(signal);
     const parts = contentParts(job.node, job.innerPath, windowNeeds);
     for (const p of parts) {
+      if (!p.hit) {
+        (job.lost ??= []).push({ pos: p.pos, length: p.length, blob: p.id, problem: `data blob ${p.id.slice(0, 12)} is not in the repository index` });
+        continue;
+      }
       if (sparse && zeroIds.has(p.id)) continue;
       let need = p.need ?? windowNeeds.get(p.id);
       if (!need) windowNeeds.set(p.id, (need = { id: p.id, hit: p.hit, uses: [] }));
@@ -738,16 +813,29 @@ export async function restore(repo: Repository, source: Snapshot | string, targe
     if (job.settled) return;
     job.settled = true;
     if (e !== undefined) {
+      // A writer may still be about to create the file (its ops are under way): then it is
+      // removed when they are back, not now (it would be created after the unlink, and stay).
       if (partial.delete(job)) {
-        try {
-          unlinkSync(job.tmp!);
-        } catch {
-          // already gone
-        }
+        if (job.inflight) job.removeWhenIdle = true;
+        else removeTemp(job);
       }
       entryFailed(job.innerPath, e);
     }
     job.onSettled?.();
+  };
+  const removeTemp = (job: FileJob) => {
+    try {
+      unlinkSync(job.tmp!);
+    } catch {
+      // already gone
+    }
+  };
+  /** A batch of the job's ops came back from its writer. */
+  const opsDone = (job: FileJob) => {
+    if (--job.inflight! === 0 && job.removeWhenIdle) {
+      job.removeWhenIdle = false;
+      removeTemp(job);
+    }
   };
 
   /** Writer threads, started with the first window; stopped when the restore ends. */
@@ -784,6 +872,7 @@ export async function restore(repo: Repository, source: Snapshot | string, targe
     const sentTo = new Map<Buffer, number>();
     for (const { job, writes } of batch) {
       let header: FileHeader | undefined;
+      job.inflight = (job.inflight ?? 0) + 1;
       if (job.file === undefined) {
         job.file = nextFileId++;
         job.writer = fresh;
@@ -810,7 +899,9 @@ export async function restore(repo: Repository, source: Snapshot | string, targe
       }
       const last = writes.length === job.remaining;
       job.remaining -= writes.length;
-      sub.ops.push({ file: job.file, header, parts, last });
+      // A salvaged file goes under a name that says so; its real name is left alone.
+      const final = last && job.lost ? Buffer.concat([job.final, Buffer.from(SALVAGE_SUFFIX)]) : undefined;
+      sub.ops.push({ file: job.file, header, parts, last, ...(final ? { final } : {}) });
       sub.items.push({ job, bytes, last });
     }
     const done = await Promise.all(
@@ -819,12 +910,16 @@ export async function restore(repo: Repository, source: Snapshot | string, targe
     for (const d of done) {
       if ('error' in d) {
         // The writer is gone; what it left behind is removed by settleJob().
-        for (const it of d.sub.items) settleJob(it.job, d.error);
+        for (const it of d.sub.items) {
+          settleJob(it.job, d.error);
+          opsDone(it.job);
+        }
         continue;
       }
       for (let k = 0; k < d.outcomes.length; k++) {
         const o = d.outcomes[k]!;
         const { job, bytes, last } = d.sub.items[k]!;
+        opsDone(job);
         for (const problem of o.warnings) warn(job.innerPath, problem);
         if (job.settled) continue; // an earlier part failed, or its data was damaged
         if (!o.ok) {
@@ -835,17 +930,30 @@ export async function restore(repo: Repository, source: Snapshot | string, targe
         progress.bytes += bytes;
         if (last) {
           partial.delete(job);
-          if (job.group) job.group.source = { path: job.final, ino: o.ino };
+          // Other members of a hard-link group must not link to a salvaged file.
+          if (job.group && !job.lost) job.group.source = { path: job.final, ino: o.ino };
           progress.files++;
         }
         options.onProgress?.({ ...progress, currentPath: job.innerPath });
         if (last) {
-          report(job.entry);
+          if (job.lost) {
+            const lost = job.lost;
+            const salvagedAs = job.innerPath + SALVAGE_SUFFIX;
+            const lostBytes = lost.reduce((n, l) => n + l.length, 0);
+            damaged.push({
+              path: job.innerPath, problem: `${lost.length} of its blobs could not be read (${lost.map((l) => l.problem).join('; ')}); written as ${salvagedAs} with ${lostBytes} bytes zero-filled`,
+              pack: lost[0]!.pack, blob: lost[0]!.blob, salvagedAs, lostBytes,
+            });
+            report({ ...job.entry, action: 'create', path: salvagedAs, reason: `salvaged: ${lostBytes} bytes unreadable, zero-filled` });
+          } else report(job.entry);
           settleJob(job);
         }
       }
     }
   };
+
+  /** Blobs whose copy could not be read but that have another copy: read again after the window's first pass. */
+  let retry: BlobNeed[] = [];
 
   /** Writes the blobs of one request to every file that needs them. */
   const deliver = async (needs: BlobNeed[], indexes: number[], results: BlobResult[]) => {
@@ -854,7 +962,27 @@ export async function restore(repo: Repository, source: Snapshot | string, targe
       const need = needs[indexes[k]!]!;
       const r = results[k]!;
       if (r.error) {
-        for (const u of need.uses) settleJob(u.job, tag(dataErrors, r.error));
+        noteReadFailure(need.hit, r.error);
+        const pack = toHex(need.hit.packId);
+        (need.tried ??= new Set()).add(pack);
+        const other = repo.index.lookupAll(fromHex(need.id), 'data').find((h) => !need.tried!.has(toHex(h.packId)));
+        if (other) {
+          need.hit = other;
+          retry.push(need);
+          continue;
+        }
+        const problem = `data blob ${need.id.slice(0, 12)} in pack ${pack.slice(0, 12)} cannot be read: ${r.error.message}`;
+        for (const u of need.uses) {
+          if (u.job.settled) continue;
+          if (!salvage) {
+            settleJob(u.job, tag(dataErrors, new CofferError(r.error.code, `Cannot restore ${u.job.innerPath}: ${problem}`, { details: { pack, blob: need.id } })));
+            continue;
+          }
+          (u.job.lost ??= []).push({ pos: u.pos, length: need.hit.entry.rawLength, problem, pack, blob: need.id });
+          let w = byJob.get(u.job);
+          if (!w) byJob.set(u.job, (w = []));
+          w.push({ data: undefined, pos: u.pos });
+        }
         continue;
       }
       let data: Buffer | undefined = r.data;
@@ -907,6 +1035,12 @@ export async function restore(repo: Repository, source: Snapshot | string, targe
         await write(empty.slice(i, i + 512));
       }
       await readBlobs(repo, needs.map((n) => n.hit), (indexes, results) => deliver(needs, indexes, results), readOptions);
+      // Blobs whose first copy failed, from their next copy (until none is left).
+      while (retry.length) {
+        const again = retry;
+        retry = [];
+        await readBlobs(repo, again.map((n) => n.hit), (indexes, results) => deliver(again, indexes, results), readOptions);
+      }
     } finally {
       // After a fatal error or cancellation: what the window could not finish is removed.
       for (const job of jobs) {
@@ -1079,7 +1213,7 @@ export async function restore(repo: Repository, source: Snapshot | string, targe
   // (a round trip each) took longer than restoring the data of a typical snapshot.
 
   const TREE_BATCH = 4096;
-  const trees = new TreeLoader(repo, { decoder: options.pool, signal, concurrency: readOptions.concurrency });
+  const trees = new TreeLoader(repo, { decoder: options.pool, signal, concurrency: readOptions.concurrency, onReadError: (_id, hit, e) => noteReadFailure(hit, e) });
 
   interface DirWork { id: string; dir: DirCtx; selected: boolean }
 
@@ -1189,6 +1323,15 @@ export async function restore(repo: Repository, source: Snapshot | string, targe
     }
   } finally {
     await writers?.close();
+    if (readFailures.size && !dryRun) {
+      // Recorded, so that the next backup of the intact source stores these blobs again.
+      try {
+        await repo.noteDamage('restore', [...readFailures.values()]);
+        result.notices.push(`recorded the damage to ${readFailures.size} pack(s) in the repository: the next backup stores those blobs again; \`coffer repo repair packs\` salvages the rest`);
+      } catch (e) {
+        result.notices.push(`cannot record the damage in the repository (${(e as Error).message}); \`coffer repo check --read-data\` finds it again`);
+      }
+    }
     await endSession();
     userSignal?.removeEventListener('abort', onUserAbort);
   }

@@ -9,7 +9,7 @@
 // caller prefetches only what it is about to ask for. clear() drops whatever is left.
 
 import { CofferError, isCofferError } from '../core/errors.ts';
-import { fromHex } from '../engine/hash.ts';
+import { fromHex, toHex } from '../engine/hash.ts';
 import type { IndexHit } from '../repository/index/chunk-index.ts';
 import type { Repository } from '../repository/repository.ts';
 import { decodeTree, type Tree } from '../repository/tree.ts';
@@ -26,21 +26,30 @@ interface Entry {
   expected: number;
 }
 
+/** A copy of a tree that could not be read (damaged, truncated or missing pack). */
+export type TreeReadError = (treeId: string, hit: IndexHit, error: CofferError) => void;
+
 export class TreeLoader {
   private readonly repo: Repository;
   private readonly decoder: BlobDecoder | undefined;
   private readonly signal: AbortSignal | undefined;
   private readonly concurrency: number | undefined;
+  private readonly onReadError: TreeReadError | undefined;
   private readonly entries = new Map<string, Entry>();
   private pending: Array<[string, Entry]> = [];
   private scheduled = false;
 
-  /** `concurrency`: pack reads in flight per batch (readBlobs' default when not given). */
-  constructor(repo: Repository, options: { decoder?: BlobDecoder; signal?: AbortSignal; concurrency?: number } = {}) {
+  /**
+   * `concurrency`: pack reads in flight per batch (readBlobs' default when not given).
+   * `onReadError`: told of every copy that could not be read (the caller records the damage);
+   * another copy of the tree, if the index knows one, is tried before the tree fails.
+   */
+  constructor(repo: Repository, options: { decoder?: BlobDecoder; signal?: AbortSignal; concurrency?: number; onReadError?: TreeReadError } = {}) {
     this.repo = repo;
     this.decoder = options.decoder;
     this.signal = options.signal;
     this.concurrency = options.concurrency;
+    this.onReadError = options.onReadError;
   }
 
   /** Starts loading trees that get() will be asked for soon (once per id listed). */
@@ -88,9 +97,9 @@ export class TreeLoader {
     const batch = this.pending;
     this.pending = [];
     const waiting = new Map<string, Entry[]>();
+    const failed = new Map<string, unknown>();
     const want: string[] = [];
     const hits: IndexHit[] = [];
-    const failed = new Map<string, unknown>();
     for (const [id, e] of batch) {
       if (failed.has(id)) {
         e.reject(failed.get(id));
@@ -103,8 +112,8 @@ export class TreeLoader {
       }
       let hit: IndexHit | undefined;
       try {
-        hit = this.repo.index.lookup(fromHex(id), 'tree');
-        if (!hit) throw new CofferError('NOT_FOUND', `Cannot read tree blob ${id}: it is not in the index`, { hint: 'Run `coffer repo check`; if packs exist that the index misses, `coffer repo rebuild-index`.' });
+        hit = this.repo.locate('tree', fromHex(id));
+        if (!hit) throw new CofferError('NOT_FOUND', `Cannot read tree blob ${id}: it is not in the index`, { hint: 'Run `coffer repo check`; if packs exist that the index misses, `coffer repo repair index`.' });
       } catch (err) {
         failed.set(id, err);
         e.reject(err);
@@ -114,14 +123,34 @@ export class TreeLoader {
       want.push(id);
       hits.push(hit);
     }
+    this.read(want, hits, waiting, new Map());
+  }
+
+  /** Reads `hits` (of the trees `want`); a copy that fails is reported, and another one tried. */
+  private read(want: string[], hits: IndexHit[], waiting: Map<string, Entry[]>, tried: Map<string, Set<string>>): void {
     if (hits.length === 0) return;
+    const retryWant: string[] = [];
+    const retryHits: IndexHit[] = [];
     readBlobs(this.repo, hits, (indexes, results) => {
       for (let k = 0; k < indexes.length; k++) {
-        const list = waiting.get(want[indexes[k]!]!)!;
+        const id = want[indexes[k]!]!;
+        const list = waiting.get(id)!;
         const r = results[k]!;
         let outcome: { tree: Tree } | { error: unknown };
-        if (r.error) outcome = { error: r.error };
-        else {
+        if (r.error) {
+          const hit = hits[indexes[k]!]!;
+          this.onReadError?.(id, hit, r.error);
+          let seen = tried.get(id);
+          if (!seen) tried.set(id, (seen = new Set()));
+          seen.add(toHex(hit.packId));
+          const other = this.repo.index.lookupAll(fromHex(id), 'tree').find((h) => !seen.has(toHex(h.packId)));
+          if (other) {
+            retryWant.push(id);
+            retryHits.push(other);
+            continue;
+          }
+          outcome = { error: r.error };
+        } else {
           try {
             outcome = { tree: decodeTree(r.data) };
           } catch (err) {
@@ -130,7 +159,7 @@ export class TreeLoader {
         }
         for (const e of list) 'tree' in outcome ? e.resolve(outcome.tree) : e.reject(outcome.error);
       }
-    }, { signal: this.signal, decoder: this.decoder, maxGap: TREE_GAP, concurrency: this.concurrency }).catch((err: unknown) => {
+    }, { signal: this.signal, decoder: this.decoder, maxGap: TREE_GAP, concurrency: this.concurrency }).then(() => this.read(retryWant, retryHits, waiting, tried), (err: unknown) => {
       // The whole read failed (backend unreachable, cancelled): every tree not delivered fails
       // (rejecting a settled promise does nothing).
       const error = isCofferError(err) ? err : new CofferError('STORAGE_ERROR', `Cannot read trees: ${(err as Error)?.message ?? String(err)}`, { cause: err });

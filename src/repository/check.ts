@@ -3,6 +3,11 @@
 // (each selected pack's hash, trailer and blobs). Damage is reported by pack and blob, and by
 // the snapshots and files it affects, so an administrator knows exactly what a restore would
 // lose and which clone to fall back to.
+//
+// Damage found is recorded in the repository (damage.ts), so that writers stop deduplicating
+// against it and the next backup of the intact source stores it again. Damage to a copy of a
+// blob that has a good copy elsewhere loses nothing: it is a warning (repair packs tidies it).
+// A pack that --read-data proves intact again (restored from a clone) clears its records.
 
 import { randomInt } from 'node:crypto';
 import { isCofferError, throwIfAborted } from '../core/errors.ts';
@@ -10,7 +15,10 @@ import type { CallOptions } from '../storage/backend.ts';
 import { contentHash, fromHex, toHex } from '../engine/hash.ts';
 import { decodeBlob } from '../engine/blob.ts';
 import { decodePackTrailer, packKeyFromHeader, parsePackFooter, PACK_HEADER_SIZE, type PackEntry } from '../engine/pack.ts';
+import type { BlobType } from '../engine/format.ts';
+import type { IndexHit } from './index/chunk-index.ts';
 import type { IndexEntry, IndexFileContent } from './index/index-file.ts';
+import { DamageSet, loadDamage, retireDamage, type PackDamage } from './damage.ts';
 import { DATA_PREFIX, idFromName, packName } from './layout.ts';
 import { loadCondemned } from './prune.ts';
 import type { Repository } from './repository.ts';
@@ -23,10 +31,13 @@ export type ProblemKind =
   | 'snapshot-unreadable'
   | 'tree-unreadable'
   | 'blob-missing'
+  | 'blob-lost'
   | 'pack-missing'
   | 'pack-size'
   | 'pack-damaged'
   | 'blob-damaged'
+  | 'damage-known'
+  | 'damage-unreadable'
   | 'pack-unindexed'
   | 'session-stale'
   | 'session-unreadable';
@@ -51,8 +62,14 @@ export interface Affected {
 export interface CheckResult {
   ok: boolean;
   problems: Problem[];
-  /** For every damaged or missing blob: the snapshots and files that need it. */
+  /** For every blob a snapshot needs of which no good copy is left: the snapshots and files that need it. */
   affected: Affected[];
+  /** The damage record written for what this check found (damage.ts), if any. */
+  damageRecorded?: string;
+  /** Packs whose recorded damage this check found gone (read and intact): their records were retired. */
+  damageCleared: string[];
+  /** What to run next, in order, for the problems found. */
+  advice: string[];
   stats: { snapshots: number; trees: number; indexFiles: number; packs: number; blobs: number; packsRead: number; bytesRead: number };
 }
 
@@ -60,8 +77,12 @@ export interface CheckOptions extends CallOptions {
   readData?: boolean;
   /** With readData: read only this percentage of the packs, chosen at random (0 < n ≤ 100). */
   subsetPercent?: number;
+  /** Record the damage found in the repository (default true; a read-only repository is told apart). */
+  record?: boolean;
   onProgress?: (message: string, done?: number, total?: number) => void;
 }
+
+const blobKey = (type: BlobType, hex: string) => type + hex;
 
 export async function check(repo: Repository, options: CheckOptions = {}): Promise<CheckResult> {
   const { signal } = options;
@@ -69,6 +90,7 @@ export async function check(repo: Repository, options: CheckOptions = {}): Promi
   const problems: Problem[] = [];
   const add = (p: Problem) => problems.push(p);
   const stats = { snapshots: 0, trees: 0, indexFiles: 0, packs: 0, blobs: 0, packsRead: 0, bytesRead: 0 };
+  const result: { damageRecorded?: string; damageCleared: string[] } = { damageCleared: [] };
   const session = await Session.start(repo, 'check', { signal });
   try {
     // Packs a pending prune condemned may vanish at any moment: their absence is not damage.
@@ -84,33 +106,49 @@ export async function check(repo: Repository, options: CheckOptions = {}): Promi
     say('loading index');
     const ids = await repo.listIndexFiles({ signal });
     stats.indexFiles = ids.length;
-    const damagedIndex = new Set<string>();
     await repo.index.sync(ids.map(fromHex), async (id): Promise<IndexFileContent> => {
       try {
         return await repo.loadIndexFile(toHex(id), { signal });
       } catch (e) {
         if (isCofferError(e, 'CANCELLED') || isCofferError(e, 'STORAGE_UNAVAILABLE')) throw e;
-        damagedIndex.add(toHex(id));
         add({ kind: 'index-unreadable', severity: 'error', message: `index file ${toHex(id).slice(0, 12)} is unreadable: ${(e as Error).message}` });
         return { supersedes: [], packs: [] };
       }
     }, { signal });
+    const known = await loadDamage(repo, {
+      signal,
+      onUnreadable: (id, e) => add({ kind: 'damage-unreadable', severity: 'warning', message: `damage record ${id.slice(0, 12)} is unreadable (${e.message}); the damage it records is not avoided until a check finds it again` }),
+    });
+    repo.damage = known;
+
+    // Damage this run finds, by pack.
+    const found = new Map<string, PackDamage>();
+    const foundPack = (pack: string, problem: string): PackDamage => {
+      let d = found.get(pack);
+      if (!d) found.set(pack, (d = { pack, problem, blobs: [] }));
+      return d;
+    };
 
     const indexed = new Map<string, number>();
     for (const p of repo.index.packs()) indexed.set(toHex(p.packId), p.packSize);
     stats.packs = indexed.size;
     stats.blobs = repo.index.count;
+    /** Packs that are gone or not what the index says: none of their copies can be relied on. */
+    const unusable = new Map<string, Problem>();
     for (const [hex, size] of indexed) {
       const actual = stored.get(hex);
       if (actual === undefined) {
-        if (!condemned.has(hex)) add({ kind: 'pack-missing', severity: 'error', pack: hex, message: `pack ${hex.slice(0, 12)} is in the index but missing from storage` });
+        if (condemned.has(hex)) continue;
+        unusable.set(hex, { kind: 'pack-missing', severity: 'error', pack: hex, message: `pack ${hex.slice(0, 12)} is in the index but missing from storage` });
+        foundPack(hex, 'missing from storage').blobs = undefined;
       } else if (actual !== size) {
-        add({ kind: 'pack-size', severity: 'error', pack: hex, message: `pack ${hex.slice(0, 12)} has ${actual} bytes, the index says ${size}` });
+        unusable.set(hex, { kind: 'pack-size', severity: 'error', pack: hex, message: `pack ${hex.slice(0, 12)} has ${actual} bytes, the index says ${size}` });
+        foundPack(hex, `has ${actual} bytes, the index says ${size}`).blobs = undefined;
       }
     }
     for (const hex of stored.keys()) {
       if (!indexed.has(hex) && !condemned.has(hex)) {
-        add({ kind: 'pack-unindexed', severity: 'warning', pack: hex, message: `pack ${hex.slice(0, 12)} is not in any index (an interrupted or running backup; \`coffer repo prune\` removes it once unused, \`coffer repo rebuild-index\` indexes it)` });
+        add({ kind: 'pack-unindexed', severity: 'warning', pack: hex, message: `pack ${hex.slice(0, 12)} is not in any index (an interrupted or running backup; \`coffer repo prune\` removes it once unused, \`coffer repo repair index\` indexes it)` });
       }
     }
 
@@ -120,11 +158,8 @@ export async function check(repo: Repository, options: CheckOptions = {}): Promi
       else if (s.stale) add({ kind: 'session-stale', severity: 'warning', message: `session ${s.id.slice(0, 8)} (${s.kind} on ${s.hostname}, pid ${s.pid}) stopped without ending (crashed or killed)` });
     }
 
-    // Blobs that are missing or damaged, keyed by type + hex.
-    const bad = new Map<string, Problem>();
-    const missingPacks = new Set(problems.filter((p) => p.kind === 'pack-missing').map((p) => p.pack!));
-
-    // Snapshots and trees.
+    // Snapshots and trees: what every snapshot needs. A tree that cannot be read is lost with
+    // everything below it (unless another copy reads: the walk reads through the index).
     say('checking snapshots');
     const snapIds = await listSnapshotIds(repo, { signal });
     const snapshots: SnapshotRef[] = [];
@@ -133,12 +168,15 @@ export async function check(repo: Repository, options: CheckOptions = {}): Promi
         snapshots.push({ id, snapshot: await loadSnapshot(repo, id, { signal }) });
       } catch (e) {
         if (isCofferError(e, 'CANCELLED') || isCofferError(e, 'STORAGE_UNAVAILABLE')) throw e;
+        if (isCofferError(e, 'NOT_FOUND')) continue;
         add({ kind: 'snapshot-unreadable', severity: 'error', snapshot: id, message: `snapshot ${id.slice(0, 12)} is unreadable: ${(e as Error).message}` });
       }
     }
     stats.snapshots = snapshots.length;
     const seenTrees = new Set<string>();
-    const seenBlobs = new Set<string>();
+    const usedData = new Set<string>();
+    /** Used blobs (type + hex) of which no copy is left, with the problem that says so. */
+    const lost = new Map<string, Problem>();
     for (const s of snapshots) {
       throwIfAborted(signal);
       await walkTree(repo, s.snapshot.tree, {
@@ -150,21 +188,12 @@ export async function check(repo: Repository, options: CheckOptions = {}): Promi
         treeError: (path, id, e) => {
           const p: Problem = { kind: 'tree-unreadable', severity: 'error', snapshot: s.id, path, blob: id, message: `tree ${id.slice(0, 12)} (${path} in snapshot ${s.id.slice(0, 12)}) is unreadable: ${(e as Error).message}` };
           add(p);
-          bad.set('tree' + id, p);
+          lost.set(blobKey('tree', id), p);
+          const hit = repo.locate('tree', fromHex(id));
+          if (hit && isCofferError(e) && !isCofferError(e, 'NOT_FOUND') && !unusable.has(toHex(hit.packId))) foundPack(toHex(hit.packId), 'a damaged tree').blobs?.push({ type: 'tree', id });
         },
-        node: (path, n) => {
-          for (const c of n.content ?? []) {
-            if (seenBlobs.has(c)) continue;
-            seenBlobs.add(c);
-            const hit = repo.index.lookup(fromHex(c), 'data');
-            if (!hit) {
-              const p: Problem = { kind: 'blob-missing', severity: 'error', blob: c, snapshot: s.id, path, message: `data blob ${c.slice(0, 12)} is not in the index` };
-              add(p);
-              bad.set('data' + c, p);
-            } else if (missingPacks.has(toHex(hit.packId))) {
-              bad.set('data' + c, { kind: 'blob-missing', severity: 'error', blob: c, pack: toHex(hit.packId), message: `data blob ${c.slice(0, 12)} is in missing pack ${toHex(hit.packId).slice(0, 12)}` });
-            }
-          }
+        node: (_path, n) => {
+          for (const c of n.content ?? []) usedData.add(c);
         },
       }, { signal });
     }
@@ -189,6 +218,7 @@ export async function check(repo: Repository, options: CheckOptions = {}): Promi
         if (!l) byPack.set(h, (l = []));
         l.push(entry);
       }
+      const intact: string[] = [];
       let done = 0;
       for (const hex of chosen) {
         throwIfAborted(signal);
@@ -202,16 +232,88 @@ export async function check(repo: Repository, options: CheckOptions = {}): Promi
         }
         stats.packsRead++;
         stats.bytesRead += bytes.length;
-        for (const p of readPackProblems(repo, hex, bytes, byPack.get(hex) ?? [])) {
-          add(p);
-          if (p.blob) bad.set((p.kind === 'blob-damaged' ? (byPack.get(hex)?.find((e) => toHex(e.id) === p.blob)?.type ?? 'data') : 'data') + p.blob, p);
+        const packProblems = readPackProblems(repo, hex, bytes, byPack.get(hex) ?? []);
+        if (packProblems.length === 0) {
+          if (known.hasPack(hex)) intact.push(hex);
+          continue;
         }
+        for (const p of packProblems) {
+          if (unusable.has(hex)) continue; // said already (wrong size)
+          add(p);
+          const d = foundPack(hex, p.message);
+          if (p.kind === 'blob-damaged' && p.blob) {
+            const e = byPack.get(hex)?.find((x) => toHex(x.id) === p.blob);
+            if (/header damaged/.test(p.message)) d.blobs = undefined;
+            else d.blobs?.push({ type: e?.type ?? 'data', id: p.blob });
+          }
+        }
+      }
+      if (intact.length) {
+        // Recorded damage that is not there any more (the pack was put back from a copy).
+        await retireDamage(repo, new Set(intact), known, { signal });
+        for (const hex of intact) say(`pack ${hex.slice(0, 12)} reads intact now: its damage record was cleared`);
+      }
+      result.damageCleared = intact;
+    }
+
+    // Everything known to be damaged: recorded before, and found now.
+    const damage = new DamageSet();
+    for (const e of known.entries) if (!result.damageCleared.includes(e.pack)) damage.add(e.record, { version: 1, time: e.time, host: '', foundBy: e.foundBy, packs: [e] });
+    for (const d of found.values()) damage.add('', { version: 1, time: '', host: '', foundBy: 'check', packs: [d] });
+    const sound = (h: IndexHit) => !unusable.has(toHex(h.packId)) && !damage.isDamaged(toHex(h.packId), h.entry.type, toHex(h.entry.id));
+
+    // A used blob is lost when no copy of it is sound; damage to a copy that has a sound twin
+    // loses nothing.
+    const losingPacks = new Set<string>();
+    const judge = (type: BlobType, hex: string) => {
+      const hits = repo.index.lookupAll(fromHex(hex), type);
+      if (hits.length === 0) {
+        lost.set(blobKey(type, hex), { kind: 'blob-missing', severity: 'error', blob: hex, message: `${type} blob ${hex.slice(0, 12)} is not in the index` });
+        return;
+      }
+      if (hits.some(sound)) return;
+      for (const h of hits) losingPacks.add(toHex(h.packId));
+      const where = hits.map((h) => toHex(h.packId).slice(0, 12)).join(', ');
+      lost.set(blobKey(type, hex), { kind: 'blob-lost', severity: 'error', blob: hex, pack: toHex(hits[0]!.packId), message: `${type} blob ${hex.slice(0, 12)} has no readable copy (pack ${where})` });
+    };
+    for (const c of usedData) judge('data', c);
+    for (const t of seenTrees) if (!lost.has(blobKey('tree', t))) judge('tree', t);
+    // Per blob only those the index does not know at all; the rest is said per pack, and the
+    // affected files are listed below.
+    for (const p of lost.values()) if (p.kind === 'blob-missing') add(p);
+
+    // Pack damage loses data only where a used blob has no other copy.
+    const good = ' (every blob in it that a snapshot uses has a good copy elsewhere: nothing is lost; `coffer repo repair packs` takes it out of use)';
+    for (const p of unusable.values()) add(losingPacks.has(p.pack!) ? p : { ...p, severity: 'warning', message: p.message + good });
+    for (const p of problems) {
+      if ((p.kind === 'pack-damaged' || p.kind === 'blob-damaged') && p.pack && !losingPacks.has(p.pack) && p.severity === 'error') {
+        p.severity = 'warning';
+        p.message += good;
+      }
+    }
+    for (const [pack] of known.byPack()) {
+      if (found.has(pack) || unusable.has(pack) || result.damageCleared.includes(pack)) continue;
+      const e = known.entries.filter((x) => x.pack === pack);
+      const blobs = e.some((x) => !x.blobs) ? 'the whole pack' : `${new Set(e.flatMap((x) => x.blobs!.map((b) => b.id))).size} blob(s)`;
+      add({
+        kind: 'damage-known', severity: losingPacks.has(pack) ? 'error' : 'warning', pack,
+        message: `pack ${pack.slice(0, 12)}: ${blobs} recorded as damaged (${e[0]!.problem}; found by ${e[0]!.foundBy} ${e[0]!.time})${losingPacks.has(pack) ? '' : good}`,
+      });
+    }
+
+    // Recorded, so that writers stop trusting it.
+    if (found.size && options.record !== false) {
+      try {
+        result.damageRecorded = await repo.noteDamage('check', [...found.values()], { signal });
+      } catch (e) {
+        if (isCofferError(e, 'CANCELLED')) throw e;
+        say(`cannot record the damage in the repository: ${(e as Error).message}`);
       }
     }
 
-    // What the damage affects: every file (and directory) whose data is gone.
+    // What the damage affects: every file (and directory) of which no good copy is left.
     const affected: Affected[] = [];
-    if (bad.size) {
+    if (lost.size) {
       say('finding affected files');
       for (const s of snapshots) {
         await walkTree(repo, s.snapshot.tree, {
@@ -219,16 +321,33 @@ export async function check(repo: Repository, options: CheckOptions = {}): Promi
             affected.push({ snapshot: s.id, path, blob: id });
           },
           node: (path, n) => {
-            for (const c of n.content ?? []) if (bad.has('data' + c)) affected.push({ snapshot: s.id, path, blob: c });
-            if (n.subtree && bad.has('tree' + n.subtree)) affected.push({ snapshot: s.id, path, blob: n.subtree });
+            for (const c of n.content ?? []) if (lost.has(blobKey('data', c))) affected.push({ snapshot: s.id, path, blob: c });
+            if (n.subtree && lost.has(blobKey('tree', n.subtree))) affected.push({ snapshot: s.id, path, blob: n.subtree });
           },
         }, { signal });
       }
     }
-    return { ok: !problems.some((p) => p.severity === 'error'), problems, affected, stats };
+    const ok = !problems.some((p) => p.severity === 'error');
+    return { ...result, ok, problems, affected, advice: advise(problems), stats };
   } finally {
     await session.end().catch(() => {});
   }
+}
+
+
+/** The repair commands for the problems found, in the order they should run. */
+function advise(problems: Problem[]): string[] {
+  const has = (...kinds: ProblemKind[]) => problems.some((p) => kinds.includes(p.kind));
+  const out: string[] = [];
+  if (has('index-unreadable', 'pack-unindexed')) out.push('`coffer repo repair index` rebuilds the index from the packs (keeping what the old index knew of damaged packs)');
+  const packKinds: ProblemKind[] = ['pack-missing', 'pack-size', 'pack-damaged', 'blob-damaged', 'damage-known'];
+  if (problems.some((p) => packKinds.includes(p.kind) && p.severity === 'error')) {
+    out.push('`coffer repo backup` of the intact sources stores damaged data again (and heals every snapshot that uses it); `coffer repo repair packs` then salvages what can be read of the damaged packs and quarantines them');
+  } else if (has(...packKinds)) {
+    out.push('`coffer repo repair packs` takes the damaged packs out of use (nothing is lost: every blob in them has a good copy)');
+  }
+  if (has('blob-missing', 'blob-lost', 'tree-unreadable', 'snapshot-unreadable')) out.push('`coffer repo repair snapshots` rewrites the snapshots that use lost data so that everything else in them stays restorable');
+  return out;
 }
 
 /** Verifies one downloaded pack against its name, its own trailer and the index. */

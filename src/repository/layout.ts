@@ -10,6 +10,9 @@ export const INDEX_PREFIX = 'index/';
 export const SNAPSHOTS_PREFIX = 'snapshots/';
 export const SESSIONS_PREFIX = 'sessions/';
 export const GC_PREFIX = 'gc/';
+export const DAMAGE_PREFIX = 'damage/';
+/** Damaged objects that a repair took out of use, kept under their old name below this. */
+export const QUARANTINE_PREFIX = 'quarantine/';
 
 const HEX64 = /^[0-9a-f]{64}$/;
 

@@ -16,7 +16,8 @@ import type { ChunkerParams } from '../engine/chunker.ts';
 import { sealObject, openObject, type ObjectKind } from '../engine/envelope.ts';
 import { decodeBlob, } from '../engine/blob.ts';
 import { packKeyFromHeader, PACK_HEADER_SIZE } from '../engine/pack.ts';
-import { ChunkIndex } from './index/chunk-index.ts';
+import { ChunkIndex, type IndexHit } from './index/chunk-index.ts';
+import { DamageSet, loadDamage, recordDamage, type DamageSource, type PackDamage } from './damage.ts';
 import { decodeIndexFile, encodeIndexFile, splitPacks, INDEX_FILE_ENTRIES, type IndexFileContent, type IndexEntry, type IndexPack } from './index/index-file.ts';
 import { CONFIG_NAME, INDEX_PREFIX, KEYS_PREFIX, idFromName, indexName, keyName, packName } from './layout.ts';
 
@@ -106,6 +107,8 @@ export class Repository {
   private readonly packKeys = new Map<string, Buffer>();
   /** Packs that a pending GC (prune) has condemned: their blobs are not reused for dedup. */
   private condemned = new Set<string>();
+  /** Known damage (damage.ts), as of the last loadIndex(): damaged copies are not reused or preferred. */
+  damage = new DamageSet();
 
   private constructor(backend: Backend, config: RepoConfig, master: Buffer, keyId: string, index: ChunkIndex, tempCacheDir: string | undefined) {
     this.backend = backend;
@@ -331,6 +334,7 @@ export class Repository {
       const ids = await this.listIndexFiles(options);
       try {
         await this.index.sync(ids.map((h) => fromHex(h)), (id) => this.loadIndexFile(toHex(id), options), options);
+        this.damage = await loadDamage(this, options);
         return ids;
       } catch (e) {
         if (isCofferError(e, 'NOT_FOUND') && attempt < 5) continue;
@@ -348,12 +352,33 @@ export class Repository {
     return this.condemned.has(packHex);
   }
 
-  /** True if the blob is stored in a pack that is not condemned, so it can be reused. */
+  /** Whether this copy can be relied on: its pack is not condemned and it is not known to be damaged. */
+  isSound(hit: IndexHit): boolean {
+    if (this.condemned.size === 0 && this.damage.size === 0) return true;
+    const pack = toHex(hit.packId);
+    return !this.condemned.has(pack) && !this.damage.isDamaged(pack, hit.entry.type, toHex(hit.entry.id));
+  }
+
+  /**
+   * True if a sound copy of the blob is stored (see isSound()), so it can be reused. A blob may
+   * sit both in a condemned or damaged pack and in a sound one (after repacking, or after a
+   * backup stored a damaged blob again): the sound copy counts.
+   */
   hasBlob(type: BlobType, id: Uint8Array): boolean {
-    if (this.condemned.size === 0) return this.index.has(id, type);
-    // A blob may sit both in a condemned pack and in a live one (after repacking): the live copy counts.
-    const hit = this.index.lookup(id, type, { prefer: (p) => !this.condemned.has(toHex(p)) });
-    return hit !== undefined && !this.condemned.has(toHex(hit.packId));
+    if (this.condemned.size === 0 && this.damage.size === 0) return this.index.has(id, type);
+    return this.index.lookupAll(id, type).some((h) => this.isSound(h));
+  }
+
+  /** Where to read a blob: a sound copy if there is one, else any (reading it tells what is wrong). */
+  locate(type: BlobType, id: Uint8Array): IndexHit | undefined {
+    if (this.condemned.size === 0 && this.damage.size === 0) return this.index.lookup(id, type);
+    const all = this.index.lookupAll(id, type);
+    return all.find((h) => this.isSound(h)) ?? all[0];
+  }
+
+  /** Records damage found by `foundBy` that is not known yet (damage.ts); returns the record id. */
+  async noteDamage(foundBy: DamageSource, packs: PackDamage[], options?: CallOptions): Promise<string | undefined> {
+    return recordDamage(this, foundBy, packs, this.damage, options);
   }
 
   // ---- reading blobs ----------------------------------------------------------------------
@@ -371,7 +396,7 @@ export class Repository {
 
   /** Reads and verifies one blob. NOT_FOUND if the index does not know it. */
   async readBlob(type: BlobType, id: Uint8Array, options?: CallOptions): Promise<Buffer> {
-    const hit = this.index.lookup(id, type);
+    const hit = this.locate(type, id);
     if (!hit) throw new CofferError('NOT_FOUND', `Cannot read ${type} blob ${toHex(id)}: it is not in the index`, { hint: 'Run `coffer repo check`; if packs exist that the index misses, `coffer repo rebuild-index`.' });
     return this.readBlobAt(hit.packId, hit.entry, options);
   }
