@@ -3,7 +3,7 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
-import { appendFile, mkdir, readFile, stat, writeFile, open as fsOpen, truncate, symlink, unlink } from 'node:fs/promises';
+import { appendFile, chmod, mkdir, readdir, readFile, realpath, stat, writeFile, open as fsOpen, truncate, symlink, unlink } from 'node:fs/promises';
 import { isCofferError } from '../src/core/errors.ts';
 import { backup } from '../src/jobs/backup.ts';
 import { restore } from '../src/jobs/restore.ts';
@@ -11,6 +11,8 @@ import { loadAllSnapshots } from '../src/repository/snapshot.ts';
 import { loadTree } from '../src/repository/walk.ts';
 import type { Repository } from '../src/repository/repository.ts';
 import type { TreeNode } from '../src/repository/tree.ts';
+import { writeXattrs } from '../src/sources/metadata.ts';
+import { listAll } from '../src/storage/backend.ts';
 import { makeTestRepo } from '../src/testing/repo.ts';
 import { tempDir } from '../src/testing/tmp.ts';
 import { randomBytes } from '../src/testing/random.ts';
@@ -26,6 +28,27 @@ async function nodeAt(repo: Repository, tree: string, path: string): Promise<Tre
     nodes = (await loadTree(repo, n.subtree!)).nodes;
   }
   return undefined;
+}
+
+/** Runs `fn` with `dir` as the working directory (relative backup paths). */
+async function inDir<T>(dir: string, fn: () => Promise<T>): Promise<T> {
+  const before = process.cwd();
+  process.chdir(dir);
+  try {
+    return await fn();
+  } finally {
+    process.chdir(before);
+  }
+}
+
+/** sl/real/inner/f and sl/link -> real: the layout of issue #8's report. */
+async function linkLayout(dir: string) {
+  const sl = join(dir, 'sl');
+  await mkdir(join(sl, 'real', 'inner'), { recursive: true });
+  await writeFile(join(sl, 'real', 'inner', 'f'), 'data below the link');
+  await chmod(join(sl, 'real'), 0o750);
+  await symlink('real', join(sl, 'link'));
+  return { sl, link: join(sl, 'link'), inner: join(sl, 'link', 'inner'), realInner: await realpath(join(sl, 'real', 'inner')) };
 }
 
 describe('backup', () => {
@@ -206,6 +229,101 @@ describe('backup', () => {
       assert.deepEqual(await readFile(back), await readFile(img), `${img} comes back byte for byte`);
       assert.ok((await stat(back)).blocks * 512 < 8 * 1024 * 1024, 'and sparse');
     }
+  });
+
+  it('a path below a symlink that is backed up too is refused before anything is read, naming both paths', async (t) => {
+    const dir = await tempDir(t);
+    const { sl, link, inner, realInner } = await linkLayout(dir);
+    const tr = await makeTestRepo();
+    t.after(() => tr.close());
+    const refused = async (paths: string[], outer: string, below: string) => {
+      await assert.rejects(backup(tr.repo, tr.pool, paths), (e) => {
+        assert.ok(isCofferError(e, 'USAGE'), String(e));
+        assert.ok(e.message.startsWith(`Cannot back up ${below} together with ${outer}: `), e.message);
+        assert.match(e.message, /is a symlink/);
+        assert.ok(e.hint?.includes(realInner), e.hint);
+        return true;
+      }, paths.join(' '));
+    };
+    await refused([link, inner], link, inner);
+    await refused([inner, link], link, inner);
+    // Relative forms, and "." whose entry `link` is the symlink.
+    await inDir(sl, async () => {
+      await refused(['link', './link/inner'], 'link', './link/inner');
+      await refused(['./link/', 'link/inner/'], './link/', 'link/inner/');
+      await refused(['.', 'link/inner'], '.', 'link/inner');
+    });
+    assert.deepEqual(await loadAllSnapshots(tr.repo), [], 'no snapshot');
+    assert.deepEqual(await listAll(tr.backend, 'data/'), [], 'nothing read or stored');
+    // What the hint says works: the link as a link, and the data by its real path.
+    const ok = await backup(tr.repo, tr.pool, [link, realInner]);
+    assert.equal((await nodeAt(tr.repo, ok.snapshot.tree, link))?.type, 'symlink');
+    assert.equal((await nodeAt(tr.repo, ok.snapshot.tree, join(realInner, 'f')))?.size, 19);
+    // The path through the link alone: the link is stored as the directory it points to.
+    const through = await backup(tr.repo, tr.pool, [inner]);
+    const asDir = await nodeAt(tr.repo, through.snapshot.tree, link);
+    assert.equal(asDir?.type, 'dir');
+    assert.equal(asDir?.mode, 0o750, "the directory's own mode, not the link's");
+    assert.equal((await nodeAt(tr.repo, through.snapshot.tree, join(inner, 'f')))?.type, 'file');
+  });
+
+  it('a directory backed up with paths below it stores them all, whatever the order, excludes or markers', async (t) => {
+    const dir = await tempDir(t);
+    const src = join(dir, 'src');
+    const a = join(src, 'a');
+    await mkdir(join(a, 'b', 'c'), { recursive: true });
+    for (const f of ['keep.txt', 'x.log', 'other.log', 'b/bfile', 'b/.nobackup', 'b/c/f']) await writeFile(join(a, f), f);
+    writeXattrs(a, [{ name: 'user.tag', value: Buffer.from('a').toString('base64') }]);
+    const tr = await makeTestRepo();
+    t.after(() => tr.close());
+    const alone = await backup(tr.repo, tr.pool, [a], { parent: 'none' });
+    const subtree = async (r: { snapshot: { tree: string } }) => (await nodeAt(tr.repo, r.snapshot.tree, a))!.subtree;
+    // Listed instead of walked, `a` holds the very same tree, in either order.
+    for (const paths of [[a, join(a, 'b', 'c')], [join(a, 'b', 'c'), a], [join(a, 'b'), a, join(a, 'b', 'c', 'f')]]) {
+      const r = await backup(tr.repo, tr.pool, paths, { parent: 'none' });
+      assert.equal(await subtree(r), await subtree(alone), paths.join(' '));
+      assert.equal(r.summary.filesNew, alone.summary.filesNew, 'each file read once');
+      assert.deepEqual((await nodeAt(tr.repo, r.snapshot.tree, a))?.xattrs, [{ name: 'user.tag', value: Buffer.from('a').toString('base64') }]);
+    }
+    // Paths given are stored even where the outer walk's excludes and markers would leave them out.
+    const ex = await backup(tr.repo, tr.pool, [a, join(a, 'x.log'), join(a, 'b', 'c')], { patterns: ['*.log'], excludeIfPresent: ['.nobackup'] });
+    const has = async (p: string) => (await nodeAt(tr.repo, ex.snapshot.tree, join(a, p))) !== undefined;
+    assert.deepEqual(await Promise.all(['keep.txt', 'x.log', 'other.log', 'b/c/f', 'b/bfile'].map(has)), [true, true, false, true, false]);
+    // The same path in other forms is stored and read once.
+    const twice = await backup(tr.repo, tr.pool, [a, `${a}/`, join(a, '.')], { parent: 'none' });
+    assert.equal(twice.summary.filesNew, alone.summary.filesNew);
+    // Relative paths and ".": the entries of the working directory, with a path below one of them.
+    await inDir(src, async () => {
+      const rel = await backup(tr.repo, tr.pool, ['.', 'a/b/c'], { parent: 'none' });
+      assert.equal(await subtree(await backup(tr.repo, tr.pool, [a], { parent: 'none' })), await subtree(alone));
+      assert.equal((await nodeAt(tr.repo, rel.snapshot.tree, '/a/b/c/f'))?.type, 'file');
+      assert.equal((await nodeAt(tr.repo, rel.snapshot.tree, '/a/keep.txt'))?.type, 'file');
+    });
+    // Two different directories that would be one entry of the snapshot are refused.
+    const cwd = join(dir, 'cwd');
+    await mkdir(join(cwd, src.slice(1)), { recursive: true });
+    await inDir(cwd, () => assert.rejects(backup(tr.repo, tr.pool, [src, src.slice(1)]), (e) => isCofferError(e, 'USAGE') && e.message.includes(`both would be ${src} in the snapshot`)));
+  });
+
+  it('the CLI refuses a symlink with a path beneath it (exit 2) and stores a directory with one beneath it', async (t) => {
+    const dir = await tempDir(t);
+    const { sl, link, inner, realInner } = await linkLayout(dir);
+    const repoDir = join(dir, 'repo');
+    const env = { COFFER_PASSWORD: 'pw', COFFER_REPOSITORY: repoDir, COFFER_CACHE_DIR: join(dir, 'cache') };
+    assert.equal((await runCli(['repo', 'init'], { env })).code, 0);
+    let r = await runCli(['repo', 'backup', link, inner], { env });
+    assert.equal(r.code, 2, r.stderr);
+    assert.ok(r.stderr.includes(`Cannot back up ${inner} together with ${link}: ${link} is a symlink`), r.stderr);
+    assert.ok(r.stderr.includes(realInner), r.stderr);
+    r = await runCli(['repo', 'backup', '.', 'link/inner'], { env, cwd: sl });
+    assert.equal(r.code, 2, r.stderr);
+    assert.match(r.stderr, /Cannot back up link\/inner together with \.: .*\/link \(inside \.\) is a symlink/);
+    assert.deepEqual(await readdir(join(repoDir, 'snapshots')).catch(() => []), [], 'no snapshot');
+    r = await runCli(['repo', 'backup', join(sl, 'real'), realInner], { env });
+    assert.equal(r.code, 0, r.stderr);
+    r = await runCli(['repo', 'find', 'f'], { env });
+    assert.equal(r.code, 0, r.stderr);
+    assert.ok(r.stdout.includes(join(realInner, 'f')), r.stdout);
   });
 
   it('Ctrl-C stops cleanly with exit code 130 and the next run reuses what was uploaded', async (t) => {

@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { hostname } from 'node:os';
-import { chmod, chown, link, lstat, mkdir, open, readdir, readFile, readlink, rm, stat, symlink, writeFile } from 'node:fs/promises';
+import { chmod, chown, lchown, link, lstat, mkdir, open, readdir, readFile, readlink, rm, stat, symlink, truncate, writeFile } from 'node:fs/promises';
 import { CofferError, isCofferError } from '../src/core/errors.ts';
 import { chunkId, toHex } from '../src/engine/hash.ts';
 import { backup, localHostIdentity } from '../src/jobs/backup.ts';
@@ -56,6 +56,20 @@ const base = { mode: 0o644, uid: 0, gid: 0, mtimeNs: '1600000000000000000' };
 const fileNode = (name: string, id: string, size: number, extra: Record<string, unknown> = {}) => ({ ...base, name, type: 'file', size, content: [id], ...extra });
 const dirNode = (name: string, subtree: string, extra: Record<string, unknown> = {}) => ({ ...base, mode: 0o755, name, type: 'dir', subtree, ...extra });
 const linkNode = (name: string, target: string, extra: Record<string, unknown> = {}) => ({ ...base, mode: 0o777, name, type: 'symlink', linkTarget: target, ...extra });
+
+/** Flips the byte at `at` and puts the file's times back: size and mtime say nothing changed. */
+async function flipByteKeepingTimes(path: string, at: number): Promise<void> {
+  const st = await lstat(path, { bigint: true });
+  const fh = await open(path, 'r+');
+  const b = Buffer.alloc(1);
+  await fh.read(b, 0, 1, at);
+  b[0]! ^= 0xff;
+  await fh.write(b, 0, 1, at);
+  await fh.close();
+  setTimesNs(path, { mtimeNs: st.mtimeNs.toString(), atimeNs: st.atimeNs.toString() });
+}
+
+const b64 = (s: string) => Buffer.from(s).toString('base64');
 
 async function noTempFiles(dir: string): Promise<void> {
   const all = await readdir(dir, { recursive: true });
@@ -376,6 +390,191 @@ describe('restore', () => {
     assert.equal(await readFile(at('b.txt'), 'utf8'), 'bravo');
     assert.equal(await readFile(at('extra'), 'utf8'), 'mine', 'restore never deletes what the snapshot lacks');
     await noTempFiles(out);
+  });
+
+  it('if-changed restores the mode, owner and xattrs of entries it leaves in place, reported apart from unchanged ones', async (t) => {
+    const dir = await tempDir(t);
+    const src = join(dir, 'src');
+    await mkdir(src);
+    for (const n of ['mode', 'owner', 'xattr', 'same', 'linked']) await writeFile(join(src, n), `content of ${n}\n`);
+    writeXattrs(join(src, 'xattr'), [{ name: 'user.tag', value: b64('snapshot') }]);
+    await symlink('same', join(src, 'ln'));
+    createSpecial(join(src, 'pipe'), { type: 'fifo', mode: 0o640 });
+    const isRoot = process.getuid?.() === 0;
+    const tr = await makeTestRepo();
+    t.after(() => tr.close());
+    const { snapshot } = await backup(tr.repo, tr.pool, [src]);
+    const out = join(dir, 'out');
+    await restore(tr.repo, snapshot, out);
+    const at = (...p: string[]) => inSnap(out, src, ...p);
+    // Changes that keep size and mtime: if-changed leaves the content in place.
+    await chmod(at('mode'), 0o600);
+    await chmod(at('pipe'), 0o600);
+    if (isRoot) {
+      await chown(at('owner'), 1234, 4321);
+      await lchown(at('ln'), 1234, 4321);
+    }
+    writeXattrs(at('xattr'), [{ name: 'user.tag', value: b64('changed') }]);
+    // A hard link made in the target since (here outside it): that inode is not changed in place.
+    await link(at('linked'), join(dir, 'elsewhere'));
+    await chmod(at('linked'), 0o600);
+    const linkedIno = (await stat(at('linked'))).ino;
+    const sameCtime = (await lstat(at('same'), { bigint: true })).ctimeNs;
+
+    const run = async (dryRun: boolean) => {
+      const entries = new Map<string, RestoreEntry>();
+      const res = await restore(tr.repo, snapshot, out, { dryRun, onEntry: (e) => entries.set(e.path.split('/').at(-1)!, e) });
+      return { res, entries };
+    };
+    const dry = await run(true);
+    assert.deepEqual(['mode', 'owner', 'xattr', 'pipe', 'ln', 'same', 'linked'].map((n) => dry.entries.get(n)?.action),
+      ['metadata', isRoot ? 'metadata' : 'unchanged', 'metadata', 'metadata', isRoot ? 'metadata' : 'unchanged', 'unchanged', 'overwrite']);
+    assert.equal(dry.entries.get('mode')!.reason, 'metadata differs: mode');
+    assert.equal((await stat(at('mode'))).mode & 0o7777, 0o600, 'a dry run changes nothing');
+
+    const { res, entries } = await run(false);
+    assert.deepEqual(res.warnings, []);
+    assert.equal(res.compare, 'size-mtime');
+    assert.equal(res.metadataRestored.files, isRoot ? 3 : 2);
+    assert.equal(res.metadataRestored.special, 1);
+    assert.equal(res.metadataRestored.symlinks, isRoot ? 1 : 0);
+    assert.equal(entries.get('xattr')!.reason, 'metadata restored: xattrs');
+    if (isRoot) assert.equal(entries.get('owner')!.reason, 'metadata restored: owner');
+    assert.equal(res.unchanged.files, isRoot ? 1 : 2);
+    assert.equal(res.overwritten.files, 1);
+    assert.match(entries.get('linked')!.reason!, /^mode differs and it has other hard links/);
+    for (const n of ['mode', 'owner', 'xattr', 'same', 'linked', 'pipe']) {
+      const want = await lstat(join(src, n));
+      const got = await lstat(at(n));
+      assert.equal(got.mode, want.mode, `${n}: mode`);
+      assert.deepEqual([got.uid, got.gid], [want.uid, want.gid], `${n}: owner`);
+    }
+    if (isRoot) assert.deepEqual([(await lstat(at('ln'))).uid, (await lstat(at('ln'))).gid], [0, 0]);
+    assert.deepEqual(readXattrs(at('xattr')), [{ name: 'user.tag', value: b64('snapshot') }]);
+    // The other name of `linked` keeps its own metadata: the restored file is a new inode.
+    assert.equal((await stat(join(dir, 'elsewhere'))).mode & 0o7777, 0o600);
+    assert.notEqual((await stat(at('linked'))).ino, linkedIno);
+    // What already matched was not touched (its ctime would show it).
+    assert.equal((await lstat(at('same'), { bigint: true })).ctimeNs, sameCtime);
+    const again = await restore(tr.repo, snapshot, out);
+    assert.deepEqual(again.metadataRestored, { files: 0, dirs: 0, symlinks: 0, hardlinks: 0, special: 0, bytes: 0 });
+    assert.equal(again.unchanged.files, 5);
+    await noTempFiles(out);
+  });
+
+  it('if-changed judges by size and mtime; compare: content finds a flipped byte that kept them, for any chunking', async (t) => {
+    const dir = await tempDir(t);
+    const src = join(dir, 'src');
+    await mkdir(src);
+    await writeFile(join(src, 'small.txt'), 'a small text file\n');
+    // Larger than the 8 MiB compare block: a blob straddles two reads.
+    const bigSize = 9_000_000;
+    await writeFile(join(src, 'big.bin'), randomBytes(41, bigSize));
+    await writeFile(join(src, 'touched.txt'), 'same content, newer mtime\n');
+    // Sparse: data, a 3 MiB hole, data.
+    const sparseSize = 4 * 1024 * 1024;
+    await writeFile(join(src, 'sparse.img'), randomBytes(42, 100_000));
+    const fh = await open(join(src, 'sparse.img'), 'r+');
+    await fh.write(randomBytes(43, 100_000), 0, 100_000, sparseSize - 100_000);
+    await fh.close();
+    await mkdir(join(dir, 'images'));
+    const image = join(dir, 'images', 'disk.img');
+    await writeFile(image, randomBytes(44, 3 * 1024 * 1024 + 5));
+    const tr = await makeTestRepo();
+    t.after(() => tr.close());
+    const { snapshot } = await backup(tr.repo, tr.pool, [src]);
+    const { snapshot: imageSnap } = await backup(tr.repo, tr.pool, [image], { images: true });
+    const out = join(dir, 'out');
+    await restore(tr.repo, snapshot, out);
+    await restore(tr.repo, imageSnap, out);
+    const at = (...p: string[]) => inSnap(out, src, ...p);
+    const restoredImage = inSnap(out, image);
+    assert.ok((await stat(at('sparse.img'))).blocks * 512 < sparseSize / 2, 'restored with its hole');
+
+    await flipByteKeepingTimes(at('small.txt'), 3);
+    await flipByteKeepingTimes(at('big.bin'), 8_500_000);
+    await flipByteKeepingTimes(restoredImage, 2 * 1024 * 1024 + 7);
+    const touch = () => setTimesNs(at('touched.txt'), { mtimeNs: '1800000000000000000' });
+    touch();
+
+    // By size and mtime (the default) the flipped files are not found: documented, not hidden.
+    const entries = new Map<string, RestoreEntry>();
+    const byTimes = await restore(tr.repo, snapshot, out, { onEntry: (e) => entries.set(e.path.split('/').at(-1)!, e) });
+    assert.equal(byTimes.compare, 'size-mtime');
+    assert.deepEqual(['small.txt', 'big.bin', 'sparse.img', 'touched.txt'].map((n) => entries.get(n)?.action), ['unchanged', 'unchanged', 'unchanged', 'overwrite']);
+    assert.equal(entries.get('touched.txt')!.reason, 'size or mtime differ');
+    assert.notDeepEqual(await readFile(at('small.txt')), await readFile(join(src, 'small.txt')));
+
+    // By content, they are; a file that only has another mtime gets its mtime back, in place.
+    touch();
+    const touchedIno = (await stat(at('touched.txt'))).ino;
+    entries.clear();
+    const dry = await restore(tr.repo, snapshot, out, { compare: 'content', dryRun: true, onEntry: (e) => entries.set(e.path.split('/').at(-1)!, e) });
+    assert.equal(dry.overwritten.files, 2);
+    assert.deepEqual(['small.txt', 'big.bin', 'sparse.img', 'touched.txt'].map((n) => entries.get(n)?.action), ['overwrite', 'overwrite', 'unchanged', 'metadata']);
+    assert.equal(entries.get('big.bin')!.reason, 'content differs');
+    assert.equal(entries.get('touched.txt')!.reason, 'metadata differs: mtime');
+    const byContent = await restore(tr.repo, snapshot, out, { compare: 'content' });
+    assert.equal(byContent.compare, 'content');
+    assert.equal(byContent.overwritten.files, 2);
+    assert.equal(byContent.metadataRestored.files, 1);
+    assert.equal(byContent.unchanged.files, 1);
+    assert.deepEqual(byContent.warnings, []);
+    for (const n of ['small.txt', 'big.bin', 'sparse.img', 'touched.txt']) assert.ok((await readFile(at(n))).equals(await readFile(join(src, n))), `${n} is byte-identical`);
+    assert.equal((await stat(at('touched.txt'))).ino, touchedIno);
+    assert.equal((await lstat(at('touched.txt'), { bigint: true })).mtimeNs, (await lstat(join(src, 'touched.txt'), { bigint: true })).mtimeNs);
+
+    // Fixed-size image chunks: the same comparison, with the chunk lengths from the index.
+    const img = await restore(tr.repo, imageSnap, out, { compare: 'content' });
+    assert.equal(img.overwritten.files, 1);
+    assert.ok((await readFile(restoredImage)).equals(await readFile(image)));
+    assert.equal((await restore(tr.repo, imageSnap, out, { compare: 'content' })).unchanged.files, 1);
+    // A byte flipped in the data after the hole of the sparse file; and a file cut short.
+    await flipByteKeepingTimes(at('sparse.img'), sparseSize - 10);
+    await truncate(at('small.txt'), 5);
+    const last = await restore(tr.repo, snapshot, out, { compare: 'content', onEntry: (e) => entries.set(e.path.split('/').at(-1)!, e) });
+    assert.equal(last.overwritten.files, 2);
+    assert.equal(entries.get('small.txt')!.reason, 'size differs');
+    assert.ok((await readFile(at('sparse.img'))).equals(await readFile(join(src, 'sparse.img'))));
+    await noTempFiles(out);
+  });
+
+  it('the CLI says what "unchanged" was judged by, fixes metadata, and --compare content finds changed content', async (t) => {
+    const dir = await tempDir(t);
+    const src = join(dir, 'src');
+    await mkdir(src);
+    await writeFile(join(src, 'a.txt'), 'alpha\n');
+    await writeFile(join(src, 'b.txt'), 'bravo\n');
+    const repoDir = join(dir, 'repo');
+    const tr = await makeTestRepo({ backend: new LocalBackend(repoDir) });
+    t.after(() => tr.close());
+    await backup(tr.repo, tr.pool, [src]);
+    const env = { COFFER_PASSWORD: TEST_PASSWORD, COFFER_REPOSITORY: repoDir, COFFER_CACHE_DIR: join(dir, 'cache') };
+    const out = join(dir, 'out');
+    let r = await runCli(['repo', 'restore', 'latest', '--target', out], { env });
+    assert.equal(r.code, 0, r.stderr);
+    await chmod(inSnap(out, src, 'a.txt'), 0o600);
+    await flipByteKeepingTimes(inSnap(out, src, 'b.txt'), 0);
+    r = await runCli(['repo', 'restore', 'latest', '--target', out, '-v'], { env });
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stderr, /metadata +\S*a\.txt {2}\(metadata restored: mode\)/);
+    assert.match(r.stdout, /metadata fixed: 1 files/);
+    assert.match(r.stdout, /unchanged: +1 files.*\(judged by size and mtime; --compare content reads them\)/);
+    assert.equal((await stat(inSnap(out, src, 'a.txt'))).mode & 0o777, 0o644);
+    assert.notEqual(await readFile(inSnap(out, src, 'b.txt'), 'utf8'), 'bravo\n', 'not found by size and mtime');
+    r = await runCli(['--json', 'repo', 'restore', 'latest', '--target', out, '--compare', 'content'], { env });
+    assert.equal(r.code, 0, r.stderr);
+    const summary = r.stdout.trim().split('\n').map((l) => JSON.parse(l)).find((e) => e.type === 'summary');
+    assert.equal(summary.compare, 'content');
+    assert.equal(summary.overwritten.files, 1);
+    assert.equal(summary.unchanged.files, 1);
+    assert.equal(summary.metadataRestored.files, 0);
+    assert.equal(await readFile(inSnap(out, src, 'b.txt'), 'utf8'), 'bravo\n');
+    for (const bad of [['--compare', 'hash'], ['--compare', 'content', '--overwrite', 'always']]) {
+      r = await runCli(['repo', 'restore', 'latest', '--target', out, ...bad], { env });
+      assert.equal(r.code, 2, `${bad.join(' ')}: ${r.stderr}`);
+      assert.match(r.stderr, /Cannot restore with --compare/);
+    }
   });
 
   it('include and exclude select paths and globs; created ancestors get their metadata', async (t) => {

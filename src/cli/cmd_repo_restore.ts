@@ -5,7 +5,7 @@
 import type { Command } from 'commander';
 import { CofferError } from '../core/errors.ts';
 import { localHostIdentity } from '../jobs/backup.ts';
-import { OVERWRITE_POLICIES, checkRestoreTarget, describeHost, restore, type OverwritePolicy, type RestoreCounts, type RestoreEntry } from '../jobs/restore.ts';
+import { COMPARE_BASES, OVERWRITE_POLICIES, checkRestoreTarget, describeHost, restore, type CompareBasis, type OverwritePolicy, type RestoreCounts, type RestoreEntry } from '../jobs/restore.ts';
 import { findSnapshot } from '../repository/snapshot.ts';
 import { collect, formatBytes, makePool, output, parseIntOption, withRepo, snapshotSelectionOptions, snapshotFilter, type SnapshotSelection, unreadableNotice } from './context.ts';
 
@@ -14,6 +14,7 @@ interface RestoreCliOptions extends SnapshotSelection {
   include?: string[];
   exclude?: string[];
   overwrite: string;
+  compare: string;
   dryRun?: boolean;
   force?: boolean;
   confirmHost?: string;
@@ -33,6 +34,7 @@ function counts(c: RestoreCounts): string {
 const VERBS: Record<RestoreEntry['action'], [now: string, dry: string]> = {
   create: ['created', 'would create'],
   overwrite: ['overwrote', 'would overwrite'],
+  metadata: ['metadata', 'metadata'],
   unchanged: ['unchanged', 'unchanged'],
   skip: ['skipped', 'would skip'],
 };
@@ -44,7 +46,8 @@ export function register(repo: Command): void {
     .requiredOption('--target <dir>', 'directory to restore into (created if missing); / restores in place')
     .option('--include <pattern>', 'only this path or glob of the snapshot and what is below it: /home/alice/docs, "/home/*/.bashrc", "**/*.conf"; without a "/", a name at any depth ("*.sql") (repeatable)', collect)
     .option('--exclude <pattern>', 'leave out this path, glob or name and everything below it (repeatable)', collect)
-    .option('--overwrite <policy>', 'existing entries: never (keep and report), if-changed (replace when size or mtime differ), always', 'if-changed')
+    .option('--overwrite <policy>', 'existing entries: never (keep and report), if-changed (replace files that differ, see --compare; restore the metadata of the others), always', 'if-changed')
+    .option('--compare <basis>', 'how an existing file is judged unchanged: size-mtime (same size and mtime as in the snapshot; nothing is read, so a change that kept both is missed) or content (read it and compare every chunk with the snapshot by hash)', 'size-mtime')
     .option('--dry-run', 'show what would be created, overwritten and left alone; write nothing')
     .option('--force', "with --confirm-host: allow overwriting a system directory with another host's data")
     .option('--confirm-host <name>', "this host's name: required with --force, and checked whenever given")
@@ -57,6 +60,12 @@ export function register(repo: Command): void {
       const out = output(cmd);
       if (!(OVERWRITE_POLICIES as readonly string[]).includes(o.overwrite)) {
         throw new CofferError('USAGE', `Cannot restore with --overwrite ${JSON.stringify(o.overwrite)}: give never, if-changed or always`);
+      }
+      if (!(COMPARE_BASES as readonly string[]).includes(o.compare)) {
+        throw new CofferError('USAGE', `Cannot restore with --compare ${JSON.stringify(o.compare)}: give size-mtime or content`);
+      }
+      if (o.compare === 'content' && o.overwrite === 'always') {
+        throw new CofferError('USAGE', 'Cannot restore with --compare content and --overwrite always: always replaces every existing file without comparing', { hint: 'Use --overwrite if-changed --compare content to replace only the files whose content differs.' });
       }
       const fileConcurrency = o.parallel === undefined ? undefined : parseIntOption('--parallel', o.parallel, 1, 256);
       // A reader that goes away (`--dry-run | head`) must not kill a restore halfway through.
@@ -84,6 +93,7 @@ export function register(repo: Command): void {
           include: o.include,
           exclude: o.exclude,
           overwrite: o.overwrite as OverwritePolicy,
+          compare: o.compare as CompareBasis,
           dryRun: dry,
           sparse: o.sparse,
           fileConcurrency,
@@ -102,10 +112,13 @@ export function register(repo: Command): void {
           throw e;
         }).finally(() => pool?.close());
         for (const n of res.notices) if (!checked.verdict.warnings.includes(n)) out.event({ type: 'notice', message: n }, `note: ${n}`);
-        out.summary({ snapshot: snap.id, target: res.target, dryRun: dry, created: res.created, overwritten: res.overwritten, unchanged: res.unchanged, skipped: res.skipped, warnings: res.warnings.length }, () => [
+        // What "unchanged" rests on: by size and mtime, a file changed behind them counts as unchanged.
+        const basis = o.overwrite === 'always' ? '' : res.compare === 'content' ? ' (content compared)' : ' (judged by size and mtime; --compare content reads them)';
+        out.summary({ snapshot: snap.id, target: res.target, dryRun: dry, created: res.created, overwritten: res.overwritten, metadataRestored: res.metadataRestored, unchanged: res.unchanged, compare: res.compare, skipped: res.skipped, warnings: res.warnings.length }, () => [
           `${dry ? 'would create:   ' : 'created:        '}${counts(res.created)}`,
           `${dry ? 'would overwrite:' : 'overwritten:    '}${counts(res.overwritten)}`,
-          `unchanged:      ${counts(res.unchanged)}`,
+          `${dry ? 'metadata to fix:' : 'metadata fixed: '}${counts(res.metadataRestored)} (content unchanged)`,
+          `unchanged:      ${counts(res.unchanged)}${basis}`,
           `${dry ? 'would skip:     ' : 'skipped:        '}${counts(res.skipped)}${res.skipped.files + res.skipped.symlinks + res.skipped.special + res.skipped.hardlinks > 0 && o.overwrite === 'never' ? ' (existing, --overwrite never)' : ''}`,
           `warnings:       ${res.warnings.length}`,
           dry ? 'dry run: nothing was written' : `restored into ${res.target}`,

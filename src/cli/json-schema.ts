@@ -57,7 +57,7 @@ export const EVENT_LINES = {
   hosts: z.strictObject({ type: z.literal('hosts'), snapshot: id, time, source: host, target: host, targetPath: z.string() }),
   entry: z.strictObject({
     type: z.literal('entry'),
-    action: z.enum(['create', 'overwrite', 'unchanged', 'skip']),
+    action: z.enum(['create', 'overwrite', 'metadata', 'unchanged', 'skip']),
     path: z.string(),
     nodeType: z.enum([...NODE_TYPES, 'hardlink']),
     size: count.optional(),
@@ -185,7 +185,18 @@ export const COMMAND_OUTPUT: Record<string, CommandOutput> = {
   },
   'repo restore': {
     events: ['hosts', 'notice', 'entry', 'warning'],
-    summary: summary({ snapshot: id, target: z.string(), dryRun: z.boolean(), created: restoreCounts, overwritten: restoreCounts, unchanged: restoreCounts, skipped: restoreCounts, warnings: count }),
+    summary: summary({
+      snapshot: id,
+      target: z.string(),
+      dryRun: z.boolean(),
+      created: restoreCounts,
+      overwritten: restoreCounts,
+      metadataRestored: restoreCounts,
+      unchanged: restoreCounts,
+      compare: z.enum(['size-mtime', 'content']),
+      skipped: restoreCounts,
+      warnings: count,
+    }),
   },
   'repo ls': { events: ['notice', 'node'], summary: summary({ snapshot: id, path: z.string(), entries: count }) },
   'repo find': { events: ['warning', 'match'], summary: summary({ pattern: z.string(), matches: count, snapshots: count, searched: count, warnings: count }) },

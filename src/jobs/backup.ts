@@ -8,7 +8,7 @@
 // cannot be read become warnings (exit code 3), never a failed or partial commit. On Ctrl-C the
 // index of every uploaded pack is still written, so the next run reuses those packs.
 
-import { open, lstat, readlink, stat } from 'node:fs/promises';
+import { open, lstat, readlink, realpath, stat } from 'node:fs/promises';
 import type { BigIntStats } from 'node:fs';
 import { readFileSync } from 'node:fs';
 import { arch, hostname, platform, userInfo } from 'node:os';
@@ -196,6 +196,25 @@ function reuseIfSame(prev: TreeNode | undefined, node: TreeNode): TreeNode {
   if (prev.content !== node.content && JSON.stringify(prev.content) !== JSON.stringify(node.content)) return node;
   if (prev.xattrs !== node.xattrs && JSON.stringify(prev.xattrs) !== JSON.stringify(node.xattrs)) return node;
   return prev;
+}
+
+/** Two paths given would be one entry of the snapshot (`etc` and `/etc`; `.` and `/`). */
+function samePlace(a: { p: string }, b: { p: string }, treePath: string, onDisk?: string): CofferError {
+  const where = treePath === '/' ? 'the root of the snapshot' : `${treePath} in the snapshot`;
+  return new CofferError('USAGE', `Cannot back up ${b.p} together with ${a.p}: both would be ${where}${onDisk ? ` (${onDisk} in what ${a.p} stores)` : ''}`, {
+    hint: 'Relative paths are stored below the snapshot root as given: give both as absolute paths, or back them up in separate runs.',
+  });
+}
+
+/** A path given lies below a symlink (or file) that another path given stores as such. */
+function notADirectory(path: string, st: EntryStat, outer: { p: string; abs: string }, inner: { p: string; abs: string }, innerReal: string | undefined): CofferError {
+  const what = st.isSymbolicLink() ? 'a symlink' : st.isFile() ? 'a file' : 'not a directory';
+  const inside = path === outer.abs ? '' : ` (inside ${outer.p})`;
+  return new CofferError('USAGE', `Cannot back up ${inner.p} together with ${outer.p}: ${path}${inside} is ${what}, and one entry of the snapshot cannot be both that and the directory holding ${inner.p}`, {
+    hint: st.isSymbolicLink() && innerReal
+      ? `Give ${inner.p} by its real path, ${innerReal}, which does not go through the link, or back up the two paths in separate runs.`
+      : 'Back up the two paths in separate runs.',
+  });
 }
 
 /** Splits a backup path into the segments it has inside the snapshot tree. */
@@ -543,7 +562,7 @@ export async function backup(repo: Repository, pool: BackupPool, paths: string[]
 
     // The root tree: absolute paths keep their full place, relative ones their place below the
     // current directory, and "." is the root itself.
-    interface Dir { children: Map<string, Dir | TreeNode>; path: string; prev: Map<string, TreeNode> | undefined }
+    interface Dir { children: Map<string, Dir | TreeNode>; path: string; prev: Map<string, TreeNode> | undefined; given?: boolean }
     let rootPrev: Map<string, TreeNode> | undefined;
     if (parent) {
       try {
@@ -571,8 +590,7 @@ export async function backup(repo: Repository, pool: BackupPool, paths: string[]
       // after another: each walk is already parallel inside, and two at once cost 15 % more CPU
       // on the benchmark. Everything else (files, images) starts at once, bounded by the read
       // limiters: one by one, each image's last block drained the workers before the next began
-      // (8 images: 3.3 s instead of 2.2 s). Results are put in place afterwards, in the order of
-      // the paths, so that overlapping paths end as they would one by one.
+      // (8 images: 3.3 s instead of 2.2 s). Results are put in place once all have settled.
       const placed: Array<Promise<() => void>> = [];
       let dirChain: Promise<unknown> = Promise.resolve();
       const place = (dir: Dir, key: string, isDir: boolean, walk: () => Promise<TreeNode | undefined>) => {
@@ -582,6 +600,16 @@ export async function backup(repo: Repository, pool: BackupPool, paths: string[]
           if (n) dir.children.set(key, n);
         }));
       };
+      // Every path given is stored as given, also one below another (`/var /var/log/app`,
+      // `-x / /boot/efi`): each path's place in the tree is found first, then the outer one is
+      // listed and its other entries are walked one by one (as restic unrolls it), so that
+      // neither its excludes nor the order of the paths can drop the inner one. One name cannot
+      // be both a symlink (or a file) and the directory that holds another path given, nor two
+      // different things: that is refused, before anything is read.
+      interface Target { p: string; abs: string; st: BigIntStats; ctx: Ctx }
+      /** A place in the snapshot tree: a path given, or a directory on the way to some. */
+      interface Slot { target?: Target; kids: Map<string, Slot>; disk: string; tree: string }
+      const top: Slot = { kids: new Map(), disk: '/', tree: '/' };
       for (const p of paths) {
         const abs = resolve(p);
         const segs = treeSegments(p);
@@ -591,39 +619,84 @@ export async function backup(repo: Repository, pool: BackupPool, paths: string[]
         } catch (e) {
           throw new CofferError('NOT_FOUND', `Cannot back up ${p}: ${(e as Error).message}`, { hint: 'Check the path.' });
         }
+        // "." (or "/"): the directory's entries go to the root.
+        if (segs.length === 0 && !st.isDirectory()) throw new CofferError('USAGE', `Cannot back up ${p} as the root: it is not a directory`);
         const patterns = options.patterns ?? [];
-        const ctx: Ctx = { root: Buffer.from(abs), ig: patterns.length ? ignore().add(patterns) : undefined, dev: st.dev };
-        if (segs.length === 0) {
-          // "." (or "/"): the directory's entries go to the root.
-          if (!st.isDirectory()) throw new CofferError('USAGE', `Cannot back up ${p} as the root: it is not a directory`);
+        const t: Target = { p, abs, st, ctx: { root: Buffer.from(abs), ig: patterns.length ? ignore().add(patterns) : undefined, dev: st.dev } };
+        let slot = top;
+        let cur = isAbsolute(p) ? '' : process.cwd().replace(/\/+$/, '');
+        for (const seg of segs) {
+          cur = cur + sep + seg;
+          let next = slot.kids.get(seg);
+          if (!next) slot.kids.set(seg, (next = { kids: new Map(), disk: cur, tree: `${slot.tree === '/' ? '' : slot.tree}/${seg}` }));
+          slot = next;
+        }
+        // The same path twice ("a", "a/", "./a") is stored once.
+        if (slot.target && slot.target.abs !== abs) throw samePlace(slot.target, t, slot.tree);
+        slot.target ??= t;
+      }
+
+      /** The first path given at or below a slot, to name in messages. */
+      const firstBelow = (s: Slot): Target => s.target ?? firstBelow(s.kids.values().next().value!);
+      /** Whether the walk of `ctx` would go into the directory at `path` (see visit()). */
+      const descends = async (ctx: Ctx, path: Buffer, st: EntryStat) => !excluded(ctx, path, true) && !(options.oneFileSystem && st.dev !== ctx.dev) && !(await dirExcludedByMarker(path));
+      /** What is put in place once every path has its place; nothing is read before. */
+      const pending: Array<() => void> = [];
+      /**
+       * Lays out the slots below `slot`, whose directory is `dir`. `walker` is the path given whose
+       * walk reaches this place (the slot's own or an outer one) and its directory on disk: the
+       * entries it finds there that hold no path given are walked as that path's.
+       */
+      const layout = async (slot: Slot, dir: Dir, walker: { t: Target; path: Buffer } | undefined): Promise<void> => {
+        const found = new Map<string, DirEntry>();
+        if (walker) {
           let entries: DirEntry[];
           try {
-            entries = await scanDir(Buffer.from(abs));
+            entries = await scanDir(walker.path);
           } catch (e) {
-            throw new CofferError('NOT_FOUND', `Cannot back up ${p}: ${(e as Error).message}`, { hint: 'Check the path and its permissions.' });
+            throw new CofferError('NOT_FOUND', `Cannot back up ${walker.t.p}: ${(e as Error).message}`, { hint: 'Check the path and its permissions.' });
           }
           for (const en of entries) {
             const key = treeName(en.name);
             const k = key.rawName ?? key.name;
-            place(root, k, en.stat?.isDirectory() === true, () => visit(ctx, childPath(Buffer.from(abs), en.name), en.name, root.prev?.get(k), en));
+            if (slot.kids.has(k)) {
+              found.set(k, en);
+              continue;
+            }
+            const w = walker;
+            pending.push(() => place(dir, k, en.stat?.isDirectory() === true, () => visit(w.t.ctx, childPath(w.path, en.name), en.name, dir.prev?.get(k), en)));
           }
-          continue;
         }
-        let dir = root;
-        let cur = isAbsolute(p) ? '' : process.cwd().replace(/\/+$/, '');
-        for (const seg of segs.slice(0, -1)) {
-          cur = cur + sep + seg;
-          let next = dir.children.get(seg);
-          if (!next || !('children' in next)) {
-            const prevNode = dir.prev?.get(seg);
-            next = { children: new Map(), path: cur, prev: await loadParentChildren(prevNode) };
-            dir.children.set(seg, next);
+        for (const [k, kid] of slot.kids) {
+          const en = found.get(k);
+          const enPath = en && walker ? childPath(walker.path, en.name).toString() : undefined;
+          const t = kid.target;
+          if (t && enPath !== undefined && enPath !== t.abs) throw samePlace(walker!.t, t, kid.tree, enPath);
+          if (t && kid.kids.size === 0) {
+            pending.push(() => place(dir, k, t.st.isDirectory(), () => visit(t.ctx, Buffer.from(t.abs), Buffer.from(k), dir.prev?.get(k))));
+            continue;
           }
-          dir = next as Dir;
+          // A directory that holds paths given: it must be one, in what the walk reaching it stores.
+          let next: { t: Target; path: Buffer } | undefined;
+          let path = enPath ?? kid.disk;
+          const st = t ? await lstat(t.abs, { bigint: true }) : en?.stat;
+          if (st && !st.isDirectory()) {
+            const inner = firstBelow(t ? kid.kids.values().next().value! : kid);
+            throw notADirectory(t ? t.abs : path, st, t ?? walker!.t, inner, await realpath(inner.abs).catch(() => undefined));
+          }
+          if (t) next = { t, path: Buffer.from(t.abs) };
+          else if (st && walker) next = { t: walker.t, path: Buffer.from(path) };
+          if (next && !(await descends(next.t.ctx, next.path, st!))) next = undefined;
+          // On the way to a path given, outside any walk: a symlink to a directory (`backup
+          // link/dir`) is stored as the directory it points to, with that directory's metadata.
+          if (!st) path = await realpath(path).catch(() => path);
+          const child: Dir = { children: new Map(), path, prev: await loadParentChildren(dir.prev?.get(k)), given: t !== undefined || st !== undefined };
+          dir.children.set(k, child);
+          await layout(kid, child, next);
         }
-        const last = segs.at(-1)!;
-        place(dir, last, st.isDirectory(), () => visit(ctx, Buffer.from(abs), Buffer.from(last), dir.prev?.get(last)));
-      }
+      };
+      await layout(top, root, top.target ? { t: top.target, path: Buffer.from(top.target.abs) } : undefined);
+      for (const put of pending) put();
       // All settled before any error is thrown: no walk is left running behind a failed backup.
       const outcomes = await Promise.allSettled(placed);
       for (const o of outcomes) if (o.status === 'rejected') throw o.reason;
@@ -633,7 +706,20 @@ export async function backup(repo: Repository, pool: BackupPool, paths: string[]
         for (const [name, c] of d.children) {
           if ('children' in c && c.children instanceof Map) {
             const st = await lstat(c.path, { bigint: true });
-            nodes.push({ ...nodeMeta(Buffer.from(name), st), type: 'dir', subtree: await buildDir(c as Dir) });
+            // Owner names and xattrs as a walk would store them: this may be a path given (or a
+            // directory inside one) with another one below it. Only then is a failure a warning.
+            const meta = nodeMeta(Buffer.from(name), st);
+            const user = owners.user(meta.uid);
+            const group = owners.group(meta.gid);
+            if (user) meta.user = user;
+            if (group) meta.group = group;
+            try {
+              const xattrs = readXattrs(c.path);
+              if (xattrs?.length) meta.xattrs = xattrs;
+            } catch (e) {
+              if ((c as Dir).given) warn(c.path, `cannot read extended attributes: ${(e as Error).message}`);
+            }
+            nodes.push({ ...meta, type: 'dir', subtree: await buildDir(c as Dir) });
           } else nodes.push(c as TreeNode);
         }
         return storeTree({ nodes });

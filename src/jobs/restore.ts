@@ -13,14 +13,16 @@
 //     special files are created under a fresh temporary name (O_EXCL|O_NOFOLLOW) and renamed
 //     into place, which replaces a directory entry and never writes into an existing inode (a
 //     pre-existing hard link to a file elsewhere is left untouched). Symlinks from the snapshot
-//     are created as links and never followed.
+//     are created as links and never followed. An entry left in place (its content judged
+//     unchanged) gets the snapshot's metadata in place, but only when the inode has no more
+//     names than the snapshot gave it; otherwise it is replaced like a changed one.
 //  3. Every blob is verified as it is read (MAC and chunk id), before its bytes reach the disk;
 //     a file whose data is damaged or missing is never renamed into place.
 // An interrupted restore leaves no half-written file under a real name: at worst a temporary
 // `.coffer-restore-*` file, and those are removed on failure and cancellation.
 
-import { closeSync, constants, openSync, unlinkSync, type BigIntStats } from 'node:fs';
-import { link, lstat, mkdir, readlink, realpath, rename, rmdir, symlink, unlink } from 'node:fs/promises';
+import { closeSync, constants, fstatSync, openSync, unlinkSync, type BigIntStats } from 'node:fs';
+import { link, lstat, mkdir, open, readlink, realpath, rename, rmdir, symlink, unlink } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import { homedir } from 'node:os';
 import { posix } from 'node:path';
@@ -28,7 +30,7 @@ import { setImmediate as nextTurn } from 'node:timers/promises';
 import { CofferError, isCofferError, throwIfAborted } from '../core/errors.ts';
 import { Limiter } from '../core/limiter.ts';
 import { isAllZero } from '../core/bytes.ts';
-import { fromHex, toHex } from '../engine/hash.ts';
+import { chunkId, fromHex, toHex } from '../engine/hash.ts';
 import type { IndexHit } from '../repository/index/chunk-index.ts';
 import type { Repository } from '../repository/repository.ts';
 import type { HostIdentity, Snapshot } from '../repository/snapshot.ts';
@@ -36,7 +38,7 @@ import { nameBytes, type NodeType, type TreeNode } from '../repository/tree.ts';
 import { Session } from '../repository/session.ts';
 import { loadCondemned } from '../repository/prune.ts';
 import type { PackDamage } from '../repository/damage.ts';
-import { createSpecial } from '../sources/metadata.ts';
+import { createSpecial, dataRegions, readXattrs } from '../sources/metadata.ts';
 import { childPath } from '../sources/scan.ts';
 import { localHostIdentity } from './backup.ts';
 import { readBlobs, type BlobDecoder, type BlobResult } from './read-blobs.ts';
@@ -284,7 +286,17 @@ export function compilePathFilter(include: string[] = [], exclude: string[] = []
 export const OVERWRITE_POLICIES = ['never', 'if-changed', 'always'] as const;
 export type OverwritePolicy = (typeof OVERWRITE_POLICIES)[number];
 
-export type RestoreAction = 'create' | 'overwrite' | 'unchanged' | 'skip';
+/**
+ * What if-changed (and never) compares an existing file with. 'size-mtime' trusts a file whose
+ * size and mtime are the snapshot's (fast: nothing is read), and so misses a change that kept
+ * both (a flipped bit, a tool that puts the old mtime back); 'content' reads the file and
+ * compares it chunk by chunk with the snapshot.
+ */
+export const COMPARE_BASES = ['size-mtime', 'content'] as const;
+export type CompareBasis = (typeof COMPARE_BASES)[number];
+
+/** 'metadata': the content was judged unchanged; its mode, owner, times or xattrs differed and were restored in place. */
+export type RestoreAction = 'create' | 'overwrite' | 'metadata' | 'unchanged' | 'skip';
 
 export interface RestoreEntry {
   action: RestoreAction;
@@ -292,7 +304,7 @@ export interface RestoreEntry {
   path: string;
   type: NodeType | 'hardlink';
   size?: number;
-  /** Why an entry was skipped or overwritten. */
+  /** Why an entry was skipped or overwritten, or which metadata was restored. */
   reason?: string;
 }
 
@@ -319,6 +331,8 @@ export interface RestoreOptions extends SafetyOptions {
   exclude?: string[];
   /** What to do with entries that exist in the target (default 'if-changed'). */
   overwrite?: OverwritePolicy;
+  /** What an existing file is judged unchanged by (default 'size-mtime'; see CompareBasis). */
+  compare?: CompareBasis;
   /** Decide and report everything, write nothing. */
   dryRun?: boolean;
   /** Write all-zero chunks (and zero blocks of sparse files) as holes (default true). */
@@ -371,8 +385,12 @@ export interface RestoreResult {
   dryRun: boolean;
   created: RestoreCounts;
   overwritten: RestoreCounts;
+  /** Entries whose content was judged unchanged but whose metadata differed: restored in place. */
+  metadataRestored: RestoreCounts;
   unchanged: RestoreCounts;
   skipped: RestoreCounts;
+  /** What "unchanged" was judged by: the size and mtime of existing files, or their content. */
+  compare: CompareBasis;
   warnings: Array<{ path: string; problem: string }>;
   /** What the safety check wanted the operator to see (not counted as warnings). */
   notices: string[];
@@ -500,19 +518,21 @@ export async function restore(repo: Repository, source: Snapshot | string, targe
   const treeId = typeof source === 'string' ? source : source.tree;
   const policy = options.overwrite ?? 'if-changed';
   if (!(OVERWRITE_POLICIES as readonly string[]).includes(policy)) throw new CofferError('USAGE', `Cannot restore with --overwrite ${JSON.stringify(policy)}: give never, if-changed or always`);
+  const compare = options.compare ?? 'size-mtime';
+  if (!(COMPARE_BASES as readonly string[]).includes(compare)) throw new CofferError('USAGE', `Cannot restore with --compare ${JSON.stringify(compare)}: give size-mtime or content`);
   const dryRun = !!options.dryRun;
   const sparse = options.sparse ?? true;
   const filter = compilePathFilter(options.include, options.exclude);
   const checked = await checkRestoreTarget(typeof source === 'string' ? undefined : source.host, target, options);
 
   const salvage = !!options.salvage && !dryRun;
-  const result: RestoreResult = { target: checked.real, dryRun, created: zeroCounts(), overwritten: zeroCounts(), unchanged: zeroCounts(), skipped: zeroCounts(), warnings: [], notices: checked.verdict.warnings, damaged: [] };
+  const result: RestoreResult = { target: checked.real, dryRun, created: zeroCounts(), overwritten: zeroCounts(), metadataRestored: zeroCounts(), unchanged: zeroCounts(), skipped: zeroCounts(), compare, warnings: [], notices: checked.verdict.warnings, damaged: [] };
   const progress: RestoreProgress = { files: 0, bytes: 0 };
   const warn = (path: string, problem: string) => {
     result.warnings.push({ path, problem });
     options.onWarning?.(path, problem);
   };
-  const bucket = (a: RestoreAction) => (a === 'create' ? result.created : a === 'overwrite' ? result.overwritten : a === 'unchanged' ? result.unchanged : result.skipped);
+  const bucket = (a: RestoreAction) => (a === 'create' ? result.created : a === 'overwrite' ? result.overwritten : a === 'metadata' ? result.metadataRestored : a === 'unchanged' ? result.unchanged : result.skipped);
   const report = (e: RestoreEntry) => {
     const c = bucket(e.action);
     if (e.type === 'file') {
@@ -1049,11 +1069,91 @@ export async function restore(repo: Repository, source: Snapshot | string, targe
     }
   };
 
+  // --compare content: each comparison holds a read buffer of up to COMPARE_BLOCK bytes, and
+  // two at a time keep a disk busy without holding a buffer per file slot.
+  const COMPARE_BLOCK = 8 * 1024 * 1024;
+  const compareSlots = new Limiter(2);
+  /** Chunk ids of all-zero data by length: the holes of a sparse file are not read. */
+  const zeroChunkIds = new Map<number, string>();
+
+  /**
+   * Why an existing file of the node's size has other content (--compare content), or undefined
+   * if it has the same. The file is read once, front to back in large blocks, and each blob's
+   * raw length of it (from the index) is hashed into a chunk id and compared with the
+   * snapshot's: this works for any chunking, content-defined or fixed, as the boundaries come
+   * from the snapshot. Holes of a sparse file are not read: they are zeros.
+   */
+  const contentDifference = async (node: TreeNode, final: Buffer, existing: BigIntStats, innerPath: string): Promise<string | undefined> => {
+    const parts = contentParts(node, innerPath);
+    return compareSlots.run(async () => {
+      let fh;
+      try {
+        fh = await open(final, O_RDONLY | O_NOFOLLOW | O_NONBLOCK);
+      } catch (e) {
+        return `cannot be read to compare its content (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`;
+      }
+      try {
+        const st = await fh.stat({ bigint: true });
+        if (!st.isFile() || st.ino !== existing.ino || st.dev !== existing.dev) return 'was replaced while it was compared';
+        const size = node.size ?? 0;
+        let regions: Array<[number, number]> | undefined;
+        if (st.blocks * 512n < st.size) {
+          try {
+            regions = dataRegions(fh.fd, size);
+          } catch {
+            // No SEEK_DATA here: every byte is read.
+          }
+        }
+        let ri = 0;
+        const longest = parts.reduce((m, p) => Math.max(m, p.length), 0);
+        const buf = Buffer.allocUnsafe(Math.max(longest, Math.min(size, COMPARE_BLOCK)));
+        // buf holds the file's bytes from `start`, `filled` of them; the next blob begins at buf[at].
+        let start = 0;
+        let filled = 0;
+        let at = 0;
+        for (const p of parts) {
+          throwIfAborted(signal);
+          if (!p.hit) return 'a blob of it is not in the repository index';
+          const len = p.length;
+          if (regions) {
+            while (ri < regions.length && regions[ri]![1] <= p.pos) ri++;
+            if (ri === regions.length || regions[ri]![0] >= p.pos + len) {
+              // All hole: zeros, whose chunk id depends on the length alone.
+              let zero = zeroChunkIds.get(len);
+              if (zero === undefined) zeroChunkIds.set(len, (zero = toHex(chunkId(repo.keys.chunkIdKey, Buffer.alloc(len)))));
+              if (zero !== p.id) return 'content differs';
+              start = p.pos + len;
+              filled = at = 0;
+              continue;
+            }
+          }
+          if (at + len > filled) {
+            buf.copy(buf, 0, at, filled);
+            filled -= at;
+            start += at;
+            at = 0;
+            while (filled < len) {
+              const { bytesRead } = await fh.read(buf, filled, buf.length - filled, start + filled);
+              if (bytesRead === 0) return 'content differs (the file is shorter than it was)';
+              filled += bytesRead;
+            }
+          }
+          if (toHex(chunkId(repo.keys.chunkIdKey, buf.subarray(at, at + len))) !== p.id) return 'content differs';
+          at += len;
+        }
+        return undefined;
+      } finally {
+        await fh.close();
+      }
+    });
+  };
+
   /** Why the entry at `final` differs from the node (the if-changed test), or undefined if it does not. */
-  const difference = async (node: TreeNode, final: Buffer, existing: BigIntStats): Promise<string | undefined> => {
+  const difference = async (node: TreeNode, final: Buffer, existing: BigIntStats, innerPath: string): Promise<string | undefined> => {
     const have = statType(existing);
     if (have !== node.type) return `was a ${have}`;
     if (node.type === 'file') {
+      if (compare === 'content') return existing.size === BigInt(node.size ?? 0) ? contentDifference(node, final, existing, innerPath) : 'size differs';
       return existing.size === BigInt(node.size ?? 0) && existing.mtimeNs === BigInt(node.mtimeNs) ? undefined : 'size or mtime differ';
     }
     if (node.type === 'symlink') return (await readlink(final, { encoding: 'buffer' })).equals(linkTargetBytes(node)) ? undefined : 'link target differs';
@@ -1062,7 +1162,7 @@ export async function restore(repo: Repository, source: Snapshot | string, targe
   };
 
   /** Decides what to do with a non-directory entry given what exists at its place. */
-  const decide = async (node: TreeNode, final: Buffer, existing: BigIntStats | undefined): Promise<{ action: RestoreAction; reason?: string }> => {
+  const decide = async (node: TreeNode, final: Buffer, existing: BigIntStats | undefined, innerPath: string): Promise<{ action: RestoreAction; reason?: string }> => {
     if (!existing) return { action: 'create' };
     if (existing.isDirectory()) {
       // Replacing a directory by a file would delete what is in it: only an empty one, and only when asked.
@@ -1070,9 +1170,65 @@ export async function restore(repo: Repository, source: Snapshot | string, targe
       return { action: 'overwrite', reason: 'was an empty directory' };
     }
     if (policy === 'always') return { action: 'overwrite' };
-    const why = await difference(node, final, existing);
+    const why = await difference(node, final, existing, innerPath);
     if (why === undefined) return { action: 'unchanged' };
     return policy === 'never' ? { action: 'skip', reason: `exists and differs (${why})` } : { action: 'overwrite', reason: why };
+  };
+
+  /**
+   * Which of an existing entry's mode, owner (as root; others cannot change it), mtime and
+   * xattrs differ from the node's. Not the atime: reading a file changes it. Extended attributes
+   * the snapshot does not list are left alone (as on a new file: an SELinux label, say).
+   */
+  const metaDifferences = (node: TreeNode, final: Buffer, st: BigIntStats): string[] => {
+    const out: string[] = [];
+    if (node.type !== 'symlink' && Number(st.mode & 0o7777n) !== (node.mode & 0o7777)) out.push('mode');
+    if (isRoot && (Number(st.uid) !== node.uid || Number(st.gid) !== node.gid)) out.push('owner');
+    if (st.mtimeNs !== BigInt(node.mtimeNs)) out.push('mtime');
+    if (node.xattrs?.length) {
+      let have: Map<string, string> | undefined;
+      try {
+        have = new Map((readXattrs(final, () => {}) ?? []).map((x) => [x.name, x.value]));
+      } catch {
+        // Unreadable: written again, and a failure to write is the warning.
+      }
+      if (!have || node.xattrs.some((x) => have.get(x.name) !== x.value)) out.push('xattrs');
+    }
+    return out;
+  };
+
+  /**
+   * Restores the metadata of an entry left in place, the way a new one gets it (applyMeta: owner
+   * as root, xattrs, mode, then times). A file or FIFO is opened without following links or
+   * blocking, checked to be the inode just compared, and changed through that descriptor. Other
+   * types are changed by name with calls that do not follow links, except chmod of a device or
+   * socket (which cannot be opened without side effects): that name was lstat()ed a moment ago.
+   */
+  const applyMetaInPlace = (final: Buffer, node: TreeNode, existing: BigIntStats, innerPath: string): void => {
+    if (node.type !== 'file' && node.type !== 'fifo') {
+      applyMeta(final, node, innerPath);
+      return;
+    }
+    let fd: number;
+    try {
+      try {
+        fd = openSync(final, O_RDONLY | O_NOFOLLOW | O_NONBLOCK);
+      } catch (e) {
+        // Not readable (mode 0200, say) but perhaps writable: either descriptor can change metadata.
+        if ((e as NodeJS.ErrnoException).code !== 'EACCES') throw e;
+        fd = openSync(final, O_WRONLY | O_NOFOLLOW | O_NONBLOCK);
+      }
+    } catch (e) {
+      warn(innerPath, `cannot restore metadata: ${(e as Error).message}`);
+      return;
+    }
+    try {
+      const st = fstatSync(fd, { bigint: true });
+      if (st.ino !== existing.ino || st.dev !== existing.dev) warn(innerPath, 'cannot restore metadata: it was replaced while the restore looked at it');
+      else applyMeta(final, node, innerPath, fd);
+    } finally {
+      closeSync(fd);
+    }
   };
 
   /**
@@ -1090,7 +1246,7 @@ export async function restore(repo: Repository, source: Snapshot | string, targe
         report({ action: 'unchanged', path: innerPath, type: 'hardlink' });
         return;
       }
-      const d = existing ? await decide(node, final, existing) : { action: 'create' as const };
+      const d = existing ? await decide(node, final, existing, innerPath) : { action: 'create' as const };
       // Under "never" an existing entry stays, even one that only lacks the link.
       if (d.action === 'skip' || (existing && policy === 'never')) {
         report({ action: d.action === 'unchanged' ? 'unchanged' : 'skip', path: innerPath, type: 'hardlink', ...(d.reason ? { reason: d.reason } : {}) });
@@ -1110,8 +1266,22 @@ export async function restore(repo: Repository, source: Snapshot | string, targe
       report({ action, path: innerPath, type: 'hardlink', ...(existing ? { reason: 'replaced by a link' } : {}) });
       return;
     }
-    const d = await decide(node, final, existing);
+    let d = await decide(node, final, existing, innerPath);
+    // Content judged unchanged still gets the snapshot's metadata (if-changed; never leaves what
+    // exists as it is).
+    let fix: string[] = [];
+    if (d.action === 'unchanged' && policy === 'if-changed') {
+      fix = metaDifferences(node, final, existing!);
+      // Changing the inode would change its other names too, which the snapshot does not have
+      // (a hard link made since, perhaps outside the target): the entry is replaced instead.
+      if (fix.length && existing!.nlink > BigInt(node.links ?? 1)) d = { action: 'overwrite', reason: `${fix.join(', ')} ${fix.length === 1 ? 'differs' : 'differ'} and it has other hard links, which are left as they are` };
+    }
     const entry: RestoreEntry = { action: d.action, path: innerPath, type: node.type, ...(node.type === 'file' ? { size: node.size } : {}), ...(d.reason ? { reason: d.reason } : {}) };
+    if (d.action === 'unchanged' && fix.length) {
+      if (!dryRun) applyMetaInPlace(final, node, existing!, innerPath);
+      entry.action = 'metadata';
+      entry.reason = `metadata ${dryRun ? 'differs' : 'restored'}: ${fix.join(', ')}`;
+    }
     if (d.action === 'skip' || d.action === 'unchanged') {
       if (group && d.action === 'unchanged') group.source = { path: final, ino: existing!.ino };
       report(entry);
