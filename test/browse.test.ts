@@ -183,12 +183,12 @@ describe('browse', () => {
     const ls = await runCli(['--json', 'repo', 'ls', 'latest', src, '--recursive'], { env });
     assert.equal(ls.code, 0, ls.stderr);
     const entries = ls.stdout.trim().split('\n').map((l) => JSON.parse(l));
-    assert.ok(entries.some((e) => e.path === `${src}/newdir/x.sql` && e.type === 'file' && e.size === 9 && e.permissions === '-rw-r--r--'));
+    assert.ok(entries.some((e) => e.path === `${src}/newdir/x.sql` && e.type === 'node' && e.nodeType === 'file' && e.size === 9 && e.permissions === '-rw-r--r--'));
     const long = await runCli(['repo', 'ls', 'latest', `${src}/mode.txt`, '--long'], { env });
     assert.match(long.stdout, /^-rw------- .* 4 {2}\d{4}-\d\d-\d\d \d\d:\d\d:\d\d {2}.*\/mode\.txt\n$/);
     const find = await runCli(['--json', 'repo', 'find', '*.sql'], { env });
     assert.equal(find.code, 0, find.stderr);
-    assert.deepEqual(find.stdout.trim().split('\n').map((l) => JSON.parse(l)).map((m) => [m.snapshot, m.path.slice(src.length)]), [
+    assert.deepEqual(find.stdout.trim().split('\n').map((l) => JSON.parse(l)).filter((m) => m.type === 'match').map((m) => [m.snapshot, m.path.slice(src.length)]), [
       [s1.id, '/sub/db.sql'],
       [s2.id, '/newdir/x.sql'],
       [s2.id, '/sub/db.sql'],
@@ -196,7 +196,7 @@ describe('browse', () => {
     const diff = await runCli(['--json', 'repo', 'diff', s1.id, s2.id], { env });
     assert.equal(diff.code, 0, diff.stderr);
     const lines = diff.stdout.trim().split('\n').map((l) => JSON.parse(l));
-    assert.deepEqual(lines.at(-1), { type: 'summary', from: s1.id, to: s2.id, added: 4, removed: 1, modified: 2, metadata: 2 });
+    assert.deepEqual(lines.at(-1), { type: 'summary', from: s1.id, to: s2.id, added: 4, removed: 1, modified: 2, metadata: 2, exitCode: 0 });
     assert.ok(lines.some((l) => l.change === 'removed' && l.path === `${src}/b.txt`));
   });
 });

@@ -9,6 +9,7 @@ import { tempDir } from '../src/testing/tmp.ts';
 import { randomBytes } from '../src/testing/random.ts';
 import { spawn } from 'node:child_process';
 import { MAIN, runCli, type CliResult } from './cli.ts';
+import { checkJsonOutput } from '../src/cli/json-schema.ts';
 import { listTree } from './helpers.ts';
 import { Repository } from '../src/repository/repository.ts';
 import { LocalBackend } from '../src/storage/local.ts';
@@ -101,7 +102,10 @@ describe('damage tolerance', () => {
     assert.match(p.stdout, /deleted [1-9]\d* pack/, 'the prune took the stopped backup for dead');
     child.kill('SIGCONT');
     assert.equal(await exited, 1, `the continued backup must fail: ${stdout}\n${stderr}`);
-    assert.match(stderr, /Cannot commit: this backup was paused or cut off from the repository/);
+    // With --json the error is the output's final line (docs/json.md), not text on stderr.
+    const final = checkJsonOutput('repo backup', stdout, 1).at(-1)!;
+    assert.equal(final.type, 'error');
+    assert.match(String(final.message), /Cannot commit: this backup was paused or cut off from the repository/);
     assert.equal((await readdir(join(dir, 'repo', 'snapshots'))).length, 0, 'nothing was committed');
     ok(await c('check', '--read-data'), 'the repository is whole: no index lists a deleted pack');
     ok(await c('backup', src), 'the backup run again');

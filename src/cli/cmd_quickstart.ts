@@ -5,6 +5,7 @@ import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { join, resolve } from 'node:path';
 import type { Command } from 'commander';
+import { CofferError } from '../core/errors.ts';
 import { LocalBackend } from '../storage/local.ts';
 import { Repository } from '../repository/repository.ts';
 import { backup } from '../jobs/backup.ts';
@@ -36,15 +37,16 @@ export function register(program: Command): void {
       const pool = await WorkerPool.create({ keys: repo.keys, chunker: repo.config.chunker, level: repo.config.compressionLevel });
       try {
         if (fresh) out.info(`created repository ${repo.id.slice(0, 12)} in ${join(dir, 'repo')} (password in ${pwFile})`);
-        const res = await backup(repo, pool, [source], { signal, tags: ['quickstart'] });
+        const res = await backup(repo, pool, [source], { signal, tags: ['quickstart'], onWarning: (path, problem) => out.warning(path, problem) });
         const s = res.summary;
         out.info(`backed up ${source}: ${s.filesNew} files, ${formatBytes(s.bytesScanned)} read, ${formatBytes(s.bytesNew)} new, ${formatBytes(s.bytesStored)} stored -> snapshot ${res.snapshotId!.slice(0, 12)}`);
         const snaps = await loadAllSnapshots(repo, { signal });
         const c = await check(repo, { signal, readData: true });
-        out.result({ repository: join(dir, 'repo'), snapshot: res.snapshotId, snapshots: snaps.length, check: c.ok ? 'ok' : 'failed' }, () => [
+        out.summary({ repository: join(dir, 'repo'), created: fresh, snapshot: res.snapshotId, snapshots: snaps.length, check: c.ok ? 'ok' : 'failed', warnings: res.warnings.length }, () => [
           `${snaps.length} snapshot(s) in the repository; check --read-data: ${c.ok ? 'no errors' : 'ERRORS'}`,
           `try: COFFER_PASSWORD_COMMAND="cat ${pwFile}" npx coffer repo snapshots --repo ${join(dir, 'repo')}`,
         ]);
+        if (res.warnings.length) throw new CofferError('WARNINGS', `Backup completed with ${res.warnings.length} warning(s): some files were unreadable or changed while read`, { hint: 'See the warnings above; the snapshot holds everything else.' });
       } finally {
         await pool.close();
         await repo.close();

@@ -100,15 +100,16 @@ export function register(repo: Command): void {
             stream: o.command ? { name: o.stdinFilename ?? 'stdin', command: o.command } : o.stdin ? { name: o.stdinFilename ?? 'stdin', stream: process.stdin } : undefined,
             onWarning: (path, problem) => {
               if (bar) process.stderr.write('\r\x1b[K');
-              out.event({ type: 'warning', path, problem }, `warning: ${path}: ${problem}`);
+              out.warning(path, problem);
             },
             onNotice: (message) => {
               if (bar) process.stderr.write('\r\x1b[K');
               out.event({ type: 'notice', message }, `note: ${message}`);
             },
             onProgress: (p) => {
-              if (out.json) out.event({ type: 'progress', ...p });
-              else if (bar) {
+              if (out.json) {
+                out.event({ type: 'progress', files: p.files, dirs: p.dirs, bytesScanned: p.bytesScanned, bytesRead: p.bytesRead, bytesNew: p.bytesNew, bytesTotal: p.bytesTotal, currentPath: p.currentPath });
+              } else if (bar) {
                 const s = Math.max((Date.now() - started) / 1000, 0.001);
                 bar.setTotal(Math.max(p.bytesTotal ?? 0, p.bytesScanned, 1));
                 bar.update(p.bytesScanned, { done: formatBytes(p.bytesScanned), files: p.files, rate: formatBytes(p.bytesScanned / s), eta: eta(p, s) });
@@ -118,7 +119,23 @@ export function register(repo: Command): void {
           bar?.stop();
           bar = undefined;
           const s = res.summary;
-          out.result({ type: 'summary', snapshot: res.snapshotId, parent: res.parent, ...s }, () => [
+          // Named field by field: the --json contract (docs/json.md) does not grow by accident.
+          out.summary({
+            snapshot: res.snapshotId,
+            parent: res.parent,
+            dryRun: !!o.dryRun,
+            filesNew: s.filesNew,
+            filesChanged: s.filesChanged,
+            filesUnchanged: s.filesUnchanged,
+            dirs: s.dirs,
+            bytesScanned: s.bytesScanned,
+            bytesRead: s.bytesRead ?? s.bytesScanned,
+            bytesNew: s.bytesNew,
+            bytesStored: s.bytesStored,
+            blobsNew: s.blobsNew,
+            warnings: res.warnings.length,
+            durationMs: s.durationMs,
+          }, () => [
             `files: ${s.filesNew} new, ${s.filesChanged} changed, ${s.filesUnchanged} unchanged; ${s.dirs} directories${res.parent ? ` (parent ${res.parent.slice(0, 12)})` : ''}`,
             `scanned ${formatBytes(s.bytesScanned)} (read ${formatBytes(s.bytesRead ?? s.bytesScanned)}), new after dedup ${formatBytes(s.bytesNew)}, stored ${formatBytes(s.bytesStored)} after compression${s.bytesNew > 0 ? ` (dedup ratio ${(s.bytesScanned / s.bytesNew).toFixed(2)}x)` : ""} in ${(s.durationMs / 1000).toFixed(1)} s`,
             res.snapshotId ? `snapshot ${res.snapshotId.slice(0, 12)} saved` : 'dry run: nothing stored',

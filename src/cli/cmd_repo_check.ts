@@ -23,7 +23,12 @@ export function register(repo: Command): void {
       const subsetPercent = o.subset ? parsePercent(o.subset) : undefined;
       await withRepo(cmd, async (r, signal) => {
         const res = await check(r, { signal, readData: o.readData, subsetPercent, onProgress: (m) => out.event({ type: 'progress', message: m }) });
-        out.result(res, () => {
+        for (const p of res.problems) {
+          out.item({ type: 'problem', severity: p.severity, kind: p.kind, message: p.message, pack: p.pack, blob: p.blob, snapshot: p.snapshot, path: p.path });
+        }
+        for (const a of res.affected) out.item({ type: 'affected', snapshot: a.snapshot, path: a.path, blob: a.blob });
+        // Found errors end with CHECK_FAILED, whose details.summary keeps this summary (docs/json.md).
+        out.summary({ ok: res.ok, readData: !!o.readData, stats: { snapshots: res.stats.snapshots, trees: res.stats.trees, indexFiles: res.stats.indexFiles, packs: res.stats.packs, blobs: res.stats.blobs, packsRead: res.stats.packsRead, bytesRead: res.stats.bytesRead }, problems: res.problems.length, damageRecorded: res.damageRecorded, damageCleared: res.damageCleared, advice: res.advice }, () => {
           const lines = [
             `${res.stats.snapshots} snapshots, ${res.stats.trees} trees, ${res.stats.indexFiles} index files, ${res.stats.packs} packs, ${res.stats.blobs} blobs`,
             ...(o.readData ? [`read ${res.stats.packsRead} packs, ${formatBytes(res.stats.bytesRead)}`] : []),

@@ -24,11 +24,14 @@ export function register(repo: Command): void {
         for await (const d of diffTrees(r, a.snapshot.tree, b.snapshot.tree, { signal })) {
           stats[d.change]++;
           const node = d.after ?? d.before!;
-          const line = out.json ? JSON.stringify({ type: 'change', change: d.change, path: d.path, nodeType: node.type, ...(d.what ? { what: d.what } : {}) }) : `${MARK[d.change]}  ${d.path}${node.type === 'dir' ? '/' : ''}${d.what ? `  (${d.what.join(', ')})` : ''}`;
-          if (!(await sink.write(line + '\n'))) return;
+          const line = out.render(
+            { type: 'change', change: d.change, path: d.path, nodeType: node.type, ...(d.what ? { what: d.what } : {}) },
+            `${MARK[d.change]}  ${d.path}${node.type === 'dir' ? '/' : ''}${d.what ? `  (${d.what.join(', ')})` : ''}`,
+          );
+          if (!(await sink.write(line + '\n'))) break;
         }
         await sink.end();
-        out.result({ type: 'summary', from: a.id, to: b.id, ...stats }, () => `${stats.added} added, ${stats.removed} removed, ${stats.modified} modified, ${stats.metadata} with changed metadata (${a.id.slice(0, 12)} → ${b.id.slice(0, 12)})`);
+        out.summary({ from: a.id, to: b.id, ...stats }, () => `${stats.added} added, ${stats.removed} removed, ${stats.modified} modified, ${stats.metadata} with changed metadata (${a.id.slice(0, 12)} → ${b.id.slice(0, 12)})`);
       });
     });
 }

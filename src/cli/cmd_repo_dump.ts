@@ -1,12 +1,13 @@
 // `coffer repo dump SNAPSHOT PATH`: write one file of a snapshot to stdout, blob by blob, waiting
 // for the reader, so that `coffer repo dump latest /db.sql | psql` streams without a temporary
-// copy. Every blob is verified before it is written. With --json, only errors are JSON (stdout
-// carries the file).
+// copy. Every blob is verified before it is written. --json is refused with a usage error line:
+// stdout carries the file's bytes, and --json promises nothing but JSON lines there
+// (docs/json.md); the exit code says whether the whole file was written.
 import type { Command } from 'commander';
 import { CofferError } from '../core/errors.ts';
 import { dumpFile, lookupPath } from '../jobs/browse.ts';
 import { describeUnreadable, findSnapshot } from '../repository/snapshot.ts';
-import { withRepo, snapshotSelectionOptions, snapshotFilter, type SnapshotSelection } from './context.ts';
+import { output, withRepo, snapshotSelectionOptions, snapshotFilter, type SnapshotSelection } from './context.ts';
 
 /**
  * Standard output for the browse commands: waits when the reader is slow, and notices when the
@@ -56,6 +57,11 @@ export function register(repo: Command): void {
     .description("write one file of a snapshot to stdout (e.g. coffer repo dump latest /db.sql | psql)");
   snapshotSelectionOptions(command, 'latest')
     .action(async (ref: string, path: string, o: SnapshotSelection, cmd: Command) => {
+      if (output(cmd).json) {
+        throw new CofferError('USAGE', 'Cannot dump with --json: dump writes the file itself to standard output, where --json allows only JSON lines', {
+          hint: 'Run dump without --json; its exit code says whether the whole file was written (0) or why not, with the message on standard error.',
+        });
+      }
       await withRepo(cmd, async (r, signal) => {
         const snap = await findSnapshot(r, ref, snapshotFilter(o), { signal, onUnreadable: (u) => process.stderr.write(`note: ${describeUnreadable(u)}\n`) });
         await r.loadIndex({ signal });

@@ -36,7 +36,7 @@ export function register(repo: Command): void {
           force: Boolean(opts.force),
         });
         await r.close();
-        out.result({ id: r.id, location: backend.location, config: r.config }, () => `created repository ${r.id.slice(0, 12)} at ${backend.location}`);
+        out.summary({ id: r.id, location: backend.location, config: r.config }, () => `created repository ${r.id.slice(0, 12)} at ${backend.location}`);
       } finally {
         await backend.close();
       }

@@ -11,7 +11,8 @@ export function register(repo: Command): void {
       const out = output(cmd);
       await withRepo(cmd, async (r, signal) => {
         const keys = await r.listKeys({ signal });
-        out.result(keys, () => keys.map((k) => `${k.current ? '*' : ' '} ${k.id.slice(0, 12)}  ${k.created}  ${k.username}@${k.hostname}`));
+        for (const k of keys) out.item({ type: 'key', id: k.id, current: k.current, created: k.created, username: k.username, hostname: k.hostname }, `${k.current ? '*' : ' '} ${k.id.slice(0, 12)}  ${k.created}  ${k.username}@${k.hostname}`);
+        out.summary({ keys: keys.length });
       });
     });
   key
@@ -23,7 +24,7 @@ export function register(repo: Command): void {
       await withRepo(cmd, async (r, signal) => {
         const pw = await getPassword(cmd, { confirm: true, envVar: 'COFFER_NEW_PASSWORD', fileOption: 'newPasswordFile', label: 'new passphrase' });
         const id = await r.addKey(pw, { signal });
-        out.result({ id }, () => `added key ${id.slice(0, 12)}`);
+        out.summary({ id }, () => `added key ${id.slice(0, 12)}`);
       });
     });
   key
@@ -33,7 +34,7 @@ export function register(repo: Command): void {
       const out = output(cmd);
       await withRepo(cmd, async (r, signal) => {
         const removed = await r.removeKey(id, { signal });
-        out.result({ removed }, () => `removed key ${removed.slice(0, 12)}`);
+        out.summary({ removed }, () => `removed key ${removed.slice(0, 12)}`);
       });
     });
 }

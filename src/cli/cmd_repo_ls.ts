@@ -1,10 +1,11 @@
 // `coffer repo ls SNAPSHOT [PATH]`: list a directory of a snapshot (or everything below it with
 // --recursive) without restoring anything. --long adds mode, owner, size and mtime; --json prints
-// one JSON object per entry.
+// one `node` line per entry and a summary.
 import type { Command } from 'commander';
 import { listSnapshot, modeString, nodeJson, nodeTime } from '../jobs/browse.ts';
 import { findSnapshot } from '../repository/snapshot.ts';
 import type { TreeNode } from '../repository/tree.ts';
+import type { EventLine } from './json-schema.ts';
 import { output, withRepo, snapshotSelectionOptions, snapshotFilter, type SnapshotSelection, unreadableNotice } from './context.ts';
 import { stdoutSink } from './cmd_repo_dump.ts';
 
@@ -28,11 +29,14 @@ export function register(repo: Command): void {
         const snap = await findSnapshot(r, ref, snapshotFilter(o), { signal, onUnreadable: unreadableNotice(out) });
         await r.loadIndex({ signal });
         const sink = stdoutSink();
+        let entries = 0;
         for await (const { path: p, node } of listSnapshot(r, snap.snapshot.tree, path ?? '/', { signal, recursive: o.recursive })) {
-          const line = out.json ? JSON.stringify(nodeJson(p, node)) : o.long ? longLine(p, node) : p + (node.type === 'dir' ? '/' : '');
+          entries++;
+          const line = out.render({ type: 'node', ...nodeJson(p, node) } as EventLine, o.long ? longLine(p, node) : p + (node.type === 'dir' ? '/' : ''));
           if (!(await sink.write(line + '\n'))) break;
         }
         await sink.end();
+        out.summary({ snapshot: snap.id, path: path ?? '/', entries });
       });
     });
 }

@@ -23,7 +23,18 @@ export function register(repo: Command): void {
             repackThreshold: o.repackThreshold ? parseIntOption('--repack-threshold', o.repackThreshold, 0, 100) / 100 : undefined,
             onProgress: (m) => out.event({ type: 'progress', message: m }, m),
           });
-          out.result(res, () => [
+          out.summary({
+            dryRun: res.dryRun,
+            packsCondemned: res.packsCondemned,
+            bytesCondemned: res.bytesCondemned,
+            packsRepacked: res.packsRepacked,
+            blobsRepacked: res.blobsRepacked,
+            packsDeleted: res.packsDeleted,
+            bytesDeleted: res.bytesDeleted,
+            indexFilesDeleted: res.indexFilesDeleted,
+            packsKept: res.packsKept,
+            plansWaiting: res.plansWaiting,
+          }, () => [
             `${o.dryRun ? 'would mark' : 'marked'} ${res.packsCondemned} pack(s) (${formatBytes(res.bytesCondemned)}), repacked ${res.packsRepacked} (${res.blobsRepacked} blobs)`,
             `deleted ${res.packsDeleted} pack(s) (${formatBytes(res.bytesDeleted)}) and ${res.indexFilesDeleted} index file(s); kept ${res.packsKept} still in use`,
             ...(res.plansWaiting ? [`${res.plansWaiting} GC plan(s) wait for running sessions; run prune again later to finish`] : []),

@@ -12,7 +12,8 @@ export function register(repo: Command): void {
       const out = output(cmd);
       await withRepo(cmd, async (r, signal) => {
         const res = await rebuildIndex(r, { signal });
-        out.result(res, () => [
+        for (const d of res.damaged) out.item({ type: 'problem', severity: 'error', kind: 'pack-damaged', pack: d.pack, message: d.error });
+        out.summary({ packs: res.packs, blobs: res.blobs, indexFilesWritten: res.indexFilesWritten, indexFilesDeleted: res.indexFilesDeleted }, () => [
           `indexed ${res.blobs} blobs in ${res.packs} packs; wrote ${res.indexFilesWritten} index file(s), removed ${res.indexFilesDeleted}`,
           ...res.damaged.map((d) => `damaged pack ${d.pack.slice(0, 12)} left out: ${d.error}`),
         ]);

@@ -104,7 +104,7 @@ export function register(repo: Command): void {
             const verb = VERBS[e.action][dry ? 1 : 0];
             out.event({ type: 'entry', action: e.action, path: e.path, nodeType: e.type, ...(e.size !== undefined ? { size: e.size } : {}), ...(e.reason ? { reason: e.reason } : {}), dryRun: dry }, `${verb.padEnd(15)} ${e.path}${e.type === 'dir' ? '/' : ''}${e.reason ? `  (${e.reason})` : ''}`);
           },
-          onWarning: (path, problem) => out.event({ type: 'warning', path, problem }, `warning: ${path}: ${problem}`),
+          onWarning: (path, problem) => out.warning(path, problem),
         }).catch((e: unknown) => {
           // What the restore wanted said (e.g. that it recorded damage) is said on failure too.
           const partial = (e as CofferError).details?.result as { notices?: string[] } | undefined;
@@ -114,7 +114,7 @@ export function register(repo: Command): void {
         for (const n of res.notices) if (!checked.verdict.warnings.includes(n)) out.event({ type: 'notice', message: n }, `note: ${n}`);
         // What "unchanged" rests on: by size and mtime, a file changed behind them counts as unchanged.
         const basis = o.overwrite === 'always' ? '' : res.compare === 'content' ? ' (content compared)' : ' (judged by size and mtime; --compare content reads them)';
-        out.result({ type: 'summary', snapshot: snap.id, target: res.target, dryRun: dry, created: res.created, overwritten: res.overwritten, metadataRestored: res.metadataRestored, unchanged: res.unchanged, compare: res.compare, skipped: res.skipped, warnings: res.warnings.length, staleTemps: res.staleTemps }, () => [
+        out.summary({ snapshot: snap.id, target: res.target, dryRun: dry, created: res.created, overwritten: res.overwritten, metadataRestored: res.metadataRestored, unchanged: res.unchanged, compare: res.compare, skipped: res.skipped, warnings: res.warnings.length, staleTemps: res.staleTemps }, () => [
           `${dry ? 'would create:   ' : 'created:        '}${counts(res.created)}`,
           `${dry ? 'would overwrite:' : 'overwritten:    '}${counts(res.overwritten)}`,
           `${dry ? 'metadata to fix:' : 'metadata fixed: '}${counts(res.metadataRestored)} (content unchanged)`,

@@ -2,7 +2,7 @@
 import type { Command } from 'commander';
 import { CofferError } from '../core/errors.ts';
 import { SNAPSHOTS_PREFIX } from '../repository/layout.ts';
-import { describeUnreadable, findSnapshot, matchesFilter, readSnapshots, resolveSnapshotId } from '../repository/snapshot.ts';
+import { describeUnreadable, findSnapshot, matchesFilter, readSnapshots, resolveSnapshotId, type Snapshot, type SnapshotRef } from '../repository/snapshot.ts';
 import { formatBytes, output, parseIntOption, withRepo, snapshotSelectionOptions, snapshotFilter, type SnapshotSelection } from './context.ts';
 
 export function register(repo: Command): void {
@@ -16,7 +16,8 @@ export function register(repo: Command): void {
         const listing = await readSnapshots(r, { signal });
         for (const u of listing.unreadable) out.event({ type: 'warning', snapshot: u.id, problem: u.error.message }, `warning: ${describeUnreadable(u)}`);
         const all = listing.snapshots.filter((s) => matchesFilter(s.snapshot, snapshotFilter(o)));
-        out.result(all.map((s) => ({ id: s.id, ...s.snapshot })), () => [
+        for (const s of all) out.item({ type: 'snapshot', id: s.id, ...s.snapshot });
+        out.summary({ snapshots: all.length, warnings: listing.unreadable.length }, () => [
           'ID            Time                      Host              Paths',
           ...all.map((s) => `${s.id.slice(0, 12)}  ${s.snapshot.time.padEnd(24)}  ${s.snapshot.host.hostname.padEnd(16)}  ${s.snapshot.paths.join(', ')}${s.snapshot.summary ? `  (${formatBytes(s.snapshot.summary.bytesScanned)})` : ''}`),
           `${all.length} snapshot(s)${listing.unreadable.length ? `, ${listing.unreadable.length} unreadable` : ''}`,
@@ -33,23 +34,34 @@ export function register(repo: Command): void {
       const out = output(cmd);
       if (!ids.length && o.keepLast === undefined) throw new CofferError('USAGE', 'Cannot forget: give snapshot ids or --keep-last N');
       await withRepo(cmd, async (r, signal) => {
-        const remove = new Set<string>();
+        // Ids to remove, with the snapshot when it could be read (a damaged one is removed by id).
+        const remove = new Map<string, Snapshot | undefined>();
         // By id without reading the snapshot: a damaged one must be removable too.
-        for (const id of ids) remove.add(id === 'latest' ? (await findSnapshot(r, id, {}, { signal })).id : await resolveSnapshotId(r, id, { signal }));
+        for (const id of ids) {
+          if (id === 'latest') {
+            const s = await findSnapshot(r, id, {}, { signal });
+            remove.set(s.id, s.snapshot);
+          } else remove.set(await resolveSnapshotId(r, id, { signal }), undefined);
+        }
         if (o.keepLast !== undefined) {
           const n = parseIntOption('--keep-last', o.keepLast, 1, 1_000_000);
-          const groups = new Map<string, string[]>();
+          const groups = new Map<string, SnapshotRef[]>();
           // An unreadable snapshot belongs to no known group: it is kept, and said so.
           const listing = await readSnapshots(r, { signal });
-          for (const u of listing.unreadable) out.event({ type: 'notice', message: describeUnreadable(u) }, `note: ${describeUnreadable(u)}`);
+          for (const u of listing.unreadable) out.event({ type: 'notice', snapshot: u.id, message: describeUnreadable(u) }, `note: ${describeUnreadable(u)}`);
           for (const s of listing.snapshots) {
             const k = s.snapshot.host.hostname + '\0' + [...s.snapshot.paths].sort().join('\0');
-            groups.set(k, [...(groups.get(k) ?? []), s.id]);
+            groups.set(k, [...(groups.get(k) ?? []), s]);
           }
-          for (const list of groups.values()) for (const id of list.slice(0, Math.max(0, list.length - n))) remove.add(id);
+          for (const list of groups.values()) for (const s of list.slice(0, Math.max(0, list.length - n))) remove.set(s.id, s.snapshot);
         }
-        if (!o.dryRun) for (const id of remove) await r.backend.delete(SNAPSHOTS_PREFIX + id, { signal });
-        out.result({ removed: [...remove], dryRun: !!o.dryRun }, () => [...[...remove].map((id) => `${o.dryRun ? 'would remove' : 'removed'} snapshot ${id.slice(0, 12)}`), `${remove.size} snapshot(s)${o.dryRun ? ' would be' : ''} removed; run \`coffer repo prune\` to free the space`]);
+        const dryRun = !!o.dryRun;
+        for (const [id, snapshot] of remove) {
+          if (!dryRun) await r.backend.delete(SNAPSHOTS_PREFIX + id, { signal });
+          const known = snapshot ? { time: snapshot.time, hostname: snapshot.host.hostname, paths: snapshot.paths } : {};
+          out.item({ type: 'forget', snapshot: id, ...known, dryRun }, `${dryRun ? 'would remove' : 'removed'} snapshot ${id.slice(0, 12)}`);
+        }
+        out.summary({ removed: remove.size, dryRun }, () => `${remove.size} snapshot(s)${dryRun ? ' would be' : ''} removed; run \`coffer repo prune\` to free the space`);
       });
     });
 }

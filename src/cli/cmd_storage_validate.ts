@@ -16,10 +16,10 @@ export function register(program: Command): void {
       try {
         const results = await validateStorage(backend, {
           signal: interruptSignal(),
-          onResult: (r) => out.event({ type: 'check', ...r, error: r.error ? String(r.error) : undefined }, `${r.ok ? 'ok  ' : 'FAIL'} ${r.name} (${r.ms} ms)${r.ok ? '' : `: ${r.error}`}`),
+          onResult: (r) => out.event({ type: 'check', name: r.name, ok: r.ok, ms: r.ms, error: r.error ? String(r.error) : undefined }, `${r.ok ? 'ok  ' : 'FAIL'} ${r.name} (${r.ms} ms)${r.ok ? '' : `: ${r.error}`}`),
         });
         const failed = results.filter((r) => !r.ok);
-        out.result({ location: backend.location, passed: results.length - failed.length, failed: failed.length }, () => `${results.length - failed.length} passed, ${failed.length} failed`);
+        out.summary({ location: backend.location, passed: results.length - failed.length, failed: failed.length }, () => `${results.length - failed.length} passed, ${failed.length} failed`);
         if (failed.length) throw new CofferError('CHECK_FAILED', `Storage at ${backend.location} failed ${failed.length} check(s)`, { hint: 'Coffer needs every check to pass for safe backups; see the failures above.' });
       } finally {
         await backend.close();

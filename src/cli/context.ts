@@ -11,6 +11,7 @@ import { RetryBackend } from '../storage/retry.ts';
 import { Repository, type OpenOptions } from '../repository/repository.ts';
 import { describeUnreadable, type SnapshotFilter, type UnreadableSnapshot } from '../repository/snapshot.ts';
 import { WorkerPool } from '../engine/pool.ts';
+import type { EventLine } from './json-schema.ts';
 
 export interface GlobalOptions {
   repo?: string;
@@ -26,33 +27,111 @@ export function globals(cmd: Command): GlobalOptions {
   return cmd.optsWithGlobals() as GlobalOptions;
 }
 
-/** Prints results: JSON lines with --json, otherwise human text. Diagnostics go to stderr. */
+/**
+ * Everything a command prints goes through here. Without --json: results on stdout, events
+ * (progress, warnings, notes) and diagnostics on stderr. With --json (the contract is
+ * docs/json.md and json-schema.ts): stdout carries only JSON lines, each with a `type`, and every
+ * run ends with exactly one final line, a `summary` (exit code 0 or 3) or an `error`, carrying the
+ * exit code; end() writes it once main() knows how the command ended. stderr then carries no
+ * JSON and no messages, only what is meant for a person at a terminal (a password prompt, the
+ * Ctrl-C notice, --debug stack traces).
+ */
 export class Output {
   readonly json: boolean;
+  private pending: Record<string, unknown> | undefined;
+  private ended = false;
   constructor(json: boolean) {
     this.json = json;
   }
-  /** The command's result: one JSON document, or the human rendering. */
-  result(value: unknown, human: () => string | string[]): void {
-    if (this.json) process.stdout.write(JSON.stringify(value) + '\n');
-    else {
-      const h = human();
-      const text = Array.isArray(h) ? h.join('\n') : h;
-      if (text) process.stdout.write(text + '\n');
-    }
+  private line(value: Record<string, unknown>): void {
+    process.stdout.write(JSON.stringify(value) + '\n');
   }
-  /** A streamed event (progress, warning) in --json mode; human text on stderr otherwise. */
-  event(value: Record<string, unknown>, human?: string): void {
-    if (this.json) process.stdout.write(JSON.stringify(value) + '\n');
+  /**
+   * One item of the command's result (a snapshot, a key): a JSON line, or human text on stdout
+   * (none when the human rendering is a table that the summary prints whole).
+   */
+  item(value: EventLine, human?: string): void {
+    if (this.json) this.line(value);
+    else if (human !== undefined) process.stdout.write(human + '\n');
+  }
+  /** The text of one item for a writer that waits on its reader (ls, find, diff): no newline. */
+  render(value: EventLine, human: string): string {
+    return this.json ? JSON.stringify(value) : human;
+  }
+  /** Something that happens while the command runs (progress, a warning): a JSON line, or human text on stderr. */
+  event(value: EventLine, human?: string): void {
+    if (this.json) this.line(value);
     else if (human !== undefined) process.stderr.write(human + '\n');
   }
+  warning(path: string, problem: string): void {
+    this.event({ type: 'warning', path, problem }, `warning: ${path}: ${problem}`);
+  }
+  /**
+   * The command's result. Human text is printed now; the JSON summary waits for end(), which adds
+   * the exit code: a command that goes on to throw WARNINGS still ends with this summary.
+   */
+  summary(value: Record<string, unknown>, human?: () => string | string[]): void {
+    if (this.json) {
+      this.pending = value;
+      return;
+    }
+    const h = human?.();
+    const text = Array.isArray(h) ? h.join('\n') : h;
+    if (text) process.stdout.write(text + '\n');
+  }
+  /** A message for a person (human mode only, on stderr). */
   info(text: string): void {
     if (!this.json) process.stderr.write(text + '\n');
   }
+  /**
+   * Ends the run (main() calls it once): with --json the final line, otherwise the error message
+   * and hint on stderr. Completed with warnings (WARNINGS) ends with the summary and exit code 3;
+   * any other error with one `error` line. If the command had its result before a later step
+   * failed, the error's details.summary keeps it.
+   */
+  end(exitCode: number, error?: CofferError): void {
+    if (this.ended) return;
+    this.ended = true;
+    if (!this.json) {
+      if (error) {
+        process.stderr.write(`coffer: ${error.message}\n`);
+        if (error.hint) process.stderr.write(`  ${error.hint}\n`);
+      }
+      return;
+    }
+    if (!error || error.code === 'WARNINGS') {
+      this.line({ type: 'summary', ...this.pending, exitCode });
+      return;
+    }
+    const details = this.pending ? { ...error.details, summary: { type: 'summary', ...this.pending } } : error.details;
+    this.line({ type: 'error', ...error.toJSON(), ...(details ? { details } : {}), exitCode });
+  }
+  /** A final `help` or `version` line (--json) for what commander would have printed. */
+  endWith(value: { type: 'help'; text: string } | { type: 'version'; version: string }): void {
+    if (this.ended || !this.json) return;
+    this.ended = true;
+    this.line({ ...value, exitCode: 0 });
+  }
+}
+
+/** One Output per program run, shared by main() and the command's action. */
+const outputs = new WeakMap<Command, Output>();
+
+function rootOf(cmd: Command): Command {
+  let c = cmd;
+  while (c.parent) c = c.parent;
+  return c;
+}
+
+export function attachOutput(program: Command, out: Output): void {
+  outputs.set(rootOf(program), out);
 }
 
 export function output(cmd: Command): Output {
-  return new Output(!!globals(cmd).json);
+  const root = rootOf(cmd);
+  let out = outputs.get(root);
+  if (!out) outputs.set(root, (out = new Output(!!globals(cmd).json)));
+  return out;
 }
 
 export function repoUrl(cmd: Command): string {

@@ -2,7 +2,8 @@
 // up, and turns every error into a message with a hint and the right exit code (0 ok, 1 error,
 // 2 usage, 3 completed with warnings, 130 interrupted). Stack traces only with --debug.
 import { Command, CommanderError } from 'commander';
-import { toCofferError } from '../core/errors.ts';
+import { CofferError, toCofferError } from '../core/errors.ts';
+import { Output, attachOutput } from './context.ts';
 import { register as repoInit } from './cmd_repo_init.ts';
 import { register as repoKey } from './cmd_repo_key.ts';
 import { register as repoBackup } from './cmd_repo_backup.ts';
@@ -57,25 +58,42 @@ export function buildProgram(): Command {
   return program;
 }
 
+/** --json anywhere before a `--` (commander accepts the global option after the subcommand too). */
+function wantsJson(argv: string[]): boolean {
+  const end = argv.indexOf('--');
+  return (end < 0 ? argv : argv.slice(0, end)).includes('--json');
+}
+
 export async function main(argv: string[]): Promise<number> {
   const program = buildProgram();
+  const out = new Output(wantsJson(argv));
+  attachOutput(program, out);
+  // With --json, what commander would print (help, version, usage errors) becomes the final line.
+  let commanderText = '';
+  if (out.json) {
+    const capture = (s: string) => void (commanderText += s);
+    const all = (c: Command): Command[] => [c, ...c.commands.flatMap(all)];
+    for (const c of all(program)) c.configureOutput({ writeOut: capture, writeErr: capture });
+  }
   try {
     await program.parseAsync(argv, { from: 'user' });
+    out.end(0);
     return 0;
   } catch (e) {
     if (e instanceof CommanderError) {
-      if (e.code === 'commander.helpDisplayed' || e.code === 'commander.version' || e.code === 'commander.help') return 0;
-      return 2; // commander already printed the problem
+      if (e.code === 'commander.version') out.endWith({ type: 'version', version: VERSION });
+      else if (e.code === 'commander.helpDisplayed' || e.code === 'commander.help') out.endWith({ type: 'help', text: commanderText });
+      else {
+        // commander has already printed the problem, unless --json captured it.
+        const problem = e.message.replace(/^error: /, '');
+        if (out.json) out.end(2, new CofferError('USAGE', `Cannot parse the command line: ${problem}`, { hint: 'Run the command with --help for its usage.' }));
+        return 2;
+      }
+      return 0;
     }
     const err = toCofferError(e);
-    const json = argv.includes('--json');
-    const debug = argv.includes('--debug');
-    if (json) process.stdout.write(JSON.stringify({ type: 'error', ...err.toJSON() }) + '\n');
-    if (err.code !== 'WARNINGS' || !json) {
-      process.stderr.write(`coffer: ${err.message}\n`);
-      if (err.hint) process.stderr.write(`  ${err.hint}\n`);
-    }
-    if (debug) process.stderr.write(`${(err.cause instanceof Error ? err.cause : err).stack}\n`);
+    out.end(err.exitCode, err);
+    if (argv.includes('--debug')) process.stderr.write(`${(err.cause instanceof Error ? err.cause : err).stack}\n`);
     return err.exitCode;
   }
 }

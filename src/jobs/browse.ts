@@ -290,7 +290,7 @@ export function nodeJson(path: string, n: TreeNode): Record<string, unknown> {
     path,
     name: n.name,
     ...(n.rawName !== undefined ? { rawName: n.rawName } : {}),
-    type: n.type,
+    nodeType: n.type,
     mode: n.mode,
     permissions: modeString(n),
     uid: n.uid,

@@ -1,0 +1,307 @@
+// The --json output contract, in code: the shape of every JSON line the CLI prints, which
+// commands print which lines, and checkJsonOutput(), which tests run on every command's output.
+// docs/json.md is the same contract in prose; a change here needs a change there (a test checks
+// that every type and command is named in it).
+//
+// Objects are strict: a field the schema does not know fails the tests, so that nothing reaches
+// users without being documented. The exceptions are objects that mirror what the repository
+// stores (a snapshot, the repository config, a host identity): they are checked for the
+// documented fields and may carry more (z.object lets unknown keys through), so that a new field
+// in the repository format does not need a CLI change. Consumers must ignore unknown fields.
+import { z } from 'zod';
+import { ERROR_CODES, EXIT_CODES } from '../core/errors.ts';
+import { NODE_TYPES } from '../repository/tree.ts';
+
+const id = z.string().regex(/^[0-9a-f]{64}$/, 'a 64-digit hex id');
+const count = z.number().int().nonnegative();
+const time = z.string().min(1);
+
+const host = z.object({ hostname: z.string(), os: z.string(), osRelease: z.string().optional(), arch: z.string(), machineId: z.string().optional() });
+
+/** The fields of a tree node that `ls` and `find` print (`nodeType` is the node's own type). */
+const nodeFields = {
+  path: z.string(),
+  name: z.string(),
+  rawName: z.string().optional(),
+  nodeType: z.enum(NODE_TYPES),
+  mode: count,
+  permissions: z.string().length(10),
+  uid: count,
+  gid: count,
+  user: z.string().optional(),
+  group: z.string().optional(),
+  size: count.optional(),
+  mtime: time,
+  mtimeNs: z.string().regex(/^-?\d+$/),
+  linkTarget: z.string().optional(),
+  links: count.optional(),
+  sparse: z.literal(true).optional(),
+};
+
+/** Every line a command prints before its final line, by `type`. */
+export const EVENT_LINES = {
+  progress: z.strictObject({
+    type: z.literal('progress'),
+    message: z.string().optional(),
+    files: count.optional(),
+    dirs: count.optional(),
+    bytesScanned: count.optional(),
+    bytesRead: count.optional(),
+    bytesNew: count.optional(),
+    bytesTotal: count.optional(),
+    currentPath: z.string().optional(),
+  }),
+  // A warning is about a path (backup, restore) or a whole snapshot that could not be read.
+  warning: z.strictObject({ type: z.literal('warning'), path: z.string().optional(), snapshot: id.optional(), problem: z.string() }),
+  notice: z.strictObject({ type: z.literal('notice'), snapshot: id.optional(), message: z.string() }),
+  hosts: z.strictObject({ type: z.literal('hosts'), snapshot: id, time, source: host, target: host, targetPath: z.string() }),
+  entry: z.strictObject({
+    type: z.literal('entry'),
+    action: z.enum(['create', 'overwrite', 'metadata', 'unchanged', 'skip']),
+    path: z.string(),
+    nodeType: z.enum([...NODE_TYPES, 'hardlink']),
+    size: count.optional(),
+    reason: z.string().optional(),
+    dryRun: z.boolean(),
+  }),
+  node: z.strictObject({ type: z.literal('node'), ...nodeFields }),
+  match: z.strictObject({ type: z.literal('match'), snapshot: id, time, hostname: z.string(), ...nodeFields }),
+  change: z.strictObject({
+    type: z.literal('change'),
+    change: z.enum(['added', 'removed', 'modified', 'metadata']),
+    path: z.string(),
+    nodeType: z.enum(NODE_TYPES),
+    what: z.array(z.string()).optional(),
+  }),
+  snapshot: z.object({
+    type: z.literal('snapshot'),
+    id,
+    version: z.number().int(),
+    time,
+    tree: id,
+    paths: z.array(z.string()),
+    host,
+    username: z.string(),
+    tags: z.array(z.string()),
+    parent: id.optional(),
+    program: z.string(),
+    summary: z.object({
+      filesNew: count,
+      filesChanged: count,
+      filesUnchanged: count,
+      dirs: count,
+      bytesScanned: count,
+      bytesRead: count.optional(),
+      bytesNew: count,
+      bytesStored: count,
+      blobsNew: count,
+      warnings: count,
+      durationMs: count,
+    }).optional(),
+    warnings: z.array(z.object({ path: z.string(), problem: z.string() })).optional(),
+  }),
+  key: z.strictObject({ type: z.literal('key'), id, current: z.boolean(), created: time, username: z.string(), hostname: z.string() }),
+  // time, hostname and paths when the snapshot was read (not when it is removed by id: it may be damaged).
+  forget: z.strictObject({ type: z.literal('forget'), snapshot: id, time: time.optional(), hostname: z.string().optional(), paths: z.array(z.string()).optional(), dryRun: z.boolean() }),
+  problem: z.strictObject({
+    type: z.literal('problem'),
+    severity: z.enum(['error', 'warning']),
+    kind: z.string(),
+    message: z.string(),
+    pack: z.string().optional(),
+    blob: z.string().optional(),
+    snapshot: z.string().optional(),
+    path: z.string().optional(),
+  }),
+  affected: z.strictObject({ type: z.literal('affected'), snapshot: id, path: z.string(), blob: id }),
+  check: z.strictObject({ type: z.literal('check'), name: z.string(), ok: z.boolean(), ms: z.number().nonnegative(), error: z.string().optional() }),
+} as const;
+
+export type EventType = keyof typeof EVENT_LINES;
+/** A line a command prints while it runs or lists (Output.event, item and render take these). */
+export type EventLine = { [K in EventType]: z.infer<(typeof EVENT_LINES)[K]> }[EventType];
+
+const exitCode = z.number().int().nonnegative();
+/** The final lines: exactly one of them ends every run, and it carries the process exit code. */
+export const FINAL_LINES = {
+  /** Success (exitCode 0) or completed with warnings (3); the fields depend on the command. */
+  summary: z.looseObject({ type: z.literal('summary'), exitCode: z.union([z.literal(0), z.literal(3)]) }),
+  error: z.strictObject({
+    type: z.literal('error'),
+    code: z.enum(ERROR_CODES),
+    message: z.string().min(1),
+    hint: z.string().optional(),
+    details: z.record(z.string(), z.unknown()).optional(),
+    exitCode,
+  }),
+  help: z.strictObject({ type: z.literal('help'), text: z.string().min(1), exitCode: z.literal(0) }),
+  version: z.strictObject({ type: z.literal('version'), version: z.string().min(1), exitCode: z.literal(0) }),
+} as const;
+
+export type FinalType = keyof typeof FINAL_LINES;
+export const LINE_TYPES = [...Object.keys(EVENT_LINES), ...Object.keys(FINAL_LINES)] as Array<EventType | FinalType>;
+
+const restoreCounts = z.strictObject({ files: count, dirs: count, symlinks: count, hardlinks: count, special: count, bytes: count });
+const summary = <S extends z.ZodRawShape>(shape: S) => z.strictObject({ type: z.literal('summary'), exitCode: z.union([z.literal(0), z.literal(3)]), ...shape });
+
+export interface CommandOutput {
+  /** The event lines the command may print before its final line. */
+  events: EventType[];
+  /** Its summary line; null for a command that refuses --json (it only ever ends with an error). */
+  summary: z.ZodType | null;
+}
+
+/** Every command of the CLI (its path below `coffer`) and what it prints with --json. */
+export const COMMAND_OUTPUT: Record<string, CommandOutput> = {
+  'repo init': {
+    events: [],
+    summary: summary({
+      id,
+      location: z.string(),
+      config: z.object({ version: z.number().int(), id, created: time, chunker: z.object({ minSize: count, avgSize: count, maxSize: count }), imageChunkSize: count, compressionLevel: count, packSize: count }),
+    }),
+  },
+  'repo key list': { events: ['key'], summary: summary({ keys: count }) },
+  'repo key add': { events: [], summary: summary({ id }) },
+  'repo key remove': { events: [], summary: summary({ removed: id }) },
+  'repo backup': {
+    events: ['progress', 'warning', 'notice'],
+    summary: summary({
+      snapshot: id.optional(),
+      parent: id.optional(),
+      dryRun: z.boolean(),
+      filesNew: count,
+      filesChanged: count,
+      filesUnchanged: count,
+      dirs: count,
+      bytesScanned: count,
+      bytesRead: count,
+      bytesNew: count,
+      bytesStored: count,
+      blobsNew: count,
+      warnings: count,
+      durationMs: count,
+    }),
+  },
+  'repo restore': {
+    events: ['hosts', 'notice', 'entry', 'warning'],
+    summary: summary({
+      snapshot: id,
+      target: z.string(),
+      dryRun: z.boolean(),
+      created: restoreCounts,
+      overwritten: restoreCounts,
+      metadataRestored: restoreCounts,
+      unchanged: restoreCounts,
+      compare: z.enum(['size-mtime', 'content']),
+      skipped: restoreCounts,
+      warnings: count,
+      staleTemps: z.strictObject({ removed: count, kept: count }),
+    }),
+  },
+  'repo ls': { events: ['notice', 'node'], summary: summary({ snapshot: id, path: z.string(), entries: count }) },
+  'repo find': { events: ['warning', 'match'], summary: summary({ pattern: z.string(), matches: count, snapshots: count, searched: count, warnings: count }) },
+  'repo diff': { events: ['notice', 'change'], summary: summary({ from: id, to: id, added: count, removed: count, modified: count, metadata: count }) },
+  // The file's bytes are the output: --json is refused (docs/json.md).
+  'repo dump': { events: [], summary: null },
+  'repo snapshots': { events: ['warning', 'snapshot'], summary: summary({ snapshots: count, warnings: count }) },
+  'repo forget': { events: ['notice', 'forget'], summary: summary({ removed: count, dryRun: z.boolean() }) },
+  'repo check': {
+    events: ['progress', 'problem', 'affected'],
+    summary: summary({
+      ok: z.literal(true),
+      readData: z.boolean(),
+      stats: z.strictObject({ snapshots: count, trees: count, indexFiles: count, packs: count, blobs: count, packsRead: count, bytesRead: count }),
+      problems: count,
+      damageRecorded: id.optional(),
+      damageCleared: z.array(id),
+      advice: z.array(z.string()),
+    }),
+  },
+  'repo prune': {
+    events: ['progress'],
+    summary: summary({
+      dryRun: z.boolean(),
+      packsCondemned: count,
+      bytesCondemned: count,
+      packsRepacked: count,
+      blobsRepacked: count,
+      packsDeleted: count,
+      bytesDeleted: count,
+      indexFilesDeleted: count,
+      packsKept: count,
+      plansWaiting: count,
+    }),
+  },
+  'repo rebuild-index': { events: ['problem'], summary: summary({ packs: count, blobs: count, indexFilesWritten: count, indexFilesDeleted: count }) },
+  'storage validate': { events: ['check'], summary: summary({ location: z.string(), passed: count, failed: z.literal(0) }) },
+  quickstart: {
+    events: ['warning'],
+    summary: summary({ repository: z.string(), created: z.boolean(), snapshot: id, snapshots: count, check: z.enum(['ok', 'failed']), warnings: count }),
+  },
+};
+
+function describeIssues(error: z.ZodError): string {
+  return error.issues.map((i) => `${i.path.length ? i.path.join('.') : '(line)'}: ${i.message}`).join('; ');
+}
+
+/**
+ * Checks a command's whole standard output in --json mode against the contract: every line is
+ * one JSON object with a known `type` that this command may print, valid for its schema; exactly
+ * one final line (summary, error, help or version) ends the output and carries the process's
+ * exit code; a summary counts as many warnings as there were `warning` lines. `command` is the
+ * command's path ("repo backup"), or undefined for the program itself (`coffer --json --help`).
+ * Returns the parsed lines; throws an Error naming every bad line.
+ */
+export function checkJsonOutput(command: string | undefined, stdout: string, processExitCode: number | null): Array<Record<string, unknown> & { type: string }> {
+  const spec = command === undefined ? { events: [], summary: null } : COMMAND_OUTPUT[command];
+  if (!spec) throw new Error(`No --json contract for command "${command}": add it to COMMAND_OUTPUT in src/cli/json-schema.ts and to docs/json.md`);
+  const problems: string[] = [];
+  if (stdout === '') throw new Error(`${command ?? 'coffer'}: printed nothing on stdout; every run must end with a final line`);
+  if (!stdout.endsWith('\n')) problems.push('stdout does not end with a newline');
+  const texts = stdout.replace(/\n$/, '').split('\n');
+  const lines: Array<Record<string, unknown> & { type: string }> = [];
+  texts.forEach((text, i) => {
+    const where = `line ${i + 1} ${JSON.stringify(text.length > 300 ? text.slice(0, 300) + '…' : text)}`;
+    let value: unknown;
+    try {
+      value = JSON.parse(text);
+    } catch {
+      problems.push(`${where}: not JSON`);
+      return;
+    }
+    if (typeof value !== 'object' || value === null || Array.isArray(value)) return void problems.push(`${where}: not a JSON object`);
+    const type = (value as { type?: unknown }).type;
+    if (typeof type !== 'string') return void problems.push(`${where}: no string "type" field`);
+    const isFinal = Object.hasOwn(FINAL_LINES, type);
+    const last = i === texts.length - 1;
+    if (isFinal && !last) problems.push(`${where}: a final "${type}" line must be the last line`);
+    if (!isFinal && last) problems.push(`${where}: the last line must be summary, error, help or version, not "${type}"`);
+    let schema: z.ZodType | undefined;
+    if (type === 'summary') {
+      schema = spec.summary ?? undefined;
+      if (!schema) problems.push(`${where}: ${command ?? 'coffer'} never prints a summary`);
+    } else if (isFinal) schema = FINAL_LINES[type as FinalType];
+    else if (!Object.hasOwn(EVENT_LINES, type)) problems.push(`${where}: unknown type "${type}"`);
+    else if (!(spec.events as string[]).includes(type)) problems.push(`${where}: ${command ?? 'coffer'} may not print "${type}" lines (it prints ${spec.events.join(', ') || 'no event lines'})`);
+    else schema = EVENT_LINES[type as EventType];
+    if (schema) {
+      const r = schema.safeParse(value);
+      if (!r.success) problems.push(`${where}: ${describeIssues(r.error)}`);
+    }
+    lines.push(value as Record<string, unknown> & { type: string });
+  });
+  const final = lines.at(-1);
+  if (final && problems.length === 0) {
+    if (final.exitCode !== processExitCode) problems.push(`the final line says exitCode ${String(final.exitCode)} but the process exited with ${processExitCode}`);
+    if (final.type === 'error' && final.exitCode !== EXIT_CODES[final.code as keyof typeof EXIT_CODES]) problems.push(`an error ${String(final.code)} must exit with ${EXIT_CODES[final.code as keyof typeof EXIT_CODES]}`);
+    if (final.type === 'error' && (final.exitCode === 0 || final.exitCode === 3)) problems.push('exit codes 0 and 3 end with a summary, not an error');
+    if (final.type === 'summary' && typeof final.warnings === 'number') {
+      const seen = lines.filter((l) => l.type === 'warning').length;
+      if (final.warnings !== seen) problems.push(`the summary counts ${final.warnings} warning(s) but ${seen} warning line(s) were printed`);
+      if ((final.warnings > 0) !== (final.exitCode === 3)) problems.push(`a summary with ${final.warnings} warning(s) must have exitCode ${final.warnings > 0 ? 3 : 0}`);
+    }
+  }
+  if (problems.length) throw new Error(`${command ?? 'coffer'} --json output breaks docs/json.md:\n  ${problems.join('\n  ')}`);
+  return lines;
+}
