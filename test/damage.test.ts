@@ -124,8 +124,7 @@ describe('damage tolerance', () => {
     await writeFile(join(src, 'big'), randomBytes(99, 5_000_000));
     ok(await c('init', '--pack-size', '1'), 'init');
     ok(await c('backup', src), 'backup');
-    const packs = await listPacks(join(dir, 'repo'));
-    const largest = packs.sort((a, b) => b.size - a.size)[0]!;
+    const largest = await largestDataPack(dir);
     await truncate(largest.path, Math.floor(largest.size / 2));
 
     const out = join(dir, 'out');
@@ -195,8 +194,7 @@ describe('damage tolerance', () => {
     await writeFile(join(src, 'a'), randomBytes(6, 3_000_000));
     ok(await c('init', '--pack-size', '1'), 'init');
     ok(await c('backup', src), 'backup');
-    const packs = await listPacks(join(dir, 'repo'));
-    await rm(packs.sort((a, b) => b.size - a.size)[0]!.path);
+    await rm((await largestDataPack(dir)).path);
     const r = await c('check');
     assert.equal(r.code, 1);
     assert.match(r.stdout, /missing from storage/);
@@ -206,7 +204,36 @@ describe('damage tolerance', () => {
     assert.deepEqual(await listTree(join(out, ...src.split('/').filter(Boolean))), await listTree(src));
     ok(await c('check'), 'check after: the old snapshot is whole again');
   });
+
+  it('rebuild-index (repair index) keeps what a truncated pack still holds: the snapshot restores all but the files it names', async (t) => {
+    const dir = await tempDir(t);
+    const c = repoCli(dir);
+    const src = join(dir, 'src');
+    await mkdir(src);
+    for (let i = 0; i < 93; i++) await writeFile(join(src, `f${i}`), randomBytes(200 + i, 3000 + ((i * 7919) % 30000)));
+    await writeFile(join(src, 'big'), randomBytes(299, 5_000_000));
+    ok(await c('init', '--pack-size', '1'), 'init');
+    ok(await c('backup', src), 'backup');
+    const largest = await largestDataPack(dir);
+    await truncate(largest.path, Math.floor(largest.size / 2));
+    const report = join(dir, 'report.json');
+    const r = await c('rebuild-index', '--report', report);
+    assert.equal(r.code, 3, r.stderr);
+    assert.match(r.stdout, new RegExp(`pack ${largest.hex.slice(0, 12)}: trailer unreadable .* kept \\d+ of the \\d+ blobs`));
+    const named = JSON.parse(await readFile(report, 'utf8')).lostFiles.map((f: { path: string }) => f.path.split('/').at(-1));
+    const out = join(dir, 'out');
+    const restored = await c('restore', 'latest', '--target', out);
+    const want = await listTree(src);
+    const got = await listTree(join(out, ...src.split('/').filter(Boolean)));
+    for (const [name, e] of want) {
+      if (named.includes(name)) assert.ok(!got.has(name));
+      else assert.deepEqual(got.get(name), e, `${name} restores after the index repair`);
+    }
+    assert.equal(restored.code, named.length ? 1 : 0);
+    assert.ok(got.size > 0, 'the snapshot is restorable');
+  });
 });
+
 
 /** The packs of a local repository, with their ids. */
 async function listPacks(repo: string): Promise<Array<{ path: string; hex: string; size: number }>> {
@@ -218,12 +245,18 @@ async function listPacks(repo: string): Promise<Array<{ path: string; hex: strin
 }
 
 /** Every blob location the repository's index lists (read through the library). */
-async function indexEntries(dir: string): Promise<IndexEntry[]> {
+async function indexEntries(dir: string): Promise<Array<IndexEntry & { pack: string }>> {
   const repo = await Repository.open(new LocalBackend(join(dir, 'repo')), 'pw', { noCache: true });
   try {
     await repo.loadIndex();
-    return [...repo.index.entries()].map((e) => e.entry);
+    return [...repo.index.entries()].map((e) => ({ ...e.entry, pack: e.packId.toString('hex') }));
   } finally {
     await repo.close();
   }
+}
+
+/** The largest pack that holds no tree (damaging trees makes whole directories go: another test). */
+async function largestDataPack(dir: string): Promise<{ path: string; hex: string; size: number }> {
+  const withTrees = new Set((await indexEntries(dir)).filter((e) => e.type === 'tree').map((e) => e.pack));
+  return (await listPacks(join(dir, 'repo'))).filter((p) => !withTrees.has(p.hex)).sort((a, b) => b.size - a.size)[0]!;
 }

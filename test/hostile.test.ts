@@ -11,7 +11,7 @@ import { chunkId, toHex } from '../src/engine/hash.ts';
 import { backup } from '../src/jobs/backup.ts';
 import { restore } from '../src/jobs/restore.ts';
 import { check } from '../src/repository/check.ts';
-import { rebuildIndex } from '../src/repository/rebuild-index.ts';
+import { repairIndex } from '../src/repository/repair.ts';
 import { BlobSaver } from '../src/repository/packer.ts';
 import { Repository } from '../src/repository/repository.ts';
 import { decodeTree } from '../src/repository/tree.ts';
@@ -50,7 +50,7 @@ describe('hostile input', () => {
     t.after(() => tr.close());
     await backup(tr.repo, tr.pool, [join(dir, 'src')]);
     const names = (await listAll(backend, '')).map((o) => o.name).filter((n) => !n.startsWith('sessions/'));
-    // rebuild-index repairs the repository; every mutation starts again from this state.
+    // repair index repairs the repository; every mutation starts again from this state.
     const saved = new Map<string, Buffer>();
     for (const n of names) saved.set(n, await backend.get(n));
     const resetState = async () => {
@@ -69,7 +69,7 @@ describe('hostile input', () => {
           try {
             const c = await check(r, { readData: true });
             if (name !== 'config' && !name.startsWith('keys/')) assert.equal(c.ok, false, `${what} went unnoticed`);
-            await rebuildIndex(r).catch((e) => {
+            await repairIndex(r).catch((e) => {
               if (!(e instanceof CofferError)) throw e;
             });
           } finally {

@@ -1,5 +1,5 @@
 // End-to-end tests of the repository engine: init/open, keys, backup → restore round trips,
-// check, rebuild-index.
+// check, repair index.
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
@@ -11,7 +11,7 @@ import { Repository } from '../src/repository/repository.ts';
 import { backup } from '../src/jobs/backup.ts';
 import { restore } from '../src/jobs/restore.ts';
 import { check } from '../src/repository/check.ts';
-import { rebuildIndex } from '../src/repository/rebuild-index.ts';
+import { repairIndex } from '../src/repository/repair.ts';
 import { loadAllSnapshots } from '../src/repository/snapshot.ts';
 import { INDEX_PREFIX } from '../src/repository/layout.ts';
 import { listAll } from '../src/storage/backend.ts';
@@ -102,7 +102,7 @@ describe('repository', () => {
     assert.ok(c.stats.packsRead > 1);
   });
 
-  it('rebuild-index recreates a lost index from the packs alone', async (t) => {
+  it('repair index recreates a lost index from the packs alone', async (t) => {
     const dir = await tempDir(t);
     const src = join(dir, 'src');
     await makeSourceTree(src, 2);
@@ -113,8 +113,9 @@ describe('repository', () => {
     const r2 = await tr.reopen();
     const broken = await check(r2);
     assert.equal(broken.ok, false);
-    const res = await rebuildIndex(r2);
-    assert.deepEqual(res.damaged, []);
+    const res = await repairIndex(r2);
+    assert.deepEqual(res.damagedPacks, []);
+    assert.equal(res.lostFileCount, 0);
     assert.ok(res.blobs > 10);
     const r3 = await tr.reopen();
     const c = await check(r3, { readData: true });

@@ -19,7 +19,7 @@ export function register(repo: Command): void {
         for (const s of all) out.item({ type: 'snapshot', id: s.id, ...s.snapshot });
         out.summary({ snapshots: all.length, warnings: listing.unreadable.length }, () => [
           'ID            Time                      Host              Paths',
-          ...all.map((s) => `${s.id.slice(0, 12)}  ${s.snapshot.time.padEnd(24)}  ${s.snapshot.host.hostname.padEnd(16)}  ${s.snapshot.paths.join(', ')}${s.snapshot.summary ? `  (${formatBytes(s.snapshot.summary.bytesScanned)})` : ''}`),
+          ...all.map((s) => `${s.id.slice(0, 12)}  ${s.snapshot.time.padEnd(24)}  ${s.snapshot.host.hostname.padEnd(16)}  ${s.snapshot.paths.join(', ')}${s.snapshot.summary ? `  (${formatBytes(s.snapshot.summary.bytesScanned)})` : ''}${s.snapshot.tags.length ? `  [${s.snapshot.tags.join(', ')}]` : ''}${s.snapshot.repairedFrom ? `  repaired from ${s.snapshot.repairedFrom.slice(0, 12)}` : ''}`),
           `${all.length} snapshot(s)${listing.unreadable.length ? `, ${listing.unreadable.length} unreadable` : ''}`,
         ]);
         if (listing.unreadable.length) throw new CofferError('WARNINGS', `${listing.unreadable.length} snapshot(s) could not be read`, { hint: 'See the warnings above; `coffer repo check` tells more.' });

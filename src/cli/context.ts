@@ -230,6 +230,7 @@ export async function openRepo(cmd: Command, signal?: AbortSignal): Promise<Repo
 export async function withRepo<T>(cmd: Command, fn: (repo: Repository, signal: AbortSignal) => Promise<T>): Promise<T> {
   const signal = interruptSignal();
   const repo = await openRepo(cmd, signal);
+  if (repo.configNote) output(cmd).event({ type: 'notice', message: repo.configNote }, `note: ${repo.configNote}`);
   try {
     return await fn(repo, signal);
   } finally {

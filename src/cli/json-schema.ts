@@ -151,6 +151,21 @@ export interface CommandOutput {
   summary: z.ZodType | null;
 }
 
+const repairIndexSummary = summary({
+  kind: z.literal('index'),
+  dryRun: z.boolean(),
+  packs: count,
+  blobs: count,
+  damagedPacks: z.array(z.strictObject({ pack: id, error: z.string(), blobsKnown: count, blobsKept: count })),
+  missingPacks: z.array(id),
+  indexFilesWritten: count,
+  indexFilesRemoved: count,
+  indexFilesQuarantined: z.array(id),
+  lostFiles: count,
+  warnings: count,
+  report: z.string().optional(),
+});
+
 /** Every command of the CLI (its path below `coffer`) and what it prints with --json. */
 export const COMMAND_OUTPUT: Record<string, CommandOutput> = {
   'repo init': {
@@ -233,7 +248,45 @@ export const COMMAND_OUTPUT: Record<string, CommandOutput> = {
       plansWaiting: count,
     }),
   },
-  'repo rebuild-index': { events: ['problem'], summary: summary({ packs: count, blobs: count, indexFilesWritten: count, indexFilesDeleted: count }) },
+  'repo repair index': { events: ['progress', 'warning'], summary: repairIndexSummary },
+  'repo rebuild-index': { events: ['progress', 'warning'], summary: repairIndexSummary },
+  'repo repair packs': {
+    events: ['progress', 'warning'],
+    summary: summary({
+      kind: z.literal('packs'),
+      dryRun: z.boolean(),
+      packs: z.array(z.strictObject({ pack: id, problem: z.string(), blobs: count, salvaged: count, elsewhere: count, lost: count, quarantined: z.boolean() })),
+      blobsSalvaged: count,
+      blobsLost: count,
+      indexFilesWritten: count,
+      damageRecordsRetired: count,
+      lostFiles: count,
+      warnings: count,
+      report: z.string().optional(),
+    }),
+  },
+  'repo repair snapshots': {
+    events: ['progress', 'warning'],
+    summary: summary({
+      kind: z.literal('snapshots'),
+      dryRun: z.boolean(),
+      repaired: z.array(z.strictObject({ snapshot: id, replacement: id.optional(), lostFiles: count, forgotten: z.boolean() })),
+      unreadable: z.array(z.strictObject({ snapshot: id, error: z.string(), quarantined: z.boolean() })),
+      recovered: z.array(z.strictObject({ snapshot: id.optional(), tree: id, entries: count })),
+      lostFiles: count,
+      warnings: count,
+      report: z.string().optional(),
+    }),
+  },
+  'repo repair config': {
+    events: [],
+    summary: summary({
+      kind: z.literal('config'),
+      dryRun: z.boolean(),
+      copies: z.array(z.strictObject({ name: z.string(), ok: z.boolean(), problem: z.string().optional() })),
+      rewritten: z.array(z.string()),
+    }),
+  },
   'storage validate': { events: ['check'], summary: summary({ location: z.string(), passed: count, failed: z.literal(0) }) },
   quickstart: {
     events: ['warning'],
@@ -283,7 +336,8 @@ export function checkJsonOutput(command: string | undefined, stdout: string, pro
       if (!schema) problems.push(`${where}: ${command ?? 'coffer'} never prints a summary`);
     } else if (isFinal) schema = FINAL_LINES[type as FinalType];
     else if (!Object.hasOwn(EVENT_LINES, type)) problems.push(`${where}: unknown type "${type}"`);
-    else if (!(spec.events as string[]).includes(type)) problems.push(`${where}: ${command ?? 'coffer'} may not print "${type}" lines (it prints ${spec.events.join(', ') || 'no event lines'})`);
+    // A notice about the repository itself (its config was read from the copy) may come from any command.
+    else if (type !== 'notice' && !(spec.events as string[]).includes(type)) problems.push(`${where}: ${command ?? 'coffer'} may not print "${type}" lines (it prints ${spec.events.join(', ') || 'no event lines'})`);
     else schema = EVENT_LINES[type as EventType];
     if (schema) {
       const r = schema.safeParse(value);

@@ -15,7 +15,7 @@ import { register as repoDump } from './cmd_repo_dump.ts';
 import { register as repoSnapshots } from './cmd_repo_snapshots.ts';
 import { register as repoCheck } from './cmd_repo_check.ts';
 import { register as repoPrune } from './cmd_repo_prune.ts';
-import { register as repoRebuildIndex } from './cmd_repo_rebuild_index.ts';
+import { register as repoRepair } from './cmd_repo_repair.ts';
 import { register as storageValidate } from './cmd_storage_validate.ts';
 import { register as quickstart } from './cmd_quickstart.ts';
 
@@ -49,7 +49,7 @@ export function buildProgram(): Command {
   repoSnapshots(repo);
   repoCheck(repo);
   repoPrune(repo);
-  repoRebuildIndex(repo);
+  repoRepair(repo);
   storageValidate(program);
   quickstart(program);
   // Every command, however deep, shares the error handling and exits through main().

@@ -268,7 +268,7 @@ const TAIL_READ = 64 * 1024;
 
 /**
  * Reads a pack's blob list with ranged reads: header, then the last bytes (footer, and usually
- * the whole trailer), then the trailer if it was not in them. For rebuild-index and check.
+ * the whole trailer), then the trailer if it was not in them. For repair index and check.
  */
 export async function readPackIndex(
   keys: RepoKeys,

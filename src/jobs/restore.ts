@@ -553,6 +553,9 @@ export async function restore(repo: Repository, source: Snapshot | string, targe
     options.onEntry?.(e);
   };
   const damaged = result.damaged;
+  if (typeof source !== 'string' && source.repairedFrom) {
+    warn('/', `this snapshot is the repair of ${source.repairedFrom.slice(0, 12)}, whose data was partly lost: what was lost is renamed *.damaged (zero-filled, or an empty directory), or missing if the whole snapshot root was lost`);
+  }
   // Copies that could not be read, by pack: recorded in the repository at the end (damage.ts),
   // so that the next backup stores those blobs again instead of deduplicating against them.
   const readFailures = new Map<string, PackDamage>();
@@ -1406,6 +1409,8 @@ export async function restore(repo: Repository, source: Snapshot | string, targe
       const innerPath = `${dir.inner}/${n.name}`;
       const decision = filter.decide(innerPath, n.type === 'dir', selected);
       if (decision === 'skip') continue;
+      // An entry a repair marked (NAME.damaged): restored as it is now, never silently.
+      if (n.repaired && decision === 'all') warn(innerPath, `restored from a repaired snapshot: ${n.repaired}`);
       const path = childPath(dir.path, nameBytes(n));
       if (n.type === 'dir') {
         const child = new DirCtx(path, innerPath, dir, n, decision === 'all');

@@ -177,23 +177,35 @@ export async function check(repo: Repository, options: CheckOptions = {}): Promi
     const usedData = new Set<string>();
     /** Used blobs (type + hex) of which no copy is left, with the problem that says so. */
     const lost = new Map<string, Problem>();
-    for (const s of snapshots) {
+    // Originals that `repair snapshots` replaced come last: what only they use is lost already,
+    // and said so by the repair (a warning here, until they are forgotten).
+    const replaced = new Map(snapshots.flatMap((s) => (s.snapshot.repairedFrom ? [[s.snapshot.repairedFrom, s.id] as const] : [])));
+    const ordered = [...snapshots.filter((s) => !replaced.has(s.id)), ...snapshots.filter((s) => replaced.has(s.id))];
+    const usedByLive = new Set<string>();
+    for (const s of ordered) {
       throwIfAborted(signal);
+      const live = !replaced.has(s.id);
+      const severity = live ? 'error' : 'warning';
+      const was = live ? '' : ` (the snapshot was repaired as ${replaced.get(s.id)!.slice(0, 12)}; \`coffer repo forget ${s.id.slice(0, 12)}\` removes it)`;
       await walkTree(repo, s.snapshot.tree, {
         enterTree: (id) => {
+          if (live) usedByLive.add('tree' + id);
           if (seenTrees.has(id)) return false;
           seenTrees.add(id);
           return true;
         },
         treeError: (path, id, e) => {
-          const p: Problem = { kind: 'tree-unreadable', severity: 'error', snapshot: s.id, path, blob: id, message: `tree ${id.slice(0, 12)} (${path} in snapshot ${s.id.slice(0, 12)}) is unreadable: ${(e as Error).message}` };
+          const p: Problem = { kind: 'tree-unreadable', severity, snapshot: s.id, path, blob: id, message: `tree ${id.slice(0, 12)} (${path} in snapshot ${s.id.slice(0, 12)}) is unreadable: ${(e as Error).message}${was}` };
           add(p);
           lost.set(blobKey('tree', id), p);
           const hit = repo.locate('tree', fromHex(id));
           if (hit && isCofferError(e) && !isCofferError(e, 'NOT_FOUND') && !unusable.has(toHex(hit.packId))) foundPack(toHex(hit.packId), 'a damaged tree').blobs?.push({ type: 'tree', id });
         },
         node: (_path, n) => {
-          for (const c of n.content ?? []) usedData.add(c);
+          for (const c of n.content ?? []) {
+            usedData.add(c);
+            if (live) usedByLive.add('data' + c);
+          }
         },
       }, { signal });
     }
@@ -272,18 +284,25 @@ export async function check(repo: Repository, options: CheckOptions = {}): Promi
         return;
       }
       if (hits.some(sound)) return;
-      for (const h of hits) losingPacks.add(toHex(h.packId));
+      if (usedByLive.has(blobKey(type, hex))) for (const h of hits) losingPacks.add(toHex(h.packId));
       const where = hits.map((h) => toHex(h.packId).slice(0, 12)).join(', ');
       lost.set(blobKey(type, hex), { kind: 'blob-lost', severity: 'error', blob: hex, pack: toHex(hits[0]!.packId), message: `${type} blob ${hex.slice(0, 12)} has no readable copy (pack ${where})` });
     };
     for (const c of usedData) judge('data', c);
     for (const t of seenTrees) {
       if (!lost.has(blobKey('tree', t))) judge('tree', t);
-      else for (const h of repo.index.lookupAll(fromHex(t), 'tree')) losingPacks.add(toHex(h.packId));
+      else if (usedByLive.has(blobKey('tree', t))) for (const h of repo.index.lookupAll(fromHex(t), 'tree')) losingPacks.add(toHex(h.packId));
     }
     // Per blob only those the index does not know at all; the rest is said per pack, and the
-    // affected files are listed below.
-    for (const p of lost.values()) if (p.kind === 'blob-missing') add(p);
+    // affected files are listed below. Lost to replaced originals only: a warning.
+    for (const [k, p] of lost) {
+      if (p.kind !== 'blob-missing' && p.kind !== 'blob-lost') continue;
+      if (!usedByLive.has(k)) {
+        p.severity = 'warning';
+        p.message += ' (only snapshots that were repaired use it; forget them to drop it)';
+      }
+      if (p.kind === 'blob-missing') add(p);
+    }
 
     // Pack damage loses data only where a used blob has no other copy.
     const good = ' (every blob in it that a snapshot uses has a good copy elsewhere: nothing is lost; `coffer repo repair packs` takes it out of use)';
@@ -349,7 +368,9 @@ function advise(problems: Problem[]): string[] {
   } else if (has(...packKinds)) {
     out.push('`coffer repo repair packs` takes the damaged packs out of use (nothing is lost: every blob in them has a good copy)');
   }
-  if (has('blob-missing', 'blob-lost', 'tree-unreadable', 'snapshot-unreadable')) out.push('`coffer repo repair snapshots` rewrites the snapshots that use lost data so that everything else in them stays restorable');
+  const lostKinds: ProblemKind[] = ['blob-missing', 'blob-lost', 'tree-unreadable', 'snapshot-unreadable'];
+  if (problems.some((p) => lostKinds.includes(p.kind) && p.severity === 'error')) out.push('`coffer repo repair snapshots` rewrites the snapshots that use lost data so that everything else in them stays restorable');
+  else if (has(...lostKinds)) out.push('`coffer repo repair snapshots --forget` (or `coffer repo forget`) removes the originals of repaired snapshots, which use lost data');
   return out;
 }
 

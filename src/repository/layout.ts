@@ -4,6 +4,8 @@
 import { CofferError } from '../core/errors.ts';
 
 export const CONFIG_NAME = 'config';
+/** A second copy of the config, written by init: one damaged object must not make the repository unopenable. */
+export const CONFIG_COPY_NAME = 'config.copy';
 export const KEYS_PREFIX = 'keys/';
 export const DATA_PREFIX = 'data/';
 export const INDEX_PREFIX = 'index/';

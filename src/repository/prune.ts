@@ -27,7 +27,7 @@ import type { IndexEntry, IndexPack } from './index/index-file.ts';
 import { DATA_PREFIX, GC_PREFIX, idFromName, indexName, packName } from './layout.ts';
 import { BlobSaver, type Encoder } from './packer.ts';
 import type { Repository } from './repository.ts';
-import { Session, listSessions, type SessionTiming, timingFromEnv } from './session.ts';
+import { Session, assertSoleMaintenance, listSessions, type SessionTiming, timingFromEnv } from './session.ts';
 import { loadAllSnapshots } from './snapshot.ts';
 import { walkTree } from './walk.ts';
 
@@ -168,10 +168,7 @@ export async function prune(repo: Repository, options: PruneOptions = {}): Promi
   const result: PruneResult = { packsDeleted: 0, bytesDeleted: 0, indexFilesDeleted: 0, packsCondemned: 0, bytesCondemned: 0, packsRepacked: 0, blobsRepacked: 0, plansWaiting: 0, packsKept: 0, dryRun: !!options.dryRun };
   const session = await Session.start(repo, 'prune', { signal, timing });
   try {
-    const others = (await listSessions(repo, { signal, timing, now: await session.storageNow({ signal }) })).filter((s) => s.kind === 'prune' && !s.stale && s.id !== session.info.id);
-    if (others.some((s) => s.started < session.info.started || (s.started === session.info.started && s.id < session.info.id))) {
-      throw new CofferError('CONFLICT', 'Cannot prune: another prune is running on this repository', { hint: 'Wait for it to finish and try again.' });
-    }
+    await assertSoleMaintenance(repo, session, 'prune', { signal, timing });
     await sweep(repo, options, timing, session, result, say);
     await mark(repo, options, timing, session, result, say);
     // With no concurrent writers to wait for, what was just marked can go at once.

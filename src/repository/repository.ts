@@ -19,7 +19,7 @@ import { packKeyFromHeader, PACK_HEADER_SIZE } from '../engine/pack.ts';
 import { ChunkIndex, type IndexHit } from './index/chunk-index.ts';
 import { DamageSet, loadDamage, recordDamage, type DamageSource, type PackDamage } from './damage.ts';
 import { decodeIndexFile, encodeIndexFile, splitPacks, INDEX_FILE_ENTRIES, type IndexFileContent, type IndexEntry, type IndexPack } from './index/index-file.ts';
-import { CONFIG_NAME, INDEX_PREFIX, KEYS_PREFIX, idFromName, indexName, keyName, packName } from './layout.ts';
+import { CONFIG_COPY_NAME, CONFIG_NAME, INDEX_PREFIX, KEYS_PREFIX, idFromName, indexName, keyName, packName } from './layout.ts';
 import { detectForeignRepository, foreignRepositoryError } from './foreign.ts';
 
 export const REPO_VERSION = 1;
@@ -88,6 +88,22 @@ function validateConfig(raw: unknown): RepoConfig {
   return c as RepoConfig;
 }
 
+/** Reads and checks one copy of the config; anything wrong with it is CORRUPT (a newer version UNSUPPORTED). */
+export async function readConfig(backend: Backend, keys: RepoKeys, name: string, options?: CallOptions & { sealed?: (bytes: Buffer) => void }): Promise<RepoConfig> {
+  try {
+    const sealed = await backend.get(name, options);
+    const plain = openObject(keys, 'config', sealed);
+    const config = validateConfig(JSON.parse(plain.toString('utf8')));
+    options?.sealed?.(sealed);
+    return config;
+  } catch (e) {
+    if (isCofferError(e, 'NOT_FOUND')) throw new CofferError('CORRUPT', `the ${name} object is missing`);
+    if (e instanceof SyntaxError) throw new CofferError('CORRUPT', `the ${name} object is not valid JSON`);
+    if (isCofferError(e, 'CORRUPT')) throw new CofferError('CORRUPT', `the ${name} object is damaged (${e.message})`, { cause: e });
+    throw e;
+  }
+}
+
 async function loadKeyFile(backend: Backend, name: string, options?: CallOptions): Promise<unknown> {
   const raw = await backend.get(name, options);
   try {
@@ -112,6 +128,8 @@ export class Repository {
   private condemned = new Set<string>();
   /** Known damage (damage.ts), as of the last loadIndex(): damaged copies are not reused or preferred. */
   damage = new DamageSet();
+  /** Set when the config was unreadable and its copy was used: what the operator should be told. */
+  configNote: string | undefined;
 
   private constructor(backend: Backend, config: RepoConfig, master: Buffer, keyId: string, index: ChunkIndex, tempCacheDir: string | undefined) {
     this.backend = backend;
@@ -182,7 +200,9 @@ export class Repository {
     const keyBytes = Buffer.from(JSON.stringify(keyFile));
     const keyId = toHex(contentHash(keyBytes));
     await backend.put(keyName(keyId), keyBytes, { signal });
-    await backend.put(CONFIG_NAME, sealObject(keys, 'config', Buffer.from(JSON.stringify(config))), { signal });
+    const sealedConfig = sealObject(keys, 'config', Buffer.from(JSON.stringify(config)));
+    await backend.put(CONFIG_NAME, sealedConfig, { signal });
+    await backend.put(CONFIG_COPY_NAME, sealedConfig, { signal });
     return Repository.openWithMaster(backend, config, master, keyId, options);
   }
 
@@ -230,17 +250,27 @@ export class Repository {
       if (lastCorrupt && names.length === 1) throw lastCorrupt;
       throw new CofferError('WRONG_PASSWORD', `Cannot open the repository at ${backend.location}: the password is wrong`, { hint: 'No key file accepts this password. Check COFFER_PASSWORD, --password-file or COFFER_PASSWORD_COMMAND.' });
     }
+    const keys = deriveRepoKeys(master);
     let config: RepoConfig;
+    let configNote: string | undefined;
     try {
-      const sealed = await backend.get(CONFIG_NAME, { signal });
-      const plain = openObject(deriveRepoKeys(master), 'config', sealed);
-      config = validateConfig(JSON.parse(plain.toString('utf8')));
+      config = await readConfig(backend, keys, CONFIG_NAME, { signal });
     } catch (e) {
-      if (isCofferError(e, 'NOT_FOUND')) throw new CofferError('CORRUPT', `Cannot open the repository at ${backend.location}: its config object is missing`, { hint: 'Restore the config object from a copy of the repository.' });
-      if (e instanceof SyntaxError) throw new CofferError('CORRUPT', 'Cannot read the repository config: not valid JSON');
-      throw e;
+      if (!isCofferError(e, 'CORRUPT')) throw e;
+      // The copy init wrote, if it reads: the config never changes after init.
+      try {
+        config = await readConfig(backend, keys, CONFIG_COPY_NAME, { signal });
+      } catch (e2) {
+        if (!isCofferError(e2, 'CORRUPT')) throw e2;
+        throw new CofferError('CORRUPT', `Cannot open the repository at ${backend.location}: ${e.message}, and its copy too (${e2.message})`, {
+          hint: 'The config never changes after `repo init`: copy the file `config` from any copy of this repository (a clone, a backup of the bucket or directory) into place, then run `coffer repo repair config`.',
+        });
+      }
+      configNote = `${e.message}; opened with its copy ${CONFIG_COPY_NAME}. Run \`coffer repo repair config\` to rewrite it from the copy.`;
     }
-    return Repository.openWithMaster(backend, config, master, keyId, options);
+    const repo = await Repository.openWithMaster(backend, config, master, keyId, options);
+    repo.configNote = configNote;
+    return repo;
   }
 
   private static async openWithMaster(backend: Backend, config: RepoConfig, master: Buffer, keyId: string, options: OpenOptions): Promise<Repository> {
@@ -430,7 +460,7 @@ export class Repository {
   /** Reads and verifies one blob. NOT_FOUND if the index does not know it. */
   async readBlob(type: BlobType, id: Uint8Array, options?: CallOptions): Promise<Buffer> {
     const hit = this.locate(type, id);
-    if (!hit) throw new CofferError('NOT_FOUND', `Cannot read ${type} blob ${toHex(id)}: it is not in the index`, { hint: 'Run `coffer repo check`; if packs exist that the index misses, `coffer repo rebuild-index`.' });
+    if (!hit) throw new CofferError('NOT_FOUND', `Cannot read ${type} blob ${toHex(id)}: it is not in the index`, { hint: 'Run `coffer repo check`; if packs exist that the index misses, `coffer repo repair index`.' });
     return this.readBlobAt(hit.packId, hit.entry, options);
   }
 

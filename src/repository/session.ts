@@ -10,7 +10,7 @@ import { openObject, sealObject } from '../engine/envelope.ts';
 import { SESSIONS_PREFIX } from './layout.ts';
 import type { Repository } from './repository.ts';
 
-export type SessionKind = 'backup' | 'prune' | 'check' | 'restore' | 'rebuild-index' | 'copy';
+export type SessionKind = 'backup' | 'prune' | 'check' | 'restore' | 'rebuild-index' | 'repair' | 'copy';
 
 export interface SessionInfo {
   id: string;
@@ -181,4 +181,20 @@ export async function listSessions(repo: Repository, options: CallOptions & { ti
     }
   }
   return out;
+}
+
+/** Sessions that rewrite the index and delete or move objects: only one may run at a time. */
+const MAINTENANCE: ReadonlySet<SessionKind> = new Set(['prune', 'repair', 'rebuild-index']);
+
+/**
+ * Throws CONFLICT if another prune or repair is running. Each registers first and then looks: of
+ * two that start together at least one sees the other and gives way (both may, and then both are
+ * run again later), and no clock is compared.
+ */
+export async function assertSoleMaintenance(repo: Repository, self: Session, action: string, options: CallOptions & { timing?: SessionTiming } = {}): Promise<void> {
+  const others = (await listSessions(repo, { ...options, now: await self.storageNow(options) })).filter((s) => MAINTENANCE.has(s.kind) && !s.stale && !s.unreadable && s.id !== self.info.id);
+  if (others.length) {
+    const o = others[0]!;
+    throw new CofferError('CONFLICT', `Cannot ${action}: a ${o.kind} is running on this repository (on ${o.hostname}, pid ${o.pid})`, { hint: 'Wait for it to finish and try again.' });
+  }
 }

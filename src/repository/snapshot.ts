@@ -45,6 +45,8 @@ export interface Snapshot {
   summary?: SnapshotSummary;
   /** Files that changed while they were read or could not be read, by path (capped). */
   warnings?: Array<{ path: string; problem: string }>;
+  /** Written by `repo repair snapshots` in place of this snapshot, whose data is partly lost. */
+  repairedFrom?: string;
 }
 
 export interface SnapshotRef {
@@ -69,6 +71,7 @@ export function validateSnapshot(raw: unknown, id: string): Snapshot {
   if (!h || typeof h.hostname !== 'string' || typeof h.os !== 'string' || typeof h.arch !== 'string') bad('bad host identity');
   if (s!.parent !== undefined && (typeof s!.parent !== 'string' || !HEX64.test(s!.parent))) bad('bad parent id');
   if (typeof s!.username !== 'string' || typeof s!.program !== 'string') bad('bad username or program');
+  if (s!.repairedFrom !== undefined && (typeof s!.repairedFrom !== 'string' || !HEX64.test(s!.repairedFrom))) bad('bad repairedFrom id');
   return s as Snapshot;
 }
 
@@ -133,7 +136,8 @@ export async function readSnapshots(repo: Repository, options?: CallOptions): Pr
     }
   };
   await Promise.all(Array.from({ length: Math.min(SNAPSHOT_READS, ids.length) }, worker));
-  snapshots.sort((a, b) => a.snapshot.time.localeCompare(b.snapshot.time) || a.id.localeCompare(b.id));
+  // A repaired snapshot keeps its original's time and comes after it: `latest` is the repaired one.
+  snapshots.sort((a, b) => a.snapshot.time.localeCompare(b.snapshot.time) || Number(a.snapshot.repairedFrom !== undefined) - Number(b.snapshot.repairedFrom !== undefined) || a.id.localeCompare(b.id));
   unreadable.sort((a, b) => a.id.localeCompare(b.id));
   return { snapshots, unreadable };
 }

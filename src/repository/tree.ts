@@ -44,6 +44,11 @@ export interface TreeNode {
   changedWhileRead?: boolean;
   /** Files with holes: restore writes them sparse. */
   sparse?: boolean;
+  /**
+   * Set by `repo repair snapshots` on an entry whose data was lost: what was lost (its name then
+   * ends in .damaged, lost file ranges are zero-filled, a lost directory is empty).
+   */
+  repaired?: string;
 }
 
 export interface Tree {
@@ -126,6 +131,7 @@ export function decodeTree(data: Uint8Array): Tree {
       if (n.rawLinkTarget !== undefined && (typeof n.rawLinkTarget !== 'string' || !B64.test(n.rawLinkTarget))) fail('malformed raw link target');
     }
     if (n.rdev !== undefined && !isUint(n.rdev)) fail('bad device number');
+    if (n.repaired !== undefined && (typeof n.repaired !== 'string' || n.repaired.length > 4096)) fail('bad repair note');
     if (n.xattrs !== undefined) {
       if (!Array.isArray(n.xattrs)) fail('bad xattrs');
       for (const x of n.xattrs) if (!x || typeof x.name !== 'string' || typeof x.value !== 'string' || !B64.test(x.value)) fail('bad xattr');

@@ -735,7 +735,7 @@ export class ChunkIndex {
         throwIfAborted(signal);
         for (const p of content.packs) {
           const why = invalidPack(p);
-          if (why) throw new CofferError('CORRUPT', `Cannot use index file ${f.slice(0, 12)}: ${why}`, { hint: 'Run `coffer repo check`; `coffer repo rebuild-index` recreates the index from the packs.' });
+          if (why) throw new CofferError('CORRUPT', `Cannot use index file ${f.slice(0, 12)}: ${why}`, { hint: 'Run `coffer repo check`; `coffer repo repair index` recreates the index from the packs.' });
         }
         const tag = loaded.push(f);
         for (const s of content.supersedes) superseded.add(hex(s));

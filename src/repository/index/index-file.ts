@@ -188,7 +188,7 @@ export function encodeIndexFile(c: IndexFileContent): Buffer {
 export function decodeIndexFile(data: Uint8Array): IndexFileContent {
   const corrupt = (why: string, at: number): never => {
     throw new CofferError('CORRUPT', `Cannot read an index file: ${why} (at byte ${at} of ${data.length})`, {
-      hint: 'The index file is damaged. Run `coffer repo check`; `coffer repo rebuild-index` recreates the index from the packs.',
+      hint: 'The index file is damaged. Run `coffer repo check`; `coffer repo repair index` recreates the index from the packs.',
     });
   };
   if (data.length < 5 || Buffer.from(data.buffer, data.byteOffset, 4).toString('latin1') !== INDEX_FILE_MAGIC) corrupt('it does not start with "CFIX"', 0);
