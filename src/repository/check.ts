@@ -10,7 +10,7 @@
 // A pack that --read-data proves intact again (restored from a clone) clears its records.
 
 import { randomInt } from 'node:crypto';
-import { isCofferError, throwIfAborted } from '../core/errors.ts';
+import { CofferError, isCofferError, throwIfAborted } from '../core/errors.ts';
 import type { CallOptions } from '../storage/backend.ts';
 import { contentHash, fromHex, toHex } from '../engine/hash.ts';
 import { decodeBlob } from '../engine/blob.ts';
@@ -19,9 +19,9 @@ import type { BlobType } from '../engine/format.ts';
 import type { IndexHit } from './index/chunk-index.ts';
 import type { IndexEntry, IndexFileContent } from './index/index-file.ts';
 import { DamageSet, loadDamage, retireDamage, type PackDamage } from './damage.ts';
-import { DATA_PREFIX, idFromName, packName } from './layout.ts';
+import { CONFIG_COPY_NAME, DATA_PREFIX, idFromName, packName } from './layout.ts';
 import { loadCondemned } from './prune.ts';
-import type { Repository } from './repository.ts';
+import { readConfig, type Repository } from './repository.ts';
 import { Session, listSessions } from './session.ts';
 import { listSnapshotIds, loadSnapshot, type SnapshotRef } from './snapshot.ts';
 import { walkTree } from './walk.ts';
@@ -40,7 +40,8 @@ export type ProblemKind =
   | 'damage-unreadable'
   | 'pack-unindexed'
   | 'session-stale'
-  | 'session-unreadable';
+  | 'session-unreadable'
+  | 'config-copy';
 
 export interface Problem {
   kind: ProblemKind;
@@ -151,6 +152,16 @@ export async function check(repo: Repository, options: CheckOptions = {}): Promi
         add({ kind: 'pack-unindexed', severity: 'warning', pack: hex, message: `pack ${hex.slice(0, 12)} is not in any index (an interrupted or running backup; \`coffer repo prune\` removes it once unused, \`coffer repo repair index\` indexes it)` });
       }
     }
+
+    // The config's second copy (repositories made before it existed have none).
+    try {
+      const copy = await readConfig(repo.backend, repo.keys, CONFIG_COPY_NAME, { signal });
+      if (copy.id !== repo.id) throw new CofferError('CORRUPT', `the ${CONFIG_COPY_NAME} object belongs to repository ${copy.id.slice(0, 12)}`);
+    } catch (e) {
+      if (!isCofferError(e, 'CORRUPT')) throw e;
+      add({ kind: 'config-copy', severity: 'warning', message: `${(e as Error).message}: \`coffer repo repair config\` writes it from the config` });
+    }
+    if (repo.configNote) add({ kind: 'config-copy', severity: 'warning', message: repo.configNote });
 
     for (const s of await listSessions(repo, { signal, now: await session.storageNow({ signal }) })) {
       if (s.id === session.info.id) continue;
@@ -361,6 +372,7 @@ export async function check(repo: Repository, options: CheckOptions = {}): Promi
 function advise(problems: Problem[]): string[] {
   const has = (...kinds: ProblemKind[]) => problems.some((p) => kinds.includes(p.kind));
   const out: string[] = [];
+  if (has('config-copy')) out.push('`coffer repo repair config` rewrites the damaged or missing copy of the config from the good one');
   if (has('index-unreadable', 'pack-unindexed')) out.push('`coffer repo repair index` rebuilds the index from the packs (keeping what the old index knew of damaged packs)');
   const packKinds: ProblemKind[] = ['pack-missing', 'pack-size', 'pack-damaged', 'blob-damaged', 'damage-known'];
   if (problems.some((p) => packKinds.includes(p.kind) && p.severity === 'error')) {
