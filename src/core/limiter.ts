@@ -2,7 +2,10 @@
 
 export class Limiter {
   private active = 0;
-  private readonly waiters: Array<() => void> = [];
+  // A queue with a moving head: Array.shift() copies the whole array once it is large, and a
+  // directory of a million files queued a million waiters (19 of 27 s of a 200,000-file backup).
+  private waiters: Array<(() => void) | undefined> = [];
+  private head = 0;
   private readonly max: number;
 
   constructor(max: number) {
@@ -17,7 +20,14 @@ export class Limiter {
 
   release(): void {
     this.active--;
-    this.waiters.shift()?.();
+    if (this.head >= this.waiters.length) return;
+    const next = this.waiters[this.head];
+    this.waiters[this.head++] = undefined;
+    if (this.head > 1024 && this.head * 2 > this.waiters.length) {
+      this.waiters = this.waiters.slice(this.head);
+      this.head = 0;
+    }
+    next!();
   }
 
   /** Runs `fn` holding a place. */
