@@ -20,6 +20,7 @@ import { Session, isSessionGap } from '../src/repository/session.ts';
 import { makeTestRepo } from '../src/testing/repo.ts';
 import { tempDir } from '../src/testing/tmp.ts';
 import { randomBytes } from '../src/testing/random.ts';
+import { walkTree } from '../src/repository/walk.ts';
 import { listTree } from './helpers.ts';
 
 async function writeSet(dir: string, seed: number, files = 6, size = 120_000): Promise<void> {
@@ -310,6 +311,42 @@ describe('prune', () => {
     let n = 0;
     for (const list of results) for (const { src, res } of list) await restoresIntact(r, res.snapshot.tree, src, join(dir, `out${n++}`));
     assert.equal(n, 8);
+  });
+
+  it('leaves damaged packs to repair packs: a blob that does not read while repacking is recorded, the prune goes on, and nothing damaged is deleted', async (t) => {
+    const dir = await tempDir(t);
+    const tr = await makeTestRepo({ packSize: 16 * 1024 * 1024 });
+    t.after(() => tr.close());
+    const src = join(dir, 'src');
+    await mkdir(src);
+    await writeFile(join(src, 'gone'), randomBytes(41, 600_000));
+    await writeFile(join(src, 'kept'), randomBytes(42, 100_000));
+    const first = await backup(tr.repo, tr.pool, [src]);
+    await rm(join(src, 'gone'));
+    await backup(tr.repo, tr.pool, [src]);
+    await tr.backend.delete(SNAPSHOTS_PREFIX + first.snapshotId);
+    // Damage a blob of `kept` in the first pack, which prune wants to repack.
+    await tr.repo.loadIndex();
+    const [pack] = (await listAll(tr.backend, DATA_PREFIX)).sort((a, b) => b.size - a.size);
+    const packHex = pack!.name.split('/').at(-1)!;
+    const entries = [...tr.repo.index.entries()].filter((e) => e.packId.toString('hex') === packHex && e.entry.type === 'data');
+    const used = new Set<string>();
+    for (const s of await loadAllSnapshots(tr.repo)) {
+      await walkTree(tr.repo, s.snapshot.tree, { node: (_p, n) => { for (const c of n.content ?? []) used.add(c); } });
+    }
+    const victim = entries.find((e) => used.has(e.entry.id.toString('hex')))!.entry;
+    const bytes = Buffer.from(await tr.backend.get(pack!.name));
+    bytes[victim.offset + 5] ^= 1;
+    await tr.backend.put(pack!.name, bytes);
+
+    const res = await prune(await tr.reopen(), { encoder: tr.pool });
+    assert.equal(res.packsRepacked, 0, 'the damaged pack was not repacked');
+    assert.ok((await listAll(tr.backend, DATA_PREFIX)).some((o) => o.name === pack!.name), 'the damaged pack is still there');
+    const r = await tr.reopen();
+    await r.loadIndex();
+    assert.ok(r.damage.isDamaged(packHex, 'data', victim.id.toString('hex')), 'the damage was recorded');
+    const again = await prune(await tr.reopen(), { encoder: tr.pool });
+    assert.deepEqual([again.packsRepacked, again.packsDeleted], [0, 0], 'a known damaged pack is left alone');
   });
 
   it('deletes nothing when a listing fails', async (t) => {

@@ -269,13 +269,14 @@ async function mark(repo: Repository, options: PruneOptions, timing: SessionTimi
   const unindexed: Array<{ hex: string; size: number }> = [];
   for await (const o of repo.backend.list(DATA_PREFIX, { signal })) {
     const hex = idFromName(DATA_PREFIX, o.name);
-    if (hex && !packs.has(hex) && !pending.has(hex)) unindexed.push({ hex, size: o.size });
+    // A damaged pack is left to `repair packs`, which salvages it and quarantines it.
+    if (hex && !packs.has(hex) && !pending.has(hex) && !repo.damage.hasPack(hex)) unindexed.push({ hex, size: o.size });
   }
   const condemn: string[] = [];
   const repack: IndexPack[] = [];
   const threshold = options.repackThreshold ?? 0.2;
   for (const [hex, p] of packs) {
-    if (pending.has(hex)) continue;
+    if (pending.has(hex) || repo.damage.hasPack(hex)) continue;
     // Unused bytes are the unused blobs' bytes: a pack's header and trailer are not waste (with
     // them counted, every small pack looked worth repacking, and each prune repacked it again).
     let usedBytes = 0;
@@ -303,12 +304,31 @@ async function mark(repo: Repository, options: PruneOptions, timing: SessionTimi
     if (!options.encoder) throw new CofferError('INTERNAL', 'Cannot repack: no encoder given');
     // Copies are forced: the live blobs are in the index (at their old place), which must not
     // count as "already stored".
-    const saver = new BlobSaver(repo, options.encoder, { signal, force: true });
+    const saver = new BlobSaver(repo, options.encoder, { signal, force: true, session: self });
     for (const p of repack) {
+      // Read first: a pack with a blob that does not read is damage, recorded and left to
+      // `repair packs`, not a reason to stop the prune (nor to drop the blobs that do read).
+      const live: Array<{ type: IndexEntry['type']; id: Buffer; raw: Buffer }> = [];
+      const bad: Array<{ type: IndexEntry['type']; id: string }> = [];
+      let error = '';
       for (const e of p.entries) {
         if (!used.has(usedKey(e))) continue;
-        const raw = await repo.readBlobAt(p.packId, e, { signal });
-        await saver.saveMany([{ type: e.type, id: e.id, raw }]);
+        try {
+          live.push({ type: e.type, id: e.id, raw: await repo.readBlobAt(p.packId, e, { signal }) });
+        } catch (err) {
+          if (!isCofferError(err, 'CORRUPT') && !isCofferError(err, 'INVALID_RANGE') && !isCofferError(err, 'NOT_FOUND')) throw err;
+          bad.push({ type: e.type, id: toHex(e.id) });
+          error ||= (err as Error).message;
+        }
+      }
+      if (bad.length) {
+        await repo.noteDamage('repair', [{ pack: toHex(p.packId), problem: `found by prune while repacking: ${error}`, blobs: bad }], { signal });
+        say(`pack ${toHex(p.packId).slice(0, 12)} has ${bad.length} damaged blob(s): left to \`coffer repo repair packs\``);
+        result.packsCondemned--;
+        continue;
+      }
+      for (const it of live) {
+        await saver.saveMany([it]);
         result.blobsRepacked++;
       }
       condemn.push(toHex(p.packId));
