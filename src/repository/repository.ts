@@ -457,11 +457,30 @@ export class Repository {
     return key;
   }
 
-  /** Reads and verifies one blob. NOT_FOUND if the index does not know it. */
+  /**
+   * Reads and verifies one blob: a sound copy first, then any other the index knows if that one
+   * turns out damaged or gone. NOT_FOUND if the index does not know it; the last copy's error if
+   * none reads.
+   */
   async readBlob(type: BlobType, id: Uint8Array, options?: CallOptions): Promise<Buffer> {
     const hit = this.locate(type, id);
     if (!hit) throw new CofferError('NOT_FOUND', `Cannot read ${type} blob ${toHex(id)}: it is not in the index`, { hint: 'Run `coffer repo check`; if packs exist that the index misses, `coffer repo repair index`.' });
-    return this.readBlobAt(hit.packId, hit.entry, options);
+    try {
+      return await this.readBlobAt(hit.packId, hit.entry, options);
+    } catch (e) {
+      if (!isCofferError(e, 'CORRUPT') && !isCofferError(e, 'NOT_FOUND') && !isCofferError(e, 'INVALID_RANGE')) throw e;
+      let last = e;
+      for (const other of this.index.lookupAll(id, type)) {
+        if (other.packId.equals(hit.packId)) continue;
+        try {
+          return await this.readBlobAt(other.packId, other.entry, options);
+        } catch (e2) {
+          if (!isCofferError(e2, 'CORRUPT') && !isCofferError(e2, 'NOT_FOUND') && !isCofferError(e2, 'INVALID_RANGE')) throw e2;
+          last = e2;
+        }
+      }
+      throw last;
+    }
   }
 
   async readBlobAt(packId: Uint8Array, entry: IndexEntry, options?: CallOptions): Promise<Buffer> {
