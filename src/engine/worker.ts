@@ -8,7 +8,7 @@ import { parentPort, workerData } from 'node:worker_threads';
 import { CofferError, isCofferError, type ErrorCode } from '../core/errors.ts';
 import { decodeBlob, encodeBlob, release } from './blob.ts';
 import { Chunker, gearTable, warmUpChunker, type ChunkerParams } from './chunker.ts';
-import { ID_SIZE, blobTypeFromCode, type BlobType } from './format.ts';
+import { ID_SIZE, blobTypeFromCode } from './format.ts';
 import type { RepoKeys } from './keys.ts';
 import { DECODE_COLS, ENCODE_COLS, chunkAndHashSync, readFilesSync, type ChunkMode, type ExpectedFile } from './tasks.ts';
 

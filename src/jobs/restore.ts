@@ -410,7 +410,7 @@ export interface RestoreResult {
 const zeroCounts = (): RestoreCounts => ({ files: 0, dirs: 0, symlinks: 0, hardlinks: 0, special: 0, bytes: 0 });
 
 const isRoot = process.getuid?.() === 0;
-const { O_WRONLY, O_CREAT, O_EXCL, O_NOFOLLOW, O_NONBLOCK, O_RDONLY, O_DIRECTORY } = constants;
+const { O_WRONLY, O_NOFOLLOW, O_NONBLOCK, O_RDONLY, O_DIRECTORY } = constants;
 
 // Random bytes for temporary names, drawn in bulk: one randomBytes() call per file was a
 // noticeable part of restoring many small files.

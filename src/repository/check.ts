@@ -232,15 +232,8 @@ export async function check(repo: Repository, options: CheckOptions = {}): Promi
         chosen = [];
         while (chosen.length < n && pool.length) chosen.push(pool.splice(randomInt(pool.length), 1)[0]!);
       }
-      const byPack = new Map<string, IndexEntry[]>();
       const chosenSet = new Set(chosen);
-      for (const { packId, entry } of repo.index.entries()) {
-        const h = toHex(packId);
-        if (!chosenSet.has(h)) continue;
-        let l = byPack.get(h);
-        if (!l) byPack.set(h, (l = []));
-        l.push(entry);
-      }
+      const byPack = new Map([...repo.indexedPacks((hex) => chosenSet.has(hex))].map(([hex, p]) => [hex, p.entries]));
       const intact: string[] = [];
       let done = 0;
       for (const hex of chosen) {

@@ -153,14 +153,6 @@ function usedKey(e: IndexEntry): string {
   return (e.type === 'tree' ? 't' : 'd') + e.id.toString('latin1');
 }
 
-/** Packs by id (hex) with their entries, from the local index. */
-function packsFromIndex(repo: Repository): Map<string, IndexPack> {
-  const packs = new Map<string, IndexPack>();
-  for (const p of repo.index.packs()) packs.set(toHex(p.packId), { packId: p.packId, packSize: p.packSize, entries: [] });
-  for (const { packId, entry } of repo.index.entries()) packs.get(toHex(packId))?.entries.push(entry);
-  return packs;
-}
-
 export async function prune(repo: Repository, options: PruneOptions = {}): Promise<PruneResult> {
   const { signal } = options;
   const timing = options.timing ?? timingFromEnv();
@@ -212,7 +204,7 @@ async function sweep(repo: Repository, options: PruneOptions, timing: SessionTim
   // Supersede exactly the index files whose entries the consolidated index carries over.
   const indexIds = await repo.loadIndex({ signal });
   const used = await usedBlobs(repo, { signal });
-  const packs = packsFromIndex(repo);
+  const packs = repo.indexedPacks();
   // A condemned pack goes unless it holds the only copy of a blob that a snapshot uses now: a
   // repacked pack's live blobs were copied elsewhere at mark, so it goes; a pack that a
   // waited-for session's new snapshot reuses stays.
@@ -263,7 +255,7 @@ async function mark(repo: Repository, options: PruneOptions, timing: SessionTimi
   repo.setCondemned(pending);
   await repo.loadIndex({ signal });
   const used = await usedBlobs(repo, { signal });
-  const packs = packsFromIndex(repo);
+  const packs = repo.indexedPacks();
   // Packs in storage that no index lists: leftovers of a crashed writer, or a live writer's
   // packs whose index is not written yet. The session protocol tells the two apart at sweep.
   const unindexed: Array<{ hex: string; size: number }> = [];

@@ -69,6 +69,14 @@ export async function quarantine(repo: Repository, name: string, options?: CallO
   return true;
 }
 
+/** The lost files of every readable snapshot (see findLostFiles), into `report`. */
+async function reportLost(repo: Repository, report: { lostFiles: LostFile[]; lostFileCount: number }, isLost: (type: BlobType, id: string) => boolean, options?: CallOptions): Promise<void> {
+  const { snapshots } = await readSnapshots(repo, options);
+  const lost = await findLostFiles(repo, snapshots, isLost, options);
+  report.lostFiles = lost.files;
+  report.lostFileCount = lost.count;
+}
+
 /**
  * Every file and directory of the readable snapshots whose data `isLost` says is gone (trees
  * that cannot be read count as lost directories). At most MAX_LOST_LISTED are listed.
@@ -253,10 +261,7 @@ export async function repairIndex(repo: Repository, options: RepairOptions = {})
       // Let this process find trees where the new index would put them.
       for (const p of fresh) repo.index.add(p.packId, p.packSize, p.entries);
     }
-    const { snapshots } = await readSnapshots(repo, { signal });
-    const lost = await findLostFiles(repo, snapshots, (type, id) => !have.has(type + id), { signal });
-    report.lostFiles = lost.files;
-    report.lostFileCount = lost.count;
+    await reportLost(repo, report, (type, id) => !have.has(type + id), { signal });
     return report;
   });
 }
@@ -320,14 +325,7 @@ export async function repairPacks(repo: Repository, encoder: Encoder, options: R
     }
     if (problems.size === 0) return report;
 
-    const entries = new Map<string, IndexEntry[]>();
-    for (const { packId, entry } of repo.index.entries()) {
-      const h = toHex(packId);
-      if (!problems.has(h)) continue;
-      let l = entries.get(h);
-      if (!l) entries.set(h, (l = []));
-      l.push(entry);
-    }
+    const entries = repo.indexedPacks((hex) => problems.has(hex));
     /** A copy outside the packs being repaired that is not known to be damaged. */
     const soundElsewhere = (type: BlobType, id: Buffer) => repo.index.lookupAll(id, type).some((h) => {
       const hex = toHex(h.packId);
@@ -344,7 +342,7 @@ export async function repairPacks(repo: Repository, encoder: Encoder, options: R
       if (size !== undefined) bytes = await repo.backend.get(packName(hex), { signal });
       // What the pack holds: the index's entries, and its own trailer's if it still reads.
       const all = new Map<string, IndexEntry>();
-      for (const e of entries.get(hex) ?? []) all.set(`${e.type}${toHex(e.id)}`, e);
+      for (const e of entries.get(hex)?.entries ?? []) all.set(`${e.type}${toHex(e.id)}`, e);
       let key: Buffer | undefined;
       if (bytes) {
         try {
@@ -391,12 +389,7 @@ export async function repairPacks(repo: Repository, encoder: Encoder, options: R
       // An index without the repaired packs, in place of every index file there was.
       say('writing the index without the repaired packs');
       const current = await repo.loadIndex({ signal });
-      const keep = new Map<string, IndexPack>();
-      for (const p of repo.index.packs()) {
-        const hex = toHex(p.packId);
-        if (!problems.has(hex)) keep.set(hex, { packId: p.packId, packSize: p.packSize, entries: [] });
-      }
-      for (const { packId, entry } of repo.index.entries()) keep.get(toHex(packId))?.entries.push(entry);
+      const keep = repo.indexedPacks((hex) => !problems.has(hex));
       await session.assertAlive({ signal });
       const written = await repo.saveIndexFiles([...keep.values()], current, { signal });
       report.indexFilesWritten += written.length;
@@ -408,10 +401,7 @@ export async function repairPacks(repo: Repository, encoder: Encoder, options: R
     }
 
     say('finding the files that are lost');
-    const { snapshots } = await readSnapshots(repo, { signal });
-    const lost = await findLostFiles(repo, snapshots, (type, id) => lostKeys.has(type + id), { signal });
-    report.lostFiles = lost.files;
-    report.lostFileCount = lost.count;
+    await reportLost(repo, report, (type, id) => lostKeys.has(type + id), { signal });
     return report;
   });
 }

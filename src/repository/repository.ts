@@ -19,7 +19,7 @@ import { packKeyFromHeader, PACK_HEADER_SIZE } from '../engine/pack.ts';
 import { ChunkIndex, type IndexHit } from './index/chunk-index.ts';
 import { DamageSet, loadDamage, recordDamage, type DamageSource, type PackDamage } from './damage.ts';
 import { decodeIndexFile, encodeIndexFile, splitPacks, INDEX_FILE_ENTRIES, type IndexFileContent, type IndexEntry, type IndexPack } from './index/index-file.ts';
-import { CONFIG_COPY_NAME, CONFIG_NAME, INDEX_PREFIX, KEYS_PREFIX, idFromName, indexName, keyName, packName } from './layout.ts';
+import { CONFIG_COPY_NAME, CONFIG_NAME, INDEX_PREFIX, KEYS_PREFIX, idFromName, keyName, packName } from './layout.ts';
 import { detectForeignRepository, foreignRepositoryError } from './foreign.ts';
 
 export const REPO_VERSION = 1;
@@ -404,6 +404,17 @@ export class Repository {
         throw e;
       }
     }
+  }
+
+  /** The packs the local index lists (those `which` accepts, by id hex), each with its entries. */
+  indexedPacks(which?: (packHex: string) => boolean): Map<string, IndexPack> {
+    const packs = new Map<string, IndexPack>();
+    for (const p of this.index.packs()) {
+      const hex = toHex(p.packId);
+      if (!which || which(hex)) packs.set(hex, { packId: p.packId, packSize: p.packSize, entries: [] });
+    }
+    for (const { packId, entry } of this.index.entries()) packs.get(toHex(packId))?.entries.push(entry);
+    return packs;
   }
 
   /** Sets the packs that a pending prune has condemned (see prune.ts). */
