@@ -59,7 +59,6 @@ export interface S3BackendOptions {
   idleTimeoutMs?: number;
 }
 
-
 const NOT_FOUND_NAMES = new Set(['NoSuchKey', 'NotFound']);
 const DENIED_NAMES = new Set([
   'AccessDenied', 'Forbidden', 'InvalidAccessKeyId', 'SignatureDoesNotMatch', 'ExpiredToken', 'InvalidToken',
