@@ -1512,8 +1512,16 @@ export async function restore(repo: Repository, source: Snapshot | string, targe
     if (readFailures.size && !dryRun) {
       // Recorded, so that the next backup of the intact source stores these blobs again.
       try {
-        await repo.noteDamage('restore', [...readFailures.values()]);
-        result.notices.push(`recorded the damage to ${readFailures.size} pack(s) in the repository: the next backup stores those blobs again; \`coffer repo repair packs\` salvages the rest`);
+        // A pack a prune deleted while this restore was paused is not damage: only packs the
+        // index still lists, and no prune condemned, are recorded.
+        repo.setCondemned(await loadCondemned(repo));
+        await repo.loadIndex();
+        const still = repo.indexedPacks((hex) => readFailures.has(hex) && !repo.isCondemned(hex));
+        const damage = [...readFailures.values()].filter((d) => still.has(d.pack));
+        if (damage.length) {
+          await repo.noteDamage('restore', damage);
+          result.notices.push(`recorded the damage to ${damage.length} pack(s) in the repository: the next backup stores those blobs again; \`coffer repo repair packs\` salvages the rest`);
+        }
       } catch (e) {
         result.notices.push(`cannot record the damage in the repository (${(e as Error).message}); \`coffer repo check --read-data\` finds it again`);
       }

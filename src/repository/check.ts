@@ -317,6 +317,13 @@ export async function check(repo: Repository, options: CheckOptions = {}): Promi
         p.message += good;
       }
     }
+    // Records of packs that are neither indexed nor stored any more (a repair quarantined them, or
+    // a prune deleted them after they were recorded) say nothing: retired.
+    const moot = [...known.byPack().keys()].filter((p) => !indexed.has(p) && !stored.has(p));
+    if (moot.length && options.record !== false) {
+      await retireDamage(repo, new Set(moot), known, { signal });
+      result.damageCleared.push(...moot);
+    }
     for (const [pack] of known.byPack()) {
       if (found.has(pack) || unusable.has(pack) || result.damageCleared.includes(pack)) continue;
       const e = known.entries.filter((x) => x.pack === pack);
