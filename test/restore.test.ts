@@ -780,6 +780,25 @@ describe('restore', () => {
     assert.deepEqual(await readdir(out), ['good']);
   });
 
+  it('a snapshot whose root tree is missing or damaged fails with CORRUPT naming "/", like any lost entry', async (t) => {
+    const dir = await tempDir(t);
+    const tr = await makeTestRepo();
+    t.after(() => tr.close());
+    const c = crafter(tr);
+    const root = await c.tree([fileNode('f', await c.data(Buffer.from('data')), 4)]);
+    await c.flush();
+    const rootLost = (e: unknown) => isCofferError(e, 'CORRUPT') && (e.details?.damaged as Array<{ path: string }>).map((d) => d.path).join() === '/';
+    // Not in the index (a repair of the index dropped it): this was NOT_FOUND, which callers did not expect.
+    await assert.rejects(restore(tr.repo, 'cd'.repeat(32), join(dir, 'a')), rootLost);
+    const hit = tr.repo.index.lookup(Buffer.from(root, 'hex'), 'tree')!;
+    const name = `data/${toHex(hit.packId).slice(0, 2)}/${toHex(hit.packId)}`;
+    const pack = await tr.backend.get(name);
+    pack[hit.entry.offset + 3]! ^= 1;
+    await tr.backend.put(name, pack);
+    await assert.rejects(restore(tr.repo, root, join(dir, 'b')), rootLost);
+    assert.deepEqual(await readdir(join(dir, 'b')), []);
+  });
+
   it('damaged data found by a window flushed behind the walk fails that file only', async (t) => {
     const dir = await tempDir(t);
     const src = join(dir, 'src');
