@@ -4,16 +4,19 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
-import { mkdir, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { isCofferError } from '../src/core/errors.ts';
 import { listAll, type Backend } from '../src/storage/backend.ts';
 import { backup } from '../src/jobs/backup.ts';
 import { restore } from '../src/jobs/restore.ts';
 import { check } from '../src/repository/check.ts';
-import { CONFIG_COPY_NAME, CONFIG_NAME, DATA_PREFIX, INDEX_PREFIX, QUARANTINE_PREFIX, SNAPSHOTS_PREFIX } from '../src/repository/layout.ts';
+import { fromHex, toHex } from '../src/engine/hash.ts';
+import { CONFIG_COPY_NAME, CONFIG_NAME, DATA_PREFIX, INDEX_PREFIX, QUARANTINE_PREFIX, SNAPSHOTS_PREFIX, packName } from '../src/repository/layout.ts';
 import { repairConfig, repairIndex, repairPacks, repairSnapshots } from '../src/repository/repair.ts';
 import { Repository } from '../src/repository/repository.ts';
 import { readSnapshots } from '../src/repository/snapshot.ts';
+import type { TreeNode } from '../src/repository/tree.ts';
+import { walkTree } from '../src/repository/walk.ts';
 import { makeTestRepo, TEST_PASSWORD, type TestRepo } from '../src/testing/repo.ts';
 import { tempDir } from '../src/testing/tmp.ts';
 import { randomBytes } from '../src/testing/random.ts';
@@ -59,6 +62,33 @@ async function restoreAndCompare(repo: Repository, src: string, out: string, los
     else assert.ok(lost.has(name) || failed.includes(name), `${name} neither restored nor named as lost`);
   }
   return { restored: got.size, failed };
+}
+
+/** The chunks of the file `name` of the newest snapshot: id, pack, offset in the pack and in the file, length. */
+async function chunksOf(tr: TestRepo, name: string): Promise<Array<{ id: string; pack: string; packOffset: number; stored: number; at: number; length: number }>> {
+  const snap = (await readSnapshots(tr.repo)).snapshots.at(-1)!;
+  let node: TreeNode | undefined;
+  await walkTree(tr.repo, snap.snapshot.tree, { node: (p, n) => void (p.endsWith(`/${name}`) && (node = n)) });
+  let at = 0;
+  return node!.content!.map((id) => {
+    const hit = tr.repo.index.lookup(fromHex(id), 'data')!;
+    const c = { id, pack: toHex(hit.packId), packOffset: hit.entry.offset, stored: hit.entry.length, at, length: hit.entry.rawLength };
+    at += c.length;
+    return c;
+  });
+}
+
+/** Check, repair packs, repair snapshots (the order check advises), then the repaired snapshot's NAME.damaged. */
+async function repairAndRestoreDamaged(tr: TestRepo, src: string, out: string, name: string): Promise<Buffer> {
+  await check(await tr.reopen(), { readData: true });
+  await repairPacks(await tr.reopen(), tr.pool);
+  await repairSnapshots(await tr.reopen(), tr.pool);
+  const r = await tr.reopen();
+  await r.loadIndex();
+  const fixed = (await readSnapshots(r)).snapshots.at(-1)!;
+  assert.ok(fixed.snapshot.repairedFrom);
+  await restore(r, fixed.snapshot, out);
+  return readFile(join(out, ...src.split('/').filter(Boolean), `${name}.damaged`));
 }
 
 describe('repair', () => {
@@ -189,6 +219,27 @@ describe('repair', () => {
     const out = join(dir, 'out');
     await restore(r, snapshots[0]!.snapshot.tree, out);
     assert.deepEqual(await listTree(join(out, ...src.split('/').filter(Boolean))), await listTree(src));
+  });
+
+  it('repair snapshots after repair packs zero-fills a run of lost chunks that the index no longer knows, keeping the file\'s size and its readable chunks', async (t) => {
+    const { dir, src, tr } = await setup(t);
+    const chunks = await chunksOf(tr, 'big');
+    // A pack holding two or more of big's chunks (neighbours, as a backup writes them), not all of them.
+    const victim = [...new Set(chunks.map((c) => c.pack))].find((p) => {
+      const n = chunks.filter((c) => c.pack === p).length;
+      return n >= 2 && n < chunks.length;
+    })!;
+    assert.ok(victim, 'a pack holds a run of big\'s chunks');
+    await tr.backend.delete(packName(victim));
+    // Repair packs drops the lost blobs from the index: repair snapshots no longer knows their lengths.
+    const got = await repairAndRestoreDamaged(tr, src, join(dir, 'out'), 'big');
+    const want = randomBytes(399, 400_000);
+    assert.equal(got.length, want.length, 'big.damaged keeps the size of big');
+    for (const c of chunks) {
+      const part = got.subarray(c.at, c.at + c.length);
+      if (c.pack === victim) assert.ok(part.every((b) => b === 0), `lost chunk at ${c.at} is zero-filled`);
+      else assert.ok(part.equals(want.subarray(c.at, c.at + c.length)), `readable chunk at ${c.at} is kept in place`);
+    }
   });
 
   it('a damaged config opens through its copy, says so, and repair config rewrites it; with both damaged the error says how to restore it', async (t) => {

@@ -477,19 +477,32 @@ export async function repairSnapshots(repo: Repository, encoder: Encoder, option
 
     /** A file's content with lost blobs zero-filled (or cut where their length is unknown). */
     const repairContent = async (node: TreeNode): Promise<{ content: string[]; size: number; note: string }> => {
+      const ids = node.content ?? [];
       const content: string[] = [];
       let lost = 0;
       let lostBytes = 0;
       let pos = 0;
-      // A blob the index does not know at all has a length only if it is the one such blob.
-      const lengths = (node.content ?? []).map((c) => repo.index.lookupAll(fromHex(c), 'data')[0]?.entry.rawLength);
-      const unknown = lengths.filter((l) => l === undefined).length;
-      if (unknown === 1) lengths[lengths.findIndex((l) => l === undefined)] = (node.size ?? 0) - lengths.reduce((a: number, l) => a + (l ?? 0), 0);
-      for (const [i, c] of (node.content ?? []).entries()) {
+      // A blob the index does not know at all (repair index or repair packs dropped it as lost)
+      // has no length of its own. When every such blob of the file is in one run of neighbours,
+      // the run is as long as what the other blobs leave of the file's size: zero-filled whole.
+      const lengths = ids.map((c) => repo.index.lookupAll(fromHex(c), 'data')[0]?.entry.rawLength);
+      const unknown = lengths.flatMap((l, i) => (l === undefined ? [i] : []));
+      const runLength = (node.size ?? 0) - lengths.reduce((a: number, l) => a + (l ?? 0), 0);
+      const run = unknown.length && unknown.at(-1)! - unknown[0]! + 1 === unknown.length && runLength >= unknown.length ? { from: unknown[0]!, to: unknown.at(-1)! } : undefined;
+      for (let i = 0; i < ids.length; i++) {
+        const c = ids[i]!;
+        if (run && i === run.from) {
+          // In pieces no longer than a chunk, as a backup would have stored them.
+          for (let left = runLength; left > 0; left -= repo.config.chunker.maxSize) content.push(await zeroBlob(Math.min(left, repo.config.chunker.maxSize)));
+          lost += run.to - run.from + 1;
+          lostBytes += runLength;
+          pos += runLength;
+          i = run.to;
+          continue;
+        }
         if (readable('data', c)) {
-          const len = lengths[i]!;
           content.push(c);
-          pos += len;
+          pos += lengths[i]!;
           continue;
         }
         lost++;
@@ -501,7 +514,7 @@ export async function repairSnapshots(repo: Repository, encoder: Encoder, option
         lostBytes += len;
         pos += len;
       }
-      return { content, size: pos, note: `data lost in a repair on ${now}: ${lost} of ${node.content!.length} chunk(s), ${lostBytes} bytes, zero-filled` };
+      return { content, size: pos, note: `data lost in a repair on ${now}: ${lost} of ${ids.length} chunk(s), ${lostBytes} bytes, zero-filled` };
     };
 
     // Rewritten trees by id: a subtree shared by many snapshots is repaired once. `lost` is set
