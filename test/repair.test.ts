@@ -242,6 +242,22 @@ describe('repair', () => {
     }
   });
 
+  it('repair snapshots after repair packs keeps the readable chunks between two lost ones', { todo: 'lost blobs leave the index with repair packs (and repair index), and their lengths with them: two lost chunks that are not neighbours cannot be placed, and the repaired file is cut at the first (random-damage seed 261: COFFER_DAMAGE_SEEDS=261-261)' }, async (t) => {
+    const { dir, src, tr } = await setup(t);
+    const chunks = await chunksOf(tr, 'big');
+    // Damage chunks 1 and 3: chunk 2 between them still reads.
+    for (const c of [chunks[1]!, chunks[3]!]) {
+      const bytes = await tr.backend.get(packName(c.pack));
+      bytes[c.packOffset + Math.floor(c.stored / 2)]! ^= 0x40;
+      await tr.backend.put(packName(c.pack), bytes);
+    }
+    const got = await repairAndRestoreDamaged(tr, src, join(dir, 'out'), 'big');
+    const want = randomBytes(399, 400_000);
+    assert.equal(got.length, want.length, 'big.damaged keeps the size of big');
+    const c2 = chunks[2]!;
+    assert.ok(got.subarray(c2.at, c2.at + c2.length).equals(want.subarray(c2.at, c2.at + c2.length)), 'the readable chunk between the lost ones is kept in place');
+  });
+
   it('a damaged config opens through its copy, says so, and repair config rewrites it; with both damaged the error says how to restore it', async (t) => {
     const { tr } = await setup(t);
     const good = await tr.backend.get(CONFIG_NAME);
