@@ -258,6 +258,29 @@ describe('repair', () => {
     assert.ok(got.subarray(c2.at, c2.at + c2.length).equals(want.subarray(c2.at, c2.at + c2.length)), 'the readable chunk between the lost ones is kept in place');
   });
 
+  it('a config whose version byte is damaged (it claims a newer format than its copy) opens through its copy, and repair config rewrites it', async (t) => {
+    const { tr } = await setup(t);
+    const good = await tr.backend.get(CONFIG_NAME);
+    const newer = Buffer.from(good);
+    newer[8] = 86; // the envelope's version byte
+    await tr.backend.put(CONFIG_NAME, newer);
+    const r = await Repository.open(tr.backend, TEST_PASSWORD, { noCache: true });
+    assert.match(r.configNote ?? '', /config object is damaged \(.*format version 86.*its copy is of this version\); opened with its copy/);
+    assert.deepEqual((await repairConfig(r)).rewritten, [CONFIG_NAME]);
+    await r.close();
+    assert.deepEqual(await tr.backend.get(CONFIG_NAME), good);
+    // The same damage to the copy: repair config finds and rewrites it.
+    await tr.backend.put(CONFIG_COPY_NAME, newer);
+    const r2 = await Repository.open(tr.backend, TEST_PASSWORD, { noCache: true });
+    assert.equal(r2.configNote, undefined);
+    assert.deepEqual((await repairConfig(r2)).rewritten, [CONFIG_COPY_NAME]);
+    await r2.close();
+    // Both of a newer format: that is a newer repository, not damage.
+    await tr.backend.put(CONFIG_NAME, newer);
+    await tr.backend.put(CONFIG_COPY_NAME, newer);
+    await assert.rejects(Repository.open(tr.backend, TEST_PASSWORD, { noCache: true }), (e) => isCofferError(e, 'UNSUPPORTED'));
+  });
+
   it('a damaged config opens through its copy, says so, and repair config rewrites it; with both damaged the error says how to restore it', async (t) => {
     const { tr } = await setup(t);
     const good = await tr.backend.get(CONFIG_NAME);

@@ -683,7 +683,8 @@ export async function repairConfig(repo: Repository, options: RepairOptions = {}
       if (config.id !== repo.id) throw new CofferError('CORRUPT', `the ${name} object belongs to repository ${config.id.slice(0, 12)}, not this one`);
       report.copies.push({ name, ok: true });
     } catch (e) {
-      if (!isCofferError(e, 'CORRUPT')) throw e;
+      // A copy that claims a newer format than the one this repository opened with is damaged.
+      if (!isCofferError(e, 'CORRUPT') && !isCofferError(e, 'UNSUPPORTED')) throw e;
       report.copies.push({ name, ok: false, problem: (e as Error).message });
     }
   }
