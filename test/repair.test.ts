@@ -118,6 +118,18 @@ describe('repair', () => {
     assert.equal(restored, 13 - lost.size);
   });
 
+  it('repair index takes a pack whose header claims a newer version for damaged, and names what it held as lost', async (t) => {
+    const { tr } = await setup(t);
+    const victim = await largestPack(tr.backend);
+    const bytes = await tr.backend.get(victim.name);
+    bytes[8] = 86; // the pack header's version byte
+    await tr.backend.put(victim.name, bytes);
+    const res = await repairIndex(await tr.reopen());
+    assert.deepEqual(res.damagedPacks.map((d) => [d.pack, d.blobsKept]), [[victim.name.split('/').at(-1), 0]]);
+    assert.match(res.damagedPacks[0]!.error, /version 86/);
+    assert.ok(res.lostFileCount >= 1);
+  });
+
   it('repair index moves an unreadable index file to quarantine and loses nothing', async (t) => {
     const { dir, src, tr } = await setup(t);
     const [idx] = await names(tr.backend, INDEX_PREFIX);

@@ -201,7 +201,8 @@ export async function repairIndex(repo: Repository, options: RepairOptions = {})
       try {
         key = await repo.packKey(hex, { signal });
       } catch (e) {
-        if (!isCofferError(e, 'CORRUPT') && !isCofferError(e, 'INVALID_RANGE')) throw e;
+        // As for the trailer above: a header that claims a newer version is a damaged one here.
+        if (!isCofferError(e, 'CORRUPT') && !isCofferError(e, 'INVALID_RANGE') && !isCofferError(e, 'UNSUPPORTED')) throw e;
       }
       for (const e of entries) {
         throwIfAborted(signal);
