@@ -799,6 +799,24 @@ describe('restore', () => {
     assert.deepEqual(await readdir(join(dir, 'b')), []);
   });
 
+  it('a directory whose tree lies beyond the end of a truncated pack is named lost; the rest is restored', async (t) => {
+    const dir = await tempDir(t);
+    const tr = await makeTestRepo();
+    t.after(() => tr.close());
+    const c = crafter(tr);
+    const sub = await c.tree([fileNode('inner', await c.data(Buffer.from('inner')), 5)]);
+    await c.flush(); // the next blobs go to another pack
+    const root = await c.tree([dirNode('d', sub), fileNode('ok', await c.data(Buffer.from('ok')), 2)]);
+    await c.flush();
+    const hit = tr.repo.index.lookup(Buffer.from(sub, 'hex'), 'tree')!;
+    const name = `data/${toHex(hit.packId).slice(0, 2)}/${toHex(hit.packId)}`;
+    await tr.backend.put(name, (await tr.backend.get(name)).subarray(0, hit.entry.offset + 1));
+    const out = join(dir, 'out');
+    // This was INVALID_RANGE for the whole restore.
+    await assert.rejects(restore(tr.repo, root, out), (e) => isCofferError(e, 'CORRUPT') && (e.details?.damaged as Array<{ path: string }>).map((d) => d.path).join() === '/d');
+    assert.equal(await readFile(join(out, 'ok'), 'utf8'), 'ok');
+  });
+
   it('damaged data found by a window flushed behind the walk fails that file only', async (t) => {
     const dir = await tempDir(t);
     const src = join(dir, 'src');
