@@ -172,6 +172,23 @@ describe('repair', () => {
     assert.deepEqual((await repairPacks(await tr.reopen(), tr.pool)).packs, []);
   });
 
+  it('a pack damaged only in its footer is recorded by check, and repair packs takes it out of use losing nothing', async (t) => {
+    const { dir, src, tr } = await setup(t);
+    const victim = await largestPack(tr.backend);
+    const bytes = await tr.backend.get(victim.name);
+    bytes[bytes.length - 3]! ^= 0x10; // the footer's end magic: every blob still reads
+    await tr.backend.put(victim.name, bytes);
+    const c1 = await check(await tr.reopen(), { readData: true });
+    assert.ok(c1.ok, 'no data is lost');
+    // It used to go unrecorded (no blob is damaged), so repair packs found nothing to do.
+    assert.ok(c1.damageRecorded, 'check recorded the damaged pack');
+    const res = await repairPacks(await tr.reopen(), tr.pool);
+    assert.deepEqual(res.packs.map((p) => [p.pack, p.lost, p.salvaged === p.blobs, p.quarantined]), [[victim.name.split('/').at(-1), 0, true, true]]);
+    const c2 = await check(await tr.reopen(), { readData: true });
+    assert.deepEqual(c2.problems, [], 'nothing is left to say');
+    await restoreAndCompare(await tr.reopen(), src, join(dir, 'out'), new Set());
+  });
+
   it('repair snapshots renames what is lost to NAME.damaged (zero-filled), keeps everything else, and runs once', async (t) => {
     const { dir, src, tr } = await setup(t);
     const victim = await largestPack(tr.backend);
