@@ -189,6 +189,24 @@ describe('repair', () => {
     await restoreAndCompare(await tr.reopen(), src, join(dir, 'out'), new Set());
   });
 
+  it('repair packs quarantines a damaged pack that repair index dropped from the index, and retires the records of packs gone', async (t) => {
+    const { tr } = await setup(t);
+    const [garbled, deleted] = (await listAll(tr.backend, DATA_PREFIX)).sort((a, b) => b.size - a.size);
+    await tr.backend.put(garbled!.name, randomBytes(7, garbled!.size)); // nothing in it reads
+    await tr.backend.delete(deleted!.name);
+    await check(await tr.reopen(), { readData: true });
+    await repairIndex(await tr.reopen()); // drops both packs from the index
+    const res = await repairPacks(await tr.reopen(), tr.pool);
+    assert.deepEqual(res.packs.map((p) => [p.pack, p.quarantined]).sort(), [[garbled!.name.split('/').at(-1), true], [deleted!.name.split('/').at(-1), false]].sort());
+    assert.ok(res.damageRecordsRetired >= 1);
+    assert.deepEqual(await names(tr.backend, 'damage/'), [], 'every damage record is retired');
+    assert.ok((await names(tr.backend, QUARANTINE_PREFIX)).includes(QUARANTINE_PREFIX + garbled!.name));
+    // What is left are the lost files: no unindexed pack, no damage record to act on.
+    await repairSnapshots(await tr.reopen(), tr.pool);
+    const c = await check(await tr.reopen(), { readData: true });
+    assert.deepEqual(c.problems.filter((p) => p.kind !== 'blob-missing').map((p) => p.kind), []);
+  });
+
   it('repair snapshots renames what is lost to NAME.damaged (zero-filled), keeps everything else, and runs once', async (t) => {
     const { dir, src, tr } = await setup(t);
     const victim = await largestPack(tr.backend);

@@ -300,13 +300,19 @@ export async function repairPacks(repo: Repository, encoder: Encoder, options: R
     // the wrong size.
     const problems = new Map<string, string>();
     const damaged = repo.damage.byPack();
+    const indexed = new Set<string>();
     for (const p of repo.index.packs()) {
       const hex = toHex(p.packId);
+      indexed.add(hex);
       const size = stored.get(hex);
       if (size === undefined) problems.set(hex, 'missing from storage');
       else if (size !== p.packSize) problems.set(hex, `has ${size} bytes, the index says ${p.packSize}`);
       else if (damaged.has(hex)) problems.set(hex, repo.damage.entries.find((e) => e.pack === hex)!.problem);
     }
+    // A damaged pack that the index no longer lists (repair index found it gone, or none of its
+    // blobs readable) has nothing to salvage through the index, but is still in storage or in
+    // the damage records: it goes to quarantine and its records are retired all the same.
+    for (const hex of damaged.keys()) if (!indexed.has(hex)) problems.set(hex, repo.damage.entries.find((e) => e.pack === hex)!.problem);
     if (options.packs?.length) {
       for (const ref of options.packs) {
         const m = [...new Set([...stored.keys(), ...problems.keys()])].filter((h) => h.startsWith(ref));
