@@ -13,11 +13,12 @@ import { backup, localHostIdentity } from '../src/jobs/backup.ts';
 import { compilePathFilter, compilePattern, matchesPattern, restore, restoreSafety, systemDirOf, type RestoreEntry } from '../src/jobs/restore.ts';
 import { BlobSaver } from '../src/repository/packer.ts';
 import { Repository } from '../src/repository/repository.ts';
-import { listAll } from '../src/storage/backend.ts';
+import { listAll, type GetOptions } from '../src/storage/backend.ts';
 import { saveSnapshot, type HostIdentity, type Snapshot } from '../src/repository/snapshot.ts';
 import { nameBytes } from '../src/repository/tree.ts';
 import { createSpecial, readXattrs, setTimesNs, writeXattrs } from '../src/sources/metadata.ts';
 import { LocalBackend } from '../src/storage/local.ts';
+import { MemoryBackend } from '../src/storage/memory.ts';
 import { makeTestRepo, TEST_PASSWORD, type TestRepo } from '../src/testing/repo.ts';
 import { randomBytes } from '../src/testing/random.ts';
 import { tempDir } from '../src/testing/tmp.ts';
@@ -815,6 +816,27 @@ describe('restore', () => {
     // This was INVALID_RANGE for the whole restore.
     await assert.rejects(restore(tr.repo, root, out), (e) => isCofferError(e, 'CORRUPT') && (e.details?.damaged as Array<{ path: string }>).map((d) => d.path).join() === '/d');
     assert.equal(await readFile(join(out, 'ok'), 'utf8'), 'ok');
+  });
+
+  it('a storage failure while file data is read fails the restore with that failure, not INTERNAL', async (t) => {
+    const dir = await tempDir(t);
+    const src = join(dir, 'src');
+    await mkdir(src);
+    for (let i = 0; i < 4; i++) await writeFile(join(src, `f${i}`), randomBytes(300 + i, 50_000));
+    /** Fails the ranged reads of file data (trees and pack headers are smaller): the trees are read, then the data fails. */
+    class DataReadsFail extends MemoryBackend {
+      on = false;
+      override async get(name: string, options?: GetOptions): Promise<Buffer> {
+        if (this.on && name.startsWith('data/') && (options?.length ?? Infinity) > 2000) throw new CofferError('STORAGE_UNAVAILABLE', `Cannot get ${name}: the server went away`);
+        return super.get(name, options);
+      }
+    }
+    const backend = new DataReadsFail();
+    const tr = await makeTestRepo({ backend });
+    t.after(() => tr.close());
+    const { snapshot } = await backup(tr.repo, tr.pool, [src]);
+    backend.on = true;
+    await assert.rejects(restore(tr.repo, snapshot, join(dir, 'out')), (e) => isCofferError(e, 'STORAGE_UNAVAILABLE') && /the server went away/.test(e.message));
   });
 
   it('damaged data found by a window flushed behind the walk fails that file only', async (t) => {

@@ -1075,6 +1075,11 @@ export async function restore(repo: Repository, source: Snapshot | string, targe
         retry = [];
         await readBlobs(repo, again.map((n) => n.hit), (indexes, results) => deliver(again, indexes, results), readOptions);
       }
+    } catch (e) {
+      // The cause, before the files left unfinished are settled below (else they would be, with
+      // an INTERNAL error, and that would be what the restore reports).
+      fail(e);
+      throw e;
     } finally {
       // After a fatal error or cancellation: what the window could not finish is removed.
       for (const job of jobs) {
