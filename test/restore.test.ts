@@ -818,6 +818,30 @@ describe('restore', () => {
     assert.equal(await readFile(join(out, 'ok'), 'utf8'), 'ok');
   });
 
+  it('a pack whose header claims a newer version loses the files and directories in it; the rest is restored', async (t) => {
+    const dir = await tempDir(t);
+    const tr = await makeTestRepo();
+    t.after(() => tr.close());
+    const c = crafter(tr);
+    const lostData = await c.data(Buffer.from('lost'));
+    const sub = await c.tree([fileNode('inner', await c.data(Buffer.from('inner')), 5)]);
+    await c.flush(); // the next blobs go to another pack
+    const root = await c.tree([dirNode('d', sub), fileNode('lost', lostData, 4), fileNode('ok', await c.data(Buffer.from('ok')), 2)]);
+    await c.flush();
+    const hit = tr.repo.index.lookup(Buffer.from(sub, 'hex'), 'tree')!;
+    const name = `data/${toHex(hit.packId).slice(0, 2)}/${toHex(hit.packId)}`;
+    const bytes = await tr.backend.get(name);
+    bytes[8] = 86; // the pack header's version byte
+    await tr.backend.put(name, bytes);
+    const out = join(dir, 'out');
+    for (const pool of [undefined, tr.pool]) {
+      // This was UNSUPPORTED for the whole restore (a tree), or INTERNAL (file data).
+      await assert.rejects(restore(tr.repo, root, out, { pool }), (e) => isCofferError(e, 'CORRUPT') && (e.details?.damaged as Array<{ path: string }>).map((d) => d.path).sort().join() === '/d,/lost');
+      assert.deepEqual((await readdir(out)).sort(), ['d', 'ok']);
+      assert.deepEqual(await readdir(join(out, 'd')), [], 'the lost directory is there, empty');
+    }
+  });
+
   it('a storage failure while file data is read fails the restore with that failure, not INTERNAL', async (t) => {
     const dir = await tempDir(t);
     const src = join(dir, 'src');

@@ -1447,10 +1447,10 @@ export async function restore(repo: Repository, source: Snapshot | string, targe
           const w = batch[k]!;
           const t = loaded[k]!;
           if (t.status === 'rejected') {
-            // A damaged or missing tree (also one beyond the end of a truncated pack) is lost with
-            // everything below it and named like any lost entry; the root tree too, though then
-            // nothing at all is restored.
-            if (!(isCofferError(t.reason, 'CORRUPT') || isCofferError(t.reason, 'NOT_FOUND') || isCofferError(t.reason, 'INVALID_RANGE'))) throw t.reason;
+            // A damaged or missing tree (also one beyond the end of a truncated pack, or in a pack
+            // whose header claims a newer version) is lost with everything below it and named like
+            // any lost entry; the root tree too, though then nothing at all is restored.
+            if (!(isCofferError(t.reason) && ['CORRUPT', 'NOT_FOUND', 'INVALID_RANGE', 'UNSUPPORTED'].includes(t.reason.code))) throw t.reason;
             damaged.push({ path: w.dir.inner || '/', problem: (t.reason as Error).message, blob: w.id });
             continue;
           }
