@@ -4,16 +4,19 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
-import { mkdir, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { isCofferError } from '../src/core/errors.ts';
 import { listAll, type Backend } from '../src/storage/backend.ts';
 import { backup } from '../src/jobs/backup.ts';
 import { restore } from '../src/jobs/restore.ts';
 import { check } from '../src/repository/check.ts';
-import { CONFIG_COPY_NAME, CONFIG_NAME, DATA_PREFIX, INDEX_PREFIX, QUARANTINE_PREFIX, SNAPSHOTS_PREFIX } from '../src/repository/layout.ts';
+import { fromHex, toHex } from '../src/engine/hash.ts';
+import { CONFIG_COPY_NAME, CONFIG_NAME, DATA_PREFIX, INDEX_PREFIX, QUARANTINE_PREFIX, SNAPSHOTS_PREFIX, packName } from '../src/repository/layout.ts';
 import { repairConfig, repairIndex, repairPacks, repairSnapshots } from '../src/repository/repair.ts';
 import { Repository } from '../src/repository/repository.ts';
 import { readSnapshots } from '../src/repository/snapshot.ts';
+import type { TreeNode } from '../src/repository/tree.ts';
+import { walkTree } from '../src/repository/walk.ts';
 import { makeTestRepo, TEST_PASSWORD, type TestRepo } from '../src/testing/repo.ts';
 import { tempDir } from '../src/testing/tmp.ts';
 import { randomBytes } from '../src/testing/random.ts';
@@ -61,6 +64,33 @@ async function restoreAndCompare(repo: Repository, src: string, out: string, los
   return { restored: got.size, failed };
 }
 
+/** The chunks of the file `name` of the newest snapshot: id, pack, offset in the pack and in the file, length. */
+async function chunksOf(tr: TestRepo, name: string): Promise<Array<{ id: string; pack: string; packOffset: number; stored: number; at: number; length: number }>> {
+  const snap = (await readSnapshots(tr.repo)).snapshots.at(-1)!;
+  let node: TreeNode | undefined;
+  await walkTree(tr.repo, snap.snapshot.tree, { node: (p, n) => void (p.endsWith(`/${name}`) && (node = n)) });
+  let at = 0;
+  return node!.content!.map((id) => {
+    const hit = tr.repo.index.lookup(fromHex(id), 'data')!;
+    const c = { id, pack: toHex(hit.packId), packOffset: hit.entry.offset, stored: hit.entry.length, at, length: hit.entry.rawLength };
+    at += c.length;
+    return c;
+  });
+}
+
+/** Check, repair packs, repair snapshots (the order check advises), then the repaired snapshot's NAME.damaged. */
+async function repairAndRestoreDamaged(tr: TestRepo, src: string, out: string, name: string): Promise<Buffer> {
+  await check(await tr.reopen(), { readData: true });
+  await repairPacks(await tr.reopen(), tr.pool);
+  await repairSnapshots(await tr.reopen(), tr.pool);
+  const r = await tr.reopen();
+  await r.loadIndex();
+  const fixed = (await readSnapshots(r)).snapshots.at(-1)!;
+  assert.ok(fixed.snapshot.repairedFrom);
+  await restore(r, fixed.snapshot, out);
+  return readFile(join(out, ...src.split('/').filter(Boolean), `${name}.damaged`));
+}
+
 describe('repair', () => {
   it('repair index keeps the blobs of a pack whose trailer is gone, each verified, and names only the files whose data is gone', async (t) => {
     const { dir, src, tr } = await setup(t);
@@ -86,6 +116,18 @@ describe('repair', () => {
     const { restored, failed } = await restoreAndCompare(await tr.reopen(), src, join(dir, 'out'), lost);
     assert.deepEqual(failed.sort(), [...lost].sort(), 'the restore fails exactly for the files the repair named');
     assert.equal(restored, 13 - lost.size);
+  });
+
+  it('repair index takes a pack whose header claims a newer version for damaged, and names what it held as lost', async (t) => {
+    const { tr } = await setup(t);
+    const victim = await largestPack(tr.backend);
+    const bytes = await tr.backend.get(victim.name);
+    bytes[8] = 86; // the pack header's version byte
+    await tr.backend.put(victim.name, bytes);
+    const res = await repairIndex(await tr.reopen());
+    assert.deepEqual(res.damagedPacks.map((d) => [d.pack, d.blobsKept]), [[victim.name.split('/').at(-1), 0]]);
+    assert.match(res.damagedPacks[0]!.error, /version 86/);
+    assert.ok(res.lostFileCount >= 1);
   });
 
   it('repair index moves an unreadable index file to quarantine and loses nothing', async (t) => {
@@ -128,6 +170,41 @@ describe('repair', () => {
     await restoreAndCompare(await tr.reopen(), src, join(dir, 'out'), lost);
     // Once repaired, there is nothing more to repair.
     assert.deepEqual((await repairPacks(await tr.reopen(), tr.pool)).packs, []);
+  });
+
+  it('a pack damaged only in its footer is recorded by check, and repair packs takes it out of use losing nothing', async (t) => {
+    const { dir, src, tr } = await setup(t);
+    const victim = await largestPack(tr.backend);
+    const bytes = await tr.backend.get(victim.name);
+    bytes[bytes.length - 3]! ^= 0x10; // the footer's end magic: every blob still reads
+    await tr.backend.put(victim.name, bytes);
+    const c1 = await check(await tr.reopen(), { readData: true });
+    assert.ok(c1.ok, 'no data is lost');
+    // It used to go unrecorded (no blob is damaged), so repair packs found nothing to do.
+    assert.ok(c1.damageRecorded, 'check recorded the damaged pack');
+    const res = await repairPacks(await tr.reopen(), tr.pool);
+    assert.deepEqual(res.packs.map((p) => [p.pack, p.lost, p.salvaged === p.blobs, p.quarantined]), [[victim.name.split('/').at(-1), 0, true, true]]);
+    const c2 = await check(await tr.reopen(), { readData: true });
+    assert.deepEqual(c2.problems, [], 'nothing is left to say');
+    await restoreAndCompare(await tr.reopen(), src, join(dir, 'out'), new Set());
+  });
+
+  it('repair packs quarantines a damaged pack that repair index dropped from the index, and retires the records of packs gone', async (t) => {
+    const { tr } = await setup(t);
+    const [garbled, deleted] = (await listAll(tr.backend, DATA_PREFIX)).sort((a, b) => b.size - a.size);
+    await tr.backend.put(garbled!.name, randomBytes(7, garbled!.size)); // nothing in it reads
+    await tr.backend.delete(deleted!.name);
+    await check(await tr.reopen(), { readData: true });
+    await repairIndex(await tr.reopen()); // drops both packs from the index
+    const res = await repairPacks(await tr.reopen(), tr.pool);
+    assert.deepEqual(res.packs.map((p) => [p.pack, p.quarantined]).sort(), [[garbled!.name.split('/').at(-1), true], [deleted!.name.split('/').at(-1), false]].sort());
+    assert.ok(res.damageRecordsRetired >= 1);
+    assert.deepEqual(await names(tr.backend, 'damage/'), [], 'every damage record is retired');
+    assert.ok((await names(tr.backend, QUARANTINE_PREFIX)).includes(QUARANTINE_PREFIX + garbled!.name));
+    // What is left are the lost files: no unindexed pack, no damage record to act on.
+    await repairSnapshots(await tr.reopen(), tr.pool);
+    const c = await check(await tr.reopen(), { readData: true });
+    assert.deepEqual(c.problems.filter((p) => p.kind !== 'blob-missing').map((p) => p.kind), []);
   });
 
   it('repair snapshots renames what is lost to NAME.damaged (zero-filled), keeps everything else, and runs once', async (t) => {
@@ -189,6 +266,66 @@ describe('repair', () => {
     const out = join(dir, 'out');
     await restore(r, snapshots[0]!.snapshot.tree, out);
     assert.deepEqual(await listTree(join(out, ...src.split('/').filter(Boolean))), await listTree(src));
+  });
+
+  it('repair snapshots after repair packs zero-fills a run of lost chunks that the index no longer knows, keeping the file\'s size and its readable chunks', async (t) => {
+    const { dir, src, tr } = await setup(t);
+    const chunks = await chunksOf(tr, 'big');
+    // A pack holding two or more of big's chunks (neighbours, as a backup writes them), not all of them.
+    const victim = [...new Set(chunks.map((c) => c.pack))].find((p) => {
+      const n = chunks.filter((c) => c.pack === p).length;
+      return n >= 2 && n < chunks.length;
+    })!;
+    assert.ok(victim, 'a pack holds a run of big\'s chunks');
+    await tr.backend.delete(packName(victim));
+    // Repair packs drops the lost blobs from the index: repair snapshots no longer knows their lengths.
+    const got = await repairAndRestoreDamaged(tr, src, join(dir, 'out'), 'big');
+    const want = randomBytes(399, 400_000);
+    assert.equal(got.length, want.length, 'big.damaged keeps the size of big');
+    for (const c of chunks) {
+      const part = got.subarray(c.at, c.at + c.length);
+      if (c.pack === victim) assert.ok(part.every((b) => b === 0), `lost chunk at ${c.at} is zero-filled`);
+      else assert.ok(part.equals(want.subarray(c.at, c.at + c.length)), `readable chunk at ${c.at} is kept in place`);
+    }
+  });
+
+  it('repair snapshots after repair packs keeps the readable chunks between two lost ones', { todo: 'lost blobs leave the index with repair packs (and repair index), and their lengths with them: two lost chunks that are not neighbours cannot be placed, and the repaired file is cut at the first (random-damage seed 261: COFFER_DAMAGE_SEEDS=261-261)' }, async (t) => {
+    const { dir, src, tr } = await setup(t);
+    const chunks = await chunksOf(tr, 'big');
+    // Damage chunks 1 and 3: chunk 2 between them still reads.
+    for (const c of [chunks[1]!, chunks[3]!]) {
+      const bytes = await tr.backend.get(packName(c.pack));
+      bytes[c.packOffset + Math.floor(c.stored / 2)]! ^= 0x40;
+      await tr.backend.put(packName(c.pack), bytes);
+    }
+    const got = await repairAndRestoreDamaged(tr, src, join(dir, 'out'), 'big');
+    const want = randomBytes(399, 400_000);
+    assert.equal(got.length, want.length, 'big.damaged keeps the size of big');
+    const c2 = chunks[2]!;
+    assert.ok(got.subarray(c2.at, c2.at + c2.length).equals(want.subarray(c2.at, c2.at + c2.length)), 'the readable chunk between the lost ones is kept in place');
+  });
+
+  it('a config whose version byte is damaged (it claims a newer format than its copy) opens through its copy, and repair config rewrites it', async (t) => {
+    const { tr } = await setup(t);
+    const good = await tr.backend.get(CONFIG_NAME);
+    const newer = Buffer.from(good);
+    newer[8] = 86; // the envelope's version byte
+    await tr.backend.put(CONFIG_NAME, newer);
+    const r = await Repository.open(tr.backend, TEST_PASSWORD, { noCache: true });
+    assert.match(r.configNote ?? '', /config object is damaged \(.*format version 86.*its copy is of this version\); opened with its copy/);
+    assert.deepEqual((await repairConfig(r)).rewritten, [CONFIG_NAME]);
+    await r.close();
+    assert.deepEqual(await tr.backend.get(CONFIG_NAME), good);
+    // The same damage to the copy: repair config finds and rewrites it.
+    await tr.backend.put(CONFIG_COPY_NAME, newer);
+    const r2 = await Repository.open(tr.backend, TEST_PASSWORD, { noCache: true });
+    assert.equal(r2.configNote, undefined);
+    assert.deepEqual((await repairConfig(r2)).rewritten, [CONFIG_COPY_NAME]);
+    await r2.close();
+    // Both of a newer format: that is a newer repository, not damage.
+    await tr.backend.put(CONFIG_NAME, newer);
+    await tr.backend.put(CONFIG_COPY_NAME, newer);
+    await assert.rejects(Repository.open(tr.backend, TEST_PASSWORD, { noCache: true }), (e) => isCofferError(e, 'UNSUPPORTED'));
   });
 
   it('a damaged config opens through its copy, says so, and repair config rewrites it; with both damaged the error says how to restore it', async (t) => {

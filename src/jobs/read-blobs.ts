@@ -8,10 +8,10 @@
 // requests in flight fit in `maxInFlight` (one request is always admitted, however large), and
 // its buffers are dropped once deliver() has returned.
 //
-// Errors: a blob that is damaged or missing (CORRUPT, NOT_FOUND, or INVALID_RANGE when its pack
-// was truncated) is delivered as that blob's
-// error and the others are delivered as usual; anything else (the backend is unreachable, the
-// worker pool broke, cancellation) rejects the whole call. A coalesced request that fails is
+// Errors: a blob that is damaged or missing (CORRUPT, NOT_FOUND, INVALID_RANGE when its pack
+// was truncated, UNSUPPORTED when its pack's header claims a newer version) is delivered as that
+// blob's error and the others are delivered as usual; anything else (the backend is unreachable,
+// the worker pool broke, cancellation) rejects the whole call. A coalesced request that fails is
 // retried blob by blob, so that one bad neighbour cannot take down the others.
 
 import { setImmediate as nextTurn } from 'node:timers/promises';
@@ -66,8 +66,12 @@ interface Request {
 /** Main-thread decoding yields to the event loop after this many milliseconds. */
 const SLICE_MS = 8;
 
-/** Damage to one blob or pack: damaged bytes, a missing pack, a range past the end of a truncated one. */
-const isBlobError = (e: unknown): e is CofferError => isCofferError(e, 'CORRUPT') || isCofferError(e, 'NOT_FOUND') || isCofferError(e, 'INVALID_RANGE');
+/**
+ * Damage to one blob or pack: damaged bytes, a missing pack, a range past the end of a truncated
+ * one, a pack header that claims a newer version (a damaged version byte: the repository's config
+ * says which version its packs are).
+ */
+const isBlobError = (e: unknown): e is CofferError => isCofferError(e, 'CORRUPT') || isCofferError(e, 'NOT_FOUND') || isCofferError(e, 'INVALID_RANGE') || isCofferError(e, 'UNSUPPORTED');
 
 /** Splits the hits into requests: by pack (in order of first appearance), then by offset. */
 export function planRequests(hits: readonly IndexHit[], maxGap = DEFAULT_MAX_GAP, maxRequest = DEFAULT_MAX_REQUEST): Request[] {

@@ -1075,6 +1075,11 @@ export async function restore(repo: Repository, source: Snapshot | string, targe
         retry = [];
         await readBlobs(repo, again.map((n) => n.hit), (indexes, results) => deliver(again, indexes, results), readOptions);
       }
+    } catch (e) {
+      // The cause, before the files left unfinished are settled below (else they would be, with
+      // an INTERNAL error, and that would be what the restore reports).
+      fail(e);
+      throw e;
     } finally {
       // After a fatal error or cancellation: what the window could not finish is removed.
       for (const job of jobs) {
@@ -1442,9 +1447,11 @@ export async function restore(repo: Repository, source: Snapshot | string, targe
           const w = batch[k]!;
           const t = loaded[k]!;
           if (t.status === 'rejected') {
-            // The root tree is the snapshot: without it there is nothing to restore.
-            if (!w.dir.parent || !(isCofferError(t.reason, 'CORRUPT') || isCofferError(t.reason, 'NOT_FOUND'))) throw t.reason;
-            damaged.push({ path: w.dir.inner, problem: (t.reason as Error).message });
+            // A damaged or missing tree (also one beyond the end of a truncated pack, or in a pack
+            // whose header claims a newer version) is lost with everything below it and named like
+            // any lost entry; the root tree too, though then nothing at all is restored.
+            if (!(isCofferError(t.reason) && ['CORRUPT', 'NOT_FOUND', 'INVALID_RANGE', 'UNSUPPORTED'].includes(t.reason.code))) throw t.reason;
+            damaged.push({ path: w.dir.inner || '/', problem: (t.reason as Error).message, blob: w.id });
             continue;
           }
           await walkDir(w, t.value.nodes, next);

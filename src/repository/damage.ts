@@ -139,7 +139,9 @@ export async function recordDamage(repo: Repository, foundBy: DamageSource, pack
       continue;
     }
     const blobs = p.blobs.filter((b) => !known.isDamaged(p.pack, b.type, b.id));
-    if (blobs.length) fresh.push({ ...p, blobs });
+    // A pack damaged where no blob is (its trailer, its footer) is recorded too, with no blob:
+    // its blobs stay trusted, and repair packs knows to take it out of use.
+    if (blobs.length || !known.hasPack(p.pack)) fresh.push({ ...p, blobs });
   }
   if (fresh.length === 0) return undefined;
   const record: DamageRecord = { version: 1, time: new Date().toISOString(), host: hostname(), foundBy, packs: fresh };

@@ -209,7 +209,8 @@ export async function repairIndex(repo: Repository, options: RepairOptions = {})
       try {
         key = await repo.packKey(hex, { signal });
       } catch (e) {
-        if (!isCofferError(e, 'CORRUPT') && !isCofferError(e, 'INVALID_RANGE')) throw e;
+        // As for the trailer above: a header that claims a newer version is a damaged one here.
+        if (!isCofferError(e, 'CORRUPT') && !isCofferError(e, 'INVALID_RANGE') && !isCofferError(e, 'UNSUPPORTED')) throw e;
       }
       for (const e of entries) {
         throwIfAborted(signal);
@@ -313,8 +314,10 @@ export async function repairPacks(repo: Repository, encoder: Encoder, options: R
       else if (size !== p.packSize) problems.set(hex, `has ${size} bytes, the index says ${p.packSize}`);
       else if (damaged.has(hex)) problems.set(hex, repo.damage.entries.find((e) => e.pack === hex)!.problem);
     }
-    // A damaged pack no index lists any more: left by a repair interrupted before it moved the pack.
-    for (const hex of damaged.keys()) if (stored.has(hex) && !indexed.has(hex)) problems.set(hex, 'damaged, and no longer indexed');
+    // A damaged pack that the index no longer lists (repair index found it gone, or none of its
+    // blobs readable) has nothing to salvage through the index, but is still in storage or in
+    // the damage records: it goes to quarantine and its records are retired all the same.
+    for (const hex of damaged.keys()) if (!indexed.has(hex)) problems.set(hex, repo.damage.entries.find((e) => e.pack === hex)!.problem);
     if (options.packs?.length) {
       for (const ref of options.packs) {
         const m = [...new Set([...stored.keys(), ...problems.keys()])].filter((h) => h.startsWith(ref));
@@ -471,19 +474,32 @@ export async function repairSnapshots(repo: Repository, encoder: Encoder, option
 
     /** A file's content with lost blobs zero-filled (or cut where their length is unknown). */
     const repairContent = async (node: TreeNode): Promise<{ content: string[]; size: number; note: string }> => {
+      const ids = node.content ?? [];
       const content: string[] = [];
       let lost = 0;
       let lostBytes = 0;
       let pos = 0;
-      // A blob the index does not know at all has a length only if it is the one such blob.
-      const lengths = (node.content ?? []).map((c) => repo.index.lookupAll(fromHex(c), 'data')[0]?.entry.rawLength);
-      const unknown = lengths.filter((l) => l === undefined).length;
-      if (unknown === 1) lengths[lengths.findIndex((l) => l === undefined)] = (node.size ?? 0) - lengths.reduce((a: number, l) => a + (l ?? 0), 0);
-      for (const [i, c] of (node.content ?? []).entries()) {
+      // A blob the index does not know at all (repair index or repair packs dropped it as lost)
+      // has no length of its own. When every such blob of the file is in one run of neighbours,
+      // the run is as long as what the other blobs leave of the file's size: zero-filled whole.
+      const lengths = ids.map((c) => repo.index.lookupAll(fromHex(c), 'data')[0]?.entry.rawLength);
+      const unknown = lengths.flatMap((l, i) => (l === undefined ? [i] : []));
+      const runLength = (node.size ?? 0) - lengths.reduce((a: number, l) => a + (l ?? 0), 0);
+      const run = unknown.length && unknown.at(-1)! - unknown[0]! + 1 === unknown.length && runLength >= unknown.length ? { from: unknown[0]!, to: unknown.at(-1)! } : undefined;
+      for (let i = 0; i < ids.length; i++) {
+        const c = ids[i]!;
+        if (run && i === run.from) {
+          // In pieces no longer than a chunk, as a backup would have stored them.
+          for (let left = runLength; left > 0; left -= repo.config.chunker.maxSize) content.push(await zeroBlob(Math.min(left, repo.config.chunker.maxSize)));
+          lost += run.to - run.from + 1;
+          lostBytes += runLength;
+          pos += runLength;
+          i = run.to;
+          continue;
+        }
         if (readable('data', c)) {
-          const len = lengths[i]!;
           content.push(c);
-          pos += len;
+          pos += lengths[i]!;
           continue;
         }
         lost++;
@@ -495,7 +511,7 @@ export async function repairSnapshots(repo: Repository, encoder: Encoder, option
         lostBytes += len;
         pos += len;
       }
-      return { content, size: pos, note: `data lost in a repair on ${now}: ${lost} of ${node.content!.length} chunk(s), ${lostBytes} bytes, zero-filled` };
+      return { content, size: pos, note: `data lost in a repair on ${now}: ${lost} of ${ids.length} chunk(s), ${lostBytes} bytes, zero-filled` };
     };
 
     // Rewritten trees by id: a subtree shared by many snapshots is repaired once. `lost` is set
@@ -664,7 +680,8 @@ export async function repairConfig(repo: Repository, options: RepairOptions = {}
       if (config.id !== repo.id) throw new CofferError('CORRUPT', `the ${name} object belongs to repository ${config.id.slice(0, 12)}, not this one`);
       report.copies.push({ name, ok: true });
     } catch (e) {
-      if (!isCofferError(e, 'CORRUPT')) throw e;
+      // A copy that claims a newer format than the one this repository opened with is damaged.
+      if (!isCofferError(e, 'CORRUPT') && !isCofferError(e, 'UNSUPPORTED')) throw e;
       report.copies.push({ name, ok: false, problem: (e as Error).message });
     }
   }

@@ -256,17 +256,22 @@ export class Repository {
     try {
       config = await readConfig(backend, keys, CONFIG_NAME, { signal });
     } catch (e) {
-      if (!isCofferError(e, 'CORRUPT')) throw e;
-      // The copy init wrote, if it reads: the config never changes after init.
+      // The copy init wrote, if it reads: the config never changes after init. So a config that
+      // claims a newer format than its copy's is damaged too (a flipped version byte); a newer
+      // format says so in both.
+      if (!isCofferError(e, 'CORRUPT') && !isCofferError(e, 'UNSUPPORTED')) throw e;
       try {
         config = await readConfig(backend, keys, CONFIG_COPY_NAME, { signal });
       } catch (e2) {
-        if (!isCofferError(e2, 'CORRUPT')) throw e2;
+        if (!isCofferError(e2, 'CORRUPT') && !isCofferError(e2, 'UNSUPPORTED')) throw e2;
+        if (e.code === 'UNSUPPORTED') throw e;
+        if (e2.code === 'UNSUPPORTED') throw e2;
         throw new CofferError('CORRUPT', `Cannot open the repository at ${backend.location}: ${e.message}, and its copy too (${e2.message})`, {
           hint: 'The config never changes after `repo init`: copy the file `config` from any copy of this repository (a clone, a backup of the bucket or directory) into place, then run `coffer repo repair config`.',
         });
       }
-      configNote = `${e.message}; opened with its copy ${CONFIG_COPY_NAME}. Run \`coffer repo repair config\` to rewrite it from the copy.`;
+      const what = e.code === 'UNSUPPORTED' ? `the ${CONFIG_NAME} object is damaged (${e.message}, but its copy is of this version)` : e.message;
+      configNote = `${what}; opened with its copy ${CONFIG_COPY_NAME}. Run \`coffer repo repair config\` to rewrite it from the copy.`;
     }
     const repo = await Repository.openWithMaster(backend, config, master, keyId, options);
     repo.configNote = configNote;
