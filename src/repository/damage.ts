@@ -24,7 +24,14 @@ export interface PackDamage {
   pack: string;
   /** What is wrong: missing, truncated, damaged blob(s), unreadable header, ... */
   problem: string;
-  blobs?: Array<{ type: BlobType; id: string }>;
+  /** `rawLength` where known: a repair that drops the blob from the index keeps its length here. */
+  blobs?: Array<{ type: BlobType; id: string; rawLength?: number }>;
+  /**
+   * The pack is out of use (quarantined or gone) and these blobs are lost for good. Such an entry
+   * only keeps their lengths, so that `repair snapshots` can still zero-fill them in place; it
+   * is not damage to avoid, and no repair acts on it.
+   */
+  lost?: true;
 }
 
 export interface DamageRecord {
@@ -42,8 +49,12 @@ export class DamageSet {
   private readonly packs = new Map<string, 'all' | Set<string>>();
   /** The record ids (hex) this set was built from. */
   readonly records = new Set<string>();
-  /** Every pack damage as recorded, for reports and repair. */
+  /** Every pack damage as recorded, for reports and repair (the `lost` entries too). */
   readonly entries: Array<PackDamage & { record: string; foundBy: DamageSource; time: string }> = [];
+  /** Raw lengths of damaged or lost blobs (type + hex id), where a record keeps them. */
+  private readonly lengths = new Map<string, number>();
+  /** Blobs (type + hex id) that a `lost` entry records. */
+  private readonly lostBlobs = new Set<string>();
 
   get size(): number {
     return this.packs.size;
@@ -53,6 +64,11 @@ export class DamageSet {
     this.records.add(record);
     for (const p of r.packs) {
       this.entries.push({ ...p, record, foundBy: r.foundBy, time: r.time });
+      for (const b of p.blobs ?? []) if (b.rawLength !== undefined) this.lengths.set(b.type + b.id, b.rawLength);
+      if (p.lost) {
+        for (const b of p.blobs ?? []) this.lostBlobs.add(b.type + b.id);
+        continue;
+      }
       const cur = this.packs.get(p.pack);
       if (cur === 'all') continue;
       if (!p.blobs) {
@@ -75,6 +91,16 @@ export class DamageSet {
     return this.packs.has(packHex);
   }
 
+  /** The raw length of a damaged or lost blob, if a record kept it. */
+  lengthOf(type: BlobType, idHex: string): number | undefined {
+    return this.lengths.get(type + idHex);
+  }
+
+  /** Whether a `lost` entry records this blob (with its length). */
+  isLost(type: BlobType, idHex: string): boolean {
+    return this.lostBlobs.has(type + idHex);
+  }
+
   /** The damaged packs, each with 'all' or its damaged blob keys (type + hex id). */
   byPack(): Map<string, 'all' | Set<string>> {
     return new Map(this.packs);
@@ -90,9 +116,13 @@ function validateRecord(raw: unknown, id: string): DamageRecord {
   if (!Array.isArray(r!.packs)) bad('no pack list');
   for (const p of r!.packs!) {
     if (!p || typeof p.pack !== 'string' || !isHexId(p.pack) || typeof p.problem !== 'string') bad('a malformed pack entry');
+    if (p.lost !== undefined && p.lost !== true) bad('a malformed lost flag');
     if (p.blobs !== undefined) {
       if (!Array.isArray(p.blobs)) bad('a malformed blob list');
-      for (const b of p.blobs) if (!b || (b.type !== 'data' && b.type !== 'tree') || typeof b.id !== 'string' || !isHexId(b.id)) bad('a malformed blob');
+      for (const b of p.blobs) {
+        if (!b || (b.type !== 'data' && b.type !== 'tree') || typeof b.id !== 'string' || !isHexId(b.id)) bad('a malformed blob');
+        if (b.rawLength !== undefined && !(Number.isSafeInteger(b.rawLength) && b.rawLength >= 0 && b.rawLength <= 0xffffffff)) bad('a malformed blob length');
+      }
     }
   }
   return r as DamageRecord;
@@ -134,6 +164,12 @@ export async function loadDamage(repo: Repository, options: CallOptions & { onUn
 export async function recordDamage(repo: Repository, foundBy: DamageSource, packs: PackDamage[], known: DamageSet, options?: CallOptions): Promise<string | undefined> {
   const fresh: PackDamage[] = [];
   for (const p of packs) {
+    if (p.lost) {
+      // Against lost entries only: the damage entries that knew these lengths are about to be retired.
+      const blobs = (p.blobs ?? []).filter((b) => b.rawLength !== undefined && !known.isLost(b.type, b.id));
+      if (blobs.length) fresh.push({ ...p, blobs });
+      continue;
+    }
     if (!p.blobs) {
       if (known.byPack().get(p.pack) !== 'all') fresh.push(p);
       continue;
@@ -163,11 +199,12 @@ export async function retireDamage(repo: Repository, packs: ReadonlySet<string>,
     if (!l) byRecord.set(e.record, (l = []));
     l.push(e);
   }
+  // `lost` entries stay: they only keep the lengths of blobs that are gone (see PackDamage).
   for (const [record, entries] of byRecord) {
-    if (!entries.some((e) => packs.has(e.pack))) continue;
-    const rest = entries.filter((e) => !packs.has(e.pack));
+    if (!entries.some((e) => packs.has(e.pack) && !e.lost)) continue;
+    const rest = entries.filter((e) => !packs.has(e.pack) || e.lost);
     if (rest.length) {
-      const r: DamageRecord = { version: 1, time: rest[0]!.time, host: hostname(), foundBy: rest[0]!.foundBy, packs: rest.map(({ pack, problem, blobs }) => ({ pack, problem, ...(blobs ? { blobs } : {}) })) };
+      const r: DamageRecord = { version: 1, time: rest[0]!.time, host: hostname(), foundBy: rest[0]!.foundBy, packs: rest.map(({ pack, problem, blobs, lost }) => ({ pack, problem, ...(blobs ? { blobs } : {}), ...(lost ? { lost } : {}) })) };
       await repo.saveObject('damage', DAMAGE_PREFIX, Buffer.from(JSON.stringify(r)), options);
     }
     await repo.backend.delete(DAMAGE_PREFIX + record, options);

@@ -189,8 +189,9 @@ export async function repairIndex(repo: Repository, options: RepairOptions = {})
       for (const p of content.packs) {
         const hex = toHex(p.packId);
         if (!stored.has(hex)) listedBy.set(hex, [...(listedBy.get(hex) ?? []), id]);
-        // Superseded files still know where blobs sit in a pack whose trailer failed.
-        if (!failed.has(hex)) continue;
+        // Superseded files still know where blobs sit in a pack whose trailer failed (and how
+        // long the blobs of a missing pack were).
+        if (!failed.has(hex) && stored.has(hex)) continue;
         let m = known.get(hex);
         if (!m) known.set(hex, (m = new Map()));
         for (const e of p.entries) m.set(`${e.type}${toHex(e.id)}@${e.offset}`, e);
@@ -204,7 +205,7 @@ export async function repairIndex(repo: Repository, options: RepairOptions = {})
     for (const [hex, error] of failed) {
       const entries = [...(known.get(hex)?.values() ?? [])].sort((a, b) => a.offset - b.offset);
       const kept: IndexEntry[] = [];
-      const bad: Array<{ type: BlobType; id: string }> = [];
+      const bad: Array<{ type: BlobType; id: string; rawLength: number }> = [];
       let key: Buffer | undefined;
       try {
         key = await repo.packKey(hex, { signal });
@@ -221,7 +222,7 @@ export async function repairIndex(repo: Repository, options: RepairOptions = {})
           kept.push(e);
         } catch (err) {
           if (isCofferError(err, 'CANCELLED') || isCofferError(err, 'STORAGE_UNAVAILABLE') || isCofferError(err, 'STORAGE_DENIED')) throw err;
-          bad.push({ type: e.type, id: toHex(e.id) });
+          bad.push({ type: e.type, id: toHex(e.id), rawLength: e.rawLength });
         }
       }
       report.damagedPacks.push({ pack: hex, error, blobsKnown: entries.length, blobsKept: kept.length });
@@ -231,6 +232,11 @@ export async function repairIndex(repo: Repository, options: RepairOptions = {})
         report.blobs += kept.length;
       }
       damage.push({ pack: hex, problem: `trailer unreadable (${error})`, blobs: bad });
+    }
+    // The blobs of a missing pack leave the index here: their lengths stay with the damage.
+    for (const hex of report.missingPacks) {
+      const blobs = [...(known.get(hex)?.values() ?? [])].map((e) => ({ type: e.type, id: toHex(e.id), rawLength: e.rawLength }));
+      if (blobs.length) damage.push({ pack: hex, problem: 'missing from storage; dropped from the index by repair index', lost: true, blobs });
     }
 
     if (!options.dryRun) {
@@ -337,6 +343,10 @@ export async function repairPacks(repo: Repository, encoder: Encoder, options: R
 
     const saver = options.dryRun ? undefined : new BlobSaver(repo, encoder, { signal, force: true, session });
     const lostKeys = new Set<string>();
+    const salvagedKeys = new Set<string>();
+    // Lost blobs leave the index with their pack: their lengths stay in a `lost` damage record,
+    // so that repair snapshots can zero-fill them in place.
+    const lostBlobs: PackDamage[] = [];
     for (const [hex, problem] of problems) {
       throwIfAborted(signal);
       say(`repairing pack ${hex.slice(0, 12)} (${problem})`);
@@ -376,9 +386,13 @@ export async function repairPacks(repo: Repository, encoder: Encoder, options: R
         if (!raw) {
           line.lost++;
           lostKeys.add(e.type + toHex(e.id));
+          let l = lostBlobs.at(-1);
+          if (l?.pack !== hex) lostBlobs.push((l = { pack: hex, problem: `lost: ${problem}; taken out of use by repair packs`, lost: true, blobs: [] }));
+          l.blobs!.push({ type: e.type, id: toHex(e.id), rawLength: e.rawLength });
           continue;
         }
         line.salvaged++;
+        salvagedKeys.add(e.type + toHex(e.id));
         await saver?.saveMany([{ type: e.type, id: e.id, raw }]);
       }
       report.blobsSalvaged += line.salvaged;
@@ -399,6 +413,13 @@ export async function repairPacks(repo: Repository, encoder: Encoder, options: R
       await session.assertAlive({ signal });
       for (const id of current) if (!written.includes(id)) await repo.backend.delete(indexName(id), { signal });
       for (const line of report.packs) if (stored.has(line.pack)) line.quarantined = await quarantine(repo, packName(line.pack), { signal });
+      // Blobs earlier repairs dropped from the index were recorded with their lengths: carried over.
+      for (const e of repo.damage.entries) {
+        if (!problems.has(e.pack) || e.lost) continue;
+        const carried = (e.blobs ?? []).filter((b) => b.rawLength !== undefined && !lostKeys.has(b.type + b.id) && !salvagedKeys.has(b.type + b.id));
+        if (carried.length) lostBlobs.push({ pack: e.pack, problem: `lost: ${e.problem}; taken out of use by repair packs`, lost: true, blobs: carried });
+      }
+      if (lostBlobs.length) await repo.noteDamage('repair', lostBlobs, { signal });
       report.damageRecordsRetired = await retireDamage(repo, new Set(problems.keys()), repo.damage, { signal });
       await repo.loadIndex({ signal });
     }
@@ -482,7 +503,7 @@ export async function repairSnapshots(repo: Repository, encoder: Encoder, option
       // A blob the index does not know at all (repair index or repair packs dropped it as lost)
       // has no length of its own. When every such blob of the file is in one run of neighbours,
       // the run is as long as what the other blobs leave of the file's size: zero-filled whole.
-      const lengths = ids.map((c) => repo.index.lookupAll(fromHex(c), 'data')[0]?.entry.rawLength);
+      const lengths = ids.map((c) => repo.index.lookupAll(fromHex(c), 'data')[0]?.entry.rawLength ?? repo.damage.lengthOf('data', c));
       const unknown = lengths.flatMap((l, i) => (l === undefined ? [i] : []));
       const runLength = (node.size ?? 0) - lengths.reduce((a: number, l) => a + (l ?? 0), 0);
       const run = unknown.length && unknown.at(-1)! - unknown[0]! + 1 === unknown.length && runLength >= unknown.length ? { from: unknown[0]!, to: unknown.at(-1)! } : undefined;
