@@ -131,6 +131,24 @@ describe('repair', () => {
     assert.ok(res.lostFileCount >= 1);
   });
 
+  it('an unreadable index file is left out by backups and restores (with a notice), not the end of them; repair index then finds nothing lost', async (t) => {
+    const { dir, src, tr } = await setup(t);
+    const [idx] = await names(tr.backend, INDEX_PREFIX);
+    await tr.backend.put(idx!, randomBytes(6, 700));
+    const r = await tr.reopen();
+    await assert.rejects(r.loadIndex(), (e) => isCofferError(e, 'CORRUPT'), 'strict by default (prune must see every index file)');
+    const notices: string[] = [];
+    const b = await backup(r, tr.pool, [src], { onNotice: (m) => notices.push(m) });
+    assert.ok(notices.some((m) => /index file .* is unreadable .* left out/.test(m)));
+    assert.ok(b.summary.bytesNew > 0, 'what only that file knew is stored again');
+    const r2 = await tr.reopen();
+    const res = await restore(r2, b.snapshot, join(dir, 'out'));
+    assert.ok(res.notices.some((m) => /index file .* is unreadable/.test(m)));
+    assert.deepEqual(await listTree(join(dir, 'out', ...src.split('/').filter(Boolean))), await listTree(src));
+    const rep = await repairIndex(await tr.reopen());
+    assert.equal(rep.lostFileCount, 0);
+  });
+
   it('repair index moves an unreadable index file to quarantine and loses nothing', async (t) => {
     const { dir, src, tr } = await setup(t);
     const [idx] = await names(tr.backend, INDEX_PREFIX);

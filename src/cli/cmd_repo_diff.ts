@@ -4,7 +4,7 @@
 import type { Command } from 'commander';
 import { diffTrees, type DiffChange, type DiffStats } from '../jobs/browse.ts';
 import { findSnapshot } from '../repository/snapshot.ts';
-import { output, withRepo, unreadableNotice } from './context.ts';
+import { output, withRepo, unreadableNotice, indexNotice } from './context.ts';
 import { stdoutSink } from './cmd_repo_dump.ts';
 
 const MARK: Record<DiffChange, string> = { added: '+', removed: '-', modified: 'M', metadata: 'U' };
@@ -18,7 +18,7 @@ export function register(repo: Command): void {
       await withRepo(cmd, async (r, signal) => {
         const a = await findSnapshot(r, ref1, {}, { signal, onUnreadable: unreadableNotice(out) });
         const b = await findSnapshot(r, ref2, {}, { signal, onUnreadable: unreadableNotice(out) });
-        await r.loadIndex({ signal });
+        await r.loadIndex({ signal, onUnreadable: indexNotice(out) });
         const stats: DiffStats = { added: 0, removed: 0, modified: 0, metadata: 0 };
         const sink = stdoutSink();
         for await (const d of diffTrees(r, a.snapshot.tree, b.snapshot.tree, { signal })) {

@@ -64,7 +64,7 @@ export function register(repo: Command): void {
       }
       await withRepo(cmd, async (r, signal) => {
         const snap = await findSnapshot(r, ref, snapshotFilter(o), { signal, onUnreadable: (u) => process.stderr.write(`note: ${describeUnreadable(u)}\n`) });
-        await r.loadIndex({ signal });
+        await r.loadIndex({ signal, onUnreadable: (id, e) => process.stderr.write(`note: index file ${id.slice(0, 12)} is unreadable (${e.message}) and was left out; \`coffer repo repair index\` repairs the index\n`) });
         const at = await lookupPath(r, snap.snapshot.tree, path, { signal });
         if (!at.node) throw new CofferError('USAGE', 'Cannot dump /: it is the snapshot root, a directory', { hint: 'List it with `coffer repo ls SNAPSHOT`.' });
         const sink = stdoutSink();

@@ -5,7 +5,7 @@ import { CofferError } from '../core/errors.ts';
 import { findInSnapshots, nodeJson } from '../jobs/browse.ts';
 import { describeUnreadable, matchesFilter, readSnapshots } from '../repository/snapshot.ts';
 import type { EventLine } from './json-schema.ts';
-import { output, withRepo, snapshotSelectionOptions, snapshotFilter, type SnapshotSelection } from './context.ts';
+import { output, withRepo, snapshotSelectionOptions, snapshotFilter, type SnapshotSelection, indexNotice } from './context.ts';
 import { stdoutSink } from './cmd_repo_dump.ts';
 
 export function register(repo: Command): void {
@@ -19,7 +19,7 @@ export function register(repo: Command): void {
         const listing = await readSnapshots(r, { signal });
         for (const u of listing.unreadable) out.event({ type: 'warning', snapshot: u.id, problem: u.error.message }, `warning: ${describeUnreadable(u)}`);
         const snaps = listing.snapshots.filter((s) => matchesFilter(s.snapshot, snapshotFilter(o)));
-        await r.loadIndex({ signal });
+        await r.loadIndex({ signal, onUnreadable: indexNotice(out) });
         let matches = 0;
         const seen = new Set<string>();
         const sink = stdoutSink();

@@ -6,7 +6,7 @@ import { listSnapshot, modeString, nodeJson, nodeTime } from '../jobs/browse.ts'
 import { findSnapshot } from '../repository/snapshot.ts';
 import type { TreeNode } from '../repository/tree.ts';
 import type { EventLine } from './json-schema.ts';
-import { output, withRepo, snapshotSelectionOptions, snapshotFilter, type SnapshotSelection, unreadableNotice } from './context.ts';
+import { output, withRepo, snapshotSelectionOptions, snapshotFilter, type SnapshotSelection, unreadableNotice, indexNotice } from './context.ts';
 import { stdoutSink } from './cmd_repo_dump.ts';
 
 function longLine(path: string, n: TreeNode): string {
@@ -27,7 +27,7 @@ export function register(repo: Command): void {
       const out = output(cmd);
       await withRepo(cmd, async (r, signal) => {
         const snap = await findSnapshot(r, ref, snapshotFilter(o), { signal, onUnreadable: unreadableNotice(out) });
-        await r.loadIndex({ signal });
+        await r.loadIndex({ signal, onUnreadable: indexNotice(out) });
         const sink = stdoutSink();
         let entries = 0;
         for await (const { path: p, node } of listSnapshot(r, snap.snapshot.tree, path ?? '/', { signal, recursive: o.recursive })) {

@@ -82,7 +82,6 @@ export function register(repo: Command): void {
         const safety = { force: o.force, confirmHost: o.confirmHost, targetHost: here };
         const checked = await checkRestoreTarget(source, o.target, safety);
         for (const n of checked.verdict.warnings) out.event({ type: 'notice', message: n }, `note: ${n}`);
-        await r.loadIndex({ signal });
         const dry = !!o.dryRun;
         // Blobs are decoded (decrypted, decompressed, verified) in worker threads; a dry run reads none.
         const pool = dry ? undefined : await makePool(cmd, r);

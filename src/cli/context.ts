@@ -315,3 +315,11 @@ export function snapshotFilter(o: SnapshotSelection): SnapshotFilter {
 export function unreadableNotice(out: Output): (u: UnreadableSnapshot) => void {
   return (u) => out.event({ type: 'notice', snapshot: u.id, message: describeUnreadable(u) }, `note: ${describeUnreadable(u)}`);
 }
+
+/** For commands that only read: an unreadable index file is left out, with a notice, instead of stopping them. */
+export function indexNotice(out: Output): (id: string, error: Error) => void {
+  return (id, e) => {
+    const message = `index file ${id.slice(0, 12)} is unreadable (${e.message}) and was left out: what only it knew is not found; \`coffer repo repair index\` repairs the index`;
+    out.event({ type: 'notice', message }, `note: ${message}`);
+  };
+}

@@ -248,7 +248,7 @@ export async function backup(repo: Repository, pool: BackupPool, paths: string[]
   try {
     // Register first, then read the GC plans: a prune that marks after this point waits for us.
     repo.setCondemned(await loadCondemned(repo, { signal }));
-    await repo.loadIndex({ signal });
+    await repo.loadIndex({ signal, onUnreadable: (id, e) => options.onNotice?.(`index file ${id.slice(0, 12)} is unreadable (${e.message}) and was left out: what only it knew is stored again; \`coffer repo repair index\` repairs the index`) });
     saver = new BlobSaver(repo, pool, { signal, onPackUploaded: options.onPackUploaded, session });
     const s = saver;
     const absPaths = options.stream ? [`/${options.stream.name}`] : paths.map((p) => resolve(p));

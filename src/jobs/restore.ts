@@ -595,7 +595,7 @@ export async function restore(repo: Repository, source: Snapshot | string, targe
   let rootPath = Buffer.from(checked.real);
   let rootFresh = false;
   try {
-    await repo.loadIndex({ signal: userSignal });
+    await repo.loadIndex({ signal: userSignal, onUnreadable: (id, e) => result.notices.push(`index file ${id.slice(0, 12)} is unreadable (${e.message}) and was left out: what only it knew cannot be restored until \`coffer repo repair index\``) });
     try {
       if (!checked.exists) {
         if (dryRun) rootFresh = true;

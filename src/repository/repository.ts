@@ -397,14 +397,32 @@ export class Repository {
    * can vanish between the listing and its download when a concurrent prune consolidates the
    * index; the superseding file is always written first, so listing again is enough.
    */
-  async loadIndex(options: CallOptions & { onProgress?: (done: number, total: number) => void } = {}): Promise<string[]> {
+  async loadIndex(options: CallOptions & { onProgress?: (done: number, total: number) => void; onUnreadable?: (id: string, error: CofferError) => void } = {}): Promise<string[]> {
+    // With onUnreadable, an index file that fails its checks is left out (and reported) instead
+    // of failing the call: a backup then stores again what only that file knew, a restore
+    // restores everything else. Left out of the list, not loaded as empty, so that nothing of it
+    // is cached and the next call tries it again (put back from a copy, or repaired).
+    const skipped = new Set<string>();
     for (let attempt = 0; ; attempt++) {
-      const ids = await this.listIndexFiles(options);
+      const ids = (await this.listIndexFiles(options)).filter((id) => !skipped.has(id));
+      let bad: { id: string; error: CofferError } | undefined;
       try {
-        await this.index.sync(ids.map((h) => fromHex(h)), (id) => this.loadIndexFile(toHex(id), options), options);
-        this.damage = await loadDamage(this, options);
+        await this.index.sync(ids.map((h) => fromHex(h)), async (id) => {
+          try {
+            return await this.loadIndexFile(toHex(id), options);
+          } catch (e) {
+            if (options.onUnreadable && (isCofferError(e, 'CORRUPT') || isCofferError(e, 'UNSUPPORTED'))) bad = { id: toHex(id), error: e };
+            throw e;
+          }
+        }, options);
+        this.damage = await loadDamage(this, { signal: options.signal });
         return ids;
       } catch (e) {
+        if (bad && !skipped.has(bad.id)) {
+          skipped.add(bad.id);
+          options.onUnreadable!(bad.id, bad.error);
+          continue;
+        }
         if (isCofferError(e, 'NOT_FOUND') && attempt < 5) continue;
         throw e;
       }
