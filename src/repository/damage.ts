@@ -47,8 +47,6 @@ export interface DamageRecord {
 export class DamageSet {
   /** Pack hex → 'all', or the damaged blobs (type + hex id). */
   private readonly packs = new Map<string, 'all' | Set<string>>();
-  /** The record ids (hex) this set was built from. */
-  readonly records = new Set<string>();
   /** Every pack damage as recorded, for reports and repair (the `lost` entries too). */
   readonly entries: Array<PackDamage & { record: string; foundBy: DamageSource; time: string }> = [];
   /** Raw lengths of damaged or lost blobs (type + hex id), where a record keeps them. */
@@ -61,7 +59,6 @@ export class DamageSet {
   }
 
   add(record: string, r: DamageRecord): void {
-    this.records.add(record);
     for (const p of r.packs) {
       this.entries.push({ ...p, record, foundBy: r.foundBy, time: r.time });
       for (const b of p.blobs ?? []) if (b.rawLength !== undefined) this.lengths.set(b.type + b.id, b.rawLength);

@@ -111,11 +111,6 @@ export class Session {
     return this.beat(options);
   }
 
-  /** The longest time between two heartbeats in a row so far, by the storage's clock (ms). */
-  get longestGapMs(): number {
-    return this.longestGap;
-  }
-
   /**
    * Throws CONFLICT unless this session has been alive without a break, by the storage's clock,
    * up to a heartbeat written now: two heartbeats in a row more than half the stale time apart
