@@ -16,9 +16,12 @@ interface RepairCliOptions {
   report?: string;
 }
 
-/** Writes the report where asked (by default next to where the command ran, not for dry runs). */
-async function saveReport(repo: Repository, kind: string, o: RepairCliOptions, report: object): Promise<string | undefined> {
-  if (o.dryRun && !o.report) return undefined;
+/**
+ * Writes the report where asked; by default next to where the command ran, but not for a dry run
+ * nor when there was nothing to repair.
+ */
+async function saveReport(repo: Repository, kind: string, o: RepairCliOptions, report: object, somethingDone = true): Promise<string | undefined> {
+  if (!o.report && (o.dryRun || !somethingDone)) return undefined;
   const path = resolve(o.report ?? reportName(kind));
   const body = { repository: repo.backend.location, repositoryId: repo.id, time: new Date().toISOString(), ...report };
   try {
@@ -80,7 +83,7 @@ export function register(repo: Command): void {
         const pool = await makePool(cmd, r);
         try {
           const res = await repairPacks(r, pool, { signal, dryRun: o.dryRun, packs, onProgress: (m) => out.event({ type: 'progress', message: m }, m) });
-          const path = await saveReport(r, 'packs', o, res);
+          const path = await saveReport(r, 'packs', o, res, res.packs.length > 0 || res.lostFileCount > 0);
           reportLost(out, res.lostFiles);
           const { lostFiles, lostFileCount, ...rest } = res;
           out.summary({ ...rest, lostFiles: lostFileCount, warnings: lostFiles.length, ...(path ? { report: path } : {}) }, () => [
@@ -104,7 +107,7 @@ export function register(repo: Command): void {
         const pool = await makePool(cmd, r);
         try {
           const res = await repairSnapshots(r, pool, { signal, dryRun: o.dryRun, forget: o.forget, recover: o.recover, onProgress: (m) => out.event({ type: 'progress', message: m }, m) });
-          const path = await saveReport(r, 'snapshots', o, res);
+          const path = await saveReport(r, 'snapshots', o, res, res.repaired.length + res.unreadable.length + res.recovered.length + res.lostFileCount > 0);
           reportLost(out, res.lostFiles);
           const { lostFiles, lostFileCount, ...rest } = res;
           out.summary({ ...rest, lostFiles: lostFileCount, warnings: lostFiles.length, ...(path ? { report: path } : {}) }, () => [
