@@ -1,12 +1,12 @@
 // Checks that imports point downward only: core → storage → engine → repository → sources →
-// jobs/catalog/policy → server/agent/cli/web. `testing` may use any layer below cli. Also: `core`
+// jobs/catalog/policy → scheduler → server/agent → cli/web. `testing` may use any layer below cli. Also: `core`
 // is pure (no node:* imports). Run by `npm test`; exits 1 and lists every offending import.
 import { readdirSync, readFileSync, statSync } from 'node:fs';
 import { join, relative, sep } from 'node:path';
 
 const RANK: Record<string, number> = {
   core: 0, storage: 1, engine: 2, repository: 3, sources: 4,
-  jobs: 5, catalog: 5, policy: 5, testing: 6, server: 7, agent: 7, cli: 8, web: 8,
+  jobs: 5, catalog: 5, policy: 5, scheduler: 6, testing: 7, server: 8, agent: 8, cli: 9, web: 9,
 };
 const root = join(import.meta.dirname, '..', 'src');
 const problems: string[] = [];
