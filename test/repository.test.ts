@@ -102,6 +102,32 @@ describe('repository', () => {
     assert.ok(c.stats.packsRead > 1);
   });
 
+  it('one repository handle and one worker pool serve several jobs at once: backups, a restore and a check overlap', async (t) => {
+    const dir = await tempDir(t);
+    const tr = await makeTestRepo();
+    t.after(() => tr.close());
+    const srcs = [1, 2, 3].map((i) => join(dir, `src${i}`));
+    for (const [i, s] of srcs.entries()) await makeSourceTree(s, 10 + i, 0.3);
+    const first = await backup(tr.repo, tr.pool, [srcs[0]!]);
+    // Every job on the same Repository and pool, at the same time.
+    const [b2, b3, restored, c] = await Promise.all([
+      backup(tr.repo, tr.pool, [srcs[1]!]),
+      backup(tr.repo, tr.pool, [srcs[2]!]),
+      restore(tr.repo, first.snapshot, join(dir, 'out1')),
+      check(tr.repo),
+      tr.repo.loadIndex(),
+      tr.repo.loadIndex(),
+    ]);
+    assert.ok(b2.snapshotId && b3.snapshotId && restored.created.files > 0);
+    assert.ok(c.ok, JSON.stringify(c.problems));
+    await tr.repo.loadIndex();
+    for (const [i, res] of [[1, b2], [2, b3]] as const) {
+      await restore(tr.repo, res.snapshot, join(dir, `out${i + 1}`));
+      assert.deepEqual(await listTree(join(dir, `out${i + 1}`, ...srcs[i]!.split('/').filter(Boolean))), await listTree(srcs[i]!));
+    }
+    assert.deepEqual(await listTree(join(dir, 'out1', ...srcs[0]!.split('/').filter(Boolean))), await listTree(srcs[0]!));
+  });
+
   it('repair index recreates a lost index from the packs alone', async (t) => {
     const dir = await tempDir(t);
     const src = join(dir, 'src');

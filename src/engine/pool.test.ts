@@ -177,6 +177,39 @@ describe('WorkerPool', () => {
     assert.deepEqual(await pool.hash(datas), datas.map((d) => chunkId(KEYS.chunkIdKey, d)));
   });
 
+  it('serves several repositories at once through contexts: each gets its own chunker, chunk ids and encryption, also in a replaced worker', async () => {
+    const shared = await WorkerPool.create({ workers: 2 });
+    try {
+      const otherKeys = deriveRepoKeys(Buffer.alloc(32, 7));
+      const otherParams: ChunkerParams = { minSize: 1024, avgSize: 4096, maxSize: 16384 };
+      const a = shared.context({ keys: KEYS, chunker: PARAMS, level: 3 });
+      const b = shared.context({ keys: otherKeys, chunker: otherParams, level: 1 });
+      const data = randomBytes(11, 300_000);
+      const otherChunker = new Chunker(otherParams, gearTable(otherKeys.gearSeed));
+      const wantB = chunkAndHashSync(otherChunker, otherKeys.chunkIdKey, data, true, 'cdc');
+      // Interleaved on the same threads.
+      const [ga, gb] = await Promise.all([a.chunkAndHash(data, true, 'cdc'), b.chunkAndHash(data, true, 'cdc')]);
+      assert.deepEqual(ga, expected(data, true, 'cdc'));
+      assert.deepEqual(gb.ends, wantB.ends);
+      assert.notDeepEqual(ga.ends, gb.ends);
+      // Encode under one repository, decode under it; the other's keys do not open it.
+      const pw = new PackWriter(otherKeys);
+      const id = chunkId(otherKeys.chunkIdKey, data);
+      const [enc] = await b.encode([{ type: 'data', id, raw: data, packKey: pw.packKey, nonceIndex: pw.reserveNonce() }]);
+      const [dec] = await b.decode([{ type: 'data', id, packKey: pw.packKey, nonceIndex: 0, compressed: enc!.compressed, rawLength: data.length, stored: enc!.stored }]);
+      assert.ok(dec!.equals(data));
+      await assert.rejects(a.decode([{ type: 'data', id, packKey: pw.packKey, nonceIndex: 0, compressed: enc!.compressed, rawLength: data.length, stored: enc!.stored }]), (e) => isCofferError(e, 'CORRUPT'));
+      // A worker that replaces a crashed one knows both repositories.
+      await assert.rejects(shared.crashOneWorkerForTest(), (e) => isCofferError(e, 'INTERNAL'));
+      for (let i = 0; i < 4; i++) assert.deepEqual((await b.chunkAndHash(data, true, 'cdc')).ends, wantB.ends);
+      b.close();
+      await assert.rejects(shared.chunkAndHash(data, true, 'cdc'), (e) => isCofferError(e, 'INTERNAL') && /created without a repository/.test(e.message));
+      assert.deepEqual(await a.chunkAndHash(data, true, 'cdc'), expected(data, true, 'cdc'));
+    } finally {
+      await shared.close();
+    }
+  });
+
   it('a crashed worker fails its task with INTERNAL, is replaced, and other tasks still complete', async () => {
     const data = randomBytes(30, 2 << 20);
     const slots = () => (pool as unknown as { slots: Array<{ dead: boolean; worker: { threadId: number } }> }).slots;

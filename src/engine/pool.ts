@@ -21,15 +21,19 @@ import { BLOB_TYPE_CODE, ID_SIZE, type BlobType } from './format.ts';
 import { chunkId } from './hash.ts';
 import type { RepoKeys } from './keys.ts';
 import { DECODE_COLS, ENCODE_COLS, checkChunkMode, type ChunkMode, type ExpectedFile, type ReadFileResult } from './tasks.ts';
-import type { Reply, Request, SerializedError, WorkerInit } from './worker.ts';
+import type { ContextInit, ContextMessage, Reply, Request, SerializedError, WorkerInit } from './worker.ts';
 
-export interface PoolOptions {
+/** One repository's parameters: what its data requests need in the workers. */
+export interface RepoParams {
   keys: RepoKeys;
   chunker: ChunkerParams;
-  /** Number of workers; default COFFER_WORKERS, else os.availableParallelism(). */
-  workers?: number;
   /** zstd level for encode(). */
   level: number;
+}
+
+export interface PoolOptions extends Partial<RepoParams> {
+  /** Number of workers; default COFFER_WORKERS, else os.availableParallelism(). */
+  workers?: number;
 }
 
 export interface EncodeItem { type: BlobType; id: Uint8Array; raw: Uint8Array; packKey: Buffer; nonceIndex: number }
@@ -187,47 +191,39 @@ function split<T>(items: T[], bytes: (t: T) => number, parts: number): T[][] {
   return out;
 }
 
-export class WorkerPool {
-  readonly size: number;
-  private readonly init: WorkerInit;
-  private readonly slots: Slot[] = [];
-  private readonly queue: Task[] = [];
-  private readonly recycler: Recycler;
-  private nextId = 1;
-  private closed = false;
-  private crashes = 0;
-  private broken: CofferError | undefined;
+function contextInit(ctx: number, p: RepoParams): ContextInit {
+  const problem = chunkerParamsProblem(p.chunker);
+  if (problem) throw new CofferError('USAGE', `Cannot start the worker pool: chunker parameters: ${problem}`);
+  checkLevel(p.level);
+  return {
+    ctx,
+    encryption: copyOf(p.keys.encryption),
+    chunkIdKey: copyOf(p.keys.chunkIdKey),
+    gearSeed: copyOf(p.keys.gearSeed),
+    chunker: { minSize: p.chunker.minSize, avgSize: p.chunker.avgSize, maxSize: p.chunker.maxSize },
+    level: p.level,
+  };
+}
 
-  private constructor(init: WorkerInit, size: number) {
-    this.init = init;
-    this.size = size;
-    this.recycler = new Recycler((size + 1) * 8 * 1024 * 1024);
+/**
+ * One repository's view of a WorkerPool: its data requests carry the repository's context
+ * number, so that jobs on several repositories share the pool's threads (a server's agent runs
+ * many jobs at once; a pool each would put more threads than cores to work).
+ */
+export class RepoPool {
+  readonly pool: WorkerPool;
+  private readonly ctx: number;
+  private readonly chunkIdKey: Uint8Array;
+
+  /** @internal Made by WorkerPool.context(). */
+  constructor(pool: WorkerPool, ctx: number, chunkIdKey: Uint8Array) {
+    this.pool = pool;
+    this.ctx = ctx;
+    this.chunkIdKey = chunkIdKey;
   }
 
-  /** Starts the workers and waits until each has warmed up its chunker. */
-  static async create(options: PoolOptions): Promise<WorkerPool> {
-    const problem = chunkerParamsProblem(options.chunker);
-    if (problem) throw new CofferError('USAGE', `Cannot start the worker pool: chunker parameters: ${problem}`);
-    checkLevel(options.level);
-    const size = workerCount(options.workers);
-    const k = options.keys;
-    const init: WorkerInit = {
-      encryption: copyOf(k.encryption),
-      chunkIdKey: copyOf(k.chunkIdKey),
-      gearSeed: copyOf(k.gearSeed),
-      chunker: { minSize: options.chunker.minSize, avgSize: options.chunker.avgSize, maxSize: options.chunker.maxSize },
-      level: options.level,
-    };
-    const pool = new WorkerPool(init, size);
-    const started: Promise<void>[] = [];
-    for (let i = 0; i < size; i++) started.push(pool.spawn(i));
-    const results = await Promise.allSettled(started);
-    const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
-    if (failed) {
-      await pool.close();
-      throw new CofferError('INTERNAL', `Cannot start the worker pool: ${(failed.reason as Error)?.message ?? String(failed.reason)}`, { cause: failed.reason });
-    }
-    return pool;
+  get size(): number {
+    return this.pool.size;
   }
 
   /**
@@ -242,8 +238,8 @@ export class WorkerPool {
     checkChunkMode(mode);
     const shared = isShared(data);
     const moved = !shared && options.transfer === true;
-    const input = shared || moved ? data : this.copy(data);
-    const r = await this.run({ op: 'chunk', data: input, eof, mode, giveBack: moved }, shared ? [] : [input.buffer as ArrayBuffer], signal);
+    const input = shared || moved ? data : this.pool.copy(data);
+    const r = await this.pool.run({ ctx: this.ctx, op: 'chunk', data: input, eof, mode, giveBack: moved }, shared ? [] : [input.buffer as ArrayBuffer], signal);
     if (r.op !== 'chunk' || (moved && !r.data)) throw new CofferError('INTERNAL', 'Cannot chunk: the worker answered the wrong request');
     const idsBuf = asBuffer(r.ids);
     const ids: Buffer[] = new Array(r.ends.length);
@@ -256,7 +252,7 @@ export class WorkerPool {
    * results in the order of `files`; a file that cannot be read is { ok: false } with why.
    */
   async readFiles(files: readonly ExpectedFile[], limit: number, signal?: AbortSignal): Promise<ReadFileResult[]> {
-    this.checkUsable();
+    this.pool.checkUsable();
     if (files.length === 0) return [];
     const pathEnds = new Float64Array(files.length);
     const expect = new BigInt64Array(files.length * 4);
@@ -272,7 +268,7 @@ export class WorkerPool {
       expect[i * 4 + 2] = f.mtimeNs;
       expect[i * 4 + 3] = f.ctimeNs;
     });
-    const r = await this.run({ op: 'readFiles', paths, pathEnds, expect, limit }, [paths.buffer, pathEnds.buffer, expect.buffer], signal);
+    const r = await this.pool.run({ ctx: this.ctx, op: 'readFiles', paths, pathEnds, expect, limit }, [paths.buffer, pathEnds.buffer, expect.buffer], signal);
     if (r.op !== 'readFiles' || r.status.length !== files.length) throw new CofferError('INTERNAL', 'Cannot read files: the worker answered the wrong request');
     const data = asBuffer(r.data);
     const ids = asBuffer(r.ids);
@@ -290,13 +286,13 @@ export class WorkerPool {
 
   /** Compresses, encrypts and verifies blobs (see encodeBlob); results in the order of items. */
   async encode(items: EncodeItem[], signal?: AbortSignal): Promise<EncodedBlob[]> {
-    this.checkUsable();
+    this.pool.checkUsable();
     if (items.length === 0) return [];
-    const parts = split(items, (it) => it.raw.length, this.size);
+    const parts = split(items, (it) => it.raw.length, this.pool.size);
     const results = await Promise.all(parts.map(async (part) => {
       // Unshared raws travel back to back in one copied buffer; shared ones as views.
       const total = part.reduce((s, it) => s + (isShared(it.raw) ? 0 : it.raw.length), 0);
-      const raws = this.recycler.take(total);
+      const raws = this.pool.recycler.take(total);
       const shared: Uint8Array[] = [];
       const { ids, keys, keyOf } = packIdsAndKeys(part);
       const cols = new Float64Array(part.length * ENCODE_COLS);
@@ -317,7 +313,7 @@ export class WorkerPool {
           o += it.raw.length;
         }
       });
-      const r = await this.run({ op: 'encode', cols, ids, keys, raws, shared }, [raws.buffer as ArrayBuffer, ids.buffer as ArrayBuffer, cols.buffer], signal);
+      const r = await this.pool.run({ ctx: this.ctx, op: 'encode', cols, ids, keys, raws, shared }, [raws.buffer as ArrayBuffer, ids.buffer as ArrayBuffer, cols.buffer], signal);
       if (r.op !== 'encode' || r.lengths.length !== part.length) throw new CofferError('INTERNAL', 'Cannot encode: the worker answered the wrong request');
       const stored = asBuffer(r.stored);
       let at = 0;
@@ -328,9 +324,9 @@ export class WorkerPool {
 
   /** Decrypts, decompresses and verifies stored blobs (see decodeBlob); results in order. */
   async decode(items: DecodeItem[], signal?: AbortSignal): Promise<Buffer[]> {
-    this.checkUsable();
+    this.pool.checkUsable();
     if (items.length === 0) return [];
-    const parts = split(items, (it) => it.stored.length, this.size);
+    const parts = split(items, (it) => it.stored.length, this.pool.size);
     const results = await Promise.all(parts.map(async (part) => {
       const { ids, keys, keyOf } = packIdsAndKeys(part);
       const transfer: ArrayBuffer[] = [ids.buffer as ArrayBuffer];
@@ -341,7 +337,7 @@ export class WorkerPool {
       let data: Uint8Array;
       if (oneShared) data = new Uint8Array(first);
       else {
-        data = this.recycler.take(part.reduce((n, it) => n + it.stored.length, 0));
+        data = this.pool.recycler.take(part.reduce((n, it) => n + it.stored.length, 0));
         transfer.push(data.buffer as ArrayBuffer);
       }
       const cols = new Float64Array(part.length * DECODE_COLS);
@@ -363,7 +359,7 @@ export class WorkerPool {
         cols[k + 6] = it.stored.length;
       });
       transfer.push(cols.buffer);
-      const r = await this.run({ op: 'decode', cols, data, ids, keys }, transfer, signal);
+      const r = await this.pool.run({ ctx: this.ctx, op: 'decode', cols, data, ids, keys }, transfer, signal);
       if (r.op !== 'decode') throw new CofferError('INTERNAL', 'Cannot decode: the worker answered the wrong request');
       if (r.joined) {
         const all = asBuffer(r.joined);
@@ -378,8 +374,102 @@ export class WorkerPool {
 
   /** chunkId of each buffer. Runs inline: native BLAKE3 is faster than a round trip. */
   async hash(datas: Uint8Array[]): Promise<Buffer[]> {
+    this.pool.checkUsable();
+    return datas.map((d) => chunkId(this.chunkIdKey, d));
+  }
+
+  /** Forgets this repository in the workers (the pool goes on serving others). */
+  close(): void {
+    this.pool.dropContext(this.ctx);
+  }
+}
+
+export class WorkerPool {
+  readonly size: number;
+  private readonly slots: Slot[] = [];
+  private readonly queue: Task[] = [];
+  /** @internal Buffers handed back by workers, for reuse (RepoPool uses it). */
+  readonly recycler: Recycler;
+  private readonly contexts = new Map<number, ContextInit>();
+  private nextContext = 1;
+  /** The context of a pool created with a repository's keys: its data methods use it. */
+  private fallback: RepoPool | undefined;
+  private nextId = 1;
+  private closed = false;
+  private crashes = 0;
+  private broken: CofferError | undefined;
+
+  private constructor(size: number) {
+    this.size = size;
+    this.recycler = new Recycler((size + 1) * 8 * 1024 * 1024);
+  }
+
+  /**
+   * Starts the workers and waits until each has warmed up. With a repository's keys, chunker and
+   * level the pool's own data methods serve that repository; without, use context() for each.
+   */
+  static async create(options: PoolOptions = {}): Promise<WorkerPool> {
+    const size = workerCount(options.workers);
+    const pool = new WorkerPool(size);
+    if (options.keys || options.chunker || options.level !== undefined) {
+      if (!options.keys || !options.chunker || options.level === undefined) throw new CofferError('INTERNAL', 'Cannot start the worker pool: give keys, chunker and level together, or none');
+      pool.fallback = pool.context({ keys: options.keys, chunker: options.chunker, level: options.level });
+    }
+    const started: Promise<void>[] = [];
+    for (let i = 0; i < size; i++) started.push(pool.spawn(i));
+    const results = await Promise.allSettled(started);
+    const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (failed) {
+      await pool.close();
+      throw new CofferError('INTERNAL', `Cannot start the worker pool: ${(failed.reason as Error)?.message ?? String(failed.reason)}`, { cause: failed.reason });
+    }
+    return pool;
+  }
+
+  /** A view of the pool for one repository (its keys, chunker and level in every worker). */
+  context(params: RepoParams): RepoPool {
     this.checkUsable();
-    return datas.map((d) => chunkId(this.init.chunkIdKey, d));
+    const init = contextInit(this.nextContext++, params);
+    this.contexts.set(init.ctx, init);
+    // Posted ahead of any task that names it: a port delivers in order.
+    this.broadcast({ op: 'context', context: init });
+    return new RepoPool(this, init.ctx, init.chunkIdKey);
+  }
+
+  /** @internal */
+  dropContext(ctx: number): void {
+    if (!this.contexts.delete(ctx) || this.closed) return;
+    this.broadcast({ op: 'dropContext', ctx });
+  }
+
+  private broadcast(msg: ContextMessage): void {
+    for (const slot of this.slots) if (slot && !slot.dead) slot.worker.postMessage(msg);
+  }
+
+  private get repo(): RepoPool {
+    if (!this.fallback) throw new CofferError('INTERNAL', 'Cannot use the worker pool for data: it was created without a repository (use context())');
+    return this.fallback;
+  }
+
+  /** See RepoPool.chunkAndHash (the repository the pool was created with). */
+  async chunkAndHash(...args: Parameters<RepoPool['chunkAndHash']>): ReturnType<RepoPool['chunkAndHash']> {
+    return this.repo.chunkAndHash(...args);
+  }
+
+  async readFiles(...args: Parameters<RepoPool['readFiles']>): ReturnType<RepoPool['readFiles']> {
+    return this.repo.readFiles(...args);
+  }
+
+  async encode(...args: Parameters<RepoPool['encode']>): ReturnType<RepoPool['encode']> {
+    return this.repo.encode(...args);
+  }
+
+  async decode(...args: Parameters<RepoPool['decode']>): ReturnType<RepoPool['decode']> {
+    return this.repo.decode(...args);
+  }
+
+  async hash(...args: Parameters<RepoPool['hash']>): ReturnType<RepoPool['hash']> {
+    return this.repo.hash(...args);
   }
 
   /** Test hook: makes one worker die as if it crashed; the returned promise rejects with INTERNAL. */
@@ -406,18 +496,21 @@ export class WorkerPool {
 
   // ---- internals ----
 
-  private copy(u: Uint8Array): Uint8Array {
+  /** @internal */
+  copy(u: Uint8Array): Uint8Array {
     const c = this.recycler.take(u.byteLength);
     c.set(u);
     return c;
   }
 
-  private checkUsable(): void {
+  /** @internal */
+  checkUsable(): void {
     if (this.closed) throw new CofferError('INTERNAL', 'Cannot use the worker pool: it is closed');
     if (this.broken) throw this.broken;
   }
 
-  private run(body: Body, transfer: ArrayBuffer[], signal: AbortSignal | undefined): Promise<Reply & { ok: true }> {
+  /** @internal */
+  run(body: Body, transfer: ArrayBuffer[], signal: AbortSignal | undefined): Promise<Reply & { ok: true }> {
     return new Promise((resolve, reject) => {
       this.checkUsable();
       throwIfAborted(signal);
@@ -463,7 +556,8 @@ export class WorkerPool {
 
   /** Starts worker `index` (or replaces it); resolves when it has warmed up. */
   private spawn(index: number): Promise<void> {
-    const worker = new Worker(WORKER_URL, { workerData: this.init, name: `coffer-engine-${index}`, execArgv: workerExecArgv(), resourceLimits: { maxYoungGenerationSizeMb: 8 } });
+    const workerData: WorkerInit = { contexts: [...this.contexts.values()] };
+    const worker = new Worker(WORKER_URL, { workerData, name: `coffer-engine-${index}`, execArgv: workerExecArgv(), resourceLimits: { maxYoungGenerationSizeMb: 8 } });
     const slot: Slot = { worker, task: undefined, dead: false, proven: false };
     this.slots[index] = slot;
     const started = new Promise<void>((resolveReady, rejectReady) => {

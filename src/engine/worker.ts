@@ -1,9 +1,12 @@
 // A pool worker: chunks, hashes, compresses, encrypts and decodes on its own thread, so the main
 // thread only does I/O and bookkeeping. Started by WorkerPool (pool.ts) from this .ts file.
 //
-// Protocol: the worker gets keys, chunker parameters and the compression level once (workerData),
-// warms up the chunker, posts { ready: true }, then answers one Request at a time with a Reply
-// carrying the same id. Result buffers are transferred, not copied.
+// Protocol: the worker gets the repository contexts known so far (workerData): per repository its
+// keys, chunker parameters and compression level under a number; more come (and go) as
+// 'context' and 'dropContext' messages, which get no reply. It warms up its chunkers, posts
+// { ready: true }, then answers one Request at a time with a Reply carrying the same id; every
+// data request names its context, so one pool serves the jobs of many repositories at once.
+// Result buffers are transferred, not copied.
 import { parentPort, workerData } from 'node:worker_threads';
 import { CofferError, isCofferError, type ErrorCode } from '../core/errors.ts';
 import { decodeBlob, encodeBlob, release } from './blob.ts';
@@ -12,13 +15,22 @@ import { ID_SIZE, blobTypeFromCode } from './format.ts';
 import type { RepoKeys } from './keys.ts';
 import { DECODE_COLS, ENCODE_COLS, chunkAndHashSync, readFilesSync, type ChunkMode, type ExpectedFile } from './tasks.ts';
 
-export interface WorkerInit {
+/** One repository's parameters in the workers. */
+export interface ContextInit {
+  ctx: number;
   encryption: Uint8Array;
   chunkIdKey: Uint8Array;
   gearSeed: Uint8Array;
   chunker: ChunkerParams;
   level: number;
 }
+
+export interface WorkerInit {
+  contexts: ContextInit[];
+}
+
+/** Messages that change the worker's contexts: no reply. */
+export type ContextMessage = { op: 'context'; context: ContextInit } | { op: 'dropContext'; ctx: number };
 
 /**
  * Per-item fields of encode and decode requests. Ids travel back to back in one buffer (`ids`,
@@ -32,20 +44,20 @@ const JOIN_MAX = 64 * 1024;
 
 export type Request =
   /** giveBack: `data` was moved here and goes back in the reply (else it is spent). */
-  | { id: number; op: 'chunk'; data: Uint8Array; eof: boolean; mode: ChunkMode; giveBack?: boolean }
+  | { id: number; ctx: number; op: 'chunk'; data: Uint8Array; eof: boolean; mode: ChunkMode; giveBack?: boolean }
   /** `raws` holds every item's raw bytes back to back. */
   /**
    * Items as columns: see ENCODE_COLS (tasks.ts). An item's raw bytes are raws[offset, +length],
    * or shared[index] (a view into shared memory) when its shared index is not -1.
    */
-  | { id: number; op: 'encode'; cols: Float64Array; ids: Uint8Array; keys: Uint8Array[]; raws: Uint8Array; shared: Uint8Array[] }
+  | { id: number; ctx: number; op: 'encode'; cols: Float64Array; ids: Uint8Array; keys: Uint8Array[]; raws: Uint8Array; shared: Uint8Array[] }
   /** Items as columns: see DECODE_COLS (tasks.ts). */
-  | { id: number; op: 'decode'; cols: Float64Array; data: Uint8Array; ids: Uint8Array; keys: Uint8Array[] }
+  | { id: number; ctx: number; op: 'decode'; cols: Float64Array; data: Uint8Array; ids: Uint8Array; keys: Uint8Array[] }
   /**
    * Small files read whole and hashed (readFilesSync): `paths` back to back, file i ending at
    * pathEnds[i]; `expect` 4 values per file: size, inode, mtime ns, ctime ns.
    */
-  | { id: number; op: 'readFiles'; paths: Uint8Array; pathEnds: Float64Array; expect: BigInt64Array; limit: number }
+  | { id: number; ctx: number; op: 'readFiles'; paths: Uint8Array; pathEnds: Float64Array; expect: BigInt64Array; limit: number }
   /** Test hook: the worker dies with an uncaught exception. */
   | { id: number; op: 'crash' };
 
@@ -101,12 +113,24 @@ function main(): void {
   const port = parentPort;
   if (!port) throw new Error('worker.ts must run as a worker thread');
   const init = workerData as WorkerInit;
-  const keys: RepoKeys = { encryption: buf(init.encryption), chunkIdKey: buf(init.chunkIdKey), gearSeed: buf(init.gearSeed) };
-  const chunker = new Chunker(init.chunker, gearTable(keys.gearSeed));
-  const level = init.level;
-  warmUpChunker(chunker);
+  const contexts = new Map<number, { keys: RepoKeys; chunker: Chunker; level: number }>();
+  const addContext = (c: ContextInit) => {
+    const keys: RepoKeys = { encryption: buf(c.encryption), chunkIdKey: buf(c.chunkIdKey), gearSeed: buf(c.gearSeed) };
+    const chunker = new Chunker(c.chunker, gearTable(keys.gearSeed));
+    warmUpChunker(chunker);
+    contexts.set(c.ctx, { keys, chunker, level: c.level });
+  };
+  for (const c of init.contexts) addContext(c);
+  const contextOf = (ctx: number) => {
+    const c = contexts.get(ctx);
+    if (!c) throw new CofferError('INTERNAL', `Cannot run a worker task: repository context ${ctx} is not known here`);
+    return c;
+  };
 
-  port.on('message', (req: Request) => {
+  port.on('message', (msg: Request | ContextMessage) => {
+    if (msg.op === 'context') return void addContext(msg.context);
+    if (msg.op === 'dropContext') return void contexts.delete(msg.ctx);
+    const req = msg;
     let reply: Reply;
     const transfer: ArrayBuffer[] = [];
     const spent: ArrayBuffer[] = [];
@@ -116,6 +140,7 @@ function main(): void {
     try {
       switch (req.op) {
         case 'chunk': {
+          const { chunker, keys } = contextOf(req.ctx);
           const r = chunkAndHashSync(chunker, keys.chunkIdKey, req.data, req.eof, req.mode);
           reply = { spent, id: req.id, ok: true, op: 'chunk', ends: r.ends, ids: r.ids, rest: r.rest };
           transfer.push(r.ids.buffer as ArrayBuffer);
@@ -126,6 +151,7 @@ function main(): void {
           break;
         }
         case 'encode': {
+          const { keys, level } = contextOf(req.ctx);
           const keyBufs = req.keys.map(buf);
           const c = req.cols;
           const n = c.length / ENCODE_COLS;
@@ -150,6 +176,7 @@ function main(): void {
           break;
         }
         case 'decode': {
+          const { keys } = contextOf(req.ctx);
           const keyBufs = req.keys.map(buf);
           const c = req.cols;
           const out: Buffer[] = [];
@@ -181,7 +208,7 @@ function main(): void {
             files.push({ path: req.paths.subarray(at, end), size: e[i * 4]!, ino: BigInt.asUintN(64, e[i * 4 + 1]!), mtimeNs: e[i * 4 + 2]!, ctimeNs: e[i * 4 + 3]! });
             at = end;
           }
-          const results = readFilesSync(keys.chunkIdKey, files, req.limit);
+          const results = readFilesSync(contextOf(req.ctx).keys.chunkIdKey, files, req.limit);
           const n = results.length;
           const status = new Uint8Array(n);
           const lengths = new Float64Array(n);

@@ -247,9 +247,9 @@ export async function backup(repo: Repository, pool: BackupPool, paths: string[]
   let saver: BlobSaver | undefined;
   try {
     // Register first, then read the GC plans: a prune that marks after this point waits for us.
-    repo.setCondemned(await loadCondemned(repo, { signal }));
+    const condemned = await loadCondemned(repo, { signal });
     await repo.loadIndex({ signal, onUnreadable: (id, e) => options.onNotice?.(`index file ${id.slice(0, 12)} is unreadable (${e.message}) and was left out: what only it knew is stored again; \`coffer repo repair index\` repairs the index`) });
-    saver = new BlobSaver(repo, pool, { signal, onPackUploaded: options.onPackUploaded, session });
+    saver = new BlobSaver(repo, pool, { signal, onPackUploaded: options.onPackUploaded, session, condemned });
     const s = saver;
     const absPaths = options.stream ? [`/${options.stream.name}`] : paths.map((p) => resolve(p));
 
@@ -418,7 +418,7 @@ export async function backup(repo: Repository, pool: BackupPool, paths: string[]
     };
 
     /** True when every blob of a parent's file is still stored (and not condemned by prune). */
-    const contentAvailable = (content: string[]) => content.every((c) => repo.hasBlob('data', fromHex(c)));
+    const contentAvailable = (content: string[]) => content.every((c) => repo.hasBlob('data', fromHex(c), condemned));
 
     interface Ctx {
       /** Root of the backup path being walked: excludes are relative to it. */
@@ -545,7 +545,7 @@ export async function backup(repo: Repository, pool: BackupPool, paths: string[]
         // Every child is the parent's node itself: the subtree is the parent's, no need to encode,
         // hash and look it up again.
         const sameChildren = prev?.subtree !== undefined && prevChildren !== undefined && kept.length === prevChildren.size &&
-          kept.every((c) => prevChildren.get(c.rawName ?? c.name) === c) && repo.hasBlob('tree', fromHex(prev.subtree));
+          kept.every((c) => prevChildren.get(c.rawName ?? c.name) === c) && repo.hasBlob('tree', fromHex(prev.subtree), condemned);
         const subtree = sameChildren ? prev!.subtree! : await storeTree({ nodes: kept });
         return reuseIfSame(prev, { ...meta, type: 'dir', subtree });
       }

@@ -561,7 +561,7 @@ export async function restore(repo: Repository, source: Snapshot | string, targe
   const readFailures = new Map<string, PackDamage>();
   const noteReadFailure = (hit: IndexHit, error: CofferError) => {
     const pack = toHex(hit.packId);
-    if (repo.isCondemned(pack)) return; // a prune's to delete: not damage
+    if (condemned.has(pack)) return; // a prune's to delete: not damage
     let d = readFailures.get(pack);
     if (!d) readFailures.set(pack, (d = { pack, problem: error.message, blobs: [] }));
     // A missing pack, or one whose header is unreadable, is unusable as a whole.
@@ -578,11 +578,13 @@ export async function restore(repo: Repository, source: Snapshot | string, targe
   // still read; registering comes before the index is (re)loaded, as the GC protocol requires.
   // A read-only repository (an immutable bucket in a disaster) must still restore.
   let session: Session | undefined;
+  // Packs a pending prune condemned (read once the session is registered): a copy elsewhere is read instead.
+  let condemned: ReadonlySet<string> = new Set();
   if (!dryRun) {
     try {
       session = await Session.start(repo, 'restore', { signal: userSignal });
       // Copies in packs a pending prune condemned may vanish: read the sound copy if there is one.
-      repo.setCondemned(await loadCondemned(repo, { signal: userSignal }));
+      condemned = await loadCondemned(repo, { signal: userSignal });
     } catch (e) {
       if (!(isCofferError(e, 'STORAGE_DENIED') || isCofferError(e, 'STORAGE_ERROR'))) throw e;
       result.notices.push(`cannot register this restore in the repository (${(e as Error).message}): a prune running meanwhile could remove data it reads`);
@@ -726,7 +728,7 @@ export async function restore(repo: Repository, source: Snapshot | string, targe
     let unknown = 0;
     for (const id of node.content ?? []) {
       const need = known?.get(id);
-      const hit = need?.hit ?? repo.locate('data', fromHex(id));
+      const hit = need?.hit ?? repo.locate('data', fromHex(id), condemned);
       if (!hit) {
         if (!salvage || ++unknown > 1) throw tag(dataErrors, new CofferError('NOT_FOUND', `Cannot restore ${innerPath}: its data blob ${id.slice(0, 12)} is not in the repository index`, { hint: 'Run `coffer repo check`.', details: { blob: id } }));
         parts.push({ id, length: -1, pos: -1 });
@@ -1402,7 +1404,7 @@ export async function restore(repo: Repository, source: Snapshot | string, targe
   // (a round trip each) took longer than restoring the data of a typical snapshot.
 
   const TREE_BATCH = 4096;
-  const trees = new TreeLoader(repo, { decoder: options.pool, signal, concurrency: readOptions.concurrency, onReadError: (_id, hit, e) => noteReadFailure(hit, e) });
+  const trees = new TreeLoader(repo, { decoder: options.pool, signal, concurrency: readOptions.concurrency, onReadError: (_id, hit, e) => noteReadFailure(hit, e), condemned });
 
   interface DirWork { id: string; dir: DirCtx; selected: boolean }
 
@@ -1521,9 +1523,9 @@ export async function restore(repo: Repository, source: Snapshot | string, targe
       try {
         // A pack a prune deleted while this restore was paused is not damage: only packs the
         // index still lists, and no prune condemned, are recorded.
-        repo.setCondemned(await loadCondemned(repo));
+        const now = await loadCondemned(repo);
         await repo.loadIndex();
-        const still = repo.indexedPacks((hex) => readFailures.has(hex) && !repo.isCondemned(hex));
+        const still = repo.indexedPacks((hex) => readFailures.has(hex) && !now.has(hex));
         const damage = [...readFailures.values()].filter((d) => still.has(d.pack));
         if (damage.length) {
           await repo.noteDamage('restore', damage);

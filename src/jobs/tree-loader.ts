@@ -35,6 +35,7 @@ export class TreeLoader {
   private readonly signal: AbortSignal | undefined;
   private readonly concurrency: number | undefined;
   private readonly onReadError: TreeReadError | undefined;
+  private readonly condemned: ReadonlySet<string> | undefined;
   private readonly entries = new Map<string, Entry>();
   private pending: Array<[string, Entry]> = [];
   private scheduled = false;
@@ -44,12 +45,13 @@ export class TreeLoader {
    * `onReadError`: told of every copy that could not be read (the caller records the damage);
    * another copy of the tree, if the index knows one, is tried before the tree fails.
    */
-  constructor(repo: Repository, options: { decoder?: BlobDecoder; signal?: AbortSignal; concurrency?: number; onReadError?: TreeReadError } = {}) {
+  constructor(repo: Repository, options: { decoder?: BlobDecoder; signal?: AbortSignal; concurrency?: number; onReadError?: TreeReadError; condemned?: ReadonlySet<string> } = {}) {
     this.repo = repo;
     this.decoder = options.decoder;
     this.signal = options.signal;
     this.concurrency = options.concurrency;
     this.onReadError = options.onReadError;
+    this.condemned = options.condemned;
   }
 
   /** Starts loading trees that get() will be asked for soon (once per id listed). */
@@ -112,7 +114,7 @@ export class TreeLoader {
       }
       let hit: IndexHit | undefined;
       try {
-        hit = this.repo.locate('tree', fromHex(id));
+        hit = this.repo.locate('tree', fromHex(id), this.condemned);
         if (!hit) throw new CofferError('NOT_FOUND', `Cannot read tree blob ${id}: it is not in the index`, { hint: 'Run `coffer repo check`; if packs exist that the index misses, `coffer repo repair index`.' });
       } catch (err) {
         failed.set(id, err);

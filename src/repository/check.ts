@@ -17,7 +17,7 @@ import { decodeBlob } from '../engine/blob.ts';
 import { decodePackTrailer, packKeyFromHeader, parsePackFooter, PACK_HEADER_SIZE, type PackEntry } from '../engine/pack.ts';
 import type { BlobType } from '../engine/format.ts';
 import type { IndexHit } from './index/chunk-index.ts';
-import type { IndexEntry, IndexFileContent } from './index/index-file.ts';
+import type { IndexEntry } from './index/index-file.ts';
 import { DamageSet, loadDamage, retireDamage, type PackDamage } from './damage.ts';
 import { CONFIG_COPY_NAME, DATA_PREFIX, idFromName, packName } from './layout.ts';
 import { loadCondemned } from './prune.ts';
@@ -105,17 +105,15 @@ export async function check(repo: Repository, options: CheckOptions = {}): Promi
     }
 
     say('loading index');
-    const ids = await repo.listIndexFiles({ signal });
-    stats.indexFiles = ids.length;
-    await repo.index.sync(ids.map(fromHex), async (id): Promise<IndexFileContent> => {
-      try {
-        return await repo.loadIndexFile(toHex(id), { signal });
-      } catch (e) {
-        if (isCofferError(e, 'CANCELLED') || isCofferError(e, 'STORAGE_UNAVAILABLE')) throw e;
-        add({ kind: 'index-unreadable', severity: 'error', message: `index file ${toHex(id).slice(0, 12)} is unreadable: ${(e as Error).message}` });
-        return { supersedes: [], packs: [] };
-      }
-    }, { signal });
+    let unreadableIndex = 0;
+    const ids = await repo.loadIndex({
+      signal,
+      onUnreadable: (id, e) => {
+        unreadableIndex++;
+        add({ kind: 'index-unreadable', severity: 'error', message: `index file ${id.slice(0, 12)} is unreadable: ${e.message}` });
+      },
+    });
+    stats.indexFiles = ids.length + unreadableIndex;
     const known = await loadDamage(repo, {
       signal,
       onUnreadable: (id, e) => add({ kind: 'damage-unreadable', severity: 'warning', message: `damage record ${id.slice(0, 12)} is unreadable (${e.message}); the damage it records is not avoided until a check finds it again` }),

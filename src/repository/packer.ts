@@ -39,6 +39,8 @@ export interface BlobSaverOptions extends CallOptions {
   maxInFlight?: number;
   /** Store blobs even if the index has them elsewhere (prune's repacking). */
   force?: boolean;
+  /** Packs a pending prune condemned (read at the job's start): blobs only there are stored again. */
+  condemned?: ReadonlySet<string>;
   /** Called after each pack is uploaded (for progress and crash-test hooks). */
   onPackUploaded?: (packId: string, size: number) => void;
   /**
@@ -100,7 +102,7 @@ export class BlobSaver {
 
   /** True if the blob is already stored or being stored (no need to send it). */
   known(type: BlobType, id: Uint8Array): boolean {
-    return this.mine.has(type + toHex(id)) || this.repo.hasBlob(type, id);
+    return this.mine.has(type + toHex(id)) || this.repo.hasBlob(type, id, this.options.condemned);
   }
 
   /**
@@ -115,7 +117,7 @@ export class BlobSaver {
     const fresh: typeof items = [];
     for (const it of items) {
       const key = it.type + toHex(it.id);
-      if (this.mine.has(key) || (!this.options.force && this.repo.hasBlob(it.type, it.id))) {
+      if (this.mine.has(key) || (!this.options.force && this.repo.hasBlob(it.type, it.id, this.options.condemned))) {
         this.stats.blobsKnown++;
         continue;
       }

@@ -252,7 +252,6 @@ async function sweep(repo: Repository, options: PruneOptions, timing: SessionTim
 async function mark(repo: Repository, options: PruneOptions, timing: SessionTiming, self: Session, result: PruneResult, say: (m: string) => void): Promise<void> {
   const { signal } = options;
   const pending = await loadCondemned(repo, { signal });
-  repo.setCondemned(pending);
   await repo.loadIndex({ signal });
   const used = await usedBlobs(repo, { signal });
   const packs = repo.indexedPacks();

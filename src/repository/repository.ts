@@ -124,8 +124,6 @@ export class Repository {
   private readonly tempCacheDir: string | undefined;
   /** Pack keys by pack id hex: saves one ranged read of the header per blob. */
   private readonly packKeys = new Map<string, Buffer>();
-  /** Packs that a pending GC (prune) has condemned: their blobs are not reused for dedup. */
-  private condemned = new Set<string>();
   /** Known damage (damage.ts), as of the last loadIndex(): damaged copies are not reused or preferred. */
   damage = new DamageSet();
   /** Set when the config was unreadable and its copy was used: what the operator should be told. */
@@ -397,7 +395,17 @@ export class Repository {
    * can vanish between the listing and its download when a concurrent prune consolidates the
    * index; the superseding file is always written first, so listing again is enough.
    */
-  async loadIndex(options: CallOptions & { onProgress?: (done: number, total: number) => void; onUnreadable?: (id: string, error: CofferError) => void } = {}): Promise<string[]> {
+  loadIndex(options: CallOptions & { onProgress?: (done: number, total: number) => void; onUnreadable?: (id: string, error: CofferError) => void } = {}): Promise<string[]> {
+    // One at a time: jobs sharing this handle each bring the index up to date before they start,
+    // and the chunk index syncs one list at a time.
+    const run = this.indexQueue.then(() => this.syncIndex(options));
+    this.indexQueue = run.catch(() => {});
+    return run;
+  }
+
+  private indexQueue: Promise<unknown> = Promise.resolve();
+
+  private async syncIndex(options: CallOptions & { onProgress?: (done: number, total: number) => void; onUnreadable?: (id: string, error: CofferError) => void }): Promise<string[]> {
     // With onUnreadable, an index file that fails its checks is left out (and reported) instead
     // of failing the call: a backup then stores again what only that file knew, a restore
     // restores everything else. Left out of the list, not loaded as empty, so that nothing of it
@@ -440,20 +448,15 @@ export class Repository {
     return packs;
   }
 
-  /** Sets the packs that a pending prune has condemned (see prune.ts). */
-  setCondemned(packs: Iterable<string>): void {
-    this.condemned = new Set(packs);
-  }
-
-  isCondemned(packHex: string): boolean {
-    return this.condemned.has(packHex);
-  }
-
-  /** Whether this copy can be relied on: its pack is not condemned and it is not known to be damaged. */
-  isSound(hit: IndexHit): boolean {
-    if (this.condemned.size === 0 && this.damage.size === 0) return true;
+  /**
+   * Whether this copy can be relied on: it is not known to be damaged, nor in one of `condemned`
+   * (the packs a pending prune will delete, which a job reads once at its start: per job, not
+   * per repository handle, as several jobs may share one).
+   */
+  isSound(hit: IndexHit, condemned?: ReadonlySet<string>): boolean {
+    if (!condemned?.size && this.damage.size === 0) return true;
     const pack = toHex(hit.packId);
-    return !this.condemned.has(pack) && !this.damage.isDamaged(pack, hit.entry.type, toHex(hit.entry.id));
+    return !condemned?.has(pack) && !this.damage.isDamaged(pack, hit.entry.type, toHex(hit.entry.id));
   }
 
   /**
@@ -461,16 +464,16 @@ export class Repository {
    * sit both in a condemned or damaged pack and in a sound one (after repacking, or after a
    * backup stored a damaged blob again): the sound copy counts.
    */
-  hasBlob(type: BlobType, id: Uint8Array): boolean {
-    if (this.condemned.size === 0 && this.damage.size === 0) return this.index.has(id, type);
-    return this.index.lookupAll(id, type).some((h) => this.isSound(h));
+  hasBlob(type: BlobType, id: Uint8Array, condemned?: ReadonlySet<string>): boolean {
+    if (!condemned?.size && this.damage.size === 0) return this.index.has(id, type);
+    return this.index.lookupAll(id, type).some((h) => this.isSound(h, condemned));
   }
 
   /** Where to read a blob: a sound copy if there is one, else any (reading it tells what is wrong). */
-  locate(type: BlobType, id: Uint8Array): IndexHit | undefined {
-    if (this.condemned.size === 0 && this.damage.size === 0) return this.index.lookup(id, type);
+  locate(type: BlobType, id: Uint8Array, condemned?: ReadonlySet<string>): IndexHit | undefined {
+    if (!condemned?.size && this.damage.size === 0) return this.index.lookup(id, type);
     const all = this.index.lookupAll(id, type);
-    return all.find((h) => this.isSound(h)) ?? all[0];
+    return all.find((h) => this.isSound(h, condemned)) ?? all[0];
   }
 
   /** Records damage found by `foundBy` that is not known yet (damage.ts); returns the record id. */
