@@ -6,7 +6,7 @@ import { spawn } from 'node:child_process';
 import { join } from 'node:path';
 import { chmod, mkdir, rm, symlink, writeFile } from 'node:fs/promises';
 import { isCofferError } from '../src/core/errors.ts';
-import { backup } from '../src/jobs/backup.ts';
+import { backup } from '../src/testing/jobs.ts';
 import { diffTrees, dumpFile, findInSnapshots, listSnapshot, lookupPath, modeString } from '../src/jobs/browse.ts';
 import type { Repository } from '../src/repository/repository.ts';
 import type { SnapshotRef } from '../src/repository/snapshot.ts';

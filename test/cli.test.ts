@@ -7,7 +7,7 @@ import { mkdir, readdir, writeFile } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import { spawnSync } from 'node:child_process';
 import { buildProgram } from '../src/cli/main.ts';
-import { localHostIdentity } from '../src/jobs/backup.ts';
+import { localHostIdentity } from '../src/sources/host.ts';
 import type { Command } from 'commander';
 import { tempDir } from '../src/testing/tmp.ts';
 import { MAIN, runCli } from './cli.ts';

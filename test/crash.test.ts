@@ -7,7 +7,7 @@ import { mkdir, writeFile } from 'node:fs/promises';
 import { LocalBackend } from '../src/storage/local.ts';
 import { Repository } from '../src/repository/repository.ts';
 import { check } from '../src/repository/check.ts';
-import { restore } from '../src/jobs/restore.ts';
+import { restore } from '../src/testing/jobs.ts';
 import { loadAllSnapshots } from '../src/repository/snapshot.ts';
 import { tempDir } from '../src/testing/tmp.ts';
 import { randomBytes, rng } from '../src/testing/random.ts';

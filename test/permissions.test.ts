@@ -5,7 +5,7 @@ import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { readdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import { backup } from '../src/jobs/backup.ts';
+import { backup } from '../src/testing/jobs.ts';
 import { WorkerPool } from '../src/engine/pool.ts';
 import { Repository } from '../src/repository/repository.ts';
 import { LocalBackend } from '../src/storage/local.ts';

@@ -34,7 +34,7 @@ import { chunkId, contentHash, toHex } from '../src/engine/hash.ts';
 import { deriveRepoKeys, wrapMasterKey } from '../src/engine/keys.ts';
 import { PACK_HEADER_SIZE } from '../src/engine/pack.ts';
 import { WorkerPool } from '../src/engine/pool.ts';
-import { restore } from '../src/jobs/restore.ts';
+import { restore } from '../src/testing/jobs.ts';
 import { check, type CheckResult } from '../src/repository/check.ts';
 import { CONFIG_COPY_NAME, CONFIG_NAME, DATA_PREFIX, SNAPSHOTS_PREFIX, indexName, keyName, packName, snapshotName } from '../src/repository/layout.ts';
 import { BlobSaver, type Encoder } from '../src/repository/packer.ts';

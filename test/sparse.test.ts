@@ -5,8 +5,9 @@ import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { open, readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { backup, type BackupOptions } from '../src/jobs/backup.ts';
-import { restore } from '../src/jobs/restore.ts';
+import type { BackupOptions } from '../src/jobs/backup.ts';
+import { backup } from '../src/testing/jobs.ts';
+import { restore } from '../src/testing/jobs.ts';
 import { loadTree } from '../src/repository/walk.ts';
 import type { TreeNode } from '../src/repository/tree.ts';
 import { HoleMap } from '../src/jobs/sparse-read.ts';
@@ -82,7 +83,7 @@ describe('sparse files', () => {
         const st = await stat(sparse);
         if (st.blocks * 512 >= st.size) return t.skip('this file system does not keep holes');
         await denseCopy(sparse, dense);
-        const opts: BackupOptions = { parent: 'none', ...extra };
+        const opts: Partial<BackupOptions> = { parent: 'none', ...extra };
         const a = await backup(tr.repo, tr.pool, [sparse], opts);
         // File-system blocks are 4 KiB: a data region may start and end up to a block away.
         assert.ok(a.summary.bytesRead! <= data + layout.pieces.length * 8 * KiB, `read ${a.summary.bytesRead} bytes of ${layout.size} (${data} of data)`);

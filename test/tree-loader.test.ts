@@ -3,7 +3,7 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { isCofferError } from '../src/core/errors.ts';
-import { backup } from '../src/jobs/backup.ts';
+import { backup } from '../src/testing/jobs.ts';
 import { TreeLoader } from '../src/jobs/tree-loader.ts';
 import { MemoryBackend } from '../src/storage/memory.ts';
 import type { GetOptions } from '../src/storage/backend.ts';

@@ -9,6 +9,7 @@ import { CofferError } from '../core/errors.ts';
 import { LocalBackend } from '../storage/local.ts';
 import { Repository } from '../repository/repository.ts';
 import { backup } from '../jobs/backup.ts';
+import { localHostIdentity } from '../sources/host.ts';
 import { check } from '../repository/check.ts';
 import { loadAllSnapshots } from '../repository/snapshot.ts';
 import { WorkerPool } from '../engine/pool.ts';
@@ -37,7 +38,7 @@ export function register(program: Command): void {
       const pool = await WorkerPool.create({ keys: repo.keys, chunker: repo.config.chunker, level: repo.config.compressionLevel });
       try {
         if (fresh) out.info(`created repository ${repo.id.slice(0, 12)} in ${join(dir, 'repo')} (password in ${pwFile})`);
-        const res = await backup(repo, pool, [source], { signal, tags: ['quickstart'], onWarning: (path, problem) => out.warning(path, problem) });
+        const res = await backup(repo, pool, [source], { signal, host: localHostIdentity(), tags: ['quickstart'], onWarning: (path, problem) => out.warning(path, problem) });
         const s = res.summary;
         out.info(`backed up ${source}: ${s.filesNew} files, ${formatBytes(s.bytesScanned)} read, ${formatBytes(s.bytesNew)} new, ${formatBytes(s.bytesStored)} stored -> snapshot ${res.snapshotId!.slice(0, 12)}`);
         const snaps = await loadAllSnapshots(repo, { signal });

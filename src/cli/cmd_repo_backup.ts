@@ -5,7 +5,8 @@ import { readFileSync } from 'node:fs';
 import type { Command } from 'commander';
 import cliProgress from 'cli-progress';
 import { CofferError } from '../core/errors.ts';
-import { backup, localHostIdentity, type BackupProgress } from '../jobs/backup.ts';
+import { backup, type BackupProgress } from '../jobs/backup.ts';
+import { localHostIdentity } from '../sources/host.ts';
 import { collect, formatBytes, makePool, output, withRepo } from './context.ts';
 
 interface BackupCliOptions {

@@ -4,7 +4,7 @@
 // the operator names this host (--force --confirm-host NAME).
 import type { Command } from 'commander';
 import { CofferError } from '../core/errors.ts';
-import { localHostIdentity } from '../jobs/backup.ts';
+import { localHostIdentity } from '../sources/host.ts';
 import { COMPARE_BASES, OVERWRITE_POLICIES, checkRestoreTarget, describeHost, restore, type CompareBasis, type OverwritePolicy, type RestoreCounts, type RestoreEntry } from '../jobs/restore.ts';
 import { findSnapshot } from '../repository/snapshot.ts';
 import { collect, formatBytes, makePool, output, parseIntOption, withRepo, snapshotSelectionOptions, snapshotFilter, type SnapshotSelection, unreadableNotice } from './context.ts';

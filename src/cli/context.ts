@@ -2,6 +2,8 @@
 // pool, cancellation on Ctrl-C, and output (human text or --json).
 
 import { execSync } from 'node:child_process';
+import { homedir } from 'node:os';
+import { join } from 'node:path';
 import { readFileSync } from 'node:fs';
 import type { Command } from 'commander';
 import { CofferError } from '../core/errors.ts';
@@ -9,6 +11,7 @@ import type { Backend } from '../storage/backend.ts';
 import { openBackend } from '../storage/url.ts';
 import { RetryBackend } from '../storage/retry.ts';
 import { Repository, type OpenOptions } from '../repository/repository.ts';
+import { DEFAULT_TIMING, type SessionTiming } from '../repository/session.ts';
 import { describeUnreadable, type SnapshotFilter, type UnreadableSnapshot } from '../repository/snapshot.ts';
 import { WorkerPool } from '../engine/pool.ts';
 import type { EventLine } from './json-schema.ts';
@@ -212,9 +215,24 @@ export async function getPassword(cmd: Command, options: { confirm?: boolean; en
   return pw;
 }
 
+/** The cache directory when none is given: $COFFER_CACHE_DIR, else $XDG_CACHE_HOME/coffer or ~/.cache/coffer. */
+export function defaultCacheDir(): string {
+  return process.env.COFFER_CACHE_DIR || join(process.env.XDG_CACHE_HOME || join(homedir(), '.cache'), 'coffer');
+}
+
+/** Session heartbeat and stale times: the defaults, or COFFER_SESSION_HEARTBEAT_MS / COFFER_SESSION_STALE_MS (tests). */
+export function sessionTimingFromEnv(): SessionTiming {
+  const hb = Number(process.env.COFFER_SESSION_HEARTBEAT_MS);
+  const st = Number(process.env.COFFER_SESSION_STALE_MS);
+  return {
+    heartbeatMs: Number.isFinite(hb) && hb > 0 ? hb : DEFAULT_TIMING.heartbeatMs,
+    staleMs: Number.isFinite(st) && st > 0 ? st : DEFAULT_TIMING.staleMs,
+  };
+}
+
 export function openOptions(cmd: Command, signal?: AbortSignal): OpenOptions {
   const g = globals(cmd);
-  return { signal, cacheDir: g.cacheDir, noCache: g.cache === false };
+  return { signal, cacheDir: g.cacheDir ?? defaultCacheDir(), noCache: g.cache === false, sessionTiming: sessionTimingFromEnv() };
 }
 
 export async function openRepo(cmd: Command, signal?: AbortSignal): Promise<Repository> {

@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
+import { availableParallelism } from 'node:os';
 import { after, before, describe, it } from 'node:test';
 import { isCofferError } from '../core/errors.ts';
 import { randomBytes, textBytes } from '../testing/random.ts';
@@ -252,24 +253,15 @@ describe('WorkerPool lifecycle', () => {
     await pool.close(); // idempotent
   });
 
-  it('create() validates its options and honours COFFER_WORKERS', async () => {
+  it('create() validates its options; without a number it starts one worker per core', async () => {
     const usage = (e: unknown) => isCofferError(e, 'USAGE');
     await assert.rejects(WorkerPool.create({ keys: KEYS, chunker: PARAMS, level: 3, workers: 0 }), usage);
     await assert.rejects(WorkerPool.create({ keys: KEYS, chunker: PARAMS, level: 3, workers: 1.5 }), usage);
     await assert.rejects(WorkerPool.create({ keys: KEYS, chunker: { ...PARAMS, avgSize: 10_000 }, level: 3, workers: 1 }), usage);
     await assert.rejects(WorkerPool.create({ keys: KEYS, chunker: PARAMS, level: 99, workers: 1 }), usage);
-    const saved = process.env.COFFER_WORKERS;
-    try {
-      process.env.COFFER_WORKERS = 'many';
-      await assert.rejects(WorkerPool.create({ keys: KEYS, chunker: PARAMS, level: 3 }), usage);
-      process.env.COFFER_WORKERS = '1';
-      const pool = await WorkerPool.create({ keys: KEYS, chunker: PARAMS, level: 3 });
-      assert.equal(pool.size, 1);
-      await pool.close();
-    } finally {
-      if (saved === undefined) delete process.env.COFFER_WORKERS;
-      else process.env.COFFER_WORKERS = saved;
-    }
+    const pool = await WorkerPool.create({ keys: KEYS, chunker: PARAMS, level: 3 });
+    assert.equal(pool.size, Math.min(256, availableParallelism()));
+    await pool.close();
   });
 
   it('a pool nobody closes does not keep the process alive', () => {

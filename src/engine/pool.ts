@@ -32,7 +32,7 @@ export interface RepoParams {
 }
 
 export interface PoolOptions extends Partial<RepoParams> {
-  /** Number of workers; default COFFER_WORKERS, else os.availableParallelism(). */
+  /** Number of workers; default one per core (os.availableParallelism()). */
   workers?: number;
 }
 
@@ -68,20 +68,13 @@ interface Slot {
   proven: boolean;
 }
 
+/** The number of workers asked for, or one per core (the caller reads any setting such as COFFER_WORKERS). */
 function workerCount(requested: number | undefined): number {
   if (requested !== undefined) {
     if (!Number.isSafeInteger(requested) || requested < 1 || requested > MAX_WORKERS) {
       throw new CofferError('USAGE', `Cannot start ${String(requested)} workers: give a number from 1 to ${MAX_WORKERS}`);
     }
     return requested;
-  }
-  const env = process.env.COFFER_WORKERS;
-  if (env !== undefined && env !== '') {
-    const n = Number(env);
-    if (!Number.isSafeInteger(n) || n < 1 || n > MAX_WORKERS) {
-      throw new CofferError('USAGE', `Cannot use COFFER_WORKERS=${env}: give a number from 1 to ${MAX_WORKERS}`);
-    }
-    return n;
   }
   return Math.max(1, Math.min(MAX_WORKERS, availableParallelism()));
 }

@@ -11,7 +11,7 @@
 import { open, lstat, readlink, realpath, stat } from 'node:fs/promises';
 import type { BigIntStats } from 'node:fs';
 import { readFileSync } from 'node:fs';
-import { arch, hostname, platform, userInfo } from 'node:os';
+import { userInfo } from 'node:os';
 import { isAbsolute, normalize, resolve, sep } from 'node:path';
 import type { Readable } from 'node:stream';
 import { spawn } from 'node:child_process';
@@ -82,7 +82,8 @@ export interface StreamSource {
 export interface BackupOptions extends ExcludeOptions {
   signal?: AbortSignal;
   tags?: string[];
-  host?: HostIdentity;
+  /** The identity of the host whose data this is (recorded in the snapshot; the parent is this host's). */
+  host: HostIdentity;
   /** Parent snapshot id, 'none' for a full read, or undefined to pick the latest of the same host and paths. */
   parent?: string;
   onProgress?: (p: BackupProgress) => void;
@@ -120,22 +121,6 @@ export interface BackupResult {
   warnings: Array<{ path: string; problem: string }>;
   stats: SaverStats;
   parent?: string;
-}
-
-export function localHostIdentity(): HostIdentity {
-  let machineId: string | undefined;
-  let osRelease: string | undefined;
-  try {
-    machineId = readFileSync('/etc/machine-id', 'utf8').trim() || undefined;
-  } catch {
-    /* not every system has one */
-  }
-  try {
-    osRelease = /^PRETTY_NAME="?([^"\n]*)"?$/m.exec(readFileSync('/etc/os-release', 'utf8'))?.[1];
-  } catch {
-    /* optional */
-  }
-  return { hostname: hostname(), os: platform(), osRelease, arch: arch(), machineId };
 }
 
 const CACHEDIR_SIGNATURE = 'Signature: 8a477f597d28d172789f06886806bc55';
@@ -238,11 +223,11 @@ export async function findParent(repo: Repository, host: string, paths: string[]
   return snapshots.filter((s) => s.snapshot.host.hostname === host && [...s.snapshot.paths].sort().join('\0') === want).at(-1);
 }
 
-export async function backup(repo: Repository, pool: BackupPool, paths: string[], options: BackupOptions = {}): Promise<BackupResult> {
+export async function backup(repo: Repository, pool: BackupPool, paths: string[], options: BackupOptions): Promise<BackupResult> {
   const { signal } = options;
   if (paths.length === 0 && !options.stream) throw new CofferError('USAGE', 'Cannot back up: no paths given', { hint: 'Name at least one file or directory, or use --stdin / --command.' });
   const started = Date.now();
-  const host = options.host ?? localHostIdentity();
+  const host = options.host;
   const session = options.dryRun ? undefined : await Session.start(repo, 'backup', { signal });
   let saver: BlobSaver | undefined;
   try {

@@ -41,7 +41,6 @@ import { loadCondemned } from '../repository/prune.ts';
 import type { PackDamage } from '../repository/damage.ts';
 import { createSpecial, dataRegions, readXattrs } from '../sources/metadata.ts';
 import { childPath } from '../sources/scan.ts';
-import { localHostIdentity } from './backup.ts';
 import { readBlobs, type BlobDecoder, type BlobResult } from './read-blobs.ts';
 import { TreeLoader } from './tree-loader.ts';
 import { FileWriters, applyMeta as applyMetaTo, deserializeError, type FileHeader, type WriteOp } from './restore-writer.ts';
@@ -339,8 +338,8 @@ export interface RestoreOptions extends SafetyOptions {
   dryRun?: boolean;
   /** Write all-zero chunks (and zero blocks of sparse files) as holes (default true). */
   sparse?: boolean;
-  /** This host, for the safety check (default: localHostIdentity()). */
-  targetHost?: HostIdentity;
+  /** The host restored onto, for the safety check (sources/host.ts: localHostIdentity() for this one). */
+  targetHost: HostIdentity;
   /** Entries prepared at once: looked up in the target, created if not files (default 16). */
   fileConcurrency?: number;
   /** Pack reads in flight, each of up to 8 MiB of neighbouring blobs (default 4). */
@@ -501,9 +500,9 @@ async function resolveTarget(target: string): Promise<{ lexical: string; real: s
 }
 
 /** Runs the safety check on both forms of the target; throws REFUSED if either is refused. */
-export async function checkRestoreTarget(snapshotHost: HostIdentity | undefined, target: string, options: SafetyOptions & { targetHost?: HostIdentity } = {}): Promise<{ lexical: string; real: string; exists: boolean; verdict: SafetyVerdict }> {
+export async function checkRestoreTarget(snapshotHost: HostIdentity | undefined, target: string, options: SafetyOptions & { targetHost: HostIdentity }): Promise<{ lexical: string; real: string; exists: boolean; verdict: SafetyVerdict }> {
   const t = await resolveTarget(target);
-  const targetHost = options.targetHost ?? localHostIdentity();
+  const targetHost = options.targetHost;
   const homeDirs = [...(options.homeDirs ?? []), homedir()].filter((h) => h && h !== '/');
   const opts = { ...options, homeDirs };
   const a = restoreSafety(snapshotHost, targetHost, t.lexical, opts);
@@ -520,7 +519,7 @@ export async function checkRestoreTarget(snapshotHost: HostIdentity | undefined,
  * some entries could not be restored because their data is damaged or missing (everything else
  * is restored); CANCELLED when the signal fires (temporary files are removed first).
  */
-export async function restore(repo: Repository, source: Snapshot | string, target: string, options: RestoreOptions = {}): Promise<RestoreResult> {
+export async function restore(repo: Repository, source: Snapshot | string, target: string, options: RestoreOptions): Promise<RestoreResult> {
   const userSignal = options.signal;
   throwIfAborted(userSignal);
   const treeId = typeof source === 'string' ? source : source.tree;

@@ -27,7 +27,7 @@ import type { IndexEntry, IndexPack } from './index/index-file.ts';
 import { DATA_PREFIX, GC_PREFIX, idFromName, indexName, packName } from './layout.ts';
 import { BlobSaver, type Encoder } from './packer.ts';
 import type { Repository } from './repository.ts';
-import { Session, assertSoleMaintenance, listSessions, type SessionTiming, timingFromEnv } from './session.ts';
+import { Session, assertSoleMaintenance, listSessions, type SessionTiming } from './session.ts';
 import { loadAllSnapshots } from './snapshot.ts';
 import { walkTree } from './walk.ts';
 
@@ -155,7 +155,7 @@ function usedKey(e: IndexEntry): string {
 
 export async function prune(repo: Repository, options: PruneOptions = {}): Promise<PruneResult> {
   const { signal } = options;
-  const timing = options.timing ?? timingFromEnv();
+  const timing = options.timing ?? repo.sessionTiming;
   const say = options.onProgress ?? (() => {});
   const result: PruneResult = { packsDeleted: 0, bytesDeleted: 0, indexFilesDeleted: 0, packsCondemned: 0, bytesCondemned: 0, packsRepacked: 0, blobsRepacked: 0, plansWaiting: 0, packsKept: 0, dryRun: !!options.dryRun };
   const session = await Session.start(repo, 'prune', { signal, timing });

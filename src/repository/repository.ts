@@ -4,7 +4,7 @@
 // content-addressed, in the order packs → index → snapshot, so a crash anywhere leaves a valid
 // repository (docs/format.md).
 
-import { homedir, hostname, tmpdir, userInfo } from 'node:os';
+import { hostname, tmpdir, userInfo } from 'node:os';
 import { join } from 'node:path';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { CofferError, isCofferError, throwIfAborted } from '../core/errors.ts';
@@ -17,6 +17,7 @@ import { sealObject, openObject, type ObjectKind } from '../engine/envelope.ts';
 import { decodeBlob, } from '../engine/blob.ts';
 import { packKeyFromHeader, PACK_HEADER_SIZE } from '../engine/pack.ts';
 import { ChunkIndex, type IndexHit } from './index/chunk-index.ts';
+import { DEFAULT_TIMING, type SessionTiming } from './session.ts';
 import { DamageSet, loadDamage, recordDamage, type DamageSource, type PackDamage } from './damage.ts';
 import { decodeIndexFile, encodeIndexFile, splitPacks, INDEX_FILE_ENTRIES, type IndexFileContent, type IndexEntry, type IndexPack } from './index/index-file.ts';
 import { CONFIG_COPY_NAME, CONFIG_NAME, INDEX_PREFIX, KEYS_PREFIX, idFromName, keyName, packName } from './layout.ts';
@@ -51,10 +52,12 @@ export interface InitOptions extends CallOptions {
 }
 
 export interface OpenOptions extends CallOptions {
-  /** Where the local index cache lives; defaults to $COFFER_CACHE_DIR or ~/.cache/coffer. */
+  /** Where the local index cache lives (the CLI's default: $COFFER_CACHE_DIR or ~/.cache/coffer); required unless noCache. */
   cacheDir?: string;
   /** Use a throwaway cache directory removed on close(). */
   noCache?: boolean;
+  /** Heartbeat and stale times of the sessions of jobs on this handle (default DEFAULT_TIMING). */
+  sessionTiming?: SessionTiming;
 }
 
 export interface KeyInfo {
@@ -63,10 +66,6 @@ export interface KeyInfo {
   hostname: string;
   username: string;
   current: boolean;
-}
-
-function defaultCacheRoot(): string {
-  return process.env.COFFER_CACHE_DIR || join(process.env.XDG_CACHE_HOME || join(homedir(), '.cache'), 'coffer');
 }
 
 function validateConfig(raw: unknown): RepoConfig {
@@ -129,7 +128,11 @@ export class Repository {
   /** Set when the config was unreadable and its copy was used: what the operator should be told. */
   configNote: string | undefined;
 
-  private constructor(backend: Backend, config: RepoConfig, master: Buffer, keyId: string, index: ChunkIndex, tempCacheDir: string | undefined) {
+  /** Heartbeat and stale times for the sessions of the jobs on this handle. */
+  readonly sessionTiming: SessionTiming;
+
+  private constructor(backend: Backend, config: RepoConfig, master: Buffer, keyId: string, index: ChunkIndex, tempCacheDir: string | undefined, sessionTiming: SessionTiming) {
+    this.sessionTiming = sessionTiming;
     this.backend = backend;
     this.config = config;
     this.masterKey = master;
@@ -283,10 +286,11 @@ export class Repository {
       tempCacheDir = await mkdtemp(join(tmpdir(), 'coffer-cache-'));
       cacheDir = tempCacheDir;
     } else {
-      cacheDir = join(options.cacheDir ?? defaultCacheRoot(), config.id);
+      if (!options.cacheDir) throw new CofferError('INTERNAL', 'Cannot open the repository: no cache directory given (cacheDir or noCache)');
+      cacheDir = join(options.cacheDir, config.id);
     }
     const index = await ChunkIndex.open({ cacheDir: join(cacheDir, 'index') });
-    return new Repository(backend, config, master, keyId, index, tempCacheDir);
+    return new Repository(backend, config, master, keyId, index, tempCacheDir, options.sessionTiming ?? DEFAULT_TIMING);
   }
 
   async close(): Promise<void> {

@@ -32,15 +32,6 @@ export interface SessionTiming {
 
 export const DEFAULT_TIMING: SessionTiming = { heartbeatMs: 60_000, staleMs: 15 * 60_000 };
 
-export function timingFromEnv(): SessionTiming {
-  const hb = Number(process.env.COFFER_SESSION_HEARTBEAT_MS);
-  const st = Number(process.env.COFFER_SESSION_STALE_MS);
-  return {
-    heartbeatMs: Number.isFinite(hb) && hb > 0 ? hb : DEFAULT_TIMING.heartbeatMs,
-    staleMs: Number.isFinite(st) && st > 0 ? st : DEFAULT_TIMING.staleMs,
-  };
-}
-
 /**
  * A running process's registration in the repository. Whether a session is stale is decided by
  * the storage's clock alone (ObjectInfo.modified of the heartbeat object, against the time the
@@ -70,7 +61,7 @@ export class Session {
   }
 
   static async start(repo: Repository, kind: SessionKind, options: CallOptions & { timing?: SessionTiming; now?: () => number } = {}): Promise<Session> {
-    const timing = options.timing ?? timingFromEnv();
+    const timing = options.timing ?? repo.sessionTiming;
     const now = (options.now ?? Date.now)();
     const info: SessionInfo = { id: randomBytes(16).toString('hex'), kind, hostname: hostname(), pid: process.pid, started: now, heartbeat: now };
     const s = new Session(repo, info, timing);
@@ -159,7 +150,7 @@ export interface ListedSession extends SessionInfo {
  * the time its writer's clock put inside it.
  */
 export async function listSessions(repo: Repository, options: CallOptions & { timing?: SessionTiming; now: number }): Promise<ListedSession[]> {
-  const timing = options.timing ?? timingFromEnv();
+  const timing = options.timing ?? repo.sessionTiming;
   const now = options.now;
   const out: ListedSession[] = [];
   for await (const o of repo.backend.list(SESSIONS_PREFIX, options)) {
