@@ -34,17 +34,26 @@ export const systemClock: SchedulerClock = {
  * server implements it on the catalog; `MemoryScheduleStore` is the in-memory one for tests.
  */
 export interface ScheduleStore {
-  /** The rows whose state's nextRun is at or before t (rows with a null nextRun are never due). */
+  /**
+   * The rows whose state's nextRun is at or before t (rows with a null nextRun are never due),
+   * found through an index on nextRun: the loop calls this every tick, and a tick must cost what
+   * is due, not what is stored.
+   */
   loadDue(t: number, options?: { signal?: AbortSignal }): Promise<ScheduleRow[]>;
   /**
-   * Applies decisions. Each one atomically, and only if its row's state still equals
-   * `decision.previous` (and the row still exists): queue `decision.queue` as a job whose identity
-   * is (row, slot), record each of `decision.missed` as a missed run of the row, and store
-   * `decision.state`. A decision whose row changed meanwhile (another scheduler, a re-applied
+   * Applies decisions. Each one atomically (one transaction), and only if its row's state still
+   * equals `decision.previous` (and the row still exists): queue `decision.queue` as a job whose
+   * identity is (row id, slot), record each of `decision.missed` as a missed run of the row, and
+   * store `decision.state`. A decision whose row changed meanwhile (another scheduler, a re-applied
    * policy) changes nothing. Returns, in order, whether each was applied.
+   *
+   * Queuing MUST be idempotent by (row id, slot): when that job exists already, nothing is queued
+   * (a unique index and INSERT ... ON CONFLICT DO NOTHING), and the rest of the decision applies.
+   * With the compare-and-set this makes a crash between queuing and storing the state harmless,
+   * even for a store that cannot do both in one transaction.
    */
   record(decisions: readonly Decision[], options?: { signal?: AbortSignal }): Promise<boolean[]>;
-  /** The earliest non-null nextRun of any row, or null when there is none. */
+  /** The earliest non-null nextRun of any row, or null when there is none (from the same index). */
   nextRun(options?: { signal?: AbortSignal }): Promise<number | null>;
 }
 

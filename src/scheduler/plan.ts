@@ -50,6 +50,8 @@ export interface ScheduleRow {
 export interface QueuedSlot {
   /** The slot's instant: the job's identity together with the row's id. */
   slot: number;
+  /** The queue must not start the job before this instant (the window opens); at most the tick's now. */
+  notBefore: number;
   /** The queue must not start the job at or after this instant (the window closes); a job not
    * started by then is a missed run. */
   notAfter: number;
@@ -160,16 +162,15 @@ function decide(row: ScheduleRow, calendar: Calendar, options: PlanOptions): Dec
   let queue: QueuedSlot | null = null;
   let nextRun = nextDue?.due.start ?? null;
   if (dueNow) {
-    queue = { slot: dueNow.slot, notAfter: dueNow.due.end, catchUp: false };
+    queue = { slot: dueNow.slot, notBefore: dueNow.due.start, notAfter: dueNow.due.end, catchUp: false };
     lastSlot = dueNow.slot;
     lastState = 'queued';
   } else if (row.schedule.missed === 'catch-up' && lastState === 'missed' && lastSlot !== null) {
-    const graceMs = options.graceMs ?? DEFAULT_GRACE_MS;
-    const chance = calendar.windowAt(now) ?? { start: now, end: now + graceMs };
+    const chance = catchUpInterval(calendar, now, options.graceMs);
     const absorbed = nextDue !== null && nextDue.due.start < chance.end;
     if (!absorbed) {
       if (chance.start <= now) {
-        queue = { slot: lastSlot, notAfter: chance.end, catchUp: true };
+        queue = { slot: lastSlot, notBefore: now, notAfter: chance.end, catchUp: true };
         lastState = 'caught-up';
       } else {
         nextRun = chance.start;
@@ -193,4 +194,81 @@ function firstDue(calendar: Calendar, slot: number | null): DueSlot | null {
     slot = skip !== null && skip > slot ? skip : next;
   }
   return null;
+}
+
+/** When a catch-up decided at `at` may run: the window open at `at` or the next one; without a window, the grace from `at`. */
+function catchUpInterval(calendar: Calendar, at: number, graceMs = DEFAULT_GRACE_MS): Interval {
+  return calendar.windowAt(at) ?? { start: at, end: at + graceMs };
+}
+
+/** A queued job as far as its timing goes. */
+export interface JobSlot {
+  slot: number;
+  /** A catch-up runs a missed slot late: its interval is the one after `queuedAt`, not the slot's own. */
+  catchUp?: boolean;
+  /** When it was queued; needed for a catch-up. */
+  queuedAt?: number;
+}
+
+export type WindowState = 'before' | 'open' | 'closed';
+
+export interface WindowStateOptions {
+  now: number;
+  /** The server's time zone, for schedules without one. */
+  timezone: string;
+  /** As given to the loop; default one hour. */
+  graceMs?: number;
+}
+
+/**
+ * Whether a queued job of `schedule` may start at `options.now`: 'before' its window opens, 'open',
+ * or 'closed' (its window has closed: it is a missed run, and the queue records it so). The queue
+ * calls this before it starts a scheduled job. Throws INVALID_CONFIG for a schedule that cannot be
+ * compiled.
+ */
+export function windowState(schedule: ScheduleTiming, job: number | JobSlot, options: WindowStateOptions): WindowState {
+  const interval = dueInterval(schedule, job, options);
+  if (interval === null || options.now >= interval.end) return 'closed';
+  return options.now < interval.start ? 'before' : 'open';
+}
+
+/** The interval in which a queued job may start (see windowState()); null if it never may. */
+export function dueInterval(schedule: ScheduleTiming, job: number | JobSlot, options: Omit<WindowStateOptions, 'now'>): Interval | null {
+  const calendar = compileCalendar(schedule, { timezone: options.timezone, graceMs: options.graceMs });
+  const { slot, catchUp, queuedAt } = typeof job === 'number' ? { slot: job } : job;
+  if (!catchUp) return calendar.due(slot);
+  if (queuedAt === undefined) {
+    throw new CofferError('INTERNAL', 'Cannot tell the window of a catch-up run: it has no queuedAt', {
+      hint: 'This is a bug in the job queue: pass the time the job was queued.',
+    });
+  }
+  return catchUpInterval(calendar, queuedAt, options.graceMs);
+}
+
+/** One upcoming run of a schedule: its slot and when it may start. */
+export interface UpcomingRun {
+  slot: number;
+  /** When the run may start: the slot, or its window's opening. */
+  start: number;
+  /** When it may start no more. */
+  end: number;
+}
+
+/**
+ * The next `count` runs that start after `from` (for `coffer get schedules`). Regular slots only: a
+ * pending catch-up shows in the row's nextRun. Throws INVALID_CONFIG for a bad schedule.
+ */
+export function upcomingRuns(schedule: ScheduleTiming, options: { from: number; count: number; timezone: string; graceMs?: number }): UpcomingRun[] {
+  const calendar = compileCalendar(schedule, { timezone: options.timezone, graceMs: options.graceMs });
+  const runs: UpcomingRun[] = [];
+  // A slot at or before `from` whose window opens later is upcoming too.
+  const before = calendar.prevSlot(options.from);
+  let next = before === null ? calendar.nextSlot(options.from) : before;
+  while (runs.length < options.count) {
+    const due = firstDue(calendar, next);
+    if (due === null) break;
+    if (due.due.start > options.from) runs.push({ slot: due.slot, start: due.due.start, end: due.due.end });
+    next = calendar.nextSlot(due.slot);
+  }
+  return runs;
 }
