@@ -211,6 +211,10 @@ class CompiledCalendar implements Calendar {
   private readonly slots: Slots;
   private readonly window: Window | null;
   private readonly graceMs: number;
+  // In one tick every row of a calendar asks about the same instants (now, its slots); croner's
+  // search costs 5-30 µs, a lookup here well under one. See bench/scheduler.ts.
+  private readonly nextMemo = new Map<number, number | null>();
+  private readonly prevMemo = new Map<number, number | null>();
 
   constructor(zone: TimeZone, slots: Slots, window: Window | null, graceMs: number) {
     this.zone = zone;
@@ -222,11 +226,11 @@ class CompiledCalendar implements Calendar {
   }
 
   nextSlot(t: number): number | null {
-    return this.slots.next(t);
+    return memo(this.nextMemo, t, this.slots.next);
   }
 
   prevSlot(t: number): number | null {
-    return this.slots.prev(t);
+    return memo(this.prevMemo, t, this.slots.prev);
   }
 
   windowAt(t: number): Interval | null {
@@ -251,7 +255,7 @@ class CompiledCalendar implements Calendar {
     return this.windowOn(day - 3 * DAY);
   }
 
-  due(slot: number, next: number | null = this.slots.next(slot)): Interval | null {
+  due(slot: number, next: number | null = this.nextSlot(slot)): Interval | null {
     const limit = next ?? Infinity;
     if (!this.window) return { start: slot, end: Math.min(limit, slot + this.graceMs) };
     const w = this.windowAt(slot)!;
@@ -270,4 +274,15 @@ class CompiledCalendar implements Calendar {
     const start = this.zone.resolve(day + this.window!.startMs);
     return { start, end: start + this.window!.durationMs };
   }
+}
+
+const MAX_MEMO = 256;
+
+function memo(cache: Map<number, number | null>, t: number, compute: (t: number) => number | null): number | null {
+  const known = cache.get(t);
+  if (known !== undefined) return known;
+  const value = compute(t);
+  if (cache.size >= MAX_MEMO) cache.clear();
+  cache.set(t, value);
+  return value;
 }
