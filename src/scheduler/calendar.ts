@@ -2,7 +2,7 @@
 // rules. Pure: times are epoch milliseconds passed in, nothing reads the clock or the process's
 // time zone, and nothing here imports node:*.
 //
-// The model (docs/server.md, "Scheduling"):
+// The model (docs/server.md has no scheduling section yet; this is where the rules are stated):
 // - A schedule has slots, instants at which a run is meant to happen. A calendar (cron, croner's
 //   syntax) names wall-clock times in the schedule's time zone; a frequency (`every`) names
 //   elapsed time, slots at anchor + k * every (the anchor defaults to the epoch), so restarts and

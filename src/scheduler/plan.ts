@@ -4,7 +4,7 @@
 // the state's lastSlot is never queued again, so double ticks, restarts and two schedulers racing
 // (the store's compare-and-set settles that race) never queue one slot twice.
 //
-// The rules (docs/server.md, "Scheduling"; slots and due intervals are calendar.ts's):
+// The rules (slots and due intervals are calendar.ts's):
 // - A slot is queued when a tick falls inside its due interval, with the slot as its identity and
 //   the interval's end as the latest time the queue may start it.
 // - A slot whose due interval ended before any tick saw it was missed (downtime, or a paused
