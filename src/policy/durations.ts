@@ -47,6 +47,9 @@ export type DurationResult = { ok: true; ms: number } | { ok: false; problem: st
  */
 export function checkDuration(text: unknown, options: DurationOptions = {}): DurationResult {
   const bad = (problem: string, hint?: string): DurationResult => (hint === undefined ? { ok: false, problem } : { ok: false, problem, hint });
+  if ((typeof text === 'number' && text === 0) || (typeof text === 'string' && /^0+$/.test(text))) {
+    return options.zero ? bad(`${JSON.stringify(text)} has no unit`, 'Write 0s.') : bad('a duration of 0 is not allowed here', 'Give a length greater than zero, e.g. 30d or 6h.');
+  }
   if (typeof text === 'number') return bad(`the number ${text} has no unit`, `Write e.g. ${text}h or ${text}d.`);
   if (typeof text !== 'string') return bad(`expected a duration such as 30d, got ${describeValue(text)}`);
   const shown = JSON.stringify(text);
@@ -57,6 +60,8 @@ export function checkDuration(text: unknown, options: DurationOptions = {}): Dur
   if (/^(forever|never|inf|infinity|unlimited|permanent|none)$/i.test(text.trim())) {
     return bad(`${shown} is not a duration`, options.infinite ? 'Write infinite for a copy that never expires.' : EXAMPLES);
   }
+  const spelled = spellUnits(text);
+  if (spelled !== undefined && spelled !== text && FORM.test(spelled)) return bad(`${shown} is not a duration`, `Write ${spelled}: units are single letters, y (365 days), w, d, h, m and s.`);
   if (/\s/.test(text)) return bad(`${shown} has spaces in it`, `Write it without spaces, e.g. ${text.replace(/\s+/g, '')}.`);
   if (/^-/.test(text)) return bad(`${shown} is negative`, EXAMPLES);
   if (/^\d+$/.test(text)) return bad(`${shown} has no unit`, `Write e.g. ${text}h or ${text}d.`);
@@ -85,6 +90,24 @@ export function checkDuration(text: unknown, options: DurationOptions = {}): Dur
   if (options.min !== undefined && ms < options.min) return bad(`${shown} is less than ${formatDuration(options.min)}`);
   if (options.max !== undefined && ms > options.max) return bad(`${shown} is more than ${formatDuration(options.max)}`);
   return { ok: true, ms };
+}
+
+const WORDS: [RegExp, string][] = [
+  [/^(?:years?|yrs?)$/i, 'y'], [/^(?:weeks?|wks?)$/i, 'w'], [/^days?$/i, 'd'], [/^(?:hours?|hrs?)$/i, 'h'],
+  [/^(?:minutes?|mins?)$/i, 'm'], [/^(?:seconds?|secs?)$/i, 's'],
+];
+
+/** "7 years" → "7y", "1 hour 30 minutes" → "1h30m"; undefined when it is not numbers and unit words. */
+function spellUnits(text: string): string | undefined {
+  const parts = [...text.trim().matchAll(/(\d+)\s*([A-Za-z]+)[\s,]*/g)];
+  if (parts.length === 0 || parts.map((p) => p[0]).join('') !== text.trim()) return undefined;
+  let out = '';
+  for (const p of parts) {
+    const unit = WORDS.find(([re]) => re.test(p[2]!))?.[1] ?? (p[2]! in DURATION_UNITS ? p[2]! : undefined);
+    if (unit === undefined) return undefined;
+    out += `${p[1]}${unit}`;
+  }
+  return out;
 }
 
 /** Reads a duration into milliseconds (Infinity for `infinite` where allowed); throws INVALID_CONFIG. */

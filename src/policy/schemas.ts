@@ -18,7 +18,7 @@ export type Kind = (typeof KINDS)[number];
 
 /** What an omitted field means. Documents keep fields omitted; whoever acts on them reads these. */
 export const DEFAULTS = {
-  storageUnit: { maxJobs: 1, offsite: false, immutable: false },
+  storageUnit: { maxJobs: 1, offsite: false, immutable: false, priority: 0 },
   /** `after` of a duplicate or stage: as soon as its source copy exists; `from`: the backup copy. */
   copy: { after: '0s' },
   policy: { maxStreams: 1, offsiteRequired: false },
@@ -131,6 +131,13 @@ function count(min: number, max: number): z.ZodNumber {
   return schema;
 }
 
+/** A whole number between min and max, negative ones allowed. */
+function integer(min: number, max: number): z.ZodNumber {
+  const schema = z.number().int().min(min).max(max);
+  TYPE_MESSAGES.set(schema, (input) => `expected a whole number from ${min} to ${max}, got ${describeValue(input)}`);
+  return schema;
+}
+
 /** A line or a script of text for people (owner, purpose, ...): not empty, at most `max` characters. */
 function prose(max: number): z.ZodString {
   return text(z.string().max(max), (v) => (v.trim() === '' ? { ok: false, problem: 'is empty' } : { ok: true }), (input) => `expected text, got ${describeValue(input)}`);
@@ -156,14 +163,28 @@ const storageUrl = text(z.string(), (v) => {
   return { ok: true };
 }, (input) => `expected a storage URL such as /var/lib/coffer/primary or s3://bucket/prefix, got ${describeValue(input)}`);
 
-const passwordFrom = text(z.string(), (v) => {
-  if (/^file:\/[^\0]+$/.test(v) || /^env:[A-Za-z_][A-Za-z0-9_]*$/.test(v)) return { ok: true };
-  return {
-    ok: false,
-    problem: `${JSON.stringify(v)} is not a password source`,
-    hint: 'Write file:/absolute/path (a file on the server holding the password) or env:NAME (an environment variable of the server); leave passwordFrom out to keep the password in the server\'s keystore. Never write the password itself.',
-  };
-}, (input) => `expected file:/path or env:NAME, got ${describeValue(input)}`);
+/** A reference to a secret held outside the document: file:/absolute/path or env:NAME. */
+function secretRef(what: string, instead: string) {
+  return text(z.string(), (v) => {
+    if (/^file:\/[^\0\n]+$/.test(v) || /^env:[A-Za-z_][A-Za-z0-9_]*$/.test(v)) return { ok: true };
+    // The value is not shown: whoever wrote it may have written the secret itself.
+    return {
+      ok: false,
+      problem: `is not a reference to ${what} (file:/path or env:NAME)`,
+      hint: `Write file:/absolute/path (a file on the server holding it) or env:NAME (an environment variable of the server)${instead}. Never write the secret itself in a document.`,
+    };
+  }, (input) => `expected file:/path or env:NAME, got ${typeof input === 'string' ? 'text' : describeValue(input)}`);
+}
+
+const passwordFrom = secretRef('the repository password', '; leave passwordFrom out to keep the password in the server\'s keystore');
+
+/** Where an S3 storage unit's credentials are read (default: the AWS SDK's usual sources on the server). */
+export const credentialsSchema = z.strictObject({
+  accessKeyId: secretRef('an access key id', ''),
+  secretAccessKey: secretRef('a secret access key', ''),
+  /** For temporary credentials only. */
+  sessionToken: secretRef('a session token', '').optional(),
+});
 
 export const storageUnitSpec = z.strictObject({
   /** Where the repository is: an absolute path, file:///path or s3://bucket/prefix?endpoint=... */
@@ -176,6 +197,14 @@ export const storageUnitSpec = z.strictObject({
   offsite: z.boolean().optional(),
   /** Copies here must not be deleted before they expire (default false). Not enforced yet. */
   immutable: z.boolean().optional(),
+  /** Queue priority of the jobs that use this unit: higher starts first when jobs wait (default 0). */
+  priority: integer(-100, 100).optional(),
+  /** S3 only: where the server reads the access key (default: the AWS SDK's usual sources). */
+  credentialsFrom: credentialsSchema.optional(),
+}).superRefine((spec, ctx) => {
+  if (spec.credentialsFrom !== undefined && !/^s3:/i.test(spec.url)) {
+    ctx.addIssue({ code: 'custom', path: ['credentialsFrom'], message: issueMessage('applies to s3:// storage units only', 'Leave it out for a path or file:// URL.') });
+  }
 });
 
 // ---------------------------------------------------------------------------------------------

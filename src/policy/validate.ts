@@ -121,8 +121,25 @@ function valueAt(value: unknown, path: readonly PathSegment[]): unknown {
   return v;
 }
 
+/** Field names that hold a secret: refused wherever they appear, with the reference to write instead. */
+const SECRET_KEY = /^(?:pass(?:word|wd|phrase)?|secret|secret[-_]?(?:access[-_]?)?key|access[-_]?key(?:[-_]?id)?|aws[-_].*|api[-_]?key|token|session[-_]?token|credentials?|private[-_]?key|key)$/i;
+
 function unknownField(path: PathSegment[], allowed: readonly string[]): DocumentProblem {
   const key = String(path[path.length - 1]);
+  if (SECRET_KEY.test(key)) {
+    const ref = allowed.includes('passwordFrom') ? 'passwordFrom' : allowed.includes('credentialsFrom') ? 'credentialsFrom' : undefined;
+    const s3 = /key|token|credential|aws/i.test(key) && !/^pass/i.test(key);
+    return {
+      path,
+      at: 'key',
+      message: 'secrets never go in documents (they end up in version control, in backups of the catalog and in `coffer get`)',
+      hint: s3 && ref !== undefined
+        ? 'For S3 write credentialsFrom: { accessKeyId: env:NAME, secretAccessKey: file:/path }; for the repository password passwordFrom: file:/path or env:NAME'
+        : ref === 'credentialsFrom' || ref === undefined
+          ? 'Keep the secret in a file or an environment variable of the server and refer to it: passwordFrom (repository password) or credentialsFrom (S3) of a StorageUnit'
+          : 'Write passwordFrom: file:/path (a file on the server holding it) or env:NAME, or leave it out to keep the password in the server\'s keystore',
+    };
+  }
   const guess = didYouMean(key, allowed);
   return guess !== undefined
     ? { path, at: 'key', message: `unknown field; did you mean ${JSON.stringify(guess)}?` }
