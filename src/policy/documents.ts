@@ -10,6 +10,7 @@ import { Document, LineCounter, isAlias, isMap, isScalar, isSeq, parseAllDocumen
 import { CofferError, throwIfAborted } from '../core/errors.ts';
 import { formatPath, invalidDocuments, type PathSegment, type Problem } from './problems.ts';
 import { documentId, type CofferDocument } from './schemas.ts';
+import { validateReferences, type KnownLookup } from './references.ts';
 import { checkDocument, type DocumentProblem } from './validate.ts';
 
 export interface Position {
@@ -28,7 +29,21 @@ export interface SourcedDocument {
   locate?(path: readonly PathSegment[], at?: DocumentProblem['at']): Position | undefined;
 }
 
-export interface ParseOptions {
+export interface ReferenceCheckOptions {
+  /**
+   * Also check references between the documents (validateReferences) and report their errors
+   * with the others: the documents the server has (default: none; the set must be complete).
+   */
+  references?: {
+    known?: KnownLookup;
+    /** The server's time zone, for schedules that name none (default UTC). */
+    defaultTimezone?: string;
+    /** Receives the warnings (they do not stop anything). */
+    warnings?: Problem[];
+  };
+}
+
+export interface ParseOptions extends ReferenceCheckOptions {
   /** The file name for messages (as the user gave it). */
   file?: string;
   /** The verb of the error message: "Cannot apply site.yaml: ..." (default apply). */
@@ -38,6 +53,8 @@ export interface ParseOptions {
 export interface ReadResult {
   documents: SourcedDocument[];
   problems: Problem[];
+  /** "Kind/name" of the documents that had problems, as far as they say what they are. */
+  invalid: string[];
 }
 
 /** The extensions loadDocuments() reads in a directory. */
@@ -49,8 +66,8 @@ export const DOCUMENT_EXTENSIONS = ['.yaml', '.yml', '.json'] as const;
  * with file:line:col and the path inside the document; returns only when all are valid.
  */
 export function parseDocuments(text: string, options: ParseOptions = {}): SourcedDocument[] {
-  const { documents, problems } = readDocuments(text, options);
-  problems.push(...duplicates(documents));
+  const { documents, problems, invalid } = readDocuments(text, options);
+  problems.push(...duplicates(documents), ...references(documents, invalid, options));
   if (problems.length > 0) throw invalidDocuments(options.file ?? 'the documents', problems, options);
   return documents;
 }
@@ -60,6 +77,7 @@ export function readDocuments(text: string, options: { file?: string } = {}): Re
   const file = options.file;
   const documents: SourcedDocument[] = [];
   const problems: Problem[] = [];
+  const invalid: string[] = [];
   const lineCounter = new LineCounter();
   const source = text.charCodeAt(0) === 0xfeff ? text.slice(1) : text;
   const position = (offset: number): Position => {
@@ -78,7 +96,8 @@ export function readDocuments(text: string, options: { file?: string } = {}): Re
       for (const e of syntax) problems.push(problemAt(position(e.pos[0]), { path: '', message: yamlMessage(e.message) }));
       continue;
     }
-    if (yamlDoc.contents === null) continue; // an empty document: a stray --- or only comments
+    // An empty document: a stray --- or only comments.
+    if (yamlDoc.contents === null || (isScalar(yamlDoc.contents) && yamlDoc.contents.value === null && yamlDoc.contents.source === '')) continue;
     let value: unknown;
     try {
       value = yamlDoc.toJS({ maxAliasCount: 1000 });
@@ -99,6 +118,7 @@ export function readDocuments(text: string, options: { file?: string } = {}): Re
       const checked = checkDocument(item.value);
       const id = describeDocument(item.value);
       if (!checked.ok) {
+        if (id !== undefined) invalid.push(id);
         for (const p of checked.problems) {
           problems.push(problemAt(locate(p.path, p.at), {
             ...(id === undefined ? {} : { document: id }),
@@ -118,10 +138,10 @@ export function readDocuments(text: string, options: { file?: string } = {}): Re
       });
     }
   }
-  return { documents, problems };
+  return { documents, problems, invalid };
 }
 
-export interface LoadOptions {
+export interface LoadOptions extends ReferenceCheckOptions {
   signal?: AbortSignal;
   /** The verb of the error message (default apply). */
   action?: string;
@@ -154,6 +174,7 @@ export async function loadDocuments(fileOrDir: string, options: LoadOptions = {}
   }
   const documents: SourcedDocument[] = [];
   const problems: Problem[] = [];
+  const invalid: string[] = [];
   for (const file of files) {
     throwIfAborted(options.signal);
     let text: string;
@@ -167,8 +188,9 @@ export async function loadDocuments(fileOrDir: string, options: LoadOptions = {}
     const result = readDocuments(text, { file });
     documents.push(...result.documents);
     problems.push(...result.problems);
+    invalid.push(...result.invalid);
   }
-  problems.push(...duplicates(documents));
+  problems.push(...duplicates(documents), ...references(documents, invalid, options));
   if (problems.length > 0) throw invalidDocuments(fileOrDir, problems, { action });
   if (documents.length === 0) {
     throw new CofferError('INVALID_CONFIG', `Cannot ${action} ${fileOrDir}: it holds no documents`, { hint: 'A document starts with apiVersion: coffer/v1 and kind: ...; several in one file are separated by ---.' });
@@ -237,6 +259,19 @@ function describeDocument(value: unknown): string | undefined {
   const { kind, metadata } = value as { kind?: unknown; metadata?: { name?: unknown } };
   if (typeof kind !== 'string' || metadata === null || typeof metadata !== 'object' || typeof metadata.name !== 'string') return undefined;
   return documentId({ kind, metadata: { name: metadata.name } });
+}
+
+/** Reference errors, when asked for (warnings go to the caller's list). */
+function references(documents: readonly SourcedDocument[], invalid: readonly string[], options: ReferenceCheckOptions): Problem[] {
+  const r = options.references;
+  if (r === undefined) return [];
+  // A document with problems of its own still exists as far as references to it go: saying it
+  // does not would only repeat its problems in other words.
+  const named = new Set(invalid);
+  const known: KnownLookup = (kind, name) => (named.has(`${kind}/${name}`) ? true : r.known?.(kind, name));
+  const result = validateReferences(documents, known, r.defaultTimezone === undefined ? {} : { defaultTimezone: r.defaultTimezone });
+  r.warnings?.push(...result.warnings);
+  return result.errors;
 }
 
 /** The same kind and name twice in one apply: the second would silently replace the first. */

@@ -40,7 +40,8 @@ export function formatProblem(p: Problem): string {
     ? `${p.file}${p.line === undefined ? '' : `:${p.line}:${p.column ?? 1}`}: `
     : p.document !== undefined ? `${p.document}: ` : '';
   const path = p.path === '' ? '' : `${p.path}: `;
-  return `${where}${path}${p.message}${p.hint === undefined ? '' : `. ${p.hint.replace(/\.$/, '')}.`}`;
+  const hint = p.hint === undefined ? '' : `${/[.?!]$/.test(p.message) ? ' ' : '. '}${/[.?!]$/.test(p.hint) ? p.hint : `${p.hint}.`}`;
+  return `${where}${path}${p.message}${hint}`;
 }
 
 /** Problems in file order (then in the order found), so the list reads top to bottom. */

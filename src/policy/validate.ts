@@ -21,6 +21,7 @@ export interface DocumentProblem {
 export type CheckedDocument = { ok: true; document: CofferDocument } | { ok: false; problems: DocumentProblem[] };
 
 const TOP_KEYS = ['apiVersion', 'kind', 'metadata', 'spec'];
+const MISSING = 'required field is missing';
 const ALLOWED_PREFIX = '\u0000allowed:';
 
 /** Checks one parsed document (plain data, as from YAML or JSON) against the schema of its kind. */
@@ -60,7 +61,7 @@ function messageFor(iss: z.core.$ZodRawIssue): string {
   const input = iss.input;
   switch (iss.code) {
     case 'invalid_type': {
-      if (input === undefined) return 'is missing';
+      if (input === undefined) return MISSING;
       const own = inst === undefined ? undefined : TYPE_MESSAGES.get(inst);
       if (own !== undefined) return own(input);
       return `expected ${EXPECTED[iss.expected] ?? iss.expected}, got ${describeValue(input)}`;
@@ -82,6 +83,7 @@ function messageFor(iss: z.core.$ZodRawIssue): string {
       return `must be at most ${max}, not ${String(input)}`;
     }
     case 'invalid_value': {
+      if (input === undefined) return MISSING;
       const values = iss.values.map(String);
       const shown = typeof input === 'string' ? JSON.stringify(input) : describeValue(input);
       return `${shown} is not one of ${values.join(', ')}${typeof input === 'string' ? didYouMeanSuffix(input, values) : ''}`;
@@ -186,10 +188,10 @@ function toProblems(issues: readonly z.core.$ZodIssue[], root: unknown, base: Pa
         break;
       }
       default: {
-        const missing = issue.code === 'invalid_type' && valueAt(root, path) === undefined;
+        const missing = issue.message === MISSING && valueAt(root, path) === undefined;
         out.push({ path, at: missing ? 'parent' : 'value', ...split(issue.message) });
       }
     }
   }
-  return out.filter((p) => !(p.message === 'is missing' && meant.has(JSON.stringify(p.path))));
+  return out.filter((p) => !(p.message === MISSING && meant.has(JSON.stringify(p.path))));
 }
