@@ -225,10 +225,12 @@ export function toYaml(docs: CofferDocument | readonly CofferDocument[]): string
     const doc = new Document(normalize(d, { action: 'export' }), { version: '1.2' });
     visit(doc, {
       Scalar(_key, node) {
-        if (typeof node.value === 'string' && needsQuotes(node.value)) node.type = 'QUOTE_DOUBLE';
+        if (typeof node.value === 'string' && !node.value.includes('\n') && needsQuotes(node.value)) node.type = 'QUOTE_DOUBLE';
       },
     });
-    return doc.toString({ lineWidth: 0, indent: 2, indentSeq: true });
+    // doubleQuotedAsJSON: yaml 2.9 folds a long double-quoted string with runs of spaces and
+    // line breaks into something it reads back differently (found by roundtrip.test.ts).
+    return doc.toString({ lineWidth: 0, indent: 2, indentSeq: true, doubleQuotedAsJSON: true });
   }).join('---\n');
 }
 
