@@ -3,7 +3,7 @@
 // same thing. Objects are strict: a misspelt field is an error, never a silently ignored setting.
 // Defaults are not filled in (DEFAULTS says what they are): a document is stored as it was
 // applied, so that `coffer get -o yaml` gives back what the user wrote. Every field is described
-// in docs/server.md, "Documents".
+// by its comment here; docs/server.md, "Documents", gives the decisions behind them.
 
 import { z } from 'zod';
 import { isCofferError } from '../core/errors.ts';
