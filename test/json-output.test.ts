@@ -281,6 +281,12 @@ describe('--json output (docs/json.md)', () => {
     assert.deepEqual(ofType(forget.lines, 'forget'), [{ type: 'forget', snapshot: bad, dryRun: false }], 'removed by id, unread');
   });
 
+  it('agent stdio refuses --json with a usage error line (its output is the agent protocol)', async () => {
+    const r = await json(['agent', 'stdio', '--state-dir', join(dir, 'agent-state')], env, 2);
+    assert.equal(r.final.code, 'USAGE');
+    assert.match(String(r.final.message), /agent protocol/);
+  });
+
   it('dump refuses --json with a usage error line (its output is the file itself)', async () => {
     const r = await json(['repo', 'dump', 'latest', join(src, 'link')], { ...env, COFFER_PASSWORD: 'not even checked' }, 2);
     assert.equal(r.final.code, 'USAGE');

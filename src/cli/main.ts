@@ -18,8 +18,10 @@ import { register as repoPrune } from './cmd_repo_prune.ts';
 import { register as repoRepair } from './cmd_repo_repair.ts';
 import { register as storageValidate } from './cmd_storage_validate.ts';
 import { register as quickstart } from './cmd_quickstart.ts';
+import { register as agent } from './cmd_agent.ts';
+import { VERSION } from '../core/version.ts';
 
-export const VERSION = '0.1.0';
+export { VERSION };
 
 export function buildProgram(): Command {
   const program = new Command('coffer')
@@ -52,6 +54,7 @@ export function buildProgram(): Command {
   repoRepair(repo);
   storageValidate(program);
   quickstart(program);
+  agent(program);
   // Every command, however deep, shares the error handling and exits through main().
   const all = (c: Command): Command[] => [c, ...c.commands.flatMap(all)];
   for (const c of all(program)) c.exitOverride().showHelpAfterError('(run with --help for usage)');

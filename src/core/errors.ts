@@ -19,12 +19,16 @@ export const ERROR_CODES = [
   'REFUSED', //            a safety rule stopped the operation (e.g. cross-host restore)
   'WARNINGS', //           the operation completed, with warnings (unreadable or changed files)
   'CANCELLED', //          interrupted by signal or abort
+  'PROTOCOL', //           a peer (agent, server) sent something this release does not speak
+  'UNAUTHENTICATED', //    not logged in, or the session or token expired or was revoked
+  'FORBIDDEN', //          logged in, but the role does not allow this
+  'RATE_LIMITED', //       too many attempts (failed logins): wait and try again
   'INTERNAL', //           a bug: please report it
 ] as const;
 
 export type ErrorCode = (typeof ERROR_CODES)[number];
 
-/** Process exit codes by error code: 0 ok, 1 error, 2 usage, 3 completed with warnings. */
+/** Process exit codes by error code: 0 ok, 1 error, 2 usage, 3 completed with warnings, 4 not logged in, 5 not allowed. */
 export const EXIT_CODES: Record<ErrorCode, number> = {
   USAGE: 2,
   INVALID_CONFIG: 2,
@@ -42,6 +46,10 @@ export const EXIT_CODES: Record<ErrorCode, number> = {
   REFUSED: 1,
   WARNINGS: 3,
   CANCELLED: 130,
+  PROTOCOL: 1,
+  UNAUTHENTICATED: 4,
+  FORBIDDEN: 5,
+  RATE_LIMITED: 1,
   INTERNAL: 1,
 };
 
@@ -63,6 +71,10 @@ export const HTTP_STATUS: Record<ErrorCode, number> = {
   REFUSED: 403,
   WARNINGS: 200,
   CANCELLED: 499,
+  PROTOCOL: 502,
+  UNAUTHENTICATED: 401,
+  FORBIDDEN: 403,
+  RATE_LIMITED: 429,
   INTERNAL: 500,
 };
 

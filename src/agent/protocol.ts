@@ -1,0 +1,272 @@
+// The agent protocol, version 1 (docs/server.md "Agent protocol"): newline-delimited JSON
+// messages between the server and an agent, over the embedded agent's stdin/stdout today and
+// over TLS for remote agents (issue #12). Both sides use this module: the message and job-spec
+// schemas, and a line codec that refuses what does not parse instead of guessing.
+//
+//   agent → server   hello { protocol, agent }            server → agent   welcome { protocol } | refuse { reason }
+//   server → agent   job.start { job, kind, spec }         agent → server   job.event { job, event }
+//   server → agent   job.cancel { job }                    agent → server   job.done { job, state, result?, error? }
+//   server → agent   ping { n }                            agent → server   pong { n }
+
+import { z } from 'zod';
+import { CofferError } from '../core/errors.ts';
+import { jobEventProblem, type JobEvent } from '../jobs/events.ts';
+
+export const PROTOCOL_VERSION = 1;
+
+/** The longest line either side accepts: a job's result or an event is far smaller. */
+export const MAX_LINE = 16 << 20;
+
+const name = z.string().min(1).max(255);
+const path = z.string().min(1).max(4096);
+
+/** Where a job's repository is and how to open it; secrets travel only inside the protocol. */
+export const storageAccess = z.strictObject({
+  url: z.string().min(1).max(4096),
+  password: z.string().min(1).max(4096),
+  /** S3 credentials (AWS_ACCESS_KEY_ID, ...), when the unit is on S3. */
+  env: z.record(z.string().max(255), z.string().max(4096)).optional(),
+});
+export type StorageAccess = z.infer<typeof storageAccess>;
+
+const command = z.strictObject({
+  /** Run by /bin/sh -c on the client. */
+  run: z.string().min(1).max(65536),
+  timeoutMs: z.number().int().positive().max(7 * 86_400_000).optional(),
+});
+export type CommandSpec = z.infer<typeof command>;
+
+/** One selection of a policy, as a backup stream: paths, or a command's output as one file. */
+export const selectionSpec = z.union([
+  z.strictObject({
+    paths: z.array(path).min(1).max(10_000),
+    exclude: z.array(z.string().min(1).max(4096)).max(10_000).optional(),
+    oneFileSystem: z.boolean().optional(),
+    excludeCaches: z.boolean().optional(),
+    images: z.boolean().optional(),
+  }),
+  z.strictObject({
+    command: z.string().min(1).max(65536),
+    filename: z.string().min(1).max(255).regex(/^[^/]+$/, 'a plain file name').refine((s) => s !== '.' && s !== '..', 'a plain file name'),
+  }),
+]);
+export type SelectionSpec = z.infer<typeof selectionSpec>;
+
+export const backupSpec = z.strictObject({
+  storage: storageAccess,
+  selection: selectionSpec,
+  /** A snapshot id to compare with, or 'none' for a full read. */
+  parent: z.union([z.literal('none'), z.string().regex(/^[0-9a-f]{64}$/)]),
+  tags: z.array(z.string().min(1).max(255)).max(100).optional(),
+  /** The client's name as the server knows it (recorded as the snapshot's host name). */
+  client: name,
+  pre: command.optional(),
+  post: command.optional(),
+});
+export type BackupSpec = z.infer<typeof backupSpec>;
+
+export const restoreSpec = z.strictObject({
+  storage: storageAccess,
+  snapshot: z.string().regex(/^[0-9a-f]{64}$/),
+  targetPath: path,
+  include: z.array(z.string().min(1).max(4096)).max(10_000).optional(),
+  exclude: z.array(z.string().min(1).max(4096)).max(10_000).optional(),
+  overwrite: z.enum(['never', 'if-changed', 'always']).optional(),
+  dryRun: z.boolean().optional(),
+  force: z.boolean().optional(),
+  confirmHost: z.string().max(255).optional(),
+});
+export type RestoreSpec = z.infer<typeof restoreSpec>;
+
+export const snapshotsSpec = z.strictObject({ storage: storageAccess });
+export type SnapshotsSpec = z.infer<typeof snapshotsSpec>;
+
+export const forgetSpec = z.strictObject({
+  storage: storageAccess,
+  snapshots: z.array(z.string().regex(/^[0-9a-f]{64}$/)).max(1_000_000),
+  prune: z.boolean(),
+});
+export type ForgetSpec = z.infer<typeof forgetSpec>;
+
+export const initSpec = z.strictObject({ storage: storageAccess });
+export type InitSpec = z.infer<typeof initSpec>;
+
+export const probeSpec = z.strictObject({
+  /** Paths that must exist and be readable on the client. */
+  paths: z.array(path).max(10_000).optional(),
+  /** A storage unit that must take a write (an object written and deleted again). */
+  storage: storageAccess.optional(),
+});
+export type ProbeSpec = z.infer<typeof probeSpec>;
+
+export const listSpec = z.strictObject({
+  storage: storageAccess,
+  snapshot: z.string().regex(/^[0-9a-f]{64}$/),
+  path: z.string().max(4096),
+  limit: z.number().int().positive().max(100_000),
+  /** The name after which to continue a listing (entries are in name order). */
+  after: z.string().max(4096).optional(),
+});
+export type ListSpec = z.infer<typeof listSpec>;
+
+export const JOB_SPECS = {
+  backup: backupSpec,
+  restore: restoreSpec,
+  snapshots: snapshotsSpec,
+  forget: forgetSpec,
+  init: initSpec,
+  probe: probeSpec,
+  list: listSpec,
+} as const;
+export type AgentJobKind = keyof typeof JOB_SPECS;
+export type AgentJobSpec<K extends AgentJobKind> = z.infer<(typeof JOB_SPECS)[K]>;
+export const AGENT_JOB_KINDS = Object.keys(JOB_SPECS) as AgentJobKind[];
+
+/** How a job ended, as the agent saw it (the server maps these onto catalog states). */
+export type DoneState = 'succeeded' | 'warnings' | 'failed' | 'cancelled';
+
+export interface JobError {
+  code: string;
+  message: string;
+  hint?: string;
+}
+
+const jobId = z.string().min(1).max(64);
+const errorShape = z.strictObject({ code: z.string().max(64), message: z.string().max(65536), hint: z.string().max(65536).optional() });
+
+const agentInfo = z.strictObject({ name, version: z.string().max(64), host: z.record(z.string(), z.unknown()) });
+
+const toAgent = z.discriminatedUnion('t', [
+  z.strictObject({ t: z.literal('welcome'), protocol: z.number().int() }),
+  z.strictObject({ t: z.literal('refuse'), reason: z.string().max(65536) }),
+  z.strictObject({ t: z.literal('job.start'), job: jobId, kind: z.string().max(64), spec: z.unknown() }),
+  z.strictObject({ t: z.literal('job.cancel'), job: jobId }),
+  z.strictObject({ t: z.literal('ping'), n: z.number().int() }),
+]);
+
+const toServer = z.discriminatedUnion('t', [
+  z.strictObject({ t: z.literal('hello'), protocol: z.number().int(), agent: agentInfo }),
+  z.strictObject({ t: z.literal('job.event'), job: jobId, event: z.unknown() }),
+  z.strictObject({
+    t: z.literal('job.done'),
+    job: jobId,
+    state: z.enum(['succeeded', 'warnings', 'failed', 'cancelled']),
+    result: z.record(z.string(), z.unknown()).optional(),
+    error: errorShape.optional(),
+  }),
+  z.strictObject({ t: z.literal('pong'), n: z.number().int() }),
+]);
+
+export type ToAgent = z.infer<typeof toAgent>;
+export type ToServer =
+  | Exclude<z.infer<typeof toServer>, { t: 'job.event' }>
+  | { t: 'job.event'; job: string; event: JobEvent };
+
+function describe(error: z.ZodError): string {
+  return error.issues.slice(0, 3).map((i) => `${i.path.length ? i.path.join('.') : 'message'}: ${i.message}`).join('; ');
+}
+
+/** A line from the server, checked; PROTOCOL when it is not a message of this version. */
+export function parseToAgent(line: string): ToAgent {
+  const r = toAgent.safeParse(parseJson(line));
+  if (!r.success) throw protocolError(`a bad message from the server (${describe(r.error)})`);
+  return r.data;
+}
+
+/** A line from an agent, checked; PROTOCOL when it is not a message of this version. */
+export function parseToServer(line: string): ToServer {
+  const r = toServer.safeParse(parseJson(line));
+  if (!r.success) throw protocolError(`a bad message from the agent (${describe(r.error)})`);
+  if (r.data.t === 'job.event') {
+    const problem = jobEventProblem(r.data.event);
+    if (problem) throw protocolError(`a bad job event from the agent (${problem})`);
+  }
+  return r.data as ToServer;
+}
+
+/** A job's spec, checked against its kind's schema; USAGE naming the field otherwise. */
+export function parseJobSpec<K extends AgentJobKind>(kind: K, spec: unknown): AgentJobSpec<K> {
+  const schema = JOB_SPECS[kind];
+  if (!schema) throw new CofferError('UNSUPPORTED', `Cannot run a job of kind ${JSON.stringify(kind)}: this agent runs ${AGENT_JOB_KINDS.join(', ')}`);
+  const r = schema.safeParse(spec);
+  if (!r.success) throw new CofferError('USAGE', `Cannot run the ${kind} job: its spec is invalid (${describe(r.error)})`);
+  return r.data as AgentJobSpec<K>;
+}
+
+export function isJobKind(kind: string): kind is AgentJobKind {
+  return Object.hasOwn(JOB_SPECS, kind);
+}
+
+function parseJson(line: string): unknown {
+  try {
+    return JSON.parse(line);
+  } catch {
+    throw protocolError(`a line that is not JSON (${JSON.stringify(line.slice(0, 80))})`);
+  }
+}
+
+function protocolError(what: string): CofferError {
+  return new CofferError('PROTOCOL', `Agent protocol error: ${what}`, { hint: 'The server and the agent must be the same Coffer release; update the older one.' });
+}
+
+/** What an agent of another protocol version is told. */
+export function refusalFor(protocol: number): string | undefined {
+  if (protocol === PROTOCOL_VERSION) return undefined;
+  return protocol < PROTOCOL_VERSION
+    ? `This server speaks agent protocol ${PROTOCOL_VERSION}; the agent speaks ${protocol}. Update the agent to the server's Coffer release.`
+    : `This server speaks agent protocol ${PROTOCOL_VERSION}; the agent speaks ${protocol}, which is newer. Update the server first, then the agents.`;
+}
+
+/**
+ * Splits a byte stream into lines and hands each complete one to `onLine`. A line longer than
+ * MAX_LINE is a protocol error (the peer is broken or hostile), reported through onError once;
+ * the reader then ignores the rest of the stream.
+ */
+export class LineReader {
+  private parts: Buffer[] = [];
+  private size = 0;
+  private failed = false;
+  private readonly onLine: (line: string) => void;
+  private readonly onError: (e: CofferError) => void;
+
+  constructor(onLine: (line: string) => void, onError: (e: CofferError) => void) {
+    this.onLine = onLine;
+    this.onError = onError;
+  }
+
+  push(chunk: Buffer): void {
+    if (this.failed) return;
+    let start = 0;
+    for (;;) {
+      const nl = chunk.indexOf(10, start);
+      if (nl < 0) break;
+      const piece = chunk.subarray(start, nl);
+      const line = this.size ? Buffer.concat([...this.parts, piece]).toString('utf8') : piece.toString('utf8');
+      this.parts = [];
+      this.size = 0;
+      start = nl + 1;
+      if (line.length > 0) this.onLine(line);
+      if (this.failed) return;
+    }
+    if (start < chunk.length) {
+      this.size += chunk.length - start;
+      if (this.size > MAX_LINE) {
+        this.failed = true;
+        this.parts = [];
+        this.onError(protocolError(`a line longer than ${MAX_LINE} bytes`));
+        return;
+      }
+      this.parts.push(Buffer.from(chunk.subarray(start)));
+    }
+  }
+
+  /** Stops reading (after a protocol error the caller found in a line). */
+  stop(): void {
+    this.failed = true;
+    this.parts = [];
+  }
+}
+
+export function encodeMessage(message: ToAgent | ToServer): string {
+  return JSON.stringify(message) + '\n';
+}

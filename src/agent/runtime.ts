@@ -1,0 +1,399 @@
+// The agent's job executors: what an agent does with a job.start (docs/server.md "Agent
+// protocol"). Each job opens its repository from the spec the server sent (URL, password, S3
+// credentials), runs the data path with this host's identity, and reports through the one job
+// event model. Several jobs run at once and share one worker pool through per-repository
+// contexts; the pool exists only while jobs run, so an idle agent stays small.
+
+import { spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { constants } from 'node:fs';
+import { access, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import { CofferError, throwIfAborted, toCofferError } from '../core/errors.ts';
+import { WorkerPool } from '../engine/pool.ts';
+import { backup } from '../jobs/backup.ts';
+import { listSnapshot } from '../jobs/browse.ts';
+import { backupEvents, restoreEvents, type EmitJobEvent } from '../jobs/events.ts';
+import { restore } from '../jobs/restore.ts';
+import { prune } from '../repository/prune.ts';
+import { Repository } from '../repository/repository.ts';
+import type { SessionTiming } from '../repository/session.ts';
+import { SNAPSHOTS_PREFIX } from '../repository/layout.ts';
+import { loadSnapshot, readSnapshots, type HostIdentity } from '../repository/snapshot.ts';
+import type { Backend } from '../storage/backend.ts';
+import { RetryBackend } from '../storage/retry.ts';
+import { openBackend } from '../storage/url.ts';
+import {
+  isJobKind,
+  parseJobSpec,
+  type AgentJobKind,
+  type BackupSpec,
+  type CommandSpec,
+  type DoneState,
+  type ForgetSpec,
+  type InitSpec,
+  type JobError,
+  type ListSpec,
+  type ProbeSpec,
+  type RestoreSpec,
+  type SnapshotsSpec,
+  type StorageAccess,
+} from './protocol.ts';
+
+export interface AgentRuntimeOptions {
+  /** Where the agent keeps its caches (index caches per repository under cache/). */
+  stateDir: string;
+  /** The identity of the host this agent protects (recorded in snapshots, checked by restores). */
+  host: HostIdentity;
+  /** Worker threads while jobs run (default: one per core). */
+  workers?: number;
+  /** Close the worker pool after this long without jobs (default 30 s). */
+  idleMs?: number;
+  /** Session heartbeat and stale times for the jobs' repository sessions. */
+  sessionTiming?: SessionTiming;
+}
+
+export interface JobOutcome {
+  state: DoneState;
+  result?: Record<string, unknown>;
+  error?: JobError;
+}
+
+/** Pre and post commands: default time limit, and how much of their output goes to the log. */
+const DEFAULT_COMMAND_TIMEOUT = 3_600_000;
+const COMMAND_OUTPUT_LIMIT = 64 * 1024;
+
+export class AgentRuntime {
+  private readonly options: AgentRuntimeOptions;
+  private pool: Promise<WorkerPool> | undefined;
+  private users = 0;
+  private idleTimer: NodeJS.Timeout | undefined;
+  private closed = false;
+
+  constructor(options: AgentRuntimeOptions) {
+    this.options = options;
+  }
+
+  /** Jobs running now. */
+  get running(): number {
+    return this.users;
+  }
+
+  /**
+   * Runs one job to its end and says how it ended; never throws (a failure is an outcome).
+   * `signal` cancels it: the job stops at its next check, and what it uploaded stays usable.
+   */
+  async run(kind: string, rawSpec: unknown, emit: EmitJobEvent, signal: AbortSignal): Promise<JobOutcome> {
+    try {
+      if (this.closed) throw new CofferError('CANCELLED', 'Cannot start the job: the agent is stopping');
+      if (!isJobKind(kind)) parseJobSpec(kind as AgentJobKind, rawSpec); // throws UNSUPPORTED
+      const result = await this.dispatch(kind as AgentJobKind, rawSpec, emit, signal);
+      const warnings = typeof result.warnings === 'number' ? result.warnings : 0;
+      emit({ type: 'result', result });
+      return { state: warnings > 0 ? 'warnings' : 'succeeded', result };
+    } catch (e) {
+      const err = toCofferError(e);
+      if (err.code === 'CANCELLED' || signal.aborted) return { state: 'cancelled', error: { code: 'CANCELLED', message: signal.aborted ? 'Cancelled: the job was told to stop' : err.message } };
+      return { state: 'failed', error: { code: err.code, message: err.message, ...(err.hint ? { hint: err.hint } : {}) } };
+    }
+  }
+
+  private dispatch(kind: AgentJobKind, raw: unknown, emit: EmitJobEvent, signal: AbortSignal): Promise<Record<string, unknown>> {
+    switch (kind) {
+      case 'backup': return this.backup(parseJobSpec('backup', raw), emit, signal);
+      case 'restore': return this.restore(parseJobSpec('restore', raw), emit, signal);
+      case 'snapshots': return this.snapshots(parseJobSpec('snapshots', raw), signal);
+      case 'forget': return this.forget(parseJobSpec('forget', raw), emit, signal);
+      case 'init': return this.init(parseJobSpec('init', raw), signal);
+      case 'probe': return this.probe(parseJobSpec('probe', raw), signal);
+      case 'list': return this.list(parseJobSpec('list', raw), signal);
+    }
+  }
+
+  /** Stops taking jobs and closes the worker pool once running jobs have ended. */
+  async close(): Promise<void> {
+    this.closed = true;
+    if (this.users === 0) await this.closePool();
+  }
+
+  // ---- the jobs --------------------------------------------------------------------------------
+
+  private async backup(spec: BackupSpec, emit: EmitJobEvent, signal: AbortSignal): Promise<Record<string, unknown>> {
+    let failure: unknown;
+    let result: Record<string, unknown> | undefined;
+    try {
+      if (spec.pre) await runCommand('pre', spec.pre, emit, signal);
+      result = await this.withRepo(spec.storage, signal, true, async (repo, pool) => {
+        const sel = spec.selection;
+        const res = await backup(repo, pool.context({ keys: repo.keys, chunker: repo.config.chunker, level: repo.config.compressionLevel }), 'paths' in sel ? sel.paths : [], {
+          signal,
+          host: { ...this.options.host, hostname: spec.client },
+          parent: spec.parent,
+          tags: spec.tags,
+          ...('paths' in sel
+            ? { patterns: sel.exclude, oneFileSystem: sel.oneFileSystem, excludeCaches: sel.excludeCaches, images: sel.images }
+            : { stream: { name: sel.filename, command: sel.command } }),
+          ...backupEvents(emit),
+        });
+        const s = res.summary;
+        return {
+          snapshot: res.snapshotId,
+          parent: res.parent,
+          filesNew: s.filesNew,
+          filesChanged: s.filesChanged,
+          filesUnchanged: s.filesUnchanged,
+          dirs: s.dirs,
+          bytesScanned: s.bytesScanned,
+          bytesRead: s.bytesRead ?? s.bytesScanned,
+          bytesNew: s.bytesNew,
+          bytesStored: s.bytesStored,
+          dedupRatio: s.bytesNew > 0 ? s.bytesScanned / s.bytesNew : null,
+          durationMs: s.durationMs,
+          warnings: res.warnings.length,
+        };
+      });
+    } catch (e) {
+      failure = e;
+    }
+    // Post runs whatever happened to pre and the backup (it usually undoes what pre did).
+    if (spec.post) {
+      try {
+        await runCommand('post', spec.post, emit, new AbortController().signal);
+      } catch (e) {
+        if (!failure) failure = e;
+        else emit({ type: 'log', level: 'error', message: toCofferError(e).message });
+      }
+    }
+    if (failure) throw failure;
+    return result!;
+  }
+
+  private async restore(spec: RestoreSpec, emit: EmitJobEvent, signal: AbortSignal): Promise<Record<string, unknown>> {
+    return this.withRepo(spec.storage, signal, true, async (repo, pool) => {
+      const snap = await loadSnapshot(repo, spec.snapshot, { signal });
+      const res = await restore(repo, snap, spec.targetPath, {
+        signal,
+        targetHost: this.options.host,
+        include: spec.include,
+        exclude: spec.exclude,
+        overwrite: spec.overwrite,
+        dryRun: spec.dryRun,
+        force: spec.force,
+        confirmHost: spec.confirmHost,
+        pool: pool.context({ keys: repo.keys, chunker: repo.config.chunker, level: repo.config.compressionLevel }),
+        ...restoreEvents(emit, { bytesTotal: snap.summary?.bytesScanned }),
+      });
+      for (const n of res.notices) emit({ type: 'log', level: 'warn', message: n });
+      return {
+        target: res.target,
+        dryRun: res.dryRun,
+        created: res.created,
+        overwritten: res.overwritten,
+        metadataRestored: res.metadataRestored,
+        unchanged: res.unchanged,
+        skipped: res.skipped,
+        damaged: res.damaged.length,
+        warnings: res.warnings.length + res.damaged.length,
+      };
+    });
+  }
+
+  private async snapshots(spec: SnapshotsSpec, signal: AbortSignal): Promise<Record<string, unknown>> {
+    return this.withRepo(spec.storage, signal, false, async (repo) => {
+      const { snapshots, unreadable } = await readSnapshots(repo, { signal });
+      return {
+        repository: repo.config.id,
+        snapshots: snapshots.map(({ id, snapshot: s }) => ({ id, time: s.time, host: s.host, paths: s.paths, tags: s.tags, parent: s.parent ?? null, summary: s.summary ?? null })),
+        unreadable: unreadable.map((u) => ({ id: u.id, error: u.error.message })),
+      };
+    });
+  }
+
+  private async forget(spec: ForgetSpec, emit: EmitJobEvent, signal: AbortSignal): Promise<Record<string, unknown>> {
+    return this.withRepo(spec.storage, signal, false, async (repo) => {
+      let forgotten = 0;
+      for (const id of spec.snapshots) {
+        throwIfAborted(signal);
+        // Deleting what is already gone succeeds (backend contract): an interrupted expiry runs again.
+        await repo.backend.delete(SNAPSHOTS_PREFIX + id, { signal });
+        forgotten++;
+      }
+      emit({ type: 'log', level: 'info', message: `forgot ${forgotten} snapshot(s)` });
+      if (!spec.prune) return { forgotten };
+      const res = await prune(repo, { signal, onProgress: (m) => emit({ type: 'log', level: 'info', message: m }) });
+      return { forgotten, prune: res as unknown as Record<string, unknown> };
+    });
+  }
+
+  private async init(spec: InitSpec, signal: AbortSignal): Promise<Record<string, unknown>> {
+    const backend = await this.backend(spec.storage);
+    try {
+      const repo = await Repository.init(backend, spec.storage.password, { signal, cacheDir: this.cacheDir() });
+      const id = repo.config.id;
+      await repo.close();
+      return { repository: id };
+    } finally {
+      await backend.close();
+    }
+  }
+
+  private async probe(spec: ProbeSpec, signal: AbortSignal): Promise<Record<string, unknown>> {
+    const problems: Array<{ path?: string; storage?: string; problem: string }> = [];
+    for (const p of spec.paths ?? []) {
+      throwIfAborted(signal);
+      try {
+        const st = await stat(p);
+        await access(p, st.isDirectory() ? constants.R_OK | constants.X_OK : constants.R_OK);
+      } catch (e) {
+        const code = (e as NodeJS.ErrnoException).code;
+        problems.push({ path: p, problem: code === 'ENOENT' ? 'does not exist' : code === 'EACCES' ? 'is not readable' : (e as Error).message });
+      }
+    }
+    if (spec.storage) {
+      try {
+        const backend = await this.backend(spec.storage);
+        try {
+          const name = `probe-${randomBytes(8).toString('hex')}`;
+          await backend.put(name, Buffer.from('coffer probe\n'), { signal });
+          await backend.delete(name, { signal });
+        } finally {
+          await backend.close();
+        }
+      } catch (e) {
+        problems.push({ storage: spec.storage.url, problem: toCofferError(e).message });
+      }
+    }
+    return { problems };
+  }
+
+  private async list(spec: ListSpec, signal: AbortSignal): Promise<Record<string, unknown>> {
+    const notes: string[] = [];
+    return this.withRepo(spec.storage, signal, false, async (repo) => {
+      const snap = await loadSnapshot(repo, spec.snapshot, { signal });
+      await repo.loadIndex({ signal, onUnreadable: (id, e) => notes.push(`index file ${id.slice(0, 12)} is unreadable (${e.message}) and was left out`) });
+      const entries: Array<Record<string, unknown>> = [];
+      let more = false;
+      for await (const e of listSnapshot(repo, snap.tree, spec.path || '/', { signal })) {
+        if (spec.after !== undefined && e.node.name <= spec.after) continue;
+        if (entries.length === spec.limit) {
+          more = true;
+          break;
+        }
+        const n = e.node;
+        entries.push({ path: e.path, name: n.name, type: n.type, mode: n.mode, size: n.size ?? 0, mtimeNs: n.mtimeNs, user: n.user, group: n.group, ...(n.linkTarget !== undefined ? { linkTarget: n.linkTarget } : {}) });
+      }
+      return { entries, more, notes };
+    });
+  }
+
+  // ---- plumbing --------------------------------------------------------------------------------
+
+  private cacheDir(): string {
+    return join(this.options.stateDir, 'cache');
+  }
+
+  private async backend(storage: StorageAccess): Promise<Backend> {
+    return new RetryBackend(await openBackend(storage.url, storage.env ? { env: storage.env } : {}));
+  }
+
+  private async withRepo<T>(storage: StorageAccess, signal: AbortSignal, needPool: boolean, fn: (repo: Repository, pool: WorkerPool) => Promise<T>): Promise<T> {
+    const backend = await this.backend(storage);
+    try {
+      const repo = await Repository.open(backend, storage.password, { signal, cacheDir: this.cacheDir(), sessionTiming: this.options.sessionTiming });
+      try {
+        if (!needPool) return await fn(repo, undefined as unknown as WorkerPool);
+        const pool = await this.acquirePool();
+        try {
+          return await fn(repo, pool);
+        } finally {
+          this.releasePool();
+        }
+      } finally {
+        await repo.close();
+      }
+    } finally {
+      await backend.close();
+    }
+  }
+
+  private acquirePool(): Promise<WorkerPool> {
+    this.users++;
+    clearTimeout(this.idleTimer);
+    this.idleTimer = undefined;
+    this.pool ??= WorkerPool.create({ workers: this.options.workers });
+    const p = this.pool;
+    p.catch(() => {
+      if (this.pool === p) this.pool = undefined;
+    });
+    return p.catch((e) => {
+      this.users--;
+      throw e;
+    });
+  }
+
+  private releasePool(): void {
+    if (--this.users > 0) return;
+    if (this.closed) {
+      void this.closePool();
+      return;
+    }
+    this.idleTimer = setTimeout(() => void this.closePool(), this.options.idleMs ?? 30_000);
+    this.idleTimer.unref();
+  }
+
+  private async closePool(): Promise<void> {
+    clearTimeout(this.idleTimer);
+    const p = this.pool;
+    this.pool = undefined;
+    if (p) await p.then((pool) => pool.close(), () => {});
+  }
+}
+
+/**
+ * Runs a pre or post command with /bin/sh -c and a time limit; its output goes to the job's log
+ * (bounded). Fails with the exit code or signal and the last lines of its output.
+ */
+async function runCommand(which: 'pre' | 'post', cmd: CommandSpec, emit: EmitJobEvent, signal: AbortSignal): Promise<void> {
+  throwIfAborted(signal);
+  const timeoutMs = cmd.timeoutMs ?? DEFAULT_COMMAND_TIMEOUT;
+  emit({ type: 'log', level: 'info', message: `${which} command: ${cmd.run}` });
+  await new Promise<void>((resolve, reject) => {
+    const child = spawn('/bin/sh', ['-c', cmd.run], { stdio: ['ignore', 'pipe', 'pipe'], detached: true });
+    let output = '';
+    let timedOut = false;
+    const keep = (b: Buffer) => {
+      output = (output + b.toString('utf8')).slice(-COMMAND_OUTPUT_LIMIT);
+    };
+    child.stdout.on('data', keep);
+    child.stderr.on('data', keep);
+    // The whole process group: a shell's children must not outlive the limit.
+    const kill = () => {
+      try {
+        process.kill(-child.pid!, 'SIGKILL');
+      } catch {
+        /* already gone */
+      }
+    };
+    const timer = setTimeout(() => {
+      timedOut = true;
+      kill();
+    }, timeoutMs);
+    const onAbort = () => kill();
+    signal.addEventListener('abort', onAbort, { once: true });
+    child.on('error', (e) => {
+      clearTimeout(timer);
+      signal.removeEventListener('abort', onAbort);
+      reject(new CofferError('USAGE', `Cannot run the ${which} command: ${e.message}`));
+    });
+    child.on('close', (code, sig) => {
+      clearTimeout(timer);
+      signal.removeEventListener('abort', onAbort);
+      const tail = output.trimEnd().split('\n').slice(-10).join('\n');
+      if (tail) emit({ type: 'log', level: code === 0 ? 'info' : 'error', message: `${which} command output:\n${tail}` });
+      if (signal.aborted) return reject(new CofferError('CANCELLED', `Cancelled: the ${which} command was stopped`));
+      if (timedOut) return reject(new CofferError('REFUSED', `The ${which} command did not finish within ${Math.round(timeoutMs / 1000)} s and was killed: ${cmd.run}`, { hint: 'Make it faster, or raise its timeout in the policy.' }));
+      if (code !== 0) return reject(new CofferError('REFUSED', `The ${which} command failed (${sig ? `killed by ${sig}` : `exit code ${code}`}): ${cmd.run}`, { hint: which === 'pre' ? 'The backup did not run; fix the command (its output is in the job log).' : 'Its output is in the job log.' }));
+      resolve();
+    });
+  });
+}
