@@ -13,6 +13,7 @@
 
 import { closeSync, openSync } from 'node:fs';
 import { Kysely, PostgresDialect } from 'kysely';
+import type { KyselyConfig } from 'kysely';
 import { CofferError } from '../core/errors.ts';
 import { auditModule, type Audit } from './audit.ts';
 import { clientsModule, type Clients } from './clients.ts';
@@ -77,6 +78,8 @@ export interface OpenCatalogOptions {
   connectTimeoutMs?: number;
   /** Backoff of failed jobs queued again: base * 2^(attempt-1), at most max (default 1 min, 1 h). */
   retry?: { baseMs?: number; maxMs?: number };
+  /** Called after every query with its SQL, parameters and duration (--debug logs, query-plan tests). */
+  onQuery?: (query: CatalogQuery) => void;
   /** The migrations to apply (default: all of src/catalog/migrations). For tests of migrating. */
   migrations?: readonly Migration[];
 }
@@ -114,6 +117,21 @@ export async function openCatalog(url: string, options: OpenCatalogOptions = {})
     migratedFrom: migrated.from,
     where,
     close: () => (closed ??= db.destroy()),
+  };
+}
+
+export interface CatalogQuery {
+  sql: string;
+  parameters: readonly unknown[];
+  durationMs: number;
+}
+
+/** kysely's log hook, forwarding successful queries to options.onQuery. */
+function queryLog(options: OpenCatalogOptions): KyselyConfig['log'] {
+  const onQuery = options.onQuery;
+  if (onQuery === undefined) return undefined;
+  return (event) => {
+    if (event.level === 'query') onQuery({ sql: event.query.sql, parameters: event.query.parameters, durationMs: event.queryDurationMillis });
   };
 }
 
@@ -190,7 +208,7 @@ function sqliteKysely(path: string, options: OpenCatalogOptions, where: string):
   } catch (e) {
     throw dbError(e, `open the catalog at ${where}`, { where });
   }
-  return new Kysely<Database>({ dialect: new NodeSqliteDialect({ database }) });
+  return new Kysely<Database>({ dialect: new NodeSqliteDialect({ database }), log: queryLog(options) });
 }
 
 async function postgresKysely(url: string, options: OpenCatalogOptions): Promise<Kysely<Database>> {
@@ -213,5 +231,5 @@ async function postgresKysely(url: string, options: OpenCatalogOptions): Promise
   // A connection that breaks while idle in the pool emits 'error' on the pool; unhandled, that
   // would end the process. The next query reconnects or fails with STORAGE_UNAVAILABLE.
   pool.on('error', () => {});
-  return new Kysely<Database>({ dialect: new PostgresDialect({ pool }) });
+  return new Kysely<Database>({ dialect: new PostgresDialect({ pool }), log: queryLog(options) });
 }
