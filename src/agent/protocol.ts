@@ -43,7 +43,9 @@ export const selectionSpec = z.union([
     exclude: z.array(z.string().min(1).max(4096)).max(10_000).optional(),
     oneFileSystem: z.boolean().optional(),
     excludeCaches: z.boolean().optional(),
+    /** The paths are disk images or block devices. */
     images: z.boolean().optional(),
+    imageChunking: z.enum(['fixed', 'cdc']).optional(),
   }),
   z.strictObject({
     command: z.string().min(1).max(65536),

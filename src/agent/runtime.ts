@@ -131,7 +131,7 @@ export class AgentRuntime {
           parent: spec.parent,
           tags: spec.tags,
           ...('paths' in sel
-            ? { patterns: sel.exclude, oneFileSystem: sel.oneFileSystem, excludeCaches: sel.excludeCaches, images: sel.images }
+            ? { patterns: sel.exclude, oneFileSystem: sel.oneFileSystem, excludeCaches: sel.excludeCaches, images: sel.images, imageChunking: sel.imageChunking }
             : { stream: { name: sel.filename, command: sel.command } }),
           ...backupEvents(emit),
         });

@@ -1,0 +1,96 @@
+// What the server's parts share: the catalog, the clock, the connected agents, and the way from
+// a storage unit's name to what an agent needs to open its repository (URL, password from the
+// keystore or the unit's passwordFrom, S3 credentials). Secrets are resolved here, just before a
+// job needs them, and travel only inside the agent protocol.
+
+import { randomUUID } from 'node:crypto';
+import { CofferError, ERROR_CODES, type ErrorCode } from '../core/errors.ts';
+import type { Catalog } from '../catalog/catalog.ts';
+import type { StorageUnit } from '../catalog/storage-units.ts';
+import type { StorageAccess } from '../agent/protocol.ts';
+import type { JobEvent } from '../jobs/events.ts';
+import type { AgentLink, JobDone } from './agent-link.ts';
+
+/** Resolves a secret reference (`keystore:NAME`, `file:/path`, `env:NAME`); see keystore.ts. */
+export type SecretResolver = (ref: string) => Promise<string>;
+
+export interface Services {
+  catalog: Catalog;
+  now(): number;
+  agents: AgentRegistry;
+  /** The agent that does the storage side of jobs (the embedded agent: this host). */
+  node(): AgentLink;
+  storageAccess(unit: string | StorageUnit): Promise<StorageAccess>;
+}
+
+/** The keystore name of a storage unit's repository password when the unit names no passwordFrom. */
+export const unitPasswordRef = (unit: string) => `keystore:storage-unit/${unit}/password`;
+
+export async function storageAccessFor(unit: StorageUnit, resolve: SecretResolver): Promise<StorageAccess> {
+  const spec = unit.spec as { passwordFrom?: string; credentialsFrom?: { accessKeyId: string; secretAccessKey: string; sessionToken?: string } };
+  const password = await resolve(spec.passwordFrom ?? unit.passwordRef ?? unitPasswordRef(unit.name));
+  const access: StorageAccess = { url: unit.url, password };
+  if (spec.credentialsFrom) {
+    access.env = {
+      AWS_ACCESS_KEY_ID: await resolve(spec.credentialsFrom.accessKeyId),
+      AWS_SECRET_ACCESS_KEY: await resolve(spec.credentialsFrom.secretAccessKey),
+      ...(spec.credentialsFrom.sessionToken ? { AWS_SESSION_TOKEN: await resolve(spec.credentialsFrom.sessionToken) } : {}),
+    };
+  }
+  return access;
+}
+
+/** The agents connected now, by client name. */
+export class AgentRegistry {
+  private readonly links = new Map<string, AgentLink>();
+
+  set(client: string, link: AgentLink): void {
+    this.links.set(client, link);
+    void link.closed.then(() => {
+      if (this.links.get(client) === link) this.links.delete(client);
+    });
+  }
+
+  /** The client's agent; STORAGE_UNAVAILABLE (retried later) when it is not connected. */
+  get(client: string): AgentLink {
+    const link = this.links.get(client);
+    if (!link || !link.isOpen) {
+      throw new CofferError('STORAGE_UNAVAILABLE', `Cannot reach the agent of client ${client}: it is not connected`, { hint: 'Check that the agent runs on the client and can reach the server; the job is retried.' });
+    }
+    return link;
+  }
+
+  has(client: string): boolean {
+    return this.links.get(client)?.isOpen ?? false;
+  }
+
+  names(): string[] {
+    return [...this.links.keys()];
+  }
+}
+
+/**
+ * Runs one agent job for a server job (or an API request: no job): its events go to `emit`, and a
+ * signal that fires cancels it on the agent. An agent that goes away interrupts it: that is
+ * STORAGE_UNAVAILABLE, which the queue retries.
+ */
+export async function runOnAgent(link: AgentLink, kind: string, spec: unknown, options: { jobId?: string; emit?: (e: JobEvent) => void; signal?: AbortSignal } = {}): Promise<Record<string, unknown>> {
+  const id = `${options.jobId ?? 'request'}.${randomUUID().slice(0, 8)}`;
+  const onAbort = () => link.cancel(id);
+  options.signal?.addEventListener('abort', onAbort, { once: true });
+  let done: JobDone;
+  try {
+    done = await link.start(id, kind, spec, (e) => {
+      if (e.type !== 'result') options.emit?.(e);
+    });
+  } finally {
+    options.signal?.removeEventListener('abort', onAbort);
+  }
+  if (done.state === 'succeeded' || done.state === 'warnings') return done.result ?? {};
+  const err = done.error ?? { code: 'INTERNAL', message: `the agent ended the ${kind} job as ${done.state} without saying why` };
+  if (done.state === 'cancelled') throw new CofferError('CANCELLED', err.message);
+  if (done.state === 'interrupted') throw new CofferError('STORAGE_UNAVAILABLE', err.message, { hint: 'The job is retried when the agent is back.' });
+  const code: ErrorCode = (ERROR_CODES as readonly string[]).includes(err.code) ? (err.code as ErrorCode) : 'INTERNAL';
+  throw new CofferError(code, err.message, err.hint ? { hint: err.hint } : {});
+}
+
