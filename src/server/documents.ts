@@ -1,0 +1,236 @@
+// Policies as code on the server: reading what it has as documents (for get, diff and export),
+// and applying documents: checked whole (schemas, references, then what only the server can
+// check: known clients, reachable agents, readable paths, writable storage), then written in
+// dependency order in one catalog transaction, or not at all. A storage unit on an empty location
+// gets a repository with a generated password kept in the keystore.
+
+import { CofferError, toCofferError } from '../core/errors.ts';
+import type { CatalogQueries } from '../catalog/catalog.ts';
+import {
+  diffDocuments,
+  documentId,
+  invalidDocuments,
+  KINDS,
+  knownFrom,
+  normalize,
+  parseDuration,
+  validateReferences,
+  type CofferDocument,
+  type DocumentChange,
+  type Kind,
+  type PolicyDocument,
+  type Problem,
+  type StorageUnitDocument,
+} from '../policy/index.ts';
+import { runOnAgent, unitPasswordRef, type Services } from './services.ts';
+import type { Role } from './http.ts';
+
+export interface SecretStore {
+  /** Keeps a secret under a keystore name (`storage-unit/NAME/password`). */
+  put(name: string, secret: string): Promise<void>;
+  /** A new random password for a repository. */
+  generatePassword(): string;
+}
+
+/** The order documents are written in: what others refer to first. */
+const APPLY_ORDER: Record<Kind, number> = { StorageUnit: 0, Lifecycle: 1, Client: 2, Policy: 3 };
+
+function module(q: CatalogQueries, kind: Kind) {
+  switch (kind) {
+    case 'StorageUnit': return q.storageUnits;
+    case 'Lifecycle': return q.lifecycles;
+    case 'Policy': return q.policies;
+    case 'Client': return q.clients;
+  }
+}
+
+/** The document the server holds for (kind, name), as it was applied; undefined if none. */
+export async function getDocument(q: CatalogQueries, kind: Kind, name: string): Promise<CofferDocument | undefined> {
+  const m = module(q, kind);
+  const row = await m.find(name) as { revision?: number } | undefined;
+  if (!row || row.revision === undefined) return undefined;
+  const rev = await m.history(name, { limit: 1 });
+  const doc = rev.items[0]?.document;
+  if (!doc) return undefined;
+  if (doc.kind === 'Client' && Object.keys(doc.spec ?? {}).length === 0) {
+    const { spec: _spec, ...rest } = doc;
+    return normalize(rest);
+  }
+  return normalize(doc);
+}
+
+/** Every document of a kind, by name. */
+export async function listDocuments(q: CatalogQueries, kind: Kind): Promise<CofferDocument[]> {
+  const out: CofferDocument[] = [];
+  const m = module(q, kind);
+  for (let cursor: string | undefined; ;) {
+    const page = await m.list({ limit: 1000, cursor });
+    for (const row of page.items) {
+      const doc = await getDocument(q, kind, row.name);
+      if (doc) out.push(doc);
+    }
+    if (!page.next) break;
+    cursor = page.next;
+  }
+  return out;
+}
+
+export interface ApplyOutcome {
+  changes: Array<Omit<DocumentChange, 'before' | 'after'>>;
+  warnings: Problem[];
+  dryRun: boolean;
+}
+
+export interface ApplyRequest {
+  documents: unknown[];
+  dryRun?: boolean;
+  by: string;
+  role: Role;
+}
+
+/** Fields an operator may change in a policy: its schedules only (docs/server.md "Roles"). */
+function operatorMayApply(change: DocumentChange): string | undefined {
+  if (change.action === 'unchanged') return undefined;
+  if (change.kind !== 'Policy' || change.action !== 'changed') return `${change.id}: the operator role may change the schedules of existing policies only`;
+  const other = change.fields.find((f) => !f.path.startsWith('spec.schedules'));
+  return other ? `${change.id}: the operator role may change schedules only, not ${other.path}` : undefined;
+}
+
+/**
+ * Checks and (unless dryRun) applies documents. Throws INVALID_CONFIG listing every problem, or
+ * FORBIDDEN, and applies nothing then.
+ */
+export async function applyDocuments(s: Services, secrets: SecretStore, req: ApplyRequest, options: { timezone: string; onApplied?: (docs: CofferDocument[]) => Promise<void> }): Promise<ApplyOutcome> {
+  // 1. Each document on its own.
+  const problems: Problem[] = [];
+  const docs: CofferDocument[] = [];
+  req.documents.forEach((raw, i) => {
+    try {
+      docs.push(normalize(raw));
+    } catch (e) {
+      const details = (toCofferError(e).details?.problems ?? []) as Problem[];
+      problems.push(...(details.length ? details : [{ path: `documents[${i}]`, message: toCofferError(e).message }]));
+    }
+  });
+  if (problems.length) throw invalidDocuments(`${req.documents.length} document(s)`, problems);
+  const seen = new Set<string>();
+  for (const d of docs) {
+    if (seen.has(documentId(d))) problems.push({ document: documentId(d), path: '', message: `${documentId(d)} is given twice` });
+    seen.add(documentId(d));
+  }
+  // 2. References, against what the server has.
+  const current = new Map<string, CofferDocument>();
+  for (const kind of KINDS) for (const d of await listDocuments(s.catalog, kind)) current.set(documentId(d), d);
+  const refs = validateReferences(docs, knownFrom(current.values()), { defaultTimezone: options.timezone, knownNames: (k) => [...current.values()].filter((d) => d.kind === k).map((d) => d.metadata.name) });
+  problems.push(...refs.errors);
+  const warnings: Problem[] = [...refs.warnings];
+  const changes = diffDocuments([...current.values()], docs);
+  if (req.role !== 'admin') {
+    const denied = changes.map(operatorMayApply).filter((x): x is string => x !== undefined);
+    if (req.role !== 'operator' || denied.length) throw new CofferError('FORBIDDEN', `Not allowed: ${req.role !== 'operator' ? `the ${req.role} role may not apply documents` : denied.join('; ')}`, { hint: 'Ask an administrator to apply this.' });
+  }
+  if (problems.length) throw invalidDocuments(`${docs.length} document(s)`, problems);
+
+  // 3. What only the server can check, for what changes.
+  const changed = new Set(changes.filter((c) => c.action !== 'unchanged').map((c) => c.id));
+  const initialise: StorageUnitDocument[] = [];
+  for (const doc of docs) {
+    const id = documentId(doc);
+    if (!changed.has(id)) continue;
+    if (doc.kind === 'Policy') await checkPolicy(s, doc, problems, warnings);
+    if (doc.kind === 'StorageUnit') {
+      const before = current.get(id) as StorageUnitDocument | undefined;
+      if (before && before.spec.url === doc.spec.url && before.spec.passwordFrom === doc.spec.passwordFrom) continue;
+      if (await checkStorageUnit(s, doc, problems)) initialise.push(doc);
+    }
+  }
+  if (problems.length) throw invalidDocuments(`${docs.length} document(s)`, problems);
+  const outcome: ApplyOutcome = { changes: changes.map(({ before: _b, after: _a, ...c }: DocumentChange & { before?: unknown; after?: unknown }) => c), warnings, dryRun: !!req.dryRun };
+  if (req.dryRun || changed.size === 0) return outcome;
+
+  // 4. Repositories for new units on empty locations, then the catalog in one transaction.
+  for (const unit of initialise) {
+    const password = secrets.generatePassword();
+    const name = unitPasswordRef(unit.metadata.name).slice('keystore:'.length);
+    await secrets.put(name, password);
+    const r = await runOnAgent(s.node(), 'init', { storage: { url: unit.spec.url, password } });
+    warnings.push({ document: documentId(unit), path: 'spec.url', message: `a new repository (${String(r.repository).slice(0, 12)}) was created at ${unit.spec.url}; its password is in the server's keystore` });
+  }
+  const ordered = docs.filter((d) => changed.has(documentId(d))).sort((a, b) => APPLY_ORDER[a.kind] - APPLY_ORDER[b.kind]);
+  await s.catalog.transaction(async (tx) => {
+    for (const doc of ordered) {
+      if (doc.kind === 'Client' && !(await tx.clients.find(doc.metadata.name))) {
+        throw new CofferError('NOT_FOUND', `Cannot apply Client/${doc.metadata.name}: no such client is registered`, { hint: 'Clients are registered by their agents; apply a Client document only to set labels and limits of a known client.' });
+      }
+      // The catalog keeps a spec for every kind; a Client may come without one (see getDocument).
+      await module(tx, doc.kind).apply({ ...doc, spec: doc.spec ?? {} }, { by: req.by });
+    }
+  });
+  await options.onApplied?.(ordered);
+  return outcome;
+}
+
+async function checkPolicy(s: Services, doc: PolicyDocument, problems: Problem[], warnings: Problem[]): Promise<void> {
+  const id = documentId(doc);
+  for (const [i, client] of doc.spec.clients.entries()) {
+    if (!(await s.catalog.clients.find(client))) {
+      problems.push({ document: id, path: `spec.clients[${i}]`, message: `no client ${client} is registered`, hint: 'Clients are registered when their agent first connects; check the name with `coffer get clients`.' });
+      continue;
+    }
+    if (!s.agents.has(client)) {
+      warnings.push({ document: id, path: `spec.clients[${i}]`, message: `the agent of ${client} is not connected now: its paths were not checked, and its backups wait for it` });
+      continue;
+    }
+    const paths = doc.spec.selections.flatMap((sel) => ('paths' in sel ? sel.paths : 'images' in sel ? sel.images : []));
+    if (paths.length === 0) continue;
+    try {
+      const r = await runOnAgent(s.agents.get(client), 'probe', { paths });
+      for (const p of r.problems as Array<{ path: string; problem: string }>) warnings.push({ document: id, path: 'spec.selections', message: `${client}:${p.path} ${p.problem}` });
+    } catch (e) {
+      warnings.push({ document: id, path: `spec.clients[${i}]`, message: `could not check the paths on ${client}: ${toCofferError(e).message}` });
+    }
+  }
+  // A window should hold the last run of this policy: compare with the longest recent backup.
+  const recent = await s.catalog.jobs.list({ policy: doc.metadata.name, state: ['succeeded', 'warnings'], kind: 'backup', limit: 20 });
+  const longest = Math.max(0, ...recent.items.map((j) => (j.ended ?? 0) - (j.started ?? j.ended ?? 0)));
+  doc.spec.schedules.forEach((sch, i) => {
+    if (!sch.window || longest === 0) return;
+    const windowMs = parseDuration(sch.window.duration);
+    if (longest > windowMs) warnings.push({ document: id, path: `spec.schedules[${i}].window.duration`, message: `the window (${sch.window.duration}) is shorter than the last backup of this policy took (${Math.ceil(longest / 60_000)} min): the next run may not fit` });
+  });
+}
+
+/** True when the unit's location is empty and needs a new repository. */
+async function checkStorageUnit(s: Services, doc: StorageUnitDocument, problems: Problem[]): Promise<boolean> {
+  const id = documentId(doc);
+  let probe: Record<string, unknown>;
+  try {
+    probe = await runOnAgent(s.node(), 'probe', { storage: { url: doc.spec.url, password: 'probe' } });
+  } catch (e) {
+    problems.push({ document: id, path: 'spec.url', message: `cannot check ${doc.spec.url}: ${toCofferError(e).message}` });
+    return false;
+  }
+  const failed = (probe.problems as Array<{ problem: string }>)[0];
+  if (failed) {
+    problems.push({ document: id, path: 'spec.url', message: `${doc.spec.url} is not writable: ${failed.problem}`, hint: 'Create the directory or bucket and give the server write access.' });
+    return false;
+  }
+  if (doc.spec.passwordFrom) {
+    // An existing repository: its password must open it.
+    try {
+      await runOnAgent(s.node(), 'snapshots', { storage: await s.storageAccess({ name: doc.metadata.name, url: doc.spec.url, spec: doc.spec, labels: {}, revision: 0, updated: 0, updatedBy: undefined, maxJobs: undefined, passwordRef: undefined, repoId: undefined }) });
+    } catch (e) {
+      problems.push({ document: id, path: 'spec.passwordFrom', message: `cannot open the repository at ${doc.spec.url}: ${toCofferError(e).message}` });
+    }
+    return false;
+  }
+  try {
+    await runOnAgent(s.node(), 'snapshots', { storage: await s.storageAccess({ name: doc.metadata.name, url: doc.spec.url, spec: doc.spec, labels: {}, revision: 0, updated: 0, updatedBy: undefined, maxJobs: undefined, passwordRef: undefined, repoId: undefined }) });
+    return false; // a repository whose password the keystore has (the unit was applied before)
+  } catch (e) {
+    const err = toCofferError(e);
+    if (err.code === 'NOT_FOUND') return true; // no repository there: make one
+    problems.push({ document: id, path: 'spec.url', message: `${doc.spec.url} holds something that is not a repository this server can open: ${err.message}`, hint: 'Give an empty location, or name the repository password with passwordFrom.' });
+    return false;
+  }
+}

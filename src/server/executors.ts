@@ -1,0 +1,324 @@
+// What the server does for each kind of job: backup (one image of one client by one policy, one
+// snapshot per selection, streams in parallel up to the policy's maxStreams), restore (from the
+// best copy of an image onto a client), expire (forget expired copies' snapshots, then prune the
+// unit) and reconcile (catalog against storage). The data path runs in agents; these functions
+// decide what to run and record what happened, on the server's clock.
+
+import { createHash } from 'node:crypto';
+import { CofferError, toCofferError } from '../core/errors.ts';
+import type { Copy } from '../catalog/copies.ts';
+import type { Image } from '../catalog/images.ts';
+import type { JobResult } from '../catalog/jobs.ts';
+import { INFINITE, parseDuration, type LifecycleDocument, type PolicyDocument, type Selection } from '../policy/index.ts';
+import type { SelectionSpec } from '../agent/protocol.ts';
+import type { JobContext, JobEnd, JobExecutor } from './dispatcher.ts';
+import { runOnAgent, type Services } from './services.ts';
+
+/**
+ * A selection's stream key: the same selection gets the same key in every image (the parent of
+ * an incremental is looked up by it), whatever its place in the policy.
+ */
+export function selectionKey(sel: Selection): string {
+  const what = 'paths' in sel ? { paths: sel.paths } : 'images' in sel ? { images: sel.images } : { command: sel.command, filename: sel.filename };
+  return createHash('sha256').update(JSON.stringify(what)).digest('hex').slice(0, 16);
+}
+
+/** A short human label of a selection for logs and listings. */
+export function selectionLabel(sel: Selection): string {
+  if ('paths' in sel) return sel.paths.join(' ');
+  if ('images' in sel) return `images ${sel.images.join(' ')}`;
+  return `${sel.command} > ${sel.filename}`;
+}
+
+const HOOK_TIMEOUT = 30 * 60_000;
+
+function hook(h: Selection['pre']): { run: string; timeoutMs?: number } | undefined {
+  if (h === undefined) return undefined;
+  if (typeof h === 'string') return { run: h, timeoutMs: HOOK_TIMEOUT };
+  return { run: h.command, timeoutMs: h.timeout ? parseDuration(h.timeout) : HOOK_TIMEOUT };
+}
+
+function agentSelection(sel: Selection): SelectionSpec {
+  if ('paths' in sel) {
+    const patterns = [...(sel.exclude ?? []), ...(sel.include ?? []).map((p) => `!${p}`)];
+    return { paths: sel.paths, ...(patterns.length ? { exclude: patterns } : {}), oneFileSystem: sel.oneFileSystem, excludeCaches: sel.excludeCaches };
+  }
+  if ('images' in sel) return { paths: sel.images, images: true, imageChunking: sel.chunking };
+  return { command: sel.command, filename: sel.filename };
+}
+
+/** When a copy made now with this retention expires; null: never. */
+export function expiryOf(retention: string, from: number): number | null {
+  return retention === INFINITE ? null : from + parseDuration(retention);
+}
+
+function add(a: number | undefined, b: unknown): number {
+  return (a ?? 0) + (typeof b === 'number' ? b : 0);
+}
+
+/** The backup job: spec { level?, slot?, notAfter? } plus the job's client, policy and schedule. */
+export function backupExecutor(s: Services): JobExecutor {
+  return async (ctx: JobContext): Promise<JobEnd> => {
+    const { job } = ctx;
+    if (!job.client || !job.policy) throw new CofferError('USAGE', `Cannot run backup job ${job.id}: it names no client or policy`);
+    const notAfter = typeof job.spec.notAfter === 'number' ? job.spec.notAfter : undefined;
+    if (notAfter !== undefined && s.now() > notAfter) {
+      return { state: 'failed', error: { code: 'REFUSED', message: `Missed: the backup window closed at ${new Date(notAfter).toISOString()} before the job could start`, hint: 'Widen the window, or raise the storage unit\'s maxJobs or the server\'s job limit.' } };
+    }
+    const policy = (await s.catalog.policies.get(job.policy)).spec as PolicyDocument['spec'];
+    const schedule = job.schedule ? policy.schedules.find((x) => x.name === job.schedule) : undefined;
+    if (job.schedule && !schedule) throw new CofferError('NOT_FOUND', `Cannot run backup job ${job.id}: policy ${job.policy} has no schedule ${job.schedule} any more`);
+    const level = (job.spec.level as string | undefined) ?? schedule?.level ?? 'incremental';
+    const lifecycleName = schedule?.lifecycle ?? policy.lifecycle;
+    if (!lifecycleName) throw new CofferError('INVALID_CONFIG', `Cannot run backup job ${job.id}: policy ${job.policy} names no lifecycle`);
+    const lifecycle = (await s.catalog.lifecycles.get(lifecycleName)).spec as LifecycleDocument['spec'];
+    const first = lifecycle.copies[0]!;
+    const unit = first.storageUnit;
+    const link = s.agents.get(job.client);
+    const storage = await s.storageAccess(unit);
+    const started = s.now();
+    const image = await s.catalog.images.add({ client: job.client, policy: job.policy, schedule: job.schedule, level, time: started, state: 'pending', streams: {}, jobId: job.id });
+    ctx.log('info', `image ${image.id}: ${level} backup of ${job.client} by policy ${job.policy}${job.schedule ? ` (schedule ${job.schedule})` : ''} to storage unit ${unit}`);
+
+    const streams: Record<string, string> = {};
+    const failures: string[] = [];
+    const result: JobResult & Record<string, number | string | null> = { image: image.id, level, streams: policy.selections.length, scannedBytes: 0, newBytes: 0, storedBytes: 0, files: 0, warnings: 0 };
+    let next = 0;
+    const worker = async () => {
+      while (next < policy.selections.length) {
+        if (ctx.signal.aborted) return;
+        const sel = policy.selections[next++]!;
+        const key = selectionKey(sel);
+        const label = selectionLabel(sel);
+        let parent = 'none';
+        if (level !== 'full') {
+          const prev = await s.catalog.images.latestGood(job.client!, job.policy!, key, { storageUnit: unit });
+          const snap = prev?.streams[key];
+          if (snap) parent = snap;
+        }
+        try {
+          const r = await runOnAgent(link, 'backup', {
+            storage,
+            client: job.client,
+            parent,
+            selection: agentSelection(sel),
+            tags: [`policy=${job.policy}`, `image=${image.id}`, ...(job.schedule ? [`schedule=${job.schedule}`] : [])],
+            ...(hook(sel.pre) ? { pre: hook(sel.pre) } : {}),
+            ...(hook(sel.post) ? { post: hook(sel.post) } : {}),
+          }, { jobId: job.id, emit: ctx.emit, signal: ctx.signal });
+          streams[key] = r.snapshot as string;
+          result.scannedBytes = add(result.scannedBytes, r.bytesScanned);
+          result.newBytes = add(result.newBytes, r.bytesNew);
+          result.storedBytes = add(result.storedBytes, r.bytesStored);
+          result.files = add(result.files as number, r.filesNew) + (typeof r.filesChanged === 'number' ? r.filesChanged : 0) + (typeof r.filesUnchanged === 'number' ? r.filesUnchanged : 0);
+          result.warnings = add(result.warnings as number, r.warnings);
+          ctx.log('info', `${label}: snapshot ${String(r.snapshot).slice(0, 12)}${parent !== 'none' ? ` (parent ${parent.slice(0, 12)})` : ' (full read)'}, ${r.bytesScanned} bytes scanned, ${r.bytesNew} new, ${r.bytesStored} stored`);
+        } catch (e) {
+          const err = toCofferError(e);
+          if (err.code === 'CANCELLED' || err.transient) throw err;
+          failures.push(`${label}: ${err.message}`);
+          ctx.log('error', `${label}: ${err.message}`);
+        }
+      }
+    };
+    let stopped: unknown;
+    try {
+      await Promise.all(Array.from({ length: Math.min(policy.maxStreams ?? 1, policy.selections.length) }, worker));
+    } catch (e) {
+      stopped = e;
+    }
+    const got = Object.keys(streams).length;
+    const state = stopped || got === 0 ? 'failed' : failures.length ? 'partial' : 'ok';
+    if ((result.newBytes ?? 0) > 0) result.dedupRatio = (result.scannedBytes ?? 0) / result.newBytes!;
+    result.durationMs = s.now() - started;
+    // Settled in one transaction with its copy: an image is 'ok' only with its snapshots committed.
+    await s.catalog.transaction(async (tx) => {
+      await tx.images.complete(image.id, { state, streams, summary: { ...result, failures } });
+      if (got > 0) await tx.copies.add(image.id, { storageUnit: unit, snapshots: streams, state: 'ok', expires: expiryOf(first.retention, started) });
+    });
+    if (stopped) throw stopped;
+    if (failures.length) {
+      return { state: 'failed', result, error: { code: 'REFUSED', message: `${failures.length} of ${policy.selections.length} selection(s) failed: ${failures.join('; ')}` } };
+    }
+    return { state: (result.warnings as number) > 0 ? 'warnings' : 'succeeded', result };
+  };
+}
+
+/** The copies of an image a restore may read, best first: ok before suspect, then by the unit's priority. */
+export async function restorableCopies(s: Services, image: Image): Promise<Copy[]> {
+  const copies = (await s.catalog.copies.list({ imageId: image.id, state: ['ok', 'suspect'], limit: 1000 })).items;
+  const priority = new Map<string, number>();
+  for (const c of copies) {
+    const unit = await s.catalog.storageUnits.find(c.storageUnit);
+    priority.set(c.storageUnit, (unit?.spec as { priority?: number } | undefined)?.priority ?? 0);
+  }
+  return copies.sort((a, b) => (a.state === b.state ? 0 : a.state === 'ok' ? -1 : 1) || priority.get(b.storageUnit)! - priority.get(a.storageUnit)!);
+}
+
+/** Restore job spec: { image, toClient, toPath, include?, exclude?, overwrite?, dryRun?, force?, confirmHost? }. */
+export function restoreExecutor(s: Services): JobExecutor {
+  return async (ctx) => {
+    const spec = ctx.job.spec as { image: string; toClient: string; toPath: string; include?: string[]; exclude?: string[]; overwrite?: string; dryRun?: boolean; force?: boolean; confirmHost?: string };
+    const image = await s.catalog.images.get(spec.image);
+    const copies = await restorableCopies(s, image);
+    if (copies.length === 0) throw new CofferError('NOT_FOUND', `Cannot restore image ${image.id}: it has no copy in state ok or suspect`, { hint: 'Run `coffer catalog reconcile` to see what storage holds.' });
+    const link = s.agents.get(spec.toClient);
+    const result: Record<string, unknown> = { image: image.id, toClient: spec.toClient, toPath: spec.toPath, dryRun: !!spec.dryRun, files: 0, bytes: 0, warnings: 0, copies: [] as string[] };
+    let lastError: CofferError | undefined;
+    for (const copy of copies) {
+      try {
+        const storage = await s.storageAccess(copy.storageUnit);
+        for (const [key, snapshot] of Object.entries(copy.snapshots)) {
+          ctx.log('info', `restoring stream ${key} (snapshot ${snapshot.slice(0, 12)}) from storage unit ${copy.storageUnit} to ${spec.toClient}:${spec.toPath}`);
+          const r = await runOnAgent(link, 'restore', {
+            storage, snapshot, targetPath: spec.toPath,
+            ...(spec.include ? { include: spec.include } : {}), ...(spec.exclude ? { exclude: spec.exclude } : {}),
+            ...(spec.overwrite ? { overwrite: spec.overwrite } : {}), dryRun: !!spec.dryRun, force: !!spec.force,
+            ...(spec.confirmHost ? { confirmHost: spec.confirmHost } : {}),
+          }, { jobId: ctx.job.id, emit: ctx.emit, signal: ctx.signal });
+          const created = r.created as { files?: number; bytes?: number } | undefined;
+          const overwritten = r.overwritten as { files?: number; bytes?: number } | undefined;
+          result.files = add(result.files as number, created?.files) + (overwritten?.files ?? 0);
+          result.bytes = add(result.bytes as number, created?.bytes) + (overwritten?.bytes ?? 0);
+          result.warnings = add(result.warnings as number, r.warnings);
+        }
+        (result.copies as string[]).push(copy.storageUnit);
+        return { state: (result.warnings as number) > 0 ? 'warnings' : 'succeeded', result };
+      } catch (e) {
+        const err = toCofferError(e);
+        // A refusal (the host pre-flight) or a cancel is the answer; damage tries the next copy.
+        if (err.code === 'REFUSED' || err.code === 'CANCELLED' || err.code === 'USAGE' || err.transient) throw err;
+        lastError = err;
+        ctx.log('warn', `the copy in ${copy.storageUnit} failed (${err.message}); trying the next copy`);
+      }
+    }
+    throw lastError!;
+  };
+}
+
+/**
+ * The expiry job: every copy whose expiry has passed (by the server's clock) and that is not held
+ * is marked expired, its snapshots are forgotten in its storage unit, and the record goes; an
+ * image without copies goes too. Then each unit that lost snapshots is pruned, at most once per
+ * `pruneIntervalMs`. Each step can be interrupted: an expired copy whose record is still there is
+ * forgotten again (forgetting is idempotent) by the next run.
+ */
+export function expireExecutor(s: Services, options: { pruneIntervalMs: number }): JobExecutor {
+  return async (ctx) => {
+    const now = s.now();
+    // Marked first: from here on no restore or parent lookup uses these copies.
+    let marked = 0;
+    for (;;) {
+      const page = await s.catalog.copies.expiredCopies(now, { limit: 500 });
+      if (page.items.length === 0) break;
+      for (const c of page.items) {
+        await s.catalog.copies.update(c.id, { state: 'expired' });
+        marked++;
+      }
+    }
+    const byUnit = new Map<string, Copy[]>();
+    for (let cursor: string | undefined; ;) {
+      const page = await s.catalog.copies.list({ state: 'expired', limit: 1000, cursor });
+      for (const c of page.items) byUnit.set(c.storageUnit, [...(byUnit.get(c.storageUnit) ?? []), c]);
+      if (!page.next) break;
+      cursor = page.next;
+    }
+    let forgotten = 0;
+    const pruned: string[] = [];
+    for (const [unit, copies] of byUnit) {
+      if (ctx.signal.aborted) throw new CofferError('CANCELLED', 'Cancelled: the expiry was stopped');
+      const storage = await s.storageAccess(unit);
+      const snapshots = copies.flatMap((c) => Object.values(c.snapshots));
+      const lastPrune = (await s.catalog.settings.get(`prune.last.${unit}`)) as number | undefined;
+      const prune = lastPrune === undefined || now - lastPrune >= options.pruneIntervalMs;
+      ctx.log('info', `storage unit ${unit}: forgetting ${snapshots.length} snapshot(s) of ${copies.length} expired cop${copies.length === 1 ? 'y' : 'ies'}${prune ? ', then pruning' : ''}`);
+      await runOnAgent(s.node(), 'forget', { storage, snapshots, prune: false }, { jobId: ctx.job.id, emit: ctx.emit, signal: ctx.signal });
+      for (const c of copies) {
+        await s.catalog.transaction(async (tx) => {
+          await tx.copies.remove(c.id);
+          const left = await tx.copies.list({ imageId: c.imageId, limit: 1 });
+          if (left.items.length === 0) await tx.images.remove(c.imageId);
+        });
+        forgotten++;
+      }
+      if (prune) {
+        await runOnAgent(s.node(), 'forget', { storage, snapshots: [], prune: true }, { jobId: ctx.job.id, emit: ctx.emit, signal: ctx.signal });
+        await s.catalog.settings.set(`prune.last.${unit}`, now);
+        pruned.push(unit);
+      }
+    }
+    return { state: 'succeeded', result: { marked, forgotten, pruned } };
+  };
+}
+
+export interface ReconcileReport {
+  units: Array<{ unit: string; snapshots: number; unknown: Array<{ id: string; time: string; host: string; paths: string[]; image?: string }>; lost: string[]; imported: number; error?: string }>;
+}
+
+/**
+ * The reconcile job (spec { apply? }): compares every storage unit's snapshots with the copies
+ * the catalog records. Copies whose snapshots are gone are marked lost (always: they cannot be
+ * restored, whatever else happens). Snapshots the catalog does not know are listed, and with
+ * `apply` imported as images of the client named by their host (created if unknown) under the
+ * policy named by their tag, or `imported`.
+ */
+export function reconcileExecutor(s: Services): JobExecutor {
+  return async (ctx) => {
+    const apply = ctx.job.spec.apply === true;
+    const report: ReconcileReport = { units: [] };
+    for (let cursor: string | undefined; ;) {
+      const page = await s.catalog.storageUnits.list({ limit: 1000, cursor });
+      for (const unit of page.items) {
+        const entry: ReconcileReport['units'][number] = { unit: unit.name, snapshots: 0, unknown: [], lost: [], imported: 0 };
+        report.units.push(entry);
+        try {
+          const storage = await s.storageAccess(unit);
+          const r = await runOnAgent(s.node(), 'snapshots', { storage }, { jobId: ctx.job.id, signal: ctx.signal });
+          const stored = r.snapshots as Array<{ id: string; time: string; host: { hostname: string }; paths: string[]; tags: string[] }>;
+          entry.snapshots = stored.length;
+          const present = new Set(stored.map((x) => x.id));
+          const known = new Set<string>();
+          for (let c2: string | undefined; ;) {
+            const copies = await s.catalog.copies.list({ storageUnit: unit.name, limit: 1000, cursor: c2 });
+            for (const c of copies.items) {
+              const snaps = Object.values(c.snapshots);
+              for (const id of snaps) known.add(id);
+              if (c.state !== 'expired' && c.state !== 'lost' && snaps.some((id) => !present.has(id))) {
+                await s.catalog.copies.update(c.id, { state: 'lost' });
+                entry.lost.push(c.id);
+                ctx.log('warn', `copy ${c.id} of image ${c.imageId} in ${unit.name}: a snapshot is gone from storage; marked lost`);
+              }
+            }
+            if (!copies.next) break;
+            c2 = copies.next;
+          }
+          for (const snap of stored) {
+            if (known.has(snap.id)) continue;
+            const tag = (name: string) => snap.tags.find((t) => t.startsWith(`${name}=`))?.slice(name.length + 1);
+            entry.unknown.push({ id: snap.id, time: snap.time, host: snap.host.hostname, paths: snap.paths, ...(tag('image') ? { image: tag('image') } : {}) });
+            if (!apply) continue;
+            const client = snap.host.hostname.toLowerCase();
+            if (!(await s.catalog.clients.find(client))) await s.catalog.clients.upsert({ name: client });
+            const time = Date.parse(snap.time);
+            await s.catalog.transaction(async (tx) => {
+              const image = await tx.images.add({ client, policy: tag('policy') ?? 'imported', schedule: tag('schedule'), level: 'imported', time: Number.isFinite(time) ? time : s.now(), state: 'ok', streams: { imported: snap.id }, summary: { importedFrom: unit.name, paths: snap.paths } });
+              await tx.copies.add(image.id, { storageUnit: unit.name, snapshots: { imported: snap.id }, state: 'ok', expires: null });
+            });
+            entry.imported++;
+          }
+          if (entry.unknown.length) ctx.log(apply ? 'info' : 'warn', `${unit.name}: ${entry.unknown.length} snapshot(s) the catalog did not know${apply ? ', imported' : ' (run `coffer catalog reconcile --apply` to import them)'}`);
+        } catch (e) {
+          const err = toCofferError(e);
+          if (err.code === 'CANCELLED') throw err;
+          entry.error = err.message;
+          ctx.log('error', `${unit.name}: ${err.message}`);
+        }
+      }
+      if (!page.next) break;
+      cursor = page.next;
+    }
+    const failed = report.units.filter((u) => u.error).length;
+    const problems = report.units.reduce((n, u) => n + u.lost.length + (apply ? 0 : u.unknown.length), 0);
+    return { state: failed ? 'failed' : problems ? 'warnings' : 'succeeded', result: report as unknown as JobResult, ...(failed ? { error: { code: 'STORAGE_ERROR', message: `${failed} storage unit(s) could not be read` } } : {}) };
+  };
+}
