@@ -372,6 +372,27 @@ for (const backend of backends) {
         assert.equal(await catalog.schedules.nextRun(), T0 + 86_400_000);
       });
 
+      it('setStates() sets many in one statement, each only from its previous state, nulls included', async (t) => {
+        const { catalog } = await setup(t, backend);
+        await basics(catalog);
+        const rows = (await catalog.schedules.sync('nightly', Array.from({ length: 1200 }, (_, i) => entry('alpha', `s${i}`)))).schedules;
+        const fresh = { since: T0, lastSlot: null, lastState: null, nextRun: T0 };
+        const next = (i: number) => ({ since: T0, lastSlot: T0 + i, lastState: i % 2 ? 'queued' : null, nextRun: i % 3 ? T0 + 1000 + i : null });
+        // Row 5 has moved on: its change is refused, the others apply (over two statements of 1000).
+        await catalog.schedules.setState(rows[5]!.id, fresh, { ...fresh, nextRun: T0 + 1 });
+        const changes = rows.map((r, i) => ({ id: r.id, previous: fresh, next: next(i), ...(i === 7 ? { error: { code: 'INVALID_CONFIG' } } : {}) }));
+        const result = await catalog.transaction((tx) => tx.schedules.setStates(changes.slice().reverse()));
+        assert.equal(result.length, 1200);
+        result.reverse().forEach((r, i) => assert.deepEqual(r?.state, i === 5 ? undefined : next(i), `row ${i}`));
+        assert.deepEqual(result[7]!.error, { code: 'INVALID_CONFIG' });
+        assert.deepEqual((await catalog.schedules.get(rows[5]!.id)).state, { ...fresh, nextRun: T0 + 1 });
+        assert.deepEqual((await catalog.schedules.get(rows[11]!.id)).state, next(11));
+        // Applying the same changes again: every row has moved on.
+        assert.deepEqual((await catalog.schedules.setStates(changes)).filter((r) => r !== undefined), []);
+        assert.deepEqual(await catalog.schedules.setStates([]), []);
+        await expectCode(catalog.schedules.setStates([changes[0]!, changes[0]!]), 'USAGE', /twice/);
+      });
+
       it('re-applying keeps the state of unchanged timings, restarts changed ones from now, removes the others; schedules go with their policy', async (t) => {
         const { catalog, clock } = await setup(t, backend);
         await basics(catalog, ['alpha', 'beta', 'gamma']);

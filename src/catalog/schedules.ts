@@ -15,6 +15,7 @@ import { canonicalJson, fromJson, toJson } from './json.ts';
 import { decodeCursor, pageLimit, toPage, type Page, type PageOptions } from './page.ts';
 import { guard, inTransaction, type Scope } from './scope.ts';
 import type { Database, SchedulesTable } from './schema.ts';
+import { sql } from 'kysely';
 import type { Kysely, Selectable } from 'kysely';
 
 /** The scheduler's state of one row (src/scheduler/plan.ts, ScheduleState). */
@@ -42,6 +43,13 @@ export interface Schedule {
   /** Why the scheduler cannot plan it ({ code, message, hint }); its nextRun is then null. */
   error: Record<string, unknown> | undefined;
   updated: number;
+}
+
+export interface StateChange {
+  id: string;
+  previous: ScheduleState;
+  next: ScheduleState;
+  error?: Record<string, unknown>;
 }
 
 export interface ScheduleEntry {
@@ -89,8 +97,20 @@ export interface Schedules {
    * meanwhile or no longer exists.
    */
   setState(id: string, previous: ScheduleState, next: ScheduleState, options?: { error?: Record<string, unknown> }): Promise<Schedule | undefined>;
+  /**
+   * setState() for many rows in one statement (the scheduler's batches: one round trip, not one
+   * per row). Returns, in order, the updated schedule or undefined. Rows are locked in id order.
+   */
+  setStates(changes: readonly StateChange[]): Promise<(Schedule | undefined)[]>;
   remove(id: string): Promise<void>;
 }
+
+// Named one by one: SQLite's RETURNING takes no table.* wildcard, and in PostgreSQL's the bare
+// names would be ambiguous with the VALUES list's.
+const COLUMNS = ['id', 'policy', 'client', 'name', 'timing', 'level', 'lifecycle', 'since', 'last_slot', 'last_state', 'next_run', 'error', 'updated'] as const satisfies readonly (keyof SchedulesTable)[];
+
+/** Rows per setStates() statement: 10 parameters each, within both backends' limits. */
+const STATE_BATCH = 1000;
 
 export function schedulesModule(scope: Scope): Schedules {
   const missing: [ 'NOT_FOUND', string ] = ['NOT_FOUND', 'its policy or client does not exist'];
@@ -187,6 +207,44 @@ export function schedulesModule(scope: Scope): Schedules {
         scope.db.selectFrom('schedules').select('next_run').where('next_run', 'is not', null)
           .orderBy('next_run').limit(1).executeTakeFirst());
       return row?.next_run ?? null;
+    },
+
+    async setStates(changes) {
+      if (changes.length === 0) return [];
+      const seen = new Set<string>();
+      for (const c of changes) {
+        if (seen.has(c.id)) throw new CofferError('USAGE', `Cannot record the state of schedule ${c.id}: it is given twice in one call`);
+        seen.add(c.id);
+      }
+      const pg = scope.dialect === 'postgres';
+      // PostgreSQL types the parameters of a VALUES list from its first row; SQLite needs no casts.
+      const cast = (value: unknown, type: string) => (pg ? sql`${value}::${sql.raw(type)}` : sql`${value}`);
+      const updated = new Map<string, Selectable<SchedulesTable>>();
+      for (let i = 0; i < changes.length; i += STATE_BATCH) {
+        const batch = changes.slice(i, i + STATE_BATCH);
+        const values = sql.join(batch.map((c) => sql`(${sql.join([
+          cast(c.id, 'text'), cast(c.previous.since, 'bigint'), cast(c.previous.lastSlot, 'bigint'), cast(c.previous.lastState, 'text'), cast(c.previous.nextRun, 'bigint'),
+          cast(c.next.since, 'bigint'), cast(c.next.lastSlot, 'bigint'), cast(c.next.lastState, 'text'), cast(c.next.nextRun, 'bigint'), cast(toJson(c.error), pg ? 'jsonb' : 'text'),
+        ])})`));
+        // Null-safe equality: IS in SQLite, IS NOT DISTINCT FROM in PostgreSQL.
+        const same = pg ? sql.raw('is not distinct from') : sql.raw('is');
+        // PostgreSQL: lock the rows in id order first, so that two servers updating overlapping
+        // batches wait for each other instead of deadlocking. (SQLite has one writer.)
+        const lock = pg ? sql`, l as (select id from schedules where id in (select id from v) order by id for update)` : sql``;
+        const locked = pg ? sql` and schedules.id in (select id from l)` : sql``;
+        const result = await guard(scope, `record the state of ${batch.length} schedules`, () => sql<Selectable<SchedulesTable>>`
+          with v(id, p_since, p_last_slot, p_last_state, p_next_run, since, last_slot, last_state, next_run, error) as (values ${values})${lock}
+          update schedules set since = v.since, last_slot = v.last_slot, last_state = v.last_state, next_run = v.next_run, error = v.error, updated = ${scope.now()}
+          from v
+          where schedules.id = v.id and schedules.since = v.p_since and schedules.last_slot ${same} v.p_last_slot
+            and schedules.last_state ${same} v.p_last_state and schedules.next_run ${same} v.p_next_run${locked}
+          returning ${sql.join(COLUMNS.map((c) => sql.ref(`schedules.${c}`)))}`.execute(scope.db));
+        for (const row of result.rows) updated.set(row.id, row);
+      }
+      return changes.map((c) => {
+        const row = updated.get(c.id);
+        return row === undefined ? undefined : toSchedule(row);
+      });
     },
 
     async setState(id, previous, next, options = {}) {

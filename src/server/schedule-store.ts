@@ -8,8 +8,10 @@
 // NOTHING, so a decision applied twice (two servers at the same instant, a state put back after
 // a crash) queues once. One transaction per call rather than per decision: the loop hands over up
 // to 1000 decisions at a time, and on SQLite (synchronous=FULL) a commit each would cost a sync
-// each, 30,000 of them when every row is due. Decisions are applied in id order so that two
-// servers recording the same rows on PostgreSQL lock them in the same order.
+// each, 30,000 of them when every row is due. Likewise one compare-and-set statement for the
+// call's rows (schedules.setStates), which locks them in id order so that two servers recording
+// the same rows on PostgreSQL wait for each other rather than deadlock. Measured with 30,000 rows
+// all due (bench/scheduler-catalog.ts): an UPDATE per row made the tick 9 s on PostgreSQL.
 import type { Catalog, CatalogQueries } from '../catalog/catalog.ts';
 import type { Schedule as CatalogSchedule } from '../catalog/schedules.ts';
 import type { SlotJobInput } from '../catalog/jobs.ts';
@@ -57,16 +59,24 @@ export class CatalogScheduleStore implements ScheduleStore {
 
   async record(decisions: readonly Decision[], options: { signal?: AbortSignal } = {}): Promise<boolean[]> {
     throwIfAborted(options.signal);
-    const order = decisions.map((_, i) => i).sort((a, b) => (decisions[a]!.id < decisions[b]!.id ? -1 : decisions[a]!.id > decisions[b]!.id ? 1 : a - b));
     return this.catalog.transaction(async (tx) => {
+      // One decision per row and call: of two for the same row, the second was decided from a
+      // state the first replaces, so it is refused, as it would be in a later call.
+      const first = new Map<string, number>();
+      decisions.forEach((d, i) => { if (!first.has(d.id)) first.set(d.id, i); });
+      const changes = [...first.values()].map((i) => {
+        const d = decisions[i]!;
+        return { id: d.id, previous: d.previous, next: d.state, ...(d.error === null ? {} : { error: d.error.toJSON() }) };
+      });
+      const rows = await tx.schedules.setStates(changes);
       const applied = decisions.map(() => false);
       const targets = new Map<string, Target>();
       const queued: SlotJobInput[] = [];
       const catchUps: SlotJobInput[] = [];
       const missed: SlotJobInput[] = [];
-      for (const i of order) {
+      for (const [k, i] of [...first.values()].entries()) {
         const d = decisions[i]!;
-        const row = await tx.schedules.setState(d.id, d.previous, d.state, d.error === null ? {} : { error: d.error.toJSON() });
+        const row = rows[k];
         if (row === undefined) continue;
         applied[i] = true;
         const base = { kind: 'backup', policy: row.policy, client: row.client, schedule: row.name };
