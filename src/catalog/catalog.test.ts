@@ -321,45 +321,119 @@ for (const backend of backends) {
     });
 
     describe('schedules', () => {
-      it('sync makes a policy\'s schedules, due() returns those with next_run <= now, earliest first', async (t) => {
-        const { catalog } = await setup(t, backend);
+      const timing = (calendar: string) => ({ calendar, missed: 'catch-up' });
+      const entry = (client: string, name: string, calendar = '0 1 * * *') => ({ client, name, timing: timing(calendar), level: 'incremental', lifecycle: 'gold' });
+
+      it('sync makes a policy\'s schedules starting now; due() returns those with next_run <= t, earliest first, page by page', async (t) => {
+        const { catalog, clock } = await setup(t, backend);
         await basics(catalog, ['alpha', 'beta', 'gamma']);
         await catalog.policies.apply(doc('Policy', 'weekly', {}));
-        const made = await catalog.schedules.sync('nightly', [
-          { client: 'alpha', name: 'daily', nextRun: T0 + 3000 },
-          { client: 'beta', name: 'daily', nextRun: T0 + 1000, windowEnd: T0 + 7000 },
-          { client: 'gamma', name: 'daily', nextRun: T0 + 1000 },
-          { client: 'gamma', name: 'hourly', nextRun: null },
+        const made = await catalog.schedules.sync('nightly', [entry('alpha', 'daily'), entry('beta', 'daily'), entry('gamma', 'daily'), entry('gamma', 'hourly', '0 * * * *')]);
+        assert.deepEqual([made.created, made.changed, made.kept, made.removed], [4, 0, 0, 0]);
+        const alpha = made.schedules[0]!;
+        assert.deepEqual(alpha.state, { since: T0, lastSlot: null, lastState: null, nextRun: T0 });
+        assert.deepEqual(alpha.timing, timing('0 1 * * *'));
+        assert.equal(alpha.level, 'incremental');
+        assert.equal(alpha.lifecycle, 'gold');
+        clock.t = T0 + 1000;
+        await catalog.schedules.sync('weekly', [{ client: 'alpha', name: 'sunday', timing: timing('0 2 * * 0'), level: 'full' }]);
+        assert.equal((await catalog.schedules.due(T0 + 999)).length, 4);
+        const due = await catalog.schedules.due(T0 + 1000);
+        assert.deepEqual(due.map((s) => `${s.policy}/${s.client}/${s.name}`).slice(4), ['weekly/alpha/sunday']);
+        assert.equal(due[4]!.lifecycle, undefined);
+        // Keyset paging through rows with equal next_run: each once.
+        const paged: string[] = [];
+        let after: { nextRun: number; id: string } | undefined;
+        for (;;) {
+          const page = await catalog.schedules.due(T0 + 1000, { limit: 2, ...(after === undefined ? {} : { after }) });
+          paged.push(...page.map((s) => s.id));
+          if (page.length < 2) break;
+          after = { nextRun: page[1]!.state.nextRun!, id: page[1]!.id };
+        }
+        assert.deepEqual(paged, due.map((s) => s.id));
+        assert.equal(await catalog.schedules.nextRun(), T0);
+      });
+
+      it('setState() is a compare-and-set on the whole state: a stale previous state changes nothing', async (t) => {
+        const { catalog } = await setup(t, backend);
+        await basics(catalog);
+        const [s] = (await catalog.schedules.sync('nightly', [entry('alpha', 'daily')])).schedules;
+        const next = { since: T0, lastSlot: T0 + 5, lastState: 'queued', nextRun: T0 + 86_400_000 };
+        const set = await catalog.schedules.setState(s!.id, s!.state, next);
+        assert.deepEqual(set?.state, next);
+        assert.equal(set?.client, 'alpha');
+        // The same previous state again: the row has moved on.
+        assert.equal(await catalog.schedules.setState(s!.id, s!.state, { ...next, nextRun: 1 }), undefined);
+        // Nulls compare too (IS NULL, not = NULL).
+        const cleared = { since: T0, lastSlot: null, lastState: null, nextRun: null };
+        assert.deepEqual((await catalog.schedules.setState(s!.id, next, cleared, { error: { code: 'INVALID_CONFIG' } }))?.error, { code: 'INVALID_CONFIG' });
+        assert.deepEqual((await catalog.schedules.setState(s!.id, cleared, next))?.error, undefined);
+        assert.equal(await catalog.schedules.setState('nonexistent', next, next), undefined);
+        assert.equal(await catalog.schedules.nextRun(), T0 + 86_400_000);
+      });
+
+      it('setStates() sets many in one statement, each only from its previous state, nulls included', async (t) => {
+        const { catalog } = await setup(t, backend);
+        await basics(catalog);
+        const rows = (await catalog.schedules.sync('nightly', Array.from({ length: 1200 }, (_, i) => entry('alpha', `s${i}`)))).schedules;
+        const fresh = { since: T0, lastSlot: null, lastState: null, nextRun: T0 };
+        const next = (i: number) => ({ since: T0, lastSlot: T0 + i, lastState: i % 2 ? 'queued' : null, nextRun: i % 3 ? T0 + 1000 + i : null });
+        // Row 5 has moved on: its change is refused, the others apply (over two statements of 1000).
+        await catalog.schedules.setState(rows[5]!.id, fresh, { ...fresh, nextRun: T0 + 1 });
+        const changes = rows.map((r, i) => ({ id: r.id, previous: fresh, next: next(i), ...(i === 7 ? { error: { code: 'INVALID_CONFIG' } } : {}) }));
+        const result = await catalog.transaction((tx) => tx.schedules.setStates(changes.slice().reverse()));
+        assert.equal(result.length, 1200);
+        result.reverse().forEach((r, i) => assert.deepEqual(r?.state, i === 5 ? undefined : next(i), `row ${i}`));
+        assert.deepEqual(result[7]!.error, { code: 'INVALID_CONFIG' });
+        assert.deepEqual((await catalog.schedules.get(rows[5]!.id)).state, { ...fresh, nextRun: T0 + 1 });
+        assert.deepEqual((await catalog.schedules.get(rows[11]!.id)).state, next(11));
+        // Applying the same changes again: every row has moved on.
+        assert.deepEqual((await catalog.schedules.setStates(changes)).filter((r) => r !== undefined), []);
+        assert.deepEqual(await catalog.schedules.setStates([]), []);
+        await expectCode(catalog.schedules.setStates([changes[0]!, changes[0]!]), 'USAGE', /twice/);
+      });
+
+      it('re-applying keeps the state of unchanged timings, restarts changed ones from now, removes the others; schedules go with their policy', async (t) => {
+        const { catalog, clock } = await setup(t, backend);
+        await basics(catalog, ['alpha', 'beta', 'gamma']);
+        await catalog.policies.apply(doc('Policy', 'weekly', {}));
+        const first = (await catalog.schedules.sync('nightly', [entry('alpha', 'daily'), entry('beta', 'daily'), entry('gamma', 'daily')])).schedules;
+        const moved = { since: T0, lastSlot: T0 - 5000, lastState: 'missed', nextRun: T0 + 9000 };
+        for (const s of first) assert.ok(await catalog.schedules.setState(s.id, s.state, moved));
+        clock.t = T0 + 60_000;
+        const again = await catalog.schedules.sync('nightly', [
+          { ...entry('alpha', 'daily'), level: 'full', lifecycle: undefined },
+          entry('beta', 'daily', '0 3 * * *'),
         ]);
-        assert.equal(made.length, 4);
-        await catalog.schedules.upsert('weekly', { client: 'alpha', name: 'sunday', nextRun: T0 + 2000 });
-        const due = await catalog.schedules.due(T0 + 2000);
-        assert.deepEqual(due.map((s) => `${s.policy}/${s.client}/${s.name}`).slice(2), ['weekly/alpha/sunday']);
-        assert.deepEqual(new Set(due.slice(0, 2).map((s) => s.client)), new Set(['beta', 'gamma']));
-        assert.equal(due[0]!.windowEnd ?? due[1]!.windowEnd, T0 + 7000);
-        assert.equal((await catalog.schedules.due(T0 + 2000, { limit: 1 })).length, 1);
-
-        const beta = due.find((s) => s.client === 'beta')!;
-        const job = await catalog.jobs.enqueue({ kind: 'backup', client: 'beta', policy: 'nightly', schedule: beta.id });
-        const ran = await catalog.schedules.recordRun(beta.id, { state: 'queued', jobId: job.id, nextRun: T0 + 86_401_000 });
-        assert.equal(ran.lastRun, T0);
-        assert.equal(ran.lastJob, job.id);
-        assert.equal(ran.windowEnd, undefined);
-        assert.equal((await catalog.schedules.due(T0 + 2000)).length, 2);
-
-        // Applying the policy again with other schedules: the missing ones go, the kept keep their last run.
-        const kept = await catalog.schedules.sync('nightly', [{ client: 'beta', name: 'daily', nextRun: T0 + 5000 }]);
-        assert.equal(kept[0]!.id, beta.id);
-        assert.equal(kept[0]!.lastJob, job.id);
+        assert.deepEqual([again.created, again.changed, again.kept, again.removed], [0, 1, 1, 1]);
+        const [alpha, beta] = again.schedules;
+        assert.equal(alpha!.id, first[0]!.id);
+        assert.deepEqual(alpha!.state, moved);
+        assert.equal(alpha!.level, 'full');
+        assert.equal(alpha!.lifecycle, undefined);
+        assert.equal(beta!.id, first[1]!.id);
+        assert.deepEqual(beta!.state, { since: T0 + 60_000, lastSlot: T0 - 5000, lastState: 'missed', nextRun: T0 + 60_000 });
+        assert.equal(await catalog.schedules.find(first[2]!.id), undefined);
+        // Key order of the timing does not make it a change.
+        const reordered = await catalog.schedules.sync('nightly', [
+          { ...entry('alpha', 'daily'), level: 'full', lifecycle: undefined, timing: { missed: 'catch-up', calendar: '0 1 * * *' } },
+          entry('beta', 'daily', '0 3 * * *'),
+        ]);
+        assert.equal(reordered.kept, 2);
+        await catalog.schedules.sync('weekly', [{ client: 'alpha', name: 'sunday', timing: timing('0 2 * * 0'), level: 'full' }]);
         assert.deepEqual((await walk((o) => catalog.schedules.list(o), 1)).map((s) => `${s.policy}/${s.client}/${s.name}`),
-          ['nightly/beta/daily', 'weekly/alpha/sunday']);
-        assert.deepEqual((await catalog.schedules.list({ client: 'alpha' })).items.map((s) => s.name), ['sunday']);
-        await expectCode(catalog.schedules.upsert('nightly', { client: 'nobody', name: 'x' }), 'NOT_FOUND');
-        await expectCode(catalog.schedules.upsert('nopolicy', { client: 'alpha', name: 'x' }), 'NOT_FOUND');
-        // The schedules go with their policy.
+          ['nightly/alpha/daily', 'nightly/beta/daily', 'weekly/alpha/sunday']);
+        assert.deepEqual((await catalog.schedules.list({ client: 'alpha', policy: 'weekly' })).items.map((s) => s.name), ['sunday']);
+        await expectCode(catalog.schedules.sync('nightly', [entry('nobody', 'x')]), 'NOT_FOUND');
+        await expectCode(catalog.schedules.sync('nopolicy', [entry('alpha', 'x')]), 'NOT_FOUND');
+        await expectCode(catalog.schedules.sync('nightly', [entry('alpha', 'x'), entry('alpha', 'x')]), 'USAGE', /given twice/);
+        // A failed sync changed nothing.
+        assert.equal((await catalog.schedules.list({ policy: 'nightly' })).items.length, 2);
         await catalog.policies.remove('weekly');
-        assert.deepEqual((await catalog.schedules.list()).items.map((s) => s.policy), ['nightly']);
+        assert.deepEqual((await catalog.schedules.list()).items.map((s) => s.policy), ['nightly', 'nightly']);
         await expectCode(catalog.schedules.get('nonexistent'), 'NOT_FOUND');
+        await catalog.schedules.remove(alpha!.id);
+        await expectCode(catalog.schedules.remove(alpha!.id), 'NOT_FOUND');
       });
     });
 
@@ -675,6 +749,62 @@ for (const backend of backends) {
         assert.deepEqual(await catalog.jobs.interruptRunning(), { requeued: [], interrupted: [] });
       });
 
+      it('enqueueSlots() queues each (policy, client, schedule, slot) once, in any state, concurrent callers included', async (t) => {
+        const { catalog, reopen } = await setup(t, backend);
+        await basics(catalog);
+        const run = (slot: number) => ({ kind: 'backup', policy: 'nightly', client: 'alpha', schedule: 'daily', slot, spec: { slot } });
+        const made = await catalog.jobs.enqueueSlots([run(1000), run(2000)]);
+        assert.deepEqual(made.map((j) => [j.state, j.slot]), [['queued', 1000], ['queued', 2000]]);
+        assert.deepEqual((await catalog.jobs.get(made[0]!.id)).slot, 1000);
+        // Again, with one new slot: only that one is made; a missed run of a queued slot is not recorded.
+        assert.deepEqual((await catalog.jobs.enqueueSlots([run(2000), run(3000)])).map((j) => j.slot), [3000]);
+        assert.deepEqual(await catalog.jobs.enqueueSlots([run(1000)], { state: 'missed' }), []);
+        // Another schedule, client or policy with the same slot is another run; jobs without a slot never conflict.
+        assert.equal((await catalog.jobs.enqueueSlots([{ ...run(1000), schedule: 'weekly' }])).length, 1);
+        await catalog.jobs.enqueueMany([{ kind: 'backup', policy: 'nightly', client: 'alpha', schedule: 'daily' }, { kind: 'backup', policy: 'nightly', client: 'alpha', schedule: 'daily' }]);
+        // Two servers queuing the same slots at once: each slot once. (PostgreSQL: a second catalog,
+        // its own pool; SQLite allows one process, whose callers race inside it.)
+        const other = backend.name === 'postgres' ? await reopen() : catalog;
+        const slots = Array.from({ length: 50 }, (_, i) => 10_000 + i);
+        const results = await Promise.all([catalog, other, catalog, other].map((c) => c.jobs.enqueueSlots(slots.map(run))));
+        assert.equal(results.reduce((n, r) => n + r.length, 0), 50);
+        const all = (await catalog.jobs.list({ limit: 1000 })).items;
+        assert.equal(all.length, 3 + 1 + 2 + 50);
+        // In a transaction that fails, nothing is queued.
+        await assert.rejects(catalog.transaction(async (tx) => {
+          await tx.jobs.enqueueSlots([run(99_000)]);
+          throw new Error('rolled back on purpose');
+        }), /on purpose/);
+        assert.equal((await catalog.jobs.enqueueSlots([run(99_000)])).length, 1);
+      });
+
+      it('missed runs are jobs in state missed, listed by --state missed and counted; catchUp() queues a missed slot again, once', async (t) => {
+        const { catalog, clock } = await setup(t, backend);
+        await basics(catalog);
+        const run = (slot: number) => ({ kind: 'backup', policy: 'nightly', client: 'alpha', schedule: 'daily', slot, spec: { slot } });
+        const missed = await catalog.jobs.enqueueSlots([run(1000), run(2000), run(3000)], { state: 'missed' });
+        assert.deepEqual(missed.map((j) => [j.state, j.ended]), [['missed', T0], ['missed', T0], ['missed', T0]]);
+        assert.equal((await catalog.jobs.counts()).missed, 3);
+        assert.deepEqual((await catalog.jobs.list({ state: 'missed' })).items.map((j) => j.slot), [3000, 2000, 1000]);
+        assert.equal(await catalog.jobs.claimNext(), undefined, 'a missed job is never started');
+        clock.t = T0 + 500;
+        const caught = await catalog.jobs.catchUp({ ...run(3000), priority: 5, storageUnit: 'vault', notBefore: T0 + 400, spec: { slot: 3000, catchUp: true } });
+        assert.equal(caught?.id, missed[2]!.id);
+        assert.deepEqual([caught?.state, caught?.priority, caught?.storageUnit, caught?.notBefore, caught?.queued, caught?.ended, caught?.spec],
+          ['queued', 5, 'vault', T0 + 400, T0 + 500, undefined, { slot: 3000, catchUp: true }]);
+        // Once: the slot's job is queued now, not missed.
+        assert.equal(await catalog.jobs.catchUp(run(3000)), undefined);
+        // A slot without a job: queued.
+        assert.equal((await catalog.jobs.catchUp(run(4000)))?.state, 'queued');
+        assert.deepEqual((await catalog.jobs.list({ state: 'missed' })).items.map((j) => j.slot), [2000, 1000]);
+        // The queue marks a queued job missed when its window closed; only a queued one.
+        const late = await catalog.jobs.miss(caught!.id, { error: { code: 'WINDOW_CLOSED' } });
+        assert.deepEqual([late.state, late.ended, late.error], ['missed', T0 + 500, { code: 'WINDOW_CLOSED' }]);
+        await expectCode(catalog.jobs.miss(caught!.id), 'CONFLICT', /it is missed/);
+        await expectCode(catalog.jobs.miss('nonexistent'), 'NOT_FOUND');
+        await expectCode(catalog.jobs.list({ state: 'late' as 'missed' }), 'USAGE', /missed/);
+      });
+
       it('log lines get sequence numbers, concurrent appends included, and are read from a seq (follow)', async (t) => {
         const { catalog, clock } = await setup(t, backend);
         const job = await catalog.jobs.enqueue({ kind: 'backup' });
@@ -721,6 +851,9 @@ for (const backend of backends) {
           ['jobs', async () => catalog.jobs.list({ limit: 1, cursor: cursor(await catalog.jobs.list({ limit: 1 })) })],
           ['runnable', () => catalog.jobs.runnable()],
           ['due schedules', () => catalog.schedules.due(T0)],
+          ['due schedules after', () => catalog.schedules.due(T0, { after: { nextRun: T0 - 1, id: '0' } })],
+          ['next run', () => catalog.schedules.nextRun()],
+          ['jobs --state missed', () => catalog.jobs.list({ state: 'missed' })],
           ['expired copies', () => catalog.copies.expiredCopies(T0)],
           ['audit', () => catalog.audit.list()],
         ];

@@ -2,7 +2,14 @@
 //
 // States (docs/server.md): queued → running → succeeded | warnings | failed | cancelled; a job
 // that was running when the server stopped is `interrupted` and queued again if it has attempts
-// left (interruptRunning()). A job is one row for all its attempts: a failure with `retry` or an
+// left (interruptRunning()). A scheduled run that never started is `missed`: either the queue
+// could not start it inside its window (miss()), or the scheduler found its slot passed while the
+// server was down (enqueueSlots(..., { state: 'missed' })); it is a row so that `coffer jobs
+// --state missed` shows every run that did not happen.
+//
+// A scheduled run is one job per (policy, client, schedule, slot), whatever becomes of it: a
+// unique index, and INSERT ... ON CONFLICT DO NOTHING in enqueueSlots(), make queuing a slot
+// twice (a crash between queuing and storing the schedule's state, two servers) queue it once. A job is one row for all its attempts: a failure with `retry` or an
 // interruption puts the same row back in the queue with attempt + 1, and its log keeps every
 // attempt's lines.
 //
@@ -25,7 +32,7 @@ import { decodeCursor, pageLimit, toPage, type Page, type PageOptions } from './
 import { guard, inTransaction, type Scope } from './scope.ts';
 import type { Database, JobsTable, JobLogsTable } from './schema.ts';
 
-export const JOB_STATES = ['queued', 'running', 'succeeded', 'warnings', 'failed', 'cancelled', 'interrupted'] as const;
+export const JOB_STATES = ['queued', 'running', 'succeeded', 'warnings', 'failed', 'cancelled', 'interrupted', 'missed'] as const;
 export type JobState = (typeof JOB_STATES)[number];
 /** The states a running job ends in through finish(). */
 export type JobOutcome = 'succeeded' | 'warnings' | 'failed' | 'cancelled';
@@ -79,6 +86,8 @@ export interface Job {
   requestedBy: string | undefined;
   /** Who claimed it (a server or agent name), for interruptRunning(). */
   claimedBy: string | undefined;
+  /** A scheduled run's slot (ms since the epoch); undefined for a job asked for by hand. */
+  slot: number | undefined;
 }
 
 export interface JobInput {
@@ -93,6 +102,14 @@ export interface JobInput {
   maxAttempts?: number;
   notBefore?: number;
   requestedBy?: string;
+}
+
+/** A scheduled run: its identity is (policy, client, schedule, slot). */
+export interface SlotJobInput extends JobInput {
+  policy: string;
+  client: string;
+  schedule: string;
+  slot: number;
 }
 
 export interface ClaimOptions {
@@ -149,6 +166,24 @@ export interface Jobs {
   enqueue(job: JobInput): Promise<Job>;
   /** Queues many in one transaction; returns their ids in order. */
   enqueueMany(jobs: JobInput[]): Promise<string[]>;
+  /**
+   * Queues scheduled runs, each at most once: a run whose (policy, client, schedule, slot) has a
+   * job already, in any state, is left as it is. With `state: 'missed'`, records runs that never
+   * started instead (ended at once, never claimed). Returns the jobs made, in order; the runs
+   * that had a job are left out.
+   */
+  enqueueSlots(jobs: SlotJobInput[], options?: { state?: 'queued' | 'missed' }): Promise<Job[]>;
+  /**
+   * Queues a missed run late (a catch-up): the run's job, if it is missed, is queued again with
+   * this input's priority, spec, storage unit and notBefore; without a job, one is queued. Returns
+   * the queued job, or undefined when the run's job is in another state (queued or run already).
+   */
+  catchUp(job: SlotJobInput): Promise<Job | undefined>;
+  /**
+   * queued → missed: a scheduled job that could not start before its window closed. CONFLICT if
+   * it is not queued (it started, or was cancelled, meanwhile).
+   */
+  miss(id: string, options?: { error?: Record<string, unknown> }): Promise<Job>;
   get(id: string): Promise<Job>;
   find(id: string): Promise<Job | undefined>;
   /** Starts the next job the limits allow (highest priority, then oldest); undefined if none. */
@@ -213,6 +248,7 @@ export function jobsModule(scope: Scope): Jobs {
       requested_by: job.requestedBy ?? null,
       claimed_by: null,
       log_seq: 0,
+      slot: null as number | null,
     };
   };
   /** How long a job waits before the attempt after `attempt`: base * 2^(attempt-1), at most max. */
@@ -265,6 +301,55 @@ export function jobsModule(scope: Scope): Jobs {
         for (let i = 0; i < rows.length; i += BATCH) await trx.insertInto('jobs').values(rows.slice(i, i + BATCH)).execute();
       }));
       return rows.map((r) => r.id);
+    },
+
+    async enqueueSlots(jobs, options = {}) {
+      const state = options.state ?? 'queued';
+      const action = state === 'missed' ? `record ${jobs.length} missed runs` : `queue ${jobs.length} scheduled runs`;
+      const rows = jobs.map((job) => {
+        if (!Number.isSafeInteger(job.slot)) throw new CofferError('USAGE', `Cannot ${action}: the slot ${job.slot} is not an instant in milliseconds`);
+        const row = { ...toRow(job, action), slot: job.slot };
+        return state === 'missed' ? { ...row, state, ended: row.queued } : row;
+      });
+      const made = await guard(scope, action, () => inTransaction(scope, async (trx) => {
+        const ids = new Set<string>();
+        for (let i = 0; i < rows.length; i += BATCH) {
+          const inserted = await trx.insertInto('jobs').values(rows.slice(i, i + BATCH))
+            .onConflict((oc) => oc.columns(['policy', 'client', 'schedule', 'slot']).where('slot', 'is not', null).doNothing())
+            .returning('id').execute();
+          for (const r of inserted) ids.add(r.id);
+        }
+        return ids;
+      }));
+      return rows.filter((r) => made.has(r.id)).map(toJob);
+    },
+
+    async catchUp(job) {
+      const action = `queue the missed run ${new Date(job.slot).toISOString()} of schedule ${job.schedule} of policy ${job.policy} for client ${job.client}`;
+      const row = { ...toRow(job, action), slot: job.slot };
+      return guard(scope, action, async () => {
+        const queued = await scope.db.insertInto('jobs').values(row)
+          .onConflict((oc) => oc.columns(['policy', 'client', 'schedule', 'slot']).where('slot', 'is not', null)
+            .doUpdateSet((eb) => ({
+              state: 'queued', priority: eb.ref('excluded.priority'), storage_unit: eb.ref('excluded.storage_unit'),
+              spec: eb.ref('excluded.spec'), not_before: eb.ref('excluded.not_before'), queued: eb.ref('excluded.queued'),
+              updated: eb.ref('excluded.updated'), ended: null, error: null, attempt: 1,
+            }))
+            .where('jobs.state', '=', 'missed'))
+          .returningAll().executeTakeFirst();
+        return queued === undefined ? undefined : toJob(queued);
+      });
+    },
+
+    miss: (id, options = {}) => {
+      const action = `record job ${id} as missed`;
+      return guard(scope, action, async () => {
+        const now = scope.now();
+        const row = await scope.db.updateTable('jobs').set({ state: 'missed', ended: now, updated: now, error: toJson(options.error) })
+          .where('id', '=', id).where('state', '=', 'queued').returningAll().executeTakeFirst();
+        if (row === undefined) throw await wrongState(scope.db, id, action, 'Only a queued job is missed; one that started runs to its end.');
+        return toJob(row);
+      });
     },
 
     async get(id) {
@@ -512,6 +597,7 @@ function toJob(row: Selectable<JobsTable>): Job {
     error: fromJson<Record<string, unknown>>(row.error),
     requestedBy: row.requested_by ?? undefined,
     claimedBy: row.claimed_by ?? undefined,
+    slot: row.slot ?? undefined,
   };
 }
 

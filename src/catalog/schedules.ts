@@ -1,14 +1,33 @@
-// Schedules: one row per (policy, client, schedule name), holding when it next runs and how its
-// last run went. The scheduler computes the times (src/scheduler); the catalog keeps them, so a
-// restarted server knows what it missed. A policy's schedules are replaced as a set by sync()
-// when the policy is applied; they go when the policy or the client goes.
+// Schedules: one row per (policy, client, schedule name), holding what the scheduler needs to
+// plan it (its timing: src/scheduler's Schedule as JSON, the level and lifecycle of its backups)
+// and its state (src/scheduler/plan.ts, ScheduleState: since, last slot and what became of it,
+// next run). The scheduler computes the times; the catalog keeps them, so a restarted server
+// knows what it missed. The catalog does not read the timing (it sits below src/scheduler); it
+// compares it as canonical JSON to tell a changed schedule from a re-applied one.
+//
+// A policy's schedules are replaced as a set by sync() when the policy is applied; they go when
+// the policy or the client goes. The state changes only by compare-and-set (setState()), so that
+// two schedulers, or a scheduler and a re-applied policy, never both act on one state.
 
 import { CofferError } from '../core/errors.ts';
 import { ulid } from '../core/ulid.ts';
+import { canonicalJson, fromJson, toJson } from './json.ts';
 import { decodeCursor, pageLimit, toPage, type Page, type PageOptions } from './page.ts';
 import { guard, inTransaction, type Scope } from './scope.ts';
 import type { Database, SchedulesTable } from './schema.ts';
+import { sql } from 'kysely';
 import type { Kysely, Selectable } from 'kysely';
+
+/** The scheduler's state of one row (src/scheduler/plan.ts, ScheduleState). */
+export interface ScheduleState {
+  /** When the schedule took effect (created, or its timing changed). */
+  since: number;
+  lastSlot: number | null;
+  /** 'queued', 'missed' or 'caught-up' (the scheduler's SlotState). */
+  lastState: string | null;
+  /** When it next needs planning; null: never. */
+  nextRun: number | null;
+}
 
 export interface Schedule {
   id: string;
@@ -16,79 +35,145 @@ export interface Schedule {
   client: string;
   /** The schedule's name in the policy. */
   name: string;
-  nextRun: number | undefined;
-  lastRun: number | undefined;
-  lastState: string | undefined;
-  lastJob: string | undefined;
-  /** The end of the backup window of the run that is due. */
-  windowEnd: number | undefined;
+  /** The scheduler's Schedule: calendar or every (ms), window, timezone, missed. */
+  timing: Record<string, unknown>;
+  level: string;
+  lifecycle: string | undefined;
+  state: ScheduleState;
+  /** Why the scheduler cannot plan it ({ code, message, hint }); its nextRun is then null. */
+  error: Record<string, unknown> | undefined;
+  updated: number;
+}
+
+export interface StateChange {
+  id: string;
+  previous: ScheduleState;
+  next: ScheduleState;
+  error?: Record<string, unknown>;
 }
 
 export interface ScheduleEntry {
   client: string;
   name: string;
-  nextRun?: number | null;
-  windowEnd?: number | null;
+  timing: Record<string, unknown>;
+  level: string;
+  lifecycle?: string;
 }
 
-export interface ScheduleRun {
-  /** When it ran (default now). */
-  time?: number;
-  state: string;
-  jobId?: string;
-  nextRun: number | null;
-  windowEnd?: number | null;
+export interface SyncResult {
+  /** The policy's schedules now, in the order of the entries. */
+  schedules: Schedule[];
+  created: number;
+  /** Timing changed: their state restarted. */
+  changed: number;
+  /** Timing unchanged: their state kept (level and lifecycle updated). */
+  kept: number;
+  removed: number;
 }
 
 export interface Schedules {
-  /** Creates or updates the schedule (policy, client, name); its last run is kept. */
-  upsert(policy: string, entry: ScheduleEntry): Promise<Schedule>;
-  /** Makes `entries` the policy's schedules: upserts them and removes the others. */
-  sync(policy: string, entries: ScheduleEntry[]): Promise<Schedule[]>;
+  /**
+   * Makes `entries` the policy's schedules. A new one starts at `now` (since and nextRun); one
+   * whose timing is unchanged keeps its state; one whose timing changed starts again at `now`
+   * (keeping its last slot, which is never queued again); the policy's others are removed.
+   * NOT_FOUND if the policy or a client does not exist.
+   */
+  sync(policy: string, entries: ScheduleEntry[], options?: { now?: number }): Promise<SyncResult>;
   get(id: string): Promise<Schedule>;
+  find(id: string): Promise<Schedule | undefined>;
   /** By policy, client and name. */
   list(options?: PageOptions & { policy?: string; client?: string }): Promise<Page<Schedule>>;
-  /** The schedules whose next run is at or before `now`, earliest first. */
-  due(now: number, options?: { limit?: number }): Promise<Schedule[]>;
-  /** Records a run and the next one. */
-  recordRun(id: string, run: ScheduleRun): Promise<Schedule>;
+  /**
+   * The schedules whose nextRun is at or before `t`, earliest first (then by id), from the index on
+   * next_run; at most `limit` (default 100, at most 1000), after `after` (the last row of the
+   * previous call) to read them all.
+   */
+  due(t: number, options?: { limit?: number; after?: { nextRun: number; id: string } }): Promise<Schedule[]>;
+  /** The earliest non-null nextRun of any schedule, or null. */
+  nextRun(): Promise<number | null>;
+  /**
+   * Compare-and-set: stores `next` (and `error`, cleared when left out) only if the row's state
+   * still equals `previous`. Returns the updated schedule, or undefined when the row changed
+   * meanwhile or no longer exists.
+   */
+  setState(id: string, previous: ScheduleState, next: ScheduleState, options?: { error?: Record<string, unknown> }): Promise<Schedule | undefined>;
+  /**
+   * setState() for many rows in one statement (the scheduler's batches: one round trip, not one
+   * per row). Returns, in order, the updated schedule or undefined. Rows are locked in id order.
+   */
+  setStates(changes: readonly StateChange[]): Promise<(Schedule | undefined)[]>;
   remove(id: string): Promise<void>;
 }
 
+// Named one by one: SQLite's RETURNING takes no table.* wildcard, and in PostgreSQL's the bare
+// names would be ambiguous with the VALUES list's.
+const COLUMNS = ['id', 'policy', 'client', 'name', 'timing', 'level', 'lifecycle', 'since', 'last_slot', 'last_state', 'next_run', 'error', 'updated'] as const satisfies readonly (keyof SchedulesTable)[];
+
+/** Rows per setStates() statement: 10 parameters each, within both backends' limits. */
+const STATE_BATCH = 1000;
+
 export function schedulesModule(scope: Scope): Schedules {
-  const upsertIn = async (db: Kysely<Database>, policy: string, entry: ScheduleEntry): Promise<Schedule> => {
-    const fields = { next_run: entry.nextRun ?? null, window_end: entry.windowEnd ?? null };
-    await db.insertInto('schedules')
-      .values({ id: ulid(scope.now()), policy, client: entry.client, name: entry.name, ...fields })
-      .onConflict((oc) => oc.columns(['policy', 'client', 'name']).doUpdateSet(fields))
-      .execute();
-    const row = await db.selectFrom('schedules').selectAll()
-      .where('policy', '=', policy).where('client', '=', entry.client).where('name', '=', entry.name)
-      .executeTakeFirstOrThrow();
-    return toSchedule(row);
-  };
   const missing: [ 'NOT_FOUND', string ] = ['NOT_FOUND', 'its policy or client does not exist'];
-  const get = async (id: string) => {
-    const row = await guard(scope, `get schedule ${id}`, () => scope.db.selectFrom('schedules').selectAll().where('id', '=', id).executeTakeFirst());
-    if (row === undefined) throw new CofferError('NOT_FOUND', `Cannot get schedule ${id}: it does not exist`, { hint: 'Schedules change when their policy is applied; list them again.' });
-    return toSchedule(row);
+  const find = (id: string) => guard(scope, `get schedule ${id}`, async () => {
+    const row = await scope.db.selectFrom('schedules').selectAll().where('id', '=', id).executeTakeFirst();
+    return row === undefined ? undefined : toSchedule(row);
+  });
+
+  const syncIn = async (db: Kysely<Database>, policy: string, entries: ScheduleEntry[], now: number): Promise<SyncResult> => {
+    const key = (client: string, name: string) => `${client}\u0000${name}`;
+    const existing = new Map<string, Selectable<SchedulesTable>>();
+    for (const row of await db.selectFrom('schedules').selectAll().where('policy', '=', policy).execute()) existing.set(key(row.client, row.name), row);
+    const result: SyncResult = { schedules: [], created: 0, changed: 0, kept: 0, removed: 0 };
+    const inserts: (Omit<Selectable<SchedulesTable>, 'timing' | 'error'> & { timing: string; error: null })[] = [];
+    const seen = new Set<string>();
+    for (const entry of entries) {
+      const k = key(entry.client, entry.name);
+      if (seen.has(k)) throw new CofferError('USAGE', `Cannot set the schedules of policy ${policy}: schedule ${entry.name} of client ${entry.client} is given twice`);
+      seen.add(k);
+      const timing = canonicalJson(entry.timing);
+      const old = existing.get(k);
+      if (old === undefined) {
+        const row = {
+          id: ulid(now), policy, client: entry.client, name: entry.name, timing, level: entry.level, lifecycle: entry.lifecycle ?? null,
+          since: now, last_slot: null, last_state: null, next_run: now, error: null, updated: now,
+        };
+        inserts.push(row);
+        result.schedules.push(toSchedule(row));
+        result.created++;
+        continue;
+      }
+      existing.delete(k);
+      const same = canonicalJson(fromJson(old.timing)) === timing;
+      const fields = same
+        ? { level: entry.level, lifecycle: entry.lifecycle ?? null }
+        : { timing, level: entry.level, lifecycle: entry.lifecycle ?? null, since: now, next_run: now, error: null };
+      if (same && old.level === fields.level && old.lifecycle === fields.lifecycle) {
+        result.schedules.push(toSchedule(old));
+      } else {
+        const row = await db.updateTable('schedules').set({ ...fields, updated: now }).where('id', '=', old.id).returningAll().executeTakeFirstOrThrow();
+        result.schedules.push(toSchedule(row));
+      }
+      if (same) result.kept++;
+      else result.changed++;
+    }
+    for (let i = 0; i < inserts.length; i += 500) await db.insertInto('schedules').values(inserts.slice(i, i + 500)).execute();
+    const gone = [...existing.values()].map((r) => r.id);
+    for (let i = 0; i < gone.length; i += 500) await db.deleteFrom('schedules').where('id', 'in', gone.slice(i, i + 500)).execute();
+    result.removed = gone.length;
+    return result;
   };
 
   return {
-    upsert: (policy, entry) => guard(scope, `set schedule ${entry.name} of policy ${policy} for client ${entry.client}`,
-      () => inTransaction(scope, (trx) => upsertIn(trx, policy, entry)), { foreignKey: missing }),
+    sync: (policy, entries, options = {}) => guard(scope, `set the schedules of policy ${policy}`,
+      () => inTransaction(scope, (trx) => syncIn(trx, policy, entries, options.now ?? scope.now())), { foreignKey: missing }),
 
-    sync: (policy, entries) => guard(scope, `set the schedules of policy ${policy}`, () => inTransaction(scope, async (trx) => {
-      const kept: Schedule[] = [];
-      for (const entry of entries) kept.push(await upsertIn(trx, policy, entry));
-      const keep = new Set(kept.map((s) => s.id));
-      const existing = await trx.selectFrom('schedules').select('id').where('policy', '=', policy).execute();
-      const gone = existing.map((r) => r.id).filter((id) => !keep.has(id));
-      for (let i = 0; i < gone.length; i += 500) await trx.deleteFrom('schedules').where('id', 'in', gone.slice(i, i + 500)).execute();
-      return kept;
-    }), { foreignKey: missing }),
+    async get(id) {
+      const found = await find(id);
+      if (found === undefined) throw new CofferError('NOT_FOUND', `Cannot get schedule ${id}: it does not exist`, { hint: 'Schedules change when their policy is applied; list them again.' });
+      return found;
+    },
 
-    get,
+    find,
 
     async list(options = {}) {
       const action = 'list schedules';
@@ -106,24 +191,75 @@ export function schedulesModule(scope: Scope): Schedules {
       });
     },
 
-    async due(now, options = {}) {
+    async due(t, options = {}) {
       const limit = pageLimit(options.limit, 'list due schedules');
-      const rows = await guard(scope, 'list due schedules', () =>
-        scope.db.selectFrom('schedules').selectAll().where('next_run', '<=', now)
-          .orderBy('next_run').orderBy('id').limit(limit).execute());
+      const rows = await guard(scope, 'list due schedules', () => {
+        let q = scope.db.selectFrom('schedules').selectAll().where('next_run', '<=', t);
+        const after = options.after;
+        if (after !== undefined) q = q.where((eb) => eb(eb.refTuple('next_run', 'id'), '>', eb.tuple(after.nextRun, after.id)));
+        return q.orderBy('next_run').orderBy('id').limit(limit).execute();
+      });
       return rows.map(toSchedule);
     },
 
-    async recordRun(id, run) {
-      const result = await guard(scope, `record a run of schedule ${id}`, () => scope.db.updateTable('schedules').set({
-        last_run: run.time ?? scope.now(),
-        last_state: run.state,
-        last_job: run.jobId ?? null,
-        next_run: run.nextRun,
-        window_end: run.windowEnd ?? null,
-      }).where('id', '=', id).executeTakeFirst());
-      if (result.numUpdatedRows === 0n) throw new CofferError('NOT_FOUND', `Cannot record a run of schedule ${id}: it does not exist`);
-      return get(id);
+    async nextRun() {
+      const row = await guard(scope, 'find the next scheduled run', () =>
+        scope.db.selectFrom('schedules').select('next_run').where('next_run', 'is not', null)
+          .orderBy('next_run').limit(1).executeTakeFirst());
+      return row?.next_run ?? null;
+    },
+
+    async setStates(changes) {
+      if (changes.length === 0) return [];
+      const seen = new Set<string>();
+      for (const c of changes) {
+        if (seen.has(c.id)) throw new CofferError('USAGE', `Cannot record the state of schedule ${c.id}: it is given twice in one call`);
+        seen.add(c.id);
+      }
+      const pg = scope.dialect === 'postgres';
+      // PostgreSQL types the parameters of a VALUES list from its first row; SQLite needs no casts.
+      const cast = (value: unknown, type: string) => (pg ? sql`${value}::${sql.raw(type)}` : sql`${value}`);
+      const updated = new Map<string, Selectable<SchedulesTable>>();
+      for (let i = 0; i < changes.length; i += STATE_BATCH) {
+        const batch = changes.slice(i, i + STATE_BATCH);
+        const values = sql.join(batch.map((c) => sql`(${sql.join([
+          cast(c.id, 'text'), cast(c.previous.since, 'bigint'), cast(c.previous.lastSlot, 'bigint'), cast(c.previous.lastState, 'text'), cast(c.previous.nextRun, 'bigint'),
+          cast(c.next.since, 'bigint'), cast(c.next.lastSlot, 'bigint'), cast(c.next.lastState, 'text'), cast(c.next.nextRun, 'bigint'), cast(toJson(c.error), pg ? 'jsonb' : 'text'),
+        ])})`));
+        // Null-safe equality: IS in SQLite, IS NOT DISTINCT FROM in PostgreSQL.
+        const same = pg ? sql.raw('is not distinct from') : sql.raw('is');
+        // PostgreSQL: lock the rows in id order first, so that two servers updating overlapping
+        // batches wait for each other instead of deadlocking. (SQLite has one writer.)
+        const lock = pg ? sql`, l as (select id from schedules where id in (select id from v) order by id for update)` : sql``;
+        const locked = pg ? sql` and schedules.id in (select id from l)` : sql``;
+        const result = await guard(scope, `record the state of ${batch.length} schedules`, () => sql<Selectable<SchedulesTable>>`
+          with v(id, p_since, p_last_slot, p_last_state, p_next_run, since, last_slot, last_state, next_run, error) as (values ${values})${lock}
+          update schedules set since = v.since, last_slot = v.last_slot, last_state = v.last_state, next_run = v.next_run, error = v.error, updated = ${scope.now()}
+          from v
+          where schedules.id = v.id and schedules.since = v.p_since and schedules.last_slot ${same} v.p_last_slot
+            and schedules.last_state ${same} v.p_last_state and schedules.next_run ${same} v.p_next_run${locked}
+          returning ${sql.join(COLUMNS.map((c) => sql.ref(`schedules.${c}`)))}`.execute(scope.db));
+        for (const row of result.rows) updated.set(row.id, row);
+      }
+      return changes.map((c) => {
+        const row = updated.get(c.id);
+        return row === undefined ? undefined : toSchedule(row);
+      });
+    },
+
+    async setState(id, previous, next, options = {}) {
+      return guard(scope, `record the state of schedule ${id}`, async () => {
+        const row = await scope.db.updateTable('schedules').set({
+          since: next.since, last_slot: next.lastSlot, last_state: next.lastState, next_run: next.nextRun,
+          error: toJson(options.error), updated: scope.now(),
+        }).where('id', '=', id)
+          .where('since', '=', previous.since)
+          .where('last_slot', previous.lastSlot === null ? 'is' : '=', previous.lastSlot)
+          .where('last_state', previous.lastState === null ? 'is' : '=', previous.lastState)
+          .where('next_run', previous.nextRun === null ? 'is' : '=', previous.nextRun)
+          .returningAll().executeTakeFirst();
+        return row === undefined ? undefined : toSchedule(row);
+      });
     },
 
     async remove(id) {
@@ -139,10 +275,12 @@ function toSchedule(row: Selectable<SchedulesTable>): Schedule {
     policy: row.policy,
     client: row.client,
     name: row.name,
-    nextRun: row.next_run ?? undefined,
-    lastRun: row.last_run ?? undefined,
-    lastState: row.last_state ?? undefined,
-    lastJob: row.last_job ?? undefined,
-    windowEnd: row.window_end ?? undefined,
+    timing: fromJson<Record<string, unknown>>(row.timing) ?? {},
+    level: row.level,
+    lifecycle: row.lifecycle ?? undefined,
+    state: { since: row.since, lastSlot: row.last_slot, lastState: row.last_state, nextRun: row.next_run },
+    error: fromJson<Record<string, unknown>>(row.error),
+    updated: row.updated,
   };
 }
+

@@ -92,11 +92,16 @@ export interface SchedulesTable {
   policy: string;
   client: string;
   name: string;
-  next_run: number | null;
-  last_run: number | null;
+  /** The scheduler's Schedule (timing and missed), JSON. */
+  timing: Json;
+  level: string;
+  lifecycle: string | null;
+  since: number;
+  last_slot: number | null;
   last_state: string | null;
-  last_job: string | null;
-  window_end: number | null;
+  next_run: number | null;
+  error: NullableJson;
+  updated: number;
 }
 
 export interface ImagesTable {
@@ -147,6 +152,7 @@ export interface JobsTable {
   requested_by: string | null;
   claimed_by: string | null;
   log_seq: number;
+  slot: number | null;
 }
 
 export interface JobLogsTable {

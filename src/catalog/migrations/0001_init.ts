@@ -60,16 +60,24 @@ export async function up(db: Kysely<any>, context: MigrationContext): Promise<vo
     .addPrimaryKeyConstraint('policy_revisions_pk', ['kind', 'name', 'revision'])
     .execute();
 
+  // One row per (policy, client, schedule name): what the scheduler needs to plan it (its timing,
+  // as src/scheduler's Schedule in JSON) and its state (src/scheduler/plan.ts, ScheduleState),
+  // changed only by compare-and-set so that two schedulers never decide one slot twice.
   await schema.createTable('schedules')
     .addColumn('id', 'text', (c) => c.primaryKey())
     .addColumn('policy', 'text', (c) => c.notNull().references('policies.name').onDelete('cascade'))
     .addColumn('client', 'text', (c) => c.notNull().references('clients.name').onDelete('cascade'))
     .addColumn('name', 'text', (c) => c.notNull())
-    .addColumn('next_run', 'bigint')
-    .addColumn('last_run', 'bigint')
+    .addColumn('timing', json, (c) => c.notNull())
+    .addColumn('level', 'text', (c) => c.notNull())
+    .addColumn('lifecycle', 'text')
+    .addColumn('since', 'bigint', (c) => c.notNull())
+    .addColumn('last_slot', 'bigint')
     .addColumn('last_state', 'text')
-    .addColumn('last_job', 'text')
-    .addColumn('window_end', 'bigint')
+    .addColumn('next_run', 'bigint')
+    // Why the scheduler cannot plan it (then next_run is null), as { code, message, hint }.
+    .addColumn('error', json)
+    .addColumn('updated', 'bigint', (c) => c.notNull())
     .addUniqueConstraint('schedules_policy_client_name', ['policy', 'client', 'name'])
     .execute();
   // The scheduler's scan: due schedules (next_run <= now), earliest first.
@@ -136,6 +144,8 @@ export async function up(db: Kysely<any>, context: MigrationContext): Promise<vo
     .addColumn('error', json)
     .addColumn('requested_by', 'text')
     .addColumn('claimed_by', 'text')
+    // A scheduled run's slot (ms): with (policy, client, schedule) the run's identity.
+    .addColumn('slot', 'bigint')
     // The last job_logs.seq handed out: appending a line bumps it under the row's lock.
     .addColumn('log_seq', 'integer', (c) => c.notNull())
     .execute();
@@ -145,6 +155,11 @@ export async function up(db: Kysely<any>, context: MigrationContext): Promise<vo
   await schema.createIndex('jobs_state').on('jobs').columns(['state', 'id']).execute();
   await schema.createIndex('jobs_client').on('jobs').columns(['client', 'id']).execute();
   await schema.createIndex('jobs_policy').on('jobs').columns(['policy', 'id']).execute();
+  // One job per scheduled slot, whatever happens to it (queued, run, missed): the scheduler
+  // queues with INSERT ... ON CONFLICT DO NOTHING, so a decision applied twice (a crash between
+  // queuing and storing the schedule's state, two servers) queues once.
+  await schema.createIndex('jobs_slot').on('jobs').columns(['policy', 'client', 'schedule', 'slot']).unique()
+    .where('slot', 'is not', null).execute();
 
   await schema.createTable('job_logs')
     .addColumn('job_id', 'text', (c) => c.notNull().references('jobs.id').onDelete('cascade'))
