@@ -287,6 +287,12 @@ describe('--json output (docs/json.md)', () => {
     assert.match(String(r.final.message), /agent protocol/);
   });
 
+  it('server refuses --json with a usage error line (its output is its log)', async () => {
+    const r = await json(['server', '--data-dir', join(dir, 'server-data')], env, 2);
+    assert.equal(r.final.code, 'USAGE');
+    assert.match(String(r.final.message), /its log/);
+  });
+
   it('dump refuses --json with a usage error line (its output is the file itself)', async () => {
     const r = await json(['repo', 'dump', 'latest', join(src, 'link')], { ...env, COFFER_PASSWORD: 'not even checked' }, 2);
     assert.equal(r.final.code, 'USAGE');

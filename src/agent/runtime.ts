@@ -10,7 +10,7 @@ import { constants } from 'node:fs';
 import { access, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { CofferError, throwIfAborted, toCofferError } from '../core/errors.ts';
-import { WorkerPool } from '../engine/pool.ts';
+import { WorkerPool, type RepoPool } from '../engine/pool.ts';
 import { backup } from '../jobs/backup.ts';
 import { listSnapshot } from '../jobs/browse.ts';
 import { backupEvents, restoreEvents, type EmitJobEvent } from '../jobs/events.ts';
@@ -125,7 +125,7 @@ export class AgentRuntime {
       if (spec.pre) await runCommand('pre', spec.pre, emit, signal);
       result = await this.withRepo(spec.storage, signal, true, async (repo, pool) => {
         const sel = spec.selection;
-        const res = await backup(repo, pool.context({ keys: repo.keys, chunker: repo.config.chunker, level: repo.config.compressionLevel }), 'paths' in sel ? sel.paths : [], {
+        const res = await backup(repo, pool, 'paths' in sel ? sel.paths : [], {
           signal,
           host: { ...this.options.host, hostname: spec.client },
           parent: spec.parent,
@@ -180,7 +180,7 @@ export class AgentRuntime {
         dryRun: spec.dryRun,
         force: spec.force,
         confirmHost: spec.confirmHost,
-        pool: pool.context({ keys: repo.keys, chunker: repo.config.chunker, level: repo.config.compressionLevel }),
+        pool: pool,
         ...restoreEvents(emit, { bytesTotal: snap.summary?.bytesScanned }),
       });
       for (const n of res.notices) emit({ type: 'log', level: 'warn', message: n });
@@ -210,7 +210,7 @@ export class AgentRuntime {
   }
 
   private async forget(spec: ForgetSpec, emit: EmitJobEvent, signal: AbortSignal): Promise<Record<string, unknown>> {
-    return this.withRepo(spec.storage, signal, false, async (repo) => {
+    return this.withRepo(spec.storage, signal, spec.prune, async (repo, pool) => {
       let forgotten = 0;
       for (const id of spec.snapshots) {
         throwIfAborted(signal);
@@ -220,7 +220,8 @@ export class AgentRuntime {
       }
       emit({ type: 'log', level: 'info', message: `forgot ${forgotten} snapshot(s)` });
       if (!spec.prune) return { forgotten };
-      const res = await prune(repo, { signal, onProgress: (m) => emit({ type: 'log', level: 'info', message: m }) });
+      // Repacking encodes blobs again: the worker pool does it, with this repository's keys.
+      const res = await prune(repo, { signal, encoder: pool, onProgress: (m) => emit({ type: 'log', level: 'info', message: m }) });
       return { forgotten, prune: res as unknown as Record<string, unknown> };
     });
   }
@@ -296,16 +297,22 @@ export class AgentRuntime {
     return new RetryBackend(await openBackend(storage.url, storage.env ? { env: storage.env } : {}));
   }
 
-  private async withRepo<T>(storage: StorageAccess, signal: AbortSignal, needPool: boolean, fn: (repo: Repository, pool: WorkerPool) => Promise<T>): Promise<T> {
+  /**
+   * Opens the repository for the job's length; with needPool, also a view of the worker pool with
+   * the repository's keys, chunker and level (dropped from the workers when the job ends).
+   */
+  private async withRepo<T>(storage: StorageAccess, signal: AbortSignal, needPool: boolean, fn: (repo: Repository, pool: RepoPool) => Promise<T>): Promise<T> {
     const backend = await this.backend(storage);
     try {
       const repo = await Repository.open(backend, storage.password, { signal, cacheDir: this.cacheDir(), sessionTiming: this.options.sessionTiming });
       try {
-        if (!needPool) return await fn(repo, undefined as unknown as WorkerPool);
+        if (!needPool) return await fn(repo, undefined as unknown as RepoPool);
         const pool = await this.acquirePool();
+        const view = pool.context({ keys: repo.keys, chunker: repo.config.chunker, level: repo.config.compressionLevel });
         try {
-          return await fn(repo, pool);
+          return await fn(repo, view);
         } finally {
+          view.close();
           this.releasePool();
         }
       } finally {

@@ -35,8 +35,9 @@ import type { Database, JobsTable, JobLogsTable } from './schema.ts';
 export const JOB_STATES = ['queued', 'running', 'succeeded', 'warnings', 'failed', 'cancelled', 'interrupted', 'missed'] as const;
 export type JobState = (typeof JOB_STATES)[number];
 /** The states a running job ends in through finish(). */
-export type JobOutcome = 'succeeded' | 'warnings' | 'failed' | 'cancelled';
-const OUTCOMES: readonly string[] = ['succeeded', 'warnings', 'failed', 'cancelled'];
+/** 'missed': claimed after its window had closed (a scheduled run the queue could not start in time). */
+export type JobOutcome = 'succeeded' | 'warnings' | 'failed' | 'cancelled' | 'missed';
+const OUTCOMES: readonly string[] = ['succeeded', 'warnings', 'failed', 'cancelled', 'missed'];
 export const LOG_LEVELS = ['debug', 'info', 'warn', 'error'] as const;
 export type LogLevel = (typeof LOG_LEVELS)[number];
 

@@ -220,6 +220,7 @@ export const COMMAND_OUTPUT: Record<string, CommandOutput> = {
   // The file's bytes are the output: --json is refused (docs/json.md).
   'repo dump': { events: [], summary: null },
   'agent stdio': { events: [], summary: null },
+  server: { events: [], summary: null },
   'repo snapshots': { events: ['warning', 'snapshot'], summary: summary({ snapshots: count, warnings: count }) },
   'repo forget': { events: ['notice', 'forget'], summary: summary({ removed: count, dryRun: z.boolean() }) },
   'repo check': {

@@ -19,6 +19,7 @@ import { register as repoRepair } from './cmd_repo_repair.ts';
 import { register as storageValidate } from './cmd_storage_validate.ts';
 import { register as quickstart } from './cmd_quickstart.ts';
 import { register as agent } from './cmd_agent.ts';
+import { register as server } from './cmd_server.ts';
 import { VERSION } from '../core/version.ts';
 
 export { VERSION };
@@ -53,6 +54,7 @@ export function buildProgram(): Command {
   repoPrune(repo);
   repoRepair(repo);
   storageValidate(program);
+  server(program);
   quickstart(program);
   agent(program);
   // Every command, however deep, shares the error handling and exits through main().

@@ -63,7 +63,7 @@ export function backupExecutor(s: Services): JobExecutor {
     if (!job.client || !job.policy) throw new CofferError('USAGE', `Cannot run backup job ${job.id}: it names no client or policy`);
     const notAfter = typeof job.spec.notAfter === 'number' ? job.spec.notAfter : undefined;
     if (notAfter !== undefined && s.now() > notAfter) {
-      return { state: 'failed', error: { code: 'REFUSED', message: `Missed: the backup window closed at ${new Date(notAfter).toISOString()} before the job could start`, hint: 'Widen the window, or raise the storage unit\'s maxJobs or the server\'s job limit.' } };
+      return { state: 'missed', error: { code: 'REFUSED', message: `Missed: the backup window closed at ${new Date(notAfter).toISOString()} before the job could start`, hint: 'Widen the window, or raise the storage unit\'s maxJobs or the server\'s job limit.' } };
     }
     const policy = (await s.catalog.policies.get(job.policy)).spec as PolicyDocument['spec'];
     const schedule = job.schedule ? policy.schedules.find((x) => x.name === job.schedule) : undefined;

@@ -11,17 +11,9 @@ import { CofferError, toCofferError } from '../core/errors.ts';
 import { VERSION } from '../core/version.ts';
 import type { Catalog } from '../catalog/catalog.ts';
 
-export const ROLES = ['admin', 'operator', 'restore', 'auditor'] as const;
-export type Role = (typeof ROLES)[number];
+import type { Principal, Role } from './auth.ts';
 
-/** Who is calling: from a session or API token. */
-export interface Principal {
-  user: string;
-  role: Role;
-  /** A restore operator's grants (see auth.ts). */
-  grants?: unknown;
-  tokenId?: string;
-}
+export type { Principal, Role };
 
 /**
  * Who may call a route. `public`: anyone (login, health, the API description). Otherwise the
@@ -109,7 +101,6 @@ export async function buildHttp(options: HttpOptions): Promise<FastifyInstance> 
     // Behind nothing by default: the source address is the peer's.
     trustProxy: false,
     ajv: undefined,
-    disableRequestLogging: true,
   }).withTypeProvider<ZodTypeProvider>();
   app.setValidatorCompiler(validatorCompiler);
   app.setSerializerCompiler(serializerCompiler);
@@ -217,7 +208,8 @@ export async function buildHttp(options: HttpOptions): Promise<FastifyInstance> 
           params: request.params,
           query: request.query,
           body: request.body,
-          principal: request.principal ?? { user: 'anonymous', role: 'auditor' },
+          // Public routes have no principal; their handlers do not use it.
+          principal: request.principal as Principal,
           source: request.ip,
           request,
           reply,

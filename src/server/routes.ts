@@ -13,14 +13,15 @@ import { KINDS, kindFromName, policyWideRow, tableColumns, tableRow, type Kind, 
 import type { Dispatcher, BusMessage } from './dispatcher.ts';
 import { applyDocuments, getDocument, listDocuments, type SecretStore } from './documents.ts';
 import { restorableCopies } from './executors.ts';
-import { route, ROLES, type Principal, type RequestContext, type Role, type RouteDef } from './http.ts';
+import { parseGrants, ROLES, tokenInfo, type Principal, type Role } from './auth.ts';
+import { route, type RequestContext, type RouteDef } from './http.ts';
 import { runOnAgent, type Services } from './services.ts';
 
 export interface AuthApi {
   login(user: string, password: string, source: string): Promise<{ token: string; expires: number; user: string; role: Role }>;
   logout(principal: Principal): Promise<void>;
   hashPassword(password: string): Promise<string>;
-  createToken(principal: Principal, options: { name: string; role: Role; expiresMs?: number }, source: string): Promise<{ id: string; token: string; expires?: number }>;
+  createToken(principal: Principal, options: { name: string; role: Role; expiresIn?: string }, source: string): Promise<{ id: string; token: string; expires?: number }>;
   revokeToken(principal: Principal, id: string, source: string): Promise<void>;
   /** Undefined when the principal may restore from `fromClient` to `toClient:toPath`; else why not. */
   mayRestore(principal: Principal, target: { fromClient: string; toClient: string; toPath: string }): string | undefined;
@@ -36,8 +37,8 @@ export interface ApiDeps {
   timezone: string;
   /** After documents were applied: schedules follow, the scheduler wakes. */
   onApplied(docs: unknown[]): Promise<void>;
-  /** The next runs of schedules, for `get schedules`. */
-  schedules(filter: { policy?: string; client?: string }): Promise<unknown[]>;
+  /** The next runs of schedules, for `get schedules`: a page. */
+  schedules(filter: { policy?: string; client?: string; limit?: number; cursor?: string }): Promise<unknown>;
 }
 
 const READERS = ['operator', 'auditor'] as const satisfies readonly Role[];
@@ -113,7 +114,7 @@ export function buildRoutes(deps: ApiDeps): RouteDef[] {
     }),
     route({
       method: 'GET', url: '/api/v1/whoami', summary: 'Who the token belongs to', tags: ['session'], rule: { roles: EVERYONE },
-      handler: async (ctx) => ({ user: P(ctx).user, role: P(ctx).role, grants: P(ctx).grants ?? null }),
+      handler: async (ctx) => ({ user: P(ctx).user, role: P(ctx).role, grants: P(ctx).grants, expires: P(ctx).expires ?? null }),
     }),
     route({
       method: 'GET', url: '/api/v1/status', summary: 'Jobs by state, clients and connected agents', tags: ['server'], rule: { roles: EVERYONE },
@@ -197,8 +198,8 @@ export function buildRoutes(deps: ApiDeps): RouteDef[] {
     }),
     route({
       method: 'GET', url: '/api/v1/schedules', summary: 'Schedules with their next runs', tags: ['schedules'], rule: { roles: READERS },
-      query: z.strictObject({ policy: name.optional(), client: name.optional() }),
-      handler: async (ctx) => ({ items: await deps.schedules({ policy: ctx.query.policy, client: ctx.query.client }) }),
+      query: z.strictObject({ policy: name.optional(), client: name.optional(), limit, cursor }),
+      handler: async (ctx) => deps.schedules(ctx.query),
     }),
 
     // ---- jobs ---------------------------------------------------------------------------------
@@ -396,7 +397,7 @@ export function buildRoutes(deps: ApiDeps): RouteDef[] {
       handler: async (ctx) => {
         ctx.auditTarget(`user/${ctx.body.name}`);
         ctx.auditDetails({ role: ctx.body.role });
-        const u = await s.catalog.users.create({ name: ctx.body.name, role: ctx.body.role, passwordHash: await deps.auth.hashPassword(ctx.body.password), grants: ctx.body.grants });
+        const u = await s.catalog.users.create({ name: ctx.body.name, role: ctx.body.role, passwordHash: await deps.auth.hashPassword(ctx.body.password), ...(ctx.body.grants ? { grants: { ...parseGrants(ctx.body.grants) } } : {}) });
         const { passwordHash: _h, ...rest } = u;
         return rest;
       },
@@ -412,7 +413,7 @@ export function buildRoutes(deps: ApiDeps): RouteDef[] {
         if (p.role !== 'admin' && (ctx.params.name !== p.user || Object.keys(ctx.body).some((k) => k !== 'password'))) throw forbidden('only an administrator changes other users, roles, grants or accounts');
         const change = {
           ...(ctx.body.role ? { role: ctx.body.role } : {}),
-          ...(ctx.body.grants ? { grants: ctx.body.grants } : {}),
+          ...(ctx.body.grants ? { grants: { ...parseGrants(ctx.body.grants) } } : {}),
           ...(ctx.body.disabled !== undefined ? { disabled: ctx.body.disabled } : {}),
           ...(ctx.body.password ? { passwordHash: await deps.auth.hashPassword(ctx.body.password) } : {}),
         };
@@ -438,13 +439,13 @@ export function buildRoutes(deps: ApiDeps): RouteDef[] {
         const p = P(ctx);
         const user = p.role === 'admin' ? ctx.query.user : p.user;
         const page = await s.catalog.tokens.list({ user, limit: ctx.query.limit, cursor: ctx.query.cursor });
-        return { items: page.items.map(({ hash: _h, ...t }) => t), ...(page.next ? { next: page.next } : {}) };
+        return { items: page.items.map(tokenInfo), ...(page.next ? { next: page.next } : {}) };
       },
     }),
     route({
       method: 'POST', url: '/api/v1/tokens', summary: 'Create an API token (shown once)', tags: ['users'], rule: { roles: EVERYONE }, status: 201,
-      body: z.strictObject({ name: z.string().min(1).max(255), role: z.enum(ROLES), expiresMs: z.number().int().positive().max(10 * 365 * 86_400_000).optional() }),
-      handler: async (ctx) => deps.auth.createToken(P(ctx), { name: ctx.body.name, role: ctx.body.role, expiresMs: ctx.body.expiresMs }, ctx.source),
+      body: z.strictObject({ name: z.string().min(1).max(255), role: z.enum(ROLES), expires: z.string().max(32).optional() }),
+      handler: async (ctx) => deps.auth.createToken(P(ctx), { name: ctx.body.name, role: ctx.body.role, expiresIn: ctx.body.expires }, ctx.source),
     }),
     route({
       method: 'DELETE', url: '/api/v1/tokens/:id', summary: 'Revoke a token (yours; an admin: any)', tags: ['users'], rule: { roles: EVERYONE },

@@ -1,0 +1,263 @@
+// `coffer server`: everything under one data directory unless told otherwise.
+//
+//   DATA_DIR/catalog.db               the embedded catalog (SQLite, WAL), unless --catalog postgres://...
+//   DATA_DIR/server.key               the key that encrypts the keystore (0600), unless given by the environment
+//   DATA_DIR/keystore.json            repository passwords and other secrets, encrypted
+//   DATA_DIR/initial-admin-password   the first admin's password (0600), written once
+//   DATA_DIR/storage/default          the storage unit `default`
+//   DATA_DIR/agent                    the embedded agent's caches
+//
+// Start: open the catalog, record jobs the last run left running as interrupted (they are queued
+// again), start the embedded agent (the client named after this host), make sure the default
+// storage unit exists, queue a reconcile, then run the scheduler, the queue and the API. Stop
+// (SIGTERM, Ctrl-C): the API stops taking requests, running jobs are told to stop and recorded
+// as interrupted (queued again at the next start), the agent exits, the catalog closes.
+
+import { mkdirSync } from 'node:fs';
+import { hostname } from 'node:os';
+import { join } from 'node:path';
+import type { FastifyInstance } from 'fastify';
+import type { Logger } from 'pino';
+import { CofferError, toCofferError } from '../core/errors.ts';
+import { openCatalog, type Catalog } from '../catalog/catalog.ts';
+import { SchedulerLoop, systemClock, type SchedulerClock } from '../scheduler/loop.ts';
+import type { PolicyDocument } from '../policy/index.ts';
+import { startEmbeddedAgent, type EmbeddedAgent } from './agent-link.ts';
+import { Dispatcher } from './dispatcher.ts';
+import { applyDocuments } from './documents.ts';
+import { backupExecutor, expireExecutor, reconcileExecutor, restoreExecutor } from './executors.ts';
+import { buildHttp, type Principal } from './http.ts';
+import { buildRoutes } from './routes.ts';
+import { AgentRegistry, storageAccessFor, type Services } from './services.ts';
+import { Keystore, resolveSecret } from './keystore.ts';
+import { authenticate, createApiToken, ensureInitialAdmin, hashPassword, login, logout, mayBrowse, mayRestore, revokeToken } from './auth.ts';
+import type { AuthApi } from './routes.ts';
+import { CatalogScheduleStore, syncPolicySchedules, upcoming } from './schedule-store.ts';
+
+export interface ServerOptions {
+  dataDir: string;
+  /** Where the API listens (default 127.0.0.1:7480). */
+  host?: string;
+  port?: number;
+  /** Catalog URL (default: DATA_DIR/catalog.db). */
+  catalog?: string;
+  /** The first admin's password (COFFER_ADMIN_PASSWORD); default a random one written to DATA_DIR. */
+  adminPassword?: string;
+  /** The keystore's key (COFFER_SERVER_KEY / COFFER_SERVER_KEY_FILE); default DATA_DIR/server.key. */
+  serverKey?: Buffer;
+  serverKeyFile?: string;
+  /** The name of this host's client (default: the host name, lower case). */
+  clientName?: string;
+  /** The server's time zone for schedules without one (default: the system's). */
+  timezone?: string;
+  log: Logger;
+  /** Worker threads of the embedded agent while jobs run (default: one per core). */
+  workers?: number;
+  /** Running jobs in all (default 16). */
+  maxJobs?: number;
+  /** The server's clock (tests). */
+  clock?: SchedulerClock;
+  /** Prune a storage unit at most this often (default 24 h). */
+  pruneIntervalMs?: number;
+  /** Environment for the agent and secret references (default process.env). */
+  env?: NodeJS.ProcessEnv;
+}
+
+export interface RunningServer {
+  url: string;
+  app: FastifyInstance;
+  catalog: Catalog;
+  dispatcher: Dispatcher;
+  services: Services;
+  /** The initial admin password when this start created it (print it once). */
+  initialAdminPassword?: string;
+  initialAdminPasswordFile?: string;
+  clientName: string;
+  stop(): Promise<void>;
+}
+
+export async function startServer(options: ServerOptions): Promise<RunningServer> {
+  const log = options.log;
+  const env = options.env ?? process.env;
+  const clock = options.clock ?? systemClock;
+  const now = () => clock.now();
+  const dataDir = options.dataDir;
+  try {
+    mkdirSync(dataDir, { recursive: true, mode: 0o700 });
+  } catch (e) {
+    throw new CofferError('STORAGE_ERROR', `Cannot create the data directory ${dataDir}: ${(e as Error).message}`, { hint: 'Give another --data-dir, or create it with write access for this user.' });
+  }
+  const timezone = options.timezone ?? Intl.DateTimeFormat().resolvedOptions().timeZone;
+  const clientName = (options.clientName ?? hostname()).toLowerCase();
+  const serverName = `server@${hostname()}`;
+
+  const catalog = await openCatalog(options.catalog ?? join(dataDir, 'catalog.db'), { now });
+  const cleanups: Array<() => Promise<void>> = [() => catalog.close()];
+  const cleanup = async () => {
+    for (const c of cleanups.reverse()) await c().catch(() => {});
+  };
+  try {
+    log.info({ catalog: catalog.where, version: catalog.version, migratedFrom: catalog.migratedFrom }, 'catalog open');
+    const keystore = await Keystore.open({ dataDir, key: options.serverKey, keyFile: options.serverKeyFile });
+    const resolve = (ref: string) => resolveSecret(ref, { keystore, env });
+    const admin = await ensureInitialAdmin(catalog, { dataDir, password: options.adminPassword, now });
+
+    const interrupted = await catalog.jobs.interruptRunning();
+    for (const j of interrupted.requeued) log.warn({ job: j.id, kind: j.kind, attempt: j.attempt }, 'job interrupted by the last stop: queued again');
+    for (const j of interrupted.interrupted) log.warn({ job: j.id, kind: j.kind }, 'job interrupted by the last stop: out of attempts');
+
+    const agents = new AgentRegistry();
+    let embedded: EmbeddedAgent | undefined;
+    let stopping = false;
+    const services: Services = {
+      catalog,
+      now,
+      agents,
+      node: () => agents.get(clientName),
+      storageAccess: async (unit) => storageAccessFor(typeof unit === 'string' ? await catalog.storageUnits.get(unit) : unit, resolve),
+    };
+
+    // The embedded agent: this host's client, and the node for storage work. Restarted if it dies.
+    const startAgent = async (): Promise<void> => {
+      const agent = startEmbeddedAgent({ stateDir: join(dataDir, 'agent'), name: clientName, workers: options.workers, env: { ...env } });
+      embedded = agent;
+      const hello = await agent.link.ready;
+      await catalog.clients.upsert({ name: clientName, platform: String(hello.host.os ?? ''), agentId: `embedded@${hello.host.hostname ?? clientName}`, hostIdentity: hello.host });
+      await catalog.clients.seen(clientName);
+      agents.set(clientName, agent.link);
+      log.info({ client: clientName, pid: agent.child.pid }, 'embedded agent connected');
+      void agent.link.closed.then(({ reason }) => {
+        if (stopping) return;
+        log.error({ reason }, 'embedded agent stopped; restarting it in 2 s');
+        setTimeout(() => void startAgent().catch((e) => log.error({ err: toCofferError(e).message }, 'cannot restart the embedded agent')), 2000).unref();
+      });
+    };
+    await startAgent();
+    cleanups.push(async () => {
+      stopping = true;
+      await embedded?.stop();
+    });
+
+    const secrets = {
+      put: (name: string, secret: string) => keystore.put(name, secret),
+      generatePassword: () => keystore.generatePassword(),
+    };
+    const scheduleStore = new CatalogScheduleStore(catalog);
+    const scheduler = new SchedulerLoop(scheduleStore, clock, {
+      timezone,
+      onError: (e, id) => log.error({ schedule: id, err: e.message }, 'scheduler'),
+    });
+    const onApplied = async () => {
+      // Schedules follow the policies as they are now.
+      for (let cursor: string | undefined; ;) {
+        const page = await catalog.policies.list({ limit: 1000, cursor });
+        for (const p of page.items) await syncPolicySchedules(catalog, { apiVersion: 'coffer/v1', kind: 'Policy', metadata: { name: p.name, labels: p.labels }, spec: p.spec } as PolicyDocument, { now: now() });
+        if (!page.next) break;
+        cursor = page.next;
+      }
+      scheduler.wake();
+    };
+
+    // The default storage unit, on first start.
+    if (!(await catalog.storageUnits.find('default'))) {
+      const url = join(dataDir, 'storage', 'default');
+      mkdirSync(url, { recursive: true, mode: 0o700 });
+      const out = await applyDocuments(services, secrets, {
+        documents: [{ apiVersion: 'coffer/v1', kind: 'StorageUnit', metadata: { name: 'default' }, spec: { url, maxJobs: 2 } }],
+        by: 'server', role: 'admin',
+      }, { timezone });
+      for (const w of out.warnings) log.info({ unit: 'default' }, w.message);
+    }
+
+    const dispatcher = new Dispatcher({
+      catalog,
+      name: serverName,
+      globalLimit: options.maxJobs ?? 16,
+      executors: {
+        backup: backupExecutor(services),
+        restore: restoreExecutor(services),
+        expire: expireExecutor(services, { pruneIntervalMs: options.pruneIntervalMs ?? 86_400_000 }),
+        reconcile: reconcileExecutor(services),
+      },
+      onError: (e, job) => log.error({ job: job?.id, err: e.message }, 'queue'),
+    });
+    dispatcher.bus.on('newListener', () => {});
+    await onApplied();
+
+    const auth: AuthApi = {
+      login: async (user, password, source) => {
+        const r = await login(catalog, { user, password, source }, { now });
+        return { token: r.token, expires: r.expires, user: r.user, role: r.role };
+      },
+      logout: (p) => logout(catalog, p, { now }),
+      hashPassword: (pw) => hashPassword(pw),
+      createToken: (p, o, source) => createApiToken(catalog, p, { name: o.name, role: o.role, ...(o.expiresIn ? { expiresIn: o.expiresIn } : {}) }, { source, now }),
+      revokeToken: async (p, id, source) => void (await revokeToken(catalog, p, id, { source, now })),
+      mayRestore: (p, t) => {
+        const d = mayRestore(p, t);
+        return d.allowed ? undefined : d.reason;
+      },
+      mayBrowse: (p, client) => {
+        const d = mayBrowse(p, client);
+        return d.allowed ? undefined : d.reason;
+      },
+    };
+    const app = await buildHttp({
+      catalog,
+      authenticate: (header: string | undefined): Promise<Principal> => authenticate(catalog, header, { now }),
+      routes: buildRoutes({
+        s: services,
+        dispatcher,
+        secrets,
+        auth,
+        timezone,
+        onApplied,
+        schedules: (filter) => upcoming(catalog, { ...filter, now: now(), timezone }),
+      }),
+    });
+
+    // Reconcile at every start: the catalog against what storage holds.
+    await catalog.jobs.enqueue({ kind: 'reconcile', priority: 30, maxAttempts: 1, spec: { apply: false }, requestedBy: 'server' });
+    dispatcher.start();
+    const schedulerStop = new AbortController();
+    const schedulerRun = scheduler.run({ signal: schedulerStop.signal }).catch((e) => log.error({ err: toCofferError(e).message }, 'scheduler stopped'));
+    // Expiry once an hour (and at start): retention runs on the server's clock.
+    const expiryTimer = setInterval(() => void catalog.jobs.enqueue({ kind: 'expire', priority: 5, maxAttempts: 5, spec: {}, requestedBy: 'server' }).then(() => dispatcher.wake(), () => {}), 3_600_000);
+    expiryTimer.unref();
+    await catalog.jobs.enqueue({ kind: 'expire', priority: 5, maxAttempts: 5, spec: {}, requestedBy: 'server' });
+    dispatcher.wake();
+
+    const host = options.host ?? '127.0.0.1';
+    await app.listen({ host, port: options.port ?? 7480 });
+    const address = app.server.address();
+    const port = typeof address === 'object' && address ? address.port : options.port ?? 7480;
+    const url = `http://${host.includes(':') ? `[${host}]` : host}:${port}`;
+    log.info({ url }, 'API listening');
+
+    let stopped: Promise<void> | undefined;
+    return {
+      url,
+      app,
+      catalog,
+      dispatcher,
+      services,
+      clientName,
+      ...(admin.created && admin.password ? { initialAdminPassword: admin.password, initialAdminPasswordFile: admin.passwordFile } : {}),
+      stop: () => (stopped ??= (async () => {
+        log.info('stopping: running jobs are told to stop and will run again after the next start');
+        clearInterval(expiryTimer);
+        schedulerStop.abort();
+        await app.close();
+        await dispatcher.stop();
+        await schedulerRun;
+        const r = await catalog.jobs.interruptRunning({ claimedBy: serverName });
+        if (r.requeued.length + r.interrupted.length) log.info({ interrupted: r.requeued.length + r.interrupted.length }, 'jobs recorded as interrupted');
+        await cleanup();
+        log.info('stopped');
+      })()),
+    };
+  } catch (e) {
+    await cleanup();
+    throw e;
+  }
+}

@@ -1,0 +1,167 @@
+// The server end to end, as an administrator uses it through the API: log in, apply storage, a
+// lifecycle and a policy, back up the server's own host now, list and browse images, restore,
+// export and re-apply with no change, expire, and the first-start defaults.
+import assert from 'node:assert/strict';
+import { mkdir, readFile, stat, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { test } from 'node:test';
+import { toYaml, parseDocuments } from '../src/policy/index.ts';
+import { randomBytes } from '../src/testing/random.ts';
+import { startTestServer } from '../src/testing/server.ts';
+import { tempDir } from '../src/testing/tmp.ts';
+
+type Json = Record<string, any>;
+
+test('first start: admin with the given password, the default storage unit, this host as a client, reconcile queued', async (t) => {
+  const ts = await startTestServer(t);
+  const who = await ts.api<Json>('GET', '/api/v1/whoami');
+  assert.deepEqual([who.status, who.body.user, who.body.role], [200, 'admin', 'admin']);
+  const units = await ts.api<Json>('GET', '/api/v1/documents/storageunits');
+  assert.deepEqual(units.body.items.map((d: Json) => d.metadata.name), ['default']);
+  const clients = await ts.api<Json>('GET', '/api/v1/clients');
+  assert.deepEqual(clients.body.items.map((c: Json) => [c.name, c.connected]), [[ts.server.clientName, true]]);
+  const jobs = await ts.api<Json>('GET', '/api/v1/jobs', { query: { kind: 'reconcile' } });
+  const reconcile = await ts.waitJob(jobs.body.items[0].id);
+  assert.equal(reconcile.state, 'succeeded', JSON.stringify(reconcile));
+  const anon = await ts.api<Json>('GET', '/api/v1/jobs', { token: null });
+  assert.equal(anon.status, 401);
+  assert.equal(anon.body.error.code, 'UNAUTHENTICATED');
+  const openapi = await ts.api<Json>('GET', '/openapi.json', { token: null });
+  assert.equal(openapi.status, 200);
+  assert.ok(openapi.body.paths['/api/v1/images'], 'the OpenAPI document lists the routes');
+});
+
+test('apply, back up now, browse, restore, export round trip and expire, through the API', async (t) => {
+  const dir = await tempDir(t);
+  const src = join(dir, 'www');
+  await mkdir(join(src, 'sub'), { recursive: true });
+  await writeFile(join(src, 'index.html'), '<h1>hello</h1>\n');
+  await writeFile(join(src, 'sub', 'data.bin'), randomBytes(5, 2_000_000));
+  await writeFile(join(src, 'skip.tmp'), 'not backed up');
+  const ts = await startTestServer(t);
+  const client = ts.server.clientName;
+  const primary = join(dir, 'primary');
+  await mkdir(primary);
+  const docs = parseDocuments(`
+apiVersion: coffer/v1
+kind: StorageUnit
+metadata: { name: primary }
+spec: { url: ${primary}, maxJobs: 4 }
+---
+apiVersion: coffer/v1
+kind: Lifecycle
+metadata: { name: standard }
+spec:
+  copies:
+    - { operation: backup, storageUnit: primary, retention: 30d }
+---
+apiVersion: coffer/v1
+kind: Policy
+metadata: { name: web-server, labels: { owner: web-team } }
+spec:
+  clients: [${client}]
+  selections:
+    - paths: [${src}]
+      exclude: ["*.tmp"]
+    - command: printf 'dump of shop\\n'
+      filename: shop.sql
+  schedules:
+    # Only on 29 February: no scheduled run interferes with the runs this test starts.
+    - { name: leap, level: incremental, calendar: "0 1 29 2 *" }
+  lifecycle: standard
+  maxStreams: 2
+`, { file: 'site.yaml' }).map((d) => d.document);
+
+  const dry = await ts.api<Json>('POST', '/api/v1/apply', { body: { documents: docs, dryRun: true } });
+  assert.equal(dry.status, 200, JSON.stringify(dry.body));
+  assert.deepEqual(dry.body.changes.map((c: Json) => c.action), ['created', 'created', 'created']);
+  assert.equal((await ts.api<Json>('GET', '/api/v1/documents/policy/web-server')).status, 404, 'a dry run applies nothing');
+  const applied = await ts.api<Json>('POST', '/api/v1/apply', { body: { documents: docs } });
+  assert.equal(applied.status, 200, JSON.stringify(applied.body));
+
+  // Export and apply again: nothing changes.
+  const exported = [];
+  for (const kind of ['storageunits', 'lifecycles', 'policies']) exported.push(...(await ts.api<Json>('GET', `/api/v1/documents/${kind}`)).body.items);
+  const yaml = toYaml(exported.filter((d: Json) => d.metadata.name !== 'default'));
+  const again = await ts.api<Json>('POST', '/api/v1/diff', { body: { documents: parseDocuments(yaml).map((d) => d.document) } });
+  assert.deepEqual(again.body.changes.map((c: Json) => c.action), ['unchanged', 'unchanged', 'unchanged'], yaml);
+
+  const schedules = await ts.api<Json>('GET', '/api/v1/schedules', { query: { policy: 'web-server' } });
+  assert.equal(schedules.status, 200, JSON.stringify(schedules.body));
+  assert.equal(schedules.body.items.length, 1);
+
+  // A backup now, then an incremental one.
+  const started = await ts.api<Json>('POST', '/api/v1/backups', { body: { policy: 'web-server', level: 'full' } });
+  assert.equal(started.status, 202, JSON.stringify(started.body));
+  const job: Json = await ts.waitJob(started.body.jobs[0].id);
+  assert.equal(job.state, 'succeeded', JSON.stringify(job));
+  assert.ok(job.result.scannedBytes >= 2_000_000);
+  assert.equal(job.result.streams, 2);
+  await writeFile(join(src, 'index.html'), '<h1>hello again</h1>\n');
+  const second: Json = await ts.waitJob((await ts.api<Json>('POST', '/api/v1/backups', { body: { policy: 'web-server' } })).body.jobs[0].id);
+  assert.equal(second.state, 'succeeded', JSON.stringify(second));
+  assert.ok(second.result.newBytes < 100_000, `the incremental reads only what changed: ${second.result.newBytes}`);
+  const logs = await ts.api<Json>('GET', `/api/v1/jobs/${second.id}/logs`);
+  assert.ok(logs.body.items.some((l: Json) => /parent/.test(l.message)), JSON.stringify(logs.body.items));
+
+  const images = await ts.api<Json>('GET', '/api/v1/images', { query: { client } });
+  assert.equal(images.body.items.length, 2, JSON.stringify(images.body.items.map((i: Json) => [i.policy, i.schedule, i.level, i.state, i.jobId])));
+  const newest = images.body.items[0];
+  assert.equal(newest.state, 'ok');
+  const detail = await ts.api<Json>('GET', `/api/v1/images/${newest.id}`);
+  assert.equal(detail.body.copies[0].storageUnit, 'primary');
+  assert.ok(detail.body.copies[0].expires > Date.now() + 29 * 86_400_000);
+
+  // Browse: find the paths stream, then list the directory.
+  let files: Json[] = [];
+  for (const stream of Object.keys(newest.streams)) {
+    const b = await ts.api<Json>('GET', `/api/v1/images/${newest.id}/browse`, { query: { stream, path: src } });
+    if (b.status === 200) files = b.body.items;
+  }
+  assert.deepEqual(files.map((f) => f.name).sort(), ['index.html', 'sub']);
+
+  // Restore to another directory of the same host.
+  const to = join(dir, 'restored');
+  const r = await ts.api<Json>('POST', '/api/v1/restores', { body: { image: newest.id, toClient: client, toPath: to } });
+  assert.equal(r.status, 202, JSON.stringify(r.body));
+  const rj = await ts.waitJob(r.body.id);
+  assert.equal(rj.state, 'succeeded', JSON.stringify(rj));
+  assert.equal(await readFile(join(to, src, 'index.html'), 'utf8'), '<h1>hello again</h1>\n');
+  assert.deepEqual(await readFile(join(to, src, 'sub', 'data.bin')), randomBytes(5, 2_000_000));
+  assert.equal(await readFile(join(to, 'shop.sql'), 'utf8'), 'dump of shop\n');
+  await assert.rejects(stat(join(to, src, 'skip.tmp')), /ENOENT/);
+
+  // Expire the older image: its copy and snapshots go.
+  const older = images.body.items[1];
+  const ex = await ts.api<Json>('DELETE', `/api/v1/images/${older.id}`);
+  assert.equal(ex.status, 202, JSON.stringify(ex.body));
+  const exJob = await ts.waitJob(ex.body.job.id);
+  assert.equal(exJob.state, 'succeeded', JSON.stringify(exJob));
+  assert.equal((await ts.api<Json>('GET', `/api/v1/images/${older.id}`)).status, 404);
+  assert.equal((await ts.api<Json>('GET', '/api/v1/images', { query: { client } })).body.items.length, 1);
+
+  // The audit log has the changes with who and the outcome.
+  const audit = await ts.api<Json>('GET', '/api/v1/audit', { query: { action: 'documents.apply' } });
+  assert.ok(audit.body.items.some((a: Json) => a.actor === 'admin' && a.outcome === 'ok'));
+  const restores = await ts.api<Json>('GET', '/api/v1/audit', { query: { action: 'restore.start' } });
+  assert.equal(restores.body.items[0].details.toPath, to);
+});
+
+test('bad documents are refused whole, naming the document, the path and what is wrong', async (t) => {
+  const ts = await startTestServer(t);
+  const r = await ts.api<Json>('POST', '/api/v1/apply', {
+    body: {
+      documents: [
+        { apiVersion: 'coffer/v1', kind: 'Lifecycle', metadata: { name: 'ok' }, spec: { copies: [{ operation: 'backup', storageUnit: 'default', retention: '30d' }] } },
+        { apiVersion: 'coffer/v1', kind: 'Policy', metadata: { name: 'p' }, spec: { clients: ['no-such-host'], selections: [{ paths: ['/etc'] }], schedules: [{ name: 'd', level: 'full', calendar: '0 1 * * *' }], lifecycle: 'missing' } },
+      ],
+    },
+  });
+  assert.equal(r.status, 422, JSON.stringify(r.body));
+  assert.match(r.body.error.message, /Policy\/p/);
+  assert.match(r.body.error.message, /spec\.lifecycle/);
+  assert.equal((await ts.api<Json>('GET', '/api/v1/documents/lifecycle/ok')).status, 404, 'nothing was applied');
+  const bad = await ts.api<Json>('POST', '/api/v1/apply', { body: { documents: 'nope' } });
+  assert.equal(bad.status, 400);
+  assert.match(bad.body.error.message, /body\.documents/);
+});
