@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import { test } from 'node:test';
 import { toYaml, parseDocuments } from '../src/policy/index.ts';
 import { randomBytes } from '../src/testing/random.ts';
-import { startTestServer } from '../src/testing/server.ts';
+import { startTestServer } from '../src/server/test-server.ts';
 import { tempDir } from '../src/testing/tmp.ts';
 
 type Json = Record<string, any>;

@@ -5,7 +5,7 @@
 // contexts; the pool exists only while jobs run, so an idle agent stays small.
 
 import { spawn } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { constants } from 'node:fs';
 import { access, stat } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -62,6 +62,8 @@ export interface JobOutcome {
 /** Pre and post commands: default time limit, and how much of their output goes to the log. */
 const DEFAULT_COMMAND_TIMEOUT = 3_600_000;
 const COMMAND_OUTPUT_LIMIT = 64 * 1024;
+/** How long a repository opened for browsing stays open without use. */
+const SHARED_IDLE_MS = 60_000;
 
 export class AgentRuntime {
   private readonly options: AgentRuntimeOptions;
@@ -69,6 +71,7 @@ export class AgentRuntime {
   private users = 0;
   private idleTimer: NodeJS.Timeout | undefined;
   private closed = false;
+  private readonly shared = new Map<string, { opened: Promise<{ repo: Repository; backend: Backend }>; users: number; timer: NodeJS.Timeout | undefined }>();
 
   constructor(options: AgentRuntimeOptions) {
     this.options = options;
@@ -113,6 +116,11 @@ export class AgentRuntime {
   /** Stops taking jobs and closes the worker pool once running jobs have ended. */
   async close(): Promise<void> {
     this.closed = true;
+    for (const [key, h] of this.shared) {
+      clearTimeout(h.timer);
+      this.shared.delete(key);
+      void h.opened.then(({ repo, backend }) => repo.close().finally(() => backend.close()), () => {});
+    }
     if (this.users === 0) await this.closePool();
   }
 
@@ -269,9 +277,8 @@ export class AgentRuntime {
 
   private async list(spec: ListSpec, signal: AbortSignal): Promise<Record<string, unknown>> {
     const notes: string[] = [];
-    return this.withRepo(spec.storage, signal, false, async (repo) => {
+    return this.withSharedRepo(spec.storage, signal, async (repo) => {
       const snap = await loadSnapshot(repo, spec.snapshot, { signal });
-      await repo.loadIndex({ signal, onUnreadable: (id, e) => notes.push(`index file ${id.slice(0, 12)} is unreadable (${e.message}) and was left out`) });
       const entries: Array<Record<string, unknown>> = [];
       let more = false;
       for await (const e of listSnapshot(repo, snap.tree, spec.path || '/', { signal })) {
@@ -284,7 +291,7 @@ export class AgentRuntime {
         entries.push({ path: e.path, name: n.name, type: n.type, mode: n.mode, size: n.size ?? 0, mtimeNs: n.mtimeNs, user: n.user, group: n.group, ...(n.linkTarget !== undefined ? { linkTarget: n.linkTarget } : {}) });
       }
       return { entries, more, notes };
-    });
+    }, (id, e) => notes.push(`index file ${id.slice(0, 12)} is unreadable (${e.message}) and was left out`));
   }
 
   // ---- plumbing --------------------------------------------------------------------------------
@@ -301,6 +308,48 @@ export class AgentRuntime {
    * Opens the repository for the job's length; with needPool, also a view of the worker pool with
    * the repository's keys, chunker and level (dropped from the workers when the job ends).
    */
+  /**
+   * For reads that answer a person waiting (browse, snapshot lists): a repository handle kept
+   * open between jobs for SHARED_IDLE_MS, so that a listing does not pay the key derivation and
+   * the index load each time. Each use brings the index up to date (a listing of index files)
+   * before it reads.
+   */
+  private async withSharedRepo<T>(storage: StorageAccess, signal: AbortSignal, fn: (repo: Repository) => Promise<T>, onUnreadable?: (id: string, e: CofferError) => void): Promise<T> {
+    const key = createHash('sha256').update(JSON.stringify([storage.url, storage.password, storage.env ?? null])).digest('hex');
+    let h = this.shared.get(key);
+    if (!h) {
+      const opened = (async () => {
+        const backend = await this.backend(storage);
+        try {
+          return { backend, repo: await Repository.open(backend, storage.password, { cacheDir: this.cacheDir(), sessionTiming: this.options.sessionTiming }) };
+        } catch (e) {
+          await backend.close();
+          throw e;
+        }
+      })();
+      h = { opened, users: 0, timer: undefined };
+      this.shared.set(key, h);
+      opened.catch(() => this.shared.delete(key));
+    }
+    const handle = h;
+    handle.users++;
+    clearTimeout(handle.timer);
+    try {
+      const { repo } = await handle.opened;
+      await repo.loadIndex({ signal, ...(onUnreadable ? { onUnreadable } : {}) });
+      return await fn(repo);
+    } finally {
+      if (--handle.users === 0 && this.shared.get(key) === handle) {
+        handle.timer = setTimeout(() => {
+          if (handle.users > 0 || this.shared.get(key) !== handle) return;
+          this.shared.delete(key);
+          void handle.opened.then(({ repo, backend }) => repo.close().finally(() => backend.close()), () => {});
+        }, SHARED_IDLE_MS);
+        handle.timer.unref();
+      }
+    }
+  }
+
   private async withRepo<T>(storage: StorageAccess, signal: AbortSignal, needPool: boolean, fn: (repo: Repository, pool: RepoPool) => Promise<T>): Promise<T> {
     const backend = await this.backend(storage);
     try {

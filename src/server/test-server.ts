@@ -5,7 +5,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pino } from 'pino';
-import { startServer, type RunningServer, type ServerOptions } from '../server/server.ts';
+import { startServer, type RunningServer, type ServerOptions } from './server.ts';
 
 export const TEST_ADMIN_PASSWORD = 'test admin password 1';
 
