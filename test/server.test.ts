@@ -120,6 +120,11 @@ spec:
   }
   assert.deepEqual(files.map((f) => f.name).sort(), ['index.html', 'sub']);
 
+  // Find a file across the client's images.
+  const found = await ts.api<Json>('GET', '/api/v1/find', { query: { pattern: '*.html', client } });
+  assert.equal(found.status, 200, JSON.stringify(found.body));
+  assert.deepEqual(found.body.items.map((m: Json) => [m.image, m.path]).sort(), images.body.items.map((i: Json) => [i.id, join(src, 'index.html')]).sort());
+
   // Restore to another directory of the same host.
   const to = join(dir, 'restored');
   const r = await ts.api<Json>('POST', '/api/v1/restores', { body: { image: newest.id, toClient: client, toPath: to } });

@@ -111,6 +111,14 @@ export const listSpec = z.strictObject({
 });
 export type ListSpec = z.infer<typeof listSpec>;
 
+export const findSpec = z.strictObject({
+  storage: storageAccess,
+  snapshots: z.array(z.string().regex(/^[0-9a-f]{64}$/)).min(1).max(100_000),
+  pattern: z.string().min(1).max(4096),
+  limit: z.number().int().positive().max(100_000),
+});
+export type FindSpec = z.infer<typeof findSpec>;
+
 export const JOB_SPECS = {
   backup: backupSpec,
   restore: restoreSpec,
@@ -119,6 +127,7 @@ export const JOB_SPECS = {
   init: initSpec,
   probe: probeSpec,
   list: listSpec,
+  find: findSpec,
 } as const;
 export type AgentJobKind = keyof typeof JOB_SPECS;
 export type AgentJobSpec<K extends AgentJobKind> = z.infer<(typeof JOB_SPECS)[K]>;

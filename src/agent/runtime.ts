@@ -12,9 +12,9 @@ import { join } from 'node:path';
 import { CofferError, throwIfAborted, toCofferError } from '../core/errors.ts';
 import { WorkerPool, type RepoPool } from '../engine/pool.ts';
 import { backup } from '../jobs/backup.ts';
-import { listSnapshot } from '../jobs/browse.ts';
+import { findInSnapshots, listSnapshot } from '../jobs/browse.ts';
 import { backupEvents, restoreEvents, type EmitJobEvent } from '../jobs/events.ts';
-import { restore } from '../jobs/restore.ts';
+import { describeHost, restore } from '../jobs/restore.ts';
 import { prune } from '../repository/prune.ts';
 import { Repository } from '../repository/repository.ts';
 import type { SessionTiming } from '../repository/session.ts';
@@ -30,6 +30,7 @@ import {
   type BackupSpec,
   type CommandSpec,
   type DoneState,
+  type FindSpec,
   type ForgetSpec,
   type InitSpec,
   type JobError,
@@ -110,6 +111,7 @@ export class AgentRuntime {
       case 'init': return this.init(parseJobSpec('init', raw), signal);
       case 'probe': return this.probe(parseJobSpec('probe', raw), signal);
       case 'list': return this.list(parseJobSpec('list', raw), signal);
+      case 'find': return this.find(parseJobSpec('find', raw), signal);
     }
   }
 
@@ -179,6 +181,8 @@ export class AgentRuntime {
   private async restore(spec: RestoreSpec, emit: EmitJobEvent, signal: AbortSignal): Promise<Record<string, unknown>> {
     return this.withRepo(spec.storage, signal, true, async (repo, pool) => {
       const snap = await loadSnapshot(repo, spec.snapshot, { signal });
+      // The pre-flight a person reads first: which host's data goes onto which host, where.
+      emit({ type: 'log', level: 'info', message: `restoring snapshot ${spec.snapshot.slice(0, 12)} of ${snap.time}${spec.dryRun ? ' (dry run)' : ''} from host ${describeHost(snap.host)} onto host ${describeHost(this.options.host)} at ${spec.targetPath}` });
       const res = await restore(repo, snap, spec.targetPath, {
         signal,
         targetHost: this.options.host,
@@ -194,6 +198,8 @@ export class AgentRuntime {
       for (const n of res.notices) emit({ type: 'log', level: 'warn', message: n });
       return {
         target: res.target,
+        sourceHost: snap.host,
+        targetHost: this.options.host,
         dryRun: res.dryRun,
         created: res.created,
         overwritten: res.overwritten,
@@ -292,6 +298,32 @@ export class AgentRuntime {
       }
       return { entries, more, notes };
     }, (id, e) => notes.push(`index file ${id.slice(0, 12)} is unreadable (${e.message}) and was left out`));
+  }
+
+  private async find(spec: FindSpec, signal: AbortSignal): Promise<Record<string, unknown>> {
+    return this.withSharedRepo(spec.storage, signal, async (repo) => {
+      const refs = [];
+      const unreadable: Array<{ snapshot: string; error: string }> = [];
+      for (const id of spec.snapshots) {
+        try {
+          refs.push({ id, snapshot: await loadSnapshot(repo, id, { signal }) });
+        } catch (e) {
+          const err = toCofferError(e);
+          if (err.code === 'CANCELLED') throw err;
+          unreadable.push({ snapshot: id, error: err.message });
+        }
+      }
+      const matches: Array<Record<string, unknown>> = [];
+      let more = false;
+      for await (const m of findInSnapshots(repo, refs, spec.pattern, { signal })) {
+        if (matches.length === spec.limit) {
+          more = true;
+          break;
+        }
+        matches.push({ snapshot: m.snapshot, time: m.time, path: m.path, type: m.node.type, size: m.node.size ?? 0, mtimeNs: m.node.mtimeNs });
+      }
+      return { matches, more, unreadable, warnings: unreadable.length };
+    });
   }
 
   // ---- plumbing --------------------------------------------------------------------------------

@@ -216,9 +216,12 @@ export function buildRoutes(deps: ApiDeps): RouteDef[] {
         if (b.client && !policy.clients.includes(b.client)) throw new CofferError('USAGE', `Policy ${b.policy} does not protect client ${b.client}`, { hint: `Its clients: ${policy.clients.join(', ')}.` });
         const clients = b.client ? [b.client] : policy.clients;
         const level = b.level ?? (b.schedule ? undefined : 'incremental');
+        // The unit the backup writes to, so that the queue holds it to the unit's maxJobs.
+        const lifecycle = policy.schedules.find((x) => x.name === b.schedule)?.lifecycle ?? policy.lifecycle;
+        const unit = lifecycle ? ((await s.catalog.lifecycles.find(lifecycle))?.spec as { copies?: Array<{ storageUnit: string }> } | undefined)?.copies?.[0]?.storageUnit : undefined;
         const jobs: Job[] = [];
         for (const client of clients) {
-          jobs.push(await s.catalog.jobs.enqueue({ kind: 'backup', client, policy: b.policy, schedule: b.schedule, priority: 10, spec: { ...(level ? { level } : {}), adHoc: true }, requestedBy: P(ctx).user }));
+          jobs.push(await s.catalog.jobs.enqueue({ kind: 'backup', client, policy: b.policy, schedule: b.schedule, storageUnit: unit, priority: 10, spec: { ...(level ? { level } : {}), adHoc: true }, requestedBy: P(ctx).user }));
         }
         dispatcher.wake();
         return { jobs };
@@ -328,6 +331,40 @@ export function buildRoutes(deps: ApiDeps): RouteDef[] {
       },
     }),
     route({
+      method: 'GET', url: '/api/v1/find', summary: 'Files matching a name or path pattern in a client\'s images, newest first', tags: ['images'], rule: { roles: EVERYONE },
+      query: z.strictObject({ pattern: z.string().min(1).max(4096), client: name, policy: name.optional(), since: time, images: z.coerce.number().int().min(1).max(1000).optional(), limit }),
+      handler: async (ctx) => {
+        const q = ctx.query;
+        const why = deps.auth.mayBrowse(P(ctx), q.client);
+        if (why) throw forbidden(why);
+        const images = (await s.catalog.images.list({ client: q.client, policy: q.policy, since: q.since, state: 'ok', limit: q.images ?? 100 })).items;
+        // One agent job per storage unit, over the snapshots of the images' best copies there.
+        const byUnit = new Map<string, { snapshots: string[]; image: Map<string, string> }>();
+        for (const image of images) {
+          const copy = (await restorableCopies(s, image))[0];
+          if (!copy) continue;
+          const u = byUnit.get(copy.storageUnit) ?? { snapshots: [], image: new Map<string, string>() };
+          for (const snap of Object.values(copy.snapshots)) {
+            u.snapshots.push(snap);
+            u.image.set(snap, image.id);
+          }
+          byUnit.set(copy.storageUnit, u);
+        }
+        const limit = q.limit ?? 1000;
+        const items: Array<Record<string, unknown>> = [];
+        const unreadable: unknown[] = [];
+        let more = false;
+        for (const [unit, u] of byUnit) {
+          if (items.length >= limit) break;
+          const r = await runOnAgent(s.node(), 'find', { storage: await s.storageAccess(unit), snapshots: u.snapshots, pattern: q.pattern, limit: limit - items.length }, { signal: AbortSignal.timeout(300_000) });
+          for (const m of r.matches as Array<Record<string, unknown>>) items.push({ image: u.image.get(m.snapshot as string), ...m });
+          unreadable.push(...(r.unreadable as unknown[]));
+          if (r.more) more = true;
+        }
+        return { items, more, imagesSearched: images.length, unreadable };
+      },
+    }),
+    route({
       method: 'POST', url: '/api/v1/restores', summary: 'Restore an image onto a client (a job; dryRun shows what would happen)', tags: ['images'], rule: { roles: ['restore'] }, audit: 'restore.start', status: 202,
       body: z.strictObject({
         image: id, toClient: name, toPath: z.string().min(1).max(4096).startsWith('/'),
@@ -342,7 +379,9 @@ export function buildRoutes(deps: ApiDeps): RouteDef[] {
         const why = deps.auth.mayRestore(P(ctx), { fromClient: image.client, toClient: b.toClient, toPath: b.toPath });
         if (why) throw forbidden(why);
         if (!(await s.catalog.clients.find(b.toClient))) throw new CofferError('NOT_FOUND', `No client ${b.toClient} is registered`, { hint: 'See `coffer get clients`.' });
-        const job = await s.catalog.jobs.enqueue({ kind: 'restore', client: b.toClient, priority: 20, maxAttempts: 1, spec: { ...b }, requestedBy: P(ctx).user });
+        const copy = (await restorableCopies(s, image))[0];
+        if (!copy) throw new CofferError('NOT_FOUND', `Cannot restore image ${image.id}: it has no copy in state ok or suspect`, { hint: 'Run `coffer catalog reconcile` to see what storage holds.' });
+        const job = await s.catalog.jobs.enqueue({ kind: 'restore', client: b.toClient, storageUnit: copy.storageUnit, priority: 20, maxAttempts: 1, spec: { ...b }, requestedBy: P(ctx).user });
         dispatcher.wake();
         return job;
       },

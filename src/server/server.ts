@@ -147,13 +147,17 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
       timezone,
       onError: (e, id) => log.error({ schedule: id, err: e.message }, 'scheduler'),
     });
-    const onApplied = async () => {
-      // Schedules follow the policies as they are now.
-      for (let cursor: string | undefined; ;) {
-        const page = await catalog.policies.list({ limit: 1000, cursor });
-        for (const p of page.items) await syncPolicySchedules(catalog, { apiVersion: 'coffer/v1', kind: 'Policy', metadata: { name: p.name, labels: p.labels }, spec: p.spec } as PolicyDocument, { now: now() });
-        if (!page.next) break;
-        cursor = page.next;
+    /** Schedules follow the policies: those just applied, or (no argument) all of them. */
+    const onApplied = async (docs?: unknown[]) => {
+      if (docs) {
+        for (const d of docs as PolicyDocument[]) if (d.kind === 'Policy') await syncPolicySchedules(catalog, d, { now: now() });
+      } else {
+        for (let cursor: string | undefined; ;) {
+          const page = await catalog.policies.list({ limit: 1000, cursor });
+          for (const p of page.items) await syncPolicySchedules(catalog, { metadata: { name: p.name, labels: p.labels }, spec: p.spec as PolicyDocument['spec'] }, { now: now() });
+          if (!page.next) break;
+          cursor = page.next;
+        }
       }
       scheduler.wake();
     };
