@@ -129,7 +129,9 @@ export function backupExecutor(s: Services): JobExecutor {
     }
     const got = Object.keys(streams).length;
     const state = stopped || got === 0 ? 'failed' : failures.length ? 'partial' : 'ok';
-    if ((result.newBytes ?? 0) > 0) result.dedupRatio = (result.scannedBytes ?? 0) / result.newBytes!;
+    // As the catalog defines it: what was read against what was written (dedup and compression).
+    if ((result.storedBytes ?? 0) > 0) result.dedupRatio = (result.scannedBytes ?? 0) / result.storedBytes!;
+    ctx.emit({ type: 'progress', files: result.files as number, bytes: result.scannedBytes, bytesNew: result.newBytes });
     result.durationMs = s.now() - started;
     // Settled in one transaction with its copy: an image is 'ok' only with its snapshots committed.
     await s.catalog.transaction(async (tx) => {

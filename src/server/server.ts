@@ -125,7 +125,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
       await catalog.clients.upsert({ name: clientName, platform: String(hello.host.os ?? ''), agentId: `embedded@${hello.host.hostname ?? clientName}`, hostIdentity: hello.host });
       await catalog.clients.seen(clientName);
       agents.set(clientName, agent.link);
-      log.info({ client: clientName, pid: agent.child.pid }, 'embedded agent connected');
+      log.info({ client: clientName, agentPid: agent.child.pid }, 'embedded agent connected');
       void agent.link.closed.then(({ reason }) => {
         if (stopping) return;
         log.error({ reason }, 'embedded agent stopped; restarting it in 2 s');
