@@ -13,9 +13,9 @@
 // (SIGTERM, Ctrl-C): the API stops taking requests, running jobs are told to stop and recorded
 // as interrupted (queued again at the next start), the agent exits, the catalog closes.
 
-import { mkdirSync } from 'node:fs';
+import { mkdirSync, statSync } from 'node:fs';
 import { hostname } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import type { FastifyInstance } from 'fastify';
 import type { Logger } from 'pino';
 import { CofferError, toCofferError } from '../core/errors.ts';
@@ -76,6 +76,25 @@ export interface RunningServer {
   stop(): Promise<void>;
 }
 
+/**
+ * mkdir -p, one level at a time: Node's recursive mkdirSync never returns for some paths (under
+ * /proc it spins), and a data directory given by mistake must fail with a message, not hang.
+ */
+function makeDirs(path: string): void {
+  try {
+    mkdirSync(path, { mode: 0o700 });
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === 'EEXIST') {
+      if (!statSync(path).isDirectory()) throw new CofferError('USAGE', `Cannot use ${path} as a directory: it is a file`);
+      return;
+    }
+    if (code !== 'ENOENT' || dirname(path) === path) throw e;
+    makeDirs(dirname(path));
+    mkdirSync(path, { mode: 0o700 });
+  }
+}
+
 export async function startServer(options: ServerOptions): Promise<RunningServer> {
   const log = options.log;
   const env = options.env ?? process.env;
@@ -83,7 +102,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
   const now = () => clock.now();
   const dataDir = options.dataDir;
   try {
-    mkdirSync(dataDir, { recursive: true, mode: 0o700 });
+    makeDirs(dataDir);
   } catch (e) {
     throw new CofferError('STORAGE_ERROR', `Cannot create the data directory ${dataDir}: ${(e as Error).message}`, { hint: 'Give another --data-dir, or create it with write access for this user.' });
   }
@@ -165,7 +184,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
     // The default storage unit, on first start.
     if (!(await catalog.storageUnits.find('default'))) {
       const url = join(dataDir, 'storage', 'default');
-      mkdirSync(url, { recursive: true, mode: 0o700 });
+      makeDirs(url);
       const out = await applyDocuments(services, secrets, {
         documents: [{ apiVersion: 'coffer/v1', kind: 'StorageUnit', metadata: { name: 'default' }, spec: { url, maxJobs: 2 } }],
         by: 'server', role: 'admin',
