@@ -1,6 +1,8 @@
 // Runs the real `coffer` CLI in a child process (the same Node that runs the tests).
 import { spawn } from 'node:child_process';
 import { join } from 'node:path';
+import type { Command } from 'commander';
+import { buildProgram } from '../src/cli/main.ts';
 
 export const MAIN = join(import.meta.dirname, '..', 'src', 'cli', 'main.ts');
 
@@ -37,3 +39,22 @@ export function runCli(args: string[], options: { env?: Record<string, string>; 
     });
   });
 }
+
+/** The commands that do something (leaves of the command tree), as paths below `coffer`. */
+export function leafCommands(c: Command, prefix: string[] = []): string[] {
+  return c.commands.flatMap((s) => (s.commands.length ? leafCommands(s, [...prefix, s.name()]) : [[...prefix, s.name()].join(' ')]));
+}
+
+/** The command that `args` runs (its leading words), or undefined if they name no leaf command. */
+export function commandOf(args: string[]): string | undefined {
+  let c: Command = buildProgram();
+  const words: string[] = [];
+  for (const a of args) {
+    const sub = c.commands.find((s) => s.name() === a);
+    if (!sub) break;
+    words.push(a);
+    c = sub;
+  }
+  return c.commands.length === 0 && words.length ? words.join(' ') : undefined;
+}
+

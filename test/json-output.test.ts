@@ -8,32 +8,14 @@ import { execFileSync } from 'node:child_process';
 import { mkdtemp, readdir, readFile, rm, stat, truncate, writeFile, mkdir } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { Command } from 'commander';
 import { buildProgram } from '../src/cli/main.ts';
 import { COMMAND_OUTPUT, LINE_TYPES, checkJsonOutput } from '../src/cli/json-schema.ts';
-import { runCli } from './cli.ts';
+import { commandOf, leafCommands, runCli } from './cli.ts';
 import { makeSourceTree } from './helpers.ts';
+import { SERVER_COMMANDS } from './server-commands.ts';
 
 /** Commands that need no --json test here, with the reason. */
-const EXEMPT: Record<string, string> = {};
-
-/** The commands that do something (leaves of the command tree), as paths below `coffer`. */
-function leafCommands(c: Command, prefix: string[] = []): string[] {
-  return c.commands.flatMap((s) => (s.commands.length ? leafCommands(s, [...prefix, s.name()]) : [[...prefix, s.name()].join(' ')]));
-}
-
-/** The command that `args` runs (its leading words), or undefined if they name no leaf command. */
-function commandOf(args: string[]): string | undefined {
-  let c: Command = buildProgram();
-  const words: string[] = [];
-  for (const a of args) {
-    const sub = c.commands.find((s) => s.name() === a);
-    if (!sub) break;
-    words.push(a);
-    c = sub;
-  }
-  return c.commands.length === 0 && words.length ? words.join(' ') : undefined;
-}
+const EXEMPT: Record<string, string> = Object.fromEntries(SERVER_COMMANDS.map((c) => [c, 'run with --json in test/server-cli.test.ts']));
 
 type Line = Record<string, unknown> & { type: string };
 const ran = new Set<string>();

@@ -43,6 +43,12 @@ export class Output {
   readonly json: boolean;
   private pending: Record<string, unknown> | undefined;
   private ended = false;
+  /**
+   * The exit code of a run that did its job but whose result says something a script acts on
+   * (`coffer diff`: 1 when there are changes; a command that waited for a job: that job's end).
+   * Such a run ends with its summary, never an error line. 0 unless setExitCode() changed it.
+   */
+  private result = 0;
   constructor(json: boolean) {
     this.json = json;
   }
@@ -81,6 +87,13 @@ export class Output {
     const h = human?.();
     const text = Array.isArray(h) ? h.join('\n') : h;
     if (text) process.stdout.write(text + '\n');
+  }
+  /** Sets the exit code of a run that succeeds with a result that is not plain success (see `result`). */
+  setExitCode(code: number): void {
+    this.result = code;
+  }
+  get exitCode(): number {
+    return this.result;
   }
   /** A message for a person (human mode only, on stderr). */
   info(text: string): void {
@@ -155,7 +168,8 @@ function readPasswordFile(path: string): string {
   }
 }
 
-async function prompt(question: string): Promise<string> {
+/** Asks on the terminal without echoing what is typed (passwords). */
+export async function prompt(question: string): Promise<string> {
   const stdin = process.stdin;
   process.stderr.write(question);
   return new Promise((resolve, reject) => {

@@ -38,6 +38,25 @@ const nodeFields = {
   sparse: z.literal(true).optional(),
 };
 
+/** The API's objects (docs/server.md), as the server-side commands print them. */
+const apiDocument = z.looseObject({ apiVersion: z.string(), kind: z.string(), metadata: z.looseObject({ name: z.string() }) });
+const apiJob = z.looseObject({
+  id: z.string(),
+  kind: z.string(),
+  state: z.enum(['queued', 'running', 'succeeded', 'warnings', 'failed', 'cancelled', 'interrupted', 'missed']),
+  client: z.string().optional(),
+  policy: z.string().optional(),
+  queued: count,
+  started: count.optional(),
+  ended: count.optional(),
+  result: z.record(z.string(), z.unknown()).optional(),
+  error: z.record(z.string(), z.unknown()).optional(),
+});
+const apiImage = z.looseObject({ id: z.string(), client: z.string(), policy: z.string(), level: z.string(), time: count, state: z.string(), streams: z.record(z.string(), z.string()) });
+// Never a password hash nor a token's hash: the checks say so.
+const apiUser = z.looseObject({ name: z.string(), role: z.string(), created: count }).refine((u) => !('passwordHash' in u), 'a user must not carry its password hash');
+const apiToken = z.looseObject({ id: z.string(), name: z.string(), user: z.string(), kind: z.string(), created: count }).refine((t) => !('hash' in t) && !('token' in t), 'a listed token must not carry its secret or hash');
+
 /** Every line a command prints before its final line, by `type`. */
 export const EVENT_LINES = {
   progress: z.strictObject({
@@ -115,6 +134,29 @@ export const EVENT_LINES = {
   }),
   affected: z.strictObject({ type: z.literal('affected'), snapshot: id, path: z.string(), blob: id }),
   check: z.strictObject({ type: z.literal('check'), name: z.string(), ok: z.boolean(), ms: z.number().nonnegative(), error: z.string().optional() }),
+  // The server-side commands (API clients) print the API's objects inside their lines, checked
+  // for the documented fields: the server may add fields (docs/server.md).
+  apply: z.strictObject({
+    type: z.literal('apply'),
+    id: z.string(),
+    kind: z.string(),
+    name: z.string(),
+    action: z.enum(['created', 'changed', 'unchanged', 'deleted']),
+    fields: z.array(z.string()).optional(),
+    diff: z.string().optional(),
+    dryRun: z.boolean(),
+  }),
+  document: z.strictObject({ type: z.literal('document'), document: apiDocument }),
+  schedule: z.strictObject({ type: z.literal('schedule'), schedule: z.looseObject({ policy: z.string(), client: z.string(), name: z.string(), level: z.string(), runs: z.array(z.looseObject({ slot: z.number(), start: z.number(), end: z.number() })) }) }),
+  client: z.strictObject({ type: z.literal('client'), client: z.looseObject({ name: z.string(), connected: z.boolean() }), document: apiDocument.optional() }),
+  job: z.strictObject({ type: z.literal('job'), job: apiJob }),
+  log: z.strictObject({ type: z.literal('log'), job: z.string(), seq: count, time: count, level: z.string(), message: z.string(), data: z.record(z.string(), z.unknown()).optional() }),
+  jobProgress: z.strictObject({ type: z.literal('jobProgress'), job: z.string(), progress: z.record(z.string(), z.unknown()) }),
+  image: z.strictObject({ type: z.literal('image'), image: apiImage }),
+  browseEntry: z.strictObject({ type: z.literal('browseEntry'), entry: z.looseObject({ path: z.string(), name: z.string(), type: z.string(), size: count.optional(), mtimeNs: z.string().optional() }) }),
+  user: z.strictObject({ type: z.literal('user'), user: apiUser }),
+  token: z.strictObject({ type: z.literal('token'), token: apiToken }),
+  audit: z.strictObject({ type: z.literal('audit'), entry: z.looseObject({ id: count, time: count, actor: z.string(), action: z.string(), outcome: z.enum(['ok', 'denied', 'failed']), target: z.string().optional() }) }),
 } as const;
 
 export type EventType = keyof typeof EVENT_LINES;
@@ -124,8 +166,12 @@ export type EventLine = { [K in EventType]: z.infer<(typeof EVENT_LINES)[K]> }[E
 const exitCode = z.number().int().nonnegative();
 /** The final lines: exactly one of them ends every run, and it carries the process exit code. */
 export const FINAL_LINES = {
-  /** Success (exitCode 0) or completed with warnings (3); the fields depend on the command. */
-  summary: z.looseObject({ type: z.literal('summary'), exitCode: z.union([z.literal(0), z.literal(3)]) }),
+  /**
+   * Success (exitCode 0) or completed with warnings (3); the fields depend on the command. A few
+   * commands end with a summary and another exit code that is their answer, not an error
+   * (`diff`: 1 when there are changes; commands that wait for a job: how it ended).
+   */
+  summary: z.looseObject({ type: z.literal('summary'), exitCode }),
   error: z.strictObject({
     type: z.literal('error'),
     code: z.enum(ERROR_CODES),
@@ -143,6 +189,9 @@ export const LINE_TYPES = [...Object.keys(EVENT_LINES), ...Object.keys(FINAL_LIN
 
 const restoreCounts = z.strictObject({ files: count, dirs: count, symlinks: count, hardlinks: count, special: count, bytes: count });
 const summary = <S extends z.ZodRawShape>(shape: S) => z.strictObject({ type: z.literal('summary'), exitCode: z.union([z.literal(0), z.literal(3)]), ...shape });
+/** The summary of a command that waited for jobs: exit 0 succeeded, 3 warnings, 1 failed (or interrupted, missed), 130 cancelled. */
+const jobsSummary = z.strictObject({ type: z.literal('summary'), exitCode: z.union([z.literal(0), z.literal(1), z.literal(3), z.literal(130)]), jobs: z.array(apiJob) });
+const JOB_LINES: EventType[] = [];
 
 export interface CommandOutput {
   /** The event lines the command may print before its final line. */
@@ -290,6 +339,39 @@ export const COMMAND_OUTPUT: Record<string, CommandOutput> = {
     }),
   },
   'storage validate': { events: ['check'], summary: summary({ location: z.string(), passed: count, failed: z.literal(0) }) },
+  login: { events: [], summary: summary({ server: z.string(), user: z.string(), role: z.string(), expires: count, loginFile: z.string() }) },
+  logout: { events: [], summary: summary({ loggedOut: z.boolean(), server: z.string().optional(), revoked: z.boolean().optional(), loginFile: z.string().optional() }) },
+  apply: { events: ['apply', 'problem'], summary: summary({ created: count, changed: count, unchanged: count, problems: count, dryRun: z.boolean() }) },
+  diff: {
+    events: ['apply', 'problem'],
+    summary: z.strictObject({ type: z.literal('summary'), exitCode: z.union([z.literal(0), z.literal(1)]), created: count, changed: count, unchanged: count, problems: count })
+      .refine((s) => (s.exitCode === 1) === (s.created + s.changed > 0), 'exitCode is 1 exactly when something would be created or changed'),
+  },
+  get: {
+    events: ['document', 'client', 'schedule', 'job', 'image'],
+    summary: z.union([summary({ kind: z.string(), count }), summary({ jobs: count }), summary({ images: count })]),
+  },
+  delete: { events: [], summary: summary({ deleted: z.string() }) },
+  'backup now': { events: JOB_LINES, summary: jobsSummary },
+  'jobs list': { events: ['job'], summary: summary({ jobs: count }) },
+  'jobs show': { events: [], summary: summary({ job: apiJob }) },
+  'jobs logs': { events: ['log', 'jobProgress'], summary: summary({ job: z.string(), state: z.string(), lines: count }) },
+  'jobs cancel': { events: [], summary: summary({ job: apiJob }) },
+  'jobs wait': { events: JOB_LINES, summary: jobsSummary },
+  'jobs retry': { events: JOB_LINES, summary: jobsSummary },
+  images: { events: ['image'], summary: summary({ images: count }) },
+  browse: { events: ['browseEntry'], summary: summary({ image: z.string(), stream: z.string(), streams: z.array(z.string()), path: z.string(), entries: count }) },
+  restore: { events: JOB_LINES, summary: jobsSummary },
+  'users list': { events: ['user'], summary: summary({ users: count }) },
+  'users add': { events: [], summary: summary({ user: apiUser }) },
+  'users set': { events: [], summary: summary({ user: apiUser }) },
+  'users remove': { events: [], summary: summary({ deleted: z.string() }) },
+  'tokens list': { events: ['token'], summary: summary({ tokens: count }) },
+  'tokens create': { events: [], summary: summary({ id: z.string(), name: z.string(), role: z.string(), token: z.string().startsWith('cof_'), expires: count.optional() }) },
+  'tokens revoke': { events: [], summary: summary({ revoked: z.string() }) },
+  audit: { events: ['audit'], summary: summary({ entries: count }) },
+  'catalog reconcile': { events: JOB_LINES, summary: jobsSummary },
+  expire: { events: JOB_LINES, summary: jobsSummary },
   quickstart: {
     events: ['warning'],
     summary: summary({ repository: z.string(), created: z.boolean(), snapshot: id, snapshots: count, check: z.enum(['ok', 'failed']), warnings: count }),

@@ -20,6 +20,14 @@ import { register as storageValidate } from './cmd_storage_validate.ts';
 import { register as quickstart } from './cmd_quickstart.ts';
 import { register as agent } from './cmd_agent.ts';
 import { register as server } from './cmd_server.ts';
+import { register as login } from './cmd_login.ts';
+import { register as apply } from './cmd_apply.ts';
+import { register as get } from './cmd_get.ts';
+import { register as backup } from './cmd_backup.ts';
+import { register as jobs } from './cmd_jobs.ts';
+import { register as images } from './cmd_images.ts';
+import { register as users } from './cmd_users.ts';
+import { register as catalog } from './cmd_catalog.ts';
 import { VERSION } from '../core/version.ts';
 
 export { VERSION };
@@ -55,6 +63,15 @@ export function buildProgram(): Command {
   repoRepair(repo);
   storageValidate(program);
   server(program);
+  // The server's commands: clients of its API.
+  login(program);
+  apply(program);
+  get(program);
+  backup(program);
+  jobs(program);
+  images(program);
+  users(program);
+  catalog(program);
   quickstart(program);
   agent(program);
   // Every command, however deep, shares the error handling and exits through main().
@@ -82,8 +99,10 @@ export async function main(argv: string[]): Promise<number> {
   }
   try {
     await program.parseAsync(argv, { from: 'user' });
-    out.end(0);
-    return 0;
+    // 0, or what the command's result set (diff found changes, a waited-for job failed).
+    const code = out.exitCode;
+    out.end(code);
+    return code;
   } catch (e) {
     if (e instanceof CommanderError) {
       if (e.code === 'commander.version') out.endWith({ type: 'version', version: VERSION });

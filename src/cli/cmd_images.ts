@@ -1,0 +1,113 @@
+// `coffer images`, `coffer browse` and `coffer restore`: the backups the server's catalog knows
+// (an image: one backup of a client by a policy, a snapshot per selection, one or more copies),
+// the files in one, and restoring one onto a client (a job; --wait exits as it ended).
+
+import type { Command } from 'commander';
+import type { Image } from '../catalog/images.ts';
+import { collect, formatBytes, output, parseIntOption, type Output } from './context.ts';
+import type { ApiClient } from './api.ts';
+import { waitAndReport } from './cmd_jobs.ts';
+import { apiFor, describeJob, localTime, serverOption, sinceOption, table, type Job, apiLine } from './remote.ts';
+
+export interface ImageFilter {
+  client?: string;
+  policy?: string;
+  since?: string;
+  state?: string;
+  limit?: string;
+}
+
+/** Lists images (newest first) as `image` lines or a table; shared with `coffer get images`. */
+export async function listImages(api: ApiClient, out: Output, o: ImageFilter): Promise<Image[]> {
+  const max = o.limit === undefined ? 100 : parseIntOption('--limit', o.limit, 1, 100_000);
+  const images = await api.listAll<Image>('/api/v1/images', { client: o.client, policy: o.policy, state: o.state, since: sinceOption(o.since) }, max);
+  for (const image of images) out.item(apiLine({ type: 'image', image }));
+  out.summary({ images: images.length }, () => table(['ID', 'TIME', 'CLIENT', 'POLICY', 'SCHEDULE', 'LEVEL', 'STATE', 'STREAMS', 'SIZE'], images.map((i) => {
+    const bytes = (i.summary as { scannedBytes?: unknown } | undefined)?.scannedBytes;
+    return [i.id, localTime(i.time), i.client, i.policy, i.schedule ?? '-', i.level, i.state, String(Object.keys(i.streams).length), typeof bytes === 'number' ? formatBytes(bytes) : '-'];
+  })));
+  return images;
+}
+
+export function imageFilterOptions(cmd: Command): Command {
+  return cmd
+    .option('--client <name>', 'only images of this client (a restore operator must give it)')
+    .option('--policy <name>', 'only images made by this policy')
+    .option('--since <duration>', 'only images of the last 7d, 12h, ...')
+    .option('--state <state>', 'only images in this state: pending, ok, partial, failed')
+    .option('--limit <n>', 'at most this many, newest first (default 100)');
+}
+
+interface BrowseEntry {
+  path: string;
+  name: string;
+  type: string;
+  mode?: number;
+  size?: number;
+  mtimeNs?: string;
+  user?: string;
+  group?: string;
+  linkTarget?: string;
+}
+
+export function register(program: Command): void {
+  serverOption(imageFilterOptions(program.command('images').description('list images (backups) in the catalog, newest first')))
+    .action(async (o: ImageFilter, cmd: Command) => {
+      await listImages(apiFor(cmd), output(cmd), o);
+    });
+
+  serverOption(program
+    .command('browse <image> [path]')
+    .description('list a directory of an image (default /)')
+    .option('--stream <key>', 'which of the image\'s streams (selections) to browse (default its first)'))
+    .action(async (image: string, path: string | undefined, o: { stream?: string }, cmd: Command) => {
+      const out = output(cmd);
+      const api = apiFor(cmd);
+      const entries: BrowseEntry[] = [];
+      let head: { image: string; stream: string; streams: string[]; path: string } | undefined;
+      for (let after: string | undefined; ;) {
+        const page = await api.request<{ image: string; stream: string; streams: string[]; path: string; items: BrowseEntry[]; next?: string }>('GET', `/api/v1/images/${encodeURIComponent(image)}/browse`, { query: { path: path ?? '/', stream: o.stream, after, limit: 1000 } });
+        head ??= page;
+        entries.push(...page.items);
+        for (const entry of page.items) out.item(apiLine({ type: 'browseEntry', entry }));
+        if (!page.next) break;
+        after = page.next;
+      }
+      const h = head!;
+      if (h.streams.length > 1 && !o.stream) out.info(`note: stream ${h.stream} (the image has ${h.streams.length}: ${h.streams.join(', ')}; choose with --stream)`);
+      out.summary({ image: h.image, stream: h.stream, streams: h.streams, path: h.path, entries: entries.length }, () => table(['TYPE', 'SIZE', 'MODIFIED', 'OWNER', 'NAME'], entries.map((e) => [
+        e.type,
+        e.type === 'file' ? formatBytes(e.size ?? 0) : '-',
+        e.mtimeNs ? localTime(Number(BigInt(e.mtimeNs) / 1_000_000n)) : '-',
+        `${e.user ?? '-'}:${e.group ?? '-'}`,
+        `${e.name}${e.type === 'dir' ? '/' : ''}${e.linkTarget !== undefined ? ` -> ${e.linkTarget}` : ''}`,
+      ])));
+    });
+
+  serverOption(program
+    .command('restore <image>')
+    .description('restore an image onto a client (a job on the server)')
+    .requiredOption('--to-client <name>', 'the client to restore onto')
+    .requiredOption('--to-path <dir>', 'the directory on that client to restore into (absolute)')
+    .option('--include <pattern>', 'only paths matching (repeatable)', collect)
+    .option('--exclude <pattern>', 'leave out paths matching (repeatable)', collect)
+    .option('--overwrite <when>', 'existing files: never, if-changed or always')
+    .option('--dry-run', 'only show what would happen (the job\'s result says)')
+    .option('--force', 'restore onto another host than the image\'s (needs --confirm-host)')
+    .option('--confirm-host <name>', 'with --force: the target client\'s name again')
+    .option('--wait', 'wait until the restore ends; exit 0 succeeded, 3 with warnings, 1 failed, 130 cancelled'))
+    .action(async (image: string, o: { toClient: string; toPath: string; include?: string[]; exclude?: string[]; overwrite?: string; dryRun?: boolean; force?: boolean; confirmHost?: string; wait?: boolean }, cmd: Command) => {
+      const out = output(cmd);
+      const api = apiFor(cmd);
+      const job = await api.request<Job>('POST', '/api/v1/restores', {
+        body: {
+          image, toClient: o.toClient, toPath: o.toPath,
+          ...(o.include ? { include: o.include } : {}), ...(o.exclude ? { exclude: o.exclude } : {}),
+          ...(o.overwrite ? { overwrite: o.overwrite } : {}), ...(o.dryRun ? { dryRun: true } : {}),
+          ...(o.force ? { force: true } : {}), ...(o.confirmHost ? { confirmHost: o.confirmHost } : {}),
+        },
+      });
+      if (o.wait) return waitAndReport(api, out, [job], (ended) => ({ jobs: ended }));
+      out.summary({ jobs: [job] }, () => [`queued ${describeJob(job)}`, `Follow it with: coffer jobs logs ${job.id} --follow`]);
+    });
+}

@@ -1,0 +1,10 @@
+// The CLI's server-side commands (API clients): run with --json in test/server-cli.test.ts
+// against a real server, so test/json-output.test.ts exempts them with that reason.
+export const SERVER_COMMANDS = [
+  'login', 'logout', 'apply', 'diff', 'get', 'delete', 'backup now',
+  'jobs list', 'jobs show', 'jobs logs', 'jobs cancel', 'jobs wait', 'jobs retry',
+  'images', 'browse', 'restore',
+  'users list', 'users add', 'users set', 'users remove',
+  'tokens list', 'tokens create', 'tokens revoke',
+  'audit', 'catalog reconcile', 'expire',
+] as const;
