@@ -8,7 +8,7 @@ import { mkdir, readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { checkJsonOutput, COMMAND_OUTPUT } from '../src/cli/json-schema.ts';
-import { startTestServer, TEST_ADMIN_PASSWORD } from '../src/testing/server.ts';
+import { startTestServer, TEST_ADMIN_PASSWORD } from '../src/server/test-server.ts';
 import { tempDir } from '../src/testing/tmp.ts';
 import { randomBytes } from '../src/testing/random.ts';
 import { commandOf, runCli } from './cli.ts';

@@ -909,6 +909,9 @@ async function readCommandOrStream(src: StreamSource, read: StreamReader, signal
         child!.on('close', (code, sig) => resolve({ code, sig }));
       })
     : undefined;
+  // A cancelled job aborts the child (an AbortError on 'error') while the read fails first and
+  // nobody awaits `exited`: handled here, or it would end the process as an unhandled rejection.
+  exited?.catch(() => {});
   // Pull-based reads from the stream into the reader's buffers.
   const iterator = stream[Symbol.asyncIterator]() as AsyncIterator<Buffer>;
   let pending: Buffer | undefined;
