@@ -7,11 +7,9 @@ import { existsSync, writeFileSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
 import type { Command } from 'commander';
-import { pino, type Logger } from 'pino';
-import pretty from 'pino-pretty';
+import type { Logger } from 'pino';
 import { CofferError } from '../core/errors.ts';
 import { VERSION } from '../core/version.ts';
-import { startServer } from '../server/server.ts';
 import { output } from './context.ts';
 
 export function defaultDataDir(env: NodeJS.ProcessEnv = process.env): string {
@@ -96,6 +94,8 @@ the next start.`)
       const maxJobs = Number(o.maxJobs);
       if (!Number.isInteger(maxJobs) || maxJobs < 1 || maxJobs > 10_000) throw new CofferError('USAGE', `Cannot use --max-jobs ${o.maxJobs}: give a whole number from 1 to 10000`);
       const dataDir = o.dataDir ?? defaultDataDir(env);
+      // Loaded here, not at start-up: every other command would pay for the server's modules.
+      const [{ startServer }, { pino }, { default: pretty }] = await Promise.all([import('../server/server.ts'), import('pino'), import('pino-pretty')]);
       const log: Logger = process.stderr.isTTY
         ? pino({ level: env.COFFER_LOG_LEVEL ?? 'info' }, pretty({ colorize: true, destination: 2, ignore: 'pid,hostname' }))
         : pino({ level: env.COFFER_LOG_LEVEL ?? 'info' }, pino.destination(2));
