@@ -411,7 +411,7 @@ export function buildRoutes(deps: ApiDeps): RouteDef[] {
       },
     }),
     route({
-      method: 'POST', url: '/api/v1/catalog/reconcile', summary: 'Compare the catalog with every storage unit (apply: import unknown snapshots, admin)', tags: ['server'], rule: { roles: ['auditor'] }, audit: 'catalog.reconcile', status: 202,
+      method: 'POST', url: '/api/v1/catalog/reconcile', summary: 'Compare the catalog with every storage unit (apply: import unknown snapshots, admin)', tags: ['server'], rule: { roles: READERS }, audit: 'catalog.reconcile', status: 202,
       body: z.strictObject({ apply: z.boolean().optional() }),
       handler: async (ctx) => {
         if (ctx.body.apply && P(ctx).role !== 'admin') throw forbidden('importing snapshots into the catalog (--apply) needs the admin role');
