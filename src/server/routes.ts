@@ -177,13 +177,15 @@ export function buildRoutes(deps: ApiDeps): RouteDef[] {
         const k = ctx.params.kind as Kind;
         ctx.auditTarget(`${k}/${ctx.params.name}`);
         await s.catalog.transaction(async (tx) => {
-          if (k === 'Policy') {
-            await tx.policies.remove(ctx.params.name, { by: P(ctx).user });
-            await deps.onApplied([]);
-          } else if (k === 'Lifecycle') await tx.lifecycles.remove(ctx.params.name, { by: P(ctx).user });
+          if (k === 'Policy') await tx.policies.remove(ctx.params.name, { by: P(ctx).user });
+          else if (k === 'Lifecycle') await tx.lifecycles.remove(ctx.params.name, { by: P(ctx).user });
           else if (k === 'StorageUnit') await tx.storageUnits.remove(ctx.params.name, { by: P(ctx).user });
           else await tx.clients.remove(ctx.params.name, { by: P(ctx).user });
         });
+        // After the commit: onApplied() works on the catalog itself, and waiting for it inside the
+        // transaction waited forever for the transaction's own lock. (The policy's schedules went
+        // with it: ON DELETE CASCADE.)
+        if (k === 'Policy') await deps.onApplied([]);
         return { deleted: `${k}/${ctx.params.name}` };
       },
     }),
