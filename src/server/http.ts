@@ -101,6 +101,16 @@ export async function buildHttp(options: HttpOptions): Promise<FastifyInstance> 
     // Behind nothing by default: the source address is the peer's.
     trustProxy: false,
     ajv: undefined,
+    // Path parameters up to 255 characters (a name), percent-encoded: find-my-way's default of 100
+    // would refuse a long but valid name before its schema could say anything.
+    routerOptions: { maxParamLength: 4096 },
+    // What fastify refuses before routing (a URL it cannot decode, a parameter over that length)
+    // answers in the one error shape too.
+    frameworkErrors: (error, _request, reply) => {
+      const status = (error as { statusCode?: number }).statusCode ?? 400;
+      const r = reply as unknown as FastifyReply;
+      void r.code(status >= 400 && status < 500 ? status : 400).send(errorBody(new CofferError('USAGE', `Invalid request: ${error.message}`, { hint: 'Percent-encode path parameters (encodeURIComponent); see /openapi.json for the routes.' })));
+    },
   }).withTypeProvider<ZodTypeProvider>();
   app.setValidatorCompiler(validatorCompiler);
   app.setSerializerCompiler(serializerCompiler);
