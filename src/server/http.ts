@@ -85,6 +85,12 @@ export function errorBody(e: CofferError): { error: Record<string, unknown> } {
   return { error: { code: e.code, message: e.message, ...(e.hint ? { hint: e.hint } : {}), ...(e.details ? { details: e.details } : {}) } };
 }
 
+/** Retry-After (seconds) on a RATE_LIMITED answer that says how long to wait (details.retryAfterS). */
+function retryAfter(reply: FastifyReply, e: CofferError): void {
+  const s = e.details?.retryAfterS;
+  if (e.code === 'RATE_LIMITED' && typeof s === 'number' && Number.isFinite(s)) reply.header('retry-after', String(Math.max(1, Math.ceil(s))));
+}
+
 function describeValidation(err: { validation?: Array<{ instancePath?: string; message?: string; params?: { issue?: { path?: PropertyKey[]; message?: string } } }>; validationContext?: string }): string {
   const where = err.validationContext ?? 'request';
   const issues = (err.validation ?? []).slice(0, 5).map((v) => {
@@ -162,6 +168,7 @@ export async function buildHttp(options: HttpOptions): Promise<FastifyInstance> 
     if (status >= 500) request.log.error({ err: error, url: request.url }, e.message);
     const action = request.routeOptions.config?.audit;
     if (action && status !== 401 && status !== 403) await audit(request, 'failed', action, { error: e.code });
+    retryAfter(reply, e);
     reply.code(status);
     return errorBody(e);
   });
@@ -184,6 +191,7 @@ export async function buildHttp(options: HttpOptions): Promise<FastifyInstance> 
       const err = toCofferError(e);
       if (err.code !== 'UNAUTHENTICATED' && err.code !== 'RATE_LIMITED') throw err;
       await audit(request, 'denied', 'auth', { reason: err.message });
+      retryAfter(reply, err);
       reply.code(err.httpStatus);
       return reply.send(errorBody(err));
     }
