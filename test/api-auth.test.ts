@@ -6,7 +6,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { tokenHash } from '../src/server/auth.ts';
-import { startTestServer, TEST_ADMIN_PASSWORD } from '../src/testing/server.ts';
+import { startTestServer, TEST_ADMIN_PASSWORD } from '../src/server/test-server.ts';
 import { assertErrorShape, createRoleUsers, mintToken, ROLE_USERS, routeTable, type Json } from './api.ts';
 
 test('failed logins through the API: 401 five times, then 429 RATE_LIMITED with retryAfterS and Retry-After, even with the right password', async (t) => {

@@ -12,7 +12,7 @@ import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import fc from 'fast-check';
-import { startTestServer } from '../src/testing/server.ts';
+import { startTestServer } from '../src/server/test-server.ts';
 import { tempDir } from '../src/testing/tmp.ts';
 import { assertErrorShape, jsonOf, mintToken, type Json } from './api.ts';
 import { deepJson, garbageFor, garbageParam, validValue, type Hints, type JsonSchema } from './json-schema-arbitrary.ts';

@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { authenticate, type Role } from '../src/server/auth.ts';
 import { buildHttp } from '../src/server/http.ts';
-import { startTestServer, type TestServer } from '../src/testing/server.ts';
+import { startTestServer, type TestServer } from '../src/server/test-server.ts';
 import { assertErrorShape, createRoleUsers, jsonOf, mintToken, registeredRoutes, ROLE_USERS, routeTable, type Json } from './api.ts';
 
 const ROLES = ['admin', 'operator', 'restore', 'auditor'] as const satisfies readonly Role[];
@@ -48,6 +48,7 @@ const EXPECTED: Record<string, 'public' | readonly Role[]> = {
   'GET /api/v1/images': ALL, // restore: granted clients only
   'GET /api/v1/images/:id': ALL,
   'GET /api/v1/images/:id/browse': ALL,
+  'GET /api/v1/find': ALL, // restore: granted clients only
   'POST /api/v1/restores': ['admin', 'restore'],
   'DELETE /api/v1/images/:id': ADMIN,
   'POST /api/v1/expire': ADMIN,

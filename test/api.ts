@@ -6,7 +6,7 @@ import type { FastifyInstance } from 'fastify';
 import { newTokenSecret, tokenHash, type Role } from '../src/server/auth.ts';
 import type { Rule } from '../src/server/http.ts';
 import { buildRoutes, type ApiDeps } from '../src/server/routes.ts';
-import type { TestServer } from '../src/testing/server.ts';
+import type { TestServer } from '../src/server/test-server.ts';
 
 export type Json = Record<string, any>;
 
