@@ -110,7 +110,9 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
   const clientName = (options.clientName ?? hostname()).toLowerCase();
   const serverName = `server@${hostname()}`;
 
-  const catalog = await openCatalog(options.catalog ?? join(dataDir, 'catalog.db'), { now });
+  // COFFER_JOB_RETRY_BASE_MS: the first retry's backoff (default 1 min, doubling); tests shorten it.
+  const retryBaseMs = Number(env.COFFER_JOB_RETRY_BASE_MS);
+  const catalog = await openCatalog(options.catalog ?? join(dataDir, 'catalog.db'), { now, ...(retryBaseMs > 0 ? { retry: { baseMs: retryBaseMs } } : {}) });
   const cleanups: Array<() => Promise<void>> = [() => catalog.close()];
   const cleanup = async () => {
     for (const c of cleanups.reverse()) await c().catch(() => {});
