@@ -254,13 +254,25 @@ export function expireExecutor(s: Services, options: { pruneIntervalMs: number }
 }
 
 export interface ReconcileReport {
-  units: Array<{ unit: string; snapshots: number; unknown: Array<{ id: string; time: string; host: string; paths: string[]; image?: string }>; lost: string[]; imported: number; error?: string }>;
+  units: Array<{
+    unit: string;
+    snapshots: number;
+    unknown: Array<{ id: string; time: string; host: string; paths: string[]; image?: string }>;
+    lost: string[];
+    imported: number;
+    /** Snapshots committed by a backup whose image failed (its server was killed): recorded as an expired copy of that image, for the expiry to forget. */
+    leftovers: Array<{ id: string; image: string }>;
+    error?: string;
+  }>;
 }
 
 /**
  * The reconcile job (spec { apply? }): compares every storage unit's snapshots with the copies
  * the catalog records. Copies whose snapshots are gone are marked lost (always: they cannot be
- * restored, whatever else happens). Snapshots the catalog does not know are listed, and with
+ * restored, whatever else happens). Snapshots the catalog does not know whose `image=` tag names
+ * a failed image are what a backup committed before its server was killed: they are recorded
+ * (always) as an expired copy of that image, which the next expiry forgets, taking the image
+ * with it. Other snapshots the catalog does not know are listed, and with
  * `apply` imported as images of the client named by their host (created if unknown) under the
  * policy named by their tag, or `imported`.
  */
@@ -271,7 +283,7 @@ export function reconcileExecutor(s: Services): JobExecutor {
     for (let cursor: string | undefined; ;) {
       const page = await s.catalog.storageUnits.list({ limit: 1000, cursor });
       for (const unit of page.items) {
-        const entry: ReconcileReport['units'][number] = { unit: unit.name, snapshots: 0, unknown: [], lost: [], imported: 0 };
+        const entry: ReconcileReport['units'][number] = { unit: unit.name, snapshots: 0, unknown: [], lost: [], imported: 0, leftovers: [] };
         report.units.push(entry);
         try {
           const storage = await s.storageAccess(unit);
@@ -297,6 +309,11 @@ export function reconcileExecutor(s: Services): JobExecutor {
           for (const snap of stored) {
             if (known.has(snap.id)) continue;
             const tag = (name: string) => snap.tags.find((t) => t.startsWith(`${name}=`))?.slice(name.length + 1);
+            const owner = tag('image') ? await s.catalog.images.find(tag('image')!) : undefined;
+            if (owner?.state === 'failed') {
+              entry.leftovers.push({ id: snap.id, image: owner.id });
+              continue;
+            }
             entry.unknown.push({ id: snap.id, time: snap.time, host: snap.host.hostname, paths: snap.paths, ...(tag('image') ? { image: tag('image') } : {}) });
             if (!apply) continue;
             const client = snap.host.hostname.toLowerCase();
@@ -307,6 +324,12 @@ export function reconcileExecutor(s: Services): JobExecutor {
               await tx.copies.add(image.id, { storageUnit: unit.name, snapshots: { imported: snap.id }, state: 'ok', expires: null });
             });
             entry.imported++;
+          }
+          const byImage = new Map<string, string[]>();
+          for (const l of entry.leftovers) byImage.set(l.image, [...(byImage.get(l.image) ?? []), l.id]);
+          for (const [imageId, ids] of byImage) {
+            await s.catalog.copies.add(imageId, { storageUnit: unit.name, snapshots: Object.fromEntries(ids.map((id, i) => [`leftover-${i}`, id])), state: 'expired', expires: s.now() });
+            ctx.log('info', `${unit.name}: ${ids.length} snapshot(s) of image ${imageId}, whose backup was interrupted, recorded as an expired copy: the next expiry forgets them`);
           }
           if (entry.unknown.length) ctx.log(apply ? 'info' : 'warn', `${unit.name}: ${entry.unknown.length} snapshot(s) the catalog did not know${apply ? ', imported' : ' (run `coffer catalog reconcile --apply` to import them)'}`);
         } catch (e) {

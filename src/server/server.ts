@@ -126,6 +126,21 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
     const interrupted = await catalog.jobs.interruptRunning();
     for (const j of interrupted.requeued) log.warn({ job: j.id, kind: j.kind, attempt: j.attempt }, 'job interrupted by the last stop: queued again');
     for (const j of interrupted.interrupted) log.warn({ job: j.id, kind: j.kind }, 'job interrupted by the last stop: out of attempts');
+    // A backup killed with its server (SIGKILL, power loss) left its image pending: no running
+    // job will settle it now, so it failed. What it committed before dying is in storage without
+    // a copy record: reconcile records those snapshots as an expired copy of this image, and the
+    // expiry forgets them (executors.ts).
+    for (let cursor: string | undefined; ;) {
+      const page = await catalog.images.list({ state: 'pending', limit: 1000, cursor });
+      for (const image of page.items) {
+        const job = image.jobId ? await catalog.jobs.find(image.jobId) : undefined;
+        if (job?.state === 'running') continue;
+        await catalog.images.complete(image.id, { state: 'failed', summary: { ...image.summary, interrupted: true, failures: ['the server stopped during the backup'] } });
+        log.warn({ image: image.id, job: image.jobId }, 'image of a backup interrupted by the last stop: failed');
+      }
+      if (!page.next) break;
+      cursor = page.next;
+    }
 
     const agents = new AgentRegistry();
     let embedded: EmbeddedAgent | undefined;
