@@ -112,6 +112,9 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
 
   // COFFER_JOB_RETRY_BASE_MS: the first retry's backoff (default 1 min, doubling); tests shorten it.
   const retryBaseMs = Number(env.COFFER_JOB_RETRY_BASE_MS);
+  // COFFER_PRUNE_INTERVAL_MS: how often a storage unit is pruned at most (default 24 h; 0: at every expiry).
+  const pruneEnv = env.COFFER_PRUNE_INTERVAL_MS;
+  const pruneIntervalFromEnv = pruneEnv !== undefined && pruneEnv !== '' && Number(pruneEnv) >= 0 ? Number(pruneEnv) : undefined;
   const catalog = await openCatalog(options.catalog ?? join(dataDir, 'catalog.db'), { now, ...(retryBaseMs > 0 ? { retry: { baseMs: retryBaseMs } } : {}) });
   const cleanups: Array<() => Promise<void>> = [() => catalog.close()];
   const cleanup = async () => {
@@ -216,7 +219,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
       executors: {
         backup: backupExecutor(services),
         restore: restoreExecutor(services),
-        expire: expireExecutor(services, { pruneIntervalMs: options.pruneIntervalMs ?? 86_400_000 }),
+        expire: expireExecutor(services, { pruneIntervalMs: options.pruneIntervalMs ?? pruneIntervalFromEnv ?? 86_400_000 }),
         reconcile: reconcileExecutor(services),
       },
       onError: (e, job) => log.error({ job: job?.id, err: e.message }, 'queue'),
