@@ -206,51 +206,77 @@ export function restoreExecutor(s: Services): JobExecutor {
  * forgotten again (forgetting is idempotent) by the next run.
  */
 export function expireExecutor(s: Services, options: { pruneIntervalMs: number }): JobExecutor {
+  // One expiry at a time: two at once (DELETE /images/:id queues one per image) would forget the
+  // same copies, the second failing on records the first removed, and their prunes would collide.
+  let last: Promise<void> = Promise.resolve();
   return async (ctx) => {
-    const now = s.now();
-    // Marked first: from here on no restore or parent lookup uses these copies.
-    let marked = 0;
-    for (;;) {
-      const page = await s.catalog.copies.expiredCopies(now, { limit: 500 });
-      if (page.items.length === 0) break;
-      for (const c of page.items) {
-        await s.catalog.copies.update(c.id, { state: 'expired' });
-        marked++;
-      }
-    }
-    const byUnit = new Map<string, Copy[]>();
-    for (let cursor: string | undefined; ;) {
-      const page = await s.catalog.copies.list({ state: 'expired', limit: 1000, cursor });
-      for (const c of page.items) byUnit.set(c.storageUnit, [...(byUnit.get(c.storageUnit) ?? []), c]);
-      if (!page.next) break;
-      cursor = page.next;
-    }
-    let forgotten = 0;
-    const pruned: string[] = [];
-    for (const [unit, copies] of byUnit) {
-      if (ctx.signal.aborted) throw new CofferError('CANCELLED', 'Cancelled: the expiry was stopped');
-      const storage = await s.storageAccess(unit);
-      const snapshots = copies.flatMap((c) => Object.values(c.snapshots));
-      const lastPrune = (await s.catalog.settings.get(`prune.last.${unit}`)) as number | undefined;
-      const prune = lastPrune === undefined || now - lastPrune >= options.pruneIntervalMs;
-      ctx.log('info', `storage unit ${unit}: forgetting ${snapshots.length} snapshot(s) of ${copies.length} expired cop${copies.length === 1 ? 'y' : 'ies'}${prune ? ', then pruning' : ''}`);
-      await runOnAgent(s.node(), 'forget', { storage, snapshots, prune: false }, { jobId: ctx.job.id, emit: ctx.emit, signal: ctx.signal });
-      for (const c of copies) {
-        await s.catalog.transaction(async (tx) => {
-          await tx.copies.remove(c.id);
-          const left = await tx.copies.list({ imageId: c.imageId, limit: 1 });
-          if (left.items.length === 0) await tx.images.remove(c.imageId);
+    const before = last;
+    let release!: () => void;
+    last = new Promise<void>((resolve) => (release = resolve));
+    try {
+      await new Promise<void>((resolve, reject) => {
+        const onAbort = () => reject(new CofferError('CANCELLED', 'Cancelled: the expiry was stopped'));
+        if (ctx.signal.aborted) return onAbort();
+        ctx.signal.addEventListener('abort', onAbort, { once: true });
+        void before.then(() => {
+          ctx.signal.removeEventListener('abort', onAbort);
+          resolve();
         });
-        forgotten++;
-      }
-      if (prune) {
-        await runOnAgent(s.node(), 'forget', { storage, snapshots: [], prune: true }, { jobId: ctx.job.id, emit: ctx.emit, signal: ctx.signal });
-        await s.catalog.settings.set(`prune.last.${unit}`, now);
-        pruned.push(unit);
-      }
+      });
+      return await expireOnce(s, options, ctx);
+    } finally {
+      // The next one waits for this one's end, or for the one before if this was stopped waiting.
+      void before.then(release);
     }
-    return { state: 'succeeded', result: { marked, forgotten, pruned } };
   };
+}
+
+async function expireOnce(s: Services, options: { pruneIntervalMs: number }, ctx: JobContext): Promise<JobEnd> {
+  const now = s.now();
+  // Marked first: from here on no restore or parent lookup uses these copies.
+  let marked = 0;
+  for (;;) {
+    const page = await s.catalog.copies.expiredCopies(now, { limit: 500 });
+    if (page.items.length === 0) break;
+    for (const c of page.items) {
+      await s.catalog.copies.update(c.id, { state: 'expired' });
+      marked++;
+    }
+  }
+  const byUnit = new Map<string, Copy[]>();
+  for (let cursor: string | undefined; ;) {
+    const page = await s.catalog.copies.list({ state: 'expired', limit: 1000, cursor });
+    for (const c of page.items) byUnit.set(c.storageUnit, [...(byUnit.get(c.storageUnit) ?? []), c]);
+    if (!page.next) break;
+    cursor = page.next;
+  }
+  let forgotten = 0;
+  const pruned: string[] = [];
+  for (const [unit, copies] of byUnit) {
+    if (ctx.signal.aborted) throw new CofferError('CANCELLED', 'Cancelled: the expiry was stopped');
+    const storage = await s.storageAccess(unit);
+    const snapshots = copies.flatMap((c) => Object.values(c.snapshots));
+    const lastPrune = (await s.catalog.settings.get(`prune.last.${unit}`)) as number | undefined;
+    const prune = lastPrune === undefined || now - lastPrune >= options.pruneIntervalMs;
+    ctx.log('info', `storage unit ${unit}: forgetting ${snapshots.length} snapshot(s) of ${copies.length} expired cop${copies.length === 1 ? 'y' : 'ies'}${prune ? ', then pruning' : ''}`);
+    await runOnAgent(s.node(), 'forget', { storage, snapshots, prune: false }, { jobId: ctx.job.id, emit: ctx.emit, signal: ctx.signal });
+    for (const c of copies) {
+      await s.catalog.transaction(async (tx) => {
+        // Gone already: another server's expiry (a shared catalog) removed it.
+        if (!(await tx.copies.list({ imageId: c.imageId, limit: 1000 })).items.some((x) => x.id === c.id)) return;
+        await tx.copies.remove(c.id);
+        const left = await tx.copies.list({ imageId: c.imageId, limit: 1 });
+        if (left.items.length === 0) await tx.images.remove(c.imageId);
+      });
+      forgotten++;
+    }
+    if (prune) {
+      await runOnAgent(s.node(), 'forget', { storage, snapshots: [], prune: true }, { jobId: ctx.job.id, emit: ctx.emit, signal: ctx.signal });
+      await s.catalog.settings.set(`prune.last.${unit}`, now);
+      pruned.push(unit);
+    }
+  }
+  return { state: 'succeeded', result: { marked, forgotten, pruned } };
 }
 
 export interface ReconcileReport {
