@@ -290,12 +290,17 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
         log.info('stopping: running jobs are told to stop and will run again after the next start');
         clearInterval(expiryTimer);
         schedulerStop.abort();
-        await app.close();
-        await dispatcher.stop();
-        await schedulerRun;
-        const r = await catalog.jobs.interruptRunning({ claimedBy: serverName });
-        if (r.requeued.length + r.interrupted.length) log.info({ interrupted: r.requeued.length + r.interrupted.length }, 'jobs recorded as interrupted');
-        await cleanup();
+        try {
+          await app.close();
+          await dispatcher.stop();
+          await schedulerRun;
+          const r = await catalog.jobs.interruptRunning({ claimedBy: serverName });
+          if (r.requeued.length + r.interrupted.length) log.info({ interrupted: r.requeued.length + r.interrupted.length }, 'jobs recorded as interrupted');
+        } finally {
+          // Whatever failed above (the catalog unreachable), the agent exits and the catalog closes:
+          // the jobs left running are recorded as interrupted at the next start.
+          await cleanup();
+        }
         log.info('stopped');
       })()),
     };
