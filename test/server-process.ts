@@ -79,7 +79,7 @@ export async function startServerProcess(t: { after(fn: () => unknown): void }, 
   ]);
   const url = `http://127.0.0.1:${options.port}`;
   const agentLine = stderr.split('\n').find((l) => l.includes('embedded agent connected'));
-  const agentPid = agentLine ? Number(JSON.parse(agentLine).pid) : NaN;
+  const agentPid = agentLine ? Number(JSON.parse(agentLine).agentPid) : NaN;
   if (!Number.isInteger(agentPid)) throw new Error(`no agent pid in the server's log:\n${stderr.slice(-3000)}`);
   let token = '';
   const api: ServerProcess['api'] = async (method, path, o = {}) => {

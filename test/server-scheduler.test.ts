@@ -7,7 +7,7 @@ import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { FakeClock } from '../src/testing/fake-clock.ts';
-import { startTestServer } from '../src/testing/server.ts';
+import { startTestServer } from '../src/server/test-server.ts';
 import { tempDir } from '../src/testing/tmp.ts';
 import { waitUntil } from './server-process.ts';
 
