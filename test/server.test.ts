@@ -1,11 +1,13 @@
 // The server end to end, as an administrator uses it through the API: log in, apply storage, a
 // lifecycle and a policy, back up the server's own host now, list and browse images, restore,
-// export and re-apply with no change, expire, and the first-start defaults.
+// export and re-apply with no change, expire, and the first-start defaults; the round trip on
+// both catalogs, SQLite and a real PostgreSQL server.
 import assert from 'node:assert/strict';
 import { mkdir, readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { test } from 'node:test';
+import { test, type TestContext } from 'node:test';
 import { toYaml, parseDocuments } from '../src/policy/index.ts';
+import { startPostgres } from '../src/testing/postgres.ts';
 import { randomBytes } from '../src/testing/random.ts';
 import { startTestServer } from '../src/server/test-server.ts';
 import { tempDir } from '../src/testing/tmp.ts';
@@ -31,14 +33,30 @@ test('first start: admin with the given password, the default storage unit, this
   assert.ok(openapi.body.paths['/api/v1/images'], 'the OpenAPI document lists the routes');
 });
 
-test('apply, back up now, browse, restore, export round trip and expire, through the API', async (t) => {
+test('apply, back up now, browse, restore, export round trip and expire, through the API (SQLite catalog)', (t) => roundTrip(t, {}));
+
+test('the same on a PostgreSQL catalog', async (t) => {
+  const pg = await startPostgres();
+  t.after(() => pg.stop());
+  // A subtest: its server stops (its after hooks run) before PostgreSQL does.
+  await t.test('round trip', (st) => roundTrip(st, { catalog: pg.url }));
+  // A server whose catalog went away still stops: it says why, and its agent exits.
+  const ts = await startTestServer(t, { catalog: pg.url });
+  const agent = ts.server.services.agents.get(ts.server.clientName);
+  await pg.stop();
+  await assert.rejects(ts.stop(), /cannot be reached/);
+  assert.equal(agent.isOpen, false, 'the link to the agent is closed');
+});
+
+async function roundTrip(t: TestContext, options: { catalog?: string }): Promise<void> {
   const dir = await tempDir(t);
   const src = join(dir, 'www');
   await mkdir(join(src, 'sub'), { recursive: true });
   await writeFile(join(src, 'index.html'), '<h1>hello</h1>\n');
   await writeFile(join(src, 'sub', 'data.bin'), randomBytes(5, 2_000_000));
   await writeFile(join(src, 'skip.tmp'), 'not backed up');
-  const ts = await startTestServer(t);
+  const ts = await startTestServer(t, options);
+  assert.equal(ts.server.catalog.where.startsWith('postgres'), options.catalog !== undefined, ts.server.catalog.where);
   const client = ts.server.clientName;
   const primary = join(dir, 'primary');
   await mkdir(primary);
@@ -150,7 +168,7 @@ spec:
   assert.ok(audit.body.items.some((a: Json) => a.actor === 'admin' && a.outcome === 'ok'));
   const restores = await ts.api<Json>('GET', '/api/v1/audit', { query: { action: 'restore.start' } });
   assert.equal(restores.body.items[0].details.toPath, to);
-});
+}
 
 test('bad documents are refused whole, naming the document, the path and what is wrong', async (t) => {
   const ts = await startTestServer(t);

@@ -206,61 +206,99 @@ export function restoreExecutor(s: Services): JobExecutor {
  * forgotten again (forgetting is idempotent) by the next run.
  */
 export function expireExecutor(s: Services, options: { pruneIntervalMs: number }): JobExecutor {
+  // One expiry at a time: two at once (DELETE /images/:id queues one per image) would forget the
+  // same copies, the second failing on records the first removed, and their prunes would collide.
+  let last: Promise<void> = Promise.resolve();
   return async (ctx) => {
-    const now = s.now();
-    // Marked first: from here on no restore or parent lookup uses these copies.
-    let marked = 0;
-    for (;;) {
-      const page = await s.catalog.copies.expiredCopies(now, { limit: 500 });
-      if (page.items.length === 0) break;
-      for (const c of page.items) {
-        await s.catalog.copies.update(c.id, { state: 'expired' });
-        marked++;
-      }
-    }
-    const byUnit = new Map<string, Copy[]>();
-    for (let cursor: string | undefined; ;) {
-      const page = await s.catalog.copies.list({ state: 'expired', limit: 1000, cursor });
-      for (const c of page.items) byUnit.set(c.storageUnit, [...(byUnit.get(c.storageUnit) ?? []), c]);
-      if (!page.next) break;
-      cursor = page.next;
-    }
-    let forgotten = 0;
-    const pruned: string[] = [];
-    for (const [unit, copies] of byUnit) {
-      if (ctx.signal.aborted) throw new CofferError('CANCELLED', 'Cancelled: the expiry was stopped');
-      const storage = await s.storageAccess(unit);
-      const snapshots = copies.flatMap((c) => Object.values(c.snapshots));
-      const lastPrune = (await s.catalog.settings.get(`prune.last.${unit}`)) as number | undefined;
-      const prune = lastPrune === undefined || now - lastPrune >= options.pruneIntervalMs;
-      ctx.log('info', `storage unit ${unit}: forgetting ${snapshots.length} snapshot(s) of ${copies.length} expired cop${copies.length === 1 ? 'y' : 'ies'}${prune ? ', then pruning' : ''}`);
-      await runOnAgent(s.node(), 'forget', { storage, snapshots, prune: false }, { jobId: ctx.job.id, emit: ctx.emit, signal: ctx.signal });
-      for (const c of copies) {
-        await s.catalog.transaction(async (tx) => {
-          await tx.copies.remove(c.id);
-          const left = await tx.copies.list({ imageId: c.imageId, limit: 1 });
-          if (left.items.length === 0) await tx.images.remove(c.imageId);
+    const before = last;
+    let release!: () => void;
+    last = new Promise<void>((resolve) => (release = resolve));
+    try {
+      await new Promise<void>((resolve, reject) => {
+        const onAbort = () => reject(new CofferError('CANCELLED', 'Cancelled: the expiry was stopped'));
+        if (ctx.signal.aborted) return onAbort();
+        ctx.signal.addEventListener('abort', onAbort, { once: true });
+        void before.then(() => {
+          ctx.signal.removeEventListener('abort', onAbort);
+          resolve();
         });
-        forgotten++;
-      }
-      if (prune) {
-        await runOnAgent(s.node(), 'forget', { storage, snapshots: [], prune: true }, { jobId: ctx.job.id, emit: ctx.emit, signal: ctx.signal });
-        await s.catalog.settings.set(`prune.last.${unit}`, now);
-        pruned.push(unit);
-      }
+      });
+      return await expireOnce(s, options, ctx);
+    } finally {
+      // The next one waits for this one's end, or for the one before if this was stopped waiting.
+      void before.then(release);
     }
-    return { state: 'succeeded', result: { marked, forgotten, pruned } };
   };
 }
 
+async function expireOnce(s: Services, options: { pruneIntervalMs: number }, ctx: JobContext): Promise<JobEnd> {
+  const now = s.now();
+  // Marked first: from here on no restore or parent lookup uses these copies.
+  let marked = 0;
+  for (;;) {
+    const page = await s.catalog.copies.expiredCopies(now, { limit: 500 });
+    if (page.items.length === 0) break;
+    for (const c of page.items) {
+      await s.catalog.copies.update(c.id, { state: 'expired' });
+      marked++;
+    }
+  }
+  const byUnit = new Map<string, Copy[]>();
+  for (let cursor: string | undefined; ;) {
+    const page = await s.catalog.copies.list({ state: 'expired', limit: 1000, cursor });
+    for (const c of page.items) byUnit.set(c.storageUnit, [...(byUnit.get(c.storageUnit) ?? []), c]);
+    if (!page.next) break;
+    cursor = page.next;
+  }
+  let forgotten = 0;
+  const pruned: string[] = [];
+  for (const [unit, copies] of byUnit) {
+    if (ctx.signal.aborted) throw new CofferError('CANCELLED', 'Cancelled: the expiry was stopped');
+    const storage = await s.storageAccess(unit);
+    const snapshots = copies.flatMap((c) => Object.values(c.snapshots));
+    const lastPrune = (await s.catalog.settings.get(`prune.last.${unit}`)) as number | undefined;
+    const prune = lastPrune === undefined || now - lastPrune >= options.pruneIntervalMs;
+    ctx.log('info', `storage unit ${unit}: forgetting ${snapshots.length} snapshot(s) of ${copies.length} expired cop${copies.length === 1 ? 'y' : 'ies'}${prune ? ', then pruning' : ''}`);
+    await runOnAgent(s.node(), 'forget', { storage, snapshots, prune: false }, { jobId: ctx.job.id, emit: ctx.emit, signal: ctx.signal });
+    for (const c of copies) {
+      await s.catalog.transaction(async (tx) => {
+        // Gone already: another server's expiry (a shared catalog) removed it.
+        if (!(await tx.copies.list({ imageId: c.imageId, limit: 1000 })).items.some((x) => x.id === c.id)) return;
+        await tx.copies.remove(c.id);
+        const left = await tx.copies.list({ imageId: c.imageId, limit: 1 });
+        if (left.items.length === 0) await tx.images.remove(c.imageId);
+      });
+      forgotten++;
+    }
+    if (prune) {
+      await runOnAgent(s.node(), 'forget', { storage, snapshots: [], prune: true }, { jobId: ctx.job.id, emit: ctx.emit, signal: ctx.signal });
+      await s.catalog.settings.set(`prune.last.${unit}`, now);
+      pruned.push(unit);
+    }
+  }
+  return { state: 'succeeded', result: { marked, forgotten, pruned } };
+}
+
 export interface ReconcileReport {
-  units: Array<{ unit: string; snapshots: number; unknown: Array<{ id: string; time: string; host: string; paths: string[]; image?: string }>; lost: string[]; imported: number; error?: string }>;
+  units: Array<{
+    unit: string;
+    snapshots: number;
+    unknown: Array<{ id: string; time: string; host: string; paths: string[]; image?: string }>;
+    lost: string[];
+    imported: number;
+    /** Snapshots committed by a backup whose image failed (its server was killed): recorded as an expired copy of that image, for the expiry to forget. */
+    leftovers: Array<{ id: string; image: string }>;
+    error?: string;
+  }>;
 }
 
 /**
  * The reconcile job (spec { apply? }): compares every storage unit's snapshots with the copies
  * the catalog records. Copies whose snapshots are gone are marked lost (always: they cannot be
- * restored, whatever else happens). Snapshots the catalog does not know are listed, and with
+ * restored, whatever else happens). Snapshots the catalog does not know whose `image=` tag names
+ * a failed image are what a backup committed before its server was killed: they are recorded
+ * (always) as an expired copy of that image, which the next expiry forgets, taking the image
+ * with it. Other snapshots the catalog does not know are listed, and with
  * `apply` imported as images of the client named by their host (created if unknown) under the
  * policy named by their tag, or `imported`.
  */
@@ -271,7 +309,7 @@ export function reconcileExecutor(s: Services): JobExecutor {
     for (let cursor: string | undefined; ;) {
       const page = await s.catalog.storageUnits.list({ limit: 1000, cursor });
       for (const unit of page.items) {
-        const entry: ReconcileReport['units'][number] = { unit: unit.name, snapshots: 0, unknown: [], lost: [], imported: 0 };
+        const entry: ReconcileReport['units'][number] = { unit: unit.name, snapshots: 0, unknown: [], lost: [], imported: 0, leftovers: [] };
         report.units.push(entry);
         try {
           const storage = await s.storageAccess(unit);
@@ -297,6 +335,11 @@ export function reconcileExecutor(s: Services): JobExecutor {
           for (const snap of stored) {
             if (known.has(snap.id)) continue;
             const tag = (name: string) => snap.tags.find((t) => t.startsWith(`${name}=`))?.slice(name.length + 1);
+            const owner = tag('image') ? await s.catalog.images.find(tag('image')!) : undefined;
+            if (owner?.state === 'failed') {
+              entry.leftovers.push({ id: snap.id, image: owner.id });
+              continue;
+            }
             entry.unknown.push({ id: snap.id, time: snap.time, host: snap.host.hostname, paths: snap.paths, ...(tag('image') ? { image: tag('image') } : {}) });
             if (!apply) continue;
             const client = snap.host.hostname.toLowerCase();
@@ -307,6 +350,12 @@ export function reconcileExecutor(s: Services): JobExecutor {
               await tx.copies.add(image.id, { storageUnit: unit.name, snapshots: { imported: snap.id }, state: 'ok', expires: null });
             });
             entry.imported++;
+          }
+          const byImage = new Map<string, string[]>();
+          for (const l of entry.leftovers) byImage.set(l.image, [...(byImage.get(l.image) ?? []), l.id]);
+          for (const [imageId, ids] of byImage) {
+            await s.catalog.copies.add(imageId, { storageUnit: unit.name, snapshots: Object.fromEntries(ids.map((id, i) => [`leftover-${i}`, id])), state: 'expired', expires: s.now() });
+            ctx.log('info', `${unit.name}: ${ids.length} snapshot(s) of image ${imageId}, whose backup was interrupted, recorded as an expired copy: the next expiry forgets them`);
           }
           if (entry.unknown.length) ctx.log(apply ? 'info' : 'warn', `${unit.name}: ${entry.unknown.length} snapshot(s) the catalog did not know${apply ? ', imported' : ' (run `coffer catalog reconcile --apply` to import them)'}`);
         } catch (e) {

@@ -8,7 +8,7 @@
 import { z } from 'zod';
 import { CofferError } from '../core/errors.ts';
 import { VERSION } from '../core/version.ts';
-import type { Job } from '../catalog/jobs.ts';
+import { JOB_STATES, type Job } from '../catalog/jobs.ts';
 import { KINDS, kindFromName, policyWideRow, tableColumns, tableRow, type Kind, type PolicyDocument } from '../policy/index.ts';
 import type { Dispatcher, BusMessage } from './dispatcher.ts';
 import { applyDocuments, getDocument, listDocuments, type SecretStore } from './documents.ts';
@@ -58,7 +58,7 @@ const kindParam = z.string().max(64).transform((v, ctx) => {
   return k;
 });
 const documentList = z.array(z.record(z.string(), z.unknown())).min(1).max(10_000);
-const jobState = z.enum(['queued', 'running', 'succeeded', 'warnings', 'failed', 'cancelled', 'interrupted']);
+const jobState = z.enum(JOB_STATES);
 const wideFlag = z.enum(['true', 'false', '1', '0']).optional();
 
 const forbidden = (why: string) => new CofferError('FORBIDDEN', `Not allowed: ${why}`, { hint: 'Ask an administrator for a grant.' });

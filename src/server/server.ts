@@ -110,7 +110,12 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
   const clientName = (options.clientName ?? hostname()).toLowerCase();
   const serverName = `server@${hostname()}`;
 
-  const catalog = await openCatalog(options.catalog ?? join(dataDir, 'catalog.db'), { now });
+  // COFFER_JOB_RETRY_BASE_MS: the first retry's backoff (default 1 min, doubling); tests shorten it.
+  const retryBaseMs = Number(env.COFFER_JOB_RETRY_BASE_MS);
+  // COFFER_PRUNE_INTERVAL_MS: how often a storage unit is pruned at most (default 24 h; 0: at every expiry).
+  const pruneEnv = env.COFFER_PRUNE_INTERVAL_MS;
+  const pruneIntervalFromEnv = pruneEnv !== undefined && pruneEnv !== '' && Number(pruneEnv) >= 0 ? Number(pruneEnv) : undefined;
+  const catalog = await openCatalog(options.catalog ?? join(dataDir, 'catalog.db'), { now, ...(retryBaseMs > 0 ? { retry: { baseMs: retryBaseMs } } : {}) });
   const cleanups: Array<() => Promise<void>> = [() => catalog.close()];
   const cleanup = async () => {
     for (const c of cleanups.reverse()) await c().catch(() => {});
@@ -124,6 +129,21 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
     const interrupted = await catalog.jobs.interruptRunning();
     for (const j of interrupted.requeued) log.warn({ job: j.id, kind: j.kind, attempt: j.attempt }, 'job interrupted by the last stop: queued again');
     for (const j of interrupted.interrupted) log.warn({ job: j.id, kind: j.kind }, 'job interrupted by the last stop: out of attempts');
+    // A backup killed with its server (SIGKILL, power loss) left its image pending: no running
+    // job will settle it now, so it failed. What it committed before dying is in storage without
+    // a copy record: reconcile records those snapshots as an expired copy of this image, and the
+    // expiry forgets them (executors.ts).
+    for (let cursor: string | undefined; ;) {
+      const page = await catalog.images.list({ state: 'pending', limit: 1000, cursor });
+      for (const image of page.items) {
+        const job = image.jobId ? await catalog.jobs.find(image.jobId) : undefined;
+        if (job?.state === 'running') continue;
+        await catalog.images.complete(image.id, { state: 'failed', summary: { ...image.summary, interrupted: true, failures: ['the server stopped during the backup'] } });
+        log.warn({ image: image.id, job: image.jobId }, 'image of a backup interrupted by the last stop: failed');
+      }
+      if (!page.next) break;
+      cursor = page.next;
+    }
 
     const agents = new AgentRegistry();
     let embedded: EmbeddedAgent | undefined;
@@ -199,7 +219,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
       executors: {
         backup: backupExecutor(services),
         restore: restoreExecutor(services),
-        expire: expireExecutor(services, { pruneIntervalMs: options.pruneIntervalMs ?? 86_400_000 }),
+        expire: expireExecutor(services, { pruneIntervalMs: options.pruneIntervalMs ?? pruneIntervalFromEnv ?? 86_400_000 }),
         reconcile: reconcileExecutor(services),
       },
       onError: (e, job) => log.error({ job: job?.id, err: e.message }, 'queue'),
@@ -270,12 +290,17 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
         log.info('stopping: running jobs are told to stop and will run again after the next start');
         clearInterval(expiryTimer);
         schedulerStop.abort();
-        await app.close();
-        await dispatcher.stop();
-        await schedulerRun;
-        const r = await catalog.jobs.interruptRunning({ claimedBy: serverName });
-        if (r.requeued.length + r.interrupted.length) log.info({ interrupted: r.requeued.length + r.interrupted.length }, 'jobs recorded as interrupted');
-        await cleanup();
+        try {
+          await app.close();
+          await dispatcher.stop();
+          await schedulerRun;
+          const r = await catalog.jobs.interruptRunning({ claimedBy: serverName });
+          if (r.requeued.length + r.interrupted.length) log.info({ interrupted: r.requeued.length + r.interrupted.length }, 'jobs recorded as interrupted');
+        } finally {
+          // Whatever failed above (the catalog unreachable), the agent exits and the catalog closes:
+          // the jobs left running are recorded as interrupted at the next start.
+          await cleanup();
+        }
         log.info('stopped');
       })()),
     };
