@@ -180,6 +180,16 @@ spec:
     assert.equal(del.final.deleted, 'Lifecycle/temp');
     await json(['get', 'lifecycle', 'temp'], admin, 1);
     assert.equal(unknown.final.code, 'USAGE');
+    // Its history stays: applied, then deleted, each with who.
+    const [hist, histText, rev1] = await Promise.all([
+      json(['history', 'lifecycle', 'temp'], admin, 0),
+      human(['history', 'lifecycle', 'temp'], admin, 0),
+      human(['history', 'lifecycle', 'temp', '--revision', '1'], admin, 0),
+    ]);
+    assert.deepEqual(ofType(hist.lines, 'revision').map((l) => [l.revision.revision, l.revision.appliedBy, l.revision.document === undefined]).sort(), [[1, 'admin', false], [2, 'admin', true]]);
+    assert.match(histText.stdout, /^REVISION\s+APPLIED\s+BY\s+CHANGE$/m);
+    assert.match(rev1.stdout, /retention: 1d/);
+    await json(['history', 'lifecycle', 'never-was'], admin, 1);
   });
 
   let jobId = '';
@@ -214,6 +224,10 @@ spec:
     const [browse, ls] = await Promise.all([json(['browse', imageId, src], admin, 0), human(['browse', imageId, join(src, 'sub')], admin, 0)]);
     assert.deepEqual(ofType(browse.lines, 'browseEntry').map((l) => l.entry.name).sort(), ['index.html', 'sub']);
     assert.match(ls.stdout, /^file\s+293\.0 KiB\s.*data\.bin$/m);
+    const [found, foundText] = await Promise.all([json(['find', '*.bin', '--client', client], admin, 0), human(['find', 'data.bin', '--client', client], admin, 0)]);
+    assert.deepEqual(ofType(found.lines, 'found').map((l) => [l.image, l.path]), [[imageId, join(src, 'sub', 'data.bin')]]);
+    assert.equal(found.final.matches, 1);
+    assert.match(foundText.stdout, new RegExp(`^${imageId}\\s.*data\\.bin$`, 'm'));
   });
 
   await t.test('restore --wait into a directory: the same content; a failed restore exits 1, retry makes a new job', async () => {

@@ -109,4 +109,42 @@ export function register(program: Command): void {
       const r = await apiFor(cmd).request<{ deleted: string }>('DELETE', `/api/v1/documents/${plural(kind)}/${encodeURIComponent(name)}`);
       output(cmd).summary({ deleted: r.deleted }, () => `${r.deleted} deleted`);
     });
+
+  serverOption(program
+    .command('history <kind> <name>')
+    .description('every revision of a document: when it was applied or deleted, and by whom (-o yaml: a revision whole)')
+    .option('--revision <n>', 'print this revision as the document applied (with -o yaml or json)')
+    .option('-o, --output <format>', 'table, yaml or json (with --revision)', 'table'))
+    .action(async (kindName: string, name: string, o: { revision?: string; output: string }, cmd: Command) => {
+      const out = output(cmd);
+      const kind = kindFromName(kindName);
+      if (!kind) throw new CofferError('USAGE', `Cannot show the history of ${JSON.stringify(kindName)}: no such kind`, { hint: 'Use policy, lifecycle, storageunit (su) or client.' });
+      const api = apiFor(cmd);
+      const revisions = await api.listAll<Revision>(`/api/v1/documents/${plural(kind)}/${encodeURIComponent(name)}/history`);
+      if (revisions.length === 0) throw new CofferError('NOT_FOUND', `No ${kind} named ${name} was ever applied`);
+      if (o.revision !== undefined) {
+        const n = Number(o.revision);
+        const r = revisions.find((x) => x.revision === n);
+        if (!r) throw new CofferError('NOT_FOUND', `${kind}/${name} has no revision ${o.revision}`, { hint: `Its revisions: ${revisions.map((x) => x.revision).join(', ')}.` });
+        if (!r.document) throw new CofferError('NOT_FOUND', `Revision ${n} of ${kind}/${name} is its deletion: it holds no document`);
+        if (!out.json && o.output !== 'json') {
+          process.stdout.write(toYaml([r.document as CofferDocument]));
+          return;
+        }
+        out.item(apiLine({ type: 'revision', revision: r }), toJson([r.document as CofferDocument]));
+        out.summary({ kind, name, revisions: 1 });
+        return;
+      }
+      for (const r of revisions) out.item(apiLine({ type: 'revision', revision: r }));
+      out.summary({ kind, name, revisions: revisions.length }, () => table(['REVISION', 'APPLIED', 'BY', 'CHANGE'], revisions.map((r) => [String(r.revision), localTime(r.applied), r.appliedBy ?? '-', r.document ? 'applied' : 'deleted'])));
+    });
+}
+
+interface Revision {
+  kind: string;
+  name: string;
+  revision: number;
+  document?: Record<string, unknown>;
+  applied: number;
+  appliedBy?: string;
 }

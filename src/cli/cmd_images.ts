@@ -3,6 +3,7 @@
 // the files in one, and restoring one onto a client (a job; --wait exits as it ended).
 
 import type { Command } from 'commander';
+import { CofferError } from '../core/errors.ts';
 import type { Image } from '../catalog/images.ts';
 import { collect, formatBytes, output, parseIntOption, type Output } from './context.ts';
 import type { ApiClient } from './api.ts';
@@ -36,6 +37,20 @@ export function imageFilterOptions(cmd: Command): Command {
     .option('--since <duration>', 'only images of the last 7d, 12h, ...')
     .option('--state <state>', 'only images in this state: pending, ok, partial, failed')
     .option('--limit <n>', 'at most this many, newest first (default 100)');
+}
+
+interface FoundEntry {
+  image: string;
+  snapshot: string;
+  time: string;
+  path: string;
+  type: string;
+  size?: number;
+}
+
+/** A match as the JSON line carries it. */
+function matchLine(m: FoundEntry): Record<string, unknown> {
+  return { image: m.image, snapshot: m.snapshot, time: m.time, path: m.path, nodeType: m.type, size: m.size ?? 0 };
 }
 
 interface BrowseEntry {
@@ -82,6 +97,31 @@ export function register(program: Command): void {
         `${e.user ?? '-'}:${e.group ?? '-'}`,
         `${e.name}${e.type === 'dir' ? '/' : ''}${e.linkTarget !== undefined ? ` -> ${e.linkTarget}` : ''}`,
       ])));
+    });
+
+  serverOption(program
+    .command('find <pattern>')
+    .description('find files by name or path pattern in a client\'s images, newest first ("*.conf", "/etc/**/hosts")')
+    .requiredOption('--client <name>', 'the client whose images to search')
+    .option('--policy <name>', 'only images made by this policy')
+    .option('--since <duration>', 'only images of the last 7d, 12h, ...')
+    .option('--images <n>', 'search at most this many images, newest first (default 100)')
+    .option('--limit <n>', 'at most this many matches (default 1000)'))
+    .action(async (pattern: string, o: { client: string; policy?: string; since?: string; images?: string; limit?: string }, cmd: Command) => {
+      const out = output(cmd);
+      const api = apiFor(cmd);
+      const images = o.images === undefined ? undefined : parseIntOption('--images', o.images, 1, 1000);
+      const limit = o.limit === undefined ? undefined : parseIntOption('--limit', o.limit, 1, 1000);
+      const r = await api.request<{ items: FoundEntry[]; more: boolean; imagesSearched: number; unreadable: Array<{ snapshot: string; error: string }> }>('GET', '/api/v1/find', {
+        query: { pattern, client: o.client, policy: o.policy, since: sinceOption(o.since), images, limit },
+      });
+      for (const match of r.items) out.item(apiLine({ type: 'found', ...matchLine(match) }));
+      for (const u of r.unreadable) out.warning(`snapshot ${u.snapshot.slice(0, 12)}`, u.error);
+      out.summary({ pattern, client: o.client, matches: r.items.length, more: r.more, imagesSearched: r.imagesSearched, warnings: r.unreadable.length }, () => [
+        table(['IMAGE', 'TIME', 'TYPE', 'SIZE', 'PATH'], r.items.map((m) => [m.image, m.time, m.type, m.type === 'file' ? formatBytes(m.size ?? 0) : '-', m.path])),
+        `${r.items.length} match(es) in ${r.imagesSearched} image(s)${r.more ? ' (more: raise --limit)' : ''}`,
+      ]);
+      if (r.unreadable.length) throw new CofferError('WARNINGS', `${r.unreadable.length} snapshot(s) could not be read and were not searched`, { hint: 'Run `coffer catalog reconcile` and check the storage unit.' });
     });
 
   serverOption(program

@@ -425,7 +425,7 @@ export function buildRoutes(deps: ApiDeps): RouteDef[] {
 
     // ---- users, tokens, audit -----------------------------------------------------------------
     route({
-      method: 'GET', url: '/api/v1/users', summary: 'Users (admin)', tags: ['users'], rule: { roles: [] },
+      method: 'GET', url: '/api/v1/users', summary: 'Users, without their password hashes (admin, operator, auditor)', tags: ['users'], rule: { roles: READERS },
       query: z.strictObject({ limit, cursor }),
       handler: async (ctx) => {
         const page = await s.catalog.users.list({ limit: ctx.query.limit, cursor: ctx.query.cursor });
