@@ -24,7 +24,8 @@ import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { Kysely, PostgresDialect, sql } from 'kysely';
 import { pino } from 'pino';
 import { openCatalog, type Catalog } from '../src/catalog/catalog.ts';
-import type { Database } from '../src/catalog/schema.ts';
+import type { Database, JobsTable } from '../src/catalog/schema.ts';
+import type { Insertable } from 'kysely';
 import { NodeSqliteDialect, openNodeSqlite } from '../src/catalog/sqlite-dialect.ts';
 import { ulid } from '../src/core/ulid.ts';
 import type { PolicyDocument } from '../src/policy/index.ts';
@@ -182,6 +183,183 @@ function perfStat(pid: number): { stop(): Promise<string> } {
   };
 }
 
+// ---- 1. filling the catalog (in a child process: its memory is not the server's) -------------
+
+interface Shape {
+  CLIENTS: number; POLICIES: number; IMAGES: number; JOBS: number; QUEUED: number; RUNNING: number;
+  base: number;
+  clientName(c: number): string;
+  policyOf(c: number): number;
+  jobRow(i: number, state: string, now: number): Insertable<JobsTable>;
+}
+
+function shape(scale: number, t0: number): Shape {
+  const CLIENTS = Math.max(10, Math.round(10_000 * scale));
+  const POLICIES = Math.max(1, Math.round(100 * scale));
+  const base = t0 - 100 * DAY;
+  const clientName = (c: number) => `host${String(c).padStart(5, '0')}`;
+  const policyOf = (c: number) => c % POLICIES;
+  const jobRow = (i: number, state: string, now: number) => {
+    const c = i % CLIENTS;
+    const slot = base + Math.floor(i / CLIENTS) * (DAY / 2) + (c % 1440) * MINUTE;
+    const ended = state === 'running' || state === 'queued' ? null : slot + 20 * MINUTE + (i % 600) * 1000;
+    const started = state === 'queued' || state === 'missed' ? null : slot + 1000;
+    return {
+      id: ulid(state === 'running' || state === 'queued' ? now : slot), kind: 'backup', state, priority: 10,
+      client: clientName(c), policy: `p${policyOf(c)}`, schedule: i % 2 === 0 ? 'nightly' : 'weekly', storage_unit: 'vault',
+      spec: JSON.stringify({ level: 'incremental', slot, lifecycle: 'gold' }), attempt: 1, max_attempts: 3,
+      not_before: state === 'queued' ? now + DAY : null, queued: state === 'running' || state === 'queued' ? now : slot,
+      started: state === 'running' ? now : started, ended, updated: ended ?? now,
+      progress: state === 'running' ? JSON.stringify({ files: 100, bytes: 1e6 }) : null,
+      result: state === 'succeeded' || state === 'warnings' ? JSON.stringify({ scannedBytes: 4e9, newBytes: 2e7, storedBytes: 1e7, dedupRatio: 400, streams: 1, warnings: state === 'warnings' ? 2 : 0 }) : null,
+      error: state === 'failed' ? JSON.stringify({ code: 'STORAGE_UNAVAILABLE', message: 'Cannot reach the agent of client: it is not connected' }) : null,
+      requested_by: 'scheduler', claimed_by: state === 'queued' || state === 'missed' ? null : 'server@elsewhere', log_seq: 0,
+      slot: state === 'running' || state === 'queued' ? now + i : slot,
+    };
+  };
+  return {
+    CLIENTS, POLICIES, IMAGES: Math.round(1_000_000 * scale), JOBS: Math.round(2_000_000 * scale),
+    QUEUED: Math.max(10, Math.round(1000 * scale)), RUNNING: Math.min(50, CLIENTS), base, clientName, policyOf, jobRow,
+  };
+}
+
+interface FillResult {
+  fill: Array<[string, number, { wallMs: number; serverMs: number }]>;
+  counts: Record<string, number>;
+  fillMs: number;
+  size: number;
+  ticks: Array<[string, number, number, number]>;
+}
+
+async function fillCatalog(o: Options, url: string, vault: string, t0: number): Promise<FillResult> {
+  const { CLIENTS, POLICIES, IMAGES, JOBS, QUEUED, base, clientName, policyOf, jobRow } = shape(o.scale, t0);
+  const fill: FillResult['fill'] = [];
+  const step = async (what: string, rows: number, fn: () => Promise<void>) => {
+    const m = new CpuMeter(undefined);
+    await fn();
+    const r = m.read();
+    fill.push([what, rows, r]);
+    console.error(`  fill: ${what}: ${rows} rows in ${r.wallMs.toFixed(0)} ms`);
+  };
+  const hourNow = new Date(t0).getUTCHours();
+  const catalog: Catalog = await openCatalog(url);
+  try {
+    await step('clients', CLIENTS, () => catalog.transaction(async (tx) => {
+      for (let c = 0; c < CLIENTS; c++) await tx.clients.upsert({ name: clientName(c), platform: 'linux' });
+    }));
+    await step(`policies (${POLICIES}) and their schedules`, 3 * CLIENTS, async () => {
+      await catalog.storageUnits.apply({ apiVersion: 'coffer/v1', kind: 'StorageUnit', metadata: { name: 'vault' }, spec: { url: vault, priority: 1 } });
+      await catalog.lifecycles.apply({ apiVersion: 'coffer/v1', kind: 'Lifecycle', metadata: { name: 'gold' }, spec: { copies: [{ operation: 'backup', storageUnit: 'vault', retention: '30d' }] } });
+      for (let p = 0; p < POLICIES; p++) {
+        // Calendars only, 6 to 17 hours ahead of now: nothing falls due while the server runs.
+        const hour = (hourNow + 6 + (p % 12)) % 24;
+        const minute = (p * 7) % 60;
+        const doc = {
+          apiVersion: 'coffer/v1', kind: 'Policy', metadata: { name: `p${p}` },
+          spec: {
+            clients: Array.from({ length: CLIENTS }, (_, c) => c).filter((c) => policyOf(c) === p).map(clientName),
+            selections: [{ paths: ['/etc', '/home', '/var/lib'] }],
+            schedules: [
+              { name: 'nightly', level: 'incremental', calendar: `${minute} ${hour} * * *`, timezone: 'UTC' },
+              { name: 'weekly', level: 'full', calendar: `${minute} ${(hour + 1) % 24} * * ${p % 7}`, timezone: 'UTC' },
+              { name: 'monthly', level: 'full', calendar: `${minute} ${(hour + 2) % 24} ${1 + (p % 28)} * *`, timezone: 'UTC' },
+            ],
+            lifecycle: 'gold',
+          },
+        };
+        await catalog.policies.apply(doc);
+        await syncPolicySchedules(catalog, doc as unknown as PolicyDocument, { now: t0 });
+      }
+    });
+    // One image a day per client for IMAGES / CLIENTS days, with one stream each.
+    const perClient = Math.max(1, Math.round(IMAGES / CLIENTS));
+    await step('images (images.addMany, 50,000 per call)', IMAGES, async () => {
+      const CHUNK = 50_000;
+      for (let i = 0; i < IMAGES; i += CHUNK) {
+        const batch = [];
+        for (let k = i; k < Math.min(IMAGES, i + CHUNK); k++) {
+          const c = k % CLIENTS;
+          const day = Math.floor(k / CLIENTS) % perClient;
+          const time = base + day * DAY + (c % 1440) * MINUTE;
+          batch.push({
+            id: ulid(time), client: clientName(c), policy: `p${policyOf(c)}`, schedule: day % 7 === 0 ? 'weekly' : 'nightly',
+            level: day % 7 === 0 ? 'full' : 'incremental', time, state: k % 50 === 0 ? 'partial' as const : 'ok' as const,
+            streams: { '5f0c1e3a9b2d4c6e': (k.toString(16) + 'a'.repeat(64)).slice(0, 64) },
+            summary: { files: 12_000 + (k % 1000), scannedBytes: 4e9 + k, newBytes: 2e7 + (k % 1e6), storedBytes: 1e7 },
+          });
+        }
+        await catalog.images.addMany(batch);
+      }
+    });
+  } finally {
+    await catalog.close();
+  }
+  const db = await openKysely(o.backend, url);
+  // A mix of states: mostly succeeded, some warnings, failed, missed, cancelled; ~1,000 queued
+  // for tomorrow (not_before: the queue leaves them); the ~50 running are added once the server
+  // runs (its start records every running job as interrupted).
+  const stateOf = (i: number) => {
+    const r = (i * 2654435761) % 1000;
+    return r < 30 ? 'failed' : r < 55 ? 'missed' : r < 95 ? 'warnings' : r < 100 ? 'cancelled' : r < 105 ? 'interrupted' : 'succeeded';
+  };
+  const counts: Record<string, number> = {};
+  try {
+    await step('jobs (INSERT of 1,000 rows at a time, 50 per transaction)', JOBS, async () => {
+      const ROWS = 1000;
+      for (let i = 0; i < JOBS; i += 50 * ROWS) {
+        await db.transaction().execute(async (trx) => {
+          for (let j = i; j < Math.min(JOBS, i + 50 * ROWS); j += ROWS) {
+            const rows = [];
+            for (let k = j; k < Math.min(JOBS, j + ROWS); k++) {
+              const state = k < QUEUED ? 'queued' : stateOf(k);
+              counts[state] = (counts[state] ?? 0) + 1;
+              rows.push(jobRow(k, state, t0));
+            }
+            await trx.insertInto('jobs').values(rows).execute();
+          }
+        });
+      }
+    });
+    if (o.backend === 'postgres') await step('ANALYZE (what autovacuum does after a bulk load)', 0, async () => void (await sql`ANALYZE`.execute(db)));
+  } finally {
+    await db.destroy();
+  }
+  const fillMs = Date.now() - t0;
+  const size = o.backend === 'sqlite' ? statSync(url).size + (statSync(url + '-wal', { throwIfNoEntry: false })?.size ?? 0) : await pgSize(url);
+
+  // The scheduler at that scale, before the server starts: its first tick plans every row (all
+  // new: none due yet), then normal ticks one a minute until the server's start.
+  const schedCatalog = await openCatalog(url);
+  const ticks: Array<[string, number, number, number]> = [];
+  try {
+    const clock = new FakeClock(t0);
+    const loop = new SchedulerLoop(new CatalogScheduleStore(schedCatalog), clock, { timezone: 'UTC' });
+    const tick = async (label: string) => {
+      const m = new CpuMeter(undefined);
+      const r = await loop.tick();
+      const c = m.read();
+      ticks.push([label, r.loaded, c.wallMs, c.serverMs]);
+    };
+    await tick('first tick: every row new (planned, none due)');
+    clock.advance(MINUTE);
+    await tick('the next minute (nothing due)');
+  } finally {
+    await schedCatalog.close();
+  }
+
+  return { fill, counts, fillMs, size, ticks };
+}
+
+function fillInChild(o: Options, url: string, vault: string, t0: number): Promise<FillResult> {
+  const child = spawn(process.execPath, [import.meta.filename, ...process.argv.slice(2)], {
+    stdio: ['ignore', 'inherit', 'inherit', 'ipc'], env: { ...process.env, COFFER_BENCH_FILL: JSON.stringify({ url, vault, t0 }) },
+  });
+  return new Promise((resolveFill, reject) => {
+    child.once('message', (m) => resolveFill(m as FillResult));
+    child.once('exit', (code) => reject(new Error(`the fill exited with ${code}`)));
+  });
+}
+
 // ---- the run ------------------------------------------------------------------------------------
 
 interface Options {
@@ -228,11 +406,14 @@ function table(header: string[], rows: Array<Array<string | number>>): void {
 
 async function main(): Promise<void> {
   const o = parseArgs(process.argv.slice(2));
+  if (process.env.COFFER_BENCH_FILL) {
+    const { url, vault, t0 } = JSON.parse(process.env.COFFER_BENCH_FILL) as { url: string; vault: string; t0: number };
+    const r = await fillCatalog(o, url, vault, t0);
+    await new Promise((done) => process.send!(r, done));
+    return;
+  }
   const scale = o.scale;
   const CLIENTS = Math.max(10, Math.round(10_000 * scale));
-  const POLICIES = Math.max(1, Math.round(100 * scale));
-  const IMAGES = Math.round(1_000_000 * scale);
-  const JOBS = Math.round(2_000_000 * scale);
   const REQUESTS = Math.max(300, Math.round(3000 * scale));
   const side = Math.max(10, Math.round(1000 * Math.sqrt(scale)));
   const BACKUP_BYTES = Math.max(4e6, Math.round(300e6 * scale));
@@ -268,145 +449,9 @@ async function main(): Promise<void> {
     const vault = join(work, 'vault');
     mkdirSync(vault);
 
-    // ---- 1. fill ------------------------------------------------------------------------------
     const t0 = Date.now();
-    const fill: Array<[string, number, { wallMs: number; serverMs: number }]> = [];
-    const step = async (what: string, rows: number, fn: () => Promise<void>) => {
-      const m = new CpuMeter(undefined);
-      await fn();
-      const r = m.read();
-      fill.push([what, rows, r]);
-      console.error(`  fill: ${what}: ${rows} rows in ${r.wallMs.toFixed(0)} ms`);
-    };
-    const base = t0 - 100 * DAY;
-    const hourNow = new Date(t0).getUTCHours();
-    const clientName = (c: number) => `host${String(c).padStart(5, '0')}`;
-    const policyOf = (c: number) => c % POLICIES;
-    const catalog: Catalog = await openCatalog(url);
-    try {
-      await step('clients', CLIENTS, () => catalog.transaction(async (tx) => {
-        for (let c = 0; c < CLIENTS; c++) await tx.clients.upsert({ name: clientName(c), platform: 'linux' });
-      }));
-      await step(`policies (${POLICIES}) and their schedules`, 3 * CLIENTS, async () => {
-        await catalog.storageUnits.apply({ apiVersion: 'coffer/v1', kind: 'StorageUnit', metadata: { name: 'vault' }, spec: { url: vault, priority: 1 } });
-        await catalog.lifecycles.apply({ apiVersion: 'coffer/v1', kind: 'Lifecycle', metadata: { name: 'gold' }, spec: { copies: [{ operation: 'backup', storageUnit: 'vault', retention: '30d' }] } });
-        for (let p = 0; p < POLICIES; p++) {
-          // Calendars only, 6 to 17 hours ahead of now: nothing falls due while the server runs.
-          const hour = (hourNow + 6 + (p % 12)) % 24;
-          const minute = (p * 7) % 60;
-          const doc = {
-            apiVersion: 'coffer/v1', kind: 'Policy', metadata: { name: `p${p}` },
-            spec: {
-              clients: Array.from({ length: CLIENTS }, (_, c) => c).filter((c) => policyOf(c) === p).map(clientName),
-              selections: [{ paths: ['/etc', '/home', '/var/lib'] }],
-              schedules: [
-                { name: 'nightly', level: 'incremental', calendar: `${minute} ${hour} * * *`, timezone: 'UTC' },
-                { name: 'weekly', level: 'full', calendar: `${minute} ${(hour + 1) % 24} * * ${p % 7}`, timezone: 'UTC' },
-                { name: 'monthly', level: 'full', calendar: `${minute} ${(hour + 2) % 24} ${1 + (p % 28)} * *`, timezone: 'UTC' },
-              ],
-              lifecycle: 'gold',
-            },
-          };
-          await catalog.policies.apply(doc);
-          await syncPolicySchedules(catalog, doc as unknown as PolicyDocument, { now: t0 });
-        }
-      });
-      // One image a day per client for IMAGES / CLIENTS days, with one stream each.
-      const perClient = Math.max(1, Math.round(IMAGES / CLIENTS));
-      await step('images (images.addMany, 50,000 per call)', IMAGES, async () => {
-        const CHUNK = 50_000;
-        for (let i = 0; i < IMAGES; i += CHUNK) {
-          const batch = [];
-          for (let k = i; k < Math.min(IMAGES, i + CHUNK); k++) {
-            const c = k % CLIENTS;
-            const day = Math.floor(k / CLIENTS) % perClient;
-            const time = base + day * DAY + (c % 1440) * MINUTE;
-            batch.push({
-              id: ulid(time), client: clientName(c), policy: `p${policyOf(c)}`, schedule: day % 7 === 0 ? 'weekly' : 'nightly',
-              level: day % 7 === 0 ? 'full' : 'incremental', time, state: k % 50 === 0 ? 'partial' as const : 'ok' as const,
-              streams: { '5f0c1e3a9b2d4c6e': (k.toString(16) + 'a'.repeat(64)).slice(0, 64) },
-              summary: { files: 12_000 + (k % 1000), scannedBytes: 4e9 + k, newBytes: 2e7 + (k % 1e6), storedBytes: 1e7 },
-            });
-          }
-          await catalog.images.addMany(batch);
-        }
-      });
-    } finally {
-      await catalog.close();
-    }
-    const db = await openKysely(o.backend, url);
-    const jobRow = (i: number, state: string, now: number) => {
-      const c = i % CLIENTS;
-      const slot = base + Math.floor(i / CLIENTS) * (DAY / 2) + (c % 1440) * MINUTE;
-      const ended = state === 'running' || state === 'queued' ? null : slot + 20 * MINUTE + (i % 600) * 1000;
-      const started = state === 'queued' || state === 'missed' ? null : slot + 1000;
-      return {
-        id: ulid(state === 'running' || state === 'queued' ? now : slot), kind: 'backup', state, priority: 10,
-        client: clientName(c), policy: `p${policyOf(c)}`, schedule: i % 2 === 0 ? 'nightly' : 'weekly', storage_unit: 'vault',
-        spec: JSON.stringify({ level: 'incremental', slot, lifecycle: 'gold' }), attempt: 1, max_attempts: 3,
-        not_before: state === 'queued' ? now + DAY : null, queued: state === 'running' || state === 'queued' ? now : slot,
-        started: state === 'running' ? now : started, ended, updated: ended ?? now,
-        progress: state === 'running' ? JSON.stringify({ files: 100, bytes: 1e6 }) : null,
-        result: state === 'succeeded' || state === 'warnings' ? JSON.stringify({ scannedBytes: 4e9, newBytes: 2e7, storedBytes: 1e7, dedupRatio: 400, streams: 1, warnings: state === 'warnings' ? 2 : 0 }) : null,
-        error: state === 'failed' ? JSON.stringify({ code: 'STORAGE_UNAVAILABLE', message: 'Cannot reach the agent of client: it is not connected' }) : null,
-        requested_by: 'scheduler', claimed_by: state === 'queued' || state === 'missed' ? null : 'server@elsewhere', log_seq: 0,
-        slot: state === 'running' || state === 'queued' ? now + i : slot,
-      };
-    };
-    // A mix of states: mostly succeeded, some warnings, failed, missed, cancelled; ~1,000 queued
-    // for tomorrow (not_before: the queue leaves them); the ~50 running are added once the server
-    // runs (its start records every running job as interrupted).
-    const stateOf = (i: number) => {
-      const r = (i * 2654435761) % 1000;
-      return r < 30 ? 'failed' : r < 55 ? 'missed' : r < 95 ? 'warnings' : r < 100 ? 'cancelled' : r < 105 ? 'interrupted' : 'succeeded';
-    };
-    const QUEUED = Math.max(10, Math.round(1000 * scale));
-    const RUNNING = Math.min(50, CLIENTS);
-    const counts: Record<string, number> = {};
-    try {
-      await step('jobs (INSERT of 1,000 rows at a time, 50 per transaction)', JOBS, async () => {
-        const ROWS = 1000;
-        for (let i = 0; i < JOBS; i += 50 * ROWS) {
-          await db.transaction().execute(async (trx) => {
-            for (let j = i; j < Math.min(JOBS, i + 50 * ROWS); j += ROWS) {
-              const rows = [];
-              for (let k = j; k < Math.min(JOBS, j + ROWS); k++) {
-                const state = k < QUEUED ? 'queued' : stateOf(k);
-                counts[state] = (counts[state] ?? 0) + 1;
-                rows.push(jobRow(k, state, t0));
-              }
-              await trx.insertInto('jobs').values(rows).execute();
-            }
-          });
-        }
-      });
-      if (o.backend === 'postgres') await step('ANALYZE (what autovacuum does after a bulk load)', 0, async () => void (await sql`ANALYZE`.execute(db)));
-    } finally {
-      await db.destroy();
-    }
-    const fillMs = Date.now() - t0;
-    const size = o.backend === 'sqlite' ? statSync(url).size + (statSync(url + '-wal', { throwIfNoEntry: false })?.size ?? 0) : await pgSize(url);
-
-    // The scheduler at that scale, before the server starts: its first tick plans every row (all
-    // new: none due yet), then normal ticks one a minute until the server's start.
-    const schedCatalog = await openCatalog(url);
-    const ticks: Array<[string, number, number, number]> = [];
-    try {
-      const clock = new FakeClock(t0);
-      const loop = new SchedulerLoop(new CatalogScheduleStore(schedCatalog), clock, { timezone: 'UTC' });
-      const tick = async (label: string) => {
-        const m = new CpuMeter(undefined);
-        const r = await loop.tick();
-        const c = m.read();
-        ticks.push([label, r.loaded, c.wallMs, c.serverMs]);
-      };
-      await tick('first tick: every row new (planned, none due)');
-      clock.advance(MINUTE);
-      await tick('the next minute (nothing due)');
-    } finally {
-      await schedCatalog.close();
-    }
-
+    const { RUNNING, clientName, jobRow } = shape(scale, t0);
+    const { fill, counts, fillMs, size, ticks } = await fillInChild(o, url, vault, t0);
     print(`### 1. Filling the catalog, the server's start, the scheduler`);
     print();
     table(['step', 'rows', 'wall s', 'CPU s (this process)', 'rows/s'], [
@@ -709,7 +754,8 @@ async function main(): Promise<void> {
   } finally {
     await server?.stop().catch(() => {});
     await pgServer?.stop().catch(() => {});
-    await rm(work, { recursive: true, force: true });
+    if (process.env.COFFER_BENCH_KEEP) console.error(`kept ${work}`);
+    else await rm(work, { recursive: true, force: true });
     if (o.md) writeFileSync(o.md, out.join('\n') + '\n');
   }
 }
