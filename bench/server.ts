@@ -2,7 +2,7 @@
 // as its child process) on a catalog of 10,000 clients, 30,000 schedules, 1,000,000 images and
 // 2,000,000 jobs, on an SQLite file or a real PostgreSQL (src/testing/postgres.ts: fsync off).
 //
-//   npx node bench/server.ts --catalog sqlite|postgres [--scale 1] [--sections 1,2,3,4] [--md FILE]
+//   npx node bench/server.ts --catalog sqlite|postgres [--scale 1] [--sections 1,2,3,4] [--md FILE] [--backup-mb N]
 //
 // Sections (each prints a markdown table; --md also writes them to FILE):
 //   1. Filling the catalog (bulk inserts: images.addMany, batched INSERTs of jobs through kysely),
@@ -367,10 +367,12 @@ interface Options {
   scale: number;
   sections: Set<number>;
   md: string | undefined;
+  /** Section 4: MB per backup (default 300 × scale, at least 4). */
+  backupMb: number | undefined;
 }
 
 function parseArgs(argv: string[]): Options {
-  const o: Options = { backend: 'sqlite', scale: 1, sections: new Set([1, 2, 3, 4]), md: undefined };
+  const o: Options = { backend: 'sqlite', scale: 1, sections: new Set([1, 2, 3, 4]), md: undefined, backupMb: undefined };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]!;
     const v = () => {
@@ -385,7 +387,8 @@ function parseArgs(argv: string[]): Options {
     } else if (a === '--scale') o.scale = Number(v());
     else if (a === '--sections') o.sections = new Set(v().split(',').map(Number));
     else if (a === '--md') o.md = v();
-    else throw new Error(`unknown argument ${a}: npx node bench/server.ts --catalog sqlite|postgres [--scale 1] [--sections 1,2,3,4] [--md FILE]`);
+    else if (a === '--backup-mb') o.backupMb = Number(v());
+    else throw new Error(`unknown argument ${a}: npx node bench/server.ts --catalog sqlite|postgres [--scale 1] [--sections 1,2,3,4] [--md FILE] [--backup-mb N]`);
   }
   if (!(o.scale > 0)) throw new Error('--scale is a positive number');
   return o;
@@ -416,7 +419,7 @@ async function main(): Promise<void> {
   const CLIENTS = Math.max(10, Math.round(10_000 * scale));
   const REQUESTS = Math.max(300, Math.round(3000 * scale));
   const side = Math.max(10, Math.round(1000 * Math.sqrt(scale)));
-  const BACKUP_BYTES = Math.max(4e6, Math.round(300e6 * scale));
+  const BACKUP_BYTES = o.backupMb !== undefined ? o.backupMb * 1e6 : Math.max(4e6, Math.round(300e6 * scale));
 
   const command = `npx node bench/server.ts ${process.argv.slice(2).join(' ')}`;
   const date = new Date().toISOString().replace(/\.\d+Z$/, 'Z');
