@@ -432,11 +432,13 @@ async function main(): Promise<void> {
   let pgServer: PostgresServer | undefined;
   let server: RunningServer | undefined;
   const logs: Json[] = [];
+  const startLog: Array<[number, string]> = [];
   let agentPid: number | undefined;
   const log = pino({ level: 'info' }, {
     write(line: string) {
       const j = JSON.parse(line) as Json;
       if (j.msg === 'embedded agent connected') agentPid = j.pid;
+      if (startLog.length < 12) startLog.push([j.time as number, String(j.msg)]);
       if (j.level >= 50) logs.push(j);
     },
   });
@@ -470,6 +472,8 @@ async function main(): Promise<void> {
       // ~50 jobs run (claimed by the fill); the default limit of 16 running jobs in the catalog would start none of ours.
       maxJobs: 100 });
     const started = startMeter.read();
+    const startAt = Date.now() - started.wallMs;
+    const timeline = startLog.map(([t, m]) => `${m} +${Math.round(t - startAt)} ms`).join(', ');
     const api = async (method: string, path: string, body?: unknown, token = adminToken): Promise<{ status: number; body: Json }> => {
       const res = await fetch(server!.url + path, {
         method, headers: { ...(token ? { authorization: `Bearer ${token}` } : {}), ...(body !== undefined ? { 'content-type': 'application/json' } : {}) },
@@ -492,6 +496,8 @@ async function main(): Promise<void> {
     table(['server start (startServer on the filled catalog)', 'wall ms', 'CPU ms (server process)'], [
       ['catalog open, interrupt running, agent start, schedules of every policy synced, API listening', f0(started.wallMs), f0(started.serverMs)],
     ]);
+    print(`Start, from its log: ${timeline}.`);
+    print();
     table(['scheduler tick (SchedulerLoop + CatalogScheduleStore, 30,000 × scale schedules)', 'rows due', 'wall ms', 'CPU ms'], ticks.map(([l, n, w, c]) => [l, f0(n), f1(w), f1(c)]));
 
     // A storage unit and lifecycle for the real backups of sections 2 to 4.
