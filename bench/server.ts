@@ -437,7 +437,7 @@ async function main(): Promise<void> {
   const log = pino({ level: 'info' }, {
     write(line: string) {
       const j = JSON.parse(line) as Json;
-      if (j.msg === 'embedded agent connected') agentPid = j.pid;
+      if (j.msg === 'embedded agent connected') agentPid = j.agentPid ?? j.pid; // agentPid on main since b9b536d
       if (startLog.length < 12) startLog.push([j.time as number, String(j.msg)]);
       if (j.level >= 50) logs.push(j);
     },
