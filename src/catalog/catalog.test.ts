@@ -236,6 +236,14 @@ for (const backend of backends) {
         await expectCode(catalog.clients.upsert({ name: 'x', maxStreams: 0 }), 'USAGE');
       });
 
+      it('says which of many names are registered, in batches', async (t) => {
+        const { catalog } = await setup(t, backend);
+        for (const name of ['a', 'b', 'c']) await catalog.clients.upsert({ name });
+        const asked = [...Array.from({ length: 1200 }, (_, i) => `missing-${i}`), 'c', 'a', 'a'];
+        assert.deepEqual([...await catalog.clients.registered(asked)].sort(), ['a', 'c']);
+        assert.equal((await catalog.clients.registered([])).size, 0);
+      });
+
       it('applies Client documents as revisions, and refuses to remove a client that has images', async (t) => {
         const { catalog } = await setup(t, backend);
         await basics(catalog);

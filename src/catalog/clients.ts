@@ -41,6 +41,8 @@ export interface Clients {
   /** NOT_FOUND if there is none. */
   get(name: string): Promise<Client>;
   find(name: string): Promise<Client | undefined>;
+  /** Those of `names` that are registered (one query per 500 names, not one per name). */
+  registered(names: readonly string[]): Promise<Set<string>>;
   /** By name. */
   list(options?: PageOptions): Promise<Page<Client>>;
   /** Records that the client's agent was heard from (now, or at `time`). */
@@ -87,6 +89,18 @@ export function clientsModule(scope: Scope): Clients {
     },
 
     find,
+
+    async registered(names) {
+      return guard(scope, `look up ${names.length} clients`, async () => {
+        const found = new Set<string>();
+        const unique = [...new Set(names)];
+        for (let i = 0; i < unique.length; i += 500) {
+          const rows = await scope.db.selectFrom('clients').select('name').where('name', 'in', unique.slice(i, i + 500)).execute();
+          for (const r of rows) found.add(r.name);
+        }
+        return found;
+      });
+    },
 
     async list(options = {}) {
       const action = 'list clients';

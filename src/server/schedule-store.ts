@@ -189,9 +189,10 @@ export async function syncPolicySchedules(catalog: CatalogQueries, policy: Pick<
     }
   });
   return catalog.transaction(async (tx) => {
+    const registered = await tx.clients.registered(policy.spec.clients);
     const known: string[] = [];
     const unknownClients: string[] = [];
-    for (const client of policy.spec.clients) ((await tx.clients.find(client)) === undefined ? unknownClients : known).push(client);
+    for (const client of policy.spec.clients) (registered.has(client) ? known : unknownClients).push(client);
     const entries = known.flatMap((client) => policy.spec.schedules.map((s, i) => {
       const lifecycle = s.lifecycle ?? policy.spec.lifecycle;
       return { client, name: s.name, timing: { ...timings[i]! }, level: s.level, ...(lifecycle === undefined ? {} : { lifecycle }) };
