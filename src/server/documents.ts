@@ -6,6 +6,7 @@
 
 import { CofferError, toCofferError } from '../core/errors.ts';
 import type { CatalogQueries } from '../catalog/catalog.ts';
+import type { StorageUnit } from '../catalog/storage-units.ts';
 import {
   diffDocuments,
   documentId,
@@ -30,6 +31,8 @@ export interface SecretStore {
   put(name: string, secret: string): Promise<void>;
   /** A new random password for a repository. */
   generatePassword(): string;
+  /** Whether the keystore holds a secret of this name. */
+  has(name: string): boolean;
 }
 
 /** The order documents are written in: what others refer to first. */
@@ -149,7 +152,7 @@ export async function applyDocuments(s: Services, secrets: SecretStore, req: App
     if (doc.kind === 'StorageUnit') {
       const before = current.get(id) as StorageUnitDocument | undefined;
       if (before && before.spec.url === doc.spec.url && before.spec.passwordFrom === doc.spec.passwordFrom) continue;
-      if (await checkStorageUnit(s, doc, problems)) initialise.push(doc);
+      if (await checkStorageUnit(s, secrets, doc, problems)) initialise.push(doc);
     }
   }
   if (problems.length) throw invalidDocuments(`${docs.length} document(s)`, problems);
@@ -161,7 +164,7 @@ export async function applyDocuments(s: Services, secrets: SecretStore, req: App
     const password = secrets.generatePassword();
     const name = unitPasswordRef(unit.metadata.name).slice('keystore:'.length);
     await secrets.put(name, password);
-    const r = await runOnAgent(s.node(), 'init', { storage: { url: unit.spec.url, password } });
+    const r = await runOnAgent(s.node(), 'init', { storage: await s.storageAccess(unitOf(unit), { password }) });
     warnings.push({ document: documentId(unit), path: 'spec.url', message: `a new repository (${String(r.repository).slice(0, 12)}) was created at ${unit.spec.url}; its password is in the server's keystore` });
   }
   const ordered = docs.filter((d) => changed.has(documentId(d))).sort((a, b) => APPLY_ORDER[a.kind] - APPLY_ORDER[b.kind]);
@@ -208,37 +211,48 @@ async function checkPolicy(s: Services, doc: PolicyDocument, problems: Problem[]
   });
 }
 
-/** True when the unit's location is empty and needs a new repository. */
-async function checkStorageUnit(s: Services, doc: StorageUnitDocument, problems: Problem[]): Promise<boolean> {
+/** The unit as the catalog would hold it, for resolving its access before it is applied. */
+function unitOf(doc: StorageUnitDocument): StorageUnit {
+  return { name: doc.metadata.name, url: doc.spec.url, spec: doc.spec, labels: {}, revision: 0, updated: 0, updatedBy: undefined, maxJobs: undefined, passwordRef: undefined, repoId: undefined };
+}
+
+/**
+ * Checks a new or moved storage unit: its location takes a write (a probe object, with the
+ * unit's own S3 credentials), and either holds a repository its password opens (passwordFrom, or
+ * the keystore's from an earlier apply) or is empty. True when it is empty: a repository is made.
+ */
+async function checkStorageUnit(s: Services, secrets: SecretStore, doc: StorageUnitDocument, problems: Problem[]): Promise<boolean> {
   const id = documentId(doc);
+  const unit = unitOf(doc);
   let probe: Record<string, unknown>;
   try {
-    probe = await runOnAgent(s.node(), 'probe', { storage: { url: doc.spec.url, password: 'probe' } });
+    probe = await runOnAgent(s.node(), 'probe', { storage: await s.storageAccess(unit, { password: 'probe' }) });
   } catch (e) {
-    problems.push({ document: id, path: 'spec.url', message: `cannot check ${doc.spec.url}: ${toCofferError(e).message}` });
+    problems.push({ document: id, path: 'spec', message: `cannot check ${doc.spec.url}: ${toCofferError(e).message}` });
     return false;
   }
   const failed = (probe.problems as Array<{ problem: string }>)[0];
   if (failed) {
-    problems.push({ document: id, path: 'spec.url', message: `${doc.spec.url} is not writable: ${failed.problem}`, hint: 'Create the directory or bucket and give the server write access.' });
+    problems.push({ document: id, path: 'spec.url', message: `${doc.spec.url} is not writable: ${failed.problem}`, hint: 'Create the directory or bucket and give the server write access (for S3: credentialsFrom).' });
     return false;
   }
-  if (doc.spec.passwordFrom) {
-    // An existing repository: its password must open it.
-    try {
-      await runOnAgent(s.node(), 'snapshots', { storage: await s.storageAccess({ name: doc.metadata.name, url: doc.spec.url, spec: doc.spec, labels: {}, revision: 0, updated: 0, updatedBy: undefined, maxJobs: undefined, passwordRef: undefined, repoId: undefined }) });
-    } catch (e) {
-      problems.push({ document: id, path: 'spec.passwordFrom', message: `cannot open the repository at ${doc.spec.url}: ${toCofferError(e).message}` });
-    }
-    return false;
-  }
+  const known = doc.spec.passwordFrom !== undefined || secrets.has(unitPasswordRef(doc.metadata.name).slice('keystore:'.length));
   try {
-    await runOnAgent(s.node(), 'snapshots', { storage: await s.storageAccess({ name: doc.metadata.name, url: doc.spec.url, spec: doc.spec, labels: {}, revision: 0, updated: 0, updatedBy: undefined, maxJobs: undefined, passwordRef: undefined, repoId: undefined }) });
-    return false; // a repository whose password the keystore has (the unit was applied before)
+    // With a password to hand, it must open what is there; without, anything there is refused.
+    await runOnAgent(s.node(), 'snapshots', { storage: await s.storageAccess(unit, known ? {} : { password: 'no password: probing for an empty location' }) });
+    if (known) return false;
+    problems.push({ document: id, path: 'spec.url', message: `${doc.spec.url} holds a repository this server has no password for`, hint: 'Name its password with passwordFrom: file:/path or env:NAME, or give an empty location.' });
+    return false;
   } catch (e) {
     const err = toCofferError(e);
-    if (err.code === 'NOT_FOUND') return true; // no repository there: make one
-    problems.push({ document: id, path: 'spec.url', message: `${doc.spec.url} holds something that is not a repository this server can open: ${err.message}`, hint: 'Give an empty location, or name the repository password with passwordFrom.' });
+    if (err.code === 'NOT_FOUND' && !doc.spec.passwordFrom) return true; // nothing there: make one
+    if (err.code === 'WRONG_PASSWORD') {
+      problems.push(known
+        ? { document: id, path: doc.spec.passwordFrom ? 'spec.passwordFrom' : 'spec.url', message: `the password ${doc.spec.passwordFrom ? `from ${doc.spec.passwordFrom}` : 'in the keystore'} does not open the repository at ${doc.spec.url}`, hint: 'Name the right password with passwordFrom: file:/path or env:NAME.' }
+        : { document: id, path: 'spec.url', message: `${doc.spec.url} holds a repository this server has no password for`, hint: 'Name its password with passwordFrom: file:/path or env:NAME, or give an empty location.' });
+      return false;
+    }
+    problems.push({ document: id, path: doc.spec.passwordFrom ? 'spec.passwordFrom' : 'spec.url', message: `cannot open the repository at ${doc.spec.url}: ${err.message}` });
     return false;
   }
 }

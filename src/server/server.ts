@@ -153,7 +153,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
       now,
       agents,
       node: () => agents.get(clientName),
-      storageAccess: async (unit) => storageAccessFor(typeof unit === 'string' ? await catalog.storageUnits.get(unit) : unit, resolve),
+      storageAccess: async (unit, o) => storageAccessFor(typeof unit === 'string' ? await catalog.storageUnits.get(unit) : unit, resolve, o),
     };
 
     // The embedded agent: this host's client, and the node for storage work. Restarted if it dies.
@@ -180,6 +180,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
     const secrets = {
       put: (name: string, secret: string) => keystore.put(name, secret),
       generatePassword: () => keystore.generatePassword(),
+      has: (name: string) => keystore.has(name),
     };
     const scheduleStore = new CatalogScheduleStore(catalog);
     const scheduler = new SchedulerLoop(scheduleStore, clock, {

@@ -20,15 +20,16 @@ export interface Services {
   agents: AgentRegistry;
   /** The agent that does the storage side of jobs (the embedded agent: this host). */
   node(): AgentLink;
-  storageAccess(unit: string | StorageUnit): Promise<StorageAccess>;
+  /** What an agent needs to open the unit's repository; `password` instead of the unit's own (a probe, a new repository). */
+  storageAccess(unit: string | StorageUnit, options?: { password?: string }): Promise<StorageAccess>;
 }
 
 /** The keystore name of a storage unit's repository password when the unit names no passwordFrom. */
 export const unitPasswordRef = (unit: string) => `keystore:storage-unit/${unit}/password`;
 
-export async function storageAccessFor(unit: StorageUnit, resolve: SecretResolver): Promise<StorageAccess> {
+export async function storageAccessFor(unit: StorageUnit, resolve: SecretResolver, options: { password?: string } = {}): Promise<StorageAccess> {
   const spec = unit.spec as { passwordFrom?: string; credentialsFrom?: { accessKeyId: string; secretAccessKey: string; sessionToken?: string } };
-  const password = await resolve(spec.passwordFrom ?? unit.passwordRef ?? unitPasswordRef(unit.name));
+  const password = options.password ?? await resolve(spec.passwordFrom ?? unit.passwordRef ?? unitPasswordRef(unit.name));
   const access: StorageAccess = { url: unit.url, password };
   if (spec.credentialsFrom) {
     access.env = {
