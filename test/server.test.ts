@@ -3,7 +3,7 @@
 // export and re-apply with no change, expire, and the first-start defaults; the round trip on
 // both catalogs, SQLite and a real PostgreSQL server.
 import assert from 'node:assert/strict';
-import { mkdir, readFile, stat, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { test, type TestContext } from 'node:test';
 import { toYaml, parseDocuments } from '../src/policy/index.ts';
@@ -184,6 +184,14 @@ test('bad documents are refused whole, naming the document, the path and what is
   assert.match(r.body.error.message, /Policy\/p/);
   assert.match(r.body.error.message, /spec\.lifecycle/);
   assert.equal((await ts.api<Json>('GET', '/api/v1/documents/lifecycle/ok')).status, 404, 'nothing was applied');
+  // A storage unit on a directory that holds other files: refused, nothing made there.
+  const full = await tempDir(t);
+  await writeFile(join(full, 'precious.txt'), 'mine');
+  const su = await ts.api<Json>('POST', '/api/v1/apply', { body: { documents: [{ apiVersion: 'coffer/v1', kind: 'StorageUnit', metadata: { name: 'full' }, spec: { url: full } }] } });
+  assert.equal(su.status, 422, JSON.stringify(su.body));
+  assert.match(su.body.error.message, /StorageUnit\/full: spec\.url: .* is not empty/);
+  assert.deepEqual(await readdir(full), ['precious.txt']);
+  assert.equal((await ts.api<Json>('GET', '/api/v1/documents/storageunit/full')).status, 404);
   const bad = await ts.api<Json>('POST', '/api/v1/apply', { body: { documents: 'nope' } });
   assert.equal(bad.status, 400);
   assert.match(bad.body.error.message, /body\.documents/);

@@ -164,7 +164,14 @@ export async function applyDocuments(s: Services, secrets: SecretStore, req: App
     const password = secrets.generatePassword();
     const name = unitPasswordRef(unit.metadata.name).slice('keystore:'.length);
     await secrets.put(name, password);
-    const r = await runOnAgent(s.node(), 'init', { storage: await s.storageAccess(unitOf(unit), { password }) });
+    let r: Record<string, unknown>;
+    try {
+      r = await runOnAgent(s.node(), 'init', { storage: await s.storageAccess(unitOf(unit), { password }) });
+    } catch (e) {
+      const err = toCofferError(e);
+      if (err.code !== 'ALREADY_EXISTS' && err.code !== 'REFUSED') throw err;
+      throw invalidDocuments(documentId(unit), [{ document: documentId(unit), path: 'spec.url', message: `${unit.spec.url} is not empty: ${err.message.replace(/^Cannot initialise a repository at [^:]*: /, '')}`, hint: 'Give an empty directory or S3 prefix (one that does not exist yet is fine), or name the password of the repository there with passwordFrom.' }]);
+    }
     warnings.push({ document: documentId(unit), path: 'spec.url', message: `a new repository (${String(r.repository).slice(0, 12)}) was created at ${unit.spec.url}; its password is in the server's keystore` });
   }
   const ordered = docs.filter((d) => changed.has(documentId(d))).sort((a, b) => APPLY_ORDER[a.kind] - APPLY_ORDER[b.kind]);
