@@ -245,6 +245,19 @@ spec:
     assert.notEqual(retry.final.jobs[0].id, failed.final.jobs[0].id);
   });
 
+  await t.test('hold and release (legal hold): every copy kept, released again; nothing to release is an error', async () => {
+    const held = await json(['hold', imageId, '--reason', 'case 42'], admin, 0);
+    assert.deepEqual([held.final.image, held.final.reason, held.final.copies], [imageId, 'case 42', 1]);
+    const text = await human(['hold', imageId, '--reason', 'case 43'], admin, 0);
+    assert.match(text.stdout, /1 copy held \(primary\): case 43/);
+    const released = await json(['release', imageId], admin, 0);
+    assert.equal(released.final.copies, 1);
+    const again = await json(['release', imageId], admin, 1);
+    assert.equal(again.final.code, 'CONFLICT');
+    const noReason = await human(['hold', imageId], admin, 2);
+    assert.match(noReason.stderr, /--reason/);
+  });
+
   await t.test('jobs cancel: a running backup ends cancelled, and wait exits 130', async () => {
     const started = await json(['backup', 'now', '--policy', 'slow'], admin, 0);
     const id = started.final.jobs[0].id;

@@ -125,6 +125,23 @@ export function register(program: Command): void {
     });
 
   serverOption(program
+    .command('hold <image>')
+    .description('legal hold (admin): keep every copy of an image whatever its retention, until released')
+    .requiredOption('--reason <text>', 'why it is held: a case number, an investigation (recorded with the hold and in the audit log)'))
+    .action(async (image: string, o: { reason: string }, cmd: Command) => {
+      const r = await apiFor(cmd).request<{ image: string; reason: string; copies: Array<{ storageUnit: string }> }>('POST', `/api/v1/images/${encodeURIComponent(image)}/hold`, { body: { reason: o.reason } });
+      output(cmd).summary({ image: r.image, reason: r.reason, copies: r.copies.length }, () => `image ${r.image}: ${r.copies.length} cop${r.copies.length === 1 ? 'y' : 'ies'} held (${r.copies.map((c) => c.storageUnit).join(', ')}): ${r.reason}`);
+    });
+
+  serverOption(program
+    .command('release <image>')
+    .description('release a legal hold (admin): the copies expire at their own time again'))
+    .action(async (image: string, _o: unknown, cmd: Command) => {
+      const r = await apiFor(cmd).request<{ image: string; copies: unknown[] }>('POST', `/api/v1/images/${encodeURIComponent(image)}/release`);
+      output(cmd).summary({ image: r.image, copies: r.copies.length }, () => `image ${r.image}: hold released on ${r.copies.length} cop${r.copies.length === 1 ? 'y' : 'ies'}`);
+    });
+
+  serverOption(program
     .command('restore <image>')
     .description('restore an image onto a client (a job on the server)')
     .requiredOption('--to-client <name>', 'the client to restore onto')

@@ -362,6 +362,8 @@ export const COMMAND_OUTPUT: Record<string, CommandOutput> = {
   'jobs wait': { events: JOB_LINES, summary: jobsSummary },
   'jobs retry': { events: JOB_LINES, summary: jobsSummary },
   images: { events: ['image'], summary: summary({ images: count }) },
+  hold: { events: [], summary: summary({ image: z.string(), reason: z.string(), copies: count }) },
+  release: { events: [], summary: summary({ image: z.string(), copies: count }) },
   history: { events: ['revision'], summary: summary({ kind: z.string(), name: z.string(), revisions: count }) },
   find: { events: ['found', 'warning'], summary: summary({ pattern: z.string(), client: z.string(), matches: count, more: z.boolean(), imagesSearched: count, warnings: count }) },
   browse: { events: ['browseEntry'], summary: summary({ image: z.string(), stream: z.string(), streams: z.array(z.string()), path: z.string(), entries: count }) },

@@ -405,6 +405,41 @@ export function buildRoutes(deps: ApiDeps): RouteDef[] {
       },
     }),
     route({
+      method: 'POST', url: '/api/v1/images/:id/hold', summary: 'Legal hold: keep every copy of an image whatever its retention (admin)', tags: ['images'], rule: { roles: [] }, audit: 'image.hold',
+      params: z.strictObject({ id }), body: z.strictObject({ reason: z.string().trim().min(1).max(1024) }),
+      handler: async (ctx) => {
+        const image = await s.catalog.images.get(ctx.params.id);
+        ctx.auditTarget(`image/${image.id}`);
+        ctx.auditDetails({ reason: ctx.body.reason });
+        const copies = (await s.catalog.copies.list({ imageId: image.id, state: ['ok', 'suspect'], limit: 1000 })).items;
+        if (copies.length === 0) throw new CofferError('CONFLICT', `Cannot hold image ${image.id}: it has no copy left to keep`, { hint: 'Its copies have expired or are lost.' });
+        const held = await s.catalog.transaction(async (tx) => {
+          const out = [];
+          for (const c of copies) out.push(await tx.copies.hold(c.id, ctx.body.reason));
+          return out;
+        });
+        return { image: image.id, reason: ctx.body.reason, copies: held };
+      },
+    }),
+    route({
+      method: 'POST', url: '/api/v1/images/:id/release', summary: 'Release a legal hold: the copies expire at their own time again (admin)', tags: ['images'], rule: { roles: [] }, audit: 'image.release',
+      params: z.strictObject({ id }),
+      handler: async (ctx) => {
+        const image = await s.catalog.images.get(ctx.params.id);
+        ctx.auditTarget(`image/${image.id}`);
+        const copies = (await s.catalog.copies.list({ imageId: image.id, held: true, limit: 1000 })).items;
+        if (copies.length === 0) throw new CofferError('CONFLICT', `Cannot release image ${image.id}: it is not on hold`);
+        ctx.auditDetails({ reasons: [...new Set(copies.map((c) => c.hold))] });
+        const released = await s.catalog.transaction(async (tx) => {
+          const out = [];
+          for (const c of copies) out.push(await tx.copies.release(c.id));
+          return out;
+        });
+        // A copy whose time has passed goes at the next expiry run.
+        return { image: image.id, copies: released };
+      },
+    }),
+    route({
       method: 'POST', url: '/api/v1/expire', summary: 'Run the expiry job now (admin)', tags: ['images'], rule: { roles: [] }, audit: 'expire.start', status: 202,
       handler: async (ctx) => {
         const job = await s.catalog.jobs.enqueue({ kind: 'expire', priority: 5, maxAttempts: 5, spec: {}, requestedBy: P(ctx).user });
