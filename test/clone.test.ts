@@ -8,7 +8,10 @@ import { isCofferError } from '../src/core/errors.ts';
 import { chunkId, fromHex, toHex } from '../src/engine/hash.ts';
 import { cloneSnapshots, type CloneResult } from '../src/jobs/clone.ts';
 import { check } from '../src/repository/check.ts';
-import { DATA_PREFIX, packName } from '../src/repository/layout.ts';
+import { DATA_PREFIX, packName, snapshotName } from '../src/repository/layout.ts';
+import { prune } from '../src/repository/prune.ts';
+import { Session } from '../src/repository/session.ts';
+import { WorkerPool } from '../src/engine/pool.ts';
 import type { Repository } from '../src/repository/repository.ts';
 import { listSnapshotIds, loadSnapshot } from '../src/repository/snapshot.ts';
 import { walkTree } from '../src/repository/walk.ts';
@@ -163,6 +166,14 @@ for (const sameKeys of [true, false]) {
       assert.deepEqual(r3.snapshots.map((s) => [s.existed, s.targetId]), [[true, r1.snapshots[0]!.targetId], [true, r2.snapshots[0]!.targetId]]);
       const after = await listAll(dst.backend, '');
       assert.deepEqual(after.map((o) => o.name).filter((n) => !n.startsWith('sessions/')), before.map((o) => o.name).filter((n) => !n.startsWith('sessions/')));
+      // Cloned together, oldest first: the copy of b2 names the copy of b1 as its parent.
+      assert.equal((await loadSnapshot(src.repo, b2.snapshotId!)).parent, b1.snapshotId);
+      const third = await makeTestRepo({ master: sameKeys ? src.repo.masterKeyForDomain : undefined });
+      t.after(() => third.close());
+      const both = await clone(src, third, [b2.snapshotId!, b1.snapshotId!]);
+      assert.deepEqual(both.snapshots.map((s) => s.sourceId), [b1.snapshotId, b2.snapshotId]);
+      assert.equal((await loadSnapshot(third.repo, both.snapshots[1]!.targetId)).parent, both.snapshots[0]!.targetId);
+      assert.ok(both.snapshots[1]!.counts.bytesSent < both.snapshots[0]!.counts.bytesSent / 3, 'the second sends only its new data');
       t.diagnostic(`second snapshot: sent ${sent} bytes, missing data ${missing} (+ ${slack} tree bytes) of ${total}; first clone ${firstMs.toFixed(0)} ms, second ${secondMs.toFixed(0)} ms`);
     });
   });
@@ -231,6 +242,44 @@ describe('cloneSnapshots() resumes', () => {
     const c = await check(fresh, { readData: true });
     assert.ok(c.ok, JSON.stringify(c.problems));
     await restoresAs(fresh, r.snapshots[0]!.targetId, srcDir, join(dir, 'out'));
+  });
+});
+
+describe('cloneSnapshots() and prune', () => {
+  it('does not reuse blobs in packs a pending prune of the target condemned: it sends them again, and the sweep leaves a target that checks and restores', async (t) => {
+    const dir = await tempDir(t);
+    const srcDir = join(dir, 'src');
+    await writeSet(srcDir, 13, 4, 200_000);
+    const src = await makeTestRepo();
+    t.after(() => src.close());
+    const dst = await makeTestRepo({ master: src.repo.masterKeyForDomain });
+    t.after(() => dst.close());
+    // One pool for both repositories, as a server runs it: a context per repository.
+    const shared = await WorkerPool.create({ workers: 2 });
+    t.after(() => shared.close());
+    const sourcePool = shared.context({ keys: src.repo.keys, chunker: src.repo.config.chunker, level: src.repo.config.compressionLevel });
+    const targetPool = shared.context({ keys: dst.repo.keys, chunker: dst.repo.config.chunker, level: dst.repo.config.compressionLevel });
+    const b = await backup(src.repo, src.pool, [srcDir]);
+    const first = await cloneSnapshots(src.repo, dst.repo, [b.snapshotId!], { sourcePool, targetPool });
+    const oldPacks = new Set((await listAll(dst.backend, DATA_PREFIX)).map((o) => o.name));
+    // The copy is forgotten and a prune marks every pack; another writer is live, so the sweep waits.
+    await dst.backend.delete(snapshotName(first.snapshots[0]!.targetId));
+    const other = await dst.reopen();
+    const session = await Session.start(other, 'backup');
+    const p1 = await prune(await dst.reopen(), { encoder: dst.pool });
+    assert.equal(p1.plansWaiting, 1);
+    const again = await cloneSnapshots(src.repo, await dst.reopen(), [b.snapshotId!], { sourcePool, targetPool });
+    assert.equal(again.snapshots[0]!.existed, false);
+    assert.equal(again.totals.blobsPresent, 0, 'nothing is deduplicated against a condemned pack');
+    assert.equal(again.totals.bytesSent, first.totals.bytesSent);
+    await session.end();
+    const p2 = await prune(await dst.reopen(), { encoder: dst.pool });
+    assert.equal(p2.packsKept, 0);
+    const after = new Set((await listAll(dst.backend, DATA_PREFIX)).map((o) => o.name));
+    assert.ok([...oldPacks].every((n) => !after.has(n)), 'the condemned packs are gone');
+    const r = await dst.reopen();
+    await checked(r);
+    await restoresAs(r, again.snapshots[0]!.targetId, srcDir, join(dir, 'out'));
   });
 });
 
