@@ -307,10 +307,40 @@ describe('cloneSnapshots() and damage', () => {
         assert.equal(e.details?.blob, victim!.id);
         assert.equal(e.details?.path, victim!.path);
         assert.match(e.message, /f2\.bin/);
+        assert.deepEqual(e.details?.sourceDamageRecorded, [toHex(hit.packId)]);
         return true;
       });
       assert.deepEqual(await listSnapshotIds(dst.repo), []);
+      // Recorded in the source, as a restore records it: its next backup stores the blob again.
+      const again = await src.reopen();
+      await again.loadIndex();
+      assert.equal(again.hasBlob('data', fromHex(victim.id)), false);
       await checked(dst.repo);
     });
   }
+
+  it('fails with CORRUPT naming the directory when a source tree does not verify', async (t) => {
+    const dir = await tempDir(t);
+    const srcDir = join(dir, 'src');
+    await makeSourceTree(srcDir, 4);
+    const { src, dst } = await repos(t, false);
+    const b = await backup(src.repo, src.pool, [srcDir]);
+    let victim: { path: string; id: string } | undefined;
+    const snap = await loadSnapshot(src.repo, b.snapshotId!);
+    await walkTree(src.repo, snap.tree, { node: (p, n) => void (n.name === 'deeper' && (victim = { path: p, id: n.subtree! })) });
+    assert.ok(victim);
+    const hit = src.repo.locate('tree', fromHex(victim.id))!;
+    const name = packName(toHex(hit.packId));
+    const bytes = Buffer.from(await src.backend.get(name));
+    bytes[hit.entry.offset + 3]! ^= 0x01;
+    await src.backend.put(name, bytes);
+    await assert.rejects(clone(src, dst, [b.snapshotId!]), (e) => {
+      assert.ok(isCofferError(e, 'CORRUPT'), String(e));
+      assert.equal(e.details?.type, 'tree');
+      assert.equal(e.details?.blob, victim!.id);
+      assert.equal(e.details?.path, victim!.path);
+      return true;
+    });
+    assert.deepEqual(await listSnapshotIds(dst.repo), []);
+  });
 });

@@ -29,7 +29,8 @@
 //
 // A clone that fails commits no snapshot: a source blob or tree that no copy in the source reads
 // fails the clone with CORRUPT naming the snapshot, the path and the blob (the lifecycle layer
-// then falls back to another copy). Cloning a snapshot the target already has a copy of (the
+// then falls back to another copy). Copies that failed to read are recorded as damage in the
+// source, as a restore does, so that its next backup stores those blobs again. Cloning a snapshot the target already has a copy of (the
 // same snapshot after rewriting, `parent` aside) writes nothing and returns that copy's id.
 //
 // The snapshot JSON is copied as it is, except `tree` (different keys) and `parent`, which names
@@ -48,6 +49,7 @@ import { Session, isSessionGap } from '../repository/session.ts';
 import { loadSnapshot, readSnapshots, saveSnapshot, type Snapshot } from '../repository/snapshot.ts';
 import { encodeTree, type Tree, type TreeNode } from '../repository/tree.ts';
 import { snapshotName } from '../repository/layout.ts';
+import type { PackDamage } from '../repository/damage.ts';
 import { readBlobs, type BlobDecoder, type BlobResult } from './read-blobs.ts';
 import { TreeLoader } from './tree-loader.ts';
 
@@ -85,6 +87,8 @@ export interface CloneResult {
   sameKeys: boolean;
   packs: number;
   indexFiles: number;
+  /** Packs of the source in which a copy failed to read (another copy served): recorded as damage there. */
+  sourceDamage: string[];
 }
 
 export interface CloneProgress {
@@ -161,6 +165,8 @@ class CloneRun {
   private readonly newIds = new Map<string, string | Promise<string>>();
   private readonly limiter: Limiter;
   private readonly loader: TreeLoader;
+  /** Copies in the source that could not be read, by pack: recorded as damage at the end. */
+  readonly readFailures = new Map<string, PackDamage>();
   private readonly source: Repository;
   private readonly target: Repository;
   private readonly saver: BlobSaver;
@@ -175,7 +181,7 @@ class CloneRun {
     this.options = options;
     this.sameKeys = source.keys.chunkIdKey.equals(target.keys.chunkIdKey);
     this.limiter = new Limiter(Math.max(1, options.readConcurrency ?? 4));
-    this.loader = new TreeLoader(source, { decoder: options.sourcePool, signal: options.signal, condemned: sourceCondemned });
+    this.loader = new TreeLoader(source, { decoder: options.sourcePool, signal: options.signal, condemned: sourceCondemned, onReadError: (_id, hit, e) => this.noteReadFailure(hit, e) });
   }
 
   /** Copies the tree `id` and everything below it; returns its id in the target (hex). */
@@ -295,6 +301,16 @@ class CloneRun {
     return out;
   }
 
+  /** As restore does: a copy that fails is damage every later reader and writer should know of. */
+  private noteReadFailure(hit: IndexHit, error: CofferError): void {
+    const pack = toHex(hit.packId);
+    if (this.sourceCondemned.has(pack)) return; // a prune's to delete: not damage
+    let d = this.readFailures.get(pack);
+    if (!d) this.readFailures.set(pack, (d = { pack, problem: error.message, blobs: [] }));
+    if (error.code === 'NOT_FOUND' || /pack header/.test(error.message)) d.blobs = undefined;
+    else d.blobs?.push({ type: hit.entry.type, id: toHex(hit.entry.id) });
+  }
+
   private count(snap: SnapshotRun, rawLength: number, present: boolean): void {
     snap.counts.blobsExamined++;
     snap.counts.bytesExamined += rawLength;
@@ -311,6 +327,7 @@ class CloneRun {
       const hex = toHex(hit.entry.id);
       let data = results[k]!.data;
       if (!data) {
+        this.noteReadFailure(hit, results[k]!.error!);
         // This copy is damaged or gone: readBlob() tries every other copy the source knows.
         try {
           data = await this.source.readBlob('data', hit.entry.id, { signal: this.options.signal });
@@ -350,6 +367,7 @@ export async function cloneSnapshots(source: Repository, target: Repository, sna
   const targetSession = await Session.start(target, 'copy', { signal });
   let sourceSession: Session | undefined;
   let saver: BlobSaver | undefined;
+  let run: CloneRun | undefined;
   try {
     sourceSession = await Session.start(source, 'copy', { signal });
     // Registered first, then the plans read: a prune marking after this waits for these sessions.
@@ -372,9 +390,9 @@ export async function cloneSnapshots(source: Repository, target: Repository, sna
     for (const s of (await readSnapshots(target, { signal })).snapshots) existing.set(sameness(s.snapshot), s.id);
 
     saver = new BlobSaver(target, options.targetPool, { signal, session: targetSession, condemned, indexEvery: options.indexEvery ?? 4, uploadConcurrency: options.uploadConcurrency, onPackUploaded: options.onPackUploaded });
-    const run = new CloneRun(source, target, saver, sourceCondemned, options);
+    run = new CloneRun(source, target, saver, sourceCondemned, options);
     const cloned = new Map<string, string>();
-    const result: CloneResult = { snapshots: [], totals: zero(), sameKeys: run.sameKeys, packs: 0, indexFiles: 0 };
+    const result: CloneResult = { snapshots: [], totals: zero(), sameKeys: run.sameKeys, packs: 0, indexFiles: 0, sourceDamage: [] };
     for (const { id, snapshot } of snaps) {
       const snap: SnapshotRun = { id, counts: zero(), seen: new Set() };
       const before = { ...saver.stats };
@@ -411,13 +429,28 @@ export async function cloneSnapshots(source: Repository, target: Repository, sna
     }
     result.packs = saver.stats.packs;
     result.indexFiles = saver.stats.indexFiles;
+    result.sourceDamage = await recordSourceDamage(source, run);
     return result;
   } catch (e) {
     if (saver) await closeAfterFailure(target, saver, e);
+    const recorded = await recordSourceDamage(source, run);
+    if (recorded.length && isCofferError(e) && e.details) e.details.sourceDamageRecorded = recorded;
     throw e;
   } finally {
     await sourceSession?.end().catch(() => {});
     await targetSession.end().catch(() => {});
+  }
+}
+
+/** Records the source copies that failed to read; returns their packs. Failing to record is not fatal. */
+async function recordSourceDamage(source: Repository, run: CloneRun | undefined): Promise<string[]> {
+  const damage = [...(run?.readFailures.values() ?? [])];
+  if (damage.length === 0) return [];
+  try {
+    await source.noteDamage('read', damage);
+    return damage.map((d) => d.pack);
+  } catch {
+    return []; // `coffer repo check --read-data` on the source finds it again
   }
 }
 
