@@ -260,13 +260,16 @@ class CloneRun {
               this.count(snap, this.source.locate('data', bin)?.entry.rawLength ?? 0, true);
             }
           } else {
-            waits.push(known.then((v) => {
+            const wait = known.then((v) => {
               out.set(hex, toHex(Buffer.from(v, 'latin1')));
               if (!snap.seen.has('data' + hex)) {
                 snap.seen.add('data' + hex);
                 this.count(snap, this.source.locate('data', bin)?.entry.rawLength ?? 0, true);
               }
-            }));
+            });
+            // Awaited below, unless this call fails first: then it must not go unhandled.
+            wait.catch(() => {});
+            waits.push(wait);
           }
           continue;
         }
@@ -288,7 +291,13 @@ class CloneRun {
     }
     if (hits.length) {
       try {
-        await this.limiter.run(() => readBlobs(this.source, hits, (indexes, results) => this.deliver(snap, hits, paths, indexes, results, out, resolvers), { signal: this.options.signal, decoder: this.options.sourcePool }));
+        await this.limiter.run(() => readBlobs(this.source, hits, (indexes, results) => this.deliver(snap, hits, paths, indexes, results, out, resolvers), {
+          signal: this.options.signal,
+          decoder: this.options.sourcePool,
+          // Each call (one per directory) allocates its own shared buffers of maxRequest bytes:
+          // 1 MiB rather than 8 took the first clone of 520 MB of small files from 10.7 to 8.4 s.
+          maxRequest: 1 << 20,
+        }));
       } catch (e) {
         for (const [hex, r] of resolvers) {
           this.newIds.delete(fromHex(hex).toString('latin1'));
