@@ -189,6 +189,9 @@ class CloneRun {
   private readonly saver: BlobSaver;
   private readonly sourceCondemned: ReadonlySet<string>;
   private readonly options: CloneOptions;
+  /** Stops the reads still under way in other directories once the clone has failed. */
+  private readonly readAbort = new AbortController();
+  private readonly signal: AbortSignal;
 
   constructor(source: Repository, target: Repository, saver: BlobSaver, sourceCondemned: ReadonlySet<string>, options: CloneOptions) {
     this.source = source;
@@ -197,13 +200,19 @@ class CloneRun {
     this.sourceCondemned = sourceCondemned;
     this.options = options;
     this.sameKeys = source.keys.chunkIdKey.equals(target.keys.chunkIdKey);
+    this.signal = options.signal ? AbortSignal.any([options.signal, this.readAbort.signal]) : this.readAbort.signal;
     this.limiter = new Limiter(Math.max(1, options.readConcurrency ?? 4));
-    this.loader = new TreeLoader(source, { decoder: options.sourcePool, signal: options.signal, condemned: sourceCondemned, onReadError: (_id, hit, e) => this.noteReadFailure(hit, e) });
+    this.loader = new TreeLoader(source, { decoder: options.sourcePool, signal: this.signal, condemned: sourceCondemned, onReadError: (_id, hit, e) => this.noteReadFailure(hit, e) });
   }
 
   /** Copies the tree `id` and everything below it; returns its id in the target (hex). */
+  /** After a failure: no more reading (the saver is left to the caller, which salvages it). */
+  stop(reason: unknown): void {
+    this.readAbort.abort(reason);
+  }
+
   async copyTree(snap: SnapshotRun, id: string, path: string): Promise<string> {
-    throwIfAborted(this.options.signal);
+    throwIfAborted(this.signal);
     let tree: Tree;
     try {
       tree = await this.loader.get(id);
@@ -365,7 +374,7 @@ class CloneRun {
       for (const [req, g] of per) await this.deliver(req.snap, req.hits, req.paths, g.indexes, g.results, req.out, req.resolvers);
     };
     this.limiter.run(() => readBlobs(this.source, hits, deliver, {
-      signal: this.options.signal,
+      signal: this.signal,
       decoder: this.options.sourcePool,
       // Each call allocates its own shared buffers of maxRequest bytes for the workers.
       maxRequest: 1 << 20,
@@ -404,7 +413,7 @@ class CloneRun {
         this.noteReadFailure(hit, results[k]!.error!);
         // This copy is damaged or gone: readBlob() tries every other copy the source knows.
         try {
-          data = await this.source.readBlob('data', hit.entry.id, { signal: this.options.signal });
+          data = await this.source.readBlob('data', hit.entry.id, { signal: this.signal });
         } catch (e) {
           if (isCofferError(e, 'CANCELLED')) throw e;
           throw damaged(snap.id, paths[indexes[k]!]!, 'data', hex, results[k]!.error ?? e);
@@ -506,6 +515,7 @@ export async function cloneSnapshots(source: Repository, target: Repository, sna
     result.sourceDamage = await recordSourceDamage(source, run);
     return result;
   } catch (e) {
+    run?.stop(e);
     if (saver) await closeAfterFailure(target, saver, e);
     const recorded = await recordSourceDamage(source, run);
     if (recorded.length && isCofferError(e) && e.details) e.details.sourceDamageRecorded = recorded;
