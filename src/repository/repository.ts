@@ -49,6 +49,14 @@ export interface InitOptions extends CallOptions {
   cacheDir?: string;
   /** Create the repository even where other objects (files, S3 keys) already are. */
   force?: boolean;
+  /**
+   * The master key (32 bytes) instead of a fresh random one: repositories made with the same
+   * master key form one deduplication domain (the same chunk ids and gear table, so a clone
+   * between them sends only what the target lacks, without re-chunking or rewriting trees). They
+   * also share every key: whoever opens one can decrypt all (docs/format.md, "Deduplication
+   * domains"). The caller keeps it secret; the config id is fresh either way.
+   */
+  master?: Uint8Array;
 }
 
 export interface OpenOptions extends CallOptions {
@@ -117,6 +125,14 @@ export class Repository {
   readonly config: RepoConfig;
   readonly keys: RepoKeys;
   readonly index: ChunkIndex;
+  /**
+   * The master key, for creating another repository in the same deduplication domain
+   * (InitOptions.master). Whoever holds it can read everything in the domain.
+   */
+  get masterKeyForDomain(): Buffer {
+    return Buffer.from(this.masterKey);
+  }
+
   /** The key file this session opened with. */
   readonly keyId: string;
   private readonly masterKey: Buffer;
@@ -184,7 +200,10 @@ export class Repository {
   static async init(backend: Backend, password: string, options: InitOptions = {}): Promise<Repository> {
     const { signal } = options;
     await Repository.checkInitLocation(backend, options);
-    const master = newMasterKey();
+    if (options.master !== undefined && options.master.length !== 32) {
+      throw new CofferError('USAGE', `Cannot initialise a repository with this master key: it is ${options.master.length} bytes, not 32`);
+    }
+    const master = options.master ? Buffer.from(options.master) : newMasterKey();
     const keys = deriveRepoKeys(master);
     const config: RepoConfig = {
       version: REPO_VERSION,

@@ -22,10 +22,10 @@ export interface TestRepo {
   close(): Promise<void>;
 }
 
-export async function makeTestRepo(options: { backend?: Backend; packSize?: number; workers?: number } = {}): Promise<TestRepo> {
+export async function makeTestRepo(options: { backend?: Backend; packSize?: number; workers?: number; master?: Uint8Array } = {}): Promise<TestRepo> {
   const backend = options.backend ?? new MemoryBackend();
   const cacheDir = await mkdtemp(join(tmpdir(), 'coffer-cache-'));
-  const repo = await Repository.init(backend, TEST_PASSWORD, { kdf: TEST_KDF, chunker: TEST_CHUNKER, packSize: options.packSize ?? 256 * 1024, cacheDir, compressionLevel: 3 });
+  const repo = await Repository.init(backend, TEST_PASSWORD, { kdf: TEST_KDF, chunker: TEST_CHUNKER, packSize: options.packSize ?? 256 * 1024, cacheDir, compressionLevel: 3, master: options.master });
   const pool = await WorkerPool.create({ keys: repo.keys, chunker: repo.config.chunker, level: repo.config.compressionLevel, workers: options.workers ?? 2 });
   const opened: Repository[] = [repo];
   return {
