@@ -196,3 +196,76 @@ test('bad documents are refused whole, naming the document, the path and what is
   assert.equal(bad.status, 400);
   assert.match(bad.body.error.message, /body\.documents/);
 });
+
+test('a backup is duplicated to the lifecycle\'s second unit automatically, and a restore falls back to that copy when the first is damaged', async (t) => {
+  const dir = await tempDir(t);
+  const src = join(dir, 'data');
+  await mkdir(src);
+  for (let i = 0; i < 6; i++) await writeFile(join(src, `f${i}.bin`), randomBytes(40 + i, 400_000));
+  const ts = await startTestServer(t);
+  const client = ts.server.clientName;
+  const primary = join(dir, 'primary');
+  const offsite = join(dir, 'offsite');
+  const docs = parseDocuments(`
+apiVersion: coffer/v1
+kind: StorageUnit
+metadata: { name: primary }
+spec: { url: ${primary} }
+---
+apiVersion: coffer/v1
+kind: StorageUnit
+metadata: { name: offsite }
+spec: { url: ${offsite}, offsite: true }
+---
+apiVersion: coffer/v1
+kind: Lifecycle
+metadata: { name: two-copies }
+spec:
+  copies:
+    - { operation: backup, storageUnit: primary, retention: 14d }
+    - { operation: duplicate, storageUnit: offsite, retention: 1y }
+---
+apiVersion: coffer/v1
+kind: Policy
+metadata: { name: dup }
+spec:
+  clients: [${client}]
+  selections: [{ paths: [${src}] }]
+  schedules: [{ name: leap, level: full, calendar: "0 1 29 2 *" }]
+  lifecycle: two-copies
+`).map((d) => d.document);
+  assert.equal((await ts.api<Json>('POST', '/api/v1/apply', { body: { documents: docs } })).status, 200);
+  const backup: Json = await ts.waitJob((await ts.api<Json>('POST', '/api/v1/backups', { body: { policy: 'dup' } })).body.jobs[0].id);
+  assert.equal(backup.state, 'succeeded', JSON.stringify(backup));
+  const dupJobs = (await ts.api<Json>('GET', '/api/v1/jobs', { query: { kind: 'duplicate' } })).body.items;
+  assert.equal(dupJobs.length, 1);
+  const dup: Json = await ts.waitJob(dupJobs[0].id);
+  assert.equal(dup.state, 'succeeded', JSON.stringify(dup));
+  assert.ok(dup.result.newBytes >= 2_400_000, JSON.stringify(dup.result));
+  const image = (await ts.api<Json>('GET', '/api/v1/images', { query: { client, policy: 'dup' } })).body.items[0];
+  const copies = (await ts.api<Json>('GET', `/api/v1/images/${image.id}`)).body.copies;
+  assert.deepEqual(copies.map((c: Json) => [c.storageUnit, c.state]).sort(), [['offsite', 'ok'], ['primary', 'ok']]);
+  const year = copies.find((c: Json) => c.storageUnit === 'offsite');
+  assert.ok(year.expires - image.time > 364 * 86_400_000, 'the clone has its own retention');
+
+  // Flip bytes in every pack of the primary copy: the restore takes what it cannot read there
+  // from the offsite copy, and marks the primary copy suspect.
+  const packsDir = join(primary, 'data');
+  for (const sub of await readdir(packsDir)) {
+    for (const name of await readdir(join(packsDir, sub))) {
+      const p = join(packsDir, sub, name);
+      const bytes = await readFile(p);
+      for (let i = 100; i < bytes.length - 100; i += 997) bytes[i]! ^= 0xff;
+      await writeFile(p, bytes);
+    }
+  }
+  const to = join(dir, 'restored');
+  const r: Json = await ts.waitJob((await ts.api<Json>('POST', '/api/v1/restores', { body: { image: image.id, toClient: client, toPath: to } })).body.id);
+  assert.equal(r.state, 'succeeded', JSON.stringify(r));
+  assert.equal(r.result.copies.at(-1), 'offsite', JSON.stringify(r.result));
+  const rlog = (await ts.api<Json>('GET', `/api/v1/jobs/${r.id}/logs`)).body.items.map((l: Json) => l.message).join('\n');
+  assert.match(rlog, /primary.*(failed|could not be restored)/, rlog);
+  for (let i = 0; i < 6; i++) assert.deepEqual(await readFile(join(to, src, `f${i}.bin`)), randomBytes(40 + i, 400_000));
+  const after = (await ts.api<Json>('GET', `/api/v1/images/${image.id}`)).body.copies;
+  assert.equal(after.find((c: Json) => c.storageUnit === 'primary').state, 'suspect');
+});

@@ -119,6 +119,13 @@ export const findSpec = z.strictObject({
 });
 export type FindSpec = z.infer<typeof findSpec>;
 
+export const cloneSpec = z.strictObject({
+  source: storageAccess,
+  target: storageAccess,
+  snapshots: z.array(z.string().regex(/^[0-9a-f]{64}$/)).min(1).max(10_000),
+});
+export type CloneSpec = z.infer<typeof cloneSpec>;
+
 export const JOB_SPECS = {
   backup: backupSpec,
   restore: restoreSpec,
@@ -128,6 +135,7 @@ export const JOB_SPECS = {
   probe: probeSpec,
   list: listSpec,
   find: findSpec,
+  clone: cloneSpec,
 } as const;
 export type AgentJobKind = keyof typeof JOB_SPECS;
 export type AgentJobSpec<K extends AgentJobKind> = z.infer<(typeof JOB_SPECS)[K]>;

@@ -13,7 +13,8 @@ import { CofferError, throwIfAborted, toCofferError } from '../core/errors.ts';
 import { WorkerPool, type RepoPool } from '../engine/pool.ts';
 import { backup } from '../jobs/backup.ts';
 import { findInSnapshots, listSnapshot } from '../jobs/browse.ts';
-import { backupEvents, restoreEvents, type EmitJobEvent } from '../jobs/events.ts';
+import { backupEvents, ProgressReporter, restoreEvents, type EmitJobEvent } from '../jobs/events.ts';
+import { cloneSnapshots } from '../jobs/clone.ts';
 import { describeHost, restore } from '../jobs/restore.ts';
 import { prune } from '../repository/prune.ts';
 import { Repository } from '../repository/repository.ts';
@@ -28,6 +29,7 @@ import {
   parseJobSpec,
   type AgentJobKind,
   type BackupSpec,
+  type CloneSpec,
   type CommandSpec,
   type DoneState,
   type FindSpec,
@@ -112,6 +114,7 @@ export class AgentRuntime {
       case 'probe': return this.probe(parseJobSpec('probe', raw), signal);
       case 'list': return this.list(parseJobSpec('list', raw), signal);
       case 'find': return this.find(parseJobSpec('find', raw), signal);
+      case 'clone': return this.clone(parseJobSpec('clone', raw), emit, signal);
     }
   }
 
@@ -298,6 +301,31 @@ export class AgentRuntime {
       }
       return { entries, more, notes };
     }, (id, e) => notes.push(`index file ${id.slice(0, 12)} is unreadable (${e.message}) and was left out`));
+  }
+
+  /** Copies snapshots into another repository, sending only the blobs it lacks (src/jobs/clone.ts). */
+  private async clone(spec: CloneSpec, emit: EmitJobEvent, signal: AbortSignal): Promise<Record<string, unknown>> {
+    return this.withRepo(spec.source, signal, true, (source, sourcePool) => this.withRepo(spec.target, signal, true, async (target, targetPool) => {
+      const progress = new ProgressReporter(emit);
+      const r = await cloneSnapshots(source, target, spec.snapshots, {
+        signal,
+        sourcePool,
+        targetPool,
+        onProgress: (p) => progress.report({ bytes: p.counts.bytesPresent + p.counts.bytesSentRaw, bytesNew: p.counts.bytesSentRaw, current: p.snapshot }),
+      });
+      const t = r.totals;
+      return {
+        snapshots: Object.fromEntries(r.snapshots.map((x) => [x.sourceId, x.targetId])),
+        sameKeys: r.sameKeys,
+        bytesExamined: t.bytesExamined,
+        bytesPresent: t.bytesPresent,
+        bytesSentRaw: t.bytesSentRaw,
+        bytesSent: t.bytesSent,
+        blobsSent: t.blobsSent,
+        packs: r.packs,
+        sourceDamage: r.sourceDamage,
+      };
+    }));
   }
 
   private async find(spec: FindSpec, signal: AbortSignal): Promise<Record<string, unknown>> {

@@ -134,15 +134,51 @@ export function backupExecutor(s: Services): JobExecutor {
     ctx.emit({ type: 'progress', files: result.files as number, bytes: result.scannedBytes, bytesNew: result.newBytes });
     result.durationMs = s.now() - started;
     // Settled in one transaction with its copy: an image is 'ok' only with its snapshots committed.
+    // The lifecycle's duplicates of this copy are queued with it: a backup with one copy is a
+    // single point of failure.
     await s.catalog.transaction(async (tx) => {
       await tx.images.complete(image.id, { state, streams, summary: { ...result, failures } });
-      if (got > 0) await tx.copies.add(image.id, { storageUnit: unit, snapshots: streams, state: 'ok', expires: expiryOf(first.retention, started) });
+      if (got === 0) return;
+      await tx.copies.add(image.id, { storageUnit: unit, snapshots: streams, state: 'ok', expires: expiryOf(first.retention, started) });
+      for (const copy of lifecycle.copies.slice(1)) {
+        if (copy.operation !== 'duplicate' || (copy.from !== undefined && copy.from !== unit)) continue;
+        await tx.jobs.enqueue({ kind: 'duplicate', client: job.client, policy: job.policy, storageUnit: copy.storageUnit, priority: 0, maxAttempts: 5, spec: { image: image.id, from: unit, to: copy.storageUnit, retention: copy.retention } });
+      }
     });
     if (stopped) throw stopped;
     if (failures.length) {
       return { state: 'failed', result, error: { code: 'REFUSED', message: `${failures.length} of ${policy.selections.length} selection(s) failed: ${failures.join('; ')}` } };
     }
     return { state: (result.warnings as number) > 0 ? 'warnings' : 'succeeded', result };
+  };
+}
+
+/**
+ * The duplicate job (spec { image, from, to, retention }): clones the image's snapshots from its
+ * copy in `from` to the storage unit `to`, sending only what `to` lacks (src/jobs/clone.ts), and
+ * records the new copy with its own expiry, counted from the image's time by the server's clock.
+ */
+export function duplicateExecutor(s: Services): JobExecutor {
+  return async (ctx) => {
+    const spec = ctx.job.spec as { image: string; from: string; to: string; retention: string };
+    const image = await s.catalog.images.get(spec.image);
+    const copies = (await s.catalog.copies.list({ imageId: image.id, limit: 1000 })).items;
+    if (copies.some((c) => c.storageUnit === spec.to && (c.state === 'ok' || c.state === 'suspect'))) {
+      return { state: 'succeeded', result: { image: image.id, to: spec.to, already: true } };
+    }
+    const source = copies.find((c) => c.storageUnit === spec.from && c.state === 'ok') ?? (await restorableCopies(s, image))[0];
+    if (!source) throw new CofferError('NOT_FOUND', `Cannot duplicate image ${image.id}: it has no readable copy left`, { hint: 'Its copies expired or are lost; see `coffer images` and `coffer catalog reconcile`.' });
+    ctx.log('info', `duplicating image ${image.id} from ${source.storageUnit} to ${spec.to}`);
+    const r = await runOnAgent(s.node(), 'clone', {
+      source: await s.storageAccess(source.storageUnit),
+      target: await s.storageAccess(spec.to),
+      snapshots: [...new Set(Object.values(source.snapshots))],
+    }, { jobId: ctx.job.id, emit: ctx.emit, signal: ctx.signal });
+    const mapped = r.snapshots as Record<string, string>;
+    const snapshots = Object.fromEntries(Object.entries(source.snapshots).map(([key, id]) => [key, mapped[id]!]));
+    await s.catalog.copies.add(image.id, { storageUnit: spec.to, snapshots, state: 'ok', expires: expiryOf(spec.retention, image.time) });
+    ctx.log('info', `copy in ${spec.to}: ${r.bytesSentRaw} of ${r.bytesExamined} bytes sent (${r.bytesPresent} already there)`);
+    return { state: 'succeeded', result: { image: image.id, from: source.storageUnit, to: spec.to, scannedBytes: r.bytesExamined as number, newBytes: r.bytesSentRaw as number, storedBytes: r.bytesSent as number, bytesPresent: r.bytesPresent, sameKeys: r.sameKeys } };
   };
 }
 
@@ -167,34 +203,49 @@ export function restoreExecutor(s: Services): JobExecutor {
     const link = s.agents.get(spec.toClient);
     const result: Record<string, unknown> = { image: image.id, toClient: spec.toClient, toPath: spec.toPath, dryRun: !!spec.dryRun, files: 0, bytes: 0, warnings: 0, copies: [] as string[] };
     let lastError: CofferError | undefined;
-    for (const copy of copies) {
+    for (const [n, copy] of copies.entries()) {
+      const more = n < copies.length - 1;
       try {
         const storage = await s.storageAccess(copy.storageUnit);
+        let damaged = 0;
+        let warnings = 0;
         for (const [key, snapshot] of Object.entries(copy.snapshots)) {
           ctx.log('info', `restoring stream ${key} (snapshot ${snapshot.slice(0, 12)}) from storage unit ${copy.storageUnit} to ${spec.toClient}:${spec.toPath}`);
           const r = await runOnAgent(link, 'restore', {
             storage, snapshot, targetPath: spec.toPath,
             ...(spec.include ? { include: spec.include } : {}), ...(spec.exclude ? { exclude: spec.exclude } : {}),
-            ...(spec.overwrite ? { overwrite: spec.overwrite } : {}), dryRun: !!spec.dryRun, force: !!spec.force,
+            // After a damaged copy, files already restored whole are left as they are.
+            ...(n > 0 ? { overwrite: spec.overwrite === 'never' ? 'never' : 'if-changed' } : spec.overwrite ? { overwrite: spec.overwrite } : {}),
+            dryRun: !!spec.dryRun, force: !!spec.force,
             ...(spec.confirmHost ? { confirmHost: spec.confirmHost } : {}),
           }, { jobId: ctx.job.id, emit: ctx.emit, signal: ctx.signal });
           const created = r.created as { files?: number; bytes?: number } | undefined;
           const overwritten = r.overwritten as { files?: number; bytes?: number } | undefined;
           result.files = add(result.files as number, created?.files) + (overwritten?.files ?? 0);
           result.bytes = add(result.bytes as number, created?.bytes) + (overwritten?.bytes ?? 0);
-          result.warnings = add(result.warnings as number, r.warnings);
+          damaged += typeof r.damaged === 'number' ? r.damaged : 0;
+          warnings += typeof r.warnings === 'number' ? r.warnings : 0;
         }
         (result.copies as string[]).push(copy.storageUnit);
-        return { state: (result.warnings as number) > 0 ? 'warnings' : 'succeeded', result };
+        if (damaged > 0 && more) {
+          // What this copy could not give, the next copy of the same data gives: no one has to
+          // change a copy's state by hand to get the restore through.
+          await s.catalog.copies.update(copy.id, { state: 'suspect' });
+          ctx.log('warn', `${damaged} entr${damaged === 1 ? 'y' : 'ies'} could not be restored from ${copy.storageUnit} (damaged data; the copy is now suspect): restoring them from ${copies[n + 1]!.storageUnit}`);
+          continue;
+        }
+        result.warnings = warnings;
+        return { state: warnings > 0 ? 'warnings' : 'succeeded', result };
       } catch (e) {
         const err = toCofferError(e);
         // A refusal (the host pre-flight) or a cancel is the answer; damage tries the next copy.
-        if (err.code === 'REFUSED' || err.code === 'CANCELLED' || err.code === 'USAGE' || err.transient) throw err;
+        if (err.code === 'REFUSED' || err.code === 'CANCELLED' || err.code === 'USAGE' || err.transient || !more) throw err;
         lastError = err;
+        if (err.code === 'CORRUPT' || err.code === 'NOT_FOUND' || err.code === 'INVALID_RANGE') await s.catalog.copies.update(copy.id, { state: 'suspect' });
         ctx.log('warn', `the copy in ${copy.storageUnit} failed (${err.message}); trying the next copy`);
       }
     }
-    throw lastError!;
+    throw lastError ?? new CofferError('INTERNAL', `Cannot restore image ${image.id}: no copy was tried`);
   };
 }
 
@@ -233,16 +284,31 @@ export function expireExecutor(s: Services, options: { pruneIntervalMs: number }
 
 async function expireOnce(s: Services, options: { pruneIntervalMs: number }, ctx: JobContext): Promise<JobEnd> {
   const now = s.now();
+  // A copy an unfinished duplicate still reads from is kept until that clone is done.
+  const sources = new Set<string>();
+  for (let cursor: string | undefined; ;) {
+    const page = await s.catalog.jobs.list({ kind: 'duplicate', state: ['queued', 'running'], limit: 1000, cursor });
+    for (const j of page.items) sources.add(`${String(j.spec.image)}/${String(j.spec.from)}`);
+    if (!page.next) break;
+    cursor = page.next;
+  }
   // Marked first: from here on no restore or parent lookup uses these copies.
   let marked = 0;
-  for (;;) {
-    const page = await s.catalog.copies.expiredCopies(now, { limit: 500 });
-    if (page.items.length === 0) break;
+  let kept = 0;
+  for (let cursor: string | undefined; ;) {
+    const page = await s.catalog.copies.expiredCopies(now, { limit: 500, cursor });
     for (const c of page.items) {
+      if (sources.has(`${c.imageId}/${c.storageUnit}`)) {
+        kept++;
+        continue;
+      }
       await s.catalog.copies.update(c.id, { state: 'expired' });
       marked++;
     }
+    if (!page.next) break;
+    cursor = page.next;
   }
+  if (kept) ctx.log('info', `${kept} expired cop${kept === 1 ? 'y is' : 'ies are'} kept: an unfinished duplicate still reads from ${kept === 1 ? 'it' : 'them'}`);
   const byUnit = new Map<string, Copy[]>();
   for (let cursor: string | undefined; ;) {
     const page = await s.catalog.copies.list({ state: 'expired', limit: 1000, cursor });
@@ -276,7 +342,7 @@ async function expireOnce(s: Services, options: { pruneIntervalMs: number }, ctx
       pruned.push(unit);
     }
   }
-  return { state: 'succeeded', result: { marked, forgotten, pruned } };
+  return { state: 'succeeded', result: { marked, kept, forgotten, pruned } };
 }
 
 export interface ReconcileReport {

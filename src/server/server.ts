@@ -25,7 +25,7 @@ import type { PolicyDocument } from '../policy/index.ts';
 import { startEmbeddedAgent, type EmbeddedAgent } from './agent-link.ts';
 import { Dispatcher } from './dispatcher.ts';
 import { applyDocuments } from './documents.ts';
-import { backupExecutor, expireExecutor, reconcileExecutor, restoreExecutor } from './executors.ts';
+import { backupExecutor, duplicateExecutor, expireExecutor, reconcileExecutor, restoreExecutor } from './executors.ts';
 import { buildHttp, type Principal } from './http.ts';
 import { buildRoutes } from './routes.ts';
 import { AgentRegistry, storageAccessFor, type Services } from './services.ts';
@@ -220,6 +220,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
       executors: {
         backup: backupExecutor(services),
         restore: restoreExecutor(services),
+        duplicate: duplicateExecutor(services),
         expire: expireExecutor(services, { pruneIntervalMs: options.pruneIntervalMs ?? pruneIntervalFromEnv ?? 86_400_000 }),
         reconcile: reconcileExecutor(services),
       },
