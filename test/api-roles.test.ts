@@ -53,6 +53,7 @@ const EXPECTED: Record<string, 'public' | readonly Role[]> = {
   'DELETE /api/v1/images/:id': ADMIN,
   'POST /api/v1/expire': ADMIN,
   'POST /api/v1/catalog/reconcile': READ, // a check; importing (apply) is admin only, in the handler
+  'POST /api/v1/clones': RUN,
   'POST /api/v1/images/:id/hold': ADMIN,
   'POST /api/v1/images/:id/release': ADMIN,
   'GET /api/v1/users': READ, // an auditor reads everything (no password hashes)

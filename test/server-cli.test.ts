@@ -254,6 +254,10 @@ spec:
     assert.equal(released.final.copies, 1);
     const again = await json(['release', imageId], admin, 1);
     assert.equal(again.final.code, 'CONFLICT');
+    const cloned = await json(['clone', '--where', `client=${client} since=1h`, '--to', 'primary', '--dry-run'], admin, 0);
+    assert.deepEqual([cloned.final.images, cloned.final.skipped, cloned.final.jobs], [0, 1, []]);
+    const badWhere = await json(['clone', '--where', 'colour=blue', '--to', 'primary'], admin, 2);
+    assert.match(String(badWhere.final.message), /Cannot filter on "colour"/);
     const noReason = await human(['hold', imageId], admin, 2);
     assert.match(noReason.stderr, /--reason/);
   });

@@ -3,7 +3,7 @@
 export const SERVER_COMMANDS = [
   'login', 'logout', 'apply', 'diff', 'get', 'delete', 'history', 'backup now',
   'jobs list', 'jobs show', 'jobs logs', 'jobs cancel', 'jobs wait', 'jobs retry',
-  'images', 'browse', 'find', 'restore', 'hold', 'release',
+  'images', 'browse', 'find', 'restore', 'clone', 'hold', 'release',
   'users list', 'users add', 'users set', 'users remove',
   'tokens list', 'tokens create', 'tokens revoke',
   'audit', 'catalog reconcile', 'expire',

@@ -248,6 +248,22 @@ spec:
   const year = copies.find((c: Json) => c.storageUnit === 'offsite');
   assert.ok(year.expires - image.time > 364 * 86_400_000, 'the clone has its own retention');
 
+  // On demand: clone what a query finds to a third unit; a second time there is nothing to do.
+  const archive = join(dir, 'archive');
+  const au = await ts.api<Json>('POST', '/api/v1/apply', { body: { documents: [{ apiVersion: 'coffer/v1', kind: 'StorageUnit', metadata: { name: 'archive' }, spec: { url: archive } }] } });
+  assert.equal(au.status, 200, JSON.stringify(au.body));
+  const where = { client, policy: 'dup' };
+  const none = await ts.api<Json>('POST', '/api/v1/clones', { body: { where, to: 'archive' } });
+  assert.deepEqual([none.status, none.body.images.length, none.body.skipped[0]?.reason], [202, 0, 'its lifecycle has no copy in archive: give a retention']);
+  const dry = await ts.api<Json>('POST', '/api/v1/clones', { body: { where, to: 'archive', retention: '7y', dryRun: true } });
+  assert.deepEqual([dry.body.images.map((i: Json) => i.image), dry.body.jobs.length], [[image.id], 0]);
+  const cl = await ts.api<Json>('POST', '/api/v1/clones', { body: { where, to: 'archive', retention: '7y' } });
+  const clJob: Json = await ts.waitJob(cl.body.jobs[0].id);
+  assert.equal(clJob.state, 'succeeded', JSON.stringify(clJob));
+  const again = await ts.api<Json>('POST', '/api/v1/clones', { body: { where, to: 'archive', retention: '7y' } });
+  assert.deepEqual([again.body.images.length, again.body.skipped[0].reason], [0, 'already has a copy in archive']);
+  assert.equal((await ts.api<Json>('GET', `/api/v1/images/${image.id}`)).body.copies.length, 3);
+
   // Flip bytes in every pack of the primary copy: the restore takes what it cannot read there
   // from the offsite copy, and marks the primary copy suspect.
   const packsDir = join(primary, 'data');

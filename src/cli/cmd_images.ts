@@ -125,6 +125,36 @@ export function register(program: Command): void {
     });
 
   serverOption(program
+    .command('clone')
+    .description('clone the images a query finds to a storage unit: only the chunks it lacks are sent (duplicate jobs on the server)')
+    .requiredOption('--where <query>', 'which images: words key=value, e.g. "client=db1 level=full since=7d" (client, policy, level, since, until)')
+    .requiredOption('--to <unit>', 'the storage unit to clone to')
+    .option('--retention <duration>', 'how long the new copies stay (default: as the image\'s lifecycle says for that unit)')
+    .option('--limit <n>', 'at most this many images, newest first (default 1000)')
+    .option('--dry-run', 'list the images that would be cloned, queue nothing'))
+    .action(async (o: { where: string; to: string; retention?: string; limit?: string; dryRun?: boolean }, cmd: Command) => {
+      const where: Record<string, unknown> = {};
+      for (const word of o.where.trim().split(/\s+/).filter(Boolean)) {
+        const m = /^([a-z]+)=(.+)$/.exec(word);
+        if (!m) throw new CofferError('USAGE', `Cannot read --where ${JSON.stringify(o.where)}: ${JSON.stringify(word)} is not key=value`, { hint: 'Write it as "client=db1 level=full since=7d".' });
+        const [, key, value] = m as unknown as [string, string, string];
+        if (key === 'client' || key === 'policy' || key === 'level') where[key] = value;
+        else if (key === 'since' || key === 'until') where[key] = sinceOption(value, `--where ${key}`);
+        else throw new CofferError('USAGE', `Cannot filter on ${JSON.stringify(key)} in --where`, { hint: 'Use client, policy, level, since or until.' });
+      }
+      const limit = o.limit === undefined ? undefined : parseIntOption('--limit', o.limit, 1, 10_000);
+      const r = await apiFor(cmd).request<{ to: string; dryRun: boolean; images: Array<{ image: string; from: string; retention: string }>; skipped: Array<{ image: string; reason: string }>; jobs: Job[] }>('POST', '/api/v1/clones', {
+        body: { where, to: o.to, ...(o.retention ? { retention: o.retention } : {}), ...(limit ? { limit } : {}), dryRun: !!o.dryRun },
+      });
+      const out = output(cmd);
+      out.summary({ to: r.to, dryRun: r.dryRun, images: r.images.length, skipped: r.skipped.length, jobs: r.jobs.map((j) => j.id) }, () => [
+        table(['IMAGE', 'FROM', 'RETENTION'], r.images.map((i) => [i.image, i.from, i.retention])),
+        ...r.skipped.map((x) => `skipped ${x.image}: ${x.reason}`),
+        r.dryRun ? `${r.images.length} image(s) would be cloned to ${r.to}` : `${r.jobs.length} duplicate job(s) queued to ${r.to}; follow them with \`coffer jobs --kind duplicate\``,
+      ]);
+    });
+
+  serverOption(program
     .command('hold <image>')
     .description('legal hold (admin): keep every copy of an image whatever its retention, until released')
     .requiredOption('--reason <text>', 'why it is held: a case number, an investigation (recorded with the hold and in the audit log)'))

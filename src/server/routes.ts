@@ -9,7 +9,7 @@ import { z } from 'zod';
 import { CofferError } from '../core/errors.ts';
 import { VERSION } from '../core/version.ts';
 import { JOB_STATES, type Job } from '../catalog/jobs.ts';
-import { KINDS, kindFromName, policyWideRow, tableColumns, tableRow, type Kind, type PolicyDocument } from '../policy/index.ts';
+import { KINDS, kindFromName, parseDuration, policyWideRow, tableColumns, tableRow, type Kind, type PolicyDocument } from '../policy/index.ts';
 import type { Dispatcher, BusMessage } from './dispatcher.ts';
 import { applyDocuments, getDocument, listDocuments, type SecretStore } from './documents.ts';
 import { restorableCopies } from './executors.ts';
@@ -437,6 +437,67 @@ export function buildRoutes(deps: ApiDeps): RouteDef[] {
         });
         // A copy whose time has passed goes at the next expiry run.
         return { image: image.id, copies: released };
+      },
+    }),
+    route({
+      method: 'POST', url: '/api/v1/clones', summary: 'Clone the images a query finds to a storage unit (duplicate jobs; dryRun lists them)', tags: ['images'], rule: { roles: ['operator'] }, audit: 'clone.start', status: 202,
+      body: z.strictObject({
+        where: z.strictObject({ client: name.optional(), policy: name.optional(), level: z.enum(['full', 'incremental']).optional(), since: z.number().int().min(0).optional(), until: z.number().int().min(0).optional() }),
+        to: name,
+        retention: z.string().max(32).optional(),
+        limit: z.number().int().min(1).max(10_000).optional(),
+        dryRun: z.boolean().optional(),
+      }),
+      handler: async (ctx) => {
+        const b = ctx.body;
+        ctx.auditTarget(`StorageUnit/${b.to}`);
+        ctx.auditDetails({ where: b.where, dryRun: !!b.dryRun });
+        await s.catalog.storageUnits.get(b.to);
+        if (b.retention !== undefined && b.retention !== 'infinite') parseDuration(b.retention);
+        const picked: Array<{ image: string; from: string; retention: string }> = [];
+        const skipped: Array<{ image: string; reason: string }> = [];
+        const max = b.limit ?? 1000;
+        for (let cursor: string | undefined; picked.length + skipped.length < max;) {
+          const page = await s.catalog.images.list({ client: b.where.client, policy: b.where.policy, since: b.where.since, until: b.where.until, state: 'ok', limit: 100, cursor });
+          for (const image of page.items) {
+            if (picked.length + skipped.length >= max) break;
+            if (b.where.level && image.level !== b.where.level) continue;
+            const copies = await restorableCopies(s, image);
+            if (copies.some((c) => c.storageUnit === b.to)) {
+              skipped.push({ image: image.id, reason: `already has a copy in ${b.to}` });
+              continue;
+            }
+            const from = copies[0];
+            if (!from) {
+              skipped.push({ image: image.id, reason: 'no readable copy' });
+              continue;
+            }
+            // The retention of a copy in that unit: as given, else as the image's lifecycle says.
+            let retention = b.retention;
+            if (retention === undefined) {
+              const policy = (await s.catalog.policies.find(image.policy))?.spec as PolicyDocument['spec'] | undefined;
+              const lifecycle = policy?.schedules.find((x) => x.name === image.schedule)?.lifecycle ?? policy?.lifecycle;
+              const copySpec = lifecycle ? ((await s.catalog.lifecycles.find(lifecycle))?.spec as { copies?: Array<{ storageUnit: string; retention: string }> } | undefined)?.copies?.find((c) => c.storageUnit === b.to) : undefined;
+              retention = copySpec?.retention;
+            }
+            if (retention === undefined) {
+              skipped.push({ image: image.id, reason: `its lifecycle has no copy in ${b.to}: give a retention` });
+              continue;
+            }
+            picked.push({ image: image.id, from: from.storageUnit, retention });
+          }
+          if (!page.next) break;
+          cursor = page.next;
+        }
+        const jobs: Job[] = [];
+        if (!b.dryRun) {
+          for (const p of picked) {
+            const image = await s.catalog.images.get(p.image);
+            jobs.push(await s.catalog.jobs.enqueue({ kind: 'duplicate', client: image.client, policy: image.policy, storageUnit: b.to, priority: 0, maxAttempts: 5, spec: { image: p.image, from: p.from, to: b.to, retention: p.retention }, requestedBy: P(ctx).user }));
+          }
+          dispatcher.wake();
+        }
+        return { to: b.to, dryRun: !!b.dryRun, images: picked, skipped, jobs };
       },
     }),
     route({
