@@ -11,7 +11,7 @@ import { access, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { CofferError, throwIfAborted, toCofferError } from '../core/errors.ts';
 import { WorkerPool, type RepoPool } from '../engine/pool.ts';
-import { backup } from '../jobs/backup.ts';
+import { backup, backupReport } from '../jobs/backup.ts';
 import { findInSnapshots, listSnapshot } from '../jobs/browse.ts';
 import { backupEvents, ProgressReporter, restoreEvents, type EmitJobEvent } from '../jobs/events.ts';
 import { cloneSnapshots } from '../jobs/clone.ts';
@@ -148,22 +148,8 @@ export class AgentRuntime {
             : { stream: { name: sel.filename, command: sel.command } }),
           ...backupEvents(emit),
         });
-        const s = res.summary;
-        return {
-          snapshot: res.snapshotId,
-          parent: res.parent,
-          filesNew: s.filesNew,
-          filesChanged: s.filesChanged,
-          filesUnchanged: s.filesUnchanged,
-          dirs: s.dirs,
-          bytesScanned: s.bytesScanned,
-          bytesRead: s.bytesRead ?? s.bytesScanned,
-          bytesNew: s.bytesNew,
-          bytesStored: s.bytesStored,
-          dedupRatio: s.bytesNew > 0 ? s.bytesScanned / s.bytesNew : null,
-          durationMs: s.durationMs,
-          warnings: res.warnings.length,
-        };
+        // The server computes the job's totals and dedup ratio from these fields.
+        return backupReport(res);
       });
     } catch (e) {
       failure = e;

@@ -9,12 +9,13 @@ import assert from 'node:assert/strict';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { CofferError, isCofferError, type ErrorCode } from '../core/errors.ts';
+import { isCofferError } from '../core/errors.ts';
 import { startPostgres, type PostgresServer } from '../testing/postgres.ts';
 import { openCatalog, parseCatalogUrl, type Catalog, type OpenCatalogOptions } from './catalog.ts';
 import { redactUrl } from './db-error.ts';
 import { CATALOG_VERSION, MIGRATIONS } from './migrate.ts';
 import type { Page } from './page.ts';
+import { expectCode } from '../testing/errors.ts';
 
 const T0 = Date.UTC(2026, 11, 1, 12, 0, 0);
 
@@ -32,17 +33,6 @@ interface Fixture {
   reopen(options?: OpenCatalogOptions): Promise<Catalog>;
 }
 
-async function expectCode(promise: Promise<unknown> | (() => unknown), code: ErrorCode, pattern?: RegExp): Promise<CofferError> {
-  try {
-    await (typeof promise === 'function' ? promise() : promise);
-  } catch (e) {
-    assert.ok(isCofferError(e), `expected a CofferError ${code}, got ${(e as Error)?.stack ?? e}`);
-    assert.equal(e.code, code, `expected ${code}, got ${e.code}: ${e.message}`);
-    if (pattern !== undefined) assert.match(e.message, pattern);
-    return e;
-  }
-  assert.fail(`expected a CofferError ${code}, but it succeeded`);
-}
 
 /** Every item of a paginated list, following `next` with pages of `limit`. */
 async function walk<T>(list: (options: { limit: number; cursor?: string }) => Promise<Page<T>>, limit: number): Promise<T[]> {

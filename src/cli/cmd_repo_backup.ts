@@ -5,7 +5,7 @@ import { readFileSync } from 'node:fs';
 import type { Command } from 'commander';
 import cliProgress from 'cli-progress';
 import { CofferError } from '../core/errors.ts';
-import { backup, type BackupProgress } from '../jobs/backup.ts';
+import { backup, backupReport, type BackupProgress } from '../jobs/backup.ts';
 import { localHostIdentity } from '../sources/host.ts';
 import { collect, formatBytes, makePool, output, withRepo } from './context.ts';
 
@@ -120,23 +120,8 @@ export function register(repo: Command): void {
           bar?.stop();
           bar = undefined;
           const s = res.summary;
-          // Named field by field: the --json contract (docs/json.md) does not grow by accident.
-          out.summary({
-            snapshot: res.snapshotId,
-            parent: res.parent,
-            dryRun: !!o.dryRun,
-            filesNew: s.filesNew,
-            filesChanged: s.filesChanged,
-            filesUnchanged: s.filesUnchanged,
-            dirs: s.dirs,
-            bytesScanned: s.bytesScanned,
-            bytesRead: s.bytesRead ?? s.bytesScanned,
-            bytesNew: s.bytesNew,
-            bytesStored: s.bytesStored,
-            blobsNew: s.blobsNew,
-            warnings: res.warnings.length,
-            durationMs: s.durationMs,
-          }, () => [
+          // Named field by field (backupReport): the --json contract (docs/json.md) does not grow by accident.
+          out.summary({ ...backupReport(res), dryRun: !!o.dryRun }, () => [
             `files: ${s.filesNew} new, ${s.filesChanged} changed, ${s.filesUnchanged} unchanged; ${s.dirs} directories${res.parent ? ` (parent ${res.parent.slice(0, 12)})` : ''}`,
             `scanned ${formatBytes(s.bytesScanned)} (read ${formatBytes(s.bytesRead ?? s.bytesScanned)}), new after dedup ${formatBytes(s.bytesNew)}, stored ${formatBytes(s.bytesStored)} after compression${s.bytesNew > 0 ? ` (dedup ratio ${(s.bytesScanned / s.bytesNew).toFixed(2)}x)` : ""} in ${(s.durationMs / 1000).toFixed(1)} s`,
             res.snapshotId ? `snapshot ${res.snapshotId.slice(0, 12)} saved` : 'dry run: nothing stored',

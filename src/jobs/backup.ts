@@ -123,6 +123,29 @@ export interface BackupResult {
   parent?: string;
 }
 
+/**
+ * A backup's result as reported outside the process (the CLI's summary, an agent's job result):
+ * named field by field, so that neither contract grows by accident.
+ */
+export function backupReport(res: BackupResult) {
+  const s = res.summary;
+  return {
+    snapshot: res.snapshotId,
+    parent: res.parent,
+    filesNew: s.filesNew,
+    filesChanged: s.filesChanged,
+    filesUnchanged: s.filesUnchanged,
+    dirs: s.dirs,
+    bytesScanned: s.bytesScanned,
+    bytesRead: s.bytesRead ?? s.bytesScanned,
+    bytesNew: s.bytesNew,
+    bytesStored: s.bytesStored,
+    blobsNew: s.blobsNew,
+    warnings: res.warnings.length,
+    durationMs: s.durationMs,
+  };
+}
+
 const CACHEDIR_SIGNATURE = 'Signature: 8a477f597d28d172789f06886806bc55';
 
 /** Entries of one directory visited at once (more than the small-file reads in flight). */

@@ -8,13 +8,13 @@ import { readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { DatabaseSync } from 'node:sqlite';
 import { openCatalog, type Catalog } from '../catalog/catalog.ts';
-import { CofferError, isCofferError, type ErrorCode } from '../core/errors.ts';
 import { tempDir } from '../testing/tmp.ts';
 import {
   ALL_GRANTS, NO_GRANTS, ROLES, authenticate, createApiToken, ensureInitialAdmin, hashPassword, login, logout,
   mayBrowse, mayRestore, needsRehash, parseGrants, revokeToken, roleCovers, tokenHash, verifyPassword,
   type Principal,
 } from './auth.ts';
+import { expectCode } from '../testing/errors.ts';
 
 const T0 = Date.UTC(2026, 11, 1, 12, 0, 0);
 const PASSWORD = 'correct horse battery staple';
@@ -41,17 +41,6 @@ async function addUser(f: Fixture, name: string, role: string, grants?: Record<s
   await f.catalog.users.create({ name, role, passwordHash: await hashPassword(PASSWORD), ...(grants === undefined ? {} : { grants }) });
 }
 
-async function expectCode(action: Promise<unknown> | (() => unknown), code: ErrorCode, pattern?: RegExp): Promise<CofferError> {
-  try {
-    await (typeof action === 'function' ? action() : action);
-  } catch (e) {
-    assert.ok(isCofferError(e), `expected a CofferError ${code}, got ${(e as Error)?.stack ?? e}`);
-    assert.equal(e.code, code, `expected ${code}, got ${e.code}: ${e.message}`);
-    if (pattern !== undefined) assert.match(e.message, pattern);
-    return e;
-  }
-  assert.fail(`expected a CofferError ${code}, but it succeeded`);
-}
 
 /** Every row of the audit table as text, to look for leaked secrets. */
 function auditText(dbPath: string): string {

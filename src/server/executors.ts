@@ -9,10 +9,10 @@ import { CofferError, toCofferError } from '../core/errors.ts';
 import type { Copy } from '../catalog/copies.ts';
 import type { Image } from '../catalog/images.ts';
 import type { JobResult } from '../catalog/jobs.ts';
-import { INFINITE, parseDuration, type LifecycleDocument, type PolicyDocument, type Selection } from '../policy/index.ts';
+import { INFINITE, parseDuration, type PolicyDocument, type Selection } from '../policy/index.ts';
 import type { SelectionSpec } from '../agent/protocol.ts';
 import type { JobContext, JobEnd, JobExecutor } from './dispatcher.ts';
-import { runOnAgent, type Services } from './services.ts';
+import { lifecycleOf, runOnAgent, type Services } from './services.ts';
 
 /**
  * A selection's stream key: the same selection gets the same key in every image (the parent of
@@ -69,9 +69,8 @@ export function backupExecutor(s: Services): JobExecutor {
     const schedule = job.schedule ? policy.schedules.find((x) => x.name === job.schedule) : undefined;
     if (job.schedule && !schedule) throw new CofferError('NOT_FOUND', `Cannot run backup job ${job.id}: policy ${job.policy} has no schedule ${job.schedule} any more`);
     const level = (job.spec.level as string | undefined) ?? schedule?.level ?? 'incremental';
-    const lifecycleName = schedule?.lifecycle ?? policy.lifecycle;
-    if (!lifecycleName) throw new CofferError('INVALID_CONFIG', `Cannot run backup job ${job.id}: policy ${job.policy} names no lifecycle`);
-    const lifecycle = (await s.catalog.lifecycles.get(lifecycleName)).spec as LifecycleDocument['spec'];
+    const lifecycle = await lifecycleOf(s.catalog, policy, job.schedule);
+    if (!lifecycle) throw new CofferError('INVALID_CONFIG', `Cannot run backup job ${job.id}: policy ${job.policy} names no lifecycle that exists`, { hint: 'Apply the lifecycle, or name an existing one in the policy.' });
     const first = lifecycle.copies[0]!;
     const unit = first.storageUnit;
     const link = s.agents.get(job.client);

@@ -7,21 +7,10 @@ import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { readFileSync, readdirSync, statSync, unlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { CofferError, isCofferError, type ErrorCode } from '../core/errors.ts';
 import { tempDir } from '../testing/tmp.ts';
 import { Keystore, generatePassword, resolveSecret } from './keystore.ts';
+import { expectCode } from '../testing/errors.ts';
 
-async function expectCode(action: Promise<unknown> | (() => unknown), code: ErrorCode, pattern?: RegExp): Promise<CofferError> {
-  try {
-    await (typeof action === 'function' ? action() : action);
-  } catch (e) {
-    assert.ok(isCofferError(e), `expected a CofferError ${code}, got ${(e as Error)?.stack ?? e}`);
-    assert.equal(e.code, code, `expected ${code}, got ${e.code}: ${e.message}`);
-    if (pattern !== undefined) assert.match(e.message, pattern);
-    return e;
-  }
-  assert.fail(`expected a CofferError ${code}, but it succeeded`);
-}
 
 const mode = (path: string) => statSync(path).mode & 0o777;
 

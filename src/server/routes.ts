@@ -15,7 +15,7 @@ import { applyDocuments, getDocument, listDocuments, type SecretStore } from './
 import { restorableCopies } from './executors.ts';
 import { parseGrants, ROLES, tokenInfo, type Principal, type Role } from './auth.ts';
 import { route, type RequestContext, type RouteDef } from './http.ts';
-import { runOnAgent, type Services } from './services.ts';
+import { lifecycleOf, runOnAgent, type Services } from './services.ts';
 
 export interface AuthApi {
   login(user: string, password: string, source: string): Promise<{ token: string; expires: number; user: string; role: Role }>;
@@ -219,8 +219,7 @@ export function buildRoutes(deps: ApiDeps): RouteDef[] {
         const clients = b.client ? [b.client] : policy.clients;
         const level = b.level ?? (b.schedule ? undefined : 'incremental');
         // The unit the backup writes to, so that the queue holds it to the unit's maxJobs.
-        const lifecycle = policy.schedules.find((x) => x.name === b.schedule)?.lifecycle ?? policy.lifecycle;
-        const unit = lifecycle ? ((await s.catalog.lifecycles.find(lifecycle))?.spec as { copies?: Array<{ storageUnit: string }> } | undefined)?.copies?.[0]?.storageUnit : undefined;
+        const unit = (await lifecycleOf(s.catalog, policy, b.schedule))?.copies[0]?.storageUnit;
         const jobs: Job[] = [];
         for (const client of clients) {
           jobs.push(await s.catalog.jobs.enqueue({ kind: 'backup', client, policy: b.policy, schedule: b.schedule, storageUnit: unit, priority: 10, spec: { ...(level ? { level } : {}), adHoc: true }, requestedBy: P(ctx).user }));
@@ -476,9 +475,8 @@ export function buildRoutes(deps: ApiDeps): RouteDef[] {
             let retention = b.retention;
             if (retention === undefined) {
               const policy = (await s.catalog.policies.find(image.policy))?.spec as PolicyDocument['spec'] | undefined;
-              const lifecycle = policy?.schedules.find((x) => x.name === image.schedule)?.lifecycle ?? policy?.lifecycle;
-              const copySpec = lifecycle ? ((await s.catalog.lifecycles.find(lifecycle))?.spec as { copies?: Array<{ storageUnit: string; retention: string }> } | undefined)?.copies?.find((c) => c.storageUnit === b.to) : undefined;
-              retention = copySpec?.retention;
+              const lifecycle = policy ? await lifecycleOf(s.catalog, policy, image.schedule) : undefined;
+              retention = lifecycle?.copies.find((c) => c.storageUnit === b.to)?.retention;
             }
             if (retention === undefined) {
               skipped.push({ image: image.id, reason: `its lifecycle has no copy in ${b.to}: give a retention` });

@@ -5,7 +5,8 @@
 
 import { randomUUID } from 'node:crypto';
 import { CofferError, ERROR_CODES, type ErrorCode } from '../core/errors.ts';
-import type { Catalog } from '../catalog/catalog.ts';
+import type { Catalog, CatalogQueries } from '../catalog/catalog.ts';
+import type { LifecycleDocument, PolicyDocument } from '../policy/index.ts';
 import type { StorageUnit } from '../catalog/storage-units.ts';
 import type { StorageAccess } from '../agent/protocol.ts';
 import type { JobEvent } from '../jobs/events.ts';
@@ -22,6 +23,15 @@ export interface Services {
   node(): AgentLink;
   /** What an agent needs to open the unit's repository; `password` instead of the unit's own (a probe, a new repository). */
   storageAccess(unit: string | StorageUnit, options?: { password?: string }): Promise<StorageAccess>;
+}
+
+/**
+ * The lifecycle a policy's backups follow: the schedule's own, else the policy's. Undefined when
+ * none is named or the named one does not exist (the caller says what that means for it).
+ */
+export async function lifecycleOf(catalog: CatalogQueries, policy: PolicyDocument['spec'], schedule: string | undefined): Promise<LifecycleDocument['spec'] | undefined> {
+  const name = policy.schedules.find((x) => x.name === schedule)?.lifecycle ?? policy.lifecycle;
+  return name === undefined ? undefined : (await catalog.lifecycles.find(name))?.spec as LifecycleDocument['spec'] | undefined;
 }
 
 /** The keystore name of a storage unit's repository password when the unit names no passwordFrom. */
