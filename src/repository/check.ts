@@ -78,6 +78,11 @@ export interface CheckOptions extends CallOptions {
   readData?: boolean;
   /** With readData: read only this percentage of the packs, chosen at random (0 < n ≤ 100). */
   subsetPercent?: number;
+  /**
+   * With readData: read exactly the packs this selects (by pack id, hex), e.g. a slice of the
+   * pack-id space (pack-slice.ts) or the packs of some snapshots; subsetPercent then applies to them.
+   */
+  packFilter?: (packHex: string) => boolean;
   /** Record the damage found in the repository (default true; a read-only repository is told apart). */
   record?: boolean;
   onProgress?: (message: string, done?: number, total?: number) => void;
@@ -221,7 +226,8 @@ export async function check(repo: Repository, options: CheckOptions = {}): Promi
     stats.trees = seenTrees.size;
 
     if (options.readData) {
-      const all = [...indexed.keys()].filter((h) => stored.has(h));
+      const select = options.packFilter ?? (() => true);
+      const all = [...indexed.keys()].filter((h) => stored.has(h) && select(h));
       let chosen = all;
       const pct = options.subsetPercent ?? 100;
       if (pct < 100) {
