@@ -8,3 +8,6 @@ export const SERVER_COMMANDS = [
   'tokens list', 'tokens create', 'tokens revoke',
   'audit', 'catalog reconcile', 'expire',
 ] as const;
+
+// The CLI's verification commands: run with --json in test/verify.test.ts.
+export const VERIFY_COMMANDS = ['verify', 'alerts list', 'alerts ack'] as const;

@@ -126,6 +126,28 @@ export const cloneSpec = z.strictObject({
 });
 export type CloneSpec = z.infer<typeof cloneSpec>;
 
+/** A range of pack-id prefixes (src/repository/pack-slice.ts): [start, start + length) modulo 2^32. */
+const packSlice = z.strictObject({
+  start: z.number().int().min(0).max(0xffff_ffff),
+  length: z.number().int().min(1).max(0x1_0000_0000),
+});
+
+export const verifySpec = z.strictObject({
+  storage: storageAccess,
+  /** The packs to read back (default: all). */
+  slice: packSlice.optional(),
+  /** Only packs holding blobs of these snapshots (one image's copy). */
+  snapshots: z.array(z.string().regex(/^[0-9a-f]{64}$/)).min(1).max(10_000).optional(),
+});
+export type VerifySpec = z.infer<typeof verifySpec>;
+
+export const repairSpec = z.strictObject({
+  storage: storageAccess,
+  /** The damaged packs to take out of use (full ids); default: every pack with recorded damage. */
+  packs: z.array(z.string().regex(/^[0-9a-f]{64}$/)).max(100_000).optional(),
+});
+export type RepairSpec = z.infer<typeof repairSpec>;
+
 export const JOB_SPECS = {
   backup: backupSpec,
   restore: restoreSpec,
@@ -136,6 +158,8 @@ export const JOB_SPECS = {
   list: listSpec,
   find: findSpec,
   clone: cloneSpec,
+  verify: verifySpec,
+  repair: repairSpec,
 } as const;
 export type AgentJobKind = keyof typeof JOB_SPECS;
 export type AgentJobSpec<K extends AgentJobKind> = z.infer<(typeof JOB_SPECS)[K]>;

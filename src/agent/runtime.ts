@@ -15,6 +15,8 @@ import { backup, backupReport } from '../jobs/backup.ts';
 import { findInSnapshots, listSnapshot } from '../jobs/browse.ts';
 import { backupEvents, ProgressReporter, restoreEvents, type EmitJobEvent } from '../jobs/events.ts';
 import { cloneSnapshots } from '../jobs/clone.ts';
+import { verifyRepository } from '../jobs/verify.ts';
+import { repairPacks } from '../repository/repair.ts';
 import { describeHost, restore } from '../jobs/restore.ts';
 import { prune } from '../repository/prune.ts';
 import { Repository } from '../repository/repository.ts';
@@ -38,9 +40,11 @@ import {
   type JobError,
   type ListSpec,
   type ProbeSpec,
+  type RepairSpec,
   type RestoreSpec,
   type SnapshotsSpec,
   type StorageAccess,
+  type VerifySpec,
 } from './protocol.ts';
 
 export interface AgentRuntimeOptions {
@@ -115,6 +119,8 @@ export class AgentRuntime {
       case 'list': return this.list(parseJobSpec('list', raw), signal);
       case 'find': return this.find(parseJobSpec('find', raw), signal);
       case 'clone': return this.clone(parseJobSpec('clone', raw), emit, signal);
+      case 'verify': return this.verify(parseJobSpec('verify', raw), emit, signal);
+      case 'repair': return this.repair(parseJobSpec('repair', raw), emit, signal);
     }
   }
 
@@ -312,6 +318,29 @@ export class AgentRuntime {
         sourceDamage: r.sourceDamage,
       };
     }));
+  }
+
+  /** Reads back the selected packs and checks every blob in them (src/jobs/verify.ts). */
+  private async verify(spec: VerifySpec, emit: EmitJobEvent, signal: AbortSignal): Promise<Record<string, unknown>> {
+    return this.withRepo(spec.storage, signal, false, async (repo) => {
+      const progress = new ProgressReporter(emit);
+      const r = await verifyRepository(repo, {
+        signal,
+        ...(spec.slice ? { slice: spec.slice } : {}),
+        ...(spec.snapshots ? { snapshots: spec.snapshots } : {}),
+        onProgress: (message, done, total) => (done === undefined ? emit({ type: 'log', level: 'info', message }) : progress.report({ current: `${message} ${done}/${total}` })),
+      });
+      return { ...r } as unknown as Record<string, unknown>;
+    });
+  }
+
+  /** Takes damaged packs out of use, keeping every blob in them that still reads (repairPacks). */
+  private async repair(spec: RepairSpec, emit: EmitJobEvent, signal: AbortSignal): Promise<Record<string, unknown>> {
+    return this.withRepo(spec.storage, signal, true, async (repo, pool) => {
+      await repo.loadIndex({ signal });
+      const r = await repairPacks(repo, pool, { signal, ...(spec.packs?.length ? { packs: spec.packs } : {}), onProgress: (message) => emit({ type: 'log', level: 'info', message }) });
+      return { packs: r.packs, blobsSalvaged: r.blobsSalvaged, blobsLost: r.blobsLost, lostFiles: r.lostFiles.slice(0, 1000), lostFileCount: r.lostFileCount };
+    });
   }
 
   private async find(spec: FindSpec, signal: AbortSignal): Promise<Record<string, unknown>> {

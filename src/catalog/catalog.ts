@@ -15,6 +15,7 @@ import { closeSync, openSync } from 'node:fs';
 import { Kysely, PostgresDialect } from 'kysely';
 import type { KyselyConfig } from 'kysely';
 import { CofferError } from '../core/errors.ts';
+import { alertsModule, type Alerts } from './alerts.ts';
 import { auditModule, type Audit } from './audit.ts';
 import { clientsModule, type Clients } from './clients.ts';
 import { copiesModule, type Copies } from './copies.ts';
@@ -50,6 +51,7 @@ export interface CatalogQueries {
   tokens: Tokens;
   audit: Audit;
   settings: Settings;
+  alerts: Alerts;
   /**
    * Runs `fn` in one transaction: everything it does through `tx` is committed together, or
    * nothing is if it throws (the error is passed on). Inside a transaction, runs in that one.
@@ -173,6 +175,7 @@ function queries(scope: Scope): CatalogQueries {
     tokens: tokensModule(scope),
     audit: auditModule(scope),
     settings: settingsModule(scope),
+    alerts: alertsModule(scope),
     async transaction(fn) {
       if (scope.db.isTransaction) return fn(queries(scope));
       try {

@@ -43,6 +43,8 @@ export interface CopyChange {
   expires?: number | null;
   /** null: release the hold. */
   hold?: string | null;
+  /** The snapshots that now hold the copy's streams (a repair that had to write new ones). */
+  snapshots?: Record<string, string>;
 }
 
 export interface CopyFilter {
@@ -150,6 +152,7 @@ export function copiesModule(scope: Scope): Copies {
       if (change.state !== undefined) set.state = change.state;
       if (change.expires !== undefined) set.expires = change.expires;
       if (change.hold !== undefined) set.hold = change.hold;
+      if (change.snapshots !== undefined) set.snapshots = toJsonRequired(change.snapshots);
       const result = await guard(scope, action, () => scope.db.updateTable('image_copies').set(set).where('id', '=', id).executeTakeFirst());
       if (result.numUpdatedRows === 0n) throw new CofferError('NOT_FOUND', `Cannot ${action}: it does not exist`);
       return get(id);

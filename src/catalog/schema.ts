@@ -26,6 +26,7 @@ export interface Database {
   tokens: TokensTable;
   audit: AuditTable;
   settings: SettingsTable;
+  alerts: AlertsTable;
 }
 
 export interface MigrationsTable {
@@ -202,4 +203,21 @@ export interface SettingsTable {
   key: string;
   value: Json;
   updated: number;
+}
+
+export interface AlertsTable {
+  id: string;
+  time: number;
+  updated: number;
+  kind: string;
+  severity: string;
+  state: string;
+  storage_unit: string | null;
+  images: Json;
+  message: string;
+  hint: string | null;
+  details: NullableJson;
+  resolved: number | null;
+  resolved_by: string | null;
+  resolution: string | null;
 }

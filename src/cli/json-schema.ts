@@ -55,6 +55,7 @@ const apiJob = z.looseObject({
 const apiImage = z.looseObject({ id: z.string(), client: z.string(), policy: z.string(), level: z.string(), time: count, state: z.string(), streams: z.record(z.string(), z.string()) });
 // Never a password hash nor a token's hash: the checks say so.
 const apiUser = z.looseObject({ name: z.string(), role: z.string(), created: count }).refine((u) => !('passwordHash' in u), 'a user must not carry its password hash');
+const apiAlert = z.looseObject({ id: z.string(), time: count, kind: z.string(), severity: z.enum(['error', 'warning']), state: z.enum(['open', 'acknowledged', 'resolved']), images: z.array(z.string()), message: z.string(), storageUnit: z.string().optional(), hint: z.string().optional() });
 const apiToken = z.looseObject({ id: z.string(), name: z.string(), user: z.string(), kind: z.string(), created: count }).refine((t) => !('hash' in t) && !('token' in t), 'a listed token must not carry its secret or hash');
 
 /** Every line a command prints before its final line, by `type`. */
@@ -158,6 +159,7 @@ export const EVENT_LINES = {
   browseEntry: z.strictObject({ type: z.literal('browseEntry'), entry: z.looseObject({ path: z.string(), name: z.string(), type: z.string(), size: count.optional(), mtimeNs: z.string().optional() }) }),
   user: z.strictObject({ type: z.literal('user'), user: apiUser }),
   token: z.strictObject({ type: z.literal('token'), token: apiToken }),
+  alert: z.strictObject({ type: z.literal('alert'), alert: apiAlert }),
   audit: z.strictObject({ type: z.literal('audit'), entry: z.looseObject({ id: count, time: count, actor: z.string(), action: z.string(), outcome: z.enum(['ok', 'denied', 'failed']), target: z.string().optional() }) }),
 } as const;
 
@@ -379,6 +381,9 @@ export const COMMAND_OUTPUT: Record<string, CommandOutput> = {
   audit: { events: ['audit'], summary: summary({ entries: count }) },
   'catalog reconcile': { events: JOB_LINES, summary: jobsSummary },
   expire: { events: JOB_LINES, summary: jobsSummary },
+  verify: { events: JOB_LINES, summary: jobsSummary },
+  'alerts list': { events: ['alert'], summary: summary({ alerts: count }) },
+  'alerts ack': { events: [], summary: summary({ alert: apiAlert }) },
   quickstart: {
     events: ['warning'],
     summary: summary({ repository: z.string(), created: z.boolean(), snapshot: id, snapshots: count, check: z.enum(['ok', 'failed']), warnings: count }),

@@ -186,6 +186,28 @@ export const credentialsSchema = z.strictObject({
   sessionToken: secretRef('a session token', '').optional(),
 });
 
+/**
+ * Scheduled verification of a unit: every `every`, read back a share of its packs such that all
+ * of them are read within `period` (default: `every`, all at each run); `{ every: 1d, period: 30d }`
+ * reads 1/30 of the packs each day.
+ */
+export const verifySchedule = z.strictObject({
+  every: durationSchema({ min: DURATION_UNITS.m }),
+  period: durationSchema({ min: DURATION_UNITS.m }).optional(),
+}).superRefine((v, ctx) => {
+  const every = checkDuration(v.every);
+  const period = v.period === undefined ? undefined : checkDuration(v.period);
+  if (!every.ok || !period?.ok) return;
+  if (period.ms < every.ms) {
+    ctx.addIssue({ code: 'custom', path: ['period'], message: issueMessage(`is shorter than every (${v.every}): a run reads at most all of the packs`, `Give a period of ${v.every} or more, or leave period out to read everything at each run.`) });
+  } else if (period.ms / every.ms > MAX_VERIFY_SLICES) {
+    ctx.addIssue({ code: 'custom', path: ['period'], message: issueMessage(`divides into ${Math.ceil(period.ms / every.ms)} runs of ${v.every}; at most ${MAX_VERIFY_SLICES} are allowed`, `Verify less often than every ${v.every}, or over a shorter period.`) });
+  }
+});
+
+/** The most runs one verify period may be split into. */
+export const MAX_VERIFY_SLICES = 10_000;
+
 export const storageUnitSpec = z.strictObject({
   /** Where the repository is: an absolute path, file:///path or s3://bucket/prefix?endpoint=... */
   url: storageUrl,
@@ -201,6 +223,8 @@ export const storageUnitSpec = z.strictObject({
   priority: integer(-100, 100).optional(),
   /** S3 only: where the server reads the access key (default: the AWS SDK's usual sources). */
   credentialsFrom: credentialsSchema.optional(),
+  /** Scheduled verification: read back a rotating share of the packs (default: none scheduled). */
+  verify: verifySchedule.optional(),
 }).superRefine((spec, ctx) => {
   if (spec.credentialsFrom !== undefined && !/^s3:/i.test(spec.url)) {
     ctx.addIssue({ code: 'custom', path: ['credentialsFrom'], message: issueMessage('applies to s3:// storage units only', 'Leave it out for a path or file:// URL.') });

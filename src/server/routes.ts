@@ -16,6 +16,7 @@ import { restorableCopies } from './executors.ts';
 import { parseGrants, ROLES, tokenInfo, type Principal, type Role } from './auth.ts';
 import { route, type RequestContext, type RouteDef } from './http.ts';
 import { lifecycleOf, runOnAgent, type Services } from './services.ts';
+import { verifyRoutes } from './verify-routes.ts';
 
 export interface AuthApi {
   login(user: string, password: string, source: string): Promise<{ token: string; expires: number; user: string; role: Role }>;
@@ -595,6 +596,9 @@ export function buildRoutes(deps: ApiDeps): RouteDef[] {
       query: z.strictObject({ actor: z.string().max(255).optional(), action: z.string().max(64).optional(), target: z.string().max(1024).optional(), outcome: z.enum(['ok', 'denied', 'failed']).optional(), since: time, until: time, limit, cursor }),
       handler: async (ctx) => s.catalog.audit.list(ctx.query),
     }),
+
+    // ---- verification and alerts (verify-routes.ts) -------------------------------------------
+    ...verifyRoutes(deps),
   ];
 }
 

@@ -33,6 +33,7 @@ import { Keystore, resolveSecret } from './keystore.ts';
 import { authenticate, createApiToken, ensureInitialAdmin, hashPassword, login, logout, mayBrowse, mayRestore, revokeToken } from './auth.ts';
 import type { AuthApi } from './routes.ts';
 import { CatalogScheduleStore, syncPolicySchedules, upcoming } from './schedule-store.ts';
+import { repairExecutor, verifyExecutor, VerifyTimer } from './verify.ts';
 
 export interface ServerOptions {
   dataDir: string;
@@ -182,6 +183,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
       generatePassword: () => keystore.generatePassword(),
       has: (name: string) => keystore.has(name),
     };
+    const verifyTimer = new VerifyTimer(services, clock, { log, onQueued: () => dispatcher.wake() });
     const scheduleStore = new CatalogScheduleStore(catalog);
     const scheduler = new SchedulerLoop(scheduleStore, clock, {
       timezone,
@@ -200,6 +202,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
         }
       }
       scheduler.wake();
+      verifyTimer.wake();
     };
 
     // The default storage unit, on first start.
@@ -223,6 +226,8 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
         duplicate: duplicateExecutor(services),
         expire: expireExecutor(services, { pruneIntervalMs: options.pruneIntervalMs ?? pruneIntervalFromEnv ?? 86_400_000 }),
         reconcile: reconcileExecutor(services),
+        verify: verifyExecutor(services, { log }),
+        repair: repairExecutor(services, { log }),
       },
       onError: (e, job) => log.error({ job: job?.id, err: e.message }, 'queue'),
     });
@@ -266,6 +271,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
     dispatcher.start();
     const schedulerStop = new AbortController();
     const schedulerRun = scheduler.run({ signal: schedulerStop.signal }).catch((e) => log.error({ err: toCofferError(e).message }, 'scheduler stopped'));
+    const verifyRun = verifyTimer.run(schedulerStop.signal).catch((e) => log.error({ err: toCofferError(e).message }, 'verify schedule stopped'));
     // Expiry once an hour (and at start): retention runs on the server's clock.
     const expiryTimer = setInterval(() => void catalog.jobs.enqueue({ kind: 'expire', priority: 5, maxAttempts: 5, spec: {}, requestedBy: 'server' }).then(() => dispatcher.wake(), () => {}), 3_600_000);
     expiryTimer.unref();
@@ -296,6 +302,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
           await app.close();
           await dispatcher.stop();
           await schedulerRun;
+          await verifyRun;
           const r = await catalog.jobs.interruptRunning({ claimedBy: serverName });
           if (r.requeued.length + r.interrupted.length) log.info({ interrupted: r.requeued.length + r.interrupted.length }, 'jobs recorded as interrupted');
         } finally {
