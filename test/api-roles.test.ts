@@ -64,6 +64,9 @@ const EXPECTED: Record<string, 'public' | readonly Role[]> = {
   'POST /api/v1/tokens': ALL,
   'DELETE /api/v1/tokens/:id': ALL,
   'GET /api/v1/audit': ['admin', 'auditor'],
+  'POST /api/v1/verify': RUN, // a job that reads storage, and repairs what it finds damaged
+  'GET /api/v1/alerts': READ,
+  'POST /api/v1/alerts/:id/ack': RUN,
 };
 
 const FRAME_ROUTES = ['GET /openapi.json'];
