@@ -74,8 +74,17 @@ function validPlain(s: JsonSchema, hints: Hints): fc.Arbitrary<unknown> {
       const max = typeof s.exclusiveMaximum === 'number' ? s.exclusiveMaximum - 1 : s.maximum ?? 1e9;
       return fc.oneof(fc.constantFrom(min, max), fc.integer({ min: Math.max(min, Number.MIN_SAFE_INTEGER), max: Math.min(max, Number.MAX_SAFE_INTEGER) }));
     }
-    case 'number':
-      return fc.double({ min: s.minimum ?? -1e9, max: s.maximum ?? 1e9, noNaN: true, noDefaultInfinity: true });
+    case 'number': {
+      // A bound that excludes its value (z.number().gt(0)) is one the values must not reach.
+      // (OpenAPI 3.0 writes it as a flag beside minimum, JSON Schema as the bound itself.)
+      const exMin = typeof s.exclusiveMinimum === 'number' ? s.exclusiveMinimum : s.exclusiveMinimum === true ? s.minimum : undefined;
+      const exMax = typeof s.exclusiveMaximum === 'number' ? s.exclusiveMaximum : s.exclusiveMaximum === true ? s.maximum : undefined;
+      return fc.double({
+        min: exMin ?? s.minimum ?? -1e9, minExcluded: exMin !== undefined,
+        max: exMax ?? s.maximum ?? 1e9, maxExcluded: exMax !== undefined,
+        noNaN: true, noDefaultInfinity: true,
+      });
+    }
     case 'boolean':
       return fc.boolean();
     case 'null':

@@ -187,6 +187,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
     const scheduleStore = new CatalogScheduleStore(catalog);
     const scheduler = new SchedulerLoop(scheduleStore, clock, {
       timezone,
+      onTick: () => verifyTimer.poke(),
       onError: (e, id) => log.error({ schedule: id, err: e.message }, 'scheduler'),
     });
     /** Schedules follow the policies: those just applied, or (no argument) all of them. */
@@ -201,8 +202,8 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
           cursor = page.next;
         }
       }
-      scheduler.wake();
       verifyTimer.wake();
+      scheduler.wake();
     };
 
     // The default storage unit, on first start.
@@ -271,7 +272,6 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
     dispatcher.start();
     const schedulerStop = new AbortController();
     const schedulerRun = scheduler.run({ signal: schedulerStop.signal }).catch((e) => log.error({ err: toCofferError(e).message }, 'scheduler stopped'));
-    const verifyRun = verifyTimer.run(schedulerStop.signal).catch((e) => log.error({ err: toCofferError(e).message }, 'verify schedule stopped'));
     // Expiry once an hour (and at start): retention runs on the server's clock.
     const expiryTimer = setInterval(() => void catalog.jobs.enqueue({ kind: 'expire', priority: 5, maxAttempts: 5, spec: {}, requestedBy: 'server' }).then(() => dispatcher.wake(), () => {}), 3_600_000);
     expiryTimer.unref();
@@ -302,7 +302,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
           await app.close();
           await dispatcher.stop();
           await schedulerRun;
-          await verifyRun;
+          await verifyTimer.idle();
           const r = await catalog.jobs.interruptRunning({ claimedBy: serverName });
           if (r.requeued.length + r.interrupted.length) log.info({ interrupted: r.requeued.length + r.interrupted.length }, 'jobs recorded as interrupted');
         } finally {

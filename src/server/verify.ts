@@ -32,7 +32,6 @@ import type { Image } from '../catalog/images.ts';
 import type { StorageUnit } from '../catalog/storage-units.ts';
 import { parseDuration } from '../policy/index.ts';
 import { ALL_PACKS, nextSlice, percentLength, sliceLength, slicePercent, slicesPerPeriod, type PackSlice } from '../repository/pack-slice.ts';
-import type { SchedulerClock } from '../scheduler/loop.ts';
 import type { JobContext, JobEnd, JobExecutor } from './dispatcher.ts';
 import { restorableCopies } from './executors.ts';
 import { runOnAgent, type Services } from './services.ts';
@@ -337,39 +336,51 @@ async function settleCopy(s: Services, ctx: JobContext, unit: string, x: Repaire
 
 /**
  * Queues the scheduled verify jobs: for every storage unit with a `verify` schedule, a job each
- * `every` (the first at once), unless one is still pending for the unit. Runs on the server's
- * clock until `signal` aborts; `wake()` makes it look again now (documents were applied).
+ * `every` (the first at once), unless one is still pending for the unit. It rides on the
+ * scheduler loop's ticks (at least one a minute, on the server's clock): poke() looks at the units
+ * when the earliest is due, wake() makes the next poke look whatever (documents were applied). It
+ * has no sleep of its own, so a test's fake clock drives it with the scheduler.
  */
 export class VerifyTimer {
   private readonly s: Services;
-  private readonly clock: SchedulerClock;
+  private readonly clock: { now(): number };
   private readonly options: { onQueued?: () => void; log: Logger };
-  private nap: AbortController | undefined;
+  /** When the next unit is due (Infinity: none has a schedule); -Infinity: look at the next poke. */
+  private due = -Infinity;
+  private woken = false;
+  private running: Promise<void> | undefined;
 
-  constructor(s: Services, clock: SchedulerClock, options: { onQueued?: () => void; log: Logger }) {
+  constructor(s: Services, clock: { now(): number }, options: { onQueued?: () => void; log: Logger }) {
     this.s = s;
     this.clock = clock;
     this.options = options;
   }
 
   wake(): void {
-    this.nap?.abort();
+    this.woken = true;
+    this.due = -Infinity;
   }
 
-  async run(signal: AbortSignal): Promise<void> {
-    while (!signal.aborted) {
-      let next = Infinity;
-      try {
-        next = await this.tick();
-      } catch (e) {
+  /** Queues what is due now, in the background (one look at a time). */
+  poke(): void {
+    if (this.running || this.clock.now() < this.due) return;
+    this.woken = false;
+    this.running = this.tick().then(
+      (next) => {
+        this.due = this.woken ? -Infinity : next;
+      },
+      (e: unknown) => {
         this.options.log.error({ err: toCofferError(e).message }, 'verify schedule');
-        next = this.clock.now() + 60_000;
-      }
-      this.nap = new AbortController();
-      const both = AbortSignal.any([signal, this.nap.signal]);
-      // At most an hour: a unit applied meanwhile wakes the loop, a changed clock costs little.
-      await this.clock.sleep(Math.max(1000, Math.min(3_600_000, next - this.clock.now())), both);
-    }
+        this.due = this.clock.now() + 60_000;
+      },
+    ).finally(() => {
+      this.running = undefined;
+    });
+  }
+
+  /** Waits for a look under way (the server is stopping). */
+  async idle(): Promise<void> {
+    await this.running;
   }
 
   /** Queues what is due; returns when the next unit is due (Infinity: none has a schedule). */
