@@ -1,4 +1,4 @@
-// Catalog version 4: alerts, what the server found that someone should know of (damage a verify
+// Catalog version 2: alerts, what the server found that someone should know of (damage a verify
 // job found, and whether and how it was repaired), for `coffer alerts` and GET /api/v1/alerts.
 // Frozen once released, as every migration.
 
