@@ -106,6 +106,35 @@ describe('restore() with another copy to fall back on', () => {
     });
   }
 
+  it('reads a damaged directory tree from another copy with the same keys; under other keys the directory is lost and named', async (t) => {
+    for (const sameKeys of [true, false]) {
+      const s = await setup(t, sameKeys);
+      let sub: string | undefined;
+      await walkTree(s.primary.repo, (await loadSnapshot(s.primary.repo, s.primarySnap)).tree, { node: (_p, n) => void (n.name === 'sub' && (sub = n.subtree)) });
+      const hit = s.primary.repo.locate('tree', fromHex(sub!))!;
+      const name = packName(toHex(hit.packId));
+      const bytes = Buffer.from(await s.primary.backend.get(name));
+      bytes[hit.entry.offset + 5]! ^= 0x01;
+      await s.primary.backend.put(name, bytes);
+      const out = join(await tempDir(t), 'out');
+      if (sameKeys) {
+        const r = await restoreWithFallback(s, out, [alternate(s)]);
+        assert.deepEqual(r.damaged, []);
+        assert.deepEqual(await listTree(join(out, s.srcDir)), await listTree(s.srcDir));
+        assert.deepEqual([r.sources.offsite!.chunks, r.sources.offsite!.fileCount], [1, 0], 'one tree, no file data');
+        continue;
+      }
+      await assert.rejects(restoreWithFallback(s, out, [alternate(s)]), (e) => {
+        assert.ok(isCofferError(e, 'CORRUPT'), String(e));
+        const d = e.details?.damaged as Array<{ path: string; problem: string }>;
+        assert.deepEqual(d.map((x) => x.path), [join(s.srcDir, 'sub')]);
+        assert.match(d[0]!.problem, /nor from another copy \(offsite: other keys, other tree ids\)/);
+        return true;
+      });
+      assert.deepEqual(await readFile(join(out, s.srcDir, 'f0.bin')), await readFile(join(s.srcDir, 'f0.bin')));
+    }
+  });
+
   it('reads a pack that is gone from the other copy, and the damage is still recorded in the primary', async (t) => {
     const s = await setup(t, false);
     const f4 = [...s.content].find(([p]) => p.endsWith('/f4.bin'))![1];

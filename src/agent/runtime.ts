@@ -198,7 +198,8 @@ export class AgentRuntime {
       const sources = res.sources;
       for (const [name, s] of Object.entries(sources)) {
         if (name === primary || s.chunks === 0) continue;
-        emit({ type: 'log', level: 'warn', message: `${s.chunks} chunk(s), ${s.bytes} bytes, of ${s.fileCount} file(s) could not be read from ${primary} and were restored from ${name}: ${s.files!.join(', ')}${s.fileCount! > s.files!.length ? ', ...' : ''}` });
+        const files = s.fileCount ? `, for ${s.fileCount} file(s): ${s.files!.join(', ')}${s.fileCount > s.files!.length ? ', ...' : ''}` : ' (directory trees)';
+        emit({ type: 'log', level: 'warn', message: `${s.chunks} chunk(s), ${s.bytes} bytes, could not be read from ${primary} and were restored from ${name}${files}` });
       }
       return {
         target: res.target,

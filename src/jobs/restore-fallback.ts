@@ -43,6 +43,8 @@ export interface ChunkFallback {
   readonly names: readonly string[];
   /** One outcome per want, in order. Rejects only when the restore must stop (cancelled). */
   fetch(wants: readonly ChunkWant[], signal?: AbortSignal): Promise<ChunkFound[]>;
+  /** A tree blob by its id (verified against it): only a copy with the same keys has it. */
+  fetchTree(id: string, signal?: AbortSignal): Promise<ChunkFound>;
 }
 
 /** An opened alternate: its repository (index loaded), the snapshot restored, and a decoder with its keys. */
@@ -107,6 +109,36 @@ export class AlternateSources implements ChunkFallback {
       }
     }
     return out.map((o, i) => o ?? { error: why[i]!.length ? why[i]!.join('; ') : 'no other copy was given' });
+  }
+
+  async fetchTree(id: string, signal?: AbortSignal): Promise<ChunkFound> {
+    const why: string[] = [];
+    for (const alt of this.alternates) {
+      throwIfAborted(signal);
+      let a: OpenedAlternate;
+      try {
+        a = await this.open(alt, signal);
+      } catch (e) {
+        if (isCofferError(e, 'CANCELLED') || signal?.aborted) throw e;
+        why.push(`${alt.name}: ${this.broken.get(alt.name)}`);
+        continue;
+      }
+      // Under other keys the same directory is another tree, whose entries name other chunks.
+      if (!a.repo.keys.chunkIdKey.equals(this.chunkIdKey)) {
+        why.push(`${alt.name}: other keys, other tree ids`);
+        continue;
+      }
+      const hit = a.repo.locate('tree', fromHex(id));
+      if (!hit) {
+        why.push(`${alt.name}: it does not hold this tree`);
+        continue;
+      }
+      let got: { data?: Buffer; error?: string } = {};
+      await readBlobs(a.repo, [hit], (_i, results) => void (got = results[0]!.error ? { error: results[0]!.error.message } : { data: results[0]!.data }), { signal, decoder: a.decoder });
+      if (got.data && chunkId(this.chunkIdKey, got.data).equals(fromHex(id))) return { data: got.data, from: alt.name };
+      why.push(`${alt.name}: ${got.error ?? 'its data differs from the snapshot\'s tree'}`);
+    }
+    return { error: why.length ? why.join('; ') : 'no other copy was given' };
   }
 
   /** Closes every alternate that was opened. */

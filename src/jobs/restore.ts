@@ -35,7 +35,7 @@ import { chunkId, fromHex, toHex } from '../engine/hash.ts';
 import type { IndexHit } from '../repository/index/chunk-index.ts';
 import type { Repository } from '../repository/repository.ts';
 import type { HostIdentity, Snapshot } from '../repository/snapshot.ts';
-import { nameBytes, type NodeType, type TreeNode } from '../repository/tree.ts';
+import { decodeTree, nameBytes, type NodeType, type Tree, type TreeNode } from '../repository/tree.ts';
 import { Session } from '../repository/session.ts';
 import { loadCondemned } from '../repository/prune.ts';
 import type { PackDamage } from '../repository/damage.ts';
@@ -1537,11 +1537,25 @@ export async function restore(repo: Repository, source: Snapshot | string, targe
           if (!w.selected || (await w.dir.ensure())) batch.push(w);
         }
         // Asked for in one turn: read together (see TreeLoader).
-        const loaded = await Promise.allSettled(batch.map((w) => trees.get(w.id)));
+        const loaded: Array<PromiseSettledResult<Tree>> = await Promise.allSettled(batch.map((w) => trees.get(w.id)));
         for (let k = 0; k < batch.length; k++) {
           if (fatal) return;
           const w = batch[k]!;
-          const t = loaded[k]!;
+          let t = loaded[k]!;
+          // A tree no copy here gives, from another copy of the snapshot (one with the same keys).
+          if (t.status === 'rejected' && options.fallback && isCofferError(t.reason) && ['CORRUPT', 'NOT_FOUND', 'INVALID_RANGE', 'UNSUPPORTED'].includes(t.reason.code)) {
+            const found = await options.fallback.fetchTree(w.id, signal);
+            if (found.data && chunkId(repo.keys.chunkIdKey, found.data).equals(fromHex(w.id))) {
+              try {
+                t = { status: 'fulfilled', value: decodeTree(found.data) };
+                const from = (sources[found.from] ??= { chunks: 0, bytes: 0, fileCount: 0, files: [] });
+                from.chunks++;
+                from.bytes += found.data.length;
+              } catch (e) {
+                t = { status: 'rejected', reason: e };
+              }
+            } else if (found.error) t = { status: 'rejected', reason: new CofferError(t.reason.code, `${t.reason.message}; nor from another copy (${found.error})`) };
+          }
           if (t.status === 'rejected') {
             // A damaged or missing tree (also one beyond the end of a truncated pack, or in a pack
             // whose header claims a newer version) is lost with everything below it and named like
