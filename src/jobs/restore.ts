@@ -1091,6 +1091,8 @@ export async function restore(repo: Repository, source: Snapshot | string, targe
 
   /** Asks the other copies for the blobs in `elsewhere`, a batch at a time, and writes what they give. */
   const fetchElsewhere = async (fallback: ChunkFallback) => {
+    // Blobs whose files all failed meanwhile (another of their blobs was lost) are not asked for.
+    elsewhere = elsewhere.filter(({ need }) => need.uses.some((u) => !u.job.settled));
     while (elsewhere.length) {
       let bytes = 0;
       let n = 0;
