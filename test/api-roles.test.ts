@@ -56,6 +56,9 @@ const EXPECTED: Record<string, 'public' | readonly Role[]> = {
   'POST /api/v1/clones': RUN,
   'POST /api/v1/images/:id/hold': ADMIN,
   'POST /api/v1/images/:id/release': ADMIN,
+  'GET /api/v1/units': READ,
+  'POST /api/v1/units/:name/unavailable': ADMIN,
+  'POST /api/v1/units/:name/available': ADMIN,
   'GET /api/v1/users': READ, // an auditor reads everything (no password hashes)
   'POST /api/v1/users': ADMIN,
   'PATCH /api/v1/users/:name': ALL, // others than admin: their own password only

@@ -315,6 +315,21 @@ spec:
     assert.equal(after.final.code, 'UNAUTHENTICATED');
   });
 
+  await t.test('units: unavailable with a reason (shown in the list), available again; an unknown unit exits 1', async () => {
+    const down = await json(['units', 'unavailable', 'primary', '--reason', 'disks offline'], admin, 0);
+    assert.deepEqual([down.final.unit.name, down.final.unit.available, down.final.unit.reason, down.final.unit.by], ['primary', false, 'disks offline', 'admin']);
+    const [list, text] = await Promise.all([json(['units', 'list'], admin, 0), human(['units'], admin, 0)]);
+    assert.deepEqual(ofType(list.lines, 'unit').map((l) => [l.unit.name, l.unit.available]).sort(), [['default', true], ['primary', false]]);
+    assert.deepEqual([list.final.units, list.final.unavailable], [2, 1]);
+    assert.match(text.stdout, /^primary\s+0\s+no\s+no: disks offline/m);
+    const up = await json(['units', 'available', 'primary'], admin, 0);
+    assert.deepEqual([up.final.unit.available, up.final.changed], [true, true]);
+    const again = await json(['units', 'available', 'primary'], admin, 0);
+    assert.equal(again.final.changed, false);
+    const unknown = await json(['units', 'unavailable', 'nope', '--reason', 'x'], admin, 1);
+    assert.equal(unknown.final.code, 'NOT_FOUND');
+  });
+
   await t.test('catalog reconcile and expire --wait; logout', async () => {
     const [rec, ex] = await Promise.all([json(['catalog', 'reconcile', '--wait'], admin, 0), json(['expire', '--wait'], admin, 0)]);
     assert.equal(rec.final.jobs[0].kind, 'reconcile');

@@ -7,6 +7,7 @@ export const SERVER_COMMANDS = [
   'users list', 'users add', 'users set', 'users remove',
   'tokens list', 'tokens create', 'tokens revoke',
   'audit', 'catalog reconcile', 'expire',
+  'units list', 'units unavailable', 'units available',
 ] as const;
 
 // The CLI's verification commands: run with --json in test/verify.test.ts.

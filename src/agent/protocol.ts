@@ -77,6 +77,13 @@ export const restoreSpec = z.strictObject({
   dryRun: z.boolean().optional(),
   force: z.boolean().optional(),
   confirmHost: z.string().max(255).optional(),
+  /** The storage unit `storage` is, for the report of where the data came from. */
+  unit: name.optional(),
+  /**
+   * The same snapshot in other copies (other storage units), best first: a chunk that cannot be
+   * read from `storage` is read from them (src/jobs/restore-fallback.ts).
+   */
+  alternates: z.array(z.strictObject({ storage: storageAccess, snapshot: z.string().regex(/^[0-9a-f]{64}$/), unit: name })).max(32).optional(),
 });
 export type RestoreSpec = z.infer<typeof restoreSpec>;
 

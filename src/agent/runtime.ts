@@ -17,7 +17,8 @@ import { backupEvents, ProgressReporter, restoreEvents, type EmitJobEvent } from
 import { cloneSnapshots } from '../jobs/clone.ts';
 import { verifyRepository } from '../jobs/verify.ts';
 import { repairPacks } from '../repository/repair.ts';
-import { describeHost, restore } from '../jobs/restore.ts';
+import { describeHost, restore, type RestoreResult } from '../jobs/restore.ts';
+import { AlternateSources, type AlternateCopy } from '../jobs/restore-fallback.ts';
 import { prune } from '../repository/prune.ts';
 import { Repository } from '../repository/repository.ts';
 import type { SessionTiming } from '../repository/session.ts';
@@ -178,19 +179,34 @@ export class AgentRuntime {
       const snap = await loadSnapshot(repo, spec.snapshot, { signal });
       // The pre-flight a person reads first: which host's data goes onto which host, where.
       emit({ type: 'log', level: 'info', message: `restoring snapshot ${spec.snapshot.slice(0, 12)} of ${snap.time}${spec.dryRun ? ' (dry run)' : ''} from host ${describeHost(snap.host)} onto host ${describeHost(this.options.host)} at ${spec.targetPath}` });
-      const res = await restore(repo, snap, spec.targetPath, {
-        signal,
-        targetHost: this.options.host,
-        include: spec.include,
-        exclude: spec.exclude,
-        overwrite: spec.overwrite,
-        dryRun: spec.dryRun,
-        force: spec.force,
-        confirmHost: spec.confirmHost,
-        pool: pool,
-        ...restoreEvents(emit, { bytesTotal: snap.summary?.bytesScanned }),
-      });
+      const primary = spec.unit ?? 'primary';
+      const fallback = spec.alternates?.length ? new AlternateSources(repo.keys.chunkIdKey, spec.alternates.map((a) => this.alternate(a))) : undefined;
+      let res: RestoreResult;
+      try {
+        res = await restore(repo, snap, spec.targetPath, {
+          signal,
+          targetHost: this.options.host,
+          include: spec.include,
+          exclude: spec.exclude,
+          overwrite: spec.overwrite,
+          dryRun: spec.dryRun,
+          force: spec.force,
+          confirmHost: spec.confirmHost,
+          pool,
+          sourceName: primary,
+          ...(fallback ? { fallback } : {}),
+          ...restoreEvents(emit, { bytesTotal: snap.summary?.bytesScanned }),
+        });
+      } finally {
+        await fallback?.close();
+      }
       for (const n of res.notices) emit({ type: 'log', level: 'warn', message: n });
+      const sources = res.sources;
+      for (const [name, s] of Object.entries(sources)) {
+        if (name === primary || s.chunks === 0) continue;
+        const files = s.fileCount ? `, for ${s.fileCount} file(s): ${s.files!.join(', ')}${s.fileCount > s.files!.length ? ', ...' : ''}` : ' (directory trees)';
+        emit({ type: 'log', level: 'warn', message: `${s.chunks} chunk(s), ${s.bytes} bytes, could not be read from ${primary} and were restored from ${name}${files}` });
+      }
       return {
         target: res.target,
         sourceHost: snap.host,
@@ -203,8 +219,40 @@ export class AgentRuntime {
         skipped: res.skipped,
         damaged: res.damaged.length,
         warnings: res.warnings.length + res.damaged.length,
+        sources,
       };
     });
+  }
+
+  /** Another copy of the snapshot being restored, opened when a chunk first needs it. */
+  private alternate(a: NonNullable<RestoreSpec['alternates']>[number]): AlternateCopy {
+    return {
+      name: a.unit,
+      open: async (signal) => {
+        const backend = await this.backend(a.storage);
+        let repo: Repository | undefined;
+        try {
+          repo = await Repository.open(backend, a.storage.password, { signal, cacheDir: this.cacheDir(), sessionTiming: this.options.sessionTiming });
+          await repo.loadIndex({ signal });
+          const snapshot = await loadSnapshot(repo, a.snapshot, { signal });
+          const pool = await this.acquirePool();
+          const view = pool.context({ keys: repo.keys, chunker: repo.config.chunker, level: repo.config.compressionLevel });
+          const opened = repo;
+          return {
+            repo: opened, snapshot, decoder: view,
+            close: async () => {
+              view.close();
+              this.releasePool();
+              await opened.close().finally(() => backend.close());
+            },
+          };
+        } catch (e) {
+          await repo?.close().catch(() => {});
+          await backend.close();
+          throw e;
+        }
+      },
+    };
   }
 
   private async snapshots(spec: SnapshotsSpec, signal: AbortSignal): Promise<Record<string, unknown>> {

@@ -56,6 +56,9 @@ const apiImage = z.looseObject({ id: z.string(), client: z.string(), policy: z.s
 // Never a password hash nor a token's hash: the checks say so.
 const apiUser = z.looseObject({ name: z.string(), role: z.string(), created: count }).refine((u) => !('passwordHash' in u), 'a user must not carry its password hash');
 const apiAlert = z.looseObject({ id: z.string(), time: count, kind: z.string(), severity: z.enum(['error', 'warning']), state: z.enum(['open', 'acknowledged', 'resolved']), images: z.array(z.string()), message: z.string(), storageUnit: z.string().optional(), hint: z.string().optional() });
+/** A storage unit with its availability (`units`). */
+const apiUnit = z.looseObject({ name: z.string(), url: z.string(), priority: z.number().int(), offsite: z.boolean(), available: z.boolean(), reason: z.string().optional(), since: count.optional(), by: z.string().optional() })
+  .refine((u) => u.available === (u.reason === undefined), 'an unavailable unit says why, an available one does not');
 const apiToken = z.looseObject({ id: z.string(), name: z.string(), user: z.string(), kind: z.string(), created: count }).refine((t) => !('hash' in t) && !('token' in t), 'a listed token must not carry its secret or hash');
 
 /** Every line a command prints before its final line, by `type`. */
@@ -161,6 +164,7 @@ export const EVENT_LINES = {
   token: z.strictObject({ type: z.literal('token'), token: apiToken }),
   alert: z.strictObject({ type: z.literal('alert'), alert: apiAlert }),
   audit: z.strictObject({ type: z.literal('audit'), entry: z.looseObject({ id: count, time: count, actor: z.string(), action: z.string(), outcome: z.enum(['ok', 'denied', 'failed']), target: z.string().optional() }) }),
+  unit: z.strictObject({ type: z.literal('unit'), unit: apiUnit }),
 } as const;
 
 export type EventType = keyof typeof EVENT_LINES;
@@ -380,6 +384,9 @@ export const COMMAND_OUTPUT: Record<string, CommandOutput> = {
   'tokens revoke': { events: [], summary: summary({ revoked: z.string() }) },
   audit: { events: ['audit'], summary: summary({ entries: count }) },
   'catalog reconcile': { events: JOB_LINES, summary: jobsSummary },
+  'units list': { events: ['unit'], summary: summary({ units: count, unavailable: count }) },
+  'units unavailable': { events: [], summary: summary({ unit: apiUnit }) },
+  'units available': { events: [], summary: summary({ unit: apiUnit, changed: z.boolean() }) },
   expire: { events: JOB_LINES, summary: jobsSummary },
   verify: { events: JOB_LINES, summary: jobsSummary },
   'alerts list': { events: ['alert'], summary: summary({ alerts: count }) },

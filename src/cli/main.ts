@@ -29,6 +29,7 @@ import { register as images } from './cmd_images.ts';
 import { register as users } from './cmd_users.ts';
 import { register as catalog } from './cmd_catalog.ts';
 import { register as verify } from './cmd_verify.ts';
+import { register as units } from './cmd_units.ts';
 import { VERSION } from '../core/version.ts';
 
 export { VERSION };
@@ -74,6 +75,7 @@ export function buildProgram(): Command {
   users(program);
   catalog(program);
   verify(program);
+  units(program);
   quickstart(program);
   agent(program);
   // Every command, however deep, shares the error handling and exits through main().

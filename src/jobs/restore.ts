@@ -35,13 +35,14 @@ import { chunkId, fromHex, toHex } from '../engine/hash.ts';
 import type { IndexHit } from '../repository/index/chunk-index.ts';
 import type { Repository } from '../repository/repository.ts';
 import type { HostIdentity, Snapshot } from '../repository/snapshot.ts';
-import { nameBytes, type NodeType, type TreeNode } from '../repository/tree.ts';
+import { decodeTree, nameBytes, type NodeType, type Tree, type TreeNode } from '../repository/tree.ts';
 import { Session } from '../repository/session.ts';
 import { loadCondemned } from '../repository/prune.ts';
 import type { PackDamage } from '../repository/damage.ts';
 import { createSpecial, dataRegions, readXattrs } from '../sources/metadata.ts';
 import { childPath } from '../sources/scan.ts';
 import { readBlobs, type BlobDecoder, type BlobResult } from './read-blobs.ts';
+import type { ChunkFallback } from './restore-fallback.ts';
 import { TreeLoader } from './tree-loader.ts';
 import { FileWriters, applyMeta as applyMetaTo, deserializeError, type FileHeader, type WriteOp } from './restore-writer.ts';
 import { StaleTemps, TMP_PREFIX, otherRestoreRunning } from './restore-temps.ts';
@@ -367,7 +368,27 @@ export interface RestoreOptions extends SafetyOptions {
    * restore of the repository runs (default 15 minutes; see restore-temps.ts).
    */
   staleTempMs?: number;
+  /**
+   * Other copies of the same snapshot: a data chunk that cannot be read from this repository (no
+   * copy of it here reads) is fetched from them, verified against its id, and the restore goes on
+   * (restore-fallback.ts). Only what none of them gives counts as damaged.
+   */
+  fallback?: ChunkFallback;
+  /** How `sources` names this repository (default 'repository'). */
+  sourceName?: string;
 }
+
+/** Where restored data came from: chunks and their bytes; for other copies also the files. */
+export interface ChunkSource {
+  chunks: number;
+  bytes: number;
+  /** Other copies only: how many files got data from it, and the first of them (paths inside the snapshot). */
+  fileCount?: number;
+  files?: string[];
+}
+
+/** How many file paths a source lists at most. */
+export const SOURCE_FILES_LISTED = 20;
 
 /** An entry whose data is damaged or missing in the repository. */
 export interface DamagedEntry {
@@ -404,6 +425,8 @@ export interface RestoreResult {
   damaged: DamagedEntry[];
   /** Temporary files of earlier, interrupted restores: removed (in a dry run: would be), and kept as possibly another running restore's. */
   staleTemps: { removed: number; kept: number };
+  /** Data chunks written, by where they were read: this repository (sourceName) and the fallback's copies. */
+  sources: Record<string, ChunkSource>;
 }
 
 const zeroCounts = (): RestoreCounts => ({ files: 0, dirs: 0, symlinks: 0, hardlinks: 0, special: 0, bytes: 0 });
@@ -533,7 +556,7 @@ export async function restore(repo: Repository, source: Snapshot | string, targe
   const checked = await checkRestoreTarget(typeof source === 'string' ? undefined : source.host, target, options);
 
   const salvage = !!options.salvage && !dryRun;
-  const result: RestoreResult = { target: checked.real, dryRun, created: zeroCounts(), overwritten: zeroCounts(), metadataRestored: zeroCounts(), unchanged: zeroCounts(), skipped: zeroCounts(), compare, warnings: [], notices: checked.verdict.warnings, damaged: [], staleTemps: { removed: 0, kept: 0 } };
+  const result: RestoreResult = { target: checked.real, dryRun, created: zeroCounts(), overwritten: zeroCounts(), metadataRestored: zeroCounts(), unchanged: zeroCounts(), skipped: zeroCounts(), compare, warnings: [], notices: checked.verdict.warnings, damaged: [], staleTemps: { removed: 0, kept: 0 }, sources: { [options.sourceName ?? 'repository']: { chunks: 0, bytes: 0 } } };
   const progress: RestoreProgress = { files: 0, bytes: 0 };
   const warn = (path: string, problem: string) => {
     result.warnings.push({ path, problem });
@@ -989,6 +1012,49 @@ export async function restore(repo: Repository, source: Snapshot | string, targe
 
   /** Blobs whose copy could not be read but that have another copy: read again after the window's first pass. */
   let retry: BlobNeed[] = [];
+  /** Blobs no copy here could give, with why: asked of the other copies (options.fallback) at the end of the window. */
+  let elsewhere: Array<{ need: BlobNeed; error: CofferError }> = [];
+  const sources = result.sources;
+  const here = sources[options.sourceName ?? 'repository']!;
+  /** Paths that got data from each other copy (counted once each). */
+  const fedFiles = new Map<string, Set<string>>();
+
+  /** A blob no copy gives: the files needing it fail (or, with salvage, get a hole there). */
+  const lose = (need: BlobNeed, code: CofferError['code'], problem: string, pack: string, byJob: Map<FileJob, Writes>) => {
+    for (const u of need.uses) {
+      if (u.job.settled) continue;
+      if (!salvage) {
+        settleJob(u.job, tag(dataErrors, new CofferError(code, `Cannot restore ${u.job.innerPath}: ${problem}`, { details: { pack, blob: need.id } })));
+        continue;
+      }
+      (u.job.lost ??= []).push({ pos: u.pos, length: need.hit.entry.rawLength, problem, pack, blob: need.id });
+      let w = byJob.get(u.job);
+      if (!w) byJob.set(u.job, (w = []));
+      w.push({ data: undefined, pos: u.pos });
+    }
+  };
+
+  /** A blob's verified bytes go to every file that needs them. */
+  const place = (need: BlobNeed, raw: Buffer, byJob: Map<FileJob, Writes>) => {
+    let data: Buffer | undefined = raw;
+    if (sparse && isAllZero(data)) {
+      zeroIds.add(need.id);
+      data = undefined;
+    }
+    for (const u of need.uses) {
+      if (u.job.settled) continue;
+      let w = byJob.get(u.job);
+      if (!w) byJob.set(u.job, (w = []));
+      w.push({ data, pos: u.pos });
+    }
+  };
+
+  const writeAll = async (byJob: Map<FileJob, Writes>) => {
+    throwIfAborted(signal);
+    const batch: Array<{ job: FileJob; writes: Writes }> = [];
+    for (const [job, writes] of byJob) if (!job.settled) batch.push({ job, writes });
+    if (batch.length) await write(batch);
+  };
 
   /** Writes the blobs of one request to every file that needs them. */
   const deliver = async (needs: BlobNeed[], indexes: number[], results: BlobResult[]) => {
@@ -1006,36 +1072,65 @@ export async function restore(repo: Repository, source: Snapshot | string, targe
           retry.push(need);
           continue;
         }
-        const problem = `data blob ${need.id.slice(0, 12)} in pack ${pack.slice(0, 12)} cannot be read: ${r.error.message}`;
-        for (const u of need.uses) {
-          if (u.job.settled) continue;
-          if (!salvage) {
-            settleJob(u.job, tag(dataErrors, new CofferError(r.error.code, `Cannot restore ${u.job.innerPath}: ${problem}`, { details: { pack, blob: need.id } })));
-            continue;
-          }
-          (u.job.lost ??= []).push({ pos: u.pos, length: need.hit.entry.rawLength, problem, pack, blob: need.id });
-          let w = byJob.get(u.job);
-          if (!w) byJob.set(u.job, (w = []));
-          w.push({ data: undefined, pos: u.pos });
+        if (options.fallback && need.uses.some((u) => !u.job.settled)) {
+          elsewhere.push({ need, error: r.error });
+          continue;
         }
+        lose(need, r.error.code, `data blob ${need.id.slice(0, 12)} in pack ${pack.slice(0, 12)} cannot be read: ${r.error.message}`, pack, byJob);
         continue;
       }
-      let data: Buffer | undefined = r.data;
-      if (sparse && isAllZero(data)) {
-        zeroIds.add(need.id);
-        data = undefined;
-      }
-      for (const u of need.uses) {
-        if (u.job.settled) continue;
-        let w = byJob.get(u.job);
-        if (!w) byJob.set(u.job, (w = []));
-        w.push({ data, pos: u.pos });
-      }
+      here.chunks++;
+      here.bytes += r.data.length;
+      place(need, r.data, byJob);
     }
-    throwIfAborted(signal);
-    const batch: Array<{ job: FileJob; writes: Writes }> = [];
-    for (const [job, writes] of byJob) if (!job.settled) batch.push({ job, writes });
-    if (batch.length) await write(batch);
+    await writeAll(byJob);
+  };
+
+  /** Bytes of lost chunks asked of the other copies at once: what they give is held until written. */
+  const ELSEWHERE_BATCH = 32 << 20;
+
+  /** Asks the other copies for the blobs in `elsewhere`, a batch at a time, and writes what they give. */
+  const fetchElsewhere = async (fallback: ChunkFallback) => {
+    // Blobs whose files all failed meanwhile (another of their blobs was lost) are not asked for.
+    elsewhere = elsewhere.filter(({ need }) => need.uses.some((u) => !u.job.settled));
+    while (elsewhere.length) {
+      let bytes = 0;
+      let n = 0;
+      while (n < elsewhere.length && (n === 0 || bytes + elsewhere[n]!.need.hit.entry.rawLength <= ELSEWHERE_BATCH)) bytes += elsewhere[n++]!.need.hit.entry.rawLength;
+      const batch = elsewhere.slice(0, n);
+      elsewhere = elsewhere.slice(n);
+      const wants = batch.map(({ need }) => ({
+        id: need.id,
+        length: need.hit.entry.rawLength,
+        places: need.uses.filter((u) => !u.job.settled).map((u) => ({ path: u.job.innerPath, pos: u.pos })),
+      }));
+      const found = await fallback.fetch(wants, signal);
+      const byJob = new Map<FileJob, Writes>();
+      for (let k = 0; k < batch.length; k++) {
+        const { need, error } = batch[k]!;
+        const f = found[k]!;
+        const pack = toHex(need.hit.packId);
+        // Verified here too: whatever the fallback is, no byte reaches a file unchecked.
+        if (f.data && f.data.length === need.hit.entry.rawLength && chunkId(repo.keys.chunkIdKey, f.data).equals(fromHex(need.id))) {
+          const s = (sources[f.from] ??= { chunks: 0, bytes: 0, fileCount: 0, files: [] });
+          s.chunks++;
+          s.bytes += f.data.length;
+          let fed = fedFiles.get(f.from);
+          if (!fed) fedFiles.set(f.from, (fed = new Set()));
+          for (const u of need.uses) {
+            if (u.job.settled || fed.has(u.job.innerPath)) continue;
+            fed.add(u.job.innerPath);
+            s.fileCount = fed.size;
+            if (s.files!.length < SOURCE_FILES_LISTED) s.files!.push(u.job.innerPath);
+          }
+          place(need, f.data, byJob);
+          continue;
+        }
+        const tried = f.error ?? `${f.from}: its data differs from the snapshot's chunk`;
+        lose(need, error.code, `data blob ${need.id.slice(0, 12)} in pack ${pack.slice(0, 12)} cannot be read (${error.message}), nor from another copy (${tried})`, pack, byJob);
+      }
+      await writeAll(byJob);
+    }
   };
 
   /** Restores the content of every file in the window. */
@@ -1076,6 +1171,8 @@ export async function restore(repo: Repository, source: Snapshot | string, targe
         retry = [];
         await readBlobs(repo, again.map((n) => n.hit), (indexes, results) => deliver(again, indexes, results), readOptions);
       }
+      // What no copy here gives, from the other copies of the snapshot.
+      if (options.fallback) await fetchElsewhere(options.fallback);
     } catch (e) {
       // The cause, before the files left unfinished are settled below (else they would be, with
       // an INTERNAL error, and that would be what the restore reports).
@@ -1442,11 +1539,25 @@ export async function restore(repo: Repository, source: Snapshot | string, targe
           if (!w.selected || (await w.dir.ensure())) batch.push(w);
         }
         // Asked for in one turn: read together (see TreeLoader).
-        const loaded = await Promise.allSettled(batch.map((w) => trees.get(w.id)));
+        const loaded: Array<PromiseSettledResult<Tree>> = await Promise.allSettled(batch.map((w) => trees.get(w.id)));
         for (let k = 0; k < batch.length; k++) {
           if (fatal) return;
           const w = batch[k]!;
-          const t = loaded[k]!;
+          let t = loaded[k]!;
+          // A tree no copy here gives, from another copy of the snapshot (one with the same keys).
+          if (t.status === 'rejected' && options.fallback && isCofferError(t.reason) && ['CORRUPT', 'NOT_FOUND', 'INVALID_RANGE', 'UNSUPPORTED'].includes(t.reason.code)) {
+            const found = await options.fallback.fetchTree(w.id, signal);
+            if (found.data && chunkId(repo.keys.chunkIdKey, found.data).equals(fromHex(w.id))) {
+              try {
+                t = { status: 'fulfilled', value: decodeTree(found.data) };
+                const from = (sources[found.from] ??= { chunks: 0, bytes: 0, fileCount: 0, files: [] });
+                from.chunks++;
+                from.bytes += found.data.length;
+              } catch (e) {
+                t = { status: 'rejected', reason: e };
+              }
+            } else if (found.error) t = { status: 'rejected', reason: new CofferError(t.reason.code, `${t.reason.message}; nor from another copy (${found.error})`) };
+          }
           if (t.status === 'rejected') {
             // A damaged or missing tree (also one beyond the end of a truncated pack, or in a pack
             // whose header claims a newer version) is lost with everything below it and named like

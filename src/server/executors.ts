@@ -13,6 +13,7 @@ import { INFINITE, parseDuration, type PolicyDocument, type Selection } from '..
 import type { SelectionSpec } from '../agent/protocol.ts';
 import type { JobContext, JobEnd, JobExecutor } from './dispatcher.ts';
 import { lifecycleOf, runOnAgent, type Services } from './services.ts';
+import { bestCopy, restorableCopies } from './restore-executor.ts';
 
 /**
  * A selection's stream key: the same selection gets the same key in every image (the parent of
@@ -165,8 +166,9 @@ export function duplicateExecutor(s: Services): JobExecutor {
     if (copies.some((c) => c.storageUnit === spec.to && (c.state === 'ok' || c.state === 'suspect'))) {
       return { state: 'succeeded', result: { image: image.id, to: spec.to, already: true } };
     }
-    const source = copies.find((c) => c.storageUnit === spec.from && c.state === 'ok') ?? (await restorableCopies(s, image))[0];
-    if (!source) throw new CofferError('NOT_FOUND', `Cannot duplicate image ${image.id}: it has no readable copy left`, { hint: 'Its copies expired or are lost; see `coffer images` and `coffer catalog reconcile`.' });
+    // The named source if it is sound and its unit available, else the best copy there is.
+    const usable = await restorableCopies(s, image);
+    const source = usable.find((c) => c.storageUnit === spec.from && c.state === 'ok') ?? usable[0] ?? await bestCopy(s, image, `duplicate image ${image.id}`, { retry: true });
     ctx.log('info', `duplicating image ${image.id} from ${source.storageUnit} to ${spec.to}`);
     const r = await runOnAgent(s.node(), 'clone', {
       source: await s.storageAccess(source.storageUnit),
@@ -181,72 +183,8 @@ export function duplicateExecutor(s: Services): JobExecutor {
   };
 }
 
-/** The copies of an image a restore may read, best first: ok before suspect, then by the unit's priority. */
-export async function restorableCopies(s: Services, image: Image): Promise<Copy[]> {
-  const copies = (await s.catalog.copies.list({ imageId: image.id, state: ['ok', 'suspect'], limit: 1000 })).items;
-  const priority = new Map<string, number>();
-  for (const c of copies) {
-    const unit = await s.catalog.storageUnits.find(c.storageUnit);
-    priority.set(c.storageUnit, (unit?.spec as { priority?: number } | undefined)?.priority ?? 0);
-  }
-  return copies.sort((a, b) => (a.state === b.state ? 0 : a.state === 'ok' ? -1 : 1) || priority.get(b.storageUnit)! - priority.get(a.storageUnit)!);
-}
-
-/** Restore job spec: { image, toClient, toPath, include?, exclude?, overwrite?, dryRun?, force?, confirmHost? }. */
-export function restoreExecutor(s: Services): JobExecutor {
-  return async (ctx) => {
-    const spec = ctx.job.spec as { image: string; toClient: string; toPath: string; include?: string[]; exclude?: string[]; overwrite?: string; dryRun?: boolean; force?: boolean; confirmHost?: string };
-    const image = await s.catalog.images.get(spec.image);
-    const copies = await restorableCopies(s, image);
-    if (copies.length === 0) throw new CofferError('NOT_FOUND', `Cannot restore image ${image.id}: it has no copy in state ok or suspect`, { hint: 'Run `coffer catalog reconcile` to see what storage holds.' });
-    const link = s.agents.get(spec.toClient);
-    const result: Record<string, unknown> = { image: image.id, toClient: spec.toClient, toPath: spec.toPath, dryRun: !!spec.dryRun, files: 0, bytes: 0, warnings: 0, copies: [] as string[] };
-    let lastError: CofferError | undefined;
-    for (const [n, copy] of copies.entries()) {
-      const more = n < copies.length - 1;
-      try {
-        const storage = await s.storageAccess(copy.storageUnit);
-        let damaged = 0;
-        let warnings = 0;
-        for (const [key, snapshot] of Object.entries(copy.snapshots)) {
-          ctx.log('info', `restoring stream ${key} (snapshot ${snapshot.slice(0, 12)}) from storage unit ${copy.storageUnit} to ${spec.toClient}:${spec.toPath}`);
-          const r = await runOnAgent(link, 'restore', {
-            storage, snapshot, targetPath: spec.toPath,
-            ...(spec.include ? { include: spec.include } : {}), ...(spec.exclude ? { exclude: spec.exclude } : {}),
-            // After a damaged copy, files already restored whole are left as they are.
-            ...(n > 0 ? { overwrite: spec.overwrite === 'never' ? 'never' : 'if-changed' } : spec.overwrite ? { overwrite: spec.overwrite } : {}),
-            dryRun: !!spec.dryRun, force: !!spec.force,
-            ...(spec.confirmHost ? { confirmHost: spec.confirmHost } : {}),
-          }, { jobId: ctx.job.id, emit: ctx.emit, signal: ctx.signal });
-          const created = r.created as { files?: number; bytes?: number } | undefined;
-          const overwritten = r.overwritten as { files?: number; bytes?: number } | undefined;
-          result.files = add(result.files as number, created?.files) + (overwritten?.files ?? 0);
-          result.bytes = add(result.bytes as number, created?.bytes) + (overwritten?.bytes ?? 0);
-          damaged += typeof r.damaged === 'number' ? r.damaged : 0;
-          warnings += typeof r.warnings === 'number' ? r.warnings : 0;
-        }
-        (result.copies as string[]).push(copy.storageUnit);
-        if (damaged > 0 && more) {
-          // What this copy could not give, the next copy of the same data gives: no one has to
-          // change a copy's state by hand to get the restore through.
-          await s.catalog.copies.update(copy.id, { state: 'suspect' });
-          ctx.log('warn', `${damaged} entr${damaged === 1 ? 'y' : 'ies'} could not be restored from ${copy.storageUnit} (damaged data; the copy is now suspect): restoring them from ${copies[n + 1]!.storageUnit}`);
-          continue;
-        }
-        result.warnings = warnings;
-        return { state: warnings > 0 ? 'warnings' : 'succeeded', result };
-      } catch (e) {
-        const err = toCofferError(e);
-        // A refusal (the host pre-flight) or a cancel is the answer; damage tries the next copy.
-        if (err.code === 'REFUSED' || err.code === 'CANCELLED' || err.code === 'USAGE' || err.transient || !more) throw err;
-        lastError = err;
-        if (err.code === 'CORRUPT' || err.code === 'NOT_FOUND' || err.code === 'INVALID_RANGE') await s.catalog.copies.update(copy.id, { state: 'suspect' });
-        ctx.log('warn', `the copy in ${copy.storageUnit} failed (${err.message}); trying the next copy`);
-      }
-    }
-    throw lastError ?? new CofferError('INTERNAL', `Cannot restore image ${image.id}: no copy was tried`);
-  };
-}
+// The restore job and the ranking of copies moved to restore-executor.ts (chunk-level fallback, unavailable units).
+export { restorableCopies, restoreExecutor } from './restore-executor.ts';
 
 /**
  * The expiry job: every copy whose expiry has passed (by the server's clock) and that is not held

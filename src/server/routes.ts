@@ -13,6 +13,9 @@ import { KINDS, kindFromName, parseDuration, policyWideRow, tableColumns, tableR
 import type { Dispatcher, BusMessage } from './dispatcher.ts';
 import { applyDocuments, getDocument, listDocuments, type SecretStore } from './documents.ts';
 import { restorableCopies } from './executors.ts';
+import { bestCopy } from './restore-executor.ts';
+import { unitRoutes } from './routes-units.ts';
+import { unavailableUnits } from './units.ts';
 import { parseGrants, ROLES, tokenInfo, type Principal, type Role } from './auth.ts';
 import { route, type RequestContext, type RouteDef } from './http.ts';
 import { lifecycleOf, runOnAgent, type Services } from './services.ts';
@@ -312,7 +315,9 @@ export function buildRoutes(deps: ApiDeps): RouteDef[] {
         const why = deps.auth.mayBrowse(P(ctx), image.client);
         if (why) throw forbidden(why);
         const copies = (await s.catalog.copies.list({ imageId: image.id, limit: 1000 })).items;
-        return { ...image, copies };
+        // A copy on a unit marked unavailable says so: restores pass over it.
+        const down = await unavailableUnits(s.catalog);
+        return { ...image, copies: copies.map((c) => (down.has(c.storageUnit) ? { ...c, unitUnavailable: down.get(c.storageUnit)!.reason } : c)) };
       },
     }),
     route({
@@ -381,8 +386,7 @@ export function buildRoutes(deps: ApiDeps): RouteDef[] {
         const why = deps.auth.mayRestore(P(ctx), { fromClient: image.client, toClient: b.toClient, toPath: b.toPath });
         if (why) throw forbidden(why);
         if (!(await s.catalog.clients.find(b.toClient))) throw new CofferError('NOT_FOUND', `No client ${b.toClient} is registered`, { hint: 'See `coffer get clients`.' });
-        const copy = (await restorableCopies(s, image))[0];
-        if (!copy) throw new CofferError('NOT_FOUND', `Cannot restore image ${image.id}: it has no copy in state ok or suspect`, { hint: 'Run `coffer catalog reconcile` to see what storage holds.' });
+        const copy = await bestCopy(s, image, `restore image ${image.id}`);
         const job = await s.catalog.jobs.enqueue({ kind: 'restore', client: b.toClient, storageUnit: copy.storageUnit, priority: 20, maxAttempts: 1, spec: { ...b }, requestedBy: P(ctx).user });
         dispatcher.wake();
         return job;
@@ -517,6 +521,9 @@ export function buildRoutes(deps: ApiDeps): RouteDef[] {
         return job;
       },
     }),
+
+    // ---- storage units: availability (routes-units.ts) ----------------------------------------
+    ...unitRoutes(s),
 
     // ---- users, tokens, audit -----------------------------------------------------------------
     route({

@@ -35,6 +35,7 @@ import { ALL_PACKS, nextSlice, percentLength, sliceLength, slicePercent, slicesP
 import type { JobContext, JobEnd, JobExecutor } from './dispatcher.ts';
 import { restorableCopies } from './executors.ts';
 import { runOnAgent, type Services } from './services.ts';
+import { unavailableUnits } from './units.ts';
 
 /** A storage unit's verify schedule, in milliseconds, and the runs one period is split into. */
 export interface VerifySchedule {
@@ -123,6 +124,13 @@ export function verifyExecutor(s: Services, options: { log: Logger }): JobExecut
   return async (ctx) => {
     const spec = ctx.job.spec as unknown as VerifySpec;
     const unit = await s.catalog.storageUnits.get(spec.unit);
+    // A unit whose volumes are offline is not read: a scheduled verify passes it over, one asked
+    // for fails saying so (a repair from it would fail the same way).
+    const down = (await unavailableUnits(s.catalog)).get(unit.name);
+    if (down) {
+      if (spec.scheduled) return { state: 'succeeded', result: { unit: unit.name, skipped: `the storage unit is marked unavailable: ${down.reason}` } };
+      throw new CofferError('CONFLICT', `Cannot verify storage unit ${unit.name}: it is marked unavailable (${down.reason})`, { hint: `Bring its volumes or disks back online, then run \`coffer units available ${unit.name}\` (an administrator).` });
+    }
     const storage = await s.storageAccess(unit);
 
     // Which packs: all, or the next slice from the unit's cursor.
