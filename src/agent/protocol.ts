@@ -126,6 +126,10 @@ export const cloneSpec = z.strictObject({
 });
 export type CloneSpec = z.infer<typeof cloneSpec>;
 
+/** How many bytes a repository holds in storage (every object, all kinds): a stage's high-water mark. */
+export const usageSpec = z.strictObject({ storage: storageAccess });
+export type UsageSpec = z.infer<typeof usageSpec>;
+
 export const JOB_SPECS = {
   backup: backupSpec,
   restore: restoreSpec,
@@ -136,6 +140,7 @@ export const JOB_SPECS = {
   list: listSpec,
   find: findSpec,
   clone: cloneSpec,
+  usage: usageSpec,
 } as const;
 export type AgentJobKind = keyof typeof JOB_SPECS;
 export type AgentJobSpec<K extends AgentJobKind> = z.infer<(typeof JOB_SPECS)[K]>;

@@ -41,6 +41,7 @@ import {
   type RestoreSpec,
   type SnapshotsSpec,
   type StorageAccess,
+  type UsageSpec,
 } from './protocol.ts';
 
 export interface AgentRuntimeOptions {
@@ -115,6 +116,7 @@ export class AgentRuntime {
       case 'list': return this.list(parseJobSpec('list', raw), signal);
       case 'find': return this.find(parseJobSpec('find', raw), signal);
       case 'clone': return this.clone(parseJobSpec('clone', raw), emit, signal);
+      case 'usage': return this.usage(parseJobSpec('usage', raw), signal);
     }
   }
 
@@ -268,6 +270,22 @@ export class AgentRuntime {
       }
     }
     return { problems };
+  }
+
+  /** The bytes the repository takes in storage: every object listed (no key needed, nothing read). */
+  private async usage(spec: UsageSpec, signal: AbortSignal): Promise<Record<string, unknown>> {
+    const backend = await this.backend(spec.storage);
+    try {
+      let bytes = 0;
+      let objects = 0;
+      for await (const info of backend.list('', { signal })) {
+        bytes += info.size;
+        objects++;
+      }
+      return { bytes, objects };
+    } finally {
+      await backend.close();
+    }
   }
 
   private async list(spec: ListSpec, signal: AbortSignal): Promise<Record<string, unknown>> {

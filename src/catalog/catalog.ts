@@ -21,6 +21,7 @@ import { copiesModule, type Copies } from './copies.ts';
 import { dbError, isDatabaseError, redactUrl } from './db-error.ts';
 import { imagesModule, type Images } from './images.ts';
 import { jobsModule, type Jobs } from './jobs.ts';
+import { lifecycleScanModule, type LifecycleScan } from './lifecycle-scan.ts';
 import { migrate } from './migrate.ts';
 import type { CatalogDialect, Migration } from './migrations/migration.ts';
 import type { Database } from './schema.ts';
@@ -50,6 +51,8 @@ export interface CatalogQueries {
   tokens: Tokens;
   audit: Audit;
   settings: Settings;
+  /** The lifecycle pass's view: images with lifecycle work due (lifecycle-scan.ts). */
+  lifecycleScan: LifecycleScan;
   /**
    * Runs `fn` in one transaction: everything it does through `tx` is committed together, or
    * nothing is if it throws (the error is passed on). Inside a transaction, runs in that one.
@@ -173,6 +176,7 @@ function queries(scope: Scope): CatalogQueries {
     tokens: tokensModule(scope),
     audit: auditModule(scope),
     settings: settingsModule(scope),
+    lifecycleScan: lifecycleScanModule(scope),
     async transaction(fn) {
       if (scope.db.isTransaction) return fn(queries(scope));
       try {
