@@ -205,3 +205,61 @@ spec:
   assert.deepEqual((await ts.server.lifecycle.runNow()).queued, []);
   assert.equal((await jobs(ts, { state: 'failed' })).length, 0, JSON.stringify(await jobs(ts, { state: 'failed' })));
 });
+
+test('a stage with a high-water mark stages the oldest images early while the source unit is above it, and stops below it', async (t) => {
+  const dir = await tempDir(t);
+  const src = join(dir, 'src');
+  await mkdir(src);
+  const clock = new FakeClock(T0);
+  const ts = await startTestServer(t, { clock, timezone: 'UTC', pruneIntervalMs: 0 });
+  const client = ts.server.clientName;
+  const primaryUnit = (capacity?: string) => ({ apiVersion: 'coffer/v1', kind: 'StorageUnit', metadata: { name: 'primary' }, spec: { url: join(dir, 'primary'), ...(capacity ? { capacity } : {}) } });
+  const applied = await ts.api<Json>('POST', '/api/v1/apply', {
+    body: {
+      documents: [
+        primaryUnit(),
+        { apiVersion: 'coffer/v1', kind: 'StorageUnit', metadata: { name: 'archive' }, spec: { url: join(dir, 'archive') } },
+        { apiVersion: 'coffer/v1', kind: 'Lifecycle', metadata: { name: 'tiered' }, spec: { copies: [{ operation: 'backup', storageUnit: 'primary', retention: '30d' }, { operation: 'stage', storageUnit: 'archive', retention: '7y', after: '20d', highWater: '60%' }] } },
+        { apiVersion: 'coffer/v1', kind: 'Policy', metadata: { name: 'files' }, spec: { clients: [client], selections: [{ paths: [src] }], schedules: [{ name: 'leap', level: 'full', calendar: '0 1 29 2 *' }], lifecycle: 'tiered' } },
+      ],
+    },
+  });
+  assert.equal(applied.status, 200, JSON.stringify(applied.body));
+  // Three images, each with 1 MB of its own (random, so stored as it is), an hour apart.
+  const images: string[] = [];
+  for (let i = 0; i < 3; i++) {
+    await rm(join(src, `own-${i - 1}.bin`), { force: true });
+    await writeFile(join(src, `own-${i}.bin`), randomBytes(300 + i, 1_000_000));
+    await setClock(ts, clock, T0 + i * H);
+    images.push(await backup(ts, 'files'));
+  }
+  // No capacity given: a path unit has its file system's size, far from 60% full here.
+  const { statfs } = await import('node:fs/promises');
+  const fs = await statfs(join(dir, 'primary'));
+  await setClock(ts, clock, T0 + 4 * H); // a unit's use is measured at most once an hour
+  const roomy = await ts.server.lifecycle.runNow();
+  assert.deepEqual(roomy.units.map((u) => [u.unit, u.capacity, u.staged]), [['primary', fs.blocks * fs.bsize, 0]]);
+  assert.deepEqual(roomy.queued, []);
+
+  // A capacity that puts the unit half a megabyte above its mark: the oldest image is staged
+  // early (at 4 hours, not 20 days) and its primary copy released; that brings it below.
+  const used = await usedBytes(ts, 'primary');
+  const capacity = Math.round((used - 500_000) / 0.6);
+  assert.equal((await ts.api<Json>('POST', '/api/v1/apply', { body: { documents: [primaryUnit(`${capacity}B`)] } })).status, 200);
+  const full = await ts.server.lifecycle.runNow();
+  assert.deepEqual(full.units.map((u) => [u.unit, u.used, u.capacity, u.mark, u.staged]), [['primary', used, capacity, 0.6, 1]]);
+  assert.deepEqual(full.queued.map((q) => [q.kind, q.image, q.to, q.early]), [['stage', images[0], 'archive', true]]);
+  const stage = await ts.waitJob(full.queued[0]!.job);
+  assert.deepEqual([stage.state, (stage.result as Json).released], ['succeeded', true], JSON.stringify(stage));
+  await expire(ts);
+  assert.deepEqual(states(await copiesOf(ts, images[0]!)), ['archive:ok']);
+  for (const id of images.slice(1)) assert.deepEqual(states(await copiesOf(ts, id)), ['primary:ok']);
+  const after = await usedBytes(ts, 'primary');
+  assert.ok(after < 0.6 * capacity, `below the mark after the prune: ${after} of ${capacity}`);
+
+  // Measured again an hour on: below the mark, nothing more is staged.
+  await setClock(ts, clock, T0 + 6 * H);
+  const below = await ts.server.lifecycle.runNow();
+  assert.deepEqual(below.units.map((u) => [u.used, u.staged]), [[after, 0]]);
+  assert.deepEqual(below.queued, []);
+});
