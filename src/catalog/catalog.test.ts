@@ -582,6 +582,11 @@ for (const backend of backends) {
         await catalog.lifecycleScan.lookAgain(ids[0]!, T0 + 100);
         assert.deepEqual(await due(T0 + 100), [...ids.slice(3), ids[0]]);
         assert.deepEqual(await due(T0 + 5000), [...ids.slice(3), ids[0], ids[2], ids[1]]);
+        // With `expected`: set only if nothing moved it since it was read.
+        assert.equal(await catalog.lifecycleScan.setNext(ids[3]!, T0 + 7000, { expected: 5 }), false);
+        assert.equal(await catalog.lifecycleScan.setNext(ids[3]!, T0 + 7000, { expected: 0 }), true);
+        assert.deepEqual(await due(T0 + 5000), [...ids.slice(4), ids[0], ids[2], ids[1]]);
+        await catalog.lifecycleScan.setNext(ids[3]!, 0);
         await catalog.copies.add(ids[4]!, { storageUnit: 'vault', snapshots: { '/': 'a' } });
         await catalog.copies.add(ids[4]!, { storageUnit: 'offsite', snapshots: { '/': 'b' } });
         const copies = await catalog.lifecycleScan.copiesOf([ids[4]!, ids[5]!]);

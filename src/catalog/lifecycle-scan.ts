@@ -19,8 +19,11 @@ export interface DueImage extends Image {
 export interface LifecycleScan {
   /** Images with lifecycle_next at or before `now`, earliest first (then by id). */
   due(now: number, options?: PageOptions): Promise<Page<DueImage>>;
-  /** When the pass looks at the image next; null: its lifecycle has nothing left to do. */
-  setNext(imageId: string, next: number | null): Promise<void>;
+  /**
+   * When the pass looks at the image next; null: its lifecycle has nothing left to do. With
+   * `expected`, only if it is still that (a lookAgain() meanwhile wins); says whether it was set.
+   */
+  setNext(imageId: string, next: number | null, options?: { expected?: number }): Promise<boolean>;
   /** Look at the image again at `at` at the latest (a job of its lifecycle ended, a hold changed). */
   lookAgain(imageId: string, at: number): Promise<void>;
   /** The copies of these images, by image id (every image asked for has an entry). */
@@ -53,9 +56,13 @@ export function lifecycleScanModule(scope: Scope): LifecycleScan {
       });
     },
 
-    async setNext(imageId, next) {
-      await guard(scope, `schedule the lifecycle of image ${imageId}`, () =>
-        scope.db.updateTable('images').set({ lifecycle_next: next }).where('id', '=', imageId).execute());
+    async setNext(imageId, next, options = {}) {
+      const r = await guard(scope, `schedule the lifecycle of image ${imageId}`, () => {
+        let q = scope.db.updateTable('images').set({ lifecycle_next: next }).where('id', '=', imageId);
+        if (options.expected !== undefined) q = q.where('lifecycle_next', '=', options.expected);
+        return q.executeTakeFirst();
+      });
+      return r.numUpdatedRows > 0n;
     },
 
     async lookAgain(imageId, at) {

@@ -492,16 +492,20 @@ export class LifecycleRunner {
     const { catalog } = this.s;
     const now = this.s.now();
     const groups = new Map<string, Group | null>();
-    const jobs = await this.copyJobs();
+    // The copy jobs are read after the first page of images: a backup that settles its image
+    // after that page was read queued its duplicates before (one transaction), so they are seen.
+    let jobs: CopyJobs | undefined;
     let cursor: string | undefined;
     for (let pages = 0; pages < MAX_PAGES && !this.stopped; pages++) {
       const page = await catalog.lifecycleScan.due(now, { limit: PAGE, cursor });
+      if (page.items.length === 0) break;
+      jobs ??= await this.copyJobs();
       const copies = await catalog.lifecycleScan.copiesOf(page.items.map((i) => i.id));
       for (const image of page.items) {
         report.images++;
         const group = await this.groupOf(image, groups);
         if (!group || group.planned.length === 0) {
-          await catalog.lifecycleScan.setNext(image.id, null);
+          await catalog.lifecycleScan.setNext(image.id, null, { expected: image.lifecycleNext });
           continue;
         }
         const d = decide(image, copies.get(image.id)!, group.planned, jobs, now, group.timezone);
@@ -514,7 +518,8 @@ export class LifecycleRunner {
             if (r.released) report.released.push({ image: image.id, unit: action.copy.source });
           }
         }
-        await catalog.lifecycleScan.setNext(image.id, d.next);
+        // Unless a job's end asked for a look meanwhile: then the next pass looks at once.
+        await catalog.lifecycleScan.setNext(image.id, d.next, { expected: image.lifecycleNext });
       }
       if (!page.next) break;
       cursor = page.next;
