@@ -14,9 +14,9 @@
 //     closed ends `missed`, and the next pass queues it again for the next window;
 //   - a stage whose copy is made releases its source (below) once nothing else needs it.
 // The image's lifecycle_next becomes the earliest time something may change, or null when its
-// lifecycle is done: an image is read again only when it may have work. The pass runs every
-// LIFECYCLE_PERIOD_MS on the server's clock (a fake one in tests), and soon after a backup,
-// duplicate or stage job ends (the image is looked at again at once).
+// lifecycle is done: an image is read again only when it may have work. The pass runs at start,
+// every LIFECYCLE_PERIOD_MS, and soon after a backup, duplicate or stage job ends (the image is
+// looked at again at once); it decides by the server's clock (a fake one in tests).
 //
 // High water. A stage with `highWater: 80%` also runs early, oldest copies first, while its
 // source unit holds more than that fraction of its capacity (the unit's `capacity`, else a
@@ -36,7 +36,6 @@ import type { Image } from '../catalog/images.ts';
 import type { Job } from '../catalog/jobs.ts';
 import { checkPercent, checkSize, parseDuration, parseWindow, type LifecycleDocument, type PolicyDocument } from '../policy/index.ts';
 import { compileCalendar, type Interval } from '../scheduler/calendar.ts';
-import type { SchedulerClock } from '../scheduler/loop.ts';
 import type { JobContext, JobEnd, JobExecutor } from './dispatcher.ts';
 import { lifecycleOf, runOnAgent, type Services } from './services.ts';
 import { parseBackendUrl } from '../storage/url.ts';
@@ -268,7 +267,6 @@ export interface PassReport {
 }
 
 export interface LifecycleRunnerOptions {
-  clock: SchedulerClock;
   /** The server's time zone, for windows of images whose schedule names none. */
   timezone: string;
   /** Look at the queue now (jobs were queued). */
@@ -293,6 +291,7 @@ export class LifecycleRunner {
   private readonly options: LifecycleRunnerOptions;
   private chain: Promise<unknown> = Promise.resolve();
   private wakeTimer: NodeJS.Timeout | undefined;
+  private timer: NodeJS.Timeout | undefined;
   private readonly usage = new Map<string, { at: number; bytes: number }>();
   /** Units whose sources stages released since the last pass: an expiry is queued for them. */
   private released = new Set<string>();
@@ -303,13 +302,16 @@ export class LifecycleRunner {
     this.options = options;
   }
 
-  /** Runs a pass every LIFECYCLE_PERIOD_MS of the server's clock until `signal` aborts. */
-  async loop(signal: AbortSignal): Promise<void> {
-    while (!signal.aborted) {
-      await this.options.clock.sleep(LIFECYCLE_PERIOD_MS, signal);
-      if (signal.aborted) break;
-      await this.runNow().catch((e) => this.options.log('error', `lifecycle pass: ${toCofferError(e).message}`));
-    }
+  /**
+   * Runs a pass now and then every LIFECYCLE_PERIOD_MS, until stop(). A real-time timer, like
+   * the expiry's: the pass reads the server's clock, but does not sleep on it (a test's fake
+   * clock tells when its sleepers, the scheduler, are idle; a test runs passes with runNow()).
+   */
+  start(): void {
+    if (this.stopped || this.timer) return;
+    this.timer = setInterval(() => this.wake(), LIFECYCLE_PERIOD_MS);
+    this.timer.unref();
+    this.wake();
   }
 
   /** A pass soon (a job ended): several wakes in a moment make one pass. */
@@ -322,9 +324,11 @@ export class LifecycleRunner {
     this.wakeTimer.unref();
   }
 
+  /** Stops the timer; a pass running ends (wait for it with runNow(), which then does nothing). */
   stop(): void {
     this.stopped = true;
     clearTimeout(this.wakeTimer);
+    clearInterval(this.timer);
   }
 
   /** Runs a pass now, after any pass running; resolves with what it did. */

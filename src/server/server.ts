@@ -218,7 +218,6 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
     }
 
     const lifecycle = new LifecycleRunner(services, {
-      clock,
       timezone,
       wakeQueue: () => dispatcher.wake(),
       afterEnd: (id, fn) => {
@@ -285,14 +284,13 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
     dispatcher.start();
     const schedulerStop = new AbortController();
     const schedulerRun = scheduler.run({ signal: schedulerStop.signal }).catch((e) => log.error({ err: toCofferError(e).message }, 'scheduler stopped'));
-    // The lifecycle pass: every 15 minutes of the server's clock, and after copy jobs end.
-    const lifecycleRun = lifecycle.loop(schedulerStop.signal);
     // Expiry once an hour (and at start): retention runs on the server's clock.
     const expiryTimer = setInterval(() => void catalog.jobs.enqueue({ kind: 'expire', priority: 5, maxAttempts: 5, spec: {}, requestedBy: 'server' }).then(() => dispatcher.wake(), () => {}), 3_600_000);
     expiryTimer.unref();
     await catalog.jobs.enqueue({ kind: 'expire', priority: 5, maxAttempts: 5, spec: {}, requestedBy: 'server' });
     dispatcher.wake();
-    lifecycle.wake();
+    // The lifecycle pass: now, every 15 minutes, and after copy jobs end (lifecycle.ts).
+    lifecycle.start();
 
     const host = options.host ?? '127.0.0.1';
     await app.listen({ host, port: options.port ?? 7480 });
@@ -320,7 +318,6 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
           await app.close();
           await dispatcher.stop();
           await schedulerRun;
-          await lifecycleRun;
           await lifecycle.runNow().catch(() => {}); // a pass that was running ends before the catalog closes
           const r = await catalog.jobs.interruptRunning({ claimedBy: serverName });
           if (r.requeued.length + r.interrupted.length) log.info({ interrupted: r.requeued.length + r.interrupted.length }, 'jobs recorded as interrupted');
