@@ -3,7 +3,7 @@
 // a peer of another protocol version, and garbage on the wire.
 import assert from 'node:assert/strict';
 import { PassThrough } from 'node:stream';
-import { readFile, writeFile, mkdir, readdir } from 'node:fs/promises';
+import { readFile, writeFile, mkdir, readdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { randomBytes } from '../testing/random.ts';
@@ -120,6 +120,21 @@ test('the runtime refuses bad specs by field, fails a backup whose pre command f
   const good = await rt.run('probe', { storage }, () => {}, never());
   assert.deepEqual(good.result!.problems, []);
   assert.ok(!(await readdir(storage.url)).some((n) => n.startsWith('probe-')), 'the probe object is removed');
+
+  // usage: the bytes of every object the repository keeps, as the file system has them.
+  const usage = await rt.run('usage', { storage }, () => {}, never());
+  assert.equal(usage.state, 'succeeded', JSON.stringify(usage.error));
+  let bytes = 0;
+  let objects = 0;
+  for (const e of await readdir(storage.url, { recursive: true, withFileTypes: true })) {
+    if (!e.isFile()) continue;
+    bytes += (await stat(join(e.parentPath, e.name))).size;
+    objects++;
+  }
+  assert.ok(objects > 1 && bytes > 0, `${objects} objects, ${bytes} bytes`);
+  assert.deepEqual(usage.result, { bytes, objects });
+  const badUsage = await rt.run('usage', { storage, extra: 1 }, () => {}, never());
+  assert.equal(badUsage.state, 'failed');
 });
 
 test('an embedded agent process: handshake, a backup with progress events, cancel, and a kill that leaves the job interrupted', async (t) => {

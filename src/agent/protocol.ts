@@ -154,6 +154,9 @@ export const repairSpec = z.strictObject({
   packs: z.array(z.string().regex(/^[0-9a-f]{64}$/)).max(100_000).optional(),
 });
 export type RepairSpec = z.infer<typeof repairSpec>;
+/** How many bytes a repository holds in storage (every object, all kinds): a stage's high-water mark. */
+export const usageSpec = z.strictObject({ storage: storageAccess });
+export type UsageSpec = z.infer<typeof usageSpec>;
 
 export const JOB_SPECS = {
   backup: backupSpec,
@@ -167,6 +170,7 @@ export const JOB_SPECS = {
   clone: cloneSpec,
   verify: verifySpec,
   repair: repairSpec,
+  usage: usageSpec,
 } as const;
 export type AgentJobKind = keyof typeof JOB_SPECS;
 export type AgentJobSpec<K extends AgentJobKind> = z.infer<(typeof JOB_SPECS)[K]>;

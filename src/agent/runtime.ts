@@ -46,6 +46,7 @@ import {
   type SnapshotsSpec,
   type StorageAccess,
   type VerifySpec,
+  type UsageSpec,
 } from './protocol.ts';
 
 export interface AgentRuntimeOptions {
@@ -122,6 +123,7 @@ export class AgentRuntime {
       case 'clone': return this.clone(parseJobSpec('clone', raw), emit, signal);
       case 'verify': return this.verify(parseJobSpec('verify', raw), emit, signal);
       case 'repair': return this.repair(parseJobSpec('repair', raw), emit, signal);
+      case 'usage': return this.usage(parseJobSpec('usage', raw), signal);
     }
   }
 
@@ -322,6 +324,22 @@ export class AgentRuntime {
       }
     }
     return { problems };
+  }
+
+  /** The bytes the repository takes in storage: every object listed (no key needed, nothing read). */
+  private async usage(spec: UsageSpec, signal: AbortSignal): Promise<Record<string, unknown>> {
+    const backend = await this.backend(spec.storage);
+    try {
+      let bytes = 0;
+      let objects = 0;
+      for await (const info of backend.list('', { signal })) {
+        bytes += info.size;
+        objects++;
+      }
+      return { bytes, objects };
+    } finally {
+      await backend.close();
+    }
   }
 
   private async list(spec: ListSpec, signal: AbortSignal): Promise<Record<string, unknown>> {

@@ -562,6 +562,43 @@ for (const backend of backends) {
       });
     });
 
+    describe('lifecycle scan', () => {
+      it('new images are due at once; due() pages by (lifecycle_next, id); setNext() and lookAgain() move them; copiesOf() and imagesById() batch', async (t) => {
+        const { catalog } = await setup(t, backend);
+        await basics(catalog);
+        const images = [];
+        for (let i = 0; i < 7; i++) images.push(await catalog.images.add({ client: 'alpha', policy: 'nightly', level: 'full', time: T0 + i, streams: { '/': `s${i}` } }));
+        const ids = images.map((i) => i.id);
+        const due = async (now: number, limit = 2) => (await walk((o) => catalog.lifecycleScan.due(now, o), limit)).map((i) => i.id);
+        assert.deepEqual(await due(T0), ids, 'a new image is due from time 0');
+        assert.equal((await catalog.lifecycleScan.due(T0, { limit: 1 })).items[0]!.lifecycleNext, 0);
+        await catalog.lifecycleScan.setNext(ids[0]!, null);
+        await catalog.lifecycleScan.setNext(ids[1]!, T0 + 5000);
+        await catalog.lifecycleScan.setNext(ids[2]!, T0 + 1000);
+        assert.deepEqual(await due(T0), ids.slice(3));
+        assert.deepEqual(await due(T0 + 5000, 3), [...ids.slice(3), ids[2], ids[1]], 'earliest first');
+        // lookAgain() only brings a time forward, and wakes an image that was done.
+        await catalog.lifecycleScan.lookAgain(ids[1]!, T0 + 9000);
+        await catalog.lifecycleScan.lookAgain(ids[0]!, T0 + 100);
+        assert.deepEqual(await due(T0 + 100), [...ids.slice(3), ids[0]]);
+        assert.deepEqual(await due(T0 + 5000), [...ids.slice(3), ids[0], ids[2], ids[1]]);
+        // With `expected`: set only if nothing moved it since it was read.
+        assert.equal(await catalog.lifecycleScan.setNext(ids[3]!, T0 + 7000, { expected: 5 }), false);
+        assert.equal(await catalog.lifecycleScan.setNext(ids[3]!, T0 + 7000, { expected: 0 }), true);
+        assert.deepEqual(await due(T0 + 5000), [...ids.slice(4), ids[0], ids[2], ids[1]]);
+        await catalog.lifecycleScan.setNext(ids[3]!, 0);
+        await catalog.copies.add(ids[4]!, { storageUnit: 'vault', snapshots: { '/': 'a' } });
+        await catalog.copies.add(ids[4]!, { storageUnit: 'offsite', snapshots: { '/': 'b' } });
+        const copies = await catalog.lifecycleScan.copiesOf([ids[4]!, ids[5]!]);
+        assert.deepEqual([...copies.keys()], [ids[4], ids[5]]);
+        assert.deepEqual(copies.get(ids[4]!)!.map((c) => c.storageUnit), ['vault', 'offsite']);
+        assert.deepEqual(copies.get(ids[5]!), []);
+        const byId = await catalog.lifecycleScan.imagesById([ids[6]!, 'no-such-image']);
+        assert.deepEqual([...byId.keys()], [ids[6]]);
+        assert.equal(byId.get(ids[6]!)!.time, T0 + 6);
+      });
+    });
+
     describe('jobs', () => {
       it('lists newest first, filtered by state, client, policy and kind; the cursor walks every job once', async (t) => {
         const { catalog } = await setup(t, backend);
@@ -853,6 +890,7 @@ for (const backend of backends) {
           ['next run', () => catalog.schedules.nextRun()],
           ['jobs --state missed', () => catalog.jobs.list({ state: 'missed' })],
           ['expired copies', () => catalog.copies.expiredCopies(T0)],
+          ['lifecycle due', async () => catalog.lifecycleScan.due(T0, { limit: 1, cursor: cursor(await catalog.lifecycleScan.due(T0, { limit: 1 })) })],
           ['audit', () => catalog.audit.list()],
         ];
         const plans: string[] = [];

@@ -22,6 +22,7 @@ import { copiesModule, type Copies } from './copies.ts';
 import { dbError, isDatabaseError, redactUrl } from './db-error.ts';
 import { imagesModule, type Images } from './images.ts';
 import { jobsModule, type Jobs } from './jobs.ts';
+import { lifecycleScanModule, type LifecycleScan } from './lifecycle-scan.ts';
 import { migrate } from './migrate.ts';
 import type { CatalogDialect, Migration } from './migrations/migration.ts';
 import type { Database } from './schema.ts';
@@ -52,6 +53,8 @@ export interface CatalogQueries {
   audit: Audit;
   settings: Settings;
   alerts: Alerts;
+  /** The lifecycle pass's view: images with lifecycle work due (lifecycle-scan.ts). */
+  lifecycleScan: LifecycleScan;
   /**
    * Runs `fn` in one transaction: everything it does through `tx` is committed together, or
    * nothing is if it throws (the error is passed on). Inside a transaction, runs in that one.
@@ -176,6 +179,7 @@ function queries(scope: Scope): CatalogQueries {
     audit: auditModule(scope),
     settings: settingsModule(scope),
     alerts: alertsModule(scope),
+    lifecycleScan: lifecycleScanModule(scope),
     async transaction(fn) {
       if (scope.db.isTransaction) return fn(queries(scope));
       try {

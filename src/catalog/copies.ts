@@ -181,7 +181,7 @@ export function copiesModule(scope: Scope): Copies {
   return api;
 }
 
-function toCopy(row: Selectable<CopiesTable>): Copy {
+export function toCopy(row: Selectable<CopiesTable>): Copy {
   return {
     id: row.id,
     imageId: row.image_id,

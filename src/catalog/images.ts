@@ -212,7 +212,7 @@ export function imagesModule(scope: Scope): Images {
   };
 }
 
-function toImage(row: Selectable<ImagesTable>): Image {
+export function toImage(row: Selectable<ImagesTable>): Image {
   return {
     id: row.id,
     client: row.client,

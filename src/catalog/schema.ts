@@ -116,6 +116,8 @@ export interface ImagesTable {
   streams: Json;
   summary: NullableJson;
   job_id: string | null;
+  /** When the lifecycle pass looks at it next (default 0: at once); null: nothing left to do. */
+  lifecycle_next: ColumnType<number | null, number | null | undefined, number | null>;
 }
 
 export interface CopiesTable {

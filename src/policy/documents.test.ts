@@ -7,6 +7,7 @@ import { tempDir } from '../testing/tmp.ts';
 import { loadDocuments, normalize, parseDocuments, toJson, toYaml } from './documents.ts';
 import { EXAMPLE_GOLD, EXAMPLE_SITE } from './examples.ts';
 import type { Problem } from './problems.ts';
+import type { LifecycleDocument, StorageUnitDocument } from './schemas.ts';
 
 /** "line:col" (1-based) of the n-th occurrence of `needle` in `text`. */
 function at(text: string, needle: string, nth = 1): string {
@@ -259,6 +260,21 @@ describe('parseDocuments() problems', () => {
     const m = errorOf(text).message;
     assert.ok(m.includes(`site.yaml:${at(text, 'stage', 1)}: spec.copies[0].operation: the first copy is the backup copy`), m);
     assert.ok(m.includes(`site.yaml:${at(text, 'ofsite')}: spec.copies[2].from: "ofsite" is not the storage unit of an earlier copy; did you mean "offsite"?`), m);
+  });
+
+  it('highWater: a percentage on stage copies only; capacity: a size', () => {
+    const ok = EXAMPLE_GOLD.replace('from: offsite }', 'from: offsite, highWater: "80%" }');
+    assert.equal((parseDocuments(ok, { file: 'site.yaml' })[0]!.document as LifecycleDocument).spec.copies[2]!.highWater, '80%');
+    const text = EXAMPLE_GOLD.replace('from: offsite }', 'from: offsite, highWater: 80 }').replace('duration: 12h }', 'duration: 12h }, highWater: "120%"');
+    const m = errorOf(text).message;
+    assert.ok(m.includes(`site.yaml:${at(text, '80 }')}: spec.copies[2].highWater: expected a percentage such as "80%", got the number 80. Write it as text with a percent sign: "80%".`), m);
+    assert.ok(m.includes(`site.yaml:${at(text, '"120%"')}: spec.copies[1].highWater: "120%" is not between 0% and 100%.`), m);
+    const dup = EXAMPLE_GOLD.replace('duration: 12h }', 'duration: 12h }, highWater: "90%"');
+    assert.ok(errorOf(dup).message.includes(`site.yaml:${at(dup, '"90%"')}: spec.copies[1].highWater: applies to stage copies, not to a duplicate copy. A high-water mark releases the source copy early; only a stage releases its source.`), errorOf(dup).message);
+    const units = EXAMPLE_SITE.replace('maxJobs: 4', 'maxJobs: 4\n  capacity: 2 TB');
+    assert.ok(errorOf(units).message.includes(`site.yaml:${at(units, '2 TB')}: spec.capacity: "2 TB" has spaces in it. Write it without spaces, e.g. 2TB.`));
+    const good = EXAMPLE_SITE.replace('maxJobs: 4', 'maxJobs: 4\n  capacity: 2TB');
+    assert.equal((parseDocuments(good)[0]!.document as StorageUnitDocument).spec.capacity, '2TB');
   });
 
   it('reports every problem of every document at once, in file order', () => {

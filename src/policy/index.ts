@@ -24,3 +24,4 @@ export {
 } from './durations.ts';
 export { CRON_OPTIONS, MIN_CALENDAR_INTERVAL_MS, checkCalendar, checkTimezone, longestGap, type ScheduleTiming } from './calendar.ts';
 export { didYouMean } from './did-you-mean.ts';
+export { checkSize, checkPercent, SIZE_UNITS, type SizeResult, type FractionResult } from './sizes.ts';

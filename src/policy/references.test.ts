@@ -69,6 +69,20 @@ describe('validateReferences()', () => {
     assert.deepEqual(lines(warnings), ['site.yaml:39:8: spec.rpo: the schedules leave up to 1d between backups, more than the RPO of 12h. Back up more often (another schedule, or a shorter every:), or agree on a longer RPO.']);
   });
 
+  it('refuses highWater on a stage from an S3 unit without a capacity, with a hint', () => {
+    const gold = EXAMPLE_GOLD.replace('from: offsite }', 'from: offsite, highWater: "80%" }');
+    const primary = EXAMPLE_SITE.split('---')[0]!;
+    const text = `${gold}---\n${UNITS}---\n${primary}`;
+    assert.deepEqual(lines(validateReferences(parse(text)).errors), [
+      `site.yaml:8:${text.split('\n')[7]!.indexOf('"80%"') + 1}: spec.copies[2].highWater: cannot apply: the source storage unit offsite is on S3 and names no capacity, so it has no used fraction to compare with 80%. Give StorageUnit offsite a capacity (e.g. capacity: 2TB, what you mean to let it hold), or leave highWater out and stage by age (after:).`,
+    ]);
+    const capacity = text.replace('offsite: true }', 'offsite: true, capacity: 10TB }');
+    assert.deepEqual(validateReferences(parse(capacity)).errors, []);
+    // A path unit has its file system's size: no capacity needed.
+    const local = text.replace('"s3://bkt/a"', '/offsite');
+    assert.deepEqual(validateReferences(parse(local)).errors, []);
+  });
+
   it('refuses offsiteRequired when no copy goes to an offsite unit', () => {
     const text = EXAMPLE_SITE.replace('maxStreams: 2', 'maxStreams: 2\n  offsiteRequired: true');
     assert.deepEqual(lines(validateReferences(parse(text)).errors), [

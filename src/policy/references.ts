@@ -90,6 +90,19 @@ export function validateReferences(
 
     if (doc.kind === 'Lifecycle') {
       doc.spec.copies.forEach((copy, i) => missing('StorageUnit', copy.storageUnit, ['spec', 'copies', i, 'storageUnit'], 'storage unit'));
+      // A high-water mark is a fraction of the source unit's capacity: a path has its file
+      // system's size, an S3 bucket has none unless the unit says.
+      doc.spec.copies.forEach((copy, i) => {
+        if (copy.highWater === undefined) return;
+        const from = copy.from ?? doc.spec.copies[0]!.storageUnit;
+        const unit = lookup('StorageUnit', from);
+        if (unit === undefined || unit === true) return; // missing: reported above; unknown content: cannot tell
+        const spec = (unit as StorageUnitDocument).spec;
+        if (/^s3:/i.test(spec.url) && spec.capacity === undefined) {
+          errors.push(problem(['spec', 'copies', i, 'highWater'], `cannot apply: the source storage unit ${from} is on S3 and names no capacity, so it has no used fraction to compare with ${copy.highWater}`,
+            `Give StorageUnit ${from} a capacity (e.g. capacity: 2TB, what you mean to let it hold), or leave highWater out and stage by age (after:)`));
+        }
+      });
     }
     if (doc.kind !== 'Policy') continue;
 

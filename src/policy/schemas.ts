@@ -11,6 +11,7 @@ import { parseBackendUrl } from '../storage/url.ts';
 import { checkCalendar, checkTimezone } from './calendar.ts';
 import { didYouMeanSuffix } from './did-you-mean.ts';
 import { DURATION_UNITS, MAX_WINDOW_MS, checkDuration, checkTimeOfDay, describeValue, formatDuration, type DurationOptions } from './durations.ts';
+import { checkPercent, checkSize } from './sizes.ts';
 
 export const API_VERSION = 'coffer/v1';
 export const KINDS = ['StorageUnit', 'Lifecycle', 'Policy', 'Client'] as const;
@@ -69,6 +70,32 @@ export function durationSchema(options: DurationOptions = {}): z.ZodString {
   CANONICAL.set(schema, (v) => {
     const r = checkDuration(v, options);
     return r.ok ? formatDuration(r.ms) : v;
+  });
+  return schema;
+}
+
+/** A size (sizes.ts) such as `2TB`, kept as written. */
+export function sizeSchema(): z.ZodString {
+  const schema = text(z.string(), (v) => checkSize(v), (input) => {
+    const r = checkSize(input);
+    return r.ok ? 'expected a size such as 2TB' : issueMessage(r.problem, r.hint);
+  });
+  CANONICAL.set(schema, (v) => {
+    const r = checkSize(v);
+    return r.ok ? `${r.bytes}B` : v;
+  });
+  return schema;
+}
+
+/** A percentage (sizes.ts) such as `80%`, kept as written. */
+export function percentSchema(): z.ZodString {
+  const schema = text(z.string(), (v) => checkPercent(v), (input) => {
+    const r = checkPercent(input);
+    return r.ok ? 'expected a percentage such as "80%"' : issueMessage(r.problem, r.hint);
+  });
+  CANONICAL.set(schema, (v) => {
+    const r = checkPercent(v);
+    return r.ok ? `${r.fraction * 100}%` : v;
   });
   return schema;
 }
@@ -225,6 +252,8 @@ export const storageUnitSpec = z.strictObject({
   credentialsFrom: credentialsSchema.optional(),
   /** Scheduled verification: read back a rotating share of the packs (default: none scheduled). */
   verify: verifySchedule.optional(),
+  /** How much the unit may hold, e.g. 2TB, for stages' highWater (default: a path's file system size; S3: none). */
+  capacity: sizeSchema().optional(),
 }).superRefine((spec, ctx) => {
   if (spec.credentialsFrom !== undefined && !/^s3:/i.test(spec.url)) {
     ctx.addIssue({ code: 'custom', path: ['credentialsFrom'], message: issueMessage('applies to s3:// storage units only', 'Leave it out for a path or file:// URL.') });
@@ -260,6 +289,8 @@ const copySchema = z.strictObject({
   after: durationSchema({ zero: true }).optional(),
   /** The storage unit of the earlier copy this one is made from (default: the backup copy). */
   from: nameSchema().optional(),
+  /** Stage only: stage early, oldest images first, while the source unit is fuller than this, e.g. "80%" of its capacity. */
+  highWater: percentSchema().optional(),
 });
 
 export const lifecycleSpec = z.strictObject({
@@ -274,6 +305,9 @@ export const lifecycleSpec = z.strictObject({
       add([0, 'operation'], `the first copy is the backup copy (the one a schedule writes), not a ${copy.operation}`, 'Start copies with { operation: backup, storageUnit: ..., retention: ... }.');
     }
     if (i > 0 && copy.operation === 'backup') add([i, 'operation'], 'only the first copy is a backup', 'Use duplicate for another copy of it, or stage to move it.');
+    if (copy.highWater !== undefined && copy.operation !== 'stage') {
+      add([i, 'highWater'], `applies to stage copies, not to a ${copy.operation} copy`, 'A high-water mark releases the source copy early; only a stage releases its source.');
+    }
     if (copy.operation === 'backup') {
       for (const field of ['window', 'after', 'from'] as const) {
         if (copy[field] !== undefined) add([i, field], `applies to duplicate and stage copies, not to the backup copy`, field === 'window' ? 'A backup runs in its schedule\'s window.' : undefined);

@@ -14,6 +14,7 @@ import type { SelectionSpec } from '../agent/protocol.ts';
 import type { JobContext, JobEnd, JobExecutor } from './dispatcher.ts';
 import { lifecycleOf, runOnAgent, type Services } from './services.ts';
 import { bestCopy, restorableCopies } from './restore-executor.ts';
+import { COPY_JOB_KINDS, isImmediate } from './lifecycle.ts';
 
 /**
  * A selection's stream key: the same selection gets the same key in every image (the parent of
@@ -135,13 +136,14 @@ export function backupExecutor(s: Services): JobExecutor {
     result.durationMs = s.now() - started;
     // Settled in one transaction with its copy: an image is 'ok' only with its snapshots committed.
     // The lifecycle's duplicates of this copy are queued with it: a backup with one copy is a
-    // single point of failure.
+    // single point of failure. Copies that wait for an age or a window, and stages, are the
+    // lifecycle pass's (lifecycle.ts).
     await s.catalog.transaction(async (tx) => {
       await tx.images.complete(image.id, { state, streams, summary: { ...result, failures } });
       if (got === 0) return;
       await tx.copies.add(image.id, { storageUnit: unit, snapshots: streams, state: 'ok', expires: expiryOf(first.retention, started) });
       for (const copy of lifecycle.copies.slice(1)) {
-        if (copy.operation !== 'duplicate' || (copy.from !== undefined && copy.from !== unit)) continue;
+        if (!isImmediate(copy) || (copy.from !== undefined && copy.from !== unit)) continue;
         await tx.jobs.enqueue({ kind: 'duplicate', client: job.client, policy: job.policy, storageUnit: copy.storageUnit, priority: 0, maxAttempts: 5, spec: { image: image.id, from: unit, to: copy.storageUnit, retention: copy.retention } });
       }
     });
@@ -221,13 +223,15 @@ export function expireExecutor(s: Services, options: { pruneIntervalMs: number }
 
 async function expireOnce(s: Services, options: { pruneIntervalMs: number }, ctx: JobContext): Promise<JobEnd> {
   const now = s.now();
-  // A copy an unfinished duplicate still reads from is kept until that clone is done.
+  // A copy an unfinished duplicate or stage still reads from is kept until that clone is done.
   const sources = new Set<string>();
-  for (let cursor: string | undefined; ;) {
-    const page = await s.catalog.jobs.list({ kind: 'duplicate', state: ['queued', 'running'], limit: 1000, cursor });
-    for (const j of page.items) sources.add(`${String(j.spec.image)}/${String(j.spec.from)}`);
-    if (!page.next) break;
-    cursor = page.next;
+  for (const kind of COPY_JOB_KINDS) {
+    for (let cursor: string | undefined; ;) {
+      const page = await s.catalog.jobs.list({ kind, state: ['queued', 'running'], limit: 1000, cursor });
+      for (const j of page.items) sources.add(`${String(j.spec.image)}/${String(j.spec.from)}`);
+      if (!page.next) break;
+      cursor = page.next;
+    }
   }
   // Marked first: from here on no restore or parent lookup uses these copies.
   let marked = 0;

@@ -28,6 +28,8 @@ import { applyDocuments } from './documents.ts';
 import { backupExecutor, duplicateExecutor, expireExecutor, reconcileExecutor, restoreExecutor } from './executors.ts';
 import { buildHttp, type Principal } from './http.ts';
 import { buildRoutes } from './routes.ts';
+import { LifecycleRunner } from './lifecycle.ts';
+import type { BusMessage } from './dispatcher.ts';
 import { AgentRegistry, storageAccessFor, type Services } from './services.ts';
 import { Keystore, resolveSecret } from './keystore.ts';
 import { authenticate, createApiToken, ensureInitialAdmin, hashPassword, login, logout, mayBrowse, mayRestore, revokeToken } from './auth.ts';
@@ -70,6 +72,8 @@ export interface RunningServer {
   catalog: Catalog;
   dispatcher: Dispatcher;
   services: Services;
+  /** The lifecycle pass (lifecycle.ts): runNow() runs one at once. */
+  lifecycle: LifecycleRunner;
   /** The initial admin password when this start created it (print it once). */
   initialAdminPassword?: string;
   initialAdminPasswordFile?: string;
@@ -217,14 +221,28 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
       for (const w of out.warnings) log.info({ unit: 'default' }, w.message);
     }
 
-    const dispatcher = new Dispatcher({
+    const lifecycle = new LifecycleRunner(services, {
+      timezone,
+      wakeQueue: () => dispatcher.wake(),
+      afterEnd: (id, fn) => {
+        const follow = (m: BusMessage) => {
+          if (m.type !== 'end') return;
+          dispatcher.bus.off(id, follow);
+          fn();
+        };
+        dispatcher.bus.on(id, follow);
+      },
+      log: (level, message, data) => log[level]({ ...data }, message),
+    });
+    const dispatcher: Dispatcher = new Dispatcher({
       catalog,
       name: serverName,
       globalLimit: options.maxJobs ?? 16,
       executors: {
-        backup: backupExecutor(services),
+        backup: lifecycle.watchBackup(backupExecutor(services)),
         restore: restoreExecutor(services),
-        duplicate: duplicateExecutor(services),
+        duplicate: lifecycle.duplicate(duplicateExecutor(services)),
+        stage: lifecycle.stage(duplicateExecutor(services)),
         expire: expireExecutor(services, { pruneIntervalMs: options.pruneIntervalMs ?? pruneIntervalFromEnv ?? 86_400_000 }),
         reconcile: reconcileExecutor(services),
         verify: verifyExecutor(services, { log }),
@@ -277,6 +295,8 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
     expiryTimer.unref();
     await catalog.jobs.enqueue({ kind: 'expire', priority: 5, maxAttempts: 5, spec: {}, requestedBy: 'server' });
     dispatcher.wake();
+    // The lifecycle pass: now, every 15 minutes, and after copy jobs end (lifecycle.ts).
+    lifecycle.start();
 
     const host = options.host ?? '127.0.0.1';
     await app.listen({ host, port: options.port ?? 7480 });
@@ -292,17 +312,20 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
       catalog,
       dispatcher,
       services,
+      lifecycle,
       clientName,
       ...(admin.created && admin.password ? { initialAdminPassword: admin.password, initialAdminPasswordFile: admin.passwordFile } : {}),
       stop: () => (stopped ??= (async () => {
         log.info('stopping: running jobs are told to stop and will run again after the next start');
         clearInterval(expiryTimer);
         schedulerStop.abort();
+        lifecycle.stop();
         try {
           await app.close();
           await dispatcher.stop();
           await schedulerRun;
           await verifyTimer.idle();
+          await lifecycle.runNow().catch(() => {}); // a pass that was running ends before the catalog closes
           const r = await catalog.jobs.interruptRunning({ claimedBy: serverName });
           if (r.requeued.length + r.interrupted.length) log.info({ interrupted: r.requeued.length + r.interrupted.length }, 'jobs recorded as interrupted');
         } finally {
