@@ -44,6 +44,12 @@ export interface AgentLinkOptions {
   helloTimeoutMs?: number;
   /** The end of the input ends the link (default true; a child process's exit does instead). */
   closeOnEnd?: boolean;
+  /**
+   * How long a failed pipe (EPIPE: the other end is gone) waits for a better reason before it
+   * closes the link (default 0). A child process's exit says why it went (killed, crashed), which
+   * is what an administrator needs to read, and it usually comes a moment after the pipe broke.
+   */
+  streamErrorGraceMs?: number;
 }
 
 /**
@@ -80,8 +86,13 @@ export class AgentLink {
     this.reader = new LineReader((line) => this.onLine(line), (e) => this.close(e.message));
     input.on('data', (chunk: Buffer) => this.reader.push(chunk));
     if (options.closeOnEnd !== false) input.once('end', () => this.close('the agent closed the connection'));
-    input.once('error', (e) => this.close(`the connection failed: ${e.message}`));
-    output.on('error', (e) => this.close(`the connection failed: ${e.message}`));
+    const onStreamError = (e: Error) => {
+      const why = `the connection failed: ${e.message}`;
+      if (!options.streamErrorGraceMs) return this.close(why);
+      setTimeout(() => this.close(why), options.streamErrorGraceMs).unref();
+    };
+    input.once('error', onStreamError);
+    output.on('error', onStreamError);
     const helloTimer = setTimeout(() => this.close('the agent did not say hello in time'), options.helloTimeoutMs ?? 30_000);
     helloTimer.unref();
     void this.ready.then(() => {
@@ -206,7 +217,7 @@ export function startEmbeddedAgent(options: EmbeddedAgentOptions): EmbeddedAgent
   const args = [MAIN, 'agent', 'stdio', '--state-dir', options.stateDir, '--name', options.name];
   if (options.workers !== undefined) args.push('--workers', String(options.workers));
   const child = spawn(process.execPath, args, { stdio: ['pipe', 'pipe', options.stderr ?? 'inherit'], env: options.env ?? process.env });
-  const link = new AgentLink(child.stdout!, child.stdin!, { ...options, closeOnEnd: false });
+  const link = new AgentLink(child.stdout!, child.stdin!, { streamErrorGraceMs: 2_000, ...options, closeOnEnd: false });
   const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
   child.once('exit', (code, signal) => link.close(`the agent process exited (${signal ?? `code ${code}`})`));
   child.once('error', (e) => link.close(`the agent process could not start: ${e.message}`));
