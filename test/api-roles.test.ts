@@ -56,6 +56,8 @@ const EXPECTED: Record<string, 'public' | readonly Role[]> = {
   'POST /api/v1/clones': RUN,
   'POST /api/v1/images/:id/hold': ADMIN,
   'POST /api/v1/images/:id/release': ADMIN,
+  'POST /api/v1/restore-tests': RUN,
+  'GET /api/v1/reports/compliance': READ,
   'GET /api/v1/users': READ, // an auditor reads everything (no password hashes)
   'POST /api/v1/users': ADMIN,
   'PATCH /api/v1/users/:name': ALL, // others than admin: their own password only

@@ -8,3 +8,6 @@ export const SERVER_COMMANDS = [
   'tokens list', 'tokens create', 'tokens revoke',
   'audit', 'catalog reconcile', 'expire',
 ] as const;
+
+/** Run with --json against a real server in test/compliance.test.ts instead. */
+export const COMPLIANCE_COMMANDS = ['restore-test', 'report compliance'] as const;

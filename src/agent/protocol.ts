@@ -126,6 +126,25 @@ export const cloneSpec = z.strictObject({
 });
 export type CloneSpec = z.infer<typeof cloneSpec>;
 
+/** Checks restored files against a snapshot (a restore test; src/jobs/compare.ts). */
+export const compareSpec = z.strictObject({
+  storage: storageAccess,
+  snapshot: z.string().regex(/^[0-9a-f]{64}$/),
+  /** Where the snapshot was restored to on this host. */
+  root: path,
+  /** Only these paths of the snapshot (a sample); default: all of it. */
+  paths: z.array(z.string().min(1).max(4096)).max(100_000).optional(),
+});
+export type CompareSpec = z.infer<typeof compareSpec>;
+
+/** Creates or removes a restore test's scratch directory `name` below `base` (src/agent/scratch.ts). */
+export const scratchSpec = z.strictObject({
+  action: z.enum(['create', 'remove']),
+  base: path,
+  name: z.string().min(1).max(255),
+});
+export type ScratchSpec = z.infer<typeof scratchSpec>;
+
 export const JOB_SPECS = {
   backup: backupSpec,
   restore: restoreSpec,
@@ -136,6 +155,8 @@ export const JOB_SPECS = {
   list: listSpec,
   find: findSpec,
   clone: cloneSpec,
+  compare: compareSpec,
+  scratch: scratchSpec,
 } as const;
 export type AgentJobKind = keyof typeof JOB_SPECS;
 export type AgentJobSpec<K extends AgentJobKind> = z.infer<(typeof JOB_SPECS)[K]>;

@@ -15,6 +15,7 @@ import { backup, backupReport } from '../jobs/backup.ts';
 import { findInSnapshots, listSnapshot } from '../jobs/browse.ts';
 import { backupEvents, ProgressReporter, restoreEvents, type EmitJobEvent } from '../jobs/events.ts';
 import { cloneSnapshots } from '../jobs/clone.ts';
+import { compareRestored } from '../jobs/compare.ts';
 import { describeHost, restore } from '../jobs/restore.ts';
 import { prune } from '../repository/prune.ts';
 import { Repository } from '../repository/repository.ts';
@@ -31,6 +32,7 @@ import {
   type BackupSpec,
   type CloneSpec,
   type CommandSpec,
+  type CompareSpec,
   type DoneState,
   type FindSpec,
   type ForgetSpec,
@@ -42,6 +44,7 @@ import {
   type SnapshotsSpec,
   type StorageAccess,
 } from './protocol.ts';
+import { scratchJob } from './scratch.ts';
 
 export interface AgentRuntimeOptions {
   /** Where the agent keeps its caches (index caches per repository under cache/). */
@@ -115,6 +118,8 @@ export class AgentRuntime {
       case 'list': return this.list(parseJobSpec('list', raw), signal);
       case 'find': return this.find(parseJobSpec('find', raw), signal);
       case 'clone': return this.clone(parseJobSpec('clone', raw), emit, signal);
+      case 'compare': return this.compare(parseJobSpec('compare', raw), emit, signal);
+      case 'scratch': return scratchJob(parseJobSpec('scratch', raw));
     }
   }
 
@@ -312,6 +317,18 @@ export class AgentRuntime {
         sourceDamage: r.sourceDamage,
       };
     }));
+  }
+
+  /** Reads restored files back and checks them against the snapshot's chunk ids (a restore test). */
+  private async compare(spec: CompareSpec, emit: EmitJobEvent, signal: AbortSignal): Promise<Record<string, unknown>> {
+    return this.withRepo(spec.storage, signal, false, async (repo) => {
+      await repo.loadIndex({ signal });
+      const snap = await loadSnapshot(repo, spec.snapshot, { signal });
+      const progress = new ProgressReporter(emit);
+      const r = await compareRestored(repo, snap.tree, spec.root, { signal, ...(spec.paths ? { paths: spec.paths } : {}), onProgress: (p) => progress.report({ files: p.files, bytes: p.bytes, current: p.current }) });
+      for (const m of r.mismatches.slice(0, 100)) emit({ type: 'warning', path: m.path, problem: m.problem });
+      return { files: r.files, bytes: r.bytes, others: r.others, mismatches: r.mismatches, mismatchCount: r.mismatchCount, warnings: r.mismatchCount };
+    });
   }
 
   private async find(spec: FindSpec, signal: AbortSignal): Promise<Record<string, unknown>> {

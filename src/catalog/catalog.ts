@@ -17,6 +17,7 @@ import type { KyselyConfig } from 'kysely';
 import { CofferError } from '../core/errors.ts';
 import { auditModule, type Audit } from './audit.ts';
 import { clientsModule, type Clients } from './clients.ts';
+import { complianceModule, type Compliance } from './compliance.ts';
 import { copiesModule, type Copies } from './copies.ts';
 import { dbError, isDatabaseError, redactUrl } from './db-error.ts';
 import { imagesModule, type Images } from './images.ts';
@@ -50,6 +51,8 @@ export interface CatalogQueries {
   tokens: Tokens;
   audit: Audit;
   settings: Settings;
+  /** Aggregates for the compliance report. */
+  compliance: Compliance;
   /**
    * Runs `fn` in one transaction: everything it does through `tx` is committed together, or
    * nothing is if it throws (the error is passed on). Inside a transaction, runs in that one.
@@ -173,6 +176,7 @@ function queries(scope: Scope): CatalogQueries {
     tokens: tokensModule(scope),
     audit: auditModule(scope),
     settings: settingsModule(scope),
+    compliance: complianceModule(scope),
     async transaction(fn) {
       if (scope.db.isTransaction) return fn(queries(scope));
       try {

@@ -28,6 +28,8 @@ import { register as jobs } from './cmd_jobs.ts';
 import { register as images } from './cmd_images.ts';
 import { register as users } from './cmd_users.ts';
 import { register as catalog } from './cmd_catalog.ts';
+import { register as restoreTest } from './cmd_restore_test.ts';
+import { register as report } from './cmd_report.ts';
 import { VERSION } from '../core/version.ts';
 
 export { VERSION };
@@ -72,6 +74,8 @@ export function buildProgram(): Command {
   images(program);
   users(program);
   catalog(program);
+  restoreTest(program);
+  report(program);
   quickstart(program);
   agent(program);
   // Every command, however deep, shares the error handling and exits through main().

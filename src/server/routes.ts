@@ -13,6 +13,7 @@ import { KINDS, kindFromName, parseDuration, policyWideRow, tableColumns, tableR
 import type { Dispatcher, BusMessage } from './dispatcher.ts';
 import { applyDocuments, getDocument, listDocuments, type SecretStore } from './documents.ts';
 import { restorableCopies } from './executors.ts';
+import { complianceRoutes } from './compliance-routes.ts';
 import { parseGrants, ROLES, tokenInfo, type Principal, type Role } from './auth.ts';
 import { route, type RequestContext, type RouteDef } from './http.ts';
 import { lifecycleOf, runOnAgent, type Services } from './services.ts';
@@ -595,6 +596,8 @@ export function buildRoutes(deps: ApiDeps): RouteDef[] {
       query: z.strictObject({ actor: z.string().max(255).optional(), action: z.string().max(64).optional(), target: z.string().max(1024).optional(), outcome: z.enum(['ok', 'denied', 'failed']).optional(), since: time, until: time, limit, cursor }),
       handler: async (ctx) => s.catalog.audit.list(ctx.query),
     }),
+    // ---- restore tests and the compliance report (compliance-routes.ts) -----------------------
+    ...complianceRoutes(deps),
   ];
 }
 

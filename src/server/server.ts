@@ -27,6 +27,7 @@ import { Dispatcher } from './dispatcher.ts';
 import { applyDocuments } from './documents.ts';
 import { backupExecutor, duplicateExecutor, expireExecutor, reconcileExecutor, restoreExecutor } from './executors.ts';
 import { buildHttp, type Principal } from './http.ts';
+import { restoreTestExecutor } from './restore-test.ts';
 import { buildRoutes } from './routes.ts';
 import { AgentRegistry, storageAccessFor, type Services } from './services.ts';
 import { Keystore, resolveSecret } from './keystore.ts';
@@ -223,6 +224,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
         duplicate: duplicateExecutor(services),
         expire: expireExecutor(services, { pruneIntervalMs: options.pruneIntervalMs ?? pruneIntervalFromEnv ?? 86_400_000 }),
         reconcile: reconcileExecutor(services),
+        'restore-test': restoreTestExecutor(services),
       },
       onError: (e, job) => log.error({ job: job?.id, err: e.message }, 'queue'),
     });
