@@ -109,7 +109,7 @@ async function fill(catalog: Catalog, backend: 'sqlite' | 'postgres', url: strin
           if (d >= DAYS - 30) rows.push(copy('primary', 30 * DAY));
           if (k % 100 !== 7) rows.push(copy('offsite', 365 * DAY));
         }
-        if (rows.length >= 50_000) await db.transaction().execute(async () => flush());
+        if (rows.length >= 50_000) await flush();
       }
       await flush();
     });

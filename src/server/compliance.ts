@@ -81,7 +81,7 @@ const ms = (d: string | undefined, fallback: number) => {
   const r = checkDuration(d, { infinite: true, zero: true });
   return r.ok ? r.ms : fallback;
 };
-const day = (t: number) => new Date(t).toISOString().replace(/\.\d{3}Z$/, 'Z');
+const isoTime = (t: number) => new Date(t).toISOString().replace(/\.\d{3}Z$/, 'Z');
 
 /** "3d04h": a duration for a sentence. */
 function human(t: number): string {
@@ -200,7 +200,7 @@ export async function complianceReport(s: Services, options: { policy?: string }
       const b = backups.get(key(name, client));
       const lastBackup = b?.image !== undefined && b.time !== undefined ? { image: b.image, time: b.time, ageMs: now - b.time } : null;
       if (!lastBackup) problems.push('no good backup');
-      else if (rpoMs !== null && lastBackup.ageMs > rpoMs) problems.push(`the last good backup is ${human(lastBackup.ageMs)} old (${day(lastBackup.time)}), more than the rpo of ${spec.rpo}`);
+      else if (rpoMs !== null && lastBackup.ageMs > rpoMs) problems.push(`the last good backup is ${human(lastBackup.ageMs)} old (${isoTime(lastBackup.time)}), more than the rpo of ${spec.rpo}`);
 
       let restoreTest: ComplianceRow['restoreTest'] = null;
       if (spec.rto !== undefined || spec.restoreTests !== undefined) {
@@ -217,7 +217,7 @@ export async function complianceReport(s: Services, options: { policy?: string }
             job: t.job, state: t.state, time: t.ended ?? null, image: typeof r.image === 'string' ? r.image : null, restoreMs,
             sample: r.sample ?? null, passed: t.state !== 'failed' && r.passed !== false, withinRto,
           };
-          const when = t.ended === undefined ? '' : ` on ${day(t.ended)}`;
+          const when = t.ended === undefined ? '' : ` on ${isoTime(t.ended)}`;
           if (!restoreTest.passed) problems.push(`the last restore test (job ${t.job}${when}) failed: ${String(t.error?.message ?? 'see its log')}`);
           else if (withinRto === false) problems.push(`the last restore test (job ${t.job}${when}) took ${human(restoreMs!)} to restore, more than the rto of ${spec.rto}`);
           else if (rtoMs !== null && restoreMs === null) problems.push(`the last restore test (job ${t.job}${when}) recorded no restore time`);
@@ -229,13 +229,13 @@ export async function complianceReport(s: Services, options: { policy?: string }
 
       const copies = (copyGaps.get(client) ?? []).sort((a, b) => a.storageUnit.localeCompare(b.storageUnit));
       for (const g of copies) {
-        problems.push(`${g.images} image(s) ${g.windowed ? `have no ${g.operation} copy on ${g.storageUnit}: it is behind its window` : `lack their ${g.operation} copy on ${g.storageUnit}`} (oldest ${g.oldestImage} of ${day(g.oldestTime)})`);
+        problems.push(`${g.images} image(s) ${g.windowed ? `have no ${g.operation} copy on ${g.storageUnit}: it is behind its window` : `lack their ${g.operation} copy on ${g.storageUnit}`} (oldest ${g.oldestImage} of ${isoTime(g.oldestTime)})`);
       }
       let offsite: ComplianceRow['offsite'] = null;
       if (spec.offsiteRequired) {
         const o = offsiteGaps.get(client);
         offsite = { images: o?.images ?? 0, oldestImage: o?.oldestImage ?? null, oldestTime: o?.oldestTime ?? null };
-        if (o) problems.push(`${o.images} image(s) have no copy on an offsite storage unit (oldest ${o.oldestImage} of ${day(o.oldestTime)})`);
+        if (o) problems.push(`${o.images} image(s) have no copy on an offsite storage unit (oldest ${o.oldestImage} of ${isoTime(o.oldestTime)})`);
       }
       rows.push({ policy: name, client, status: problems.length ? 'out' : 'ok', problems, lastBackup, rpoMs, restoreTest, rtoMs, copies, offsite });
     }
