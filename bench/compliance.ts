@@ -5,9 +5,10 @@
 // 1,000,000 backup jobs and a restore test per client, on SQLite or a real PostgreSQL
 // (src/testing/postgres.ts).
 //
-//   npx node bench/compliance.ts [--catalog sqlite|postgres] [--scale 1] [--runs 3]
+//   npx node bench/compliance.ts [--catalog sqlite|postgres] [--scale 1] [--runs 3] [--keep FILE]
 //
-// Prints the fill time, then each report's wall time and what it found.
+// Prints the fill time, then each report's wall time, what it found, and the statements that
+// took the most time in all. --keep FILE (SQLite): fill FILE once and report on it again later.
 import { mkdtemp, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -26,14 +27,15 @@ import { startPostgres, type PostgresServer } from '../src/testing/postgres.ts';
 const DAY = 86_400_000;
 const MINUTE = 60_000;
 
-function args(): { backend: 'sqlite' | 'postgres'; scale: number; runs: number } {
-  const o = { backend: 'sqlite' as 'sqlite' | 'postgres', scale: 1, runs: 3 };
+function args(): { backend: 'sqlite' | 'postgres'; scale: number; runs: number; keep?: string } {
+  const o: { backend: 'sqlite' | 'postgres'; scale: number; runs: number; keep?: string } = { backend: 'sqlite', scale: 1, runs: 3 };
   const a = process.argv.slice(2);
   for (let i = 0; i < a.length; i += 2) {
     if (a[i] === '--catalog' && (a[i + 1] === 'sqlite' || a[i + 1] === 'postgres')) o.backend = a[i + 1] as 'sqlite' | 'postgres';
     else if (a[i] === '--scale') o.scale = Number(a[i + 1]);
     else if (a[i] === '--runs') o.runs = Number(a[i + 1]);
-    else throw new Error('usage: npx node bench/compliance.ts [--catalog sqlite|postgres] [--scale 1] [--runs 3]');
+    else if (a[i] === '--keep') o.keep = a[i + 1];
+    else throw new Error('usage: npx node bench/compliance.ts [--catalog sqlite|postgres] [--scale 1] [--runs 3] [--keep FILE]');
   }
   return o;
 }
@@ -94,7 +96,7 @@ async function fill(catalog: Catalog, backend: 'sqlite' | 'postgres', url: strin
   const db = await openKysely(backend, url);
   try {
     let copies = 0;
-    await timed('copies (backup copies of the last 30 days, offsite duplicates of every image but 1 %)', async () => {
+    await timed('copies (backup copies of the last 30 days, offsite duplicates of every image but 1 in 97)', async () => {
       let rows: Array<Insertable<Database['image_copies']>> = [];
       const flush = async () => {
         copies += rows.length;
@@ -107,7 +109,7 @@ async function fill(catalog: Catalog, backend: 'sqlite' | 'postgres', url: strin
           const time = now - (DAYS - d) * DAY;
           const copy = (unit: string, keep: number) => ({ id: ulid(time), image_id: ids[k]!, storage_unit: unit, snapshots: '{"a":"b"}', state: 'ok', expires: time + keep, hold: null, created: time, updated: time });
           if (d >= DAYS - 30) rows.push(copy('primary', 30 * DAY));
-          if (k % 100 !== 7) rows.push(copy('offsite', 365 * DAY));
+          if (k % 97 !== 7) rows.push(copy('offsite', 365 * DAY));
         }
         if (rows.length >= 50_000) await flush();
       }
@@ -149,13 +151,27 @@ async function main(): Promise<void> {
   let pg: PostgresServer | undefined;
   try {
     const now = Date.UTC(2030, 0, 1);
-    const url = o.backend === 'sqlite' ? join(work, 'catalog.db') : await (pg = await startPostgres()).createSchema('bench');
-    console.log(`compliance report, ${o.backend} catalog, scale ${o.scale}`);
-    const catalog = await openCatalog(url, { now: () => now });
+    const url = o.backend === 'sqlite' ? o.keep ?? join(work, 'catalog.db') : await (pg = await startPostgres()).createSchema('bench');
+    const filled = o.backend === 'sqlite' && o.keep !== undefined && await stat(o.keep).then(() => true, () => false);
+    console.log(`compliance report, ${o.backend} catalog, scale ${o.scale}${filled ? `, ${url} as filled before` : ''}`);
+    const spent = new Map<string, { ms: number; n: number }>();
+    let counting = false;
+    const catalog = await openCatalog(url, {
+      now: () => now,
+      onQuery: (q) => {
+        if (!counting) return;
+        const key = q.sql.replace(/\s+/g, ' ').slice(0, 90);
+        const e = spent.get(key) ?? { ms: 0, n: 0 };
+        e.ms += q.durationMs;
+        e.n++;
+        spent.set(key, e);
+      },
+    });
     try {
-      await fill(catalog, o.backend, url, o.scale, now);
+      if (!filled) await fill(catalog, o.backend, url, o.scale, now);
       if (o.backend === 'sqlite') console.log(`  catalog file: ${((await stat(url)).size / 2 ** 20).toFixed(0)} MiB`);
       const services: Services = { catalog, now: () => now, agents: new AgentRegistry(), node: () => { throw new Error('no agent in this benchmark'); }, storageAccess: () => { throw new Error('no storage in this benchmark'); } };
+      counting = true;
       for (let i = 0; i < o.runs; i++) {
         const t = performance.now();
         const r = await complianceReport(services);
@@ -164,6 +180,8 @@ async function main(): Promise<void> {
         const offsiteMissing = r.rows.reduce((n, row) => n + (row.offsite?.images ?? 0), 0);
         console.log(`  report ${i + 1}: ${ms.toFixed(0)} ms: ${r.policies} policies, ${r.clients} clients, ${r.outOfCompliance} out of compliance, ${copiesMissing} images without their duplicate, ${offsiteMissing} without an offsite copy`);
       }
+      console.log('  statements by time spent in all runs:');
+      for (const [sqlText, e] of [...spent].sort((a, b) => b[1].ms - a[1].ms).slice(0, 6)) console.log(`    ${e.ms.toFixed(0).padStart(7)} ms  ${String(e.n).padStart(5)}x  ${sqlText}`);
     } finally {
       await catalog.close();
     }

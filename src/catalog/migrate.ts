@@ -8,11 +8,13 @@ import { sql } from 'kysely';
 import type { Kysely } from 'kysely';
 import { CofferError } from '../core/errors.ts';
 import * as m0001 from './migrations/0001_init.ts';
+import * as m0005 from './migrations/0005_compliance_indexes.ts';
 import type { CatalogDialect, Migration } from './migrations/migration.ts';
 import type { Database } from './schema.ts';
 
 export const MIGRATIONS: readonly Migration[] = [
   { version: 1, name: m0001.name, up: m0001.up },
+  { version: 5, name: m0005.name, up: m0005.up },
 ];
 
 /** The schema version this code writes. */
