@@ -158,6 +158,9 @@ test('a scheduled restore test restores the newest image to a fresh scratch dire
   assert.equal(sjob.state, 'succeeded', JSON.stringify(sjob));
   assert.deepEqual([sjob.result.sample, sjob.result.files, sjob.result.checkedFiles, sjob.result.mismatchCount], [2, 2, 2, 0]);
   assert.deepEqual(await readdir(scratch), []);
+  const person = await runCli(['restore-test', '--policy', 'web', '--wait'], { env: { COFFER_SERVER: ts.url, COFFER_TOKEN: ts.adminToken, XDG_CONFIG_HOME: '/nonexistent' } });
+  assert.equal(person.code, 0, person.stderr);
+  assert.match(person.stdout, /^restore-test job \S+ of .* by web: succeeded in .*\n  image \S+ from default onto .*: 2 file\(s\), .* compared \(a sample of 2\)\n  restore time \S+ against an rto of 1h00m: within$/m);
 });
 
 test('a restored file that differs from the snapshot fails the restore test, naming the file', async (t) => {
