@@ -18,7 +18,7 @@
 // lifecycle copy one statement over the policy's images in the time range where that copy is
 // required, grouped by client; never a query per image or per client.
 
-import type { HeldImage, MissingCopies } from '../catalog/compliance.ts';
+import type { HeldImage, LastRestoreTest, MissingCopies } from '../catalog/compliance.ts';
 import { checkDuration, longestGap, parseDuration, type LifecycleDocument, type PolicyDocument } from '../policy/index.ts';
 import { RESTORE_TEST_KIND } from './schedule-store.ts';
 import type { Services } from './services.ts';
@@ -117,85 +117,141 @@ function lifecycleGroups(policy: PolicySpec): Array<{ lifecycle: string; schedul
   return groups;
 }
 
+interface Gaps {
+  /** Problems of the policy itself, true of each of its clients. */
+  problems: string[];
+  /** Per client: lifecycle copies due and missing. */
+  copies: Map<string, CopyGap[]>;
+  /** Per client: images without a copy on an offsite unit (offsiteRequired). */
+  offsite: Map<string, MissingCopies>;
+}
+
+interface ReportContext {
+  s: Services;
+  now: number;
+  offsiteUnits: string[];
+  lifecycle(name: string): Promise<LifecycleSpec | undefined>;
+}
+
+/** The copies a policy's images lack by now, per client: one statement per lifecycle copy (and one for offsite). */
+async function policyGaps(ctx: ReportContext, name: string, spec: PolicySpec): Promise<Gaps> {
+  const { s, now, offsiteUnits } = ctx;
+  const gaps: Gaps = { problems: [], copies: new Map(), offsite: new Map() };
+  const addGap = (m: MissingCopies, gap: Omit<CopyGap, 'images' | 'oldestImage' | 'oldestTime'>) => {
+    const list = gaps.copies.get(m.client) ?? [];
+    const same = list.find((g) => g.storageUnit === gap.storageUnit && g.operation === gap.operation);
+    if (same) {
+      same.images += m.images;
+      if (m.oldestTime < same.oldestTime) Object.assign(same, { oldestImage: m.oldestImage, oldestTime: m.oldestTime });
+    } else list.push({ ...gap, images: m.images, oldestImage: m.oldestImage, oldestTime: m.oldestTime });
+    gaps.copies.set(m.client, list);
+  };
+  for (const group of lifecycleGroups(spec)) {
+    const lc = await ctx.lifecycle(group.lifecycle);
+    if (!lc) {
+      gaps.problems.push(`its lifecycle ${group.lifecycle} does not exist`);
+      continue;
+    }
+    const copies = lc.copies;
+    for (const [i, copy] of copies.entries()) {
+      if (i === 0) continue;
+      const due = ms(copy.after, 0) + (copy.window ? WINDOW_SLACK_MS : 0) + QUEUE_GRACE_MS;
+      // Not required any more once expired, or once a stage from its unit is due.
+      const stagedAway = copies.slice(i + 1).filter((c) => c.operation === 'stage' && c.from === copy.storageUnit).map((c) => ms(c.after, 0));
+      const keptFor = Math.min(ms(copy.retention, Infinity), ...stagedAway);
+      const found = await s.catalog.compliance.missingCopies({
+        policy: name, units: [copy.storageUnit], until: now - due, after: Number.isFinite(keptFor) ? now - keptFor : -Infinity, schedules: group.schedules,
+      });
+      for (const m of found) addGap(m, { storageUnit: copy.storageUnit, operation: copy.operation, windowed: copy.window !== undefined });
+    }
+    if (!spec.offsiteRequired) continue;
+    if (offsiteUnits.length === 0) {
+      gaps.problems.push('it requires an offsite copy, but no storage unit is offsite (offsite: true)');
+      continue;
+    }
+    const planned = copies.filter((c) => offsiteUnits.includes(c.storageUnit));
+    if (planned.length === 0) gaps.problems.push(`it requires an offsite copy, but its lifecycle ${group.lifecycle} makes none (no copy on ${offsiteUnits.join(', ')})`);
+    const due = (planned.length ? Math.min(...planned.map((c) => ms(c.after, 0) + (c.window ? WINDOW_SLACK_MS : 0))) : 0) + QUEUE_GRACE_MS;
+    for (const m of await s.catalog.compliance.missingCopies({ policy: name, units: offsiteUnits, until: now - due, after: -Infinity, schedules: group.schedules })) {
+      const had = gaps.offsite.get(m.client);
+      gaps.offsite.set(m.client, had ? { client: m.client, images: had.images + m.images, oldestImage: had.oldestTime <= m.oldestTime ? had.oldestImage : m.oldestImage, oldestTime: Math.min(had.oldestTime, m.oldestTime) } : m);
+    }
+  }
+  return gaps;
+}
+
+/** The longest time between two runs of a policy's restore tests (undefined: none scheduled). */
+function testInterval(spec: PolicySpec, now: number): number | undefined {
+  const t = spec.restoreTests;
+  if (t === undefined) return undefined;
+  return longestGap([{
+    ...(t.every === undefined ? {} : { everyMs: parseDuration(t.every) }),
+    ...(t.calendar === undefined ? {} : { calendar: t.calendar }),
+    ...(t.timezone === undefined ? {} : { timezone: t.timezone }),
+  }], { from: new Date(now), horizonMs: 400 * 86_400_000 });
+}
+
+/** A client's last restore test against the policy's rto and test schedule. */
+function checkRestoreTest(spec: PolicySpec, t: LastRestoreTest | undefined, now: number, interval: number | undefined): { restoreTest: ComplianceRow['restoreTest']; problems: string[] } {
+  const problems: string[] = [];
+  if (!t) {
+    problems.push(spec.restoreTests === undefined
+      ? `no restore test has run to show the rto of ${spec.rto} can be met (give the policy restoreTests, or run coffer restore-test)`
+      : 'no restore test has run yet');
+    return { restoreTest: null, problems };
+  }
+  const rtoMs = spec.rto === undefined ? null : parseDuration(spec.rto);
+  const r = t.result ?? {};
+  const restoreMs = typeof r.restoreMs === 'number' ? r.restoreMs : null;
+  const withinRto = rtoMs === null || restoreMs === null ? null : restoreMs <= rtoMs;
+  const restoreTest = {
+    job: t.job, state: t.state, time: t.ended ?? null, image: typeof r.image === 'string' ? r.image : null, restoreMs,
+    sample: r.sample ?? null, passed: t.state !== 'failed' && r.passed !== false, withinRto,
+  };
+  const which = `the last restore test (job ${t.job}${t.ended === undefined ? '' : ` on ${isoTime(t.ended)}`})`;
+  if (!restoreTest.passed) problems.push(`${which} failed: ${String(t.error?.message ?? 'see its log')}`);
+  else if (withinRto === false) problems.push(`${which} took ${human(restoreMs!)} to restore, more than the rto of ${spec.rto}`);
+  else if (rtoMs !== null && restoreMs === null) problems.push(`${which} recorded no restore time`);
+  if (interval !== undefined && Number.isFinite(interval) && t.ended !== undefined && now - t.ended > interval + TEST_GRACE_MS) {
+    problems.push(`the last restore test is ${human(now - t.ended)} old: it is overdue`);
+  }
+  return { restoreTest, problems };
+}
+
+async function offsiteUnitsOf(s: Services): Promise<string[]> {
+  const out: string[] = [];
+  for (let cursor: string | undefined; ;) {
+    const page = await s.catalog.storageUnits.list({ limit: 1000, cursor });
+    for (const u of page.items) if ((u.spec as { offsite?: boolean }).offsite === true) out.push(u.name);
+    if (!page.next) return out;
+    cursor = page.next;
+  }
+}
+
 /** Builds the report: every policy (or one), every client of it. NOT_FOUND for an unknown policy. */
 export async function complianceReport(s: Services, options: { policy?: string } = {}): Promise<ComplianceReport> {
   const now = s.now();
   const policies = await allPolicies(s, options.policy);
-  const offsiteUnits: string[] = [];
-  for (let cursor: string | undefined; ;) {
-    const page = await s.catalog.storageUnits.list({ limit: 1000, cursor });
-    for (const u of page.items) if ((u.spec as { offsite?: boolean }).offsite === true) offsiteUnits.push(u.name);
-    if (!page.next) break;
-    cursor = page.next;
-  }
   const lifecycles = new Map<string, LifecycleSpec | undefined>();
-  const lifecycle = async (name: string) => {
-    if (!lifecycles.has(name)) lifecycles.set(name, (await s.catalog.lifecycles.find(name))?.spec as LifecycleSpec | undefined);
-    return lifecycles.get(name);
+  const ctx: ReportContext = {
+    s, now, offsiteUnits: await offsiteUnitsOf(s),
+    lifecycle: async (name) => {
+      if (!lifecycles.has(name)) lifecycles.set(name, (await s.catalog.lifecycles.find(name))?.spec as LifecycleSpec | undefined);
+      return lifecycles.get(name);
+    },
   };
-  const names = policies.map((p) => p.name);
-  const backups = new Map((await s.catalog.compliance.lastBackups(names)).map((b) => [key(b.policy, b.client), b]));
+  const backups = new Map((await s.catalog.compliance.lastBackups(policies.map((p) => p.name))).map((b) => [key(b.policy, b.client), b]));
   const tested = policies.filter((p) => p.spec.rto !== undefined || p.spec.restoreTests !== undefined).map((p) => p.name);
   const tests = new Map((await s.catalog.compliance.lastRestoreTests(tested, RESTORE_TEST_KIND)).map((t) => [key(t.policy, t.client), t]));
   const registered = await s.catalog.clients.registered([...new Set(policies.flatMap((p) => p.spec.clients))]);
 
   const rows: ComplianceRow[] = [];
   for (const { name, spec } of policies) {
-    const policyProblems: string[] = [];
-    const copyGaps = new Map<string, CopyGap[]>();
-    const offsiteGaps = new Map<string, MissingCopies>();
-    const addGap = (m: MissingCopies, gap: Omit<CopyGap, 'images' | 'oldestImage' | 'oldestTime'>) => {
-      const list = copyGaps.get(m.client) ?? [];
-      const same = list.find((g) => g.storageUnit === gap.storageUnit && g.operation === gap.operation);
-      if (same) {
-        same.images += m.images;
-        if (m.oldestTime < same.oldestTime) Object.assign(same, { oldestImage: m.oldestImage, oldestTime: m.oldestTime });
-      } else list.push({ ...gap, images: m.images, oldestImage: m.oldestImage, oldestTime: m.oldestTime });
-      copyGaps.set(m.client, list);
-    };
-    for (const group of lifecycleGroups(spec)) {
-      const lc = await lifecycle(group.lifecycle);
-      if (!lc) {
-        policyProblems.push(`its lifecycle ${group.lifecycle} does not exist`);
-        continue;
-      }
-      const copies = lc.copies;
-      for (const [i, copy] of copies.entries()) {
-        if (i === 0) continue;
-        const slack = copy.window ? WINDOW_SLACK_MS : 0;
-        const due = ms(copy.after, 0) + slack + QUEUE_GRACE_MS;
-        // Not required any more once expired, or once a stage from its unit is due.
-        const stagedAway = copies.slice(i + 1).filter((c) => c.operation === 'stage' && c.from === copy.storageUnit).map((c) => ms(c.after, 0));
-        const keptFor = Math.min(ms(copy.retention, Infinity), ...stagedAway);
-        const found = await s.catalog.compliance.missingCopies({
-          policy: name, units: [copy.storageUnit], until: now - due, after: Number.isFinite(keptFor) ? now - keptFor : -Infinity, schedules: group.schedules,
-        });
-        for (const m of found) addGap(m, { storageUnit: copy.storageUnit, operation: copy.operation, windowed: copy.window !== undefined });
-      }
-      if (spec.offsiteRequired) {
-        if (offsiteUnits.length === 0) {
-          policyProblems.push('it requires an offsite copy, but no storage unit is offsite (offsite: true)');
-          continue;
-        }
-        const planned = copies.filter((c) => offsiteUnits.includes(c.storageUnit));
-        if (planned.length === 0) policyProblems.push(`it requires an offsite copy, but its lifecycle ${group.lifecycle} makes none (no copy on ${offsiteUnits.join(', ')})`);
-        const due = (planned.length ? Math.min(...planned.map((c) => ms(c.after, 0) + (c.window ? WINDOW_SLACK_MS : 0))) : 0) + QUEUE_GRACE_MS;
-        for (const m of await s.catalog.compliance.missingCopies({ policy: name, units: offsiteUnits, until: now - due, after: -Infinity, schedules: group.schedules })) {
-          const had = offsiteGaps.get(m.client);
-          offsiteGaps.set(m.client, had ? { client: m.client, images: had.images + m.images, oldestImage: had.oldestTime <= m.oldestTime ? had.oldestImage : m.oldestImage, oldestTime: Math.min(had.oldestTime, m.oldestTime) } : m);
-        }
-      }
-    }
-
+    const gaps = await policyGaps(ctx, name, spec);
     const rpoMs = spec.rpo === undefined ? null : parseDuration(spec.rpo);
-    const rtoMs = spec.rto === undefined ? null : parseDuration(spec.rto);
-    const testGap = spec.restoreTests === undefined ? undefined : longestGap([{
-      ...(spec.restoreTests.every === undefined ? {} : { everyMs: parseDuration(spec.restoreTests.every) }),
-      ...(spec.restoreTests.calendar === undefined ? {} : { calendar: spec.restoreTests.calendar }),
-      ...(spec.restoreTests.timezone === undefined ? {} : { timezone: spec.restoreTests.timezone }),
-    }], { from: new Date(now), horizonMs: 400 * 86_400_000 });
+    const interval = testInterval(spec, now);
     for (const client of spec.clients) {
-      const problems = [...policyProblems];
+      const problems = [...gaps.problems];
       if (!registered.has(client)) problems.push('the client is not registered: no agent of it has connected');
       const b = backups.get(key(name, client));
       const lastBackup = b?.image !== undefined && b.time !== undefined ? { image: b.image, time: b.time, ageMs: now - b.time } : null;
@@ -204,44 +260,25 @@ export async function complianceReport(s: Services, options: { policy?: string }
 
       let restoreTest: ComplianceRow['restoreTest'] = null;
       if (spec.rto !== undefined || spec.restoreTests !== undefined) {
-        const t = tests.get(key(name, client));
-        if (!t) {
-          problems.push(spec.restoreTests === undefined
-            ? `no restore test has run to show the rto of ${spec.rto} can be met (give the policy restoreTests, or run coffer restore-test)`
-            : 'no restore test has run yet');
-        } else {
-          const r = t.result ?? {};
-          const restoreMs = typeof r.restoreMs === 'number' ? r.restoreMs : null;
-          const withinRto = rtoMs === null || restoreMs === null ? null : restoreMs <= rtoMs;
-          restoreTest = {
-            job: t.job, state: t.state, time: t.ended ?? null, image: typeof r.image === 'string' ? r.image : null, restoreMs,
-            sample: r.sample ?? null, passed: t.state !== 'failed' && r.passed !== false, withinRto,
-          };
-          const when = t.ended === undefined ? '' : ` on ${isoTime(t.ended)}`;
-          if (!restoreTest.passed) problems.push(`the last restore test (job ${t.job}${when}) failed: ${String(t.error?.message ?? 'see its log')}`);
-          else if (withinRto === false) problems.push(`the last restore test (job ${t.job}${when}) took ${human(restoreMs!)} to restore, more than the rto of ${spec.rto}`);
-          else if (rtoMs !== null && restoreMs === null) problems.push(`the last restore test (job ${t.job}${when}) recorded no restore time`);
-          if (testGap !== undefined && Number.isFinite(testGap) && t.ended !== undefined && now - t.ended > testGap + TEST_GRACE_MS) {
-            problems.push(`the last restore test is ${human(now - t.ended)} old: it is overdue`);
-          }
-        }
+        const checked = checkRestoreTest(spec, tests.get(key(name, client)), now, interval);
+        restoreTest = checked.restoreTest;
+        problems.push(...checked.problems);
       }
 
-      const copies = (copyGaps.get(client) ?? []).sort((a, b) => a.storageUnit.localeCompare(b.storageUnit));
+      const copies = (gaps.copies.get(client) ?? []).sort((a, b) => a.storageUnit.localeCompare(b.storageUnit));
       for (const g of copies) {
         problems.push(`${g.images} image(s) ${g.windowed ? `have no ${g.operation} copy on ${g.storageUnit}: it is behind its window` : `lack their ${g.operation} copy on ${g.storageUnit}`} (oldest ${g.oldestImage} of ${isoTime(g.oldestTime)})`);
       }
       let offsite: ComplianceRow['offsite'] = null;
       if (spec.offsiteRequired) {
-        const o = offsiteGaps.get(client);
+        const o = gaps.offsite.get(client);
         offsite = { images: o?.images ?? 0, oldestImage: o?.oldestImage ?? null, oldestTime: o?.oldestTime ?? null };
         if (o) problems.push(`${o.images} image(s) have no copy on an offsite storage unit (oldest ${o.oldestImage} of ${isoTime(o.oldestTime)})`);
       }
-      rows.push({ policy: name, client, status: problems.length ? 'out' : 'ok', problems, lastBackup, rpoMs, restoreTest, rtoMs, copies, offsite });
+      rows.push({ policy: name, client, status: problems.length ? 'out' : 'ok', problems, lastBackup, rpoMs, restoreTest, rtoMs: spec.rto === undefined ? null : parseDuration(spec.rto), copies, offsite });
     }
   }
   const holds = await s.catalog.compliance.holds(1000);
   const out = rows.filter((r) => r.status === 'out').length;
   return { time: now, compliant: out === 0, policies: policies.length, clients: rows.length, outOfCompliance: out, rows, holds: holds.items, holdsTotal: holds.total };
 }
-
