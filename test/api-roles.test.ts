@@ -59,6 +59,8 @@ const EXPECTED: Record<string, 'public' | readonly Role[]> = {
   'GET /api/v1/units': READ,
   'POST /api/v1/units/:name/unavailable': ADMIN,
   'POST /api/v1/units/:name/available': ADMIN,
+  'POST /api/v1/restore-tests': RUN,
+  'GET /api/v1/reports/compliance': READ,
   'GET /api/v1/users': READ, // an auditor reads everything (no password hashes)
   'POST /api/v1/users': ADMIN,
   'PATCH /api/v1/users/:name': ALL, // others than admin: their own password only

@@ -12,3 +12,5 @@ export const SERVER_COMMANDS = [
 
 // The CLI's verification commands: run with --json in test/verify.test.ts.
 export const VERIFY_COMMANDS = ['verify', 'alerts list', 'alerts ack'] as const;
+/** Run with --json against a real server in test/compliance.test.ts instead. */
+export const COMPLIANCE_COMMANDS = ['restore-test', 'report compliance'] as const;

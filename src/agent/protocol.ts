@@ -157,6 +157,24 @@ export type RepairSpec = z.infer<typeof repairSpec>;
 /** How many bytes a repository holds in storage (every object, all kinds): a stage's high-water mark. */
 export const usageSpec = z.strictObject({ storage: storageAccess });
 export type UsageSpec = z.infer<typeof usageSpec>;
+/** Checks restored files against a snapshot (a restore test; src/jobs/compare.ts). */
+export const compareSpec = z.strictObject({
+  storage: storageAccess,
+  snapshot: z.string().regex(/^[0-9a-f]{64}$/),
+  /** Where the snapshot was restored to on this host. */
+  root: path,
+  /** Only these paths of the snapshot (a sample); default: all of it. */
+  paths: z.array(z.string().min(1).max(4096)).max(100_000).optional(),
+});
+export type CompareSpec = z.infer<typeof compareSpec>;
+
+/** Creates or removes a restore test's scratch directory `name` below `base` (src/agent/scratch.ts). */
+export const scratchSpec = z.strictObject({
+  action: z.enum(['create', 'remove']),
+  base: path,
+  name: z.string().min(1).max(255),
+});
+export type ScratchSpec = z.infer<typeof scratchSpec>;
 
 export const JOB_SPECS = {
   backup: backupSpec,
@@ -171,6 +189,8 @@ export const JOB_SPECS = {
   verify: verifySpec,
   repair: repairSpec,
   usage: usageSpec,
+  compare: compareSpec,
+  scratch: scratchSpec,
 } as const;
 export type AgentJobKind = keyof typeof JOB_SPECS;
 export type AgentJobSpec<K extends AgentJobKind> = z.infer<(typeof JOB_SPECS)[K]>;

@@ -19,6 +19,7 @@ import { verifyRepository } from '../jobs/verify.ts';
 import { repairPacks } from '../repository/repair.ts';
 import { describeHost, restore, type RestoreResult } from '../jobs/restore.ts';
 import { AlternateSources, type AlternateCopy } from '../jobs/restore-fallback.ts';
+import { compareRestored } from '../jobs/compare.ts';
 import { prune } from '../repository/prune.ts';
 import { Repository } from '../repository/repository.ts';
 import type { SessionTiming } from '../repository/session.ts';
@@ -34,6 +35,7 @@ import {
   type BackupSpec,
   type CloneSpec,
   type CommandSpec,
+  type CompareSpec,
   type DoneState,
   type FindSpec,
   type ForgetSpec,
@@ -48,6 +50,7 @@ import {
   type VerifySpec,
   type UsageSpec,
 } from './protocol.ts';
+import { scratchJob } from './scratch.ts';
 
 export interface AgentRuntimeOptions {
   /** Where the agent keeps its caches (index caches per repository under cache/). */
@@ -124,6 +127,8 @@ export class AgentRuntime {
       case 'verify': return this.verify(parseJobSpec('verify', raw), emit, signal);
       case 'repair': return this.repair(parseJobSpec('repair', raw), emit, signal);
       case 'usage': return this.usage(parseJobSpec('usage', raw), signal);
+      case 'compare': return this.compare(parseJobSpec('compare', raw), emit, signal);
+      case 'scratch': return scratchJob(parseJobSpec('scratch', raw));
     }
   }
 
@@ -406,6 +411,18 @@ export class AgentRuntime {
       await repo.loadIndex({ signal });
       const r = await repairPacks(repo, pool, { signal, ...(spec.packs?.length ? { packs: spec.packs } : {}), onProgress: (message) => emit({ type: 'log', level: 'info', message }) });
       return { packs: r.packs, blobsSalvaged: r.blobsSalvaged, blobsLost: r.blobsLost, lostFiles: r.lostFiles.slice(0, 1000), lostFileCount: r.lostFileCount };
+    });
+  }
+
+  /** Reads restored files back and checks them against the snapshot's chunk ids (a restore test). */
+  private async compare(spec: CompareSpec, emit: EmitJobEvent, signal: AbortSignal): Promise<Record<string, unknown>> {
+    return this.withRepo(spec.storage, signal, false, async (repo) => {
+      await repo.loadIndex({ signal });
+      const snap = await loadSnapshot(repo, spec.snapshot, { signal });
+      const progress = new ProgressReporter(emit);
+      const r = await compareRestored(repo, snap.tree, spec.root, { signal, ...(spec.paths ? { paths: spec.paths } : {}), onProgress: (p) => progress.report({ files: p.files, bytes: p.bytes, current: p.current }) });
+      for (const m of r.mismatches.slice(0, 100)) emit({ type: 'warning', path: m.path, problem: m.problem });
+      return { files: r.files, bytes: r.bytes, others: r.others, mismatches: r.mismatches, mismatchCount: r.mismatchCount, warnings: r.mismatchCount };
     });
   }
 

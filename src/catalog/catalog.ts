@@ -18,6 +18,7 @@ import { CofferError } from '../core/errors.ts';
 import { alertsModule, type Alerts } from './alerts.ts';
 import { auditModule, type Audit } from './audit.ts';
 import { clientsModule, type Clients } from './clients.ts';
+import { complianceModule, type Compliance } from './compliance.ts';
 import { copiesModule, type Copies } from './copies.ts';
 import { dbError, isDatabaseError, redactUrl } from './db-error.ts';
 import { imagesModule, type Images } from './images.ts';
@@ -55,6 +56,8 @@ export interface CatalogQueries {
   alerts: Alerts;
   /** The lifecycle pass's view: images with lifecycle work due (lifecycle-scan.ts). */
   lifecycleScan: LifecycleScan;
+  /** Aggregates for the compliance report. */
+  compliance: Compliance;
   /**
    * Runs `fn` in one transaction: everything it does through `tx` is committed together, or
    * nothing is if it throws (the error is passed on). Inside a transaction, runs in that one.
@@ -180,6 +183,7 @@ function queries(scope: Scope): CatalogQueries {
     settings: settingsModule(scope),
     alerts: alertsModule(scope),
     lifecycleScan: lifecycleScanModule(scope),
+    compliance: complianceModule(scope),
     async transaction(fn) {
       if (scope.db.isTransaction) return fn(queries(scope));
       try {

@@ -165,6 +165,24 @@ export const EVENT_LINES = {
   alert: z.strictObject({ type: z.literal('alert'), alert: apiAlert }),
   audit: z.strictObject({ type: z.literal('audit'), entry: z.looseObject({ id: count, time: count, actor: z.string(), action: z.string(), outcome: z.enum(['ok', 'denied', 'failed']), target: z.string().optional() }) }),
   unit: z.strictObject({ type: z.literal('unit'), unit: apiUnit }),
+  // `report compliance`: one line per (policy, client), then one per image on legal hold.
+  compliance: z.strictObject({
+    type: z.literal('compliance'),
+    policy: z.string(),
+    client: z.string(),
+    status: z.enum(['ok', 'out']),
+    problems: z.array(z.string()),
+    lastBackup: z.strictObject({ image: z.string(), time: count, ageMs: z.number().int() }).nullable(),
+    rpoMs: count.nullable(),
+    restoreTest: z.strictObject({
+      job: z.string(), state: z.string(), time: count.nullable(), image: z.string().nullable(), restoreMs: count.nullable(),
+      sample: z.union([z.literal('all'), count]).nullable(), passed: z.boolean(), withinRto: z.boolean().nullable(),
+    }).nullable(),
+    rtoMs: count.nullable(),
+    copies: z.array(z.strictObject({ storageUnit: z.string(), operation: z.string(), windowed: z.boolean(), images: count, oldestImage: z.string(), oldestTime: count })),
+    offsite: z.strictObject({ images: count, oldestImage: z.string().nullable(), oldestTime: count.nullable() }).nullable(),
+  }).refine((r) => (r.status === 'out') === (r.problems.length > 0), 'status is out exactly when there are problems'),
+  held: z.strictObject({ type: z.literal('held'), image: z.string(), client: z.string(), policy: z.string(), time: count, reason: z.string(), copies: count }),
 } as const;
 
 export type EventType = keyof typeof EVENT_LINES;
@@ -387,6 +405,15 @@ export const COMMAND_OUTPUT: Record<string, CommandOutput> = {
   'units list': { events: ['unit'], summary: summary({ units: count, unavailable: count }) },
   'units unavailable': { events: [], summary: summary({ unit: apiUnit }) },
   'units available': { events: [], summary: summary({ unit: apiUnit, changed: z.boolean() }) },
+  'restore-test': { events: JOB_LINES, summary: jobsSummary },
+  // Exit 0 when everything complies, 6 (COMPLIANCE) when something does not: the answer, not an error.
+  'report compliance': {
+    events: ['compliance', 'held'],
+    summary: z.strictObject({
+      type: z.literal('summary'), exitCode: z.union([z.literal(0), z.literal(EXIT_CODES.COMPLIANCE)]),
+      compliant: z.boolean(), time: count, policies: count, clients: count, outOfCompliance: count, holds: count,
+    }).refine((s) => (s.exitCode === 0) === s.compliant && s.compliant === (s.outOfCompliance === 0), 'exitCode is 0 exactly when compliant, which is when nothing is out of compliance'),
+  },
   expire: { events: JOB_LINES, summary: jobsSummary },
   verify: { events: JOB_LINES, summary: jobsSummary },
   'alerts list': { events: ['alert'], summary: summary({ alerts: count }) },

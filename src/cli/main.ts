@@ -30,6 +30,8 @@ import { register as users } from './cmd_users.ts';
 import { register as catalog } from './cmd_catalog.ts';
 import { register as verify } from './cmd_verify.ts';
 import { register as units } from './cmd_units.ts';
+import { register as restoreTest } from './cmd_restore_test.ts';
+import { register as report } from './cmd_report.ts';
 import { VERSION } from '../core/version.ts';
 
 export { VERSION };
@@ -76,6 +78,8 @@ export function buildProgram(): Command {
   catalog(program);
   verify(program);
   units(program);
+  restoreTest(program);
+  report(program);
   quickstart(program);
   agent(program);
   // Every command, however deep, shares the error handling and exits through main().

@@ -16,6 +16,7 @@ export const ERROR_CODES = [
   'INVALID_RANGE', //      a ranged read outside the object
   'CONFLICT', //           another process holds what this operation needs
   'CHECK_FAILED', //       `repo check` found problems
+  'COMPLIANCE', //         the compliance report found something out of compliance (its answer, not a failure)
   'REFUSED', //            a safety rule stopped the operation (e.g. cross-host restore)
   'WARNINGS', //           the operation completed, with warnings (unreadable or changed files)
   'CANCELLED', //          interrupted by signal or abort
@@ -28,7 +29,7 @@ export const ERROR_CODES = [
 
 export type ErrorCode = (typeof ERROR_CODES)[number];
 
-/** Process exit codes by error code: 0 ok, 1 error, 2 usage, 3 completed with warnings, 4 not logged in, 5 not allowed. */
+/** Process exit codes by error code: 0 ok, 1 error, 2 usage, 3 completed with warnings, 4 not logged in, 5 not allowed, 6 out of compliance. */
 export const EXIT_CODES: Record<ErrorCode, number> = {
   USAGE: 2,
   INVALID_CONFIG: 2,
@@ -43,6 +44,7 @@ export const EXIT_CODES: Record<ErrorCode, number> = {
   INVALID_RANGE: 1,
   CONFLICT: 1,
   CHECK_FAILED: 1,
+  COMPLIANCE: 6,
   REFUSED: 1,
   WARNINGS: 3,
   CANCELLED: 130,
@@ -68,6 +70,7 @@ export const HTTP_STATUS: Record<ErrorCode, number> = {
   INVALID_RANGE: 416,
   CONFLICT: 409,
   CHECK_FAILED: 500,
+  COMPLIANCE: 200,
   REFUSED: 403,
   WARNINGS: 200,
   CANCELLED: 499,

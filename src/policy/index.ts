@@ -7,8 +7,9 @@ export {
   documentSchema, DOCUMENT_SCHEMAS, storageUnitDocument, lifecycleDocument, policyDocument, clientDocument,
   kindFromName, documentId,
   type Kind, type CofferDocument, type DocumentOfKind, type StorageUnitDocument, type LifecycleDocument,
-  type PolicyDocument, type ClientDocument, type Metadata, type Copy, type Selection, type Schedule, type Hook,
+  type PolicyDocument, type ClientDocument, type Metadata, type Copy, type Selection, type Schedule, type Hook, type RestoreTests,
 } from './schemas.ts';
+export { scratchPathProblem, DEFAULT_SCRATCH_PATH } from './scratch-path.ts';
 export {
   parseDocuments, readDocuments, loadDocuments, normalize, toYaml, toJson, DOCUMENT_EXTENSIONS,
   type SourcedDocument, type ParseOptions, type LoadOptions, type ReadResult, type Position, type ReferenceCheckOptions,

@@ -12,6 +12,7 @@ import { checkCalendar, checkTimezone } from './calendar.ts';
 import { didYouMeanSuffix } from './did-you-mean.ts';
 import { DURATION_UNITS, MAX_WINDOW_MS, checkDuration, checkTimeOfDay, describeValue, formatDuration, type DurationOptions } from './durations.ts';
 import { checkPercent, checkSize } from './sizes.ts';
+import { DEFAULT_SCRATCH_PATH, scratchPathProblem } from './scratch-path.ts';
 
 export const API_VERSION = 'coffer/v1';
 export const KINDS = ['StorageUnit', 'Lifecycle', 'Policy', 'Client'] as const;
@@ -29,6 +30,8 @@ export const DEFAULTS = {
   schedule: { missed: 'catch-up' },
   /** No client-wide limit: each policy's maxStreams applies. */
   client: {},
+  /** No client: each image is restored onto its own client. */
+  restoreTests: { path: DEFAULT_SCRATCH_PATH, sample: 'all', missed: 'catch-up' },
 } as const;
 
 // ---------------------------------------------------------------------------------------------
@@ -370,7 +373,7 @@ export const lifecycleSpec = z.strictObject({
 // ---------------------------------------------------------------------------------------------
 // Policy
 
-const absolutePath = text(z.string(), (v) => {
+const checkAbsolutePath: Check<string> = (v) => {
   if (!v.startsWith('/')) return { ok: false, problem: `${JSON.stringify(v)} is not an absolute path`, hint: 'Paths on the client start with /.' };
   if (v.includes('\0')) return { ok: false, problem: 'a path cannot contain a NUL byte' };
   if (v !== '/' && (v.endsWith('/') || v.includes('//') || /\/\.\.?(\/|$)/.test(v))) {
@@ -378,7 +381,9 @@ const absolutePath = text(z.string(), (v) => {
     return { ok: false, problem: `${JSON.stringify(v)} is not a plain path`, hint: v.includes('/..') ? 'Write the path without ".." segments.' : `Write ${JSON.stringify(clean)}.` };
   }
   return { ok: true };
-}, (input) => `expected an absolute path, got ${describeValue(input)}`);
+};
+
+const absolutePath = text(z.string(), checkAbsolutePath, (input) => `expected an absolute path, got ${describeValue(input)}`);
 
 const pattern = text(z.string(), (v) => {
   if (v === '') return { ok: false, problem: 'an empty pattern matches nothing' };
@@ -492,6 +497,48 @@ const compliance = text(z.string(), (v) => (/^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,62}
 
 const person = prose(200);
 
+const scratchPath = text(z.string(), (v) => {
+  const r = checkAbsolutePath(v);
+  if (!r.ok) return r;
+  const bad = scratchPathProblem(v);
+  return bad ? { ok: false, ...bad } : { ok: true };
+}, (input) => `expected an absolute path such as ${DEFAULT_SCRATCH_PATH}, got ${describeValue(input)}`);
+
+const sample = z.union([count(1, 1_000_000), z.literal('all')]);
+TYPE_MESSAGES.set(sample, (input) => issueMessage(`expected a number of files or "all", got ${describeValue(input)}`, 'Write e.g. sample: 100, or sample: all for the whole image.'));
+
+/**
+ * Scheduled restore tests (seed 004: "Will there be a regularly scheduled restore test?"): the
+ * latest good image of each client is restored to a fresh scratch directory, compared with the
+ * snapshot's content hashes, timed against the RTO, and the directory removed.
+ */
+export const restoreTestsSchema = z.strictObject({
+  /** How often each client's latest image is tested, counted from the last test. Exactly one of every and calendar. */
+  every: durationSchema({ min: DURATION_UNITS.h }).optional(),
+  /** When tests run: a cron expression, in `timezone`. Exactly one of every and calendar. */
+  calendar: calendar.optional(),
+  /** The IANA time zone of the calendar (default: the server's). */
+  timezone: timezone.optional(),
+  /** The client restored onto: a scratch host (default: each image's own client). */
+  client: clientName.optional(),
+  /** The scratch place on that client: each test restores into a fresh directory below it and removes it (default /var/tmp/coffer-restore-test). */
+  path: scratchPath.optional(),
+  /** How many files, picked at random, are restored and compared; "all" restores the whole image (default all). */
+  sample: sample.optional(),
+  /** After downtime: catch-up runs one test for all the runs missed, skip waits for the next (default catch-up). */
+  missed: z.enum(MISSED).optional(),
+}).superRefine((r, ctx) => {
+  if (r.calendar === undefined && r.every === undefined) {
+    ctx.addIssue({ code: 'custom', path: [], message: issueMessage('says neither when nor how often restore tests run', 'Give every: 7d or calendar: "0 3 * * 0".') });
+  }
+  if (r.calendar !== undefined && r.every !== undefined) {
+    ctx.addIssue({ code: 'custom', path: ['every'], message: issueMessage('restore tests have calendar or every, not both') });
+  }
+  if (r.timezone !== undefined && r.calendar === undefined) {
+    ctx.addIssue({ code: 'custom', path: ['timezone'], message: issueMessage('applies to a calendar only', 'Leave it out with every, or give a calendar.') });
+  }
+});
+
 export const policySpec = z.strictObject({
   /** The clients (host names) it backs up. */
   clients: z.array(clientName).min(1),
@@ -521,6 +568,8 @@ export const policySpec = z.strictObject({
   restoreRequesters: z.array(person).optional(),
   /** Who may approve expiring these backups before their retention ends. */
   expiryApprovers: z.array(person).optional(),
+  /** Scheduled restore tests of the latest image of each client, timed against the rto (default: none). */
+  restoreTests: restoreTestsSchema.optional(),
 }).superRefine((spec, ctx) => {
   const add = (path: (string | number)[], problem: string, hint?: string) => ctx.addIssue({ code: 'custom', path, message: issueMessage(problem, hint) });
   const unique = (field: string, values: readonly string[] | undefined, what: (v: string) => string) => {
@@ -615,6 +664,7 @@ export type Copy = LifecycleDocument['spec']['copies'][number];
 export type Selection = PolicyDocument['spec']['selections'][number];
 export type Schedule = PolicyDocument['spec']['schedules'][number];
 export type Hook = NonNullable<Selection['pre']>;
+export type RestoreTests = NonNullable<PolicyDocument['spec']['restoreTests']>;
 
 const KIND_NAMES: Record<string, Kind> = {
   storageunit: 'StorageUnit', storageunits: 'StorageUnit', su: 'StorageUnit',

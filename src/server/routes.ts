@@ -16,6 +16,7 @@ import { restorableCopies } from './executors.ts';
 import { bestCopy } from './restore-executor.ts';
 import { unitRoutes } from './routes-units.ts';
 import { unavailableUnits } from './units.ts';
+import { complianceRoutes } from './compliance-routes.ts';
 import { parseGrants, ROLES, tokenInfo, type Principal, type Role } from './auth.ts';
 import { route, type RequestContext, type RouteDef } from './http.ts';
 import { lifecycleOf, runOnAgent, type Services } from './services.ts';
@@ -606,6 +607,8 @@ export function buildRoutes(deps: ApiDeps): RouteDef[] {
 
     // ---- verification and alerts (verify-routes.ts) -------------------------------------------
     ...verifyRoutes(deps),
+    // ---- restore tests and the compliance report (compliance-routes.ts) -----------------------
+    ...complianceRoutes(deps),
   ];
 }
 

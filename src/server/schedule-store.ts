@@ -13,13 +13,23 @@
 // the same rows on PostgreSQL wait for each other rather than deadlock. Measured with 30,000 rows
 // all due (bench/scheduler-catalog.ts): an UPDATE per row made the tick 9 s on PostgreSQL.
 import type { Catalog, CatalogQueries } from '../catalog/catalog.ts';
-import type { Schedule as CatalogSchedule } from '../catalog/schedules.ts';
+import type { Schedule as CatalogSchedule, ScheduleEntry } from '../catalog/schedules.ts';
 import type { SlotJobInput } from '../catalog/jobs.ts';
 import type { Page } from '../catalog/page.ts';
 import { CofferError, throwIfAborted } from '../core/errors.ts';
 import { DEFAULTS, parseDuration, parseWindow, formatTimeOfDay, type PolicyDocument, type Schedule as PolicySchedule } from '../policy/index.ts';
 import type { ScheduleStore } from '../scheduler/loop.ts';
 import { upcomingRuns, type Decision, type Schedule, type ScheduleRow, type SlotState, type UpcomingRun } from '../scheduler/plan.ts';
+
+/**
+ * A policy's restore tests (spec.restoreTests) are scheduled as one more schedule row per client,
+ * under a name no policy schedule can have (names start with a letter or digit), with this level:
+ * the scheduler plans them like backups (missed runs, catch-up, one job per slot) and record()
+ * queues a `restore-test` job for them (src/server/restore-test.ts).
+ */
+export const RESTORE_TEST_SCHEDULE = '@restore-test';
+export const RESTORE_TEST_LEVEL = 'restore-test';
+export const RESTORE_TEST_KIND = 'restore-test';
 
 /** Due rows read per query: loadDue() pages through the index on next_run. */
 const PAGE = 1000;
@@ -79,7 +89,7 @@ export class CatalogScheduleStore implements ScheduleStore {
         const row = rows[k];
         if (row === undefined) continue;
         applied[i] = true;
-        const base = { kind: 'backup', policy: row.policy, client: row.client, schedule: row.name };
+        const base = { kind: row.level === RESTORE_TEST_LEVEL ? RESTORE_TEST_KIND : 'backup', policy: row.policy, client: row.client, schedule: row.name };
         const maxAttempts = this.options.maxAttempts === undefined ? {} : { maxAttempts: this.options.maxAttempts };
         const caughtUp = d.queue?.catchUp === true ? d.queue.slot : null;
         // Oldest first, so that the jobs' time-ordered ids follow their slots.
@@ -188,15 +198,27 @@ export async function syncPolicySchedules(catalog: CatalogQueries, policy: Pick<
       throw new CofferError('INVALID_CONFIG', `Cannot set the schedules of policy ${name}: schedule ${s.name}: ${(e as Error).message}`, { cause: e, hint: (e as CofferError).hint });
     }
   });
+  const tests = policy.spec.restoreTests;
+  let testTiming: Schedule | undefined;
+  if (tests !== undefined) {
+    try {
+      testTiming = scheduleTimingFrom({ name: 'restore-test', level: 'full', every: tests.every, calendar: tests.calendar, timezone: tests.timezone, missed: tests.missed });
+    } catch (e) {
+      throw new CofferError('INVALID_CONFIG', `Cannot set the restore tests of policy ${name}: ${(e as Error).message}`, { cause: e, hint: (e as CofferError).hint });
+    }
+  }
   return catalog.transaction(async (tx) => {
     const registered = await tx.clients.registered(policy.spec.clients);
     const known: string[] = [];
     const unknownClients: string[] = [];
     for (const client of policy.spec.clients) (registered.has(client) ? known : unknownClients).push(client);
-    const entries = known.flatMap((client) => policy.spec.schedules.map((s, i) => {
+    const entries: ScheduleEntry[] = known.flatMap((client) => policy.spec.schedules.map((s, i) => {
       const lifecycle = s.lifecycle ?? policy.spec.lifecycle;
       return { client, name: s.name, timing: { ...timings[i]! }, level: s.level, ...(lifecycle === undefined ? {} : { lifecycle }) };
     }));
+    if (testTiming !== undefined) {
+      for (const client of known) entries.push({ client, name: RESTORE_TEST_SCHEDULE, timing: { ...testTiming }, level: RESTORE_TEST_LEVEL });
+    }
     const { created, changed, kept, removed } = await tx.schedules.sync(name, entries, options);
     return { created, changed, kept, removed, unknownClients };
   });

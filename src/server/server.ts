@@ -27,6 +27,7 @@ import { Dispatcher } from './dispatcher.ts';
 import { applyDocuments } from './documents.ts';
 import { backupExecutor, duplicateExecutor, expireExecutor, reconcileExecutor, restoreExecutor } from './executors.ts';
 import { buildHttp, type Principal } from './http.ts';
+import { restoreTestExecutor } from './restore-test.ts';
 import { buildRoutes } from './routes.ts';
 import { LifecycleRunner } from './lifecycle.ts';
 import type { BusMessage } from './dispatcher.ts';
@@ -247,6 +248,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
         reconcile: reconcileExecutor(services),
         verify: verifyExecutor(services, { log }),
         repair: repairExecutor(services, { log }),
+        'restore-test': restoreTestExecutor(services),
       },
       onError: (e, job) => log.error({ job: job?.id, err: e.message }, 'queue'),
     });
