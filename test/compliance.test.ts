@@ -267,9 +267,19 @@ test('the report names images without the copies their lifecycle requires, an of
   for (const d of [broken, late, vault]) for (const f of ['config', 'config.copy']) await rm(join(d, f), { force: true });
   const image = (await backupNow(ts, 'copies')).result.image as string;
   const vaultedImage = (await backupNow(ts, 'vaulted')).result.image as string;
-  const duplicates = (await ts.api<Json>('GET', '/api/v1/jobs', { query: { kind: 'duplicate' } })).body.items;
-  assert.equal(duplicates.length, 3);
+  // The windowed duplicate is queued by the lifecycle pass, a moment after the backup's end.
+  let duplicates: Json[] = [];
+  for (const until = Date.now() + 30_000; duplicates.length < 3 && Date.now() < until; await new Promise((r) => setTimeout(r, 50))) {
+    duplicates = (await ts.api<Json>('GET', '/api/v1/jobs', { query: { kind: 'duplicate' } })).body.items;
+  }
+  assert.equal(duplicates.length, 3, JSON.stringify(duplicates));
   for (const j of duplicates) {
+    // The windowed duplicate waits for its window (06:00, the lifecycle pass queued it for then).
+    if (j.storageUnit === 'late') {
+      assert.equal(j.state, 'queued', JSON.stringify(j));
+      assert.equal(j.notBefore, T0 + 5.5 * HOUR, JSON.stringify(j));
+      continue;
+    }
     const ended = await ts.waitJob(j.id);
     assert.equal(ended.state, 'failed', JSON.stringify(ended));
   }
