@@ -90,7 +90,11 @@ export const forgetSpec = z.strictObject({
 });
 export type ForgetSpec = z.infer<typeof forgetSpec>;
 
-export const initSpec = z.strictObject({ storage: storageAccess });
+export const initSpec = z.strictObject({
+  storage: storageAccess,
+  /** The master key (base64, 32 bytes) of the deduplication domain the new repository joins; a fresh one when absent. */
+  master: z.string().regex(/^[A-Za-z0-9+/]{43}=$/, 'the base64 of 32 bytes').optional(),
+});
 export type InitSpec = z.infer<typeof initSpec>;
 
 export const probeSpec = z.strictObject({

@@ -232,7 +232,7 @@ export class AgentRuntime {
   private async init(spec: InitSpec, signal: AbortSignal): Promise<Record<string, unknown>> {
     const backend = await this.backend(spec.storage);
     try {
-      const repo = await Repository.init(backend, spec.storage.password, { signal, cacheDir: this.cacheDir() });
+      const repo = await Repository.init(backend, spec.storage.password, { signal, cacheDir: this.cacheDir(), ...(spec.master ? { master: Buffer.from(spec.master, 'base64') } : {}) });
       const id = repo.config.id;
       await repo.close();
       return { repository: id };

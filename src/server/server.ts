@@ -29,6 +29,7 @@ import { backupExecutor, duplicateExecutor, expireExecutor, reconcileExecutor, r
 import { buildHttp, type Principal } from './http.ts';
 import { buildRoutes } from './routes.ts';
 import { AgentRegistry, storageAccessFor, type Services } from './services.ts';
+import { domainMasterKey } from './domain.ts';
 import { Keystore, resolveSecret } from './keystore.ts';
 import { authenticate, createApiToken, ensureInitialAdmin, hashPassword, login, logout, mayBrowse, mayRestore, revokeToken } from './auth.ts';
 import type { AuthApi } from './routes.ts';
@@ -181,6 +182,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
       put: (name: string, secret: string) => keystore.put(name, secret),
       generatePassword: () => keystore.generatePassword(),
       has: (name: string) => keystore.has(name),
+      domainMaster: () => domainMasterKey(keystore),
     };
     const scheduleStore = new CatalogScheduleStore(catalog);
     const scheduler = new SchedulerLoop(scheduleStore, clock, {
