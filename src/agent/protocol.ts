@@ -123,11 +123,16 @@ export const findSpec = z.strictObject({
 });
 export type FindSpec = z.infer<typeof findSpec>;
 
+/**
+ * Clone snapshots from `source` to one repository (`target`, the first form) or to several at
+ * once (`targets`: each pack or blob read once for all that lack it): exactly one of the two.
+ */
 export const cloneSpec = z.strictObject({
   source: storageAccess,
-  target: storageAccess,
+  target: storageAccess.optional(),
+  targets: z.array(storageAccess).min(1).max(16).optional(),
   snapshots: z.array(z.string().regex(/^[0-9a-f]{64}$/)).min(1).max(10_000),
-});
+}).refine((s) => (s.target === undefined) !== (s.targets === undefined), { message: 'give exactly one of target and targets', path: ['targets'] });
 export type CloneSpec = z.infer<typeof cloneSpec>;
 
 export const JOB_SPECS = {

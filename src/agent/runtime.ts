@@ -14,7 +14,7 @@ import { WorkerPool, type RepoPool } from '../engine/pool.ts';
 import { backup, backupReport } from '../jobs/backup.ts';
 import { findInSnapshots, listSnapshot } from '../jobs/browse.ts';
 import { backupEvents, ProgressReporter, restoreEvents, type EmitJobEvent } from '../jobs/events.ts';
-import { cloneSnapshots } from '../jobs/clone.ts';
+import { cloneToTargets } from '../jobs/clone.ts';
 import { describeHost, restore } from '../jobs/restore.ts';
 import { prune } from '../repository/prune.ts';
 import { Repository } from '../repository/repository.ts';
@@ -289,29 +289,45 @@ export class AgentRuntime {
     }, (id, e) => notes.push(`index file ${id.slice(0, 12)} is unreadable (${e.message}) and was left out`));
   }
 
-  /** Copies snapshots into another repository, sending only the blobs it lacks (src/jobs/clone.ts). */
+  /**
+   * Copies snapshots into one repository or several, sending only the blobs each lacks, each read
+   * from the source once for all of them (src/jobs/clone.ts, cloneToTargets()). The result has one
+   * entry per target in `targets`; with the one-target spec, that entry's fields are also at the top.
+   */
   private async clone(spec: CloneSpec, emit: EmitJobEvent, signal: AbortSignal): Promise<Record<string, unknown>> {
-    return this.withRepo(spec.source, signal, true, (source, sourcePool) => this.withRepo(spec.target, signal, true, async (target, targetPool) => {
+    const storages = spec.targets ?? [spec.target!];
+    return this.withRepo(spec.source, signal, true, (source, sourcePool) => this.withRepos(storages, signal, async (targets) => {
       const progress = new ProgressReporter(emit);
-      const r = await cloneSnapshots(source, target, spec.snapshots, {
+      const latest = targets.map(() => ({ bytes: 0, bytesNew: 0 }));
+      const r = await cloneToTargets(source, targets, spec.snapshots, {
         signal,
         sourcePool,
-        targetPool,
-        onProgress: (p) => progress.report({ bytes: p.counts.bytesPresent + p.counts.bytesSentRaw, bytesNew: p.counts.bytesSentRaw, current: p.snapshot }),
+        onProgress: (i, p) => {
+          latest[i] = { bytes: p.counts.bytesPresent + p.counts.bytesSentRaw, bytesNew: p.counts.bytesSentRaw };
+          progress.report({ bytes: latest.reduce((n, x) => n + x.bytes, 0), bytesNew: latest.reduce((n, x) => n + x.bytesNew, 0), current: p.snapshot });
+        },
       });
-      const t = r.totals;
-      return {
-        snapshots: Object.fromEntries(r.snapshots.map((x) => [x.sourceId, x.targetId])),
-        sameKeys: r.sameKeys,
-        bytesExamined: t.bytesExamined,
-        bytesPresent: t.bytesPresent,
-        bytesSentRaw: t.bytesSentRaw,
-        bytesSent: t.bytesSent,
-        blobsSent: t.blobsSent,
-        packs: r.packs,
-        sourceDamage: r.sourceDamage,
-      };
+      const perTarget = r.map((x) => ({
+        snapshots: Object.fromEntries(x.snapshots.map((c) => [c.sourceId, c.targetId])),
+        sameKeys: x.sameKeys,
+        bytesExamined: x.totals.bytesExamined,
+        bytesPresent: x.totals.bytesPresent,
+        bytesSentRaw: x.totals.bytesSentRaw,
+        bytesSent: x.totals.bytesSent,
+        blobsSent: x.totals.blobsSent,
+        bytesRead: x.totals.bytesRead,
+        packs: x.packs,
+      }));
+      const sourceDamage = [...new Set(r.flatMap((x) => x.sourceDamage))];
+      return { ...(spec.target ? perTarget[0] : {}), targets: perTarget, sourceDamage };
     }));
+  }
+
+  /** Opens every repository of `storages` (with a worker pool view each) for the length of `fn`. */
+  private withRepos<T>(storages: readonly StorageAccess[], signal: AbortSignal, fn: (repos: Array<{ repo: Repository; pool: RepoPool }>) => Promise<T>): Promise<T> {
+    const open = (i: number, acc: Array<{ repo: Repository; pool: RepoPool }>): Promise<T> =>
+      i === storages.length ? fn(acc) : this.withRepo(storages[i]!, signal, true, (repo, pool) => open(i + 1, [...acc, { repo, pool }]));
+    return open(0, []);
   }
 
   private async find(spec: FindSpec, signal: AbortSignal): Promise<Record<string, unknown>> {
