@@ -1,7 +1,7 @@
 // Duplicates through the real server: units the server creates share one deduplication domain
 // (packs copied as they are), a backup's due duplicates go in one job with several targets,
 // `POST /api/v1/clones` takes several units and a number of copies, a unit whose repository has
-// its own keys is cloned to by re-encrypting, and a duplicate job queued in the old form still runs.
+// its own keys is cloned to by re-encrypting (and within its bandwidth limit), and a duplicate job queued in the old form still runs.
 import assert from 'node:assert/strict';
 import { mkdir, readdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -55,7 +55,7 @@ spec: { url: ${unit('archive')} }
 apiVersion: coffer/v1
 kind: StorageUnit
 metadata: { name: foreign }
-spec: { url: ${unit('foreign')}, passwordFrom: "file:${foreignPassword}" }
+spec: { url: ${unit('foreign')}, passwordFrom: "file:${foreignPassword}", bandwidth: 1MB/s }
 ---
 apiVersion: coffer/v1
 kind: Lifecycle
@@ -110,6 +110,9 @@ spec:
   assert.equal(clJob.state, 'succeeded', JSON.stringify(clJob));
   assert.equal(clJob.result.sameKeys, false, 'the foreign unit has its own keys: re-encrypted');
   assert.ok(clJob.result.newBytes >= 1_500_000, JSON.stringify(clJob.result));
+  // The foreign unit's bandwidth (1MB/s) held the upload back: its stored bytes, less a quarter second's burst.
+  const seconds = (clJob.ended - clJob.started) / 1000;
+  assert.ok(seconds >= (clJob.result.storedBytes - 250_000) / 1_000_000, `${clJob.result.storedBytes} bytes in ${seconds} s`);
   const again = await ts.api<Json>('POST', '/api/v1/clones', { body: { where, to: 'offsite', retention: '30d' } });
   assert.deepEqual([again.body.images.length, again.body.skipped[0].reason], [0, 'already has a copy in offsite']);
 

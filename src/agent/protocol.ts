@@ -26,6 +26,8 @@ export const storageAccess = z.strictObject({
   password: z.string().min(1).max(4096),
   /** S3 credentials (AWS_ACCESS_KEY_ID, ...), when the unit is on S3. */
   env: z.record(z.string().max(255), z.string().max(4096)).optional(),
+  /** The unit's bandwidth limit in bytes per second, shared by the agent's jobs on this URL. */
+  bandwidth: z.number().int().min(1024).optional(),
 });
 export type StorageAccess = z.infer<typeof storageAccess>;
 

@@ -9,6 +9,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { constants } from 'node:fs';
 import { access, stat } from 'node:fs/promises';
 import { join } from 'node:path';
+import { TokenBucket } from '../core/bandwidth.ts';
 import { CofferError, throwIfAborted, toCofferError } from '../core/errors.ts';
 import { WorkerPool, type RepoPool } from '../engine/pool.ts';
 import { backup, backupReport } from '../jobs/backup.ts';
@@ -23,6 +24,7 @@ import { SNAPSHOTS_PREFIX } from '../repository/layout.ts';
 import { loadSnapshot, readSnapshots, type HostIdentity } from '../repository/snapshot.ts';
 import type { Backend } from '../storage/backend.ts';
 import { RetryBackend } from '../storage/retry.ts';
+import { ThrottledBackend } from '../storage/throttle.ts';
 import { openBackend } from '../storage/url.ts';
 import {
   isJobKind,
@@ -75,6 +77,8 @@ export class AgentRuntime {
   private idleTimer: NodeJS.Timeout | undefined;
   private closed = false;
   private readonly shared = new Map<string, { opened: Promise<{ repo: Repository; backend: Backend }>; users: number; timer: NodeJS.Timeout | undefined }>();
+  /** Bandwidth limits by storage URL, shared by all jobs (src/core/bandwidth.ts). */
+  private readonly buckets = new Map<string, TokenBucket>();
 
   constructor(options: AgentRuntimeOptions) {
     this.options = options;
@@ -362,8 +366,17 @@ export class AgentRuntime {
     return join(this.options.stateDir, 'cache');
   }
 
+  /** The storage behind `storage`, retried, and held to its unit's bandwidth limit if it has one. */
   private async backend(storage: StorageAccess): Promise<Backend> {
-    return new RetryBackend(await openBackend(storage.url, storage.env ? { env: storage.env } : {}));
+    const opened = await openBackend(storage.url, storage.env ? { env: storage.env } : {});
+    return new RetryBackend(storage.bandwidth ? new ThrottledBackend(opened, this.bucket(storage.url, storage.bandwidth)) : opened);
+  }
+
+  /** The token bucket every job of this agent shares for one storage location (a new one when its rate changed). */
+  private bucket(url: string, rate: number): TokenBucket {
+    let b = this.buckets.get(url);
+    if (!b || b.rate !== rate) this.buckets.set(url, (b = new TokenBucket(rate)));
+    return b;
   }
 
   /**

@@ -6,6 +6,7 @@
 // by its comment here; docs/server.md, "Documents", gives the decisions behind them.
 
 import { z } from 'zod';
+import { checkRate } from '../core/bandwidth.ts';
 import { isCofferError } from '../core/errors.ts';
 import { parseBackendUrl } from '../storage/url.ts';
 import { checkCalendar, checkTimezone } from './calendar.ts';
@@ -186,6 +187,12 @@ export const credentialsSchema = z.strictObject({
   sessionToken: secretRef('a session token', '').optional(),
 });
 
+/** A rate such as "50MB/s" (src/core/bandwidth.ts), kept as written. */
+const bandwidthSchema = text(z.string(), (v) => {
+  const r = checkRate(v);
+  return r.ok ? { ok: true } : { ok: false, problem: r.problem, hint: r.hint };
+}, (input) => `expected a rate such as "50MB/s", got ${describeValue(input)}`);
+
 export const storageUnitSpec = z.strictObject({
   /** Where the repository is: an absolute path, file:///path or s3://bucket/prefix?endpoint=... */
   url: storageUrl,
@@ -201,6 +208,8 @@ export const storageUnitSpec = z.strictObject({
   priority: integer(-100, 100).optional(),
   /** S3 only: where the server reads the access key (default: the AWS SDK's usual sources). */
   credentialsFrom: credentialsSchema.optional(),
+  /** Bytes per second written to and read from this unit by each agent, all its jobs together, e.g. "50MB/s" (default: no limit). */
+  bandwidth: bandwidthSchema.optional(),
 }).superRefine((spec, ctx) => {
   if (spec.credentialsFrom !== undefined && !/^s3:/i.test(spec.url)) {
     ctx.addIssue({ code: 'custom', path: ['credentialsFrom'], message: issueMessage('applies to s3:// storage units only', 'Leave it out for a path or file:// URL.') });
