@@ -26,7 +26,9 @@
 // A job counts against every storage unit it uses (unitsOfJob()): its storage_unit, and for a
 // copy between units (a duplicate) the unit it reads (`spec.from`) and each one it writes
 // (`spec.to`, `spec.targets[].to`). A copy between units runs on the server's side, not on the
-// client: it does not count against the client's maxStreams (COPY_KINDS).
+// client: it does not count against the client's maxStreams (COPY_KINDS). Two copies never write
+// one unit at once, whatever its maxJobs: each would send the blobs the other is sending (a clone
+// sends what the target's index lacks when it starts), so they take turns per target unit.
 
 import { sql } from 'kysely';
 import type { Kysely, Selectable } from 'kysely';
@@ -65,6 +67,16 @@ export function unitsOfJob(storageUnit: string | null | undefined, spec: Record<
     if (typeof v === 'string' && v !== '') units.add(v);
   };
   add(spec?.from);
+  for (const u of unitsWrittenBy(spec)) units.add(u);
+  return [...units];
+}
+
+/** The units a copy writes: its spec's `to` and `targets[].to`. */
+export function unitsWrittenBy(spec: Record<string, unknown> | undefined): string[] {
+  const units = new Set<string>();
+  const add = (v: unknown) => {
+    if (typeof v === 'string' && v !== '') units.add(v);
+  };
   add(spec?.to);
   if (Array.isArray(spec?.targets)) for (const t of spec.targets) add((t as { to?: unknown } | null)?.to);
   return [...units];
@@ -391,8 +403,12 @@ export function jobsModule(scope: Scope): Jobs {
       if (options.global !== undefined && running.length >= options.global) return undefined;
       const perUnit = new Map<string, number>();
       const perClient = new Map<string, number>();
+      /** Units a running copy writes: no other copy writes them until it ends. */
+      const copying = new Set<string>();
       for (const r of running) {
-        for (const u of unitsOfJob(r.storage_unit, fromJson<Record<string, unknown>>(r.spec))) perUnit.set(u, (perUnit.get(u) ?? 0) + 1);
+        const spec = fromJson<Record<string, unknown>>(r.spec);
+        for (const u of unitsOfJob(r.storage_unit, spec)) perUnit.set(u, (perUnit.get(u) ?? 0) + 1);
+        if (COPY_KINDS.has(r.kind)) for (const u of unitsWrittenBy(spec)) copying.add(u);
         if (r.client !== null && !COPY_KINDS.has(r.kind)) perClient.set(r.client, (perClient.get(r.client) ?? 0) + 1);
       }
       // The limits of the units a copy reads or writes besides its own (looked up once, when needed).
@@ -420,8 +436,10 @@ export function jobsModule(scope: Scope): Jobs {
         const batch = await q.orderBy('j.priority', 'desc').orderBy('j.queued').orderBy('j.id').limit(CLAIM_BATCH).execute();
         for (const c of batch) {
           if (c.storage_unit !== null && c.max_jobs !== null && (perUnit.get(c.storage_unit) ?? 0) >= c.max_jobs) continue;
+          const spec = fromJson<Record<string, unknown>>(c.spec);
+          if (COPY_KINDS.has(c.kind) && unitsWrittenBy(spec).some((u) => copying.has(u))) continue;
           let unitFull = false;
-          for (const u of unitsOfJob(null, fromJson<Record<string, unknown>>(c.spec))) {
+          for (const u of unitsOfJob(null, spec)) {
             if (u === c.storage_unit) continue;
             const limit = await limitOf(u);
             if (limit !== null && (perUnit.get(u) ?? 0) >= limit) unitFull = true;
