@@ -176,4 +176,34 @@ describe('cloning within a deduplication domain', () => {
     await checked(dst.repo);
     await restoresAs(dst.repo, r[0]!.snapshots[0]!.targetId, srcDir, join(dir, 'out'));
   });
+
+  it('walks a snapshot against the copy of its parent the target holds: shared directories are skipped, and only then', async (t) => {
+    const dir = await tempDir(t);
+    const srcDir = join(dir, 'src');
+    for (const sub of ['a', 'b', 'c']) await writeSet(join(srcDir, sub), sub.charCodeAt(0), 3, 100_000);
+    const src = await repo(t);
+    const dst = await repo(t, { master: src.repo.masterKeyForDomain });
+    const bare = await repo(t, { master: src.repo.masterKeyForDomain });
+    const b1 = await backup(src.repo, src.pool, [srcDir]);
+    await writeFile(join(srcDir, 'b', 'f1.bin'), randomBytes(999, 100_000));
+    const b2 = await backup(src.repo, src.pool, [srcDir]);
+    assert.equal((await loadSnapshot(src.repo, b2.snapshotId!)).parent, b1.snapshotId);
+    const all = new Set<string>();
+    await walkTree(src.repo, (await loadSnapshot(src.repo, b2.snapshotId!)).tree, { node: (_p, n) => {
+      if (n.subtree) all.add('tree' + n.subtree);
+      for (const c of n.content ?? []) all.add('data' + c);
+    } });
+    const target = (x: TestRepo) => [{ repo: x.repo, pool: x.pool }];
+    await cloneToTargets(src.repo, target(dst), [b1.snapshotId!], { sourcePool: src.pool });
+    const [r] = await cloneToTargets(src.repo, target(dst), [b2.snapshotId!], { sourcePool: src.pool });
+    // a/ and c/ are the parent's: neither walked nor looked up; b/ changed.
+    assert.ok(r!.totals.blobsExamined < all.size / 2, `${r!.totals.blobsExamined} of ${all.size + 1} blobs examined`);
+    assert.ok(r!.totals.blobsSent >= 1);
+    await checked(dst.repo);
+    await restoresAs(dst.repo, r!.snapshots[0]!.targetId, srcDir, join(dir, 'out'));
+    // A target without a copy of the parent is walked whole (the root tree counts too).
+    const [whole] = await cloneToTargets(src.repo, target(bare), [b2.snapshotId!], { sourcePool: src.pool });
+    assert.equal(whole!.totals.blobsExamined, all.size + 1);
+    await checked(bare.repo);
+  });
 });

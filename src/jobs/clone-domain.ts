@@ -6,6 +6,9 @@
 // 1. Walk: the snapshot's trees are loaded (a bounded number at a time, so that a wide tree does
 //    not put every directory in flight at once) and every blob it references, trees included, is
 //    listed once with the path that first needs it. Trees keep their ids: nothing is rewritten.
+//    When every target holds a committed copy of the snapshot's parent, directories the snapshot
+//    shares with it (the same subtree id) are skipped: everything below them is in the targets.
+//    A clone of the next image of a chain therefore costs what changed, not the whole tree.
 // 2. Send: each target's index says which of those blobs it lacks. The missing blobs are grouped
 //    by the source pack that holds them, and for each pack and target:
 //    - when the target lacks EVERY blob of the pack (the usual case: a backup's new packs hold
@@ -63,7 +66,7 @@ export interface DomainCloneOptions extends CallOptions {
   uploadConcurrency?: number;
   /** Source packs (whole, or one readBlobs() call of single blobs) read at once (default 4). */
   readConcurrency?: number;
-  /** Trees loaded at once during the walk (default 32). */
+  /** Trees loaded together during the walk (default 256). */
   treeConcurrency?: number;
   /** Called after each pack is uploaded to a target (progress, crash tests). */
   onPackUploaded?: (target: number, packId: string, size: number) => void;
@@ -86,6 +89,8 @@ interface TargetRun {
   /** Pack names (hex) the target lists or a pending prune of it condemned: never copied whole. */
   packs: Set<string>;
   existing: Map<string, string>;
+  /** Root trees of the snapshots committed in the target: everything below them is there. */
+  roots: Set<string>;
   /** Source snapshot id → its copy's id in this target (this call). */
   cloned: Map<string, string>;
   result: CloneResult;
@@ -122,12 +127,16 @@ export async function cloneInDomain(source: Repository, targets: readonly Domain
       const packs = new Set(condemned);
       for (const p of t.repo.index.packs()) packs.add(toHex(p.packId));
       const existing = new Map<string, string>();
-      for (const s of (await readSnapshots(t.repo, { signal })).snapshots) existing.set(sameness(s.snapshot), s.id);
+      const roots = new Set<string>();
+      for (const s of (await readSnapshots(t.repo, { signal })).snapshots) {
+        existing.set(sameness(s.snapshot), s.id);
+        roots.add(s.snapshot.tree);
+      }
       const saver = new BlobSaver(t.repo, t.pool, {
         signal, session: sessions[i]!, condemned, indexEvery: options.indexEvery ?? 4, uploadConcurrency: options.uploadConcurrency,
         onPackUploaded: options.onPackUploaded ? (id, size) => options.onPackUploaded!(i, id, size) : undefined,
       });
-      runs.push({ repo: t.repo, session: sessions[i]!, condemned, saver, packs, existing, cloned: new Map(), result: { snapshots: [], totals: zero(), sameKeys: true, packs: 0, indexFiles: 0, sourceDamage: [] } });
+      runs.push({ repo: t.repo, session: sessions[i]!, condemned, saver, packs, existing, roots, cloned: new Map(), result: { snapshots: [], totals: zero(), sameKeys: true, packs: 0, indexFiles: 0, sourceDamage: [] } });
     }
     const snaps: Array<{ id: string; snapshot: Snapshot }> = [];
     for (const id of new Set(snapshotIds)) {
@@ -141,10 +150,15 @@ export async function cloneInDomain(source: Repository, targets: readonly Domain
     // Oldest first, so that a parent cloned in the same call is known when its child is written.
     snaps.sort((a, b) => a.snapshot.time.localeCompare(b.snapshot.time) || a.id.localeCompare(b.id));
     const ctx: SendContext = { source, sourceCondemned, failures, options, signal: readSignal };
+    const byId = new Map(snaps.map((x) => [x.id, x.snapshot]));
     for (const { id, snapshot } of snaps) {
-      const blobs = await walk(source, id, snapshot.tree, sourceCondemned, failures, readSignal, options);
+      const reference = await referenceTree(source, snapshot, byId, runs, readSignal);
+      const blobs = await walk(source, id, snapshot.tree, reference, sourceCondemned, failures, readSignal, options);
       const counts = await send(ctx, id, blobs, runs);
-      for (const [i, run] of runs.entries()) await commit(run, id, snapshot, counts[i]!, signal);
+      for (const [i, run] of runs.entries()) {
+        await commit(run, id, snapshot, counts[i]!, signal);
+        run.roots.add(snapshot.tree);
+      }
     }
     for (const run of runs) {
       run.result.packs = run.saver.stats.packs;
@@ -165,10 +179,33 @@ export async function cloneInDomain(source: Repository, targets: readonly Domain
 }
 
 /**
- * Phase 1: every blob of the snapshot, trees included, once, with the first path that needs it.
- * At most `treeConcurrency` trees are being loaded at a time.
+ * A tree of the source that every target holds whole, to walk the snapshot against: the root of
+ * its parent snapshot, when each target has a committed snapshot with that root (a committed
+ * snapshot's blobs are all stored, and the targets' sessions keep a prune from taking them) and
+ * no damage on record. Directories the snapshot shares with it need no walking at all: an
+ * incremental chain cloned in order costs the changed directories, not the whole tree.
  */
-async function walk(source: Repository, snapshotId: string, root: string, condemned: ReadonlySet<string>, failures: Map<string, PackDamage>, signal: AbortSignal, options: DomainCloneOptions): Promise<Map<string, Needed>> {
+async function referenceTree(source: Repository, snapshot: Snapshot, inCall: ReadonlyMap<string, Snapshot>, runs: readonly TargetRun[], signal: AbortSignal): Promise<string | undefined> {
+  if (snapshot.parent === undefined) return undefined;
+  let parent = inCall.get(snapshot.parent);
+  if (!parent) {
+    try {
+      parent = await loadSnapshot(source, snapshot.parent, { signal });
+    } catch (e) {
+      if (isCofferError(e, 'CANCELLED')) throw e;
+      return undefined; // forgotten in the source, or unreadable: walk everything
+    }
+  }
+  const root = parent.tree;
+  return runs.every((r) => r.roots.has(root) && r.repo.damage.size === 0) ? root : undefined;
+}
+
+/**
+ * Phase 1: every blob of the snapshot, trees included, once, with the first path that needs it,
+ * except below directories it shares with `reference` (see referenceTree()). At most
+ * `treeConcurrency` trees are loaded together.
+ */
+async function walk(source: Repository, snapshotId: string, root: string, reference: string | undefined, condemned: ReadonlySet<string>, failures: Map<string, PackDamage>, signal: AbortSignal, options: DomainCloneOptions): Promise<Map<string, Needed>> {
   const loader = new TreeLoader(source, { decoder: options.sourcePool, signal, condemned, onReadError: (_id, hit, e) => noteReadFailure(failures, condemned, hit, e) });
   const blobs = new Map<string, Needed>();
   const note = (type: BlobType, hex: string, path: string): boolean => {
@@ -181,44 +218,36 @@ async function walk(source: Repository, snapshotId: string, root: string, condem
     return true;
   };
   note('tree', root, '/');
-  const queue: Array<{ id: string; path: string }> = [{ id: root, path: '' }];
-  const limit = Math.max(1, options.treeConcurrency ?? 32);
-  let active = 0;
-  await new Promise<void>((resolve, reject) => {
-    let failed = false;
-    const fail = (e: unknown) => {
-      if (failed) return;
-      failed = true;
-      reject(e);
-    };
-    const pump = (): void => {
-      if (failed) return;
-      if (signal.aborted) return fail(signal.reason instanceof CofferError ? signal.reason : new CofferError('CANCELLED', 'Cancelled: the clone was stopped'));
-      while (active < limit && queue.length) {
-        const { id, path } = queue.pop()!;
-        active++;
-        loader.get(id).then((tree) => {
-          active--;
-          try {
-            for (const n of tree.nodes) {
-              const p = `${path}/${n.name}`;
-              for (const c of n.content ?? []) note('data', c, p);
-              if (n.type === 'dir' && n.subtree && note('tree', n.subtree, p)) queue.push({ id: n.subtree, path: p });
-            }
-          } catch (e) {
-            return fail(e);
-          }
-          pump();
-        }, (e: unknown) => {
-          active--;
-          if (isCofferError(e, 'CORRUPT') || isCofferError(e, 'NOT_FOUND') || isCofferError(e, 'INVALID_RANGE') || isCofferError(e, 'UNSUPPORTED')) fail(damaged(snapshotId, path || '/', 'tree', id, e));
-          else fail(e);
-        });
+  // Depth first, in batches: the top `limit` directories of the stack are loaded together (one
+  // readBlobs() call, one round trip to the workers), which bounds both the trees in memory and
+  // the round trips.
+  // `ref`: the tree at the same path in the reference snapshot, whose subtrees every target holds whole.
+  const stack: Array<{ id: string; path: string; ref?: string }> = [{ id: root, path: '', ref: reference }];
+  const limit = Math.max(1, options.treeConcurrency ?? 256);
+  while (stack.length) {
+    throwIfAborted(signal);
+    const batch = stack.splice(Math.max(0, stack.length - limit));
+    const load = (id: string, path: string) => loader.get(id).catch((e: unknown) => {
+      if (isCofferError(e, 'CORRUPT') || isCofferError(e, 'NOT_FOUND') || isCofferError(e, 'INVALID_RANGE') || isCofferError(e, 'UNSUPPORTED')) throw damaged(snapshotId, path || '/', 'tree', id, e);
+      throw e;
+    });
+    // A reference tree that does not read only costs the shortcut: the walk goes on without it.
+    const trees = await Promise.all(batch.map(({ id, path, ref }) => Promise.all([load(id, path), ref === undefined ? undefined : loader.get(ref).catch(() => undefined)])));
+    trees.forEach(([tree, refTree], k) => {
+      const { path } = batch[k]!;
+      const refDirs = new Map<string, string>();
+      for (const n of refTree?.nodes ?? []) if (n.type === 'dir' && n.subtree) refDirs.set(n.name, n.subtree);
+      for (const n of tree.nodes) {
+        const p = `${path}/${n.name}`;
+        for (const c of n.content ?? []) note('data', c, p);
+        if (n.type !== 'dir' || !n.subtree) continue;
+        const ref = refDirs.get(n.name);
+        // The same directory as in the reference: every target holds all of it already.
+        if (ref === n.subtree) continue;
+        if (note('tree', n.subtree, p)) stack.push({ id: n.subtree, path: p, ref });
       }
-      if (active === 0 && queue.length === 0) resolve();
-    };
-    pump();
-  });
+    });
+  }
   return blobs;
 }
 
