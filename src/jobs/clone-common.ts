@@ -2,7 +2,7 @@
 // their keys differ; src/jobs/clone-domain.ts: repositories of one deduplication domain, packs
 // copied as they are): the counts and results they report, their options, and how they fail.
 
-import { CofferError, isCofferError } from '../core/errors.ts';
+import { CofferError } from '../core/errors.ts';
 import type { CallOptions } from '../storage/backend.ts';
 import type { BlobType } from '../engine/format.ts';
 import { toHex } from '../engine/hash.ts';

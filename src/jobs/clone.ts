@@ -43,11 +43,10 @@
 
 import { CofferError, isCofferError, throwIfAborted } from '../core/errors.ts';
 import { Limiter } from '../core/limiter.ts';
-import type { CallOptions } from '../storage/backend.ts';
 import type { BlobType } from '../engine/format.ts';
 import { chunkId, fromHex, toHex } from '../engine/hash.ts';
 import type { IndexHit } from '../repository/index/chunk-index.ts';
-import { BlobSaver, type Encoder } from '../repository/packer.ts';
+import { BlobSaver } from '../repository/packer.ts';
 import { loadCondemned } from '../repository/prune.ts';
 import type { Repository } from '../repository/repository.ts';
 import { Session, isSessionGap } from '../repository/session.ts';
