@@ -191,7 +191,10 @@ async function main(): Promise<void> {
     const seconds = (Math.max(...done.map((j) => j.ended)) - Math.min(...done.map((j) => j.started))) / 1000;
     const sent = done.reduce((n, j) => n + j.result.storedBytes, 0);
     const lacked = [...lack.values()].reduce((n, x) => n + x, 0);
-    const peak = Math.max(...done.map((j) => done.filter((k) => k.started < j.ended && k.ended > j.started).length));
+    // The most jobs running at one moment: a sweep over the starts and ends.
+    const events = done.flatMap((j) => [[j.started, 1], [j.ended, -1]] as Array<[number, number]>).sort((a, b) => a[0] - b[0] || a[1] - b[1]);
+    let peak = 0;
+    for (let n = 0, i = 0; i < events.length; i++) peak = Math.max(peak, (n += events[i]![1]));
     runs[prefix] = { seconds, sent, lacked };
     rows.push([label, `${done.length}`, `${peak}`, seconds.toFixed(1), `${mb(logical / seconds)}`, `${mb(sent / seconds)}`, mb(sent), mb(lacked), `${((sent / lacked - 1) * 100).toFixed(2)} %`, `${before} / ${load()}`]);
     say(`${label}: ${done.length} jobs in ${seconds.toFixed(1)} s (at most ${peak} at once), sent ${mb(sent)} MB, truly lacking ${mb(lacked)} MB; per job: ${done.map((j) => ((j.ended - j.started) / 1000).toFixed(1)).join(' ')} s`);
