@@ -26,6 +26,8 @@ export const storageAccess = z.strictObject({
   password: z.string().min(1).max(4096),
   /** S3 credentials (AWS_ACCESS_KEY_ID, ...), when the unit is on S3. */
   env: z.record(z.string().max(255), z.string().max(4096)).optional(),
+  /** The unit's bandwidth limit in bytes per second, shared by the agent's jobs on this URL. */
+  bandwidth: z.number().int().min(1024).optional(),
 });
 export type StorageAccess = z.infer<typeof storageAccess>;
 
@@ -97,7 +99,11 @@ export const forgetSpec = z.strictObject({
 });
 export type ForgetSpec = z.infer<typeof forgetSpec>;
 
-export const initSpec = z.strictObject({ storage: storageAccess });
+export const initSpec = z.strictObject({
+  storage: storageAccess,
+  /** The master key (base64, 32 bytes) of the deduplication domain the new repository joins; a fresh one when absent. */
+  master: z.string().regex(/^[A-Za-z0-9+/]{43}=$/, 'the base64 of 32 bytes').optional(),
+});
 export type InitSpec = z.infer<typeof initSpec>;
 
 export const probeSpec = z.strictObject({
@@ -126,11 +132,16 @@ export const findSpec = z.strictObject({
 });
 export type FindSpec = z.infer<typeof findSpec>;
 
+/**
+ * Clone snapshots from `source` to one repository (`target`, the first form) or to several at
+ * once (`targets`: each pack or blob read once for all that lack it): exactly one of the two.
+ */
 export const cloneSpec = z.strictObject({
   source: storageAccess,
-  target: storageAccess,
+  target: storageAccess.optional(),
+  targets: z.array(storageAccess).min(1).max(16).optional(),
   snapshots: z.array(z.string().regex(/^[0-9a-f]{64}$/)).min(1).max(10_000),
-});
+}).refine((s) => (s.target === undefined) !== (s.targets === undefined), { message: 'give exactly one of target and targets', path: ['targets'] });
 export type CloneSpec = z.infer<typeof cloneSpec>;
 
 /** A range of pack-id prefixes (src/repository/pack-slice.ts): [start, start + length) modulo 2^32. */

@@ -9,12 +9,13 @@ import { createHash, randomBytes } from 'node:crypto';
 import { constants } from 'node:fs';
 import { access, stat } from 'node:fs/promises';
 import { join } from 'node:path';
+import { TokenBucket } from '../core/bandwidth.ts';
 import { CofferError, throwIfAborted, toCofferError } from '../core/errors.ts';
 import { WorkerPool, type RepoPool } from '../engine/pool.ts';
 import { backup, backupReport } from '../jobs/backup.ts';
 import { findInSnapshots, listSnapshot } from '../jobs/browse.ts';
 import { backupEvents, ProgressReporter, restoreEvents, type EmitJobEvent } from '../jobs/events.ts';
-import { cloneSnapshots } from '../jobs/clone.ts';
+import { cloneToTargets } from '../jobs/clone.ts';
 import { verifyRepository } from '../jobs/verify.ts';
 import { repairPacks } from '../repository/repair.ts';
 import { describeHost, restore, type RestoreResult } from '../jobs/restore.ts';
@@ -27,6 +28,7 @@ import { SNAPSHOTS_PREFIX } from '../repository/layout.ts';
 import { loadSnapshot, readSnapshots, type HostIdentity } from '../repository/snapshot.ts';
 import type { Backend } from '../storage/backend.ts';
 import { RetryBackend } from '../storage/retry.ts';
+import { ThrottledBackend } from '../storage/throttle.ts';
 import { openBackend } from '../storage/url.ts';
 import {
   isJobKind,
@@ -84,6 +86,8 @@ export class AgentRuntime {
   private idleTimer: NodeJS.Timeout | undefined;
   private closed = false;
   private readonly shared = new Map<string, { opened: Promise<{ repo: Repository; backend: Backend }>; users: number; timer: NodeJS.Timeout | undefined }>();
+  /** Bandwidth limits by storage URL, shared by all jobs (src/core/bandwidth.ts). */
+  private readonly buckets = new Map<string, TokenBucket>();
 
   constructor(options: AgentRuntimeOptions) {
     this.options = options;
@@ -293,7 +297,7 @@ export class AgentRuntime {
   private async init(spec: InitSpec, signal: AbortSignal): Promise<Record<string, unknown>> {
     const backend = await this.backend(spec.storage);
     try {
-      const repo = await Repository.init(backend, spec.storage.password, { signal, cacheDir: this.cacheDir() });
+      const repo = await Repository.init(backend, spec.storage.password, { signal, cacheDir: this.cacheDir(), ...(spec.master ? { master: Buffer.from(spec.master, 'base64') } : {}) });
       const id = repo.config.id;
       await repo.close();
       return { repository: id };
@@ -366,28 +370,37 @@ export class AgentRuntime {
     }, (id, e) => notes.push(`index file ${id.slice(0, 12)} is unreadable (${e.message}) and was left out`));
   }
 
-  /** Copies snapshots into another repository, sending only the blobs it lacks (src/jobs/clone.ts). */
+  /**
+   * Copies snapshots into one repository or several, sending only the blobs each lacks, each read
+   * from the source once for all of them (src/jobs/clone.ts, cloneToTargets()). The result has one
+   * entry per target in `targets`; with the one-target spec, that entry's fields are also at the top.
+   */
   private async clone(spec: CloneSpec, emit: EmitJobEvent, signal: AbortSignal): Promise<Record<string, unknown>> {
-    return this.withRepo(spec.source, signal, true, (source, sourcePool) => this.withRepo(spec.target, signal, true, async (target, targetPool) => {
+    const storages = spec.targets ?? [spec.target!];
+    return this.withRepo(spec.source, signal, true, (source, sourcePool) => this.withRepos(storages, signal, async (targets) => {
       const progress = new ProgressReporter(emit);
-      const r = await cloneSnapshots(source, target, spec.snapshots, {
+      const latest = targets.map(() => ({ bytes: 0, bytesNew: 0 }));
+      const r = await cloneToTargets(source, targets, spec.snapshots, {
         signal,
         sourcePool,
-        targetPool,
-        onProgress: (p) => progress.report({ bytes: p.counts.bytesPresent + p.counts.bytesSentRaw, bytesNew: p.counts.bytesSentRaw, current: p.snapshot }),
+        onProgress: (i, p) => {
+          latest[i] = { bytes: p.counts.bytesPresent + p.counts.bytesSentRaw, bytesNew: p.counts.bytesSentRaw };
+          progress.report({ bytes: latest.reduce((n, x) => n + x.bytes, 0), bytesNew: latest.reduce((n, x) => n + x.bytesNew, 0), current: p.snapshot });
+        },
       });
-      const t = r.totals;
-      return {
-        snapshots: Object.fromEntries(r.snapshots.map((x) => [x.sourceId, x.targetId])),
-        sameKeys: r.sameKeys,
-        bytesExamined: t.bytesExamined,
-        bytesPresent: t.bytesPresent,
-        bytesSentRaw: t.bytesSentRaw,
-        bytesSent: t.bytesSent,
-        blobsSent: t.blobsSent,
-        packs: r.packs,
-        sourceDamage: r.sourceDamage,
-      };
+      const perTarget = r.map((x) => ({
+        snapshots: Object.fromEntries(x.snapshots.map((c) => [c.sourceId, c.targetId])),
+        sameKeys: x.sameKeys,
+        bytesExamined: x.totals.bytesExamined,
+        bytesPresent: x.totals.bytesPresent,
+        bytesSentRaw: x.totals.bytesSentRaw,
+        bytesSent: x.totals.bytesSent,
+        blobsSent: x.totals.blobsSent,
+        bytesRead: x.totals.bytesRead,
+        packs: x.packs,
+      }));
+      const sourceDamage = [...new Set(r.flatMap((x) => x.sourceDamage))];
+      return { ...(spec.target ? perTarget[0] : {}), targets: perTarget, sourceDamage };
     }));
   }
 
@@ -426,6 +439,13 @@ export class AgentRuntime {
     });
   }
 
+  /** Opens every repository of `storages` (with a worker pool view each) for the length of `fn`. */
+  private withRepos<T>(storages: readonly StorageAccess[], signal: AbortSignal, fn: (repos: Array<{ repo: Repository; pool: RepoPool }>) => Promise<T>): Promise<T> {
+    const open = (i: number, acc: Array<{ repo: Repository; pool: RepoPool }>): Promise<T> =>
+      i === storages.length ? fn(acc) : this.withRepo(storages[i]!, signal, true, (repo, pool) => open(i + 1, [...acc, { repo, pool }]));
+    return open(0, []);
+  }
+
   private async find(spec: FindSpec, signal: AbortSignal): Promise<Record<string, unknown>> {
     return this.withSharedRepo(spec.storage, signal, async (repo) => {
       const refs = [];
@@ -458,8 +478,17 @@ export class AgentRuntime {
     return join(this.options.stateDir, 'cache');
   }
 
+  /** The storage behind `storage`, retried, and held to its unit's bandwidth limit if it has one. */
   private async backend(storage: StorageAccess): Promise<Backend> {
-    return new RetryBackend(await openBackend(storage.url, storage.env ? { env: storage.env } : {}));
+    const opened = await openBackend(storage.url, storage.env ? { env: storage.env } : {});
+    return new RetryBackend(storage.bandwidth ? new ThrottledBackend(opened, this.bucket(storage.url, storage.bandwidth)) : opened);
+  }
+
+  /** The token bucket every job of this agent shares for one storage location (a new one when its rate changed). */
+  private bucket(url: string, rate: number): TokenBucket {
+    let b = this.buckets.get(url);
+    if (!b || b.rate !== rate) this.buckets.set(url, (b = new TokenBucket(rate)));
+    return b;
   }
 
   /**

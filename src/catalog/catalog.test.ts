@@ -662,6 +662,42 @@ for (const backend of backends) {
         assert.equal((await catalog.jobs.claimNext())?.id, u[2]);
       });
 
+      it('a copy between units counts against the unit it reads and each it writes, not against its client, and never shares a target with another copy', async (t) => {
+        const { catalog } = await setup(t, backend);
+        await basics(catalog);
+        const [b1, b2] = await catalog.jobs.enqueueMany([
+          { kind: 'backup', client: 'alpha', storageUnit: 'vault' },
+          { kind: 'backup', client: 'alpha', storageUnit: 'vault' },
+        ]);
+        assert.equal((await catalog.jobs.claimNext({ clientStreams: 1 }))?.id, b1);
+        const dup = await catalog.jobs.enqueue({ kind: 'duplicate', client: 'alpha', storageUnit: 'offsite', spec: { image: 'i', from: 'vault', targets: [{ to: 'offsite', retention: '1y' }] } });
+        // The client has its one stream busy; the copy does not run on the client.
+        assert.equal((await catalog.jobs.claimNext({ clientStreams: 1 }))?.id, dup.id);
+        // vault (maxJobs 2) is now read by the copy and written by the first backup: full.
+        assert.equal(await catalog.jobs.claimNext({ clientStreams: 5 }), undefined);
+        await catalog.jobs.finish(dup.id, { state: 'succeeded' });
+        assert.equal((await catalog.jobs.claimNext({ clientStreams: 5 }))?.id, b2);
+        // The old spec ({ from, to }) counts the same way: vault is full again, so it waits.
+        const old = await catalog.jobs.enqueue({ kind: 'duplicate', client: 'alpha', storageUnit: 'offsite', spec: { image: 'i', from: 'vault', to: 'offsite', retention: '1y' } });
+        assert.equal(await catalog.jobs.claimNext(), undefined);
+        await catalog.jobs.finish(b1!, { state: 'succeeded' });
+        assert.equal((await catalog.jobs.claimNext())?.id, old.id);
+        // Two copies never write one unit at once (offsite has no maxJobs): the second waits for the first.
+        const [c1, c2, c3] = await catalog.jobs.enqueueMany([
+          { kind: 'duplicate', client: 'alpha', storageUnit: 'offsite', spec: { image: 'j', from: 'elsewhere', targets: [{ to: 'offsite', retention: '1y' }] } },
+          { kind: 'duplicate', client: 'alpha', storageUnit: 'third', spec: { image: 'k', from: 'elsewhere', targets: [{ to: 'third', retention: '1y' }] } },
+          { kind: 'restore', client: 'alpha', storageUnit: 'offsite' },
+        ]);
+        await catalog.jobs.finish(old.id, { state: 'succeeded' });
+        assert.equal((await catalog.jobs.claimNext())?.id, c1);
+        assert.equal((await catalog.jobs.claimNext())?.id, c2, 'a copy to another unit runs alongside');
+        assert.equal((await catalog.jobs.claimNext())?.id, c3, 'other jobs on the unit are not held back');
+        const c4 = await catalog.jobs.enqueue({ kind: 'duplicate', client: 'alpha', storageUnit: 'offsite', spec: { image: 'l', from: 'elsewhere', to: 'offsite', retention: '1y' } });
+        assert.equal(await catalog.jobs.claimNext(), undefined);
+        await catalog.jobs.finish(c1!, { state: 'succeeded' });
+        assert.equal((await catalog.jobs.claimNext())?.id, c4.id);
+      });
+
       it('two claimers racing for one job: exactly one starts it', async (t) => {
         const { catalog, reopen } = await setup(t, backend);
         // PostgreSQL: a second catalog (its own pool) is a second server. SQLite allows one

@@ -22,6 +22,13 @@
 // keep two claims off the same row, not two claims off the same storage unit's last free
 // place.) The UPDATE that claims also requires state = 'queued', so a job cancelled meanwhile is
 // never started.
+//
+// A job counts against every storage unit it uses (unitsOfJob()): its storage_unit, and for a
+// copy between units (a duplicate) the unit it reads (`spec.from`) and each one it writes
+// (`spec.to`, `spec.targets[].to`). A copy between units runs on the server's side, not on the
+// client: it does not count against the client's maxStreams (COPY_KINDS). Two copies never write
+// one unit at once, whatever its maxJobs: each would send the blobs the other is sending (a clone
+// sends what the target's index lacks when it starts), so they take turns per target unit.
 
 import { sql } from 'kysely';
 import type { Kysely, Selectable } from 'kysely';
@@ -46,6 +53,34 @@ const CLAIM_LOCK = 0x436f6666; // "Coff"
 /** Queued jobs read at a time while looking for one the limits allow. */
 const CLAIM_BATCH = 100;
 const BATCH = 1000;
+/** Kinds of job that copy between storage units on the server's side: not limited per client. */
+export const COPY_KINDS: ReadonlySet<string> = new Set(['duplicate']);
+
+/**
+ * The storage units a job uses: its storage_unit, and the units its spec names as `from`, `to`
+ * and `targets[].to` (a copy reads one unit and writes others). Each counts against its maxJobs.
+ */
+export function unitsOfJob(storageUnit: string | null | undefined, spec: Record<string, unknown> | undefined): string[] {
+  const units = new Set<string>();
+  if (storageUnit) units.add(storageUnit);
+  const add = (v: unknown) => {
+    if (typeof v === 'string' && v !== '') units.add(v);
+  };
+  add(spec?.from);
+  for (const u of unitsWrittenBy(spec)) units.add(u);
+  return [...units];
+}
+
+/** The units a copy writes: its spec's `to` and `targets[].to`. */
+export function unitsWrittenBy(spec: Record<string, unknown> | undefined): string[] {
+  const units = new Set<string>();
+  const add = (v: unknown) => {
+    if (typeof v === 'string' && v !== '') units.add(v);
+  };
+  add(spec?.to);
+  if (Array.isArray(spec?.targets)) for (const t of spec.targets) add((t as { to?: unknown } | null)?.to);
+  return [...units];
+}
 
 /** What a job reports at its end; a backup's carries at least the byte counts and dedup ratio. */
 export interface JobResult {
@@ -364,20 +399,30 @@ export function jobsModule(scope: Scope): Jobs {
     claimNext: (options = {}) => guard(scope, 'claim a job', () => inTransaction(scope, async (trx) => {
       if (scope.dialect === 'postgres') await sql`select pg_advisory_xact_lock(${CLAIM_LOCK})`.execute(trx);
       const now = scope.now();
-      const running = await trx.selectFrom('jobs').select(['client', 'storage_unit']).where('state', '=', 'running').execute();
+      const running = await trx.selectFrom('jobs').select(['kind', 'client', 'storage_unit', 'spec']).where('state', '=', 'running').execute();
       if (options.global !== undefined && running.length >= options.global) return undefined;
       const perUnit = new Map<string, number>();
       const perClient = new Map<string, number>();
+      /** Units a running copy writes: no other copy writes them until it ends. */
+      const copying = new Set<string>();
       for (const r of running) {
-        if (r.storage_unit !== null) perUnit.set(r.storage_unit, (perUnit.get(r.storage_unit) ?? 0) + 1);
-        if (r.client !== null) perClient.set(r.client, (perClient.get(r.client) ?? 0) + 1);
+        const spec = fromJson<Record<string, unknown>>(r.spec);
+        for (const u of unitsOfJob(r.storage_unit, spec)) perUnit.set(u, (perUnit.get(u) ?? 0) + 1);
+        if (COPY_KINDS.has(r.kind)) for (const u of unitsWrittenBy(spec)) copying.add(u);
+        if (r.client !== null && !COPY_KINDS.has(r.kind)) perClient.set(r.client, (perClient.get(r.client) ?? 0) + 1);
       }
+      // The limits of the units a copy reads or writes besides its own (looked up once, when needed).
+      let unitLimits: Map<string, number | null> | undefined;
+      const limitOf = async (unit: string): Promise<number | null> => {
+        unitLimits ??= new Map((await trx.selectFrom('storage_units').select(['name', 'max_jobs']).execute()).map((u) => [u.name, u.max_jobs]));
+        return unitLimits.get(unit) ?? null;
+      };
       let after: { priority: number; queued: number; id: string } | undefined;
       for (;;) {
         let q = trx.selectFrom('jobs as j')
           .leftJoin('storage_units as su', 'su.name', 'j.storage_unit')
           .leftJoin('clients as c', 'c.name', 'j.client')
-          .select(['j.id', 'j.priority', 'j.queued', 'j.client', 'j.storage_unit', 'su.max_jobs', 'c.max_streams'])
+          .select(['j.id', 'j.kind', 'j.priority', 'j.queued', 'j.client', 'j.storage_unit', 'j.spec', 'su.max_jobs', 'c.max_streams'])
           .where('j.state', '=', 'queued')
           .where((eb) => eb.or([eb('j.not_before', 'is', null), eb('j.not_before', '<=', now)]));
         if (options.kinds !== undefined) q = q.where('j.kind', 'in', options.kinds.length ? options.kinds : ['']);
@@ -391,8 +436,17 @@ export function jobsModule(scope: Scope): Jobs {
         const batch = await q.orderBy('j.priority', 'desc').orderBy('j.queued').orderBy('j.id').limit(CLAIM_BATCH).execute();
         for (const c of batch) {
           if (c.storage_unit !== null && c.max_jobs !== null && (perUnit.get(c.storage_unit) ?? 0) >= c.max_jobs) continue;
+          const spec = fromJson<Record<string, unknown>>(c.spec);
+          if (COPY_KINDS.has(c.kind) && unitsWrittenBy(spec).some((u) => copying.has(u))) continue;
+          let unitFull = false;
+          for (const u of unitsOfJob(null, spec)) {
+            if (u === c.storage_unit) continue;
+            const limit = await limitOf(u);
+            if (limit !== null && (perUnit.get(u) ?? 0) >= limit) unitFull = true;
+          }
+          if (unitFull) continue;
           const clientLimit = c.max_streams ?? options.clientStreams;
-          if (c.client !== null && clientLimit !== undefined && (perClient.get(c.client) ?? 0) >= clientLimit) continue;
+          if (c.client !== null && !COPY_KINDS.has(c.kind) && clientLimit !== undefined && (perClient.get(c.client) ?? 0) >= clientLimit) continue;
           const claimed = await trx.updateTable('jobs')
             .set({ state: 'running', started: now, updated: now, ended: null, progress: null, claimed_by: options.by ?? null })
             .where('id', '=', c.id).where('state', '=', 'queued')

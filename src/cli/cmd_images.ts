@@ -126,13 +126,14 @@ export function register(program: Command): void {
 
   serverOption(program
     .command('clone')
-    .description('clone the images a query finds to a storage unit: only the chunks it lacks are sent (duplicate jobs on the server)')
+    .description('clone the images a query finds to one or more storage units: only the chunks each lacks are sent, all from one read (one duplicate job per image on the server)')
     .requiredOption('--where <query>', 'which images: words key=value, e.g. "client=db1 level=full since=7d" (client, policy, level, since, until)')
-    .requiredOption('--to <unit>', 'the storage unit to clone to')
-    .option('--retention <duration>', 'how long the new copies stay (default: as the image\'s lifecycle says for that unit)')
+    .requiredOption('--to <units>', 'the storage unit(s) to clone to: repeat --to, or list them as A,B', (v: string, prev: string[] = []) => [...prev, ...v.split(',')])
+    .option('--copies <n>', 'new copies per image, in the first N listed units that lack one (default: every unit listed)')
+    .option('--retention <duration>', 'how long the new copies stay (default: as the image\'s lifecycle says for each unit)')
     .option('--limit <n>', 'at most this many images, newest first (default 1000)')
     .option('--dry-run', 'list the images that would be cloned, queue nothing'))
-    .action(async (o: { where: string; to: string; retention?: string; limit?: string; dryRun?: boolean }, cmd: Command) => {
+    .action(async (o: { where: string; to: string[]; copies?: string; retention?: string; limit?: string; dryRun?: boolean }, cmd: Command) => {
       const where: Record<string, unknown> = {};
       for (const word of o.where.trim().split(/\s+/).filter(Boolean)) {
         const m = /^([a-z]+)=(.+)$/.exec(word);
@@ -142,15 +143,19 @@ export function register(program: Command): void {
         else if (key === 'since' || key === 'until') where[key] = sinceOption(value, `--where ${key}`);
         else throw new CofferError('USAGE', `Cannot filter on ${JSON.stringify(key)} in --where`, { hint: 'Use client, policy, level, since or until.' });
       }
+      const to = o.to.map((u) => u.trim());
+      if (to.some((u) => u === '')) throw new CofferError('USAGE', `Cannot read --to ${JSON.stringify(o.to.join(','))}: a storage unit name is empty`, { hint: 'Write --to offsite --to archive, or --to offsite,archive.' });
+      const copies = o.copies === undefined ? undefined : parseIntOption('--copies', o.copies, 1, 16);
       const limit = o.limit === undefined ? undefined : parseIntOption('--limit', o.limit, 1, 10_000);
-      const r = await apiFor(cmd).request<{ to: string; dryRun: boolean; images: Array<{ image: string; from: string; retention: string }>; skipped: Array<{ image: string; reason: string }>; jobs: Job[] }>('POST', '/api/v1/clones', {
-        body: { where, to: o.to, ...(o.retention ? { retention: o.retention } : {}), ...(limit ? { limit } : {}), dryRun: !!o.dryRun },
+      const r = await apiFor(cmd).request<{ to: string[]; copies: number; dryRun: boolean; images: Array<{ image: string; from: string; targets: Array<{ to: string; retention: string }> }>; skipped: Array<{ image: string; reason: string }>; jobs: Job[] }>('POST', '/api/v1/clones', {
+        body: { where, to, ...(copies ? { copies } : {}), ...(o.retention ? { retention: o.retention } : {}), ...(limit ? { limit } : {}), dryRun: !!o.dryRun },
       });
       const out = output(cmd);
-      out.summary({ to: r.to, dryRun: r.dryRun, images: r.images.length, skipped: r.skipped.length, jobs: r.jobs.map((j) => j.id) }, () => [
-        table(['IMAGE', 'FROM', 'RETENTION'], r.images.map((i) => [i.image, i.from, i.retention])),
+      const units = r.to.join(', ');
+      out.summary({ to: r.to, copies: r.copies, dryRun: r.dryRun, images: r.images.length, skipped: r.skipped.length, jobs: r.jobs.map((j) => j.id) }, () => [
+        table(['IMAGE', 'FROM', 'TO', 'RETENTION'], r.images.map((i) => [i.image, i.from, i.targets.map((t) => t.to).join(','), i.targets.map((t) => t.retention).join(',')])),
         ...r.skipped.map((x) => `skipped ${x.image}: ${x.reason}`),
-        r.dryRun ? `${r.images.length} image(s) would be cloned to ${r.to}` : `${r.jobs.length} duplicate job(s) queued to ${r.to}; follow them with \`coffer jobs --kind duplicate\``,
+        r.dryRun ? `${r.images.length} image(s) would be cloned to ${units}` : `${r.jobs.length} duplicate job(s) queued to ${units}; follow them with \`coffer jobs --kind duplicate\``,
       ]);
     });
 

@@ -386,7 +386,7 @@ export const COMMAND_OUTPUT: Record<string, CommandOutput> = {
   'jobs wait': { events: JOB_LINES, summary: jobsSummary },
   'jobs retry': { events: JOB_LINES, summary: jobsSummary },
   images: { events: ['image'], summary: summary({ images: count }) },
-  clone: { events: [], summary: summary({ to: z.string(), dryRun: z.boolean(), images: count, skipped: count, jobs: z.array(z.string()) }) },
+  clone: { events: [], summary: summary({ to: z.array(z.string()), copies: count, dryRun: z.boolean(), images: count, skipped: count, jobs: z.array(z.string()) }) },
   hold: { events: [], summary: summary({ image: z.string(), reason: z.string(), copies: count }) },
   release: { events: [], summary: summary({ image: z.string(), copies: count }) },
   history: { events: ['revision'], summary: summary({ kind: z.string(), name: z.string(), revisions: count }) },

@@ -2,19 +2,20 @@
 // the engine of the lifecycles' `duplicate` and `stage` copies (issue 10).
 //
 // Two cases, decided by the repositories' chunk-id keys:
-// - Same key (one deduplication domain, InitOptions.master): a blob has the same id in both, so
-//   the target's index answers "present?" per id before anything is read from the source; trees
-//   keep their ids (they are re-encoded, which gives the same bytes). Only missing blobs and the
-//   trees are read from the source.
-// - Different keys: every blob's id is recomputed under the target's key from its plaintext (data
-//   blobs keep the source's chunk boundaries), and trees are rewritten bottom-up with the new ids.
-//   The new id of a blob is only known once its plaintext is, so EVERY data blob of the snapshot
-//   is read and decoded from the source (within one call each once); only those the target lacks
-//   under their new id are encoded and sent. Bytes read from the source are therefore the whole
-//   snapshot, bytes sent only what is missing.
-// Either way each blob is verified as it is read from the source (MAC and chunk id under the
-// source's key, readBlobs()), re-encrypted under the target's keys, and checked again by the
-// target's packer before upload (BlobSaver).
+// - Same key (one deduplication domain, InitOptions.master): src/jobs/clone-domain.ts. Blobs keep
+//   their ids, the target's index answers "present?" per id before anything is read, and packs
+//   the target lacks whole are copied as they are (no decrypting, re-compressing or re-encrypting).
+// - Different keys (here): every blob's id is recomputed under the target's key from its
+//   plaintext (data blobs keep the source's chunk boundaries), and trees are rewritten bottom-up
+//   with the new ids. The new id of a blob is only known once its plaintext is, so EVERY data blob
+//   of the snapshot is read and decoded from the source (within one call each once); only those
+//   the target lacks under their new id are encoded and sent. Bytes read from the source are
+//   therefore the whole snapshot, bytes sent only what is missing. At most DIRS_IN_FLIGHT
+//   directories are being loaded and read at a time, so that memory stays bounded however wide
+//   the tree.
+// Each blob is verified as it is read from the source (MAC and chunk id under the source's key,
+// readBlobs()), re-encrypted under the target's keys, and checked again by the target's packer
+// before upload (BlobSaver).
 //
 // Writes happen under a session of the target ('copy'), exactly as a backup's do: the condemned
 // packs of a pending prune are not deduplicated against, index files and the snapshot are
@@ -36,13 +37,16 @@
 // The snapshot JSON is copied as it is, except `tree` (different keys) and `parent`, which names
 // a source snapshot: it becomes the target's copy of the parent when that was cloned in the same
 // call, and is dropped otherwise.
+//
+// cloneToTargets() clones to several targets: those of the source's domain together, from one
+// read (clone-domain.ts), the others one after another.
 
 import { CofferError, isCofferError, throwIfAborted } from '../core/errors.ts';
-import type { CallOptions } from '../storage/backend.ts';
+import { Limiter } from '../core/limiter.ts';
 import type { BlobType } from '../engine/format.ts';
 import { chunkId, fromHex, toHex } from '../engine/hash.ts';
 import type { IndexHit } from '../repository/index/chunk-index.ts';
-import { BlobSaver, type Encoder } from '../repository/packer.ts';
+import { BlobSaver } from '../repository/packer.ts';
 import { loadCondemned } from '../repository/prune.ts';
 import type { Repository } from '../repository/repository.ts';
 import { Session, isSessionGap } from '../repository/session.ts';
@@ -50,105 +54,15 @@ import { loadSnapshot, readSnapshots, saveSnapshot, type Snapshot } from '../rep
 import { encodeTree, type Tree, type TreeNode } from '../repository/tree.ts';
 import { snapshotName } from '../repository/layout.ts';
 import type { PackDamage } from '../repository/damage.ts';
-import { readBlobs, type BlobDecoder, type BlobResult } from './read-blobs.ts';
+import { readBlobs, type BlobResult } from './read-blobs.ts';
 import { TreeLoader } from './tree-loader.ts';
+import { addCounts, closeAfterFailure, damaged, noteReadFailure, recordSourceDamage, sameness, zero, type CloneCounts, type CloneOptions, type CloneProgress, type CloneResult } from './clone-common.ts';
+import { cloneInDomain, type DomainTarget } from './clone-domain.ts';
 
-export interface CloneCounts {
-  /** Distinct blobs (trees and data) the snapshot references, and their raw bytes. */
-  blobsExamined: number;
-  bytesExamined: number;
-  /** Of those, already in the target (or sent earlier in this call): raw bytes. */
-  blobsPresent: number;
-  bytesPresent: number;
-  /** Sent to the target: raw bytes, and bytes as stored (compressed and encrypted). */
-  blobsSent: number;
-  bytesSentRaw: number;
-  bytesSent: number;
-  /** Blobs read (and verified) from the source, and their bytes as stored there. */
-  blobsRead: number;
-  bytesRead: number;
-}
+export type { CloneCounts, ClonedSnapshot, CloneOptions, CloneProgress, CloneResult } from './clone-common.ts';
 
-export interface ClonedSnapshot {
-  /** The snapshot's id in the source. */
-  sourceId: string;
-  /** Its id in the target. */
-  targetId: string;
-  /** True when the target already held a copy: nothing was written for it. */
-  existed: boolean;
-  counts: CloneCounts;
-}
-
-export interface CloneResult {
-  /** Per snapshot, in the order cloned (oldest first). */
-  snapshots: ClonedSnapshot[];
-  totals: CloneCounts;
-  /** True when both repositories share the chunk-id key (ids kept, trees copied as they are). */
-  sameKeys: boolean;
-  packs: number;
-  indexFiles: number;
-  /** Packs of the source in which a copy failed to read (another copy served): recorded as damage there. */
-  sourceDamage: string[];
-}
-
-export interface CloneProgress {
-  snapshot: string;
-  counts: CloneCounts;
-}
-
-export interface CloneOptions extends CallOptions {
-  /** Decodes (and verifies) blobs of the source: WorkerPool.context() of the source. */
-  sourcePool: BlobDecoder;
-  /** Encodes blobs for the target: WorkerPool.context() of the target. */
-  targetPool: Encoder;
-  onProgress?: (p: CloneProgress) => void;
-  /** Write an index file after this many uploaded packs (default 4): a kill loses at most those. */
-  indexEvery?: number;
-  /** Pack uploads in flight (default 2). */
-  uploadConcurrency?: number;
-  /** Reads of source data in flight, each one readBlobs() call (default 4). */
-  readConcurrency?: number;
-  /** Called after each pack is uploaded to the target (progress, crash tests). */
-  onPackUploaded?: (packId: string, size: number) => void;
-}
-
-const zero = (): CloneCounts => ({ blobsExamined: 0, bytesExamined: 0, blobsPresent: 0, bytesPresent: 0, blobsSent: 0, bytesSentRaw: 0, bytesSent: 0, blobsRead: 0, bytesRead: 0 });
-
-function addCounts(a: CloneCounts, b: CloneCounts): void {
-  for (const k of Object.keys(a) as Array<keyof CloneCounts>) a[k] += b[k];
-}
-
-/** The snapshot as it is compared with the target's: `parent` names a snapshot of another repository. */
-const sameness = (s: Snapshot): string => JSON.stringify({ ...s, parent: undefined });
-
-/** A counting semaphore: bounds the source reads in flight. */
-class Limiter {
-  private active = 0;
-  private readonly waiting: Array<() => void> = [];
-  private readonly limit: number;
-  constructor(limit: number) {
-    this.limit = limit;
-  }
-  async run<T>(f: () => Promise<T>): Promise<T> {
-    while (this.active >= this.limit) await new Promise<void>((r) => this.waiting.push(r));
-    this.active++;
-    try {
-      return await f();
-    } finally {
-      this.active--;
-      this.waiting.shift()?.();
-    }
-  }
-}
-
-function damaged(snapshotId: string, path: string, type: BlobType, id: string, cause: unknown): CofferError {
-  const why = (cause as Error)?.message ?? String(cause);
-  return new CofferError('CORRUPT', `Cannot clone snapshot ${snapshotId.slice(0, 12)}: ${path} needs ${type} blob ${id}, and no copy of it in the source reads (${why})`, {
-    hint: 'Nothing was committed in the target. Clone from another copy of this snapshot, or run `coffer repo check --read-data` on the source.',
-    details: { snapshot: snapshotId, path, type, blob: id },
-    cause,
-  });
-}
+/** Directories of the source being loaded and read at once (different keys). */
+const DIRS_IN_FLIGHT = 64;
 
 /** The state of one snapshot's clone: what it has counted and the blobs it has seen. */
 interface SnapshotRun {
@@ -174,10 +88,11 @@ const READ_BATCH = 16 << 20;
 
 /** One call of cloneSnapshots(): the repositories, the saver, and what the call has learnt. */
 class CloneRun {
-  readonly sameKeys: boolean;
-  /** Different keys: target id (binary string) by source id (binary string), or its pending read. */
+  /** Target id (binary string) by source id (binary string), or its pending read. */
   private readonly newIds = new Map<string, string | Promise<string>>();
   private readonly limiter: Limiter;
+  /** Directories being loaded and read (not those waiting for their subdirectories). */
+  private readonly dirs: Limiter;
   private readonly loader: TreeLoader;
   private batch: ReadRequest[] = [];
   private batchBytes = 0;
@@ -199,37 +114,38 @@ class CloneRun {
     this.saver = saver;
     this.sourceCondemned = sourceCondemned;
     this.options = options;
-    this.sameKeys = source.keys.chunkIdKey.equals(target.keys.chunkIdKey);
     this.signal = options.signal ? AbortSignal.any([options.signal, this.readAbort.signal]) : this.readAbort.signal;
     this.limiter = new Limiter(Math.max(1, options.readConcurrency ?? 4));
+    this.dirs = new Limiter(DIRS_IN_FLIGHT);
     this.loader = new TreeLoader(source, { decoder: options.sourcePool, signal: this.signal, condemned: sourceCondemned, onReadError: (_id, hit, e) => this.noteReadFailure(hit, e) });
   }
 
-  /** Copies the tree `id` and everything below it; returns its id in the target (hex). */
   /** After a failure: no more reading (the saver is left to the caller, which salvages it). */
   stop(reason: unknown): void {
     this.readAbort.abort(reason);
   }
 
+  /** Copies the tree `id` and everything below it; returns its id in the target (hex). */
   async copyTree(snap: SnapshotRun, id: string, path: string): Promise<string> {
     throwIfAborted(this.signal);
-    let tree: Tree;
-    try {
-      tree = await this.loader.get(id);
-    } catch (e) {
-      if (isCofferError(e, 'CORRUPT') || isCofferError(e, 'NOT_FOUND') || isCofferError(e, 'INVALID_RANGE') || isCofferError(e, 'UNSUPPORTED')) throw damaged(snap.id, path || '/', 'tree', id, e);
-      throw e;
-    }
+    // The place is held while the directory is loaded and its data read, not while its
+    // subdirectories are copied (they need places of their own).
+    const { tree, data } = await this.dirs.run(async () => {
+      let tree: Tree;
+      try {
+        tree = await this.loader.get(id);
+      } catch (e) {
+        if (isCofferError(e, 'CORRUPT') || isCofferError(e, 'NOT_FOUND') || isCofferError(e, 'INVALID_RANGE') || isCofferError(e, 'UNSUPPORTED')) throw damaged(snap.id, path || '/', 'tree', id, e);
+        throw e;
+      }
+      return { tree, data: await this.copyData(snap, tree.nodes, path) };
+    });
     const dirs = tree.nodes.filter((n) => n.type === 'dir' && n.subtree);
-    this.loader.prefetch(dirs.map((n) => n.subtree!));
-    const [subtrees, data] = await Promise.all([
-      Promise.all(dirs.map((n) => this.copyTree(snap, n.subtree!, `${path}/${n.name}`))),
-      this.copyData(snap, tree.nodes, path),
-    ]);
+    const subtrees = await Promise.all(dirs.map((n) => this.copyTree(snap, n.subtree!, `${path}/${n.name}`)));
     const newSub = new Map(dirs.map((n, i) => [n, subtrees[i]!]));
     const nodes: TreeNode[] = tree.nodes.map((n) => {
       if (n.type === 'dir' && n.subtree) return { ...n, subtree: newSub.get(n)! };
-      if (n.content && !this.sameKeys) return { ...n, content: n.content.map((c) => data.get(c)!) };
+      if (n.content) return { ...n, content: n.content.map((c) => data.get(c)!) };
       return n;
     });
     const raw = encodeTree({ nodes });
@@ -244,11 +160,7 @@ class CloneRun {
     return toHex(newId);
   }
 
-  /**
-   * Sends the data blobs of `nodes` that the target lacks. Returns, with different keys, the
-   * target id (hex) of every content id (hex); with the same keys the ids are the same and the
-   * map is empty.
-   */
+  /** Sends the data blobs of `nodes` that the target lacks. Returns the target id (hex) of every content id (hex). */
   private async copyData(snap: SnapshotRun, nodes: readonly TreeNode[], path: string): Promise<Map<string, string>> {
     const out = new Map<string, string>();
     const hits: IndexHit[] = [];
@@ -261,21 +173,7 @@ class CloneRun {
         const bin = fromHex(hex);
         const filePath = `${path}/${n.name}`;
         const first = !snap.seen.has('data' + hex);
-        if (this.sameKeys) {
-          if (!first) continue;
-          snap.seen.add('data' + hex);
-          const hit = this.source.locate('data', bin, this.sourceCondemned);
-          if (this.saver.known('data', bin)) {
-            const len = hit?.entry.rawLength ?? this.target.locate('data', bin)?.entry.rawLength ?? 0;
-            this.count(snap, len, true);
-            continue;
-          }
-          if (!hit) throw damaged(snap.id, filePath, 'data', hex, new CofferError('NOT_FOUND', 'the source index does not list it'));
-          hits.push(hit);
-          paths.push(filePath);
-          continue;
-        }
-        // Different keys: the new id comes from the plaintext, read once per call.
+        // The new id comes from the plaintext, read once per call.
         const k = bin.toString('latin1');
         const known = this.newIds.get(k);
         if (known !== undefined) {
@@ -386,12 +284,7 @@ class CloneRun {
 
   /** As restore does: a copy that fails is damage every later reader and writer should know of. */
   private noteReadFailure(hit: IndexHit, error: CofferError): void {
-    const pack = toHex(hit.packId);
-    if (this.sourceCondemned.has(pack)) return; // a prune's to delete: not damage
-    let d = this.readFailures.get(pack);
-    if (!d) this.readFailures.set(pack, (d = { pack, problem: error.message, blobs: [] }));
-    if (error.code === 'NOT_FOUND' || /pack header/.test(error.message)) d.blobs = undefined;
-    else d.blobs?.push({ type: hit.entry.type, id: toHex(hit.entry.id) });
+    noteReadFailure(this.readFailures, this.sourceCondemned, hit, error);
   }
 
   private count(snap: SnapshotRun, rawLength: number, present: boolean): void {
@@ -421,14 +314,11 @@ class CloneRun {
       }
       snap.counts.blobsRead++;
       snap.counts.bytesRead += hit.entry.length;
-      let id: Uint8Array = hit.entry.id;
-      if (!this.sameKeys) {
-        id = chunkId(this.target.keys.chunkIdKey, data);
-        const bin = Buffer.from(id).toString('latin1');
-        this.newIds.set(hit.entry.id.toString('latin1'), bin);
-        out.set(hex, toHex(id));
-        resolvers.get(hex)?.resolve(bin);
-      }
+      const id = chunkId(this.target.keys.chunkIdKey, data);
+      const bin = Buffer.from(id).toString('latin1');
+      this.newIds.set(hit.entry.id.toString('latin1'), bin);
+      out.set(hex, toHex(id));
+      resolvers.get(hex)?.resolve(bin);
       const known = this.saver.known('data', id);
       this.count(snap, data.length, known);
       // A copy of the bytes: readBlobs() may reuse the buffer they live in once deliver() returns.
@@ -439,6 +329,43 @@ class CloneRun {
   }
 }
 
+/** Options of cloneToTargets(): those of cloneSnapshots(), with progress per target. */
+export interface CloneToTargetsOptions extends Omit<CloneOptions, 'targetPool' | 'onProgress' | 'onPackUploaded'> {
+  /** Told of each target's progress (its index in `targets`). */
+  onProgress?: (target: number, p: CloneProgress) => void;
+  onPackUploaded?: (target: number, packId: string, size: number) => void;
+}
+
+/**
+ * Clones `snapshotIds` into every repository of `targets`: those that share the source's master
+ * key together, each pack or blob read once for all of them (cloneInDomain()), then each of the
+ * others on its own (cloneSnapshots(), which reads the source again for each). Returns one result
+ * per target, in the order given. The first target that fails fails the call; targets done
+ * before it keep their copies (their snapshots are committed).
+ */
+export async function cloneToTargets(source: Repository, targets: readonly DomainTarget[], snapshotIds: readonly string[], options: CloneToTargetsOptions): Promise<CloneResult[]> {
+  const results: CloneResult[] = new Array(targets.length);
+  const domain = targets.map((t, i) => ({ t, i })).filter(({ t }) => t.repo.keys.chunkIdKey.equals(source.keys.chunkIdKey));
+  if (domain.length) {
+    const rs = await cloneInDomain(source, domain.map(({ t }) => t), snapshotIds, {
+      ...options,
+      onProgress: options.onProgress && ((k, p) => options.onProgress!(domain[k]!.i, p)),
+      onPackUploaded: options.onPackUploaded && ((k, id, size) => options.onPackUploaded!(domain[k]!.i, id, size)),
+    });
+    rs.forEach((r, k) => (results[domain[k]!.i] = r));
+  }
+  for (const [i, t] of targets.entries()) {
+    if (results[i]) continue;
+    results[i] = await cloneSnapshots(source, t.repo, snapshotIds, {
+      ...options,
+      targetPool: t.pool,
+      onProgress: options.onProgress && ((p) => options.onProgress!(i, p)),
+      onPackUploaded: options.onPackUploaded && ((id, size) => options.onPackUploaded!(i, id, size)),
+    });
+  }
+  return results;
+}
+
 /**
  * Copies each snapshot of `snapshotIds` (full ids in `source`) with everything it references
  * into `target`, sending only the blobs the target does not hold. Both repositories must be open;
@@ -446,6 +373,15 @@ class CloneRun {
  * was examined, found present, read and sent.
  */
 export async function cloneSnapshots(source: Repository, target: Repository, snapshotIds: readonly string[], options: CloneOptions): Promise<CloneResult> {
+  if (source.keys.chunkIdKey.equals(target.keys.chunkIdKey)) {
+    const { targetPool, onProgress, onPackUploaded, ...rest } = options;
+    const [r] = await cloneInDomain(source, [{ repo: target, pool: targetPool }], snapshotIds, {
+      ...rest,
+      onProgress: onProgress && ((_t, p) => onProgress(p)),
+      onPackUploaded: onPackUploaded && ((_t, id, size) => onPackUploaded(id, size)),
+    });
+    return r!;
+  }
   const { signal } = options;
   const targetSession = await Session.start(target, 'copy', { signal });
   let sourceSession: Session | undefined;
@@ -475,7 +411,7 @@ export async function cloneSnapshots(source: Repository, target: Repository, sna
     saver = new BlobSaver(target, options.targetPool, { signal, session: targetSession, condemned, indexEvery: options.indexEvery ?? 4, uploadConcurrency: options.uploadConcurrency, onPackUploaded: options.onPackUploaded });
     run = new CloneRun(source, target, saver, sourceCondemned, options);
     const cloned = new Map<string, string>();
-    const result: CloneResult = { snapshots: [], totals: zero(), sameKeys: run.sameKeys, packs: 0, indexFiles: 0, sourceDamage: [] };
+    const result: CloneResult = { snapshots: [], totals: zero(), sameKeys: false, packs: 0, indexFiles: 0, sourceDamage: [] };
     for (const { id, snapshot } of snaps) {
       const snap: SnapshotRun = { id, counts: zero(), seen: new Set() };
       const before = { ...saver.stats };
@@ -512,12 +448,12 @@ export async function cloneSnapshots(source: Repository, target: Repository, sna
     }
     result.packs = saver.stats.packs;
     result.indexFiles = saver.stats.indexFiles;
-    result.sourceDamage = await recordSourceDamage(source, run);
+    result.sourceDamage = await recordSourceDamage(source, run?.readFailures);
     return result;
   } catch (e) {
     run?.stop(e);
     if (saver) await closeAfterFailure(target, saver, e);
-    const recorded = await recordSourceDamage(source, run);
+    const recorded = await recordSourceDamage(source, run?.readFailures);
     if (recorded.length && isCofferError(e) && e.details) e.details.sourceDamageRecorded = recorded;
     throw e;
   } finally {
@@ -526,28 +462,3 @@ export async function cloneSnapshots(source: Repository, target: Repository, sna
   }
 }
 
-/** Records the source copies that failed to read; returns their packs. Failing to record is not fatal. */
-async function recordSourceDamage(source: Repository, run: CloneRun | undefined): Promise<string[]> {
-  const damage = [...(run?.readFailures.values() ?? [])];
-  if (damage.length === 0) return [];
-  try {
-    await source.noteDamage('read', damage);
-    return damage.map((d) => d.pack);
-  } catch {
-    return []; // `coffer repo check --read-data` on the source finds it again
-  }
-}
-
-/** As after a failed backup: index what arrived, or retract after a session gap. */
-async function closeAfterFailure(target: Repository, saver: BlobSaver, e: unknown): Promise<void> {
-  try {
-    if (!isSessionGap(e)) return await saver.salvage();
-  } catch (e2) {
-    if (!isSessionGap(e2)) return;
-  }
-  try {
-    await saver.retract(await loadCondemned(target));
-  } catch {
-    // What is left is an index listing packs a prune deleted: `coffer repo check` finds it.
-  }
-}

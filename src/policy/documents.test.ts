@@ -241,6 +241,16 @@ describe('parseDocuments() problems', () => {
     assert.doesNotMatch(m, /hunter2/);
   });
 
+  it('a StorageUnit bandwidth is a rate such as 50MB/s; anything else says how to write one', () => {
+    const good = EXAMPLE_SITE.replace('maxJobs: 4', 'maxJobs: 4\n  bandwidth: 50MB/s');
+    const unit = parseDocuments(good, { file: 'site.yaml' }).map((d) => d.document).find((d) => d.kind === 'StorageUnit')!;
+    assert.equal((unit.spec as { bandwidth?: string }).bandwidth, '50MB/s');
+    const bad = EXAMPLE_SITE.replace('maxJobs: 4', 'maxJobs: 4\n  bandwidth: 50 megs');
+    const m = errorOf(bad).message;
+    assert.ok(m.includes(`site.yaml:${at(bad, '50 megs')}: spec.bandwidth: "50 megs" is not a rate`), m);
+    assert.match(m, /Write a number of bytes per second such as "50MB\/s"/);
+  });
+
   it('S3 keys in a document are refused with a hint to use credentialsFrom', () => {
     const text = EXAMPLE_SITE.replace('url: /var/lib/coffer/primary', 'url: s3://bucket/p\n  secretAccessKey: abc');
     assert.ok(errorOf(text).message.includes(`site.yaml:${at(text, 'secretAccessKey')}: spec.secretAccessKey: secrets never go in documents (they end up in version control, in backups of the catalog and in \`coffer get\`). For S3 write credentialsFrom:`));

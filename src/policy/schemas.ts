@@ -6,6 +6,7 @@
 // by its comment here; docs/server.md, "Documents", gives the decisions behind them.
 
 import { z } from 'zod';
+import { checkRate } from '../core/bandwidth.ts';
 import { isCofferError } from '../core/errors.ts';
 import { parseBackendUrl } from '../storage/url.ts';
 import { checkCalendar, checkTimezone } from './calendar.ts';
@@ -237,6 +238,11 @@ export const verifySchedule = z.strictObject({
 
 /** The most runs one verify period may be split into. */
 export const MAX_VERIFY_SLICES = 10_000;
+/** A rate such as "50MB/s" (src/core/bandwidth.ts), kept as written. */
+const bandwidthSchema = text(z.string(), (v) => {
+  const r = checkRate(v);
+  return r.ok ? { ok: true } : { ok: false, problem: r.problem, hint: r.hint };
+}, (input) => `expected a rate such as "50MB/s", got ${describeValue(input)}`);
 
 export const storageUnitSpec = z.strictObject({
   /** Where the repository is: an absolute path, file:///path or s3://bucket/prefix?endpoint=... */
@@ -257,6 +263,8 @@ export const storageUnitSpec = z.strictObject({
   verify: verifySchedule.optional(),
   /** How much the unit may hold, e.g. 2TB, for stages' highWater (default: a path's file system size; S3: none). */
   capacity: sizeSchema().optional(),
+  /** Bytes per second written to and read from this unit by each agent, all its jobs together, e.g. "50MB/s" (default: no limit). */
+  bandwidth: bandwidthSchema.optional(),
 }).superRefine((spec, ctx) => {
   if (spec.credentialsFrom !== undefined && !/^s3:/i.test(spec.url)) {
     ctx.addIssue({ code: 'custom', path: ['credentialsFrom'], message: issueMessage('applies to s3:// storage units only', 'Leave it out for a path or file:// URL.') });

@@ -3,13 +3,13 @@
 // packs (a few in parallel), and writes index files only for packs that are fully uploaded.
 // Order on the backend is therefore always packs → index; the snapshot comes after flush().
 
-import { isCofferError, throwIfAborted } from '../core/errors.ts';
+import { CofferError, isCofferError, throwIfAborted } from '../core/errors.ts';
 import type { CallOptions } from '../storage/backend.ts';
 import type { BlobType, } from '../engine/format.ts';
 import { release, type EncodedBlob } from '../engine/blob.ts';
 import { PackWriter, type PackEntry } from '../engine/pack.ts';
 import { toHex } from '../engine/hash.ts';
-import type { IndexPack } from './index/index-file.ts';
+import type { IndexEntry, IndexPack } from './index/index-file.ts';
 import { indexName, packName } from './layout.ts';
 import type { Repository } from './repository.ts';
 
@@ -204,6 +204,28 @@ export class BlobSaver {
     await this.saveMany([{ type, id, raw }]);
   }
 
+  /**
+   * Stores a whole pack as it is (a clone between repositories of one deduplication domain, whose
+   * packs open under the same keys): `bytes` must be a pack whose name is `packId` (the caller
+   * verified its BLAKE3), and `entries` its blobs, none of which this saver holds or was given.
+   * The upload goes through the same pipeline as the saver's own packs (upload limit, index files
+   * every `indexEvery` packs, salvage() after a failure). The caller keeps `bytes`: they are not
+   * freed here, so one buffer can go to several savers.
+   */
+  async adoptPack(packId: Buffer, bytes: Uint8Array, entries: readonly IndexEntry[]): Promise<void> {
+    this.check();
+    for (const e of entries) {
+      const key = e.type + toHex(e.id);
+      if (this.mine.has(key)) throw new CofferError('INTERNAL', `Cannot adopt pack ${toHex(packId)}: this saver already stores ${e.type} blob ${toHex(e.id)}`);
+      this.mine.add(key);
+      this.stats.blobsNew++;
+      this.stats.bytesNew += e.rawLength;
+      this.stats.bytesStored += e.length;
+    }
+    this.upload(packId, bytes, [...entries], false);
+    await this.throttle();
+  }
+
   /** Finishes the open pack, waits for every upload and writes the index for them. */
   async flush(): Promise<void> {
     this.check();
@@ -312,16 +334,21 @@ export class BlobSaver {
 
   private startUpload(writer: PackWriter): void {
     const { bytes, id, entries } = writer.finish();
+    this.upload(id, bytes, entries.map(toIndexEntry), true);
+  }
+
+  /** Uploads a finished pack, then lists it in the in-memory index and the next index file. */
+  private upload(id: Buffer, bytes: Uint8Array, entries: IndexEntry[], free: boolean): void {
     const hex = toHex(id);
     const p: Promise<void> = (async () => {
       await this.repo.backend.put(packName(hex), bytes, { signal: this.options.signal });
       const size = bytes.length;
       // Stored: the pack's memory is freed now rather than at the next collection (backends
       // keep no reference to what they were given once put() has resolved).
-      release(bytes);
+      if (free) release(bytes);
       this.stats.packs++;
-      this.repo.index.add(id, size, entries.map(toIndexEntry));
-      this.pendingIndex.push({ packId: id, packSize: size, entries: entries.map(toIndexEntry) });
+      this.repo.index.add(id, size, entries);
+      this.pendingIndex.push({ packId: id, packSize: size, entries });
       this.options.onPackUploaded?.(hex, size);
       if (this.pendingIndex.length >= (this.options.indexEvery ?? 64)) await this.writeIndex();
     })().then(

@@ -33,6 +33,8 @@ export interface SecretStore {
   generatePassword(): string;
   /** Whether the keystore holds a secret of this name. */
   has(name: string): boolean;
+  /** The master key (base64) of the repositories the server creates: one deduplication domain (domain.ts). */
+  domainMaster(): Promise<string>;
 }
 
 /** The order documents are written in: what others refer to first. */
@@ -166,7 +168,7 @@ export async function applyDocuments(s: Services, secrets: SecretStore, req: App
     await secrets.put(name, password);
     let r: Record<string, unknown>;
     try {
-      r = await runOnAgent(s.node(), 'init', { storage: await s.storageAccess(unitOf(unit), { password }) });
+      r = await runOnAgent(s.node(), 'init', { storage: await s.storageAccess(unitOf(unit), { password }), master: await secrets.domainMaster() });
     } catch (e) {
       const err = toCofferError(e);
       if (err.code !== 'ALREADY_EXISTS' && err.code !== 'REFUSED') throw err;

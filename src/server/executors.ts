@@ -142,46 +142,15 @@ export function backupExecutor(s: Services): JobExecutor {
       await tx.images.complete(image.id, { state, streams, summary: { ...result, failures } });
       if (got === 0) return;
       await tx.copies.add(image.id, { storageUnit: unit, snapshots: streams, state: 'ok', expires: expiryOf(first.retention, started) });
-      for (const copy of lifecycle.copies.slice(1)) {
-        if (!isImmediate(copy) || (copy.from !== undefined && copy.from !== unit)) continue;
-        await tx.jobs.enqueue({ kind: 'duplicate', client: job.client, policy: job.policy, storageUnit: copy.storageUnit, priority: 0, maxAttempts: 5, spec: { image: image.id, from: unit, to: copy.storageUnit, retention: copy.retention } });
-      }
+      // Those due now (no `after`, no window) are one job: one read of this copy for all of them.
+      const due = lifecycle.copies.slice(1).filter((c) => isImmediate(c) && (c.from === undefined || c.from === unit));
+      if (due.length) await tx.jobs.enqueue({ kind: 'duplicate', client: job.client, policy: job.policy, storageUnit: due[0]!.storageUnit, priority: 0, maxAttempts: 5, spec: { image: image.id, from: unit, targets: due.map((c) => ({ to: c.storageUnit, retention: c.retention })) } });
     });
     if (stopped) throw stopped;
     if (failures.length) {
       return { state: 'failed', result, error: { code: 'REFUSED', message: `${failures.length} of ${policy.selections.length} selection(s) failed: ${failures.join('; ')}` } };
     }
     return { state: (result.warnings as number) > 0 ? 'warnings' : 'succeeded', result };
-  };
-}
-
-/**
- * The duplicate job (spec { image, from, to, retention }): clones the image's snapshots from its
- * copy in `from` to the storage unit `to`, sending only what `to` lacks (src/jobs/clone.ts), and
- * records the new copy with its own expiry, counted from the image's time by the server's clock.
- */
-export function duplicateExecutor(s: Services): JobExecutor {
-  return async (ctx) => {
-    const spec = ctx.job.spec as { image: string; from: string; to: string; retention: string };
-    const image = await s.catalog.images.get(spec.image);
-    const copies = (await s.catalog.copies.list({ imageId: image.id, limit: 1000 })).items;
-    if (copies.some((c) => c.storageUnit === spec.to && (c.state === 'ok' || c.state === 'suspect'))) {
-      return { state: 'succeeded', result: { image: image.id, to: spec.to, already: true } };
-    }
-    // The named source if it is sound and its unit available, else the best copy there is.
-    const usable = await restorableCopies(s, image);
-    const source = usable.find((c) => c.storageUnit === spec.from && c.state === 'ok') ?? usable[0] ?? await bestCopy(s, image, `duplicate image ${image.id}`, { retry: true });
-    ctx.log('info', `duplicating image ${image.id} from ${source.storageUnit} to ${spec.to}`);
-    const r = await runOnAgent(s.node(), 'clone', {
-      source: await s.storageAccess(source.storageUnit),
-      target: await s.storageAccess(spec.to),
-      snapshots: [...new Set(Object.values(source.snapshots))],
-    }, { jobId: ctx.job.id, emit: ctx.emit, signal: ctx.signal });
-    const mapped = r.snapshots as Record<string, string>;
-    const snapshots = Object.fromEntries(Object.entries(source.snapshots).map(([key, id]) => [key, mapped[id]!]));
-    await s.catalog.copies.add(image.id, { storageUnit: spec.to, snapshots, state: 'ok', expires: expiryOf(spec.retention, image.time) });
-    ctx.log('info', `copy in ${spec.to}: ${r.bytesSentRaw} of ${r.bytesExamined} bytes sent (${r.bytesPresent} already there)`);
-    return { state: 'succeeded', result: { image: image.id, from: source.storageUnit, to: spec.to, scannedBytes: r.bytesExamined as number, newBytes: r.bytesSentRaw as number, storedBytes: r.bytesSent as number, bytesPresent: r.bytesPresent, sameKeys: r.sameKeys } };
   };
 }
 

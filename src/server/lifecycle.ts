@@ -550,7 +550,8 @@ export class LifecycleRunner {
       if ((await tx.copies.list({ imageId: image.id, storageUnit: copy.unit, limit: 1 })).items.length) return undefined;
       for (const kind of COPY_JOB_KINDS) {
         for (let cursor: string | undefined; ;) {
-          const page = await tx.jobs.list({ kind, state: ['queued', 'running'], client: image.client, storageUnit: copy.unit, limit: 1000, cursor });
+          // Not by storage unit: a job with several targets is recorded under its first one.
+          const page = await tx.jobs.list({ kind, state: ['queued', 'running'], client: image.client, limit: 1000, cursor });
           if (page.items.some((j) => j.spec.image === image.id && jobTargets(j.spec).includes(copy.unit))) return undefined;
           if (!page.next) break;
           cursor = page.next;

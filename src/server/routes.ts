@@ -17,6 +17,7 @@ import { bestCopy } from './restore-executor.ts';
 import { unitRoutes } from './routes-units.ts';
 import { unavailableUnits } from './units.ts';
 import { complianceRoutes } from './compliance-routes.ts';
+import { MAX_CLONE_TARGETS } from './duplicate.ts';
 import { parseGrants, ROLES, tokenInfo, type Principal, type Role } from './auth.ts';
 import { route, type RequestContext, type RouteDef } from './http.ts';
 import { lifecycleOf, runOnAgent, type Services } from './services.ts';
@@ -445,21 +446,26 @@ export function buildRoutes(deps: ApiDeps): RouteDef[] {
       },
     }),
     route({
-      method: 'POST', url: '/api/v1/clones', summary: 'Clone the images a query finds to a storage unit (duplicate jobs; dryRun lists them)', tags: ['images'], rule: { roles: ['operator'] }, audit: 'clone.start', status: 202,
+      method: 'POST', url: '/api/v1/clones', summary: 'Clone the images a query finds to one or more storage units (one duplicate job per image, one read for all its new copies; dryRun lists them)', tags: ['images'], rule: { roles: ['operator'] }, audit: 'clone.start', status: 202,
       body: z.strictObject({
         where: z.strictObject({ client: name.optional(), policy: name.optional(), level: z.enum(['full', 'incremental']).optional(), since: z.number().int().min(0).optional(), until: z.number().int().min(0).optional() }),
-        to: name,
+        /** One unit, or several: each image gets a copy in the first `copies` of them that lack one. */
+        to: z.union([name, z.array(name).min(1).max(MAX_CLONE_TARGETS)]),
+        copies: z.number().int().min(1).max(MAX_CLONE_TARGETS).optional(),
         retention: z.string().max(32).optional(),
         limit: z.number().int().min(1).max(10_000).optional(),
         dryRun: z.boolean().optional(),
       }),
       handler: async (ctx) => {
         const b = ctx.body;
-        ctx.auditTarget(`StorageUnit/${b.to}`);
-        ctx.auditDetails({ where: b.where, dryRun: !!b.dryRun });
-        await s.catalog.storageUnits.get(b.to);
+        const units = [...new Set(typeof b.to === 'string' ? [b.to] : b.to)];
+        const copies = b.copies ?? units.length;
+        ctx.auditTarget(units.map((u) => `StorageUnit/${u}`).join(','));
+        ctx.auditDetails({ where: b.where, copies, dryRun: !!b.dryRun });
+        if (copies > units.length) throw new CofferError('USAGE', `Cannot make ${copies} copies of each image on ${units.length} storage unit(s) (${units.join(', ')})`, { hint: 'List at least as many units as copies, or ask for fewer copies.' });
+        for (const u of units) await s.catalog.storageUnits.get(u);
         if (b.retention !== undefined && b.retention !== 'infinite') parseDuration(b.retention);
-        const picked: Array<{ image: string; from: string; retention: string }> = [];
+        const picked: Array<{ image: string; from: string; targets: Array<{ to: string; retention: string }> }> = [];
         const skipped: Array<{ image: string; reason: string }> = [];
         const max = b.limit ?? 1000;
         for (let cursor: string | undefined; picked.length + skipped.length < max;) {
@@ -467,28 +473,33 @@ export function buildRoutes(deps: ApiDeps): RouteDef[] {
           for (const image of page.items) {
             if (picked.length + skipped.length >= max) break;
             if (b.where.level && image.level !== b.where.level) continue;
-            const copies = await restorableCopies(s, image);
-            if (copies.some((c) => c.storageUnit === b.to)) {
-              skipped.push({ image: image.id, reason: `already has a copy in ${b.to}` });
+            const held = await restorableCopies(s, image);
+            const lacking = units.filter((u) => !held.some((c) => c.storageUnit === u));
+            if (lacking.length === 0) {
+              skipped.push({ image: image.id, reason: `already has a copy in ${units.join(', ')}` });
               continue;
             }
-            const from = copies[0];
+            const from = held[0];
             if (!from) {
               skipped.push({ image: image.id, reason: 'no readable copy' });
               continue;
             }
-            // The retention of a copy in that unit: as given, else as the image's lifecycle says.
-            let retention = b.retention;
-            if (retention === undefined) {
-              const policy = (await s.catalog.policies.find(image.policy))?.spec as PolicyDocument['spec'] | undefined;
-              const lifecycle = policy ? await lifecycleOf(s.catalog, policy, image.schedule) : undefined;
-              retention = lifecycle?.copies.find((c) => c.storageUnit === b.to)?.retention;
+            // The retention of a copy in each unit: as given, else as the image's lifecycle says.
+            const policy = b.retention === undefined ? (await s.catalog.policies.find(image.policy))?.spec as PolicyDocument['spec'] | undefined : undefined;
+            const lifecycle = policy ? await lifecycleOf(s.catalog, policy, image.schedule) : undefined;
+            const targets: Array<{ to: string; retention: string }> = [];
+            const noRetention: string[] = [];
+            for (const to of lacking) {
+              if (targets.length === copies) break;
+              const retention = b.retention ?? lifecycle?.copies.find((c) => c.storageUnit === to)?.retention;
+              if (retention === undefined) noRetention.push(to);
+              else targets.push({ to, retention });
             }
-            if (retention === undefined) {
-              skipped.push({ image: image.id, reason: `its lifecycle has no copy in ${b.to}: give a retention` });
+            if (targets.length === 0) {
+              skipped.push({ image: image.id, reason: `its lifecycle has no copy in ${noRetention.join(', ')}: give a retention` });
               continue;
             }
-            picked.push({ image: image.id, from: from.storageUnit, retention });
+            picked.push({ image: image.id, from: from.storageUnit, targets });
           }
           if (!page.next) break;
           cursor = page.next;
@@ -497,11 +508,11 @@ export function buildRoutes(deps: ApiDeps): RouteDef[] {
         if (!b.dryRun) {
           for (const p of picked) {
             const image = await s.catalog.images.get(p.image);
-            jobs.push(await s.catalog.jobs.enqueue({ kind: 'duplicate', client: image.client, policy: image.policy, storageUnit: b.to, priority: 0, maxAttempts: 5, spec: { image: p.image, from: p.from, to: b.to, retention: p.retention }, requestedBy: P(ctx).user }));
+            jobs.push(await s.catalog.jobs.enqueue({ kind: 'duplicate', client: image.client, policy: image.policy, storageUnit: p.targets[0]!.to, priority: 0, maxAttempts: 5, spec: { image: p.image, from: p.from, targets: p.targets }, requestedBy: P(ctx).user }));
           }
           dispatcher.wake();
         }
-        return { to: b.to, dryRun: !!b.dryRun, images: picked, skipped, jobs };
+        return { to: units, copies, dryRun: !!b.dryRun, images: picked, skipped, jobs };
       },
     }),
     route({

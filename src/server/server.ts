@@ -25,13 +25,15 @@ import type { PolicyDocument } from '../policy/index.ts';
 import { startEmbeddedAgent, type EmbeddedAgent } from './agent-link.ts';
 import { Dispatcher } from './dispatcher.ts';
 import { applyDocuments } from './documents.ts';
-import { backupExecutor, duplicateExecutor, expireExecutor, reconcileExecutor, restoreExecutor } from './executors.ts';
+import { backupExecutor, expireExecutor, reconcileExecutor, restoreExecutor } from './executors.ts';
+import { duplicateExecutor } from './duplicate.ts';
 import { buildHttp, type Principal } from './http.ts';
 import { restoreTestExecutor } from './restore-test.ts';
 import { buildRoutes } from './routes.ts';
 import { LifecycleRunner } from './lifecycle.ts';
 import type { BusMessage } from './dispatcher.ts';
 import { AgentRegistry, storageAccessFor, type Services } from './services.ts';
+import { domainMasterKey } from './domain.ts';
 import { Keystore, resolveSecret } from './keystore.ts';
 import { authenticate, createApiToken, ensureInitialAdmin, hashPassword, login, logout, mayBrowse, mayRestore, revokeToken } from './auth.ts';
 import type { AuthApi } from './routes.ts';
@@ -187,6 +189,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
       put: (name: string, secret: string) => keystore.put(name, secret),
       generatePassword: () => keystore.generatePassword(),
       has: (name: string) => keystore.has(name),
+      domainMaster: () => domainMasterKey(keystore),
     };
     const verifyTimer = new VerifyTimer(services, clock, { log, onQueued: () => dispatcher.wake() });
     const scheduleStore = new CatalogScheduleStore(catalog);

@@ -4,6 +4,7 @@
 // job needs them, and travel only inside the agent protocol.
 
 import { randomUUID } from 'node:crypto';
+import { parseRate } from '../core/bandwidth.ts';
 import { CofferError, ERROR_CODES, type ErrorCode } from '../core/errors.ts';
 import type { Catalog, CatalogQueries } from '../catalog/catalog.ts';
 import type { LifecycleDocument, PolicyDocument } from '../policy/index.ts';
@@ -38,9 +39,9 @@ export async function lifecycleOf(catalog: CatalogQueries, policy: PolicyDocumen
 export const unitPasswordRef = (unit: string) => `keystore:storage-unit/${unit}/password`;
 
 export async function storageAccessFor(unit: StorageUnit, resolve: SecretResolver, options: { password?: string } = {}): Promise<StorageAccess> {
-  const spec = unit.spec as { passwordFrom?: string; credentialsFrom?: { accessKeyId: string; secretAccessKey: string; sessionToken?: string } };
+  const spec = unit.spec as { passwordFrom?: string; credentialsFrom?: { accessKeyId: string; secretAccessKey: string; sessionToken?: string }; bandwidth?: string };
   const password = options.password ?? await resolve(spec.passwordFrom ?? unit.passwordRef ?? unitPasswordRef(unit.name));
-  const access: StorageAccess = { url: unit.url, password };
+  const access: StorageAccess = { url: unit.url, password, ...(spec.bandwidth !== undefined ? { bandwidth: parseRate(spec.bandwidth) } : {}) };
   if (spec.credentialsFrom) {
     access.env = {
       AWS_ACCESS_KEY_ID: await resolve(spec.credentialsFrom.accessKeyId),

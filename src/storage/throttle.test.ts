@@ -1,0 +1,36 @@
+import { it } from 'node:test';
+import assert from 'node:assert/strict';
+import { TokenBucket } from '../core/bandwidth.ts';
+import { FakeClock } from '../testing/fake-clock.ts';
+import { MemoryBackend } from './memory.ts';
+import { ThrottledBackend } from './throttle.ts';
+
+it('ThrottledBackend: puts and gets (ranged and whole) wait for the shared bucket; stat, list and delete do not', async () => {
+  const clock = new FakeClock(0);
+  const bucket = new TokenBucket(1_000_000, { clock, burst: 100_000, quantum: 100_000 });
+  const inner = new MemoryBackend();
+  const a = new ThrottledBackend(inner, bucket);
+  const b = new ThrottledBackend(inner, bucket);
+  const times: Record<string, number> = {};
+  const step = async (name: string, f: () => Promise<unknown>) => {
+    await f();
+    times[name] = clock.now();
+  };
+  let finished = false;
+  const work = (async () => {
+    await step('put', () => a.put('x', Buffer.alloc(600_000, 1)));
+    await step('ranged', () => b.get('x', { offset: 0, length: 300_000 }));
+    await step('whole', () => a.get('x'));
+    await step('stat', () => b.stat('x'));
+    await step('delete', () => b.delete('x'));
+  })().finally(() => (finished = true));
+  while (!finished) {
+    await new Promise((r) => setImmediate(r));
+    const wake = clock.nextWake();
+    if (wake !== null) clock.set(wake);
+  }
+  await work;
+  // 600 KB less the 100 KB burst: 500 ms; then 300 KB; then the whole object after it was read.
+  assert.deepEqual(times, { put: 500, ranged: 800, whole: 1400, stat: 1400, delete: 1400 });
+  assert.equal(a.location, inner.location);
+});
