@@ -26,6 +26,12 @@ export const storageAccess = z.strictObject({
   password: z.string().min(1).max(4096),
   /** S3 credentials (AWS_ACCESS_KEY_ID, ...), when the unit is on S3. */
   env: z.record(z.string().max(255), z.string().max(4096)).optional(),
+  /**
+   * An immutable unit (S3 with Object Lock): the repository's objects are written locked in
+   * compliance mode until `until` (ms since the epoch), deleted version by version, and never
+   * deleted while locked. Without `until`, written unlocked (a probe).
+   */
+  lock: z.strictObject({ until: z.number().int().positive().optional() }).optional(),
 });
 export type StorageAccess = z.infer<typeof storageAccess>;
 
@@ -126,6 +132,13 @@ export const cloneSpec = z.strictObject({
 });
 export type CloneSpec = z.infer<typeof cloneSpec>;
 
+export const lockExtendSpec = z.strictObject({
+  storage: storageAccess,
+  /** Each live snapshot with the date until which what it needs must stay locked (ms since the epoch). */
+  targets: z.array(z.strictObject({ snapshot: z.string().regex(/^[0-9a-f]{64}$/), until: z.number().int().positive() })).max(1_000_000),
+});
+export type LockExtendSpec = z.infer<typeof lockExtendSpec>;
+
 export const JOB_SPECS = {
   backup: backupSpec,
   restore: restoreSpec,
@@ -136,6 +149,7 @@ export const JOB_SPECS = {
   list: listSpec,
   find: findSpec,
   clone: cloneSpec,
+  'lock-extend': lockExtendSpec,
 } as const;
 export type AgentJobKind = keyof typeof JOB_SPECS;
 export type AgentJobSpec<K extends AgentJobKind> = z.infer<(typeof JOB_SPECS)[K]>;

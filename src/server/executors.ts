@@ -13,6 +13,7 @@ import { INFINITE, parseDuration, type PolicyDocument, type Selection } from '..
 import type { SelectionSpec } from '../agent/protocol.ts';
 import type { JobContext, JobEnd, JobExecutor } from './dispatcher.ts';
 import { lifecycleOf, runOnAgent, type Services } from './services.ts';
+import { lockLookup, lockedSnapshots, noteLockedCopy, prunedLocked, type LockedCopies, type PrunedLocked } from './object-lock.ts';
 
 /**
  * A selection's stream key: the same selection gets the same key in every image (the parent of
@@ -74,7 +75,8 @@ export function backupExecutor(s: Services): JobExecutor {
     const first = lifecycle.copies[0]!;
     const unit = first.storageUnit;
     const link = s.agents.get(job.client);
-    const storage = await s.storageAccess(unit);
+    // An immutable unit locks what the backup writes until its copy expires.
+    const storage = await s.storageAccess(unit, { lockFor: expiryOf(first.retention, s.now()) });
     const started = s.now();
     const image = await s.catalog.images.add({ client: job.client, policy: job.policy, schedule: job.schedule, level, time: started, state: 'pending', streams: {}, jobId: job.id });
     ctx.log('info', `image ${image.id}: ${level} backup of ${job.client} by policy ${job.policy}${job.schedule ? ` (schedule ${job.schedule})` : ''} to storage unit ${unit}`);
@@ -170,7 +172,7 @@ export function duplicateExecutor(s: Services): JobExecutor {
     ctx.log('info', `duplicating image ${image.id} from ${source.storageUnit} to ${spec.to}`);
     const r = await runOnAgent(s.node(), 'clone', {
       source: await s.storageAccess(source.storageUnit),
-      target: await s.storageAccess(spec.to),
+      target: await s.storageAccess(spec.to, { lockFor: expiryOf(spec.retention, image.time) }),
       snapshots: [...new Set(Object.values(source.snapshots))],
     }, { jobId: ctx.job.id, emit: ctx.emit, signal: ctx.signal });
     const mapped = r.snapshots as Record<string, string>;
@@ -294,6 +296,9 @@ async function expireOnce(s: Services, options: { pruneIntervalMs: number }, ctx
   // Marked first: from here on no restore or parent lookup uses these copies.
   let marked = 0;
   let kept = 0;
+  // A copy in an immutable unit stays until its lock ends (server/object-lock.ts).
+  const lockedUntil = lockLookup(s, now);
+  const locked: LockedCopies = { copies: 0, snapshots: 0, until: null };
   for (let cursor: string | undefined; ;) {
     const page = await s.catalog.copies.expiredCopies(now, { limit: 500, cursor });
     for (const c of page.items) {
@@ -301,6 +306,7 @@ async function expireOnce(s: Services, options: { pruneIntervalMs: number }, ctx
         kept++;
         continue;
       }
+      if (noteLockedCopy(locked, await lockedUntil(c))) continue;
       await s.catalog.copies.update(c.id, { state: 'expired' });
       marked++;
     }
@@ -317,6 +323,7 @@ async function expireOnce(s: Services, options: { pruneIntervalMs: number }, ctx
   }
   let forgotten = 0;
   const pruned: string[] = [];
+  const lockedLeft: Array<{ unit: string } & PrunedLocked> = [];
   for (const [unit, copies] of byUnit) {
     if (ctx.signal.aborted) throw new CofferError('CANCELLED', 'Cancelled: the expiry was stopped');
     const storage = await s.storageAccess(unit);
@@ -324,8 +331,15 @@ async function expireOnce(s: Services, options: { pruneIntervalMs: number }, ctx
     const lastPrune = (await s.catalog.settings.get(`prune.last.${unit}`)) as number | undefined;
     const prune = lastPrune === undefined || now - lastPrune >= options.pruneIntervalMs;
     ctx.log('info', `storage unit ${unit}: forgetting ${snapshots.length} snapshot(s) of ${copies.length} expired cop${copies.length === 1 ? 'y' : 'ies'}${prune ? ', then pruning' : ''}`);
-    await runOnAgent(s.node(), 'forget', { storage, snapshots, prune: false }, { jobId: ctx.job.id, emit: ctx.emit, signal: ctx.signal });
+    const forgot = await runOnAgent(s.node(), 'forget', { storage, snapshots, prune: false }, { jobId: ctx.job.id, emit: ctx.emit, signal: ctx.signal });
+    // Snapshots the storage would not delete yet (locked): their copies stay, for a later expiry.
+    const stillLocked = lockedSnapshots(forgot);
     for (const c of copies) {
+      if (Object.values(c.snapshots).some((id) => stillLocked.has(id))) {
+        const ids = Object.values(c.snapshots).filter((id) => stillLocked.has(id));
+        noteLockedCopy(locked, Math.max(...ids.map((id) => stillLocked.get(id)!)) || Infinity, ids.length);
+        continue;
+      }
       await s.catalog.transaction(async (tx) => {
         // Gone already: another server's expiry (a shared catalog) removed it.
         if (!(await tx.copies.list({ imageId: c.imageId, limit: 1000 })).items.some((x) => x.id === c.id)) return;
@@ -336,12 +350,18 @@ async function expireOnce(s: Services, options: { pruneIntervalMs: number }, ctx
       forgotten++;
     }
     if (prune) {
-      await runOnAgent(s.node(), 'forget', { storage, snapshots: [], prune: true }, { jobId: ctx.job.id, emit: ctx.emit, signal: ctx.signal });
+      const r = await runOnAgent(s.node(), 'forget', { storage, snapshots: [], prune: true }, { jobId: ctx.job.id, emit: ctx.emit, signal: ctx.signal });
       await s.catalog.settings.set(`prune.last.${unit}`, now);
       pruned.push(unit);
+      const left = prunedLocked(r);
+      if (left) {
+        lockedLeft.push({ unit, ...left });
+        ctx.log('info', `storage unit ${unit}: prune left ${left.packs} locked pack(s) (${left.bytes} bytes) and ${left.indexFiles} locked index file(s); a prune after ${new Date(left.until!).toISOString()} deletes them`);
+      }
     }
   }
-  return { state: 'succeeded', result: { marked, kept, forgotten, pruned } };
+  if (locked.copies) ctx.log('info', `${locked.copies} expired cop${locked.copies === 1 ? 'y is' : 'ies are'} kept: locked in an immutable storage unit${locked.until ? ` (the first lock ends ${new Date(locked.until).toISOString()})` : ''}; a later expiry removes ${locked.copies === 1 ? 'it' : 'them'}`);
+  return { state: 'succeeded', result: { marked, kept, forgotten, pruned, locked, lockedLeft } };
 }
 
 export interface ReconcileReport {

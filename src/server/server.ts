@@ -29,6 +29,7 @@ import { backupExecutor, duplicateExecutor, expireExecutor, reconcileExecutor, r
 import { buildHttp, type Principal } from './http.ts';
 import { buildRoutes } from './routes.ts';
 import { AgentRegistry, storageAccessFor, type Services } from './services.ts';
+import { hasImmutableUnit, lockExtendExecutor } from './object-lock.ts';
 import { Keystore, resolveSecret } from './keystore.ts';
 import { authenticate, createApiToken, ensureInitialAdmin, hashPassword, login, logout, mayBrowse, mayRestore, revokeToken } from './auth.ts';
 import type { AuthApi } from './routes.ts';
@@ -153,7 +154,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
       now,
       agents,
       node: () => agents.get(clientName),
-      storageAccess: async (unit, o) => storageAccessFor(typeof unit === 'string' ? await catalog.storageUnits.get(unit) : unit, resolve, o),
+      storageAccess: async (unit, o) => storageAccessFor(typeof unit === 'string' ? await catalog.storageUnits.get(unit) : unit, resolve, { now: now(), ...o }),
     };
 
     // The embedded agent: this host's client, and the node for storage work. Restarted if it dies.
@@ -223,6 +224,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
         duplicate: duplicateExecutor(services),
         expire: expireExecutor(services, { pruneIntervalMs: options.pruneIntervalMs ?? pruneIntervalFromEnv ?? 86_400_000 }),
         reconcile: reconcileExecutor(services),
+        'lock-extend': lockExtendExecutor(services),
       },
       onError: (e, job) => log.error({ job: job?.id, err: e.message }, 'queue'),
     });
@@ -270,6 +272,13 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
     const expiryTimer = setInterval(() => void catalog.jobs.enqueue({ kind: 'expire', priority: 5, maxAttempts: 5, spec: {}, requestedBy: 'server' }).then(() => dispatcher.wake(), () => {}), 3_600_000);
     expiryTimer.unref();
     await catalog.jobs.enqueue({ kind: 'expire', priority: 5, maxAttempts: 5, spec: {}, requestedBy: 'server' });
+    // Object Lock extension every 6 hours (and at start): immutable units' locks follow their copies.
+    const extendLocks = async () => {
+      if (await hasImmutableUnit(catalog)) await catalog.jobs.enqueue({ kind: 'lock-extend', priority: 5, maxAttempts: 3, spec: {}, requestedBy: 'server' });
+    };
+    const lockTimer = setInterval(() => void extendLocks().then(() => dispatcher.wake(), () => {}), 6 * 3_600_000);
+    lockTimer.unref();
+    await extendLocks();
     dispatcher.wake();
 
     const host = options.host ?? '127.0.0.1';
@@ -291,6 +300,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
       stop: () => (stopped ??= (async () => {
         log.info('stopping: running jobs are told to stop and will run again after the next start');
         clearInterval(expiryTimer);
+        clearInterval(lockTimer);
         schedulerStop.abort();
         try {
           await app.close();
