@@ -271,7 +271,7 @@ export class AgentRuntime {
   }
 
   private async probe(spec: ProbeSpec, signal: AbortSignal): Promise<Record<string, unknown>> {
-    const problems: Array<{ path?: string; storage?: string; problem: string }> = [];
+    const problems: Array<{ path?: string; storage?: string; problem: string; code?: string; hint?: string }> = [];
     for (const p of spec.paths ?? []) {
       throwIfAborted(signal);
       try {
