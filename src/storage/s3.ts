@@ -262,7 +262,7 @@ export class S3Backend implements Backend {
       if (out.ContentLength === undefined) {
         throw new CofferError('STORAGE_ERROR', `Cannot stat ${this.#where(name)}: the server sent no Content-Length`);
       }
-      return { name, size: out.ContentLength, ...(out.LastModified ? { modified: out.LastModified.getTime() } : {}) };
+      return { name, size: out.ContentLength, ...(out.LastModified ? { modified: toSeconds(out.LastModified) } : {}) };
     } catch (e) {
       throw s3Error(e, 'stat', this.#where(name), signal);
     }
@@ -299,7 +299,7 @@ export class S3Backend implements Backend {
         // Keys Coffer cannot have written, such as the "folder/" markers of S3 consoles.
         if (!key.startsWith(this.#prefix) || !isValidName(name)) continue;
         if (object.Size === undefined) throw new CofferError('STORAGE_ERROR', `Cannot list ${this.#where(prefix)}: the server sent no size for ${name}`);
-        yield { name, size: object.Size, ...(object.LastModified ? { modified: object.LastModified.getTime() } : {}) };
+        yield { name, size: object.Size, ...(object.LastModified ? { modified: toSeconds(object.LastModified) } : {}) };
       }
       if (page.IsTruncated && !page.NextContinuationToken) {
         // Ending here would silently drop the rest of the listing.
@@ -416,6 +416,13 @@ export class S3Backend implements Backend {
         }),
         { abortSignal: signal },
       );
+      // Some servers (Ceph RGW 16) ignore the lock of a multipart upload: set it on the object.
+      if (lock.ObjectLockRetainUntilDate) {
+        await this.client.send(
+          new PutObjectRetentionCommand({ Bucket: this.#bucket, Key: key, Retention: { Mode: 'COMPLIANCE', RetainUntilDate: lock.ObjectLockRetainUntilDate } }),
+          { abortSignal: signal },
+        );
+      }
     } catch (e) {
       // Best effort: parts left behind cost money but harm nothing; a bucket lifecycle rule
       // ("abort incomplete multipart uploads") removes them for good.
@@ -533,6 +540,14 @@ function normalisePrefix(prefix: string): string {
     });
   }
   return `${trimmed}/`;
+}
+
+/**
+ * S3 keeps LastModified to the second, but some servers (Ceph RGW) list it with milliseconds and
+ * give HeadObject whole seconds: both are cut to the second, so that stat() and list() agree.
+ */
+function toSeconds(date: Date): number {
+  return Math.floor(date.getTime() / 1000) * 1000;
 }
 
 function md5(data: Uint8Array): string {
