@@ -28,10 +28,11 @@ export const storageAccess = z.strictObject({
   env: z.record(z.string().max(255), z.string().max(4096)).optional(),
   /**
    * An immutable unit (S3 with Object Lock): the repository's objects are written locked in
-   * compliance mode until `until` (ms since the epoch), deleted version by version, and never
-   * deleted while locked. Without `until`, written unlocked (a probe).
+   * compliance mode until `until` (ms since the epoch) and for at least `minimumMs` from their
+   * write, deleted version by version, and never deleted while locked. Neither given: written
+   * unlocked (a probe).
    */
-  lock: z.strictObject({ until: z.number().int().positive().optional() }).optional(),
+  lock: z.strictObject({ until: z.number().int().positive().optional(), minimumMs: z.number().int().min(1000).optional() }).optional(),
 });
 export type StorageAccess = z.infer<typeof storageAccess>;
 

@@ -381,7 +381,8 @@ export class AgentRuntime {
     if (storage.lock && parseBackendUrl(storage.url).kind !== 's3') {
       throw new CofferError('USAGE', `Cannot keep immutable copies at ${storage.url}: only S3 storage with Object Lock can lock objects`, { hint: 'Use an s3:// storage unit whose bucket has Object Lock enabled, or set immutable: false.' });
     }
-    const objectLock = storage.lock ? { objectLock: { ...(storage.lock.until ? { retainUntil: storage.lock.until } : {}), lockName: isLockedObject } } : undefined;
+    const lock = storage.lock;
+    const objectLock = lock ? { objectLock: { ...(lock.until ? { retainUntil: lock.until } : {}), ...(lock.minimumMs ? { minimumMs: lock.minimumMs } : {}), lockName: isLockedObject } } : undefined;
     return new RetryBackend(await openBackend(storage.url, { ...(storage.env ? { env: storage.env } : {}), ...(objectLock ? { s3: objectLock } : {}) }));
   }
 

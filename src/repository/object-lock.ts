@@ -156,7 +156,9 @@ export async function extendLocks(repo: Repository, targets: readonly LockTarget
   // 2. Index files in force: the latest date of the packs each lists.
   const ledger = await loadLedger(options.ledgerPath);
   const indexPacks: Record<string, string[]> = {};
-  for (const id of ids) {
+  // A superseded file (a prune could not delete it yet) is not read: it needs no longer lock.
+  const superseded = new Set(repo.index.supersededFiles());
+  for (const id of ids.filter((f) => !superseded.has(f))) {
     throwIfAborted(signal);
     let packs = ledger.indexPacks[id];
     if (!packs) {

@@ -23,9 +23,9 @@
 // repacks one (it asks the storage for the retain-until date of each candidate), and sweep asks
 // again before it writes the index, so that a pack it cannot delete stays in the index; one that
 // a delete refuses after all (a lock extended meanwhile) is a pack no index lists, which the next
-// mark finds and condemns again. A superseded index file that is locked stays where it is: every
-// index file a prune writes supersedes the superseded files still listed too, so that none comes
-// back into force. What was left is counted (packsLocked, bytesLocked, indexFilesLocked) with the
+// mark finds and condemns again. A superseded index file that is locked stays where it is, harmless:
+// the index file each prune writes supersedes every listed file, superseded ones too, so that
+// none comes back into force. What was left is counted (packsLocked, bytesLocked, indexFilesLocked) with the
 // date the last of it can go (lockedUntil); a later prune deletes it then.
 
 import { randomBytes } from 'node:crypto';
@@ -279,9 +279,9 @@ async function sweep(repo: Repository, options: PruneOptions, timing: SessionTim
   const keep: IndexPack[] = [...packs.entries()].filter(([hex]) => !doomed.has(hex)).map(([, p]) => p);
   // A prune paused since it decided (and taken for dead meanwhile) must not act on old decisions.
   await self.assertAlive({ signal });
-  // Superseded files still listed (a locked one, or one a crashed prune left) are superseded
-  // again: the files that superseded them are about to go.
-  const supersedes = [...new Set([...indexIds, ...repo.index.supersededFiles()])];
+  // Every listed file, superseded ones included (a locked one, or one a crashed prune left):
+  // the files that superseded them are about to go.
+  const supersedes = indexIds;
   const written = new Set(await repo.saveIndexFiles(keep, supersedes, { signal, entriesPerFile: options.indexFileEntries, onPart: () => options.onStep?.('index-part-written') }));
   options.onStep?.('index-written');
   // 2. The superseded index files.

@@ -11,7 +11,7 @@ import type { StorageUnit } from '../catalog/storage-units.ts';
 import type { StorageAccess } from '../agent/protocol.ts';
 import type { JobEvent } from '../jobs/events.ts';
 import type { AgentLink, JobDone } from './agent-link.ts';
-import { writeLockUntil } from './object-lock.ts';
+import { minimumLockOf, writeLockUntil } from './object-lock.ts';
 
 /** Resolves a secret reference (`keystore:NAME`, `file:/path`, `env:NAME`); see keystore.ts. */
 export type SecretResolver = (ref: string) => Promise<string>;
@@ -55,7 +55,7 @@ export async function storageAccessFor(unit: StorageUnit, resolve: SecretResolve
   const password = options.password ?? await resolve(spec.passwordFrom ?? unit.passwordRef ?? unitPasswordRef(unit.name));
   const access: StorageAccess = { url: unit.url, password };
   const until = writeLockUntil(unit, options.now ?? Date.now(), options.lockFor);
-  if (until !== undefined) access.lock = { until };
+  if (until !== undefined) access.lock = { until, minimumMs: minimumLockOf(unit)! };
   if (spec.credentialsFrom) {
     access.env = {
       AWS_ACCESS_KEY_ID: await resolve(spec.credentialsFrom.accessKeyId),

@@ -71,8 +71,10 @@ export interface S3BackendOptions {
 }
 
 export interface S3ObjectLockOptions {
-  /** Objects put are locked in COMPLIANCE mode until this date (ms since the epoch); left out: put unlocked. */
+  /** Objects put are locked in COMPLIANCE mode until this date (ms since the epoch)... */
   retainUntil?: number;
+  /** ...and for at least this long from when each is put (ms), so that a job outlasting `retainUntil` still writes. Both left out: put unlocked. */
+  minimumMs?: number;
   /** Which object names get the lock (default: all); mutable objects such as session heartbeats must not. */
   lockName?: (name: string) => boolean;
 }
@@ -183,9 +185,12 @@ export class S3Backend implements Backend {
     this.location = `s3://${this.#bucket}${this.#prefix ? `/${this.#prefix.slice(0, -1)}` : ''}`;
     this.#lock = options.objectLock;
     if (this.#lock) {
-      const retainUntil = this.#lock.retainUntil;
+      const { retainUntil, minimumMs } = this.#lock;
       if (retainUntil !== undefined && !Number.isSafeInteger(retainUntil)) {
         throw new CofferError('USAGE', `Cannot lock objects until ${retainUntil}: not a date`, { hint: 'Give retainUntil in ms since the epoch.' });
+      }
+      if (minimumMs !== undefined && (!Number.isSafeInteger(minimumMs) || minimumMs < 1000)) {
+        throw new CofferError('USAGE', `Cannot lock objects for ${minimumMs} ms: give a whole number of ms, at least 1000`);
       }
       this.locks = {
         check: (o) => this.#checkObjectLock(o?.signal),
@@ -436,8 +441,9 @@ export class S3Backend implements Backend {
   }
 
   #lockFor(name: string): LockParameters {
-    const until = this.#lock?.retainUntil;
-    if (until === undefined || !(this.#lock?.lockName?.(name) ?? true)) return {};
+    const lock = this.#lock;
+    if (!lock || (lock.retainUntil === undefined && lock.minimumMs === undefined) || !(lock.lockName?.(name) ?? true)) return {};
+    const until = Math.max(lock.retainUntil ?? 0, lock.minimumMs === undefined ? 0 : Date.now() + lock.minimumMs);
     return { ObjectLockMode: 'COMPLIANCE', ObjectLockRetainUntilDate: new Date(until) };
   }
 
