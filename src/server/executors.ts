@@ -13,7 +13,7 @@ import { INFINITE, parseDuration, type PolicyDocument, type Selection } from '..
 import type { SelectionSpec } from '../agent/protocol.ts';
 import type { JobContext, JobEnd, JobExecutor } from './dispatcher.ts';
 import { lifecycleOf, runOnAgent, type Services } from './services.ts';
-import { lockLookup, lockedSnapshots, noteLockedCopy, prunedLocked, type LockedCopies, type PrunedLocked } from './object-lock.ts';
+import { lockLookup, lockedSnapshots, noteLockedCopy, notePruneRetry, pruneRetriesDue, prunedLocked, type LockedCopies, type PrunedLocked } from './object-lock.ts';
 
 /**
  * A selection's stream key: the same selection gets the same key in every image (the parent of
@@ -321,6 +321,9 @@ async function expireOnce(s: Services, options: { pruneIntervalMs: number }, ctx
     if (!page.next) break;
     cursor = page.next;
   }
+  // Units whose last prune had to leave locked objects are pruned again once those locks pass.
+  const retry = await pruneRetriesDue(s, now);
+  for (const unit of retry) if (!byUnit.has(unit)) byUnit.set(unit, []);
   let forgotten = 0;
   const pruned: string[] = [];
   const lockedLeft: Array<{ unit: string } & PrunedLocked> = [];
@@ -329,7 +332,7 @@ async function expireOnce(s: Services, options: { pruneIntervalMs: number }, ctx
     const storage = await s.storageAccess(unit);
     const snapshots = copies.flatMap((c) => Object.values(c.snapshots));
     const lastPrune = (await s.catalog.settings.get(`prune.last.${unit}`)) as number | undefined;
-    const prune = lastPrune === undefined || now - lastPrune >= options.pruneIntervalMs;
+    const prune = lastPrune === undefined || now - lastPrune >= options.pruneIntervalMs || retry.has(unit);
     ctx.log('info', `storage unit ${unit}: forgetting ${snapshots.length} snapshot(s) of ${copies.length} expired cop${copies.length === 1 ? 'y' : 'ies'}${prune ? ', then pruning' : ''}`);
     const forgot = await runOnAgent(s.node(), 'forget', { storage, snapshots, prune: false }, { jobId: ctx.job.id, emit: ctx.emit, signal: ctx.signal });
     // Snapshots the storage would not delete yet (locked): their copies stay, for a later expiry.
@@ -354,6 +357,7 @@ async function expireOnce(s: Services, options: { pruneIntervalMs: number }, ctx
       await s.catalog.settings.set(`prune.last.${unit}`, now);
       pruned.push(unit);
       const left = prunedLocked(r);
+      await notePruneRetry(s, unit, left?.until ?? undefined);
       if (left) {
         lockedLeft.push({ unit, ...left });
         ctx.log('info', `storage unit ${unit}: prune left ${left.packs} locked pack(s) (${left.bytes} bytes) and ${left.indexFiles} locked index file(s); a prune after ${new Date(left.until!).toISOString()} deletes them`);

@@ -129,6 +129,33 @@ export function prunedLocked(forgetResult: Record<string, unknown>): PrunedLocke
   return { packs: p.packsLocked ?? 0, bytes: p.bytesLocked ?? 0, indexFiles: p.indexFilesLocked ?? 0, until: p.lockedUntil ?? null };
 }
 
+const retryKey = (unit: string) => `prune.locked.${unit}`;
+
+/**
+ * Records when a unit's prune may delete what it had to leave locked (undefined: nothing was
+ * left, or no date is known), so that the expiry prunes it again then.
+ */
+export async function notePruneRetry(s: Services, unit: string, until: number | undefined): Promise<void> {
+  const had = await s.catalog.settings.get(retryKey(unit));
+  if (until === undefined && had === undefined) return;
+  await s.catalog.settings.set(retryKey(unit), until ?? null);
+}
+
+/** The immutable units whose prune left locked objects that may go by `now`. */
+export async function pruneRetriesDue(s: Services, now: number): Promise<Set<string>> {
+  const due = new Set<string>();
+  for (let cursor: string | undefined; ;) {
+    const page = await s.catalog.storageUnits.list({ limit: 1000, cursor });
+    for (const u of page.items) {
+      if (minimumLockOf(u) === undefined) continue;
+      const until = await s.catalog.settings.get<number | null>(retryKey(u.name));
+      if (typeof until === 'number' && until <= now) due.add(u.name);
+    }
+    if (!page.next) return due;
+    cursor = page.next;
+  }
+}
+
 /** Refuses (REFUSED, 403) to delete an image while a copy of it is locked; says until when. */
 export async function refuseLockedCopies(s: Services, imageId: string, copies: Copy[]): Promise<void> {
   const lockedUntil = lockLookup(s, s.now());
