@@ -379,6 +379,7 @@ export const COMMAND_OUTPUT: Record<string, CommandOutput> = {
   audit: { events: ['audit'], summary: summary({ entries: count }) },
   'catalog reconcile': { events: JOB_LINES, summary: jobsSummary },
   expire: { events: JOB_LINES, summary: jobsSummary },
+  'lock-extend': { events: JOB_LINES, summary: jobsSummary },
   quickstart: {
     events: ['warning'],
     summary: summary({ repository: z.string(), created: z.boolean(), snapshot: id, snapshots: count, check: z.enum(['ok', 'failed']), warnings: count }),

@@ -28,6 +28,7 @@ import { register as jobs } from './cmd_jobs.ts';
 import { register as images } from './cmd_images.ts';
 import { register as users } from './cmd_users.ts';
 import { register as catalog } from './cmd_catalog.ts';
+import { register as lockExtend } from './cmd_lock_extend.ts';
 import { VERSION } from '../core/version.ts';
 
 export { VERSION };
@@ -72,6 +73,7 @@ export function buildProgram(): Command {
   images(program);
   users(program);
   catalog(program);
+  lockExtend(program);
   quickstart(program);
   agent(program);
   // Every command, however deep, shares the error handling and exits through main().
