@@ -459,7 +459,8 @@ export class S3Backend implements Backend {
           new ListObjectVersionsCommand({ Bucket: this.#bucket, Prefix: key, KeyMarker: keyMarker, VersionIdMarker: versionMarker }),
           { abortSignal: signal },
         );
-        for (const v of [...(page.Versions ?? []), ...(page.DeleteMarkers ?? [])]) if (v.Key === key && v.VersionId) versions.push(v.VersionId);
+        // Delete markers first: an object someone hid behind one is visible again if its version is locked.
+        for (const v of [...(page.DeleteMarkers ?? []), ...(page.Versions ?? [])]) if (v.Key === key && v.VersionId) versions.push(v.VersionId);
         if (page.IsTruncated && !page.NextKeyMarker) throw new CofferError('STORAGE_ERROR', `Cannot delete ${this.#where(name)}: the server said there are more versions but sent no marker`);
         keyMarker = page.IsTruncated ? page.NextKeyMarker : undefined;
         versionMarker = page.IsTruncated ? page.NextVersionIdMarker : undefined;
