@@ -89,19 +89,20 @@ describe('prune on storage with Object Lock', () => {
   it('leaves locked packs and index files, indexed and superseded as they should be, reports them, and deletes them once the locks pass', async (t) => {
     const dir = await tempDir(t);
     const prefix = `prune${++prefixes}`;
-    const t0 = Date.now();
-    const tr = await makeTestRepo({ backend: locking(prefix, t0 + 3000) });
+    // Everything written is locked 3 s from its write (a fixed date could pass on a loaded machine).
+    const tr = await makeTestRepo({ backend: locking(prefix, undefined, 3000) });
     t.after(() => tr.close());
     const a = await backup(tr.repo, tr.pool, [await writeSet(join(dir, 'a'), 1)]);
     const b = await backup(tr.repo, tr.pool, [await writeSet(join(dir, 'b'), 2)]);
     const c = await backup(tr.repo, tr.pool, [await writeSet(join(dir, 'c'), 3)]);
+    const t0 = Date.now();
     await tr.repo.loadIndex();
     const aPacks = await packsOf(tr.repo, a.snapshotId!);
     const bPacks = await packsOf(tr.repo, b.snapshotId!);
     for (const p of aPacks) assert.ok(!bPacks.has(p), 'the test needs packs that only a uses');
     // a's packs (not its snapshot) and the index files of now are locked longer than the rest.
-    const packsUntil = t0 + 16_000;
-    const indexUntil = t0 + 22_000;
+    const packsUntil = t0 + 20_000;
+    const indexUntil = t0 + 26_000;
     for (const p of aPacks) await tr.backend.locks!.extend(packName(p), packsUntil);
     const firstIndexFiles = (await listAll(tr.backend, INDEX_PREFIX)).map((o) => o.name);
     for (const name of firstIndexFiles) await tr.backend.locks!.extend(name, indexUntil);
@@ -148,12 +149,12 @@ describe('extendLocks', () => {
   it('locks a pack shared by a short- and a long-lived snapshot until the later date, never shortens, and a second run asks the storage for nothing', async (t) => {
     const dir = await tempDir(t);
     const prefix = `extend${++prefixes}`;
-    const t0 = Date.now();
-    const tr = await makeTestRepo({ backend: locking(prefix, t0 + 3000) });
+    const tr = await makeTestRepo({ backend: locking(prefix, undefined, 3000) });
     t.after(() => tr.close());
     const data = await writeSet(join(dir, 'data'), 4);
     const short = await backup(tr.repo, tr.pool, [data]);
     const long = await backup(tr.repo, tr.pool, [data], { parent: short.snapshotId! });
+    const t0 = Date.now();
     await tr.repo.loadIndex();
     const longPacks = await packsOf(tr.repo, long.snapshotId!);
     const shared = [...await packsOf(tr.repo, short.snapshotId!)].filter((p) => longPacks.has(p));

@@ -9,7 +9,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { constants } from 'node:fs';
 import { access, stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import { CofferError, throwIfAborted, toCofferError } from '../core/errors.ts';
+import { CofferError, isCofferError, throwIfAborted, toCofferError } from '../core/errors.ts';
 import { WorkerPool, type RepoPool } from '../engine/pool.ts';
 import { backup, backupReport } from '../jobs/backup.ts';
 import { findInSnapshots, listSnapshot } from '../jobs/browse.ts';
@@ -22,7 +22,7 @@ import { Repository } from '../repository/repository.ts';
 import type { SessionTiming } from '../repository/session.ts';
 import { SNAPSHOTS_PREFIX } from '../repository/layout.ts';
 import { loadSnapshot, readSnapshots, type HostIdentity } from '../repository/snapshot.ts';
-import { lockedUntilOf, type Backend } from '../storage/backend.ts';
+import { lockedError, lockedUntilOf, type Backend } from '../storage/backend.ts';
 import { RetryBackend } from '../storage/retry.ts';
 import { openBackend, parseBackendUrl } from '../storage/url.ts';
 import {
@@ -225,6 +225,12 @@ export class AgentRuntime {
         throwIfAborted(signal);
         // Deleting what is already gone succeeds (backend contract): an interrupted expiry runs again.
         try {
+          // Asked first: a locked snapshot is not even tried (the storage would refuse).
+          const until = await repo.backend.locks?.lockedUntil(SNAPSHOTS_PREFIX + id, { signal }).catch((e: unknown) => {
+            if (isCofferError(e, 'NOT_FOUND')) return undefined;
+            throw e;
+          });
+          if (until !== undefined && until > Date.now()) throw lockedError(SNAPSHOTS_PREFIX + id, until);
           await repo.backend.delete(SNAPSHOTS_PREFIX + id, { signal });
         } catch (e) {
           const until = lockedUntilOf(e);

@@ -287,16 +287,20 @@ async function sweep(repo: Repository, options: PruneOptions, timing: SessionTim
   // 2. The superseded index files.
   for (const id of supersedes) {
     if (written.has(id)) continue;
-    try {
-      await repo.backend.delete(indexName(id), { signal });
-    } catch (e) {
-      const until = lockedUntilOf(e);
-      if (until === undefined) throw e;
-      result.indexFilesLocked++;
-      noteLocked(result, until);
-      continue;
+    // A locked one is left (superseded, so harmless) without trying: the storage would refuse.
+    let until: number | null | undefined = await lockedAfter(repo, indexName(id), now, { signal });
+    if (until === undefined) {
+      try {
+        await repo.backend.delete(indexName(id), { signal });
+        result.indexFilesDeleted++;
+        continue;
+      } catch (e) {
+        until = lockedUntilOf(e);
+        if (until === undefined) throw e;
+      }
     }
-    result.indexFilesDeleted++;
+    result.indexFilesLocked++;
+    noteLocked(result, until);
   }
   options.onStep?.('index-deleted');
   // 3. The packs.

@@ -104,7 +104,7 @@ describe('S3Backend with Object Lock on Ceph RGW', () => {
   });
 
   it('locks multipart uploads too', async () => {
-    const until = Date.now() + 3000;
+    const until = Date.now() + 5000;
     const b = new S3Backend({
       bucket: 'locked', prefix: `t${++prefixes}`, endpoint: rgw.endpoint, region: rgw.region, forcePathStyle: true,
       credentials: { accessKeyId: rgw.accessKeyId, secretAccessKey: rgw.secretAccessKey }, multipartThreshold: 5 * 1024 * 1024, partSize: 5 * 1024 * 1024,
