@@ -31,6 +31,9 @@ import type { Repository } from './repository.ts';
 import { loadSnapshot } from './snapshot.ts';
 import { walkTree } from './walk.ts';
 
+/** Targets whose date is closer than this are left out: their lock could end before the request arrives. */
+const PAST_MARGIN_MS = 2000;
+
 /** True for the objects an immutable repository locks (see the header). */
 export function isLockedObject(name: string): boolean {
   return name === CONFIG_NAME || name === CONFIG_COPY_NAME || [KEYS_PREFIX, DATA_PREFIX, INDEX_PREFIX, SNAPSHOTS_PREFIX].some((p) => name.startsWith(p));
@@ -111,7 +114,9 @@ export async function extendLocks(repo: Repository, targets: readonly LockTarget
   const packOf = (type: 'tree' | 'data', id: string): string[] => repo.index.lookupAll(fromHex(id), type).map((h) => toHex(h.packId));
 
   // 1. Snapshots, latest date first: a tree reached before was reached with a date at least as late.
-  const ordered = [...targets].sort((a, b) => b.until - a.until);
+  //    A date about to pass needs no lock (the storage refuses a retain-until in the past).
+  const soon = Date.now() + PAST_MARGIN_MS;
+  const ordered = targets.filter((t) => t.until > soon).sort((a, b) => b.until - a.until);
   const treesSeen = new Set<string>();
   let horizon = -Infinity;
   for (const t of ordered) {

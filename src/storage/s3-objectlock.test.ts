@@ -92,6 +92,7 @@ describe('S3Backend with Object Lock on Ceph RGW', () => {
       assert.ok(Math.abs((await b.locks!.extend('data/pack', until - 3000)) - (until + 2000)) < 1000, 'a shorter date leaves the lock as it is');
       assert.ok(Math.abs((await b.locks!.lockedUntil('data/pack'))! - (until + 2000)) < 1000);
       await assert.rejects(b.locks!.extend('data/missing', until), (e) => isCofferError(e, 'NOT_FOUND'));
+      assert.ok(Math.abs((await b.locks!.extend('data/pack', Date.now() - 1000)) - (until + 2000)) < 1000, 'a date already past changes nothing');
 
       // Once the lock has passed, the delete removes every version.
       await new Promise((r) => setTimeout(r, until + 2000 - Date.now() + 1500));

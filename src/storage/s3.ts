@@ -519,6 +519,8 @@ export class S3Backend implements Backend {
         const current = await this.#lockedUntil(name, undefined, signal).catch(() => undefined);
         if (current !== undefined && current >= until) return current;
       }
+      // Refused because the date passed on the way: a lock ending in the past is no lock to set.
+      if (sdkName(e) === 'InvalidArgument' && until <= Date.now()) return (await this.#lockedUntil(name, undefined, signal)) ?? until;
       throw s3Error(e, 'lock', this.#where(name), signal);
     }
   }
