@@ -52,6 +52,7 @@ const EXPECTED: Record<string, 'public' | readonly Role[]> = {
   'POST /api/v1/restores': ['admin', 'restore'],
   'DELETE /api/v1/images/:id': ADMIN,
   'POST /api/v1/expire': ADMIN,
+  'POST /api/v1/lock-extend': RUN, // extends to the copies' own expiry: nothing is lost, nothing can be shortened
   'POST /api/v1/catalog/reconcile': READ, // a check; importing (apply) is admin only, in the handler
   'POST /api/v1/clones': RUN,
   'POST /api/v1/images/:id/hold': ADMIN,

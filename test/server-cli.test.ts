@@ -330,10 +330,14 @@ spec:
     assert.equal(unknown.final.code, 'NOT_FOUND');
   });
 
-  await t.test('catalog reconcile and expire --wait; logout', async () => {
-    const [rec, ex] = await Promise.all([json(['catalog', 'reconcile', '--wait'], admin, 0), json(['expire', '--wait'], admin, 0)]);
+  await t.test('catalog reconcile, expire and lock-extend --wait; logout', async () => {
+    const [rec, ex, lock] = await Promise.all([json(['catalog', 'reconcile', '--wait'], admin, 0), json(['expire', '--wait'], admin, 0), json(['lock-extend', '--wait'], admin, 0)]);
     assert.equal(rec.final.jobs[0].kind, 'reconcile');
     assert.equal(ex.final.jobs[0].kind, 'expire');
+    assert.equal(lock.final.jobs[0].kind, 'lock-extend');
+    assert.deepEqual(lock.final.jobs[0].result.units, [], 'no unit is immutable here');
+    const notImmutable = await json(['lock-extend', '--unit', 'default'], admin, 2);
+    assert.equal(notImmutable.final.code, 'USAGE');
     const out = await json(['logout'], admin, 0);
     assert.equal(out.final.loggedOut, true);
     await human(['jobs'], admin, 4);

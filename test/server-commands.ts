@@ -6,7 +6,7 @@ export const SERVER_COMMANDS = [
   'images', 'browse', 'find', 'restore', 'clone', 'hold', 'release',
   'users list', 'users add', 'users set', 'users remove',
   'tokens list', 'tokens create', 'tokens revoke',
-  'audit', 'catalog reconcile', 'expire',
+  'audit', 'catalog reconcile', 'expire', 'lock-extend',
   'units list', 'units unavailable', 'units available',
 ] as const;
 

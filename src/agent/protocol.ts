@@ -28,6 +28,13 @@ export const storageAccess = z.strictObject({
   env: z.record(z.string().max(255), z.string().max(4096)).optional(),
   /** The unit's bandwidth limit in bytes per second, shared by the agent's jobs on this URL. */
   bandwidth: z.number().int().min(1024).optional(),
+  /**
+   * An immutable unit (S3 with Object Lock): the repository's objects are written locked in
+   * compliance mode until `until` (ms since the epoch) and for at least `minimumMs` from their
+   * write, deleted version by version, and never deleted while locked. Neither given: written
+   * unlocked (a probe).
+   */
+  lock: z.strictObject({ until: z.number().int().positive().optional(), minimumMs: z.number().int().min(1000).optional() }).optional(),
 });
 export type StorageAccess = z.infer<typeof storageAccess>;
 
@@ -186,6 +193,12 @@ export const scratchSpec = z.strictObject({
   name: z.string().min(1).max(255),
 });
 export type ScratchSpec = z.infer<typeof scratchSpec>;
+export const lockExtendSpec = z.strictObject({
+  storage: storageAccess,
+  /** Each live snapshot with the date until which what it needs must stay locked (ms since the epoch). */
+  targets: z.array(z.strictObject({ snapshot: z.string().regex(/^[0-9a-f]{64}$/), until: z.number().int().positive() })).max(1_000_000),
+});
+export type LockExtendSpec = z.infer<typeof lockExtendSpec>;
 
 export const JOB_SPECS = {
   backup: backupSpec,
@@ -202,6 +215,7 @@ export const JOB_SPECS = {
   usage: usageSpec,
   compare: compareSpec,
   scratch: scratchSpec,
+  'lock-extend': lockExtendSpec,
 } as const;
 export type AgentJobKind = keyof typeof JOB_SPECS;
 export type AgentJobSpec<K extends AgentJobKind> = z.infer<(typeof JOB_SPECS)[K]>;

@@ -10,7 +10,7 @@ import { constants } from 'node:fs';
 import { access, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { TokenBucket } from '../core/bandwidth.ts';
-import { CofferError, throwIfAborted, toCofferError } from '../core/errors.ts';
+import { CofferError, isCofferError, throwIfAborted, toCofferError } from '../core/errors.ts';
 import { WorkerPool, type RepoPool } from '../engine/pool.ts';
 import { backup, backupReport } from '../jobs/backup.ts';
 import { findInSnapshots, listSnapshot } from '../jobs/browse.ts';
@@ -21,15 +21,16 @@ import { repairPacks } from '../repository/repair.ts';
 import { describeHost, restore, type RestoreResult } from '../jobs/restore.ts';
 import { AlternateSources, type AlternateCopy } from '../jobs/restore-fallback.ts';
 import { compareRestored } from '../jobs/compare.ts';
+import { extendLocks, isLockedObject } from '../repository/object-lock.ts';
 import { prune } from '../repository/prune.ts';
 import { Repository } from '../repository/repository.ts';
 import type { SessionTiming } from '../repository/session.ts';
 import { SNAPSHOTS_PREFIX } from '../repository/layout.ts';
 import { loadSnapshot, readSnapshots, type HostIdentity } from '../repository/snapshot.ts';
-import type { Backend } from '../storage/backend.ts';
+import { lockedError, lockedUntilOf, type Backend } from '../storage/backend.ts';
 import { RetryBackend } from '../storage/retry.ts';
 import { ThrottledBackend } from '../storage/throttle.ts';
-import { openBackend } from '../storage/url.ts';
+import { openBackend, parseBackendUrl } from '../storage/url.ts';
 import {
   isJobKind,
   parseJobSpec,
@@ -44,6 +45,7 @@ import {
   type InitSpec,
   type JobError,
   type ListSpec,
+  type LockExtendSpec,
   type ProbeSpec,
   type RepairSpec,
   type RestoreSpec,
@@ -133,6 +135,7 @@ export class AgentRuntime {
       case 'usage': return this.usage(parseJobSpec('usage', raw), signal);
       case 'compare': return this.compare(parseJobSpec('compare', raw), emit, signal);
       case 'scratch': return scratchJob(parseJobSpec('scratch', raw));
+      case 'lock-extend': return this.lockExtend(parseJobSpec('lock-extend', raw), emit, signal);
     }
   }
 
@@ -280,23 +283,55 @@ export class AgentRuntime {
   private async forget(spec: ForgetSpec, emit: EmitJobEvent, signal: AbortSignal): Promise<Record<string, unknown>> {
     return this.withRepo(spec.storage, signal, spec.prune, async (repo, pool) => {
       let forgotten = 0;
+      // On an immutable unit a snapshot still locked stays: it is reported, and forgotten by a
+      // later expiry once its lock has passed.
+      const locked: Array<{ snapshot: string; until: number | null }> = [];
       for (const id of spec.snapshots) {
         throwIfAborted(signal);
         // Deleting what is already gone succeeds (backend contract): an interrupted expiry runs again.
-        await repo.backend.delete(SNAPSHOTS_PREFIX + id, { signal });
+        try {
+          // Asked first: a locked snapshot is not even tried (the storage would refuse).
+          const until = await repo.backend.locks?.lockedUntil(SNAPSHOTS_PREFIX + id, { signal }).catch((e: unknown) => {
+            if (isCofferError(e, 'NOT_FOUND')) return undefined;
+            throw e;
+          });
+          if (until !== undefined && until > Date.now()) throw lockedError(SNAPSHOTS_PREFIX + id, until);
+          await repo.backend.delete(SNAPSHOTS_PREFIX + id, { signal });
+        } catch (e) {
+          const until = lockedUntilOf(e);
+          if (until === undefined) throw e;
+          locked.push({ snapshot: id, until });
+          continue;
+        }
         forgotten++;
       }
-      emit({ type: 'log', level: 'info', message: `forgot ${forgotten} snapshot(s)` });
-      if (!spec.prune) return { forgotten };
+      emit({ type: 'log', level: 'info', message: `forgot ${forgotten} snapshot(s)${locked.length ? `; ${locked.length} locked one(s) left` : ''}` });
+      if (!spec.prune) return { forgotten, locked };
       // Repacking encodes blobs again: the worker pool does it, with this repository's keys.
       const res = await prune(repo, { signal, encoder: pool, onProgress: (m) => emit({ type: 'log', level: 'info', message: m }) });
-      return { forgotten, prune: res as unknown as Record<string, unknown> };
+      return { forgotten, locked, prune: res as unknown as Record<string, unknown> };
+    });
+  }
+
+  /** Moves the locks of what live snapshots need to their copies' expiry (repository/object-lock.ts). */
+  private async lockExtend(spec: LockExtendSpec, emit: EmitJobEvent, signal: AbortSignal): Promise<Record<string, unknown>> {
+    if (!spec.storage.lock) throw new CofferError('USAGE', `Cannot extend locks in ${spec.storage.url}: the storage unit is not immutable`, { hint: 'Set immutable: true on the storage unit (S3 with Object Lock).' });
+    return this.withRepo(spec.storage, signal, false, async (repo) => {
+      const r = await extendLocks(repo, spec.targets, {
+        signal,
+        ledgerPath: join(this.cacheDir(), repo.config.id, 'object-locks.json'),
+        onProgress: (m) => emit({ type: 'log', level: 'info', message: m }),
+      });
+      for (const u of r.unreadable) emit({ type: 'log', level: 'warn', message: `snapshot ${u.snapshot.slice(0, 12)} is unreadable; its locks were not extended: ${u.error}` });
+      if (r.missing.length) emit({ type: 'log', level: 'warn', message: `${r.missing.length} object(s) that snapshots need are missing (first: ${r.missing[0]}); run \`coffer repo check\`` });
+      return { ...r, missing: r.missing.length, warnings: r.unreadable.length + r.missing.length };
     });
   }
 
   private async init(spec: InitSpec, signal: AbortSignal): Promise<Record<string, unknown>> {
     const backend = await this.backend(spec.storage);
     try {
+      await backend.locks?.check({ signal });
       const repo = await Repository.init(backend, spec.storage.password, { signal, cacheDir: this.cacheDir(), ...(spec.master ? { master: Buffer.from(spec.master, 'base64') } : {}) });
       const id = repo.config.id;
       await repo.close();
@@ -307,7 +342,7 @@ export class AgentRuntime {
   }
 
   private async probe(spec: ProbeSpec, signal: AbortSignal): Promise<Record<string, unknown>> {
-    const problems: Array<{ path?: string; storage?: string; problem: string }> = [];
+    const problems: Array<{ path?: string; storage?: string; problem: string; code?: string; hint?: string }> = [];
     for (const p of spec.paths ?? []) {
       throwIfAborted(signal);
       try {
@@ -322,6 +357,7 @@ export class AgentRuntime {
       try {
         const backend = await this.backend(spec.storage);
         try {
+          await backend.locks?.check({ signal });
           const name = `probe-${randomBytes(8).toString('hex')}`;
           await backend.put(name, Buffer.from('coffer probe\n'), { signal });
           await backend.delete(name, { signal });
@@ -329,7 +365,8 @@ export class AgentRuntime {
           await backend.close();
         }
       } catch (e) {
-        problems.push({ storage: spec.storage.url, problem: toCofferError(e).message });
+        const err = toCofferError(e);
+        problems.push({ storage: spec.storage.url, problem: err.message, code: err.code, ...(err.hint ? { hint: err.hint } : {}) });
       }
     }
     return { problems };
@@ -480,7 +517,12 @@ export class AgentRuntime {
 
   /** The storage behind `storage`, retried, and held to its unit's bandwidth limit if it has one. */
   private async backend(storage: StorageAccess): Promise<Backend> {
-    const opened = await openBackend(storage.url, storage.env ? { env: storage.env } : {});
+    if (storage.lock && parseBackendUrl(storage.url).kind !== 's3') {
+      throw new CofferError('USAGE', `Cannot keep immutable copies at ${storage.url}: only S3 storage with Object Lock can lock objects`, { hint: 'Use an s3:// storage unit whose bucket has Object Lock enabled, or set immutable: false.' });
+    }
+    const lock = storage.lock;
+    const objectLock = lock ? { objectLock: { ...(lock.until ? { retainUntil: lock.until } : {}), ...(lock.minimumMs ? { minimumMs: lock.minimumMs } : {}), lockName: isLockedObject } } : undefined;
+    const opened = await openBackend(storage.url, { ...(storage.env ? { env: storage.env } : {}), ...(objectLock ? { s3: objectLock } : {}) });
     return new RetryBackend(storage.bandwidth ? new ThrottledBackend(opened, this.bucket(storage.url, storage.bandwidth)) : opened);
   }
 

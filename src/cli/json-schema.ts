@@ -418,6 +418,7 @@ export const COMMAND_OUTPUT: Record<string, CommandOutput> = {
   verify: { events: JOB_LINES, summary: jobsSummary },
   'alerts list': { events: ['alert'], summary: summary({ alerts: count }) },
   'alerts ack': { events: [], summary: summary({ alert: apiAlert }) },
+  'lock-extend': { events: JOB_LINES, summary: jobsSummary },
   quickstart: {
     events: ['warning'],
     summary: summary({ repository: z.string(), created: z.boolean(), snapshot: id, snapshots: count, check: z.enum(['ok', 'failed']), warnings: count }),

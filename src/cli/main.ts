@@ -32,6 +32,7 @@ import { register as verify } from './cmd_verify.ts';
 import { register as units } from './cmd_units.ts';
 import { register as restoreTest } from './cmd_restore_test.ts';
 import { register as report } from './cmd_report.ts';
+import { register as lockExtend } from './cmd_lock_extend.ts';
 import { VERSION } from '../core/version.ts';
 
 export { VERSION };
@@ -80,6 +81,7 @@ export function buildProgram(): Command {
   units(program);
   restoreTest(program);
   report(program);
+  lockExtend(program);
   quickstart(program);
   agent(program);
   // Every command, however deep, shares the error handling and exits through main().

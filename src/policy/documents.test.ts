@@ -258,6 +258,19 @@ describe('parseDocuments() problems', () => {
     assert.ok(errorOf(local).message.includes(`site.yaml:${at(local, '{ accessKeyId')}: spec.credentialsFrom: applies to s3:// storage units only`));
   });
 
+  it('immutable needs S3 (Object Lock), and minimumLock needs immutable: refused with what to do', () => {
+    const local = EXAMPLE_SITE.replace('maxJobs: 4', 'immutable: true');
+    const e = errorOf(local);
+    assert.ok(e.message.includes('spec.immutable: needs S3 storage with Object Lock'), e.message);
+    assert.ok(problems(e).some((p) => /Object Lock enabled/.test(p.hint ?? '')), JSON.stringify(problems(e)));
+    const alone = EXAMPLE_SITE.replace('maxJobs: 4', 'minimumLock: 30d');
+    assert.ok(errorOf(alone).message.includes('spec.minimumLock: applies to immutable storage units only'));
+    const bad = EXAMPLE_SITE.replace('url: /var/lib/coffer/primary', 'url: s3://vault/p\n  immutable: true\n  minimumLock: 30 days');
+    assert.match(errorOf(bad).message, /spec\.minimumLock/);
+    const good = EXAMPLE_SITE.replace('url: /var/lib/coffer/primary', 'url: s3://vault/p\n  immutable: true\n  minimumLock: 90d');
+    assert.ok(parseDocuments(good, { file: 'site.yaml' }).length > 0);
+  });
+
   it('a wrong type says what was expected and how to write it', () => {
     const text = EXAMPLE_SITE.replace('maxStreams: 2', 'maxStreams: "2"').replace('start: "01:00"', 'start: 25:00');
     const m = errorOf(text).message;

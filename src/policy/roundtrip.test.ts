@@ -30,12 +30,18 @@ const window = fc.record({ start: time, duration: shortDuration });
 const ref = fc.oneof(fc.stringMatching(/^env:[A-Za-z_][A-Za-z0-9_]{0,10}$/), fc.stringMatching(/^file:\/[a-z0-9/._ -]{1,20}$/));
 
 const storageUnit = fc.oneof(
-  fc.record({ url: fc.constantFrom('/var/lib/coffer/primary', '/srv/backup one', 'file:///srv/b', '/yes'), maxJobs: fc.integer({ min: 1, max: 1000 }), passwordFrom: ref, offsite: fc.boolean(), immutable: fc.boolean(), priority: fc.integer({ min: -100, max: 100 }) }, { requiredKeys: ['url'] }),
+  fc.record({ url: fc.constantFrom('/var/lib/coffer/primary', '/srv/backup one', 'file:///srv/b', '/yes'), maxJobs: fc.integer({ min: 1, max: 1000 }), passwordFrom: ref, offsite: fc.boolean(), immutable: fc.constant(false), priority: fc.integer({ min: -100, max: 100 }) }, { requiredKeys: ['url'] }),
   fc.record({
     url: fc.constantFrom('s3://bucket/prefix', 's3://coffer-b/a/b?endpoint=http://127.0.0.1:9000&path-style=true', 's3://bkt'),
     credentialsFrom: fc.record({ accessKeyId: ref, secretAccessKey: ref, sessionToken: ref }, { requiredKeys: ['accessKeyId', 'secretAccessKey'] }),
     offsite: fc.boolean(),
   }, { requiredKeys: ['url'] }),
+  // Immutable (S3 only), with or without a minimum lock.
+  fc.record({
+    url: fc.constantFrom('s3://vault/prefix', 's3://vault?endpoint=https://s3.example.com'),
+    immutable: fc.constant(true),
+    minimumLock: fc.constantFrom('30d', '1y', '12h', '90s'),
+  }, { requiredKeys: ['url', 'immutable'] }),
 ).chain((spec) => metadata(name).map((m) => ({ apiVersion: 'coffer/v1', kind: 'StorageUnit', metadata: m, spec })));
 
 const lifecycle = fc.uniqueArray(name, { minLength: 1, maxLength: 4 }).chain((units) => {

@@ -21,7 +21,7 @@ export type Kind = (typeof KINDS)[number];
 
 /** What an omitted field means. Documents keep fields omitted; whoever acts on them reads these. */
 export const DEFAULTS = {
-  storageUnit: { maxJobs: 1, offsite: false, immutable: false, priority: 0 },
+  storageUnit: { maxJobs: 1, offsite: false, immutable: false, priority: 0, minimumLock: '30d' },
   /** `after` of a duplicate or stage: as soon as its source copy exists; `from`: the backup copy. */
   copy: { after: '0s' },
   policy: { maxStreams: 1, offsiteRequired: false },
@@ -253,8 +253,13 @@ export const storageUnitSpec = z.strictObject({
   passwordFrom: passwordFrom.optional(),
   /** True when this unit is at another site than the clients: its copies count as offsite (default false). */
   offsite: z.boolean().optional(),
-  /** Copies here must not be deleted before they expire (default false). Not enforced yet. */
+  /**
+   * Copies here cannot be deleted before they expire, by anyone (default false): S3 only, in a
+   * bucket with Object Lock enabled; every object is written with a compliance-mode lock.
+   */
   immutable: z.boolean().optional(),
+  /** Immutable units: the shortest lock of anything written, whatever the copies' retention (default 30d). */
+  minimumLock: durationSchema({ min: 1000, max: 100 * DURATION_UNITS.y }).optional(),
   /** Queue priority of the jobs that use this unit: higher starts first when jobs wait (default 0). */
   priority: integer(-100, 100).optional(),
   /** S3 only: where the server reads the access key (default: the AWS SDK's usual sources). */
@@ -268,6 +273,12 @@ export const storageUnitSpec = z.strictObject({
 }).superRefine((spec, ctx) => {
   if (spec.credentialsFrom !== undefined && !/^s3:/i.test(spec.url)) {
     ctx.addIssue({ code: 'custom', path: ['credentialsFrom'], message: issueMessage('applies to s3:// storage units only', 'Leave it out for a path or file:// URL.') });
+  }
+  if (spec.immutable === true && !/^s3:/i.test(spec.url)) {
+    ctx.addIssue({ code: 'custom', path: ['immutable'], message: issueMessage('needs S3 storage with Object Lock: a directory cannot stop its owner deleting files', 'Use an s3:// URL whose bucket has Object Lock enabled, or leave immutable out.') });
+  }
+  if (spec.minimumLock !== undefined && spec.immutable !== true) {
+    ctx.addIssue({ code: 'custom', path: ['minimumLock'], message: issueMessage('applies to immutable storage units only', 'Set immutable: true, or leave minimumLock out.') });
   }
 });
 

@@ -17,10 +17,20 @@
 //   leaves a valid repository, and the next prune finishes the job.
 //
 // Nothing is deleted unless every listing and every snapshot and tree read succeeded.
+//
+// On storage with Object Lock (an immutable unit) a pack or index file may be locked past the
+// time nothing needs it. Prune never tries to delete a locked pack: mark neither condemns nor
+// repacks one (it asks the storage for the retain-until date of each candidate), and sweep asks
+// again before it writes the index, so that a pack it cannot delete stays in the index; one that
+// a delete refuses after all (a lock extended meanwhile) is a pack no index lists, which the next
+// mark finds and condemns again. A superseded index file that is locked stays where it is, harmless:
+// the index file each prune writes supersedes every listed file, superseded ones too, so that
+// none comes back into force. What was left is counted (packsLocked, bytesLocked, indexFilesLocked) with the
+// date the last of it can go (lockedUntil); a later prune deletes it then.
 
 import { randomBytes } from 'node:crypto';
 import { CofferError, isCofferError, throwIfAborted } from '../core/errors.ts';
-import type { CallOptions } from '../storage/backend.ts';
+import { lockedUntilOf, type CallOptions } from '../storage/backend.ts';
 import { openObject, sealObject } from '../engine/envelope.ts';
 import { fromHex, toHex } from '../engine/hash.ts';
 import type { IndexEntry, IndexPack } from './index/index-file.ts';
@@ -70,7 +80,44 @@ export interface PruneResult {
   blobsRepacked: number;
   plansWaiting: number;
   packsKept: number;
+  /** Unused packs left because they are locked (Object Lock) until a later date, and their bytes. */
+  packsLocked: number;
+  bytesLocked: number;
+  /** Superseded index files left because they are locked. */
+  indexFilesLocked: number;
+  /** When the last object left because of its lock may go (ms since the epoch, storage clock); null: none was left. */
+  lockedUntil: number | null;
   dryRun: boolean;
+}
+
+/** The retain-until date of an object still locked at `now`; undefined when it is not (or the storage has no locks). */
+async function lockedAfter(repo: Repository, name: string, now: number, options?: CallOptions): Promise<number | undefined> {
+  const locks = repo.backend.locks;
+  if (!locks) return undefined;
+  try {
+    const until = await locks.lockedUntil(name, options);
+    return until !== undefined && until > now ? until : undefined;
+  } catch (e) {
+    if (isCofferError(e, 'NOT_FOUND')) return undefined;
+    throw e;
+  }
+}
+
+function noteLocked(result: PruneResult, until: number | null | undefined): void {
+  if (typeof until === 'number') result.lockedUntil = Math.max(result.lockedUntil ?? 0, until);
+}
+
+/** The packs a prune already counted as locked: a sweep and the mark after it may both meet one. */
+const lockedPacks = new WeakMap<PruneResult, Set<string>>();
+
+function noteLockedPack(result: PruneResult, hex: string, size: number, until: number | null | undefined): void {
+  noteLocked(result, until);
+  let seen = lockedPacks.get(result);
+  if (!seen) lockedPacks.set(result, (seen = new Set()));
+  if (seen.has(hex)) return;
+  seen.add(hex);
+  result.packsLocked++;
+  result.bytesLocked += size;
 }
 
 async function readGc<T>(repo: Repository, name: string, options?: CallOptions): Promise<T> {
@@ -157,7 +204,7 @@ export async function prune(repo: Repository, options: PruneOptions = {}): Promi
   const { signal } = options;
   const timing = options.timing ?? repo.sessionTiming;
   const say = options.onProgress ?? (() => {});
-  const result: PruneResult = { packsDeleted: 0, bytesDeleted: 0, indexFilesDeleted: 0, packsCondemned: 0, bytesCondemned: 0, packsRepacked: 0, blobsRepacked: 0, plansWaiting: 0, packsKept: 0, dryRun: !!options.dryRun };
+  const result: PruneResult = { packsDeleted: 0, bytesDeleted: 0, indexFilesDeleted: 0, packsCondemned: 0, bytesCondemned: 0, packsRepacked: 0, blobsRepacked: 0, plansWaiting: 0, packsKept: 0, packsLocked: 0, bytesLocked: 0, indexFilesLocked: 0, lockedUntil: null, dryRun: !!options.dryRun };
   const session = await Session.start(repo, 'prune', { signal, timing });
   try {
     await assertSoleMaintenance(repo, session, 'prune', { signal, timing });
@@ -213,8 +260,17 @@ async function sweep(repo: Repository, options: PruneOptions, timing: SessionTim
   for (const p of candidates) {
     const entries = packs.get(p)?.entries ?? [];
     const needed = entries.some((e) => used.has(usedKey(e)) && !repo.index.lookupAll(e.id, e.type).some((h) => !candidates.has(toHex(h.packId))));
-    if (needed) result.packsKept++;
-    else doomed.add(p);
+    if (needed) {
+      result.packsKept++;
+      continue;
+    }
+    // A locked pack stays, in the index too: the next prune after its lock ends deletes it.
+    const until = await lockedAfter(repo, packName(p), now, { signal });
+    if (until === undefined) {
+      doomed.add(p);
+      continue;
+    }
+    noteLockedPack(result, p, packs.get(p)?.packSize ?? 0, until);
   }
   // 1. A new index without the doomed packs, in files of bounded size. All but the last
   //    supersede nothing: a reader that lists them before the last one is written sees some
@@ -223,20 +279,43 @@ async function sweep(repo: Repository, options: PruneOptions, timing: SessionTim
   const keep: IndexPack[] = [...packs.entries()].filter(([hex]) => !doomed.has(hex)).map(([, p]) => p);
   // A prune paused since it decided (and taken for dead meanwhile) must not act on old decisions.
   await self.assertAlive({ signal });
-  const written = new Set(await repo.saveIndexFiles(keep, indexIds, { signal, entriesPerFile: options.indexFileEntries, onPart: () => options.onStep?.('index-part-written') }));
+  // Every listed file, superseded ones included (a locked one, or one a crashed prune left):
+  // the files that superseded them are about to go.
+  const supersedes = indexIds;
+  const written = new Set(await repo.saveIndexFiles(keep, supersedes, { signal, entriesPerFile: options.indexFileEntries, onPart: () => options.onStep?.('index-part-written') }));
   options.onStep?.('index-written');
   // 2. The superseded index files.
-  for (const id of indexIds) {
+  for (const id of supersedes) {
     if (written.has(id)) continue;
-    await repo.backend.delete(indexName(id), { signal });
-    result.indexFilesDeleted++;
+    // A locked one is left (superseded, so harmless) without trying: the storage would refuse.
+    let until: number | null | undefined = await lockedAfter(repo, indexName(id), now, { signal });
+    if (until === undefined) {
+      try {
+        await repo.backend.delete(indexName(id), { signal });
+        result.indexFilesDeleted++;
+        continue;
+      } catch (e) {
+        until = lockedUntilOf(e);
+        if (until === undefined) throw e;
+      }
+    }
+    result.indexFilesLocked++;
+    noteLocked(result, until);
   }
   options.onStep?.('index-deleted');
   // 3. The packs.
   await self.assertAlive({ signal });
   for (const p of doomed) {
     const size = packs.get(p)?.packSize ?? 0;
-    await repo.backend.delete(packName(p), { signal });
+    try {
+      await repo.backend.delete(packName(p), { signal });
+    } catch (e) {
+      // Locked since the check: no index lists it now, so the next mark condemns it again.
+      const until = lockedUntilOf(e);
+      if (until === undefined) throw e;
+      noteLockedPack(result, p, size, until);
+      continue;
+    }
     result.packsDeleted++;
     result.bytesDeleted += size;
   }
@@ -246,7 +325,7 @@ async function sweep(repo: Repository, options: PruneOptions, timing: SessionTim
     await repo.backend.delete(GC_PREFIX + st.plan.id + '.ready', { signal });
     await repo.backend.delete(GC_PREFIX + st.plan.id, { signal });
   }
-  say(`deleted ${doomed.size} pack(s), kept ${result.packsKept} that a snapshot still uses`);
+  say(`deleted ${result.packsDeleted} pack(s), kept ${result.packsKept} that a snapshot still uses${result.packsLocked + result.indexFilesLocked ? `; left ${result.packsLocked} pack(s) (${result.bytesLocked} bytes) and ${result.indexFilesLocked} index file(s) that are locked until ${new Date(result.lockedUntil!).toISOString()} at the latest` : ''}`);
 }
 
 async function mark(repo: Repository, options: PruneOptions, timing: SessionTiming, self: Session, result: PruneResult, say: (m: string) => void): Promise<void> {
@@ -263,6 +342,14 @@ async function mark(repo: Repository, options: PruneOptions, timing: SessionTimi
     // A damaged pack is left to `repair packs`, which salvages it and quarantines it.
     if (hex && !packs.has(hex) && !pending.has(hex) && !repo.damage.hasPack(hex)) unindexed.push({ hex, size: o.size });
   }
+  // With Object Lock, a locked pack is neither condemned nor repacked (its copy could not go).
+  const now = repo.backend.locks ? await self.storageNow({ signal }) : 0;
+  const locked = async (hex: string, size: number): Promise<boolean> => {
+    const until = await lockedAfter(repo, packName(hex), now, { signal });
+    if (until === undefined) return false;
+    noteLockedPack(result, hex, size, until);
+    return true;
+  };
   const condemn: string[] = [];
   const repack: IndexPack[] = [];
   const threshold = options.repackThreshold ?? 0.2;
@@ -277,13 +364,16 @@ async function mark(repo: Repository, options: PruneOptions, timing: SessionTimi
       else unusedBytes += e.length;
     }
     if (usedBytes === 0) {
+      if (await locked(hex, p.packSize)) continue;
       condemn.push(hex);
       result.bytesCondemned += p.packSize;
     } else if (unusedBytes / p.packSize > threshold) {
+      if (await locked(hex, p.packSize)) continue;
       repack.push(p);
     }
   }
   for (const u of unindexed) {
+    if (await locked(u.hex, u.size)) continue;
     condemn.push(u.hex);
     result.bytesCondemned += u.size;
   }

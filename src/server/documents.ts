@@ -153,7 +153,8 @@ export async function applyDocuments(s: Services, secrets: SecretStore, req: App
     if (doc.kind === 'Policy') await checkPolicy(s, doc, problems, warnings);
     if (doc.kind === 'StorageUnit') {
       const before = current.get(id) as StorageUnitDocument | undefined;
-      if (before && before.spec.url === doc.spec.url && before.spec.passwordFrom === doc.spec.passwordFrom) continue;
+      // A unit made immutable is checked again: its bucket must have Object Lock.
+      if (before && before.spec.url === doc.spec.url && before.spec.passwordFrom === doc.spec.passwordFrom && (before.spec.immutable ?? false) === (doc.spec.immutable ?? false)) continue;
       if (await checkStorageUnit(s, secrets, doc, problems)) initialise.push(doc);
     }
   }
@@ -240,7 +241,11 @@ async function checkStorageUnit(s: Services, secrets: SecretStore, doc: StorageU
     problems.push({ document: id, path: 'spec', message: `cannot check ${doc.spec.url}: ${toCofferError(e).message}` });
     return false;
   }
-  const failed = (probe.problems as Array<{ problem: string }>)[0];
+  const failed = (probe.problems as Array<{ problem: string; code?: string; hint?: string }>)[0];
+  if (failed?.code === 'REFUSED' && doc.spec.immutable) {
+    problems.push({ document: id, path: 'spec.immutable', message: failed.problem, ...(failed.hint ? { hint: failed.hint } : {}) });
+    return false;
+  }
   if (failed) {
     problems.push({ document: id, path: 'spec.url', message: `${doc.spec.url} is not writable: ${failed.problem}`, hint: 'Create the directory or bucket and give the server write access (for S3: credentialsFrom).' });
     return false;

@@ -59,7 +59,8 @@ export function duplicateExecutor(s: Services): JobExecutor {
     ctx.log('info', `duplicating image ${image.id} from ${source.storageUnit} to ${todo.map((t) => t.to).join(', ')}${already.length ? ` (${already.join(', ')} already hold a copy)` : ''}`);
     const r = await runOnAgent(s.node(), 'clone', {
       source: await s.storageAccess(source.storageUnit),
-      targets: await Promise.all(todo.map((t) => s.storageAccess(t.to))),
+      // An immutable target locks what it writes until this copy's expiry (object-lock.ts).
+      targets: await Promise.all(todo.map((t) => s.storageAccess(t.to, { lockFor: expiryOf(t.retention, image.time) }))),
       snapshots: [...new Set(Object.values(source.snapshots))],
     }, { jobId: ctx.job.id, emit: ctx.emit, signal: ctx.signal });
     const made = r.targets as Array<{ snapshots: Record<string, string>; sameKeys: boolean; bytesExamined: number; bytesPresent: number; bytesSentRaw: number; bytesSent: number }>;

@@ -15,6 +15,7 @@ import type { JobContext, JobEnd, JobExecutor } from './dispatcher.ts';
 import { lifecycleOf, runOnAgent, type Services } from './services.ts';
 import { bestCopy, restorableCopies } from './restore-executor.ts';
 import { COPY_JOB_KINDS, isImmediate } from './lifecycle.ts';
+import { lockLookup, lockedSnapshots, noteLockedCopy, notePruneRetry, pruneRetriesDue, prunedLocked, type LockedCopies, type PrunedLocked } from './object-lock.ts';
 
 /**
  * A selection's stream key: the same selection gets the same key in every image (the parent of
@@ -76,7 +77,8 @@ export function backupExecutor(s: Services): JobExecutor {
     const first = lifecycle.copies[0]!;
     const unit = first.storageUnit;
     const link = s.agents.get(job.client);
-    const storage = await s.storageAccess(unit);
+    // An immutable unit locks what the backup writes until its copy expires.
+    const storage = await s.storageAccess(unit, { lockFor: expiryOf(first.retention, s.now()) });
     const started = s.now();
     const image = await s.catalog.images.add({ client: job.client, policy: job.policy, schedule: job.schedule, level, time: started, state: 'pending', streams: {}, jobId: job.id });
     ctx.log('info', `image ${image.id}: ${level} backup of ${job.client} by policy ${job.policy}${job.schedule ? ` (schedule ${job.schedule})` : ''} to storage unit ${unit}`);
@@ -205,6 +207,9 @@ async function expireOnce(s: Services, options: { pruneIntervalMs: number }, ctx
   // Marked first: from here on no restore or parent lookup uses these copies.
   let marked = 0;
   let kept = 0;
+  // A copy in an immutable unit stays until its lock ends (server/object-lock.ts).
+  const lockedUntil = lockLookup(s, now);
+  const locked: LockedCopies = { copies: 0, snapshots: 0, until: null };
   for (let cursor: string | undefined; ;) {
     const page = await s.catalog.copies.expiredCopies(now, { limit: 500, cursor });
     for (const c of page.items) {
@@ -212,6 +217,7 @@ async function expireOnce(s: Services, options: { pruneIntervalMs: number }, ctx
         kept++;
         continue;
       }
+      if (noteLockedCopy(locked, await lockedUntil(c))) continue;
       await s.catalog.copies.update(c.id, { state: 'expired' });
       marked++;
     }
@@ -226,17 +232,28 @@ async function expireOnce(s: Services, options: { pruneIntervalMs: number }, ctx
     if (!page.next) break;
     cursor = page.next;
   }
+  // Units whose last prune had to leave locked objects are pruned again once those locks pass.
+  const retry = await pruneRetriesDue(s, now);
+  for (const unit of retry) if (!byUnit.has(unit)) byUnit.set(unit, []);
   let forgotten = 0;
   const pruned: string[] = [];
+  const lockedLeft: Array<{ unit: string } & PrunedLocked> = [];
   for (const [unit, copies] of byUnit) {
     if (ctx.signal.aborted) throw new CofferError('CANCELLED', 'Cancelled: the expiry was stopped');
     const storage = await s.storageAccess(unit);
     const snapshots = copies.flatMap((c) => Object.values(c.snapshots));
     const lastPrune = (await s.catalog.settings.get(`prune.last.${unit}`)) as number | undefined;
-    const prune = lastPrune === undefined || now - lastPrune >= options.pruneIntervalMs;
+    const prune = lastPrune === undefined || now - lastPrune >= options.pruneIntervalMs || retry.has(unit);
     ctx.log('info', `storage unit ${unit}: forgetting ${snapshots.length} snapshot(s) of ${copies.length} expired cop${copies.length === 1 ? 'y' : 'ies'}${prune ? ', then pruning' : ''}`);
-    await runOnAgent(s.node(), 'forget', { storage, snapshots, prune: false }, { jobId: ctx.job.id, emit: ctx.emit, signal: ctx.signal });
+    const forgot = await runOnAgent(s.node(), 'forget', { storage, snapshots, prune: false }, { jobId: ctx.job.id, emit: ctx.emit, signal: ctx.signal });
+    // Snapshots the storage would not delete yet (locked): their copies stay, for a later expiry.
+    const stillLocked = lockedSnapshots(forgot);
     for (const c of copies) {
+      if (Object.values(c.snapshots).some((id) => stillLocked.has(id))) {
+        const ids = Object.values(c.snapshots).filter((id) => stillLocked.has(id));
+        noteLockedCopy(locked, Math.max(...ids.map((id) => stillLocked.get(id)!)) || Infinity, ids.length);
+        continue;
+      }
       await s.catalog.transaction(async (tx) => {
         // Gone already: another server's expiry (a shared catalog) removed it.
         if (!(await tx.copies.list({ imageId: c.imageId, limit: 1000 })).items.some((x) => x.id === c.id)) return;
@@ -247,12 +264,19 @@ async function expireOnce(s: Services, options: { pruneIntervalMs: number }, ctx
       forgotten++;
     }
     if (prune) {
-      await runOnAgent(s.node(), 'forget', { storage, snapshots: [], prune: true }, { jobId: ctx.job.id, emit: ctx.emit, signal: ctx.signal });
+      const r = await runOnAgent(s.node(), 'forget', { storage, snapshots: [], prune: true }, { jobId: ctx.job.id, emit: ctx.emit, signal: ctx.signal });
       await s.catalog.settings.set(`prune.last.${unit}`, now);
       pruned.push(unit);
+      const left = prunedLocked(r);
+      await notePruneRetry(s, unit, left?.until ?? undefined);
+      if (left) {
+        lockedLeft.push({ unit, ...left });
+        ctx.log('info', `storage unit ${unit}: prune left ${left.packs} locked pack(s) (${left.bytes} bytes) and ${left.indexFiles} locked index file(s); a prune after ${new Date(left.until!).toISOString()} deletes them`);
+      }
     }
   }
-  return { state: 'succeeded', result: { marked, kept, forgotten, pruned } };
+  if (locked.copies) ctx.log('info', `${locked.copies} expired cop${locked.copies === 1 ? 'y is' : 'ies are'} kept: locked in an immutable storage unit${locked.until ? ` (the first lock ends ${new Date(locked.until).toISOString()})` : ''}; a later expiry removes ${locked.copies === 1 ? 'it' : 'them'}`);
+  return { state: 'succeeded', result: { marked, kept, forgotten, pruned, locked, lockedLeft } };
 }
 
 export interface ReconcileReport {

@@ -167,7 +167,9 @@ export async function buildHttp(options: HttpOptions): Promise<FastifyInstance> 
     const status = e.httpStatus;
     if (status >= 500) request.log.error({ err: error, url: request.url }, e.message);
     const action = request.routeOptions.config?.audit;
-    if (action && status !== 401 && status !== 403) await audit(request, 'failed', action, { error: e.code });
+    // A refusal by a safety rule (REFUSED, also 403: a legal hold, an immutable copy) is recorded
+    // as a failed attempt; a role's denial (FORBIDDEN) was recorded as denied already.
+    if (action && status !== 401 && e.code !== 'FORBIDDEN') await audit(request, 'failed', action, { error: e.code });
     retryAfter(reply, e);
     reply.code(status);
     return errorBody(e);

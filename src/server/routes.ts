@@ -22,6 +22,7 @@ import { parseGrants, ROLES, tokenInfo, type Principal, type Role } from './auth
 import { route, type RequestContext, type RouteDef } from './http.ts';
 import { lifecycleOf, runOnAgent, type Services } from './services.ts';
 import { verifyRoutes } from './verify-routes.ts';
+import { minimumLockOf, refuseLockedCopies } from './object-lock.ts';
 
 export interface AuthApi {
   login(user: string, password: string, source: string): Promise<{ token: string; expires: number; user: string; role: Role }>;
@@ -403,6 +404,8 @@ export function buildRoutes(deps: ApiDeps): RouteDef[] {
         const copies = (await s.catalog.copies.list({ imageId: image.id, limit: 1000 })).items;
         const held = copies.filter((c) => c.hold);
         if (held.length) throw new CofferError('REFUSED', `Cannot expire image ${image.id}: ${held.length} cop${held.length === 1 ? 'y is' : 'ies are'} on legal hold (${held[0]!.hold})`, { hint: 'Release the hold first.' });
+        // Not even an administrator deletes a copy in an immutable unit before its lock ends.
+        await refuseLockedCopies(s, image.id, copies);
         const now = s.now();
         for (const c of copies) if (c.state !== 'expired') await s.catalog.copies.update(c.id, { expires: now });
         const job = await s.catalog.jobs.enqueue({ kind: 'expire', priority: 5, maxAttempts: 5, spec: { image: image.id }, requestedBy: P(ctx).user });
@@ -519,6 +522,20 @@ export function buildRoutes(deps: ApiDeps): RouteDef[] {
       method: 'POST', url: '/api/v1/expire', summary: 'Run the expiry job now (admin)', tags: ['images'], rule: { roles: [] }, audit: 'expire.start', status: 202,
       handler: async (ctx) => {
         const job = await s.catalog.jobs.enqueue({ kind: 'expire', priority: 5, maxAttempts: 5, spec: {}, requestedBy: P(ctx).user });
+        dispatcher.wake();
+        return job;
+      },
+    }),
+    route({
+      method: 'POST', url: '/api/v1/lock-extend', summary: 'Extend the Object Locks of immutable storage units to their copies\' expiry now (all units, or one)', tags: ['server'], rule: { roles: ['operator'] }, audit: 'locks.extend', status: 202,
+      body: z.strictObject({ unit: z.string().min(1).max(255).optional() }),
+      handler: async (ctx) => {
+        if (ctx.body.unit !== undefined) {
+          const unit = await s.catalog.storageUnits.get(ctx.body.unit);
+          if (minimumLockOf(unit) === undefined) throw new CofferError('USAGE', `Cannot extend locks in storage unit ${unit.name}: it is not immutable`, { hint: 'Only units with immutable: true (S3 with Object Lock) have locks.' });
+          ctx.auditTarget(`StorageUnit/${unit.name}`);
+        }
+        const job = await s.catalog.jobs.enqueue({ kind: 'lock-extend', priority: 5, maxAttempts: 3, spec: ctx.body.unit !== undefined ? { unit: ctx.body.unit } : {}, requestedBy: P(ctx).user });
         dispatcher.wake();
         return job;
       },

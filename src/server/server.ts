@@ -34,6 +34,7 @@ import { LifecycleRunner } from './lifecycle.ts';
 import type { BusMessage } from './dispatcher.ts';
 import { AgentRegistry, storageAccessFor, type Services } from './services.ts';
 import { domainMasterKey } from './domain.ts';
+import { hasImmutableUnit, lockExtendExecutor } from './object-lock.ts';
 import { Keystore, resolveSecret } from './keystore.ts';
 import { authenticate, createApiToken, ensureInitialAdmin, hashPassword, login, logout, mayBrowse, mayRestore, revokeToken } from './auth.ts';
 import type { AuthApi } from './routes.ts';
@@ -161,7 +162,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
       now,
       agents,
       node: () => agents.get(clientName),
-      storageAccess: async (unit, o) => storageAccessFor(typeof unit === 'string' ? await catalog.storageUnits.get(unit) : unit, resolve, o),
+      storageAccess: async (unit, o) => storageAccessFor(typeof unit === 'string' ? await catalog.storageUnits.get(unit) : unit, resolve, { now: now(), ...o }),
     };
 
     // The embedded agent: this host's client, and the node for storage work. Restarted if it dies.
@@ -252,6 +253,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
         verify: verifyExecutor(services, { log }),
         repair: repairExecutor(services, { log }),
         'restore-test': restoreTestExecutor(services),
+        'lock-extend': lockExtendExecutor(services),
       },
       onError: (e, job) => log.error({ job: job?.id, err: e.message }, 'queue'),
     });
@@ -299,6 +301,13 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
     const expiryTimer = setInterval(() => void catalog.jobs.enqueue({ kind: 'expire', priority: 5, maxAttempts: 5, spec: {}, requestedBy: 'server' }).then(() => dispatcher.wake(), () => {}), 3_600_000);
     expiryTimer.unref();
     await catalog.jobs.enqueue({ kind: 'expire', priority: 5, maxAttempts: 5, spec: {}, requestedBy: 'server' });
+    // Object Lock extension every 6 hours (and at start): immutable units' locks follow their copies.
+    const extendLocks = async () => {
+      if (await hasImmutableUnit(catalog)) await catalog.jobs.enqueue({ kind: 'lock-extend', priority: 5, maxAttempts: 3, spec: {}, requestedBy: 'server' });
+    };
+    const lockTimer = setInterval(() => void extendLocks().then(() => dispatcher.wake(), () => {}), 6 * 3_600_000);
+    lockTimer.unref();
+    await extendLocks();
     dispatcher.wake();
     // The lifecycle pass: now, every 15 minutes, and after copy jobs end (lifecycle.ts).
     lifecycle.start();
@@ -323,6 +332,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
       stop: () => (stopped ??= (async () => {
         log.info('stopping: running jobs are told to stop and will run again after the next start');
         clearInterval(expiryTimer);
+        clearInterval(lockTimer);
         schedulerStop.abort();
         lifecycle.stop();
         try {

@@ -12,6 +12,7 @@ import type { StorageUnit } from '../catalog/storage-units.ts';
 import type { StorageAccess } from '../agent/protocol.ts';
 import type { JobEvent } from '../jobs/events.ts';
 import type { AgentLink, JobDone } from './agent-link.ts';
+import { minimumLockOf, writeLockUntil } from './object-lock.ts';
 
 /** Resolves a secret reference (`keystore:NAME`, `file:/path`, `env:NAME`); see keystore.ts. */
 export type SecretResolver = (ref: string) => Promise<string>;
@@ -22,8 +23,12 @@ export interface Services {
   agents: AgentRegistry;
   /** The agent that does the storage side of jobs (the embedded agent: this host). */
   node(): AgentLink;
-  /** What an agent needs to open the unit's repository; `password` instead of the unit's own (a probe, a new repository). */
-  storageAccess(unit: string | StorageUnit, options?: { password?: string }): Promise<StorageAccess>;
+  /**
+   * What an agent needs to open the unit's repository; `password` instead of the unit's own (a
+   * probe, a new repository); `lockFor` the expiry of the copy being written (null: never), which
+   * an immutable unit locks what is written until (server/object-lock.ts).
+   */
+  storageAccess(unit: string | StorageUnit, options?: StorageAccessOptions): Promise<StorageAccess>;
 }
 
 /**
@@ -38,10 +43,20 @@ export async function lifecycleOf(catalog: CatalogQueries, policy: PolicyDocumen
 /** The keystore name of a storage unit's repository password when the unit names no passwordFrom. */
 export const unitPasswordRef = (unit: string) => `keystore:storage-unit/${unit}/password`;
 
-export async function storageAccessFor(unit: StorageUnit, resolve: SecretResolver, options: { password?: string } = {}): Promise<StorageAccess> {
+export interface StorageAccessOptions {
+  password?: string;
+  /** The expiry of the copy being written (null: never); left out: no copy (the unit's minimum lock). */
+  lockFor?: number | null;
+  /** The server's clock (immutable units: locks are counted from it). */
+  now?: number;
+}
+
+export async function storageAccessFor(unit: StorageUnit, resolve: SecretResolver, options: StorageAccessOptions = {}): Promise<StorageAccess> {
   const spec = unit.spec as { passwordFrom?: string; credentialsFrom?: { accessKeyId: string; secretAccessKey: string; sessionToken?: string }; bandwidth?: string };
   const password = options.password ?? await resolve(spec.passwordFrom ?? unit.passwordRef ?? unitPasswordRef(unit.name));
   const access: StorageAccess = { url: unit.url, password, ...(spec.bandwidth !== undefined ? { bandwidth: parseRate(spec.bandwidth) } : {}) };
+  const until = writeLockUntil(unit, options.now ?? Date.now(), options.lockFor);
+  if (until !== undefined) access.lock = { until, minimumMs: minimumLockOf(unit)! };
   if (spec.credentialsFrom) {
     access.env = {
       AWS_ACCESS_KEY_ID: await resolve(spec.credentialsFrom.accessKeyId),

@@ -62,6 +62,8 @@ export interface ListOptions extends CallOptions {}
 export interface Backend {
   /** A human-readable location without secrets, e.g. `s3://bucket/prefix` or `/srv/repo`. */
   readonly location: string;
+  /** Object Lock, on stores that lock objects (S3 with Object Lock); undefined elsewhere. */
+  readonly locks?: ObjectLocks;
   put(name: string, data: Uint8Array, options?: CallOptions): Promise<void>;
   get(name: string, options?: GetOptions): Promise<Buffer>;
   stat(name: string, options?: CallOptions): Promise<ObjectInfo>;
@@ -69,6 +71,40 @@ export interface Backend {
   delete(name: string, options?: CallOptions): Promise<void>;
   /** Releases connections and handles. The backend is unusable afterwards. */
   close(): Promise<void>;
+}
+
+/**
+ * Write-once-read-many locks (S3 Object Lock in COMPLIANCE mode): a locked object cannot be
+ * deleted or overwritten by anyone, administrators included, before its retain-until date, and
+ * that date can be moved later but never earlier. A backend with locks deletes an object by
+ * removing its versions (not by hiding it behind a delete marker), and fails such a delete with
+ * REFUSED and `details.lockedUntil` (see lockedError) while a version is locked. Dates are ms
+ * since the epoch by the storage's clock.
+ */
+export interface ObjectLocks {
+  /** Fails with REFUSED, saying what to do, unless the store can lock objects (the bucket has Object Lock enabled). */
+  check(options?: CallOptions): Promise<void>;
+  /** When the object's lock ends; undefined when it is not locked. NOT_FOUND when missing. */
+  lockedUntil(name: string, options?: CallOptions): Promise<number | undefined>;
+  /** Locks the object until at least `until` (never earlier than it is); returns the date now in force. */
+  extend(name: string, until: number, options?: CallOptions): Promise<number>;
+}
+
+/** The error of a delete (or overwrite) refused because the object is locked. */
+export function lockedError(where: string, until: number | undefined, cause?: unknown): CofferError {
+  const when = until === undefined ? 'its lock ends' : new Date(until).toISOString();
+  return new CofferError('REFUSED', `Cannot delete ${where}: it is locked (Object Lock, compliance mode) until ${when}`, {
+    cause,
+    hint: 'Nobody can delete a locked object before its lock ends, administrators included; a later prune or expiry deletes it then.',
+    details: { lockedUntil: until ?? null },
+  });
+}
+
+/** The retain-until date of a refused delete of a locked object (ms; null when unknown); undefined for any other error. */
+export function lockedUntilOf(e: unknown): number | null | undefined {
+  if (!(e instanceof CofferError) || e.code !== 'REFUSED' || e.details === undefined || !('lockedUntil' in e.details)) return undefined;
+  const until = e.details.lockedUntil;
+  return typeof until === 'number' ? until : null;
 }
 
 const MAX_NAME_BYTES = 1024;

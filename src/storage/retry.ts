@@ -4,10 +4,10 @@
 
 import { setTimeout as delay } from 'node:timers/promises';
 import { CofferError, isCofferError, throwIfAborted } from '../core/errors.ts';
-import type { Backend, CallOptions, GetOptions, ListOptions, ObjectInfo } from './backend.ts';
+import type { Backend, CallOptions, GetOptions, ListOptions, ObjectInfo, ObjectLocks } from './backend.ts';
 
 export interface RetryEvent {
-  op: 'put' | 'get' | 'stat' | 'list' | 'delete';
+  op: 'put' | 'get' | 'stat' | 'list' | 'delete' | 'lock';
   /** The object name, or the prefix for list(). */
   name: string;
   /** The attempt that failed, from 1. */
@@ -43,6 +43,7 @@ async function defaultSleep(ms: number, signal: AbortSignal | undefined): Promis
 
 export class RetryBackend implements Backend {
   readonly location: string;
+  readonly locks?: ObjectLocks;
   readonly #inner: Backend;
   readonly #attempts: number;
   readonly #baseDelayMs: number;
@@ -60,6 +61,14 @@ export class RetryBackend implements Backend {
     this.#onRetry = options.onRetry;
     this.#sleep = options.sleep ?? defaultSleep;
     this.#random = options.random ?? Math.random;
+    const locks = inner.locks;
+    if (locks) {
+      this.locks = {
+        check: (o) => this.#retry('lock', '', o?.signal, () => locks.check(o)),
+        lockedUntil: (name, o) => this.#retry('lock', name, o?.signal, () => locks.lockedUntil(name, o)),
+        extend: (name, until, o) => this.#retry('lock', name, o?.signal, () => locks.extend(name, until, o)),
+      };
+    }
   }
 
   put(name: string, data: Uint8Array, options?: CallOptions): Promise<void> {

@@ -1,6 +1,12 @@
 // A Backend on an S3 bucket (AWS, MinIO, Ceph RGW, Garage, ...), optionally under a key prefix.
 // It makes exactly one attempt per call: retrying is RetryBackend's job, so the SDK's own retries
 // are off. Large objects go up as multipart uploads with a few parts in flight.
+//
+// With `objectLock` (a bucket with S3 Object Lock, for immutable storage units) the objects it
+// names are put with a COMPLIANCE retention lock, `locks` reads and extends retain-until dates,
+// and delete() removes an object's versions one by one: a plain DeleteObject in such a bucket,
+// which is always versioned, only hides the object behind a delete marker and would make a
+// locked object look deleted. A locked version's delete fails with REFUSED (lockedError).
 
 import { createHash } from 'node:crypto';
 import {
@@ -9,16 +15,19 @@ import {
   CreateMultipartUploadCommand,
   DeleteObjectCommand,
   GetObjectCommand,
+  GetObjectLockConfigurationCommand,
   HeadObjectCommand,
+  ListObjectVersionsCommand,
   ListObjectsV2Command,
   PutObjectCommand,
+  PutObjectRetentionCommand,
   S3Client,
   UploadPartCommand,
 } from '@aws-sdk/client-s3';
 import type { GetObjectCommandOutput } from '@aws-sdk/client-s3';
 import { CofferError, isCofferError, throwIfAborted } from '../core/errors.ts';
-import { resolveRange, validateName, validatePrefix } from './backend.ts';
-import type { Backend, CallOptions, GetOptions, ListOptions, ObjectInfo } from './backend.ts';
+import { lockedError, resolveRange, validateName, validatePrefix } from './backend.ts';
+import type { Backend, CallOptions, GetOptions, ListOptions, ObjectInfo, ObjectLocks } from './backend.ts';
 
 const MiB = 1024 * 1024;
 /** S3's smallest part (except the last) and largest part count. */
@@ -57,6 +66,17 @@ export interface S3BackendOptions {
   connectTimeoutMs?: number;
   /** Give up on a connection idle for this long (default 60 s). */
   idleTimeoutMs?: number;
+  /** The bucket has S3 Object Lock: lock what is written, delete by version (see the header). */
+  objectLock?: S3ObjectLockOptions;
+}
+
+export interface S3ObjectLockOptions {
+  /** Objects put are locked in COMPLIANCE mode until this date (ms since the epoch)... */
+  retainUntil?: number;
+  /** ...and for at least this long from when each is put (ms), so that a job outlasting `retainUntil` still writes. Both left out: put unlocked. */
+  minimumMs?: number;
+  /** Which object names get the lock (default: all); mutable objects such as session heartbeats must not. */
+  lockName?: (name: string) => boolean;
 }
 
 const NOT_FOUND_NAMES = new Set(['NoSuchKey', 'NotFound']);
@@ -145,6 +165,8 @@ export class S3Backend implements Backend {
   readonly #threshold: number;
   readonly #partConcurrency: number;
   readonly #pageSize: number;
+  readonly #lock: S3ObjectLockOptions | undefined;
+  readonly locks?: ObjectLocks;
 
   constructor(options: S3BackendOptions) {
     if (!options.bucket) throw new CofferError('USAGE', 'Cannot use S3 storage: no bucket given', { hint: 'Use s3://bucket/prefix.' });
@@ -161,6 +183,21 @@ export class S3Backend implements Backend {
       throw new CofferError('USAGE', `Cannot list ${this.#pageSize} keys per page: S3 allows 1 to 1000`, { hint: 'Set pageSize between 1 and 1000.' });
     }
     this.location = `s3://${this.#bucket}${this.#prefix ? `/${this.#prefix.slice(0, -1)}` : ''}`;
+    this.#lock = options.objectLock;
+    if (this.#lock) {
+      const { retainUntil, minimumMs } = this.#lock;
+      if (retainUntil !== undefined && !Number.isSafeInteger(retainUntil)) {
+        throw new CofferError('USAGE', `Cannot lock objects until ${retainUntil}: not a date`, { hint: 'Give retainUntil in ms since the epoch.' });
+      }
+      if (minimumMs !== undefined && (!Number.isSafeInteger(minimumMs) || minimumMs < 1000)) {
+        throw new CofferError('USAGE', `Cannot lock objects for ${minimumMs} ms: give a whole number of ms, at least 1000`);
+      }
+      this.locks = {
+        check: (o) => this.#checkObjectLock(o?.signal),
+        lockedUntil: (name, o) => this.#lockedUntil(name, undefined, o?.signal),
+        extend: (name, until, o) => this.#extendLock(name, until, o?.signal),
+      };
+    }
     this.client = new S3Client({
       region: options.region ?? 'us-east-1',
       ...(options.endpoint === undefined ? {} : { endpoint: options.endpoint }),
@@ -181,15 +218,19 @@ export class S3Backend implements Backend {
     const body = Buffer.from(data.buffer, data.byteOffset, data.byteLength);
     try {
       if (body.length > this.#threshold) {
-        await this.#putMultipart(this.#key(name), body, signal);
+        await this.#putMultipart(this.#key(name), body, signal, this.#lockFor(name));
       } else {
         await this.client.send(
-          new PutObjectCommand({ Bucket: this.#bucket, Key: this.#key(name), Body: body, ContentLength: body.length, ContentMD5: md5(body) }),
+          new PutObjectCommand({ Bucket: this.#bucket, Key: this.#key(name), Body: body, ContentLength: body.length, ContentMD5: md5(body), ...this.#lockFor(name) }),
           { abortSignal: signal },
         );
       }
     } catch (e) {
-      throw s3Error(e, 'write', this.#where(name), signal);
+      const error = s3Error(e, 'write', this.#where(name), signal);
+      if (this.#lockFor(name).ObjectLockMode && sdkName(e) === 'InvalidRequest') {
+        throw new CofferError('REFUSED', `Cannot write ${this.#where(name)} with an Object Lock: ${error.message}`, { cause: e, hint: NO_LOCK_HINT });
+      }
+      throw error;
     }
   }
 
@@ -226,7 +267,7 @@ export class S3Backend implements Backend {
       if (out.ContentLength === undefined) {
         throw new CofferError('STORAGE_ERROR', `Cannot stat ${this.#where(name)}: the server sent no Content-Length`);
       }
-      return { name, size: out.ContentLength, ...(out.LastModified ? { modified: out.LastModified.getTime() } : {}) };
+      return { name, size: out.ContentLength, ...(out.LastModified ? { modified: toSeconds(out.LastModified) } : {}) };
     } catch (e) {
       throw s3Error(e, 'stat', this.#where(name), signal);
     }
@@ -263,7 +304,7 @@ export class S3Backend implements Backend {
         // Keys Coffer cannot have written, such as the "folder/" markers of S3 consoles.
         if (!key.startsWith(this.#prefix) || !isValidName(name)) continue;
         if (object.Size === undefined) throw new CofferError('STORAGE_ERROR', `Cannot list ${this.#where(prefix)}: the server sent no size for ${name}`);
-        yield { name, size: object.Size, ...(object.LastModified ? { modified: object.LastModified.getTime() } : {}) };
+        yield { name, size: object.Size, ...(object.LastModified ? { modified: toSeconds(object.LastModified) } : {}) };
       }
       if (page.IsTruncated && !page.NextContinuationToken) {
         // Ending here would silently drop the rest of the listing.
@@ -277,6 +318,7 @@ export class S3Backend implements Backend {
     const signal = options?.signal;
     throwIfAborted(signal);
     validateName(name);
+    if (this.#lock) return this.#deleteVersions(name, signal);
     try {
       await this.client.send(new DeleteObjectCommand({ Bucket: this.#bucket, Key: this.#key(name) }), { abortSignal: signal });
     } catch (e) {
@@ -336,10 +378,10 @@ export class S3Backend implements Backend {
     });
   }
 
-  async #putMultipart(key: string, body: Buffer, signal: AbortSignal | undefined): Promise<void> {
+  async #putMultipart(key: string, body: Buffer, signal: AbortSignal | undefined, lock: LockParameters): Promise<void> {
     const partSize = Math.max(this.#partSize, Math.ceil(body.length / MAX_PARTS));
     const partCount = Math.ceil(body.length / partSize);
-    const created = await this.client.send(new CreateMultipartUploadCommand({ Bucket: this.#bucket, Key: key }), { abortSignal: signal });
+    const created = await this.client.send(new CreateMultipartUploadCommand({ Bucket: this.#bucket, Key: key, ...lock }), { abortSignal: signal });
     const uploadId = created.UploadId;
     if (!uploadId) throw new CofferError('STORAGE_ERROR', `Cannot write ${key} to ${this.location}: the server started a multipart upload without an upload id`);
     // One failed part stops the others at once.
@@ -379,6 +421,13 @@ export class S3Backend implements Backend {
         }),
         { abortSignal: signal },
       );
+      // Some servers (Ceph RGW 16) ignore the lock of a multipart upload: set it on the object.
+      if (lock.ObjectLockRetainUntilDate) {
+        await this.client.send(
+          new PutObjectRetentionCommand({ Bucket: this.#bucket, Key: key, Retention: { Mode: 'COMPLIANCE', RetainUntilDate: lock.ObjectLockRetainUntilDate } }),
+          { abortSignal: signal },
+        );
+      }
     } catch (e) {
       // Best effort: parts left behind cost money but harm nothing; a bucket lifecycle rule
       // ("abort incomplete multipart uploads") removes them for good.
@@ -391,6 +440,91 @@ export class S3Backend implements Backend {
     }
   }
 
+  #lockFor(name: string): LockParameters {
+    const lock = this.#lock;
+    if (!lock || (lock.retainUntil === undefined && lock.minimumMs === undefined) || !(lock.lockName?.(name) ?? true)) return {};
+    const until = Math.max(lock.retainUntil ?? 0, lock.minimumMs === undefined ? 0 : Date.now() + lock.minimumMs);
+    return { ObjectLockMode: 'COMPLIANCE', ObjectLockRetainUntilDate: new Date(until) };
+  }
+
+  /** Deletes every version (and delete marker) of one key; a locked version stops it with REFUSED. */
+  async #deleteVersions(name: string, signal: AbortSignal | undefined): Promise<void> {
+    const key = this.#key(name);
+    const versions: string[] = [];
+    try {
+      let keyMarker: string | undefined;
+      let versionMarker: string | undefined;
+      do {
+        const page = await this.client.send(
+          new ListObjectVersionsCommand({ Bucket: this.#bucket, Prefix: key, KeyMarker: keyMarker, VersionIdMarker: versionMarker }),
+          { abortSignal: signal },
+        );
+        // Delete markers first: an object someone hid behind one is visible again if its version is locked.
+        for (const v of [...(page.DeleteMarkers ?? []), ...(page.Versions ?? [])]) if (v.Key === key && v.VersionId) versions.push(v.VersionId);
+        if (page.IsTruncated && !page.NextKeyMarker) throw new CofferError('STORAGE_ERROR', `Cannot delete ${this.#where(name)}: the server said there are more versions but sent no marker`);
+        keyMarker = page.IsTruncated ? page.NextKeyMarker : undefined;
+        versionMarker = page.IsTruncated ? page.NextVersionIdMarker : undefined;
+      } while (keyMarker !== undefined);
+    } catch (e) {
+      throw s3Error(e, 'delete', this.#where(name), signal);
+    }
+    for (const versionId of versions) {
+      try {
+        await this.client.send(new DeleteObjectCommand({ Bucket: this.#bucket, Key: key, VersionId: versionId }), { abortSignal: signal });
+      } catch (e) {
+        if (sdkName(e) === 'NoSuchVersion' || sdkName(e) === 'NoSuchKey') continue;
+        if (sdkName(e) === 'AccessDenied') {
+          const until = await this.#lockedUntil(name, versionId, signal).catch(() => undefined);
+          if (until !== undefined) throw lockedError(this.#where(name), until, e);
+        }
+        throw s3Error(e, 'delete', this.#where(name), signal);
+      }
+    }
+  }
+
+  async #checkObjectLock(signal: AbortSignal | undefined): Promise<void> {
+    let enabled: string | undefined;
+    try {
+      enabled = (await this.client.send(new GetObjectLockConfigurationCommand({ Bucket: this.#bucket }), { abortSignal: signal })).ObjectLockConfiguration?.ObjectLockEnabled;
+    } catch (e) {
+      if (sdkName(e) !== 'ObjectLockConfigurationNotFoundError') throw s3Error(e, 'read the Object Lock configuration of', `bucket ${this.#bucket}`, signal);
+    }
+    if (enabled !== 'Enabled') {
+      throw new CofferError('REFUSED', `Cannot keep immutable copies in ${this.location}: the bucket ${this.#bucket} does not have Object Lock enabled`, { hint: NO_LOCK_HINT });
+    }
+  }
+
+  async #lockedUntil(name: string, versionId: string | undefined, signal: AbortSignal | undefined): Promise<number | undefined> {
+    validateName(name);
+    try {
+      const out = await this.client.send(new HeadObjectCommand({ Bucket: this.#bucket, Key: this.#key(name), VersionId: versionId }), { abortSignal: signal });
+      return out.ObjectLockMode && out.ObjectLockRetainUntilDate ? out.ObjectLockRetainUntilDate.getTime() : undefined;
+    } catch (e) {
+      throw s3Error(e, 'read the lock of', this.#where(name), signal);
+    }
+  }
+
+  async #extendLock(name: string, until: number, signal: AbortSignal | undefined): Promise<number> {
+    validateName(name);
+    if (!Number.isSafeInteger(until)) throw new CofferError('USAGE', `Cannot lock ${this.#where(name)} until ${until}: not a date`);
+    try {
+      await this.client.send(
+        new PutObjectRetentionCommand({ Bucket: this.#bucket, Key: this.#key(name), Retention: { Mode: 'COMPLIANCE', RetainUntilDate: new Date(until) } }),
+        { abortSignal: signal },
+      );
+      return until;
+    } catch (e) {
+      // Refused when it would shorten a lock: then the lock in force is already long enough.
+      if (sdkName(e) === 'AccessDenied') {
+        const current = await this.#lockedUntil(name, undefined, signal).catch(() => undefined);
+        if (current !== undefined && current >= until) return current;
+      }
+      // Refused because the date passed on the way: a lock ending in the past is no lock to set.
+      if (sdkName(e) === 'InvalidArgument' && until <= Date.now()) return (await this.#lockedUntil(name, undefined, signal)) ?? until;
+      throw s3Error(e, 'lock', this.#where(name), signal);
+    }
+  }
+
   #key(name: string): string {
     return this.#prefix + name;
   }
@@ -399,6 +533,10 @@ export class S3Backend implements Backend {
     return `${name} in ${this.location}`;
   }
 }
+
+type LockParameters = { ObjectLockMode?: 'COMPLIANCE'; ObjectLockRetainUntilDate?: Date };
+
+const NO_LOCK_HINT = 'Use a bucket made with Object Lock enabled (aws s3api create-bucket --object-lock-enabled-for-bucket, or the option in your storage\'s console), or set immutable: false on the storage unit.';
 
 function normalisePrefix(prefix: string): string {
   const trimmed = prefix.replace(/^\/+/, '').replace(/\/+$/, '');
@@ -411,6 +549,14 @@ function normalisePrefix(prefix: string): string {
     });
   }
   return `${trimmed}/`;
+}
+
+/**
+ * S3 keeps LastModified to the second, but some servers (Ceph RGW) list it with milliseconds and
+ * give HeadObject whole seconds: both are cut to the second, so that stat() and list() agree.
+ */
+function toSeconds(date: Date): number {
+  return Math.floor(date.getTime() / 1000) * 1000;
 }
 
 function md5(data: Uint8Array): string {

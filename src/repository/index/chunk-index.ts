@@ -491,6 +491,15 @@ export class ChunkIndex {
     return hits.find((h) => options.prefer!(h.packId)) ?? hits[0];
   }
 
+  /**
+   * Index files that were listed at the last sync but that a file in force supersedes (their
+   * deletion failed, or has not happened yet): whoever writes a file superseding the files in
+   * force must supersede these too, or they come back into force.
+   */
+  supersededFiles(): string[] {
+    return [...new Set([...this.baseSuperseded, ...this.overlay.superseded])];
+  }
+
   /** Every location of a blob (one per type and pack), in (type, pack id) order. */
   lookupAll(id: Uint8Array, type?: BlobType): IndexHit[] {
     this.assertUsable('look up a blob');
