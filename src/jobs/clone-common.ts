@@ -2,7 +2,7 @@
 // their keys differ; src/jobs/clone-domain.ts: repositories of one deduplication domain, packs
 // copied as they are): the counts and results they report, their options, and how they fail.
 
-import { CofferError } from '../core/errors.ts';
+import { CofferError, isCofferError } from '../core/errors.ts';
 import type { CallOptions } from '../storage/backend.ts';
 import type { BlobType } from '../engine/format.ts';
 import { toHex } from '../engine/hash.ts';
@@ -11,7 +11,7 @@ import type { BlobSaver, Encoder } from '../repository/packer.ts';
 import { loadCondemned } from '../repository/prune.ts';
 import type { Repository } from '../repository/repository.ts';
 import { isSessionGap } from '../repository/session.ts';
-import type { Snapshot } from '../repository/snapshot.ts';
+import { loadSnapshot, type Snapshot } from '../repository/snapshot.ts';
 import type { PackDamage } from '../repository/damage.ts';
 import type { BlobDecoder } from './read-blobs.ts';
 
@@ -132,4 +132,21 @@ export async function closeAfterFailure(target: Repository, saver: BlobSaver, e:
   } catch {
     // What is left is an index listing packs a prune deleted: `coffer repo check` finds it.
   }
+}
+
+/**
+ * The snapshots a clone copies, read from the source, oldest first (so that a parent cloned in the
+ * same call is known when its child is written). A snapshot that does not read is CORRUPT naming it.
+ */
+export async function loadSnapshotsOldestFirst(source: Repository, snapshotIds: readonly string[], options: CallOptions): Promise<Array<{ id: string; snapshot: Snapshot }>> {
+  const snaps: Array<{ id: string; snapshot: Snapshot }> = [];
+  for (const id of new Set(snapshotIds)) {
+    try {
+      snaps.push({ id, snapshot: await loadSnapshot(source, id, options) });
+    } catch (e) {
+      if (isCofferError(e, 'CORRUPT')) throw new CofferError('CORRUPT', `Cannot clone snapshot ${id.slice(0, 12)}: ${e.message}`, { hint: 'Nothing was committed in the target. Clone from another copy of this snapshot.', details: { snapshot: id }, cause: e });
+      throw e;
+    }
+  }
+  return snaps.sort((a, b) => a.snapshot.time.localeCompare(b.snapshot.time) || a.id.localeCompare(b.id));
 }

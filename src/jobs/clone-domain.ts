@@ -45,7 +45,7 @@ import { Session, isSessionGap } from '../repository/session.ts';
 import { loadSnapshot, readSnapshots, saveSnapshot, type Snapshot } from '../repository/snapshot.ts';
 import type { PackDamage } from '../repository/damage.ts';
 import type { CallOptions } from '../storage/backend.ts';
-import { addCounts, closeAfterFailure, damaged, noteReadFailure, recordSourceDamage, sameness, zero, type CloneCounts, type CloneProgress, type CloneResult } from './clone-common.ts';
+import { addCounts, closeAfterFailure, damaged, loadSnapshotsOldestFirst, noteReadFailure, recordSourceDamage, sameness, zero, type CloneCounts, type CloneProgress, type CloneResult } from './clone-common.ts';
 import { readBlobs, type BlobDecoder, type BlobResult } from './read-blobs.ts';
 import { TreeLoader } from './tree-loader.ts';
 
@@ -138,17 +138,7 @@ export async function cloneInDomain(source: Repository, targets: readonly Domain
       });
       runs.push({ repo: t.repo, session: sessions[i]!, condemned, saver, packs, existing, roots, cloned: new Map(), result: { snapshots: [], totals: zero(), sameKeys: true, packs: 0, indexFiles: 0, sourceDamage: [] } });
     }
-    const snaps: Array<{ id: string; snapshot: Snapshot }> = [];
-    for (const id of new Set(snapshotIds)) {
-      try {
-        snaps.push({ id, snapshot: await loadSnapshot(source, id, { signal }) });
-      } catch (e) {
-        if (isCofferError(e, 'CORRUPT')) throw new CofferError('CORRUPT', `Cannot clone snapshot ${id.slice(0, 12)}: ${e.message}`, { hint: 'Nothing was committed in the target. Clone from another copy of this snapshot.', details: { snapshot: id }, cause: e });
-        throw e;
-      }
-    }
-    // Oldest first, so that a parent cloned in the same call is known when its child is written.
-    snaps.sort((a, b) => a.snapshot.time.localeCompare(b.snapshot.time) || a.id.localeCompare(b.id));
+    const snaps = await loadSnapshotsOldestFirst(source, snapshotIds, { signal });
     const ctx: SendContext = { source, sourceCondemned, failures, options, signal: readSignal };
     const byId = new Map(snaps.map((x) => [x.id, x.snapshot]));
     for (const { id, snapshot } of snaps) {

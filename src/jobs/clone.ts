@@ -50,13 +50,13 @@ import { BlobSaver } from '../repository/packer.ts';
 import { loadCondemned } from '../repository/prune.ts';
 import type { Repository } from '../repository/repository.ts';
 import { Session, isSessionGap } from '../repository/session.ts';
-import { loadSnapshot, readSnapshots, saveSnapshot, type Snapshot } from '../repository/snapshot.ts';
+import { readSnapshots, saveSnapshot, type Snapshot } from '../repository/snapshot.ts';
 import { encodeTree, type Tree, type TreeNode } from '../repository/tree.ts';
 import { snapshotName } from '../repository/layout.ts';
 import type { PackDamage } from '../repository/damage.ts';
 import { readBlobs, type BlobResult } from './read-blobs.ts';
 import { TreeLoader } from './tree-loader.ts';
-import { addCounts, closeAfterFailure, damaged, noteReadFailure, recordSourceDamage, sameness, zero, type CloneCounts, type CloneOptions, type CloneProgress, type CloneResult } from './clone-common.ts';
+import { addCounts, closeAfterFailure, damaged, loadSnapshotsOldestFirst, noteReadFailure, recordSourceDamage, sameness, zero, type CloneCounts, type CloneOptions, type CloneProgress, type CloneResult } from './clone-common.ts';
 import { cloneInDomain, type DomainTarget } from './clone-domain.ts';
 
 export type { CloneCounts, ClonedSnapshot, CloneOptions, CloneProgress, CloneResult } from './clone-common.ts';
@@ -394,17 +394,7 @@ export async function cloneSnapshots(source: Repository, target: Repository, sna
     const sourceCondemned = await loadCondemned(source, { signal });
     await source.loadIndex({ signal });
     await target.loadIndex({ signal });
-    const snaps: Array<{ id: string; snapshot: Snapshot }> = [];
-    for (const id of new Set(snapshotIds)) {
-      try {
-        snaps.push({ id, snapshot: await loadSnapshot(source, id, { signal }) });
-      } catch (e) {
-        if (isCofferError(e, 'CORRUPT')) throw new CofferError('CORRUPT', `Cannot clone snapshot ${id.slice(0, 12)}: ${e.message}`, { hint: 'Nothing was committed in the target. Clone from another copy of this snapshot.', details: { snapshot: id }, cause: e });
-        throw e;
-      }
-    }
-    // Oldest first, so that a parent cloned in the same call is known when its child is written.
-    snaps.sort((a, b) => a.snapshot.time.localeCompare(b.snapshot.time) || a.id.localeCompare(b.id));
+    const snaps = await loadSnapshotsOldestFirst(source, snapshotIds, { signal });
     const existing = new Map<string, string>();
     for (const s of (await readSnapshots(target, { signal })).snapshots) existing.set(sameness(s.snapshot), s.id);
 
