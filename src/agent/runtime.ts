@@ -25,7 +25,7 @@ import { extendLocks, isLockedObject } from '../repository/object-lock.ts';
 import { prune } from '../repository/prune.ts';
 import { Repository } from '../repository/repository.ts';
 import type { SessionTiming } from '../repository/session.ts';
-import { SNAPSHOTS_PREFIX } from '../repository/layout.ts';
+import { DATA_PREFIX, SNAPSHOTS_PREFIX } from '../repository/layout.ts';
 import { loadSnapshot, readSnapshots, type HostIdentity } from '../repository/snapshot.ts';
 import { lockedError, lockedUntilOf, type Backend } from '../storage/backend.ts';
 import { RetryBackend } from '../storage/retry.ts';
@@ -523,7 +523,7 @@ export class AgentRuntime {
     const lock = storage.lock;
     const objectLock = lock ? { objectLock: { ...(lock.until ? { retainUntil: lock.until } : {}), ...(lock.minimumMs ? { minimumMs: lock.minimumMs } : {}), lockName: isLockedObject } } : undefined;
     const opened = await openBackend(storage.url, { ...(storage.env ? { env: storage.env } : {}), ...(objectLock ? { s3: objectLock } : {}) });
-    return new RetryBackend(storage.bandwidth ? new ThrottledBackend(opened, this.bucket(storage.url, storage.bandwidth)) : opened);
+    return new RetryBackend(storage.bandwidth ? new ThrottledBackend(opened, this.bucket(storage.url, storage.bandwidth), { counted: (name) => name.startsWith(DATA_PREFIX) }) : opened);
   }
 
   /** The token bucket every job of this agent shares for one storage location (a new one when its rate changed). */

@@ -34,3 +34,25 @@ it('ThrottledBackend: puts and gets (ranged and whole) wait for the shared bucke
   assert.deepEqual(times, { put: 500, ranged: 800, whole: 1400, stat: 1400, delete: 1400 });
   assert.equal(a.location, inner.location);
 });
+
+it('ThrottledBackend: objects it does not count (a repository\'s metadata) never wait behind counted ones; object locks pass through', async () => {
+  const clock = new FakeClock(0);
+  const bucket = new TokenBucket(1_000_000, { clock, burst: 100_000, quantum: 100_000 });
+  const locks = { check: async () => {}, lockedUntil: async () => 42, extend: async (_n: string, until: number) => until };
+  const inner = Object.assign(new MemoryBackend(), { locks });
+  const t = new ThrottledBackend(inner, bucket, { counted: (name) => name.startsWith('data/') });
+  assert.equal(t.locks, locks);
+  assert.equal(new ThrottledBackend(new MemoryBackend(), bucket).locks, undefined);
+  // A pack takes the bucket for 900 ms; an index file and a session heartbeat written meanwhile do not wait.
+  const pack = t.put('data/ab/pack', Buffer.alloc(1_000_000, 1));
+  await t.put('index/one', Buffer.alloc(50_000, 2));
+  await t.put('sessions/s', Buffer.alloc(1_000, 3));
+  assert.equal((await t.get('index/one')).length, 50_000);
+  assert.equal(clock.now(), 0, 'metadata went through at once');
+  while (clock.nextWake() !== null) {
+    clock.set(clock.nextWake()!);
+    await new Promise((r) => setImmediate(r));
+  }
+  await pack;
+  assert.equal(clock.now(), 900);
+});
