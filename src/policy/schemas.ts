@@ -21,7 +21,7 @@ export type Kind = (typeof KINDS)[number];
 
 /** What an omitted field means. Documents keep fields omitted; whoever acts on them reads these. */
 export const DEFAULTS = {
-  storageUnit: { maxJobs: 1, offsite: false, immutable: false, priority: 0, minimumLock: '30d' },
+  storageUnit: { offsite: false, immutable: false, priority: 0, minimumLock: '30d' },
   /** `after` of a duplicate or stage: as soon as its source copy exists; `from`: the backup copy. */
   copy: { after: '0s' },
   policy: { maxStreams: 1, offsiteRequired: false },
@@ -247,7 +247,7 @@ const bandwidthSchema = text(z.string(), (v) => {
 export const storageUnitSpec = z.strictObject({
   /** Where the repository is: an absolute path, file:///path or s3://bucket/prefix?endpoint=... */
   url: storageUrl,
-  /** How many jobs may write to or read from this unit at once (default 1). */
+  /** How many jobs may write to or read from this unit at once (default: no limit of its own; the server's job limit applies). */
   maxJobs: count(1, 1000).optional(),
   /** Where the server reads the repository password: file:/path or env:NAME (default: its keystore). */
   passwordFrom: passwordFrom.optional(),

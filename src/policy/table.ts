@@ -42,7 +42,8 @@ export function tableRow(doc: CofferDocument, options: TableOptions = {}): strin
   switch (doc.kind) {
     case 'StorageUnit': {
       const s = doc.spec;
-      const row = [name, s.url, String(s.maxJobs ?? DEFAULTS.storageUnit.maxJobs)];
+      // No maxJobs: the unit sets no limit of its own (the server's job limit applies).
+      const row = [name, s.url, s.maxJobs === undefined ? '-' : String(s.maxJobs)];
       if (!options.wide) return row;
       return [...row,
         String(s.priority ?? DEFAULTS.storageUnit.priority),
