@@ -2,8 +2,8 @@
 // or the clean way (SIGTERM) and start it again on the same data directory. Its API is called
 // over HTTP as any client would; the embedded agent's pid is read from the server's log.
 import { spawn, type ChildProcess } from 'node:child_process';
-import { createServer } from 'node:net';
 import { MAIN } from './cli.ts';
+export { freePort } from '../src/testing/ports.ts';
 
 export const ADMIN_PASSWORD = 'restart test admin password';
 
@@ -22,16 +22,6 @@ export interface ServerProcess {
   kill(signal: NodeJS.Signals): Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
 }
 
-export function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address() as { port: number };
-      s.close(() => resolve(port));
-    });
-  });
-}
 
 export function isAlive(pid: number): boolean {
   try {

@@ -6,7 +6,7 @@
 // cannot empty a bucket with locked versions, and the whole cluster is thrown away after.
 import assert from 'node:assert/strict';
 import { after, describe, it } from 'node:test';
-import { CreateBucketCommand, DeleteObjectCommand, GetObjectRetentionCommand, ListObjectVersionsCommand, S3Client } from '@aws-sdk/client-s3';
+import { CreateBucketCommand, DeleteObjectCommand, GetObjectRetentionCommand, ListObjectVersionsCommand } from '@aws-sdk/client-s3';
 import { isCofferError } from '../core/errors.ts';
 import { startCephRgw } from '../testing/ceph-rgw.ts';
 import { lockedUntilOf } from './backend.ts';
@@ -15,10 +15,7 @@ import { S3Backend, type S3ObjectLockOptions } from './s3.ts';
 
 const rgw = await startCephRgw();
 after(() => rgw.stop());
-const sdk = new S3Client({
-  region: rgw.region, endpoint: rgw.endpoint, forcePathStyle: true, credentials: { accessKeyId: rgw.accessKeyId, secretAccessKey: rgw.secretAccessKey },
-  requestChecksumCalculation: 'WHEN_REQUIRED', responseChecksumValidation: 'WHEN_REQUIRED',
-});
+const sdk = rgw.client();
 after(() => sdk.destroy());
 await sdk.send(new CreateBucketCommand({ Bucket: 'locked', ObjectLockEnabledForBucket: true }));
 await sdk.send(new CreateBucketCommand({ Bucket: 'plain' }));

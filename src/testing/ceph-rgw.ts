@@ -19,10 +19,11 @@ import { randomUUID } from 'node:crypto';
 import { once } from 'node:events';
 import { existsSync, rmSync } from 'node:fs';
 import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { delimiter, join } from 'node:path';
 import { promisify } from 'node:util';
+import { S3Client } from '@aws-sdk/client-s3';
+import { freePort } from './ports.ts';
 
 const run = promisify(execFile);
 
@@ -36,6 +37,8 @@ export interface CephRgw {
   dir: string;
   /** How long the start took, in ms. */
   startMs: number;
+  /** An AWS SDK client for it (path style; checksums only when required, which RGW 16 needs). The caller destroys it. */
+  client(): S3Client;
   /** Stops the daemons and removes the directory. */
   stop(): Promise<void>;
 }
@@ -127,6 +130,10 @@ export async function startCephRgw(options: CephRgwOptions = {}): Promise<CephRg
       secretAccessKey: SECRET_KEY,
       dir,
       startMs: Date.now() - started,
+      client: () => new S3Client({
+        region: 'us-east-1', endpoint, forcePathStyle: true, credentials: { accessKeyId: ACCESS_KEY, secretAccessKey: SECRET_KEY },
+        requestChecksumCalculation: 'WHEN_REQUIRED', responseChecksumValidation: 'WHEN_REQUIRED',
+      }),
       stop: () => (stopped ??= (async () => {
         // The gateway first, the monitor last: each daemon's clients go before it does.
         for (const { child } of [...children].reverse()) await stopChild(child);
@@ -228,13 +235,3 @@ async function logTails(dir: string): Promise<string> {
   return out.join('\n');
 }
 
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address() as { port: number };
-      server.close(() => resolve(port));
-    });
-  });
-}
