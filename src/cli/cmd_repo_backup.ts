@@ -59,8 +59,8 @@ export function register(repo: Command): void {
     .option('--stdin', 'back up standard input as one file')
     .option('--stdin-filename <name>', 'name of the file for --stdin or --command', 'stdin')
     .option('--command <command>', 'back up the output of a command (e.g. "pg_dump mydb"); fails if it exits non-zero')
-    .option('--image', 'the paths are disk images or block devices: fixed-size chunks, zero blocks as holes')
-    .option('--image-chunking <how>', 'with --image: fixed (default; fast, block-aligned) or cdc (content-defined: finds the same data at other offsets, e.g. the same files in different VM images)')
+    .option('--image', 'the paths are disk images or block devices: read whole, zero blocks as holes')
+    .option('--image-chunking <how>', 'with --image: cdc (default; content-defined: finds the same data at other offsets, e.g. the same files in different VM images) or fixed (1 MiB blocks)')
     .option('--file-chunking <how>', 'auto (default: files that are a whole number of 4 KiB pages, such as databases and VM disks, in small fixed blocks; other files content-defined) or cdc (every file content-defined)')
     .option('--host <name>', 'record this host name instead of the local one')
     .action(async (paths: string[], o: BackupCliOptions, cmd: Command) => {
