@@ -51,16 +51,17 @@ describe('file chunking', () => {
     assert.equal(isPageStructured(28 * MiB + 2048, DEFAULT_CHUNKER), false, 'half pages are not pages');
   });
 
-  it('the block grows with the file: at most about 4096 blocks, from 64 KiB to 1 MiB', () => {
-    assert.equal(PAGED_MIN_BLOCK, 64 * KiB);
+  it('the block grows with the file: at most about 4096 blocks, from 128 KiB to 1 MiB', () => {
+    assert.equal(PAGED_MIN_BLOCK, 128 * KiB);
     assert.equal(PAGED_MAX_BLOCK, MiB);
     const cases: Array<[number, number]> = [
-      [256 * KiB, 64 * KiB],
-      [28 * MiB, 64 * KiB],
-      [256 * MiB, 64 * KiB],
-      [256 * MiB + 4096, 128 * KiB],
+      [256 * KiB, 128 * KiB],
+      [28 * MiB, 128 * KiB],
+      [512 * MiB, 128 * KiB],
+      [512 * MiB + 4096, 256 * KiB],
       [1024 * MiB, 256 * KiB],
-      [4096 * MiB, MiB],
+      [2048 * MiB, 512 * KiB],
+      [2048 * MiB + 4096, MiB],
       [100 * 1024 * MiB, MiB],
     ];
     for (const [size, block] of cases) assert.equal(pagedBlockSize(size), block, `${size} bytes`);
@@ -69,10 +70,10 @@ describe('file chunking', () => {
   it('images follow --image-chunking, files --file-chunking', () => {
     const base = { imageChunkSize: MiB, chunker: DEFAULT_CHUNKER };
     const db = 28 * MiB;
-    assert.equal(fixedChunkSize(db, base), 64 * KiB, 'a page-structured file: fixed blocks by default');
+    assert.equal(fixedChunkSize(db, base), 128 * KiB, 'a page-structured file: fixed blocks by default');
     assert.equal(fixedChunkSize(db + 1, base), undefined, 'any other file: content-defined');
     assert.equal(fixedChunkSize(db, { ...base, fileChunking: 'cdc' }), undefined);
-    assert.equal(fixedChunkSize(db, { ...base, fileChunking: 'auto' }), 64 * KiB);
+    assert.equal(fixedChunkSize(db, { ...base, fileChunking: 'auto' }), 128 * KiB);
     assert.equal(fixedChunkSize(db, { ...base, images: true }), undefined, 'images: content-defined by default');
     assert.equal(fixedChunkSize(db, { ...base, images: true, imageChunking: 'cdc' }), undefined);
     assert.equal(fixedChunkSize(db, { ...base, images: true, imageChunking: 'fixed' }), MiB, 'fixed: the repository imageChunkSize');
@@ -83,14 +84,14 @@ describe('file chunking', () => {
     const dir = await tempDir(t);
     const src = join(dir, 'src');
     const db = join(src, 'app.db');
-    const pages = 256; // 2 MiB: 32 blocks of 64 KiB
+    const pages = 256; // 2 MiB: 16 blocks of 128 KiB
     await mkdir(src);
     await writeFile(db, pagesOf(pages, 1));
     const tr = await makeTestRepo();
     t.after(() => tr.close());
     const first = await backup(tr.repo, tr.pool, [src]);
     const n1 = await fileNode(tr.repo, first.snapshot.tree, 'app.db');
-    assert.equal(n1.content!.length, (pages * PAGE) / (64 * KiB), 'cut in 64 KiB blocks, not in the test chunker 16 KiB average');
+    assert.equal(n1.content!.length, (pages * PAGE) / (128 * KiB), 'cut in 128 KiB blocks, not in the test chunker 16 KiB average');
 
     // Rewrite three pages in place, in three different blocks.
     const fh = await open(db, 'r+');
@@ -101,7 +102,7 @@ describe('file chunking', () => {
     const changed = n2.content!.filter((id, i) => id !== n1.content![i]).length;
     assert.equal(changed, 3, 'three blocks changed');
     // Only they are new, with the two trees above them.
-    assert.ok(second.summary.bytesNew >= 3 * 64 * KiB && second.summary.bytesNew < 3 * 64 * KiB + 16 * KiB, `${second.summary.bytesNew} new bytes`);
+    assert.ok(second.summary.bytesNew >= 3 * 128 * KiB && second.summary.bytesNew < 3 * 128 * KiB + 16 * KiB, `${second.summary.bytesNew} new bytes`);
 
     const out = join(dir, 'out');
     await restore(tr.repo, second.snapshot, out);
@@ -117,12 +118,12 @@ describe('file chunking', () => {
     const tr = await makeTestRepo();
     t.after(() => tr.close());
     const auto = await backup(tr.repo, tr.pool, [paged, odd]);
-    assert.equal((await fileNode(tr.repo, auto.snapshot.tree, 'paged.bin')).content!.length, 16);
+    assert.equal((await fileNode(tr.repo, auto.snapshot.tree, 'paged.bin')).content!.length, 8, '128 KiB blocks');
     const oddChunks = (await fileNode(tr.repo, auto.snapshot.tree, 'odd.bin')).content!.length;
-    assert.ok(oddChunks > 16 && oddChunks <= MiB / TEST_CHUNKER.minSize + 1, `content-defined: ${oddChunks} chunks of the test chunker`);
+    assert.ok(oddChunks > 8 && oddChunks <= MiB / TEST_CHUNKER.minSize + 1, `content-defined: ${oddChunks} chunks of the test chunker`);
     const cdc = await backup(tr.repo, tr.pool, [paged, odd], { fileChunking: 'cdc', parent: 'none' });
     const cdcChunks = (await fileNode(tr.repo, cdc.snapshot.tree, 'paged.bin')).content!.length;
-    assert.ok(cdcChunks > 16, `content-defined: ${cdcChunks} chunks`);
+    assert.ok(cdcChunks > 8, `content-defined: ${cdcChunks} chunks`);
   });
 
   it('a sparse page-structured file is still recorded as sparse and restored with its holes', async (t) => {
@@ -138,7 +139,7 @@ describe('file chunking', () => {
     const r = await backup(tr.repo, tr.pool, [f]);
     const n = await fileNode(tr.repo, r.snapshot.tree, 'sparse.db');
     assert.equal(n.sparse, true);
-    assert.equal(n.content!.length, 64, '64 KiB blocks, the zero ones one blob');
+    assert.equal(n.content!.length, 32, '128 KiB blocks, the zero ones one blob');
     const out = join(dir, 'out');
     await restore(tr.repo, r.snapshot, out);
     assert.deepEqual(await readFile(join(out, f)), await readFile(f));

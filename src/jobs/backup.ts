@@ -110,7 +110,7 @@ export interface BackupOptions extends ExcludeOptions {
   /**
    * How files (not images) are cut: 'auto' (default) cuts page-structured files (databases, VM
    * disks: a whole number of 4 KiB pages) in fixed blocks, so that a rewritten page costs a small
-   * block and not a 1 MiB chunk; 'cdc' cuts every file content-defined (file-chunking.ts).
+   * block and not a whole content-defined chunk; 'cdc' cuts every file content-defined (file-chunking.ts).
    */
   fileChunking?: FileChunking;
   /** Back up a stream instead of paths. */

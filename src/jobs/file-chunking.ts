@@ -8,16 +8,18 @@
 //
 // A file counts as page-structured when its size is a whole number of 4 KiB pages and at least
 // the chunker's minSize (smaller files are one chunk either way). The block size grows with the
-// file, so that a file has at most about PAGED_BLOCKS_PER_FILE blocks (the index cost): 16 KiB for
-// files up to 64 MiB, doubling with the size up to 1 MiB blocks for files of 4 GiB and more.
-// docs/format.md ("Page-structured files") describes the rule.
+// file, so that a file has at most about PAGED_BLOCKS_PER_FILE blocks (the index cost): 128 KiB
+// for files up to 512 MiB, doubling with the size up to 1 MiB blocks for files over 2 GiB.
+// Smaller blocks store less per rewritten page but compress worse (zstd per block): on the
+// benchmark's database files 64 KiB blocks made the full backup 1% larger than 128 KiB ones,
+// 16 KiB blocks 3% (README, "Chunk sizes"). docs/format.md ("Page-structured files") has the rule.
 
 import type { ChunkerParams } from '../engine/chunker.ts';
 
 /** A page-structured file's size is a multiple of this. */
 export const PAGE_SIZE = 4096;
 /** The smallest block of a page-structured file. */
-export const PAGED_MIN_BLOCK = 64 * 1024;
+export const PAGED_MIN_BLOCK = 128 * 1024;
 /** The largest block of a page-structured file. */
 export const PAGED_MAX_BLOCK = 1024 * 1024;
 /** About how many blocks a page-structured file is cut into at most (below PAGED_MAX_BLOCK). */
@@ -37,7 +39,7 @@ export function isPageStructured(size: number, chunker: ChunkerParams): boolean 
   return size >= chunker.minSize && size % PAGE_SIZE === 0;
 }
 
-/** The fixed block size for a page-structured file of `size` bytes: a power of two from 16 KiB to 1 MiB. */
+/** The fixed block size for a page-structured file of `size` bytes: a power of two from 128 KiB to 1 MiB. */
 export function pagedBlockSize(size: number): number {
   let block = PAGED_MIN_BLOCK;
   while (block < PAGED_MAX_BLOCK && block * PAGED_BLOCKS_PER_FILE < size) block *= 2;
