@@ -101,8 +101,8 @@ export interface BackupOptions extends ExcludeOptions {
   images?: boolean;
   /**
    * How images are cut: 'cdc' (default) content-defined like files, which finds the same file
-   * data at different places in different images (8 ext4 images of the benchmark: 248 MiB
-   * stored after the full backup instead of 457 MiB, restic 275 MiB); 'fixed' in the repository's
+   * data at different places in different images (8 ext4 images of the benchmark: 261 MB
+   * stored after the full backup instead of 480 MB, restic 289 MB); 'fixed' in the repository's
    * imageChunkSize blocks, aligned with the device's own blocks. All-zero chunks count as holes
    * either way.
    */
