@@ -55,6 +55,8 @@ export const selectionSpec = z.union([
     /** The paths are disk images or block devices. */
     images: z.boolean().optional(),
     imageChunking: z.enum(['fixed', 'cdc']).optional(),
+    /** How files are cut (BackupOptions.fileChunking). */
+    fileChunking: z.enum(['auto', 'cdc']).optional(),
   }),
   z.strictObject({
     command: z.string().min(1).max(65536),

@@ -165,7 +165,7 @@ export class AgentRuntime {
           parent: spec.parent,
           tags: spec.tags,
           ...('paths' in sel
-            ? { patterns: sel.exclude, oneFileSystem: sel.oneFileSystem, excludeCaches: sel.excludeCaches, images: sel.images, imageChunking: sel.imageChunking }
+            ? { patterns: sel.exclude, oneFileSystem: sel.oneFileSystem, excludeCaches: sel.excludeCaches, images: sel.images, imageChunking: sel.imageChunking, fileChunking: sel.fileChunking }
             : { stream: { name: sel.filename, command: sel.command } }),
           ...backupEvents(emit),
         });

@@ -6,6 +6,7 @@ import type { Command } from 'commander';
 import cliProgress from 'cli-progress';
 import { CofferError } from '../core/errors.ts';
 import { backup, backupReport, type BackupProgress } from '../jobs/backup.ts';
+import { FILE_CHUNKINGS, type FileChunking } from '../jobs/file-chunking.ts';
 import { localHostIdentity } from '../sources/host.ts';
 import { collect, formatBytes, makePool, output, withRepo } from './context.ts';
 
@@ -24,6 +25,7 @@ interface BackupCliOptions {
   command?: string;
   image?: boolean;
   imageChunking?: string;
+  fileChunking?: string;
   host?: string;
 }
 
@@ -57,8 +59,9 @@ export function register(repo: Command): void {
     .option('--stdin', 'back up standard input as one file')
     .option('--stdin-filename <name>', 'name of the file for --stdin or --command', 'stdin')
     .option('--command <command>', 'back up the output of a command (e.g. "pg_dump mydb"); fails if it exits non-zero')
-    .option('--image', 'the paths are disk images or block devices: fixed-size chunks, zero blocks as holes')
-    .option('--image-chunking <how>', 'with --image: fixed (default; fast, block-aligned) or cdc (content-defined: finds the same data at other offsets, e.g. the same files in different VM images)')
+    .option('--image', 'the paths are disk images or block devices: read whole, zero blocks as holes')
+    .option('--image-chunking <how>', 'with --image: cdc (default; content-defined: finds the same data at other offsets, e.g. the same files in different VM images) or fixed (1 MiB blocks)')
+    .option('--file-chunking <how>', 'auto (default: files that are a whole number of 4 KiB pages, such as databases and VM disks, in small fixed blocks; other files content-defined) or cdc (every file content-defined)')
     .option('--host <name>', 'record this host name instead of the local one')
     .action(async (paths: string[], o: BackupCliOptions, cmd: Command) => {
       const out = output(cmd);
@@ -72,6 +75,10 @@ export function register(repo: Command): void {
         throw new CofferError('USAGE', `Cannot use --image-chunking ${JSON.stringify(o.imageChunking)}: give fixed or cdc`);
       }
       if (o.imageChunking !== undefined && !o.image) throw new CofferError('USAGE', 'Cannot use --image-chunking without --image');
+      if (o.fileChunking !== undefined && !(FILE_CHUNKINGS as readonly string[]).includes(o.fileChunking)) {
+        throw new CofferError('USAGE', `Cannot use --file-chunking ${JSON.stringify(o.fileChunking)}: give ${FILE_CHUNKINGS.join(' or ')}`);
+      }
+      if (o.fileChunking !== undefined && o.image) throw new CofferError('USAGE', 'Cannot use --file-chunking with --image', { hint: 'Images are cut as --image-chunking says.' });
       const patterns = [...(o.exclude ?? []), ...(o.excludeFile ?? []).flatMap(readExcludeFile)];
       const tty = process.stderr.isTTY && !out.json;
       await withRepo(cmd, async (r, signal) => {
@@ -95,6 +102,7 @@ export function register(repo: Command): void {
             parent: o.force ? 'none' : o.parent,
             images: o.image,
             imageChunking: o.imageChunking as 'fixed' | 'cdc' | undefined,
+            fileChunking: o.fileChunking as FileChunking | undefined,
             // --host renames this machine, it does not make it another one: the machine id stays,
             // so that restore can still tell two machines of the same name apart.
             host: o.host ? { ...host, hostname: o.host } : host,

@@ -1,6 +1,6 @@
 // `coffer repo init`: creates a repository on a backend.
 import type { Command } from 'commander';
-import { Repository } from '../repository/repository.ts';
+import { DEFAULT_CHUNKER, Repository } from '../repository/repository.ts';
 import { backendFor, getPassword, interruptSignal, openOptions, output, parseIntOption, repoUrl } from './context.ts';
 
 export function register(repo: Command): void {
@@ -23,9 +23,9 @@ export function register(repo: Command): void {
         const password = await getPassword(cmd, { confirm: true });
         const chunker = opts.chunkAvg || opts.chunkMin || opts.chunkMax
           ? {
-              minSize: parseIntOption('--chunk-min', opts.chunkMin ?? '262144', 64, 64 << 20),
-              avgSize: parseIntOption('--chunk-avg', opts.chunkAvg ?? '1048576', 256, 64 << 20),
-              maxSize: parseIntOption('--chunk-max', opts.chunkMax ?? '4194304', 1024, 128 << 20),
+              minSize: parseIntOption('--chunk-min', opts.chunkMin ?? String(DEFAULT_CHUNKER.minSize), 64, 64 << 20),
+              avgSize: parseIntOption('--chunk-avg', opts.chunkAvg ?? String(DEFAULT_CHUNKER.avgSize), 256, 64 << 20),
+              maxSize: parseIntOption('--chunk-max', opts.chunkMax ?? String(DEFAULT_CHUNKER.maxSize), 1024, 128 << 20),
             }
           : undefined;
         const r = await Repository.init(backend, password, {

@@ -62,7 +62,7 @@ const command = prose.map((s) => s.slice(0, 4096));
 const hook = fc.oneof(command, fc.record({ command, timeout: fc.constantFrom('5m', '1h', '30s', '1d') }, { requiredKeys: ['command'] }));
 const hooks = { pre: hook, post: hook };
 const selection = fc.oneof(
-  fc.record({ paths: fc.array(path, { minLength: 1, maxLength: 3 }), exclude: fc.array(oneLine, { maxLength: 3 }), include: fc.array(oneLine, { maxLength: 2 }), oneFileSystem: fc.boolean(), excludeCaches: fc.boolean(), ...hooks }, { requiredKeys: ['paths'] }),
+  fc.record({ paths: fc.array(path, { minLength: 1, maxLength: 3 }), exclude: fc.array(oneLine, { maxLength: 3 }), include: fc.array(oneLine, { maxLength: 2 }), oneFileSystem: fc.boolean(), excludeCaches: fc.boolean(), chunking: fc.constantFrom('auto', 'cdc'), ...hooks }, { requiredKeys: ['paths'] }),
   fc.record({ command, filename: fc.stringMatching(/^[a-z0-9_-]{1,8}(?:\.sql)?$/), ...hooks }, { requiredKeys: ['command', 'filename'] }),
   fc.record({ images: fc.array(path, { minLength: 1, maxLength: 2 }), chunking: fc.constantFrom('fixed', 'cdc'), ...hooks }, { requiredKeys: ['images'] }),
 );

@@ -25,7 +25,7 @@ export const DEFAULTS = {
   /** `after` of a duplicate or stage: as soon as its source copy exists; `from`: the backup copy. */
   copy: { after: '0s' },
   policy: { maxStreams: 1, offsiteRequired: false },
-  selection: { oneFileSystem: false, excludeCaches: false, chunking: 'fixed' },
+  selection: { oneFileSystem: false, excludeCaches: false, chunking: { paths: 'auto', images: 'cdc' } },
   hook: { timeout: '30m' },
   /** No timezone: the server's. */
   schedule: { missed: 'catch-up' },
@@ -453,6 +453,8 @@ export const pathsSelectionSchema = z.strictObject({
   oneFileSystem: z.boolean().optional(),
   /** Leave out directories holding a CACHEDIR.TAG (default false). */
   excludeCaches: z.boolean().optional(),
+  /** auto (default: page-structured files such as databases in small fixed blocks, the rest content-defined) or cdc (every file content-defined). */
+  chunking: z.enum(['auto', 'cdc']).optional(),
   ...hooks,
 });
 
@@ -467,7 +469,7 @@ export const commandSelectionSchema = z.strictObject({
 export const imagesSelectionSchema = z.strictObject({
   /** Disk images or block devices, each backed up whole. */
   images: z.array(absolutePath).min(1),
-  /** fixed (1 MiB chunks, fastest) or cdc (content-defined: deduplicates across images); default fixed. */
+  /** cdc (content-defined: deduplicates across images; the default) or fixed (1 MiB blocks). */
   chunking: z.enum(['fixed', 'cdc']).optional(),
   ...hooks,
 });

@@ -44,7 +44,7 @@ function hook(h: Selection['pre']): { run: string; timeoutMs?: number } | undefi
 function agentSelection(sel: Selection): SelectionSpec {
   if ('paths' in sel) {
     const patterns = [...(sel.exclude ?? []), ...(sel.include ?? []).map((p) => `!${p}`)];
-    return { paths: sel.paths, ...(patterns.length ? { exclude: patterns } : {}), oneFileSystem: sel.oneFileSystem, excludeCaches: sel.excludeCaches };
+    return { paths: sel.paths, ...(patterns.length ? { exclude: patterns } : {}), oneFileSystem: sel.oneFileSystem, excludeCaches: sel.excludeCaches, ...(sel.chunking ? { fileChunking: sel.chunking } : {}) };
   }
   if ('images' in sel) return { paths: sel.images, images: true, imageChunking: sel.chunking };
   return { command: sel.command, filename: sel.filename };
