@@ -26,7 +26,7 @@ import type { ExpectedFile, ReadFileResult } from '../engine/tasks.ts';
 import { BlobSaver, type Encoder, type SaverStats } from '../repository/packer.ts';
 import type { Repository } from '../repository/repository.ts';
 import { Session, isSessionGap } from '../repository/session.ts';
-import { encodeTree, type Tree, type TreeNode } from '../repository/tree.ts';
+import { encodeTree, encodeTreeParts, nameBytes, type Tree, type TreeNode } from '../repository/tree.ts';
 import { describeUnreadable, findSnapshot, readSnapshots, saveSnapshot, type HostIdentity, type Snapshot, type SnapshotRef, type SnapshotSummary, type UnreadableSnapshot } from '../repository/snapshot.ts';
 import { loadCondemned } from '../repository/prune.ts';
 import { snapshotName } from '../repository/layout.ts';
@@ -305,8 +305,10 @@ export async function backup(repo: Repository, pool: BackupPool, paths: string[]
     const saveBlobs = async (items: Array<{ type: BlobType; id: Uint8Array; raw: Uint8Array }>) => {
       if (!options.dryRun) await s.saveMany(items);
     };
-    const storeTree = async (tree: Tree): Promise<string> => {
-      const bytes = encodeTree(tree);
+    const storeTree = (tree: Tree): Promise<string> => storeTreeBytes(encodeTree(tree));
+    /** A tree from its nodes' JSON in name order (see encodeTreeParts). */
+    const storeTreeParts = (parts: readonly string[]): Promise<string> => storeTreeBytes(encodeTreeParts(parts, parts.length > 4096));
+    const storeTreeBytes = async (bytes: Buffer): Promise<string> => {
       const id = chunkId(repo.keys.chunkIdKey, bytes);
       await saveBlobs([{ type: 'tree', id, raw: bytes }]);
       return toHex(id);
@@ -542,17 +544,22 @@ export async function backup(repo: Repository, pool: BackupPool, paths: string[]
           return undefined;
         }
         const prevChildren = await loadParentChildren(prev);
-        const children: Array<TreeNode | undefined> = new Array(listing.length);
-        await walkListing(ctx, path, listing, prevChildren, (i, _k, node) => {
-          children[i] = node;
+        // Each child is kept as its JSON (the tree's bytes to be), in the listing's name order.
+        const children: Array<string | undefined> = new Array(listing.length);
+        let kept = 0;
+        let allFromParent = true;
+        await walkListing(ctx, path, listing, prevChildren, (i, key, node) => {
+          if (!node) return;
+          kept++;
+          if (node !== prevChildren?.get(key)) allFromParent = false;
+          children[i] = JSON.stringify(node);
         }, undefined, true);
         progress.dirs++;
-        const kept = children.filter((c): c is TreeNode => c !== undefined);
         // Every child is the parent's node itself: the subtree is the parent's, no need to encode,
         // hash and look it up again.
-        const sameChildren = prev?.subtree !== undefined && prevChildren !== undefined && kept.length === prevChildren.size &&
-          kept.every((c) => prevChildren.get(c.rawName ?? c.name) === c) && repo.hasBlob('tree', fromHex(prev.subtree), condemned);
-        const subtree = sameChildren ? prev!.subtree! : await storeTree({ nodes: kept });
+        const sameChildren = prev?.subtree !== undefined && prevChildren !== undefined && allFromParent && kept === prevChildren.size &&
+          repo.hasBlob('tree', fromHex(prev.subtree), condemned);
+        const subtree = sameChildren ? prev!.subtree! : await storeTreeParts(children.filter((c): c is string => c !== undefined));
         return reuseIfSame(prev, { ...meta, type: 'dir', subtree });
       }
       if (st.isFile() || (options.images && st.isBlockDevice())) {
@@ -671,7 +678,18 @@ export async function backup(repo: Repository, pool: BackupPool, paths: string[]
 
     // The root tree: absolute paths keep their full place, relative ones their place below the
     // current directory, and "." is the root itself.
-    interface Dir { children: Map<string, Dir | TreeNode>; path: string; prev: Map<string, TreeNode> | undefined; given?: boolean }
+    /**
+     * A directory of the root tree's frame: the paths given and the directories on the way to
+     * them (`children`), and the entries that a walk found there besides (`listed`: a listing
+     * and each entry's node as JSON, in its name order).
+     */
+    interface Dir {
+      children: Map<string, Dir | TreeNode>;
+      listed?: { listing: DirListing; parts: Array<string | undefined> };
+      path: string;
+      prev: Map<string, TreeNode> | undefined;
+      given?: boolean;
+    }
     let rootPrev: Map<string, TreeNode> | undefined;
     if (parent) {
       try {
@@ -780,8 +798,9 @@ export async function backup(repo: Repository, pool: BackupPool, paths: string[]
           // of a million files once started a million visits at once: 3.3 KB each).
           const w = walker;
           const skip = slot.kids.size > 0 ? (k: string) => slot.kids.has(k) : undefined;
-          pending.push(() => placeAll(() => walkListing(w.t.ctx, w.path, listing, dir.prev, (_i, k, node) => {
-            if (node) dir.children.set(k, node);
+          const listed = (dir.listed = { listing, parts: new Array<string | undefined>(listing.length) });
+          pending.push(() => placeAll(() => walkListing(w.t.ctx, w.path, listing, dir.prev, (i, _k, node) => {
+            if (node) listed.parts[i] = JSON.stringify(node);
           }, skip, false)));
         }
         for (const [k, kid] of slot.kids) {
@@ -839,7 +858,22 @@ export async function backup(repo: Repository, pool: BackupPool, paths: string[]
             nodes.push({ ...meta, type: 'dir', subtree: await buildDir(c as Dir) });
           } else nodes.push(c as TreeNode);
         }
-        return storeTree({ nodes });
+        if (!d.listed) return storeTree({ nodes });
+        // The walk's entries are in name order already (the scan's); the few others merge in.
+        const others = nodes.map((n) => ({ name: nameBytes(n), json: JSON.stringify(n) })).sort((a, b) => Buffer.compare(a.name, b.name));
+        const { listing, parts } = d.listed;
+        const ordered: string[] = [];
+        let j = 0;
+        for (let i = 0; i < listing.length; i++) {
+          const part = parts[i];
+          if (part === undefined) continue;
+          const name = listing.name(i);
+          while (j < others.length && Buffer.compare(others[j]!.name, name) < 0) ordered.push(others[j++]!.json);
+          ordered.push(part);
+        }
+        while (j < others.length) ordered.push(others[j++]!.json);
+        d.listed = undefined;
+        return storeTreeParts(ordered);
       };
       treeId = await buildDir(root);
       parentTrees.clear();
