@@ -148,13 +148,15 @@ class Recycler {
     return new Uint8Array(new ArrayBuffer(cls), 0, n);
   }
 
-  give(ab: ArrayBuffer): void {
+  /** Keeps `ab` for a later take(); false when it is not kept (wrong size, or enough kept). */
+  give(ab: ArrayBuffer): boolean {
     const cls = ab.byteLength;
-    if (cls < RECYCLE_MIN || (cls & (cls - 1)) !== 0 || this.kept + cls > this.cap) return;
+    if (cls < RECYCLE_MIN || (cls & (cls - 1)) !== 0 || this.kept + cls > this.cap) return false;
     let list = this.free.get(cls);
     if (!list) this.free.set(cls, (list = []));
     list.push(ab);
     this.kept += cls;
+    return true;
   }
 
   clear(): void {
@@ -323,6 +325,11 @@ export class RepoPool {
     return results.flat();
   }
 
+  /** Takes back a buffer that encode() returned blobs in (BlobSaver, once they are in a pack). */
+  recycle(buffer: ArrayBuffer): boolean {
+    return !buffer.detached && this.pool.recycler.give(buffer);
+  }
+
   /**
    * encode() on libuv's thread pool through the addon (src/native/codec.c): the same bytes as the
    * workers' encodeBlob(), without copying the blobs to a worker, each part's results in one
@@ -336,6 +343,16 @@ export class RepoPool {
         reject(cancelled(signal));
         return;
       }
+      // The ids are checked here, as encodeBlob() checks them: a blob never goes out under an
+      // id that is not its content's (the native check compares the bytes, it does not hash).
+      for (const it of part) {
+        if (!chunkId(this.chunkIdKey, it.raw).equals(it.id)) {
+          reject(new CofferError('INTERNAL', `Cannot encode a blob: its bytes do not hash to its id ${Buffer.from(it.id).toString('hex')}`, {
+            hint: 'Nothing was committed. This points at a bug or at faulty memory or CPU; report it.',
+          }));
+          return;
+        }
+      }
       const { ids, keys, keyOf } = packIdsAndKeys(part);
       const meta = new Float64Array(part.length * 3);
       let total = 0;
@@ -347,7 +364,8 @@ export class RepoPool {
       });
       const keyBytes = new Uint8Array(keys.length * 32);
       keys.forEach((k, i) => keyBytes.set(k, i * 32));
-      const out = Buffer.allocUnsafeSlow(total);
+      const taken = this.pool.recycler.take(total);
+      const out = Buffer.from(taken.buffer, taken.byteOffset, taken.byteLength);
       const res = new Float64Array(part.length * 3);
       codec.encodeBlobs(part.map((it) => it.raw), meta, ids, keyBytes, this.level, out, res, (err) => {
         if (err) {
@@ -506,6 +524,10 @@ export class WorkerPool {
 
   async encode(...args: Parameters<RepoPool['encode']>): ReturnType<RepoPool['encode']> {
     return this.repo.encode(...args);
+  }
+
+  recycle(buffer: ArrayBuffer): boolean {
+    return this.repo.recycle(buffer);
   }
 
   async decode(...args: Parameters<RepoPool['decode']>): ReturnType<RepoPool['decode']> {

@@ -148,6 +148,52 @@ export function backupReport(res: BackupResult) {
 
 const CACHEDIR_SIGNATURE = 'Signature: 8a477f597d28d172789f06886806bc55';
 
+/** Files up to this size are read into small buffers (of a pool of their own). */
+const SMALL_READ = 1 << 20;
+const EMPTY = Buffer.alloc(0);
+
+/**
+ * Equal ArrayBuffers handed out and given back: at most `max` exist, take() waits for one when
+ * all are out. One given back detached (moved to a worker that failed) or of another size is
+ * dropped and a new one made in its place when needed.
+ */
+class BufferPool {
+  private readonly free: ArrayBuffer[] = [];
+  private readonly waiters: Array<(b: ArrayBuffer) => void> = [];
+  private made = 0;
+  private readonly size: number;
+  private readonly max: number;
+
+  constructor(size: number, max: number) {
+    this.size = size;
+    this.max = max;
+  }
+
+  take(): Promise<ArrayBuffer> | ArrayBuffer {
+    const b = this.free.pop();
+    if (b) return b;
+    if (this.made < this.max) {
+      this.made++;
+      return new ArrayBuffer(this.size);
+    }
+    return new Promise((resolve) => this.waiters.push(resolve));
+  }
+
+  give(b: ArrayBuffer): void {
+    if (b.detached || b.byteLength !== this.size) {
+      this.made--;
+      if (this.waiters.length && this.made < this.max) {
+        this.made++;
+        this.waiters.shift()!(new ArrayBuffer(this.size));
+      }
+      return;
+    }
+    const w = this.waiters.shift();
+    if (w) w(b);
+    else this.free.push(b);
+  }
+}
+
 /** Entries of one directory visited at once (more than the small-file reads in flight). */
 const DIR_WINDOW = 1024;
 /**
@@ -302,9 +348,15 @@ export async function backup(repo: Repository, pool: BackupPool, paths: string[]
     const zeroChunks = new ZeroChunks(pool, chunker);
     const owners = new OwnerNames();
 
-    const saveBlobs = async (items: Array<{ type: BlobType; id: Uint8Array; raw: Uint8Array }>) => {
-      if (!options.dryRun) await s.saveMany(items);
+    /** Stores blobs; `released` is called once their raw bytes are no longer read. */
+    const saveBlobs = async (items: Array<{ type: BlobType; id: Uint8Array; raw: Uint8Array }>, released?: () => void) => {
+      if (!options.dryRun) await s.saveMany(items, released);
+      else released?.();
     };
+    // Read buffers, reused: a fresh one per read cost a page fault per 4 KiB read (and the
+    // zeroing). Files up to 1 MiB take small ones (many are read at once), others full ones.
+    const smallBuffers = new BufferPool(SMALL_READ + 1, 16);
+    const readBuffers = new BufferPool(readSize, pool.size + 2);
     const storeTree = (tree: Tree): Promise<string> => storeTreeBytes(encodeTree(tree));
     /** A tree from its nodes' JSON in name order (see encodeTreeParts). */
     const storeTreeParts = (parts: readonly string[]): Promise<string> => storeTreeBytes(encodeTreeParts(parts, parts.length > 4096));
@@ -325,9 +377,11 @@ export async function backup(repo: Repository, pool: BackupPool, paths: string[]
       let size = 0;
       let holes = 0;
       // Buffers over their own ArrayBuffer (never Node's shared pool): they are moved to workers.
-      const ownBuffer = (n: number): Buffer => Buffer.from(new ArrayBuffer(n));
-      let buf: Buffer = ownBuffer(sizeHint === undefined ? readSize : Math.min(readSize, sizeHint + 1));
+      const buffers = sizeHint !== undefined && sizeHint <= SMALL_READ ? smallBuffers : readBuffers;
+      let buf: Buffer = Buffer.from(await buffers.take());
+      if (sizeHint !== undefined && sizeHint + 1 < buf.length) buf = buf.subarray(0, sizeHint + 1);
       let filled = 0;
+      try {
       for (;;) {
         throwIfAborted(signal);
         // The buffer holds [size - filled, size) and starts at a chunk boundary. When all of it
@@ -375,7 +429,9 @@ export async function backup(repo: Repository, pool: BackupPool, paths: string[]
           // A small file is one chunk: hash it here rather than pay a worker round trip.
           const data = buf.subarray(0, filled);
           const id = chunkId(repo.keys.chunkIdKey, data);
-          await saveBlobs([{ type: 'data', id, raw: data }]);
+          const held = buf;
+          buf = EMPTY;
+          await saveBlobs([{ type: 'data', id, raw: data }], () => buffers.give(held.buffer as ArrayBuffer));
           content.push(toHex(id));
           break;
         }
@@ -391,14 +447,21 @@ export async function backup(repo: Repository, pool: BackupPool, paths: string[]
           items.push({ type: 'data', id: ids[i]!, raw });
           content.push(toHex(ids[i]!));
         }
-        await saveBlobs(items);
         progress.bytesScanned += filled - rest;
+        // The rest moves to the next buffer before this one may be given back.
+        const held = buf;
+        buf = EMPTY;
+        if (!eof) {
+          buf = Buffer.from(await buffers.take());
+          held.copy(buf, 0, filled - rest, filled);
+        }
+        await saveBlobs(items, () => buffers.give(held.buffer as ArrayBuffer));
         report();
         if (eof) break;
-        const nextBuf = ownBuffer(readSize);
-        buf.copy(nextBuf, 0, filled - rest, filled);
-        buf = nextBuf;
         filled = rest;
+      }
+      } finally {
+        if (buf !== EMPTY) buffers.give(buf.buffer as ArrayBuffer);
       }
       return { content, size, holes };
     };

@@ -41,8 +41,11 @@ extern unsigned ZSTD_isError(size_t code) __attribute__((weak));
 extern int ZSTD_getErrorCode(size_t code) __attribute__((weak));
 extern const char *ZSTD_getErrorName(size_t code) __attribute__((weak));
 extern ZSTD_DCtx *ZSTD_createDCtx(void) __attribute__((weak));
-extern size_t ZSTD_decompressDCtx(ZSTD_DCtx *dctx, void *dst, size_t dstCapacity, const void *src, size_t srcSize) __attribute__((weak));
-enum { C_ZSTD_C_COMPRESSION_LEVEL = 100, C_ZSTD_C_CHECKSUM_FLAG = 201, C_ZSTD_ERROR_DST_SIZE_TOO_SMALL = 70 };
+typedef struct { const void *src; size_t size; size_t pos; } ZSTD_inBuffer;
+typedef struct { void *dst; size_t size; size_t pos; } ZSTD_outBuffer;
+extern size_t ZSTD_decompressStream(ZSTD_DCtx *dctx, ZSTD_outBuffer *output, ZSTD_inBuffer *input) __attribute__((weak));
+extern size_t ZSTD_DCtx_reset(ZSTD_DCtx *dctx, int reset) __attribute__((weak));
+enum { C_ZSTD_C_COMPRESSION_LEVEL = 100, C_ZSTD_C_CHECKSUM_FLAG = 201, C_ZSTD_ERROR_DST_SIZE_TOO_SMALL = 70, C_ZSTD_RESET_SESSION_ONLY = 1 };
 
 typedef struct evp_cipher_ctx_st EVP_CIPHER_CTX;
 typedef struct evp_cipher_st EVP_CIPHER;
@@ -59,7 +62,7 @@ enum { C_EVP_CTRL_GCM_SET_IVLEN = 0x9, C_EVP_CTRL_GCM_GET_TAG = 0x10, C_EVP_CTRL
 
 static int codec_present(void) {
   return ZSTD_createCCtx && ZSTD_CCtx_setParameter && ZSTD_compress2 && ZSTD_isError && ZSTD_getErrorCode &&
-         ZSTD_getErrorName && ZSTD_createDCtx && ZSTD_decompressDCtx && EVP_CIPHER_CTX_new && EVP_aes_256_gcm &&
+         ZSTD_getErrorName && ZSTD_createDCtx && ZSTD_decompressStream && ZSTD_DCtx_reset && EVP_CIPHER_CTX_new && EVP_aes_256_gcm &&
          EVP_EncryptInit_ex && EVP_EncryptUpdate && EVP_EncryptFinal_ex && EVP_DecryptInit_ex && EVP_DecryptUpdate &&
          EVP_DecryptFinal_ex && EVP_CIPHER_CTX_ctrl;
 }
@@ -82,29 +85,23 @@ static const unsigned char AAD_MAGIC[8] = {'C', 'F', 'R', 'B', 'L', 'O', 'B', 0}
 #define RESULT_COLS 3
 
 // ---- one set of contexts and buffers per pool thread, kept for the life of the thread -------
+// A blob is compressed straight into its place in the output and encrypted there; the check
+// decrypts and decompresses it in small steps. So a thread holds its contexts and 192 KiB, not
+// blob-sized buffers (libuv's pool has four threads, each would have kept three).
+
+#define PLAIN_STEP (64 * 1024)
+#define BACK_STEP (128 * 1024)
 
 typedef struct {
   ZSTD_CCtx *cctx;
   ZSTD_DCtx *dctx;
   EVP_CIPHER_CTX *cipher;
-  int level;               // the level set on cctx (INT_MIN: none yet)
-  unsigned char *packed;   // compression output
-  unsigned char *plain;    // decryption output (the check)
-  unsigned char *back;     // decompression output (the check)
-  size_t packedCap, plainCap, backCap;
+  int level;                       // the level set on cctx (INT_MIN: none yet)
+  unsigned char plain[PLAIN_STEP]; // decrypted bytes (the check)
+  unsigned char back[BACK_STEP];   // decompressed bytes (the check)
 } thread_state;
 
-static __thread thread_state tls = {NULL, NULL, NULL, INT_MIN, NULL, NULL, NULL, 0, 0, 0};
-
-static int grow(unsigned char **p, size_t *cap, size_t want) {
-  if (want <= *cap) return 1;
-  size_t n = want < (1u << 20) ? (1u << 20) : want;
-  unsigned char *q = realloc(*p, n);
-  if (q == NULL) return 0;
-  *p = q;
-  *cap = n;
-  return 1;
-}
+static __thread thread_state *tls = NULL;
 
 typedef struct {
   const unsigned char *raw;
@@ -165,9 +162,61 @@ static void make_nonce(unsigned char nonce[NONCE_SIZE], uint64_t index) {
   for (int b = 0; b < 8; b++) nonce[4 + b] = (unsigned char)(index >> (56 - 8 * b));
 }
 
+// Whether `stored` (len bytes of ciphertext, then the tag) opens under the blob's key, nonce and
+// AAD to exactly the blob's raw bytes, decompressing when `compressed`.
+static int check_blob(thread_state *t, const enc_item *it, const unsigned char *aad, const unsigned char *nonce, unsigned char *stored, size_t len, int compressed) {
+  EVP_CIPHER_CTX *c = t->cipher;
+  int outl = 0;
+  if (EVP_DecryptInit_ex(c, EVP_aes_256_gcm(), NULL, NULL, NULL) != 1 ||
+      EVP_CIPHER_CTX_ctrl(c, C_EVP_CTRL_GCM_SET_IVLEN, NONCE_SIZE, NULL) != 1 ||
+      EVP_DecryptInit_ex(c, NULL, NULL, it->key, nonce) != 1 ||
+      EVP_DecryptUpdate(c, NULL, &outl, aad, AAD_SIZE) != 1) return 0;
+  if (compressed && ZSTD_isError(ZSTD_DCtx_reset(t->dctx, C_ZSTD_RESET_SESSION_ONLY))) return 0;
+  size_t matched = 0;   // raw bytes compared so far
+  size_t frameLeft = 1; // ZSTD_decompressStream's hint: 0 once the frame is complete
+  for (size_t at = 0; at < len;) {
+    size_t step = len - at < PLAIN_STEP ? len - at : PLAIN_STEP;
+    if (!gcm_update(c, 0, t->plain, stored + at, step)) return 0;
+    at += step;
+    if (!compressed) {
+      if (memcmp(t->plain, it->raw + matched, step) != 0) return 0;
+      matched += step;
+      continue;
+    }
+    ZSTD_inBuffer in = {t->plain, step, 0};
+    while (in.pos < in.size) {
+      ZSTD_outBuffer out = {t->back, BACK_STEP, 0};
+      frameLeft = ZSTD_decompressStream(t->dctx, &out, &in);
+      if (ZSTD_isError(frameLeft) || out.pos > it->rawLen - matched) return 0;
+      if (memcmp(t->back, it->raw + matched, out.pos) != 0) return 0;
+      matched += out.pos;
+      if (frameLeft == 0 && in.pos < in.size) return 0; // bytes after the frame
+    }
+  }
+  if (compressed) {
+    // Output the decoder still holds (its last block may not have been flushed).
+    while (frameLeft != 0) {
+      ZSTD_inBuffer in = {NULL, 0, 0};
+      ZSTD_outBuffer out = {t->back, BACK_STEP, 0};
+      frameLeft = ZSTD_decompressStream(t->dctx, &out, &in);
+      if (ZSTD_isError(frameLeft) || out.pos > it->rawLen - matched || (out.pos == 0 && frameLeft != 0)) return 0;
+      if (memcmp(t->back, it->raw + matched, out.pos) != 0) return 0;
+      matched += out.pos;
+    }
+  }
+  if (matched != it->rawLen) return 0;
+  if (EVP_CIPHER_CTX_ctrl(c, C_EVP_CTRL_GCM_SET_TAG, TAG_SIZE, stored + len) != 1) return 0;
+  return EVP_DecryptFinal_ex(c, t->plain, &outl) == 1;
+}
+
 static void encode_execute(napi_env env, void *data) {
   enc_job *job = data;
-  thread_state *t = &tls;
+  if (tls == NULL) {
+    tls = calloc(1, sizeof *tls);
+    if (tls == NULL) return fail(job, "%s: out of memory (item %zu)", "contexts", 0);
+    tls->level = INT_MIN;
+  }
+  thread_state *t = tls;
   if (t->cctx == NULL) {
     t->cctx = ZSTD_createCCtx();
     t->dctx = ZSTD_createDCtx();
@@ -184,67 +233,46 @@ static void encode_execute(napi_env env, void *data) {
   size_t at = 0;
   for (size_t i = 0; i < job->count; i++) {
     const enc_item *it = &job->items[i];
-    // Compressed only when smaller: a rawLen-1 byte output is enough, and zstd stops with
-    // dstSize_tooSmall as soon as it would not fit.
-    size_t packedLen = 0;
+    if (at + it->rawLen + TAG_SIZE > job->outCap) return fail(job, "%s: output buffer too small (item %zu)", "encode", i);
+    unsigned char *stored = job->out + at;
+    // Compressed in place, only when smaller: a rawLen-1 byte output is enough, and zstd stops
+    // with dstSize_tooSmall as soon as it would not fit.
+    size_t len = it->rawLen;
     int compressed = 0;
     if (it->rawLen > 1) {
-      if (!grow(&t->packed, &t->packedCap, it->rawLen - 1)) return fail(job, "%s: out of memory (item %zu)", "compress", i);
-      size_t n = ZSTD_compress2(t->cctx, t->packed, it->rawLen - 1, it->raw, it->rawLen);
+      size_t n = ZSTD_compress2(t->cctx, stored, it->rawLen - 1, it->raw, it->rawLen);
       if (!ZSTD_isError(n)) {
-        packedLen = n;
+        len = n;
         compressed = 1;
       } else if (ZSTD_getErrorCode(n) != C_ZSTD_ERROR_DST_SIZE_TOO_SMALL) {
         return fail(job, "zstd compress failed: %s (item %zu)", ZSTD_getErrorName(n), i);
       }
     }
-    const unsigned char *payload = compressed ? t->packed : it->raw;
-    size_t len = compressed ? packedLen : it->rawLen;
-    if (at + len + TAG_SIZE > job->outCap) return fail(job, "%s: output buffer too small (item %zu)", "encode", i);
-    unsigned char *stored = job->out + at;
+    if (!compressed && len > 0) memcpy(stored, it->raw, len);
     unsigned char aad[AAD_SIZE], nonce[NONCE_SIZE];
     make_aad(aad, it, compressed);
     make_nonce(nonce, it->nonceIndex);
     int outl = 0;
     EVP_CIPHER_CTX *c = t->cipher;
+    // Encrypted in place (GCM allows it).
     if (EVP_EncryptInit_ex(c, EVP_aes_256_gcm(), NULL, NULL, NULL) != 1 ||
         EVP_CIPHER_CTX_ctrl(c, C_EVP_CTRL_GCM_SET_IVLEN, NONCE_SIZE, NULL) != 1 ||
         EVP_EncryptInit_ex(c, NULL, NULL, it->key, nonce) != 1 ||
         EVP_EncryptUpdate(c, NULL, &outl, aad, AAD_SIZE) != 1 ||
-        !gcm_update(c, 1, stored, payload, len) ||
+        !gcm_update(c, 1, stored, stored, len) ||
         EVP_EncryptFinal_ex(c, stored + len, &outl) != 1 || outl != 0 ||
         EVP_CIPHER_CTX_ctrl(c, C_EVP_CTRL_GCM_GET_TAG, TAG_SIZE, stored + len) != 1) {
       return fail(job, "AES-256-GCM %s failed (item %zu)", "encryption", i);
     }
     // The check: open it again and compare with the input.
-    if (!grow(&t->plain, &t->plainCap, len ? len : 1)) return fail(job, "%s: out of memory (item %zu)", "check", i);
-    if (EVP_DecryptInit_ex(c, EVP_aes_256_gcm(), NULL, NULL, NULL) != 1 ||
-        EVP_CIPHER_CTX_ctrl(c, C_EVP_CTRL_GCM_SET_IVLEN, NONCE_SIZE, NULL) != 1 ||
-        EVP_DecryptInit_ex(c, NULL, NULL, it->key, nonce) != 1 ||
-        EVP_DecryptUpdate(c, NULL, &outl, aad, AAD_SIZE) != 1 ||
-        !gcm_update(c, 0, t->plain, stored, len) ||
-        EVP_CIPHER_CTX_ctrl(c, C_EVP_CTRL_GCM_SET_TAG, TAG_SIZE, stored + len) != 1 ||
-        EVP_DecryptFinal_ex(c, t->plain + len, &outl) != 1) {
-      return fail(job, "the blob does not decrypt back (%s, item %zu)", "tag", i);
-    }
-    if (compressed) {
-      if (!grow(&t->back, &t->backCap, it->rawLen)) return fail(job, "%s: out of memory (item %zu)", "check", i);
-      size_t n = ZSTD_decompressDCtx(t->dctx, t->back, it->rawLen, t->plain, len);
-      if (ZSTD_isError(n) || n != it->rawLen || memcmp(t->back, it->raw, it->rawLen) != 0) {
-        return fail(job, "the blob does not decode back to its bytes (%s, item %zu)", "zstd", i);
-      }
-    } else if (memcmp(t->plain, it->raw, len) != 0) {
-      return fail(job, "the blob does not decode back to its bytes (%s, item %zu)", "raw", i);
+    if (!check_blob(t, it, aad, nonce, stored, len, compressed)) {
+      return fail(job, "the blob does not decode back to its bytes (%s, item %zu)", compressed ? "compressed" : "stored raw", i);
     }
     job->results[i * RESULT_COLS] = (double)at;
     job->results[i * RESULT_COLS + 1] = (double)(len + TAG_SIZE);
     job->results[i * RESULT_COLS + 2] = compressed;
     at += len + TAG_SIZE;
   }
-  // Do not keep more than 16 MiB per thread between jobs (blobs are a few MiB at most).
-  if (t->packedCap > (16u << 20)) { free(t->packed); t->packed = NULL; t->packedCap = 0; }
-  if (t->plainCap > (16u << 20)) { free(t->plain); t->plain = NULL; t->plainCap = 0; }
-  if (t->backCap > (16u << 20)) { free(t->back); t->back = NULL; t->backCap = 0; }
 }
 
 static void encode_complete(napi_env env, napi_status status, void *data) {
