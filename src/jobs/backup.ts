@@ -343,7 +343,10 @@ export async function backup(repo: Repository, pool: BackupPool, paths: string[]
     const chunker: ChunkerParams = repo.config.chunker;
     const smallLimiter = new Limiter(options.fileConcurrency ?? 256);
     const smallReader = new SmallFileBatcher(pool, chunker.maxSize, signal);
-    const largeLimiter = new Limiter(pool.size + 1);
+    // Large files read at once: at least three (a cold disk serves several reads better than one),
+    // else one more than the workers that chunk them.
+    const readers = Math.max(3, pool.size + 1);
+    const largeLimiter = new Limiter(readers);
     const readSize = Math.max(8 * 1024 * 1024, chunker.maxSize * 2);
     const zeroChunks = new ZeroChunks(pool, chunker);
     const owners = new OwnerNames();
@@ -356,7 +359,7 @@ export async function backup(repo: Repository, pool: BackupPool, paths: string[]
     // Read buffers, reused: a fresh one per read cost a page fault per 4 KiB read (and the
     // zeroing). Files up to 1 MiB take small ones (many are read at once), others full ones.
     const smallBuffers = new BufferPool(SMALL_READ + 1, 16);
-    const readBuffers = new BufferPool(readSize, pool.size + 2);
+    const readBuffers = new BufferPool(readSize, readers + 1);
     const storeTree = (tree: Tree): Promise<string> => storeTreeBytes(encodeTree(tree));
     /** A tree from its nodes' JSON in name order (see encodeTreeParts). */
     const storeTreeParts = (parts: readonly string[]): Promise<string> => storeTreeBytes(encodeTreeParts(parts, parts.length > 4096));
