@@ -16,7 +16,7 @@
       "target_name": "coffer_native",
       "conditions": [
         ["OS=='linux'", {
-          "sources": ["src/native/coffer_native.c"],
+          "sources": ["src/native/coffer_native.c", "src/native/codec.c"],
           "cflags": ["-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter", "-O2"],
         }, {
           "type": "none",

@@ -267,6 +267,35 @@ describe('backup', () => {
     assert.equal((await nodeAt(tr.repo, through.snapshot.tree, join(inner, 'f')))?.type, 'file');
   });
 
+  it('a wide root "." (thousands of entries, subdirectories, empty files, a path given below it) is stored whole, each entry once, in name order', async (t) => {
+    const dir = await tempDir(t);
+    const names: string[] = [];
+    for (let i = 0; i < 3000; i++) {
+      const name = `e${(i * 7919) % 3000}`;
+      names.push(name);
+      if (i % 500 === 0) {
+        await mkdir(join(dir, name, 'inner'), { recursive: true });
+        await writeFile(join(dir, name, 'inner', 'f'), `file in ${name}`);
+      } else await writeFile(join(dir, name), i % 3 === 0 ? `content ${i}` : '');
+    }
+    const tr = await makeTestRepo();
+    t.after(() => tr.close());
+    const given = names.find((n, i) => i % 500 === 0 && i > 0)!;
+    const r = await inDir(dir, () => backup(tr.repo, tr.pool, ['.', `${given}/inner`], { parent: 'none' }));
+    assert.equal(r.warnings.length, 0);
+    const top = (await loadTree(tr.repo, r.snapshot.tree)).nodes;
+    assert.deepEqual(top.map((n) => n.name), [...names].sort((a, b) => Buffer.compare(Buffer.from(a), Buffer.from(b))));
+    assert.equal(top.filter((n) => n.type === 'dir').length, 6);
+    assert.equal(r.summary.filesNew, 3000 - 6 + 6, 'every file once, the empty ones too');
+    assert.equal((await nodeAt(tr.repo, r.snapshot.tree, `/${given}/inner/f`))?.size, `file in ${given}`.length);
+    const empty = top.find((n) => n.type === 'file' && n.size === 0)!;
+    assert.deepEqual(empty.content, []);
+    // The same again from its parent: no entry changed, so every tree is the parent's.
+    const again = await inDir(dir, () => backup(tr.repo, tr.pool, ['.', `${given}/inner`]));
+    assert.equal(again.snapshot.tree, r.snapshot.tree);
+    assert.equal(again.summary.filesUnchanged, 3000);
+  });
+
   it('a directory backed up with paths below it stores them all, whatever the order, excludes or markers', async (t) => {
     const dir = await tempDir(t);
     const src = join(dir, 'src');

@@ -3,8 +3,7 @@
 // run by hand. Remote agents (`agent enroll`, `agent run`) come with issue #12.
 import { hostname } from 'node:os';
 import type { Command } from 'commander';
-import { AgentRuntime } from '../agent/runtime.ts';
-import { serveAgent } from '../agent/serve.ts';
+
 import { CofferError } from '../core/errors.ts';
 import { VERSION } from '../core/version.ts';
 import { localHostIdentity } from '../sources/host.ts';
@@ -19,6 +18,7 @@ export function register(program: Command): void {
     .option('--name <name>', 'the client name the agent registers as (default: the host name)')
     .option('--workers <n>', 'worker threads while jobs run (default: one per core)')
     .action(async (o: { stateDir: string; name?: string; workers?: string }, cmd: Command) => {
+      const [{ AgentRuntime }, { serveAgent }] = await Promise.all([import('../agent/runtime.ts'), import('../agent/serve.ts')]);
       if (output(cmd).json) {
         throw new CofferError('USAGE', 'Cannot serve the agent protocol with --json: standard output carries the agent protocol, where --json allows only JSON lines', { hint: 'Leave out --json; `coffer server` starts this command itself.' });
       }

@@ -5,7 +5,8 @@
 
 import type { Command } from 'commander';
 import { CofferError } from '../core/errors.ts';
-import { KINDS, kindFromName, policyWideRow, tableColumns, tableRow, toJson, toYaml, type CofferDocument, type Kind } from '../policy/index.ts';
+import type { CofferDocument } from '../policy/index.ts';
+import { KINDS, kindFromName, type Kind } from '../policy/kinds.ts';
 import { output } from './context.ts';
 import { listImages } from './cmd_images.ts';
 import { listJobs } from './cmd_jobs.ts';
@@ -53,6 +54,7 @@ export function register(program: Command): void {
     .description(`list documents or other objects: ${KINDS.map((k) => plural(k)).join(', ')}, ${EXTRA.join(', ')}`)
     .option('-o, --output <format>', 'table (default), wide, yaml or json'))
     .action(async (kindName: string, name: string | undefined, o: { output?: string }, cmd: Command) => {
+      const { policyWideRow, tableColumns, tableRow, toJson, toYaml } = await import('../policy/index.ts');
       const out = output(cmd);
       const format = (o.output ?? 'table') as (typeof FORMATS)[number];
       if (!FORMATS.includes(format)) throw new CofferError('USAGE', `Cannot use -o ${o.output}: give table, wide, yaml or json`);
@@ -104,6 +106,7 @@ export function register(program: Command): void {
     .command('delete <kind> <name>')
     .description('delete a document (admin): a policy, lifecycle, storage unit or client'))
     .action(async (kindName: string, name: string, _o: unknown, cmd: Command) => {
+      const { policyWideRow, tableColumns, tableRow, toJson, toYaml } = await import('../policy/index.ts');
       const kind = kindFromName(kindName);
       if (!kind) throw new CofferError('USAGE', `Cannot delete ${JSON.stringify(kindName)}: no such kind`, { hint: 'Use policy, lifecycle, storageunit (su) or client.' });
       const r = await apiFor(cmd).request<{ deleted: string }>('DELETE', `/api/v1/documents/${plural(kind)}/${encodeURIComponent(name)}`);
@@ -116,6 +119,7 @@ export function register(program: Command): void {
     .option('--revision <n>', 'print this revision as the document applied (with -o yaml or json)')
     .option('-o, --output <format>', 'table, yaml or json (with --revision)', 'table'))
     .action(async (kindName: string, name: string, o: { revision?: string; output: string }, cmd: Command) => {
+      const { policyWideRow, tableColumns, tableRow, toJson, toYaml } = await import('../policy/index.ts');
       const out = output(cmd);
       const kind = kindFromName(kindName);
       if (!kind) throw new CofferError('USAGE', `Cannot show the history of ${JSON.stringify(kindName)}: no such kind`, { hint: 'Use policy, lifecycle, storageunit (su) or client.' });

@@ -53,7 +53,7 @@ export function buildProgram(): Command {
     .option('--password-file <file>', 'read the password from a file (or COFFER_PASSWORD / COFFER_PASSWORD_COMMAND)')
     .option('--cache-dir <dir>', 'local cache directory (default ~/.cache/coffer)')
     .option('--no-cache', 'use a throwaway cache')
-    .option('--workers <n>', 'worker threads for chunking, hashing, compression and encryption (default: one per core)');
+    .option('--workers <n>', 'worker threads for chunking and hashing (and encoding without the addon; default: one per two cores with the addon, else one per core)');
   repoInit(repo);
   repoKey(repo);
   repoBackup(repo);

@@ -6,7 +6,7 @@
 import type { Command } from 'commander';
 import { CofferError } from '../core/errors.ts';
 import type { Job } from '../catalog/jobs.ts';
-import { parseDuration } from '../policy/index.ts';
+import { parseDuration } from '../policy/durations.ts';
 import { ApiClient } from './api.ts';
 import { formatBytes, prompt, type Output } from './context.ts';
 import type { EventLine } from './json-schema.ts';

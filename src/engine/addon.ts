@@ -17,8 +17,17 @@ export interface NativeZstd {
   zstdDecompress(data: Uint8Array, rawLength: number): Buffer;
 }
 
-interface EngineAddon extends Partial<NativeZstd> {
+/** The addon's blob encoder (src/native/codec.c): see encodeBlobs there for the contract. */
+export interface NativeCodec {
+  encodeBlobs(
+    raws: Uint8Array[], meta: Float64Array, ids: Uint8Array, keys: Uint8Array, level: number,
+    out: Uint8Array, results: Float64Array, callback: (err: (Error & { code?: string }) | null) => void,
+  ): void;
+}
+
+interface EngineAddon extends Partial<NativeZstd>, Partial<NativeCodec> {
   zstdAvailable?: () => boolean;
+  codecAvailable?: () => boolean;
   willNeed?: (fd: number) => void;
 }
 
@@ -48,6 +57,19 @@ export function nativeZstd(): NativeZstd | null {
   const m = load();
   zstd = m && process.env.COFFER_NATIVE_ZSTD !== '0' && m.zstdAvailable?.() && m.zstdCompress && m.zstdDecompress ? (m as NativeZstd) : null;
   return zstd;
+}
+
+let codec: NativeCodec | null | undefined;
+
+/**
+ * The addon's blob encoder on libuv's thread pool, or null when the addon or its zstd and
+ * OpenSSL symbols are missing (or COFFER_NATIVE_CODEC=0: the worker threads encode then).
+ */
+export function nativeCodec(): NativeCodec | null {
+  if (codec !== undefined) return codec;
+  const m = load();
+  codec = m && process.env.COFFER_NATIVE_CODEC !== '0' && m.codecAvailable?.() && m.encodeBlobs ? (m as NativeCodec) : null;
+  return codec;
 }
 
 /** Asks the kernel to start reading file `fd` into the page cache (a no-op without the addon). */

@@ -88,6 +88,12 @@ function trailerAad(count: number): Buffer {
 }
 
 /** Assembles one pack in memory. Blobs may be encoded elsewhere with nonces from reserveNonce(). */
+/** Where a PackWriter gets its pack buffers: take(n) gives one of at least n bytes. */
+export interface PackMemory {
+  take(size: number): Buffer;
+  give(buffer: ArrayBuffer): void;
+}
+
 export class PackWriter {
   readonly packKey: Buffer;
   private readonly keys: RepoKeys;
@@ -98,15 +104,37 @@ export class PackWriter {
   private nextNonce = 0;
   private bytes: number;
   private finished = false;
+  /** With `memory`: the pack so far, copied in as blobs are appended (`parts` stays empty). */
+  private buf: Buffer | undefined;
+  private readonly memory: PackMemory | undefined;
 
-  constructor(keys: RepoKeys, options: { salt?: Uint8Array } = {}) {
+  /**
+   * `memory`: appended blobs are copied into a pack buffer from it at once (the caller may then
+   * reuse the blobs' buffers), and finish() returns that buffer's bytes; without, the blobs are
+   * kept as given and finish() copies them into a new buffer.
+   */
+  constructor(keys: RepoKeys, options: { salt?: Uint8Array; memory?: PackMemory } = {}) {
     this.keys = keys;
+    this.memory = options.memory;
     // `salt` is for golden test vectors only: a pack salt MUST be random.
     if (options.salt !== undefined && options.salt.length !== SALT_SIZE) throw new CofferError('INTERNAL', 'Cannot start a pack: bad salt');
     this.header = options.salt ? makeHeader(options.salt) : newPackHeader().header;
     this.packKey = packKeyFromHeader(keys, this.header);
-    this.parts.push(this.header);
     this.bytes = this.header.length;
+    if (this.memory) {
+      this.buf = this.memory.take(this.bytes);
+      this.header.copy(this.buf, 0);
+    } else this.parts.push(this.header);
+  }
+
+  /** Room for `more` bytes in the pack buffer (memory mode): a bigger one when it is full. */
+  private reserve(more: number): void {
+    const need = this.bytes + more;
+    if (need <= this.buf!.length) return;
+    const bigger = this.memory!.take(Math.max(need, Math.ceil(this.buf!.length * 1.5)));
+    this.buf!.copy(bigger, 0, 0, this.bytes);
+    this.memory!.give(this.buf!.buffer as ArrayBuffer);
+    this.buf = bigger;
   }
 
   /** A nonce index never handed out before for this pack: 0, 1, 2, ... */
@@ -141,7 +169,10 @@ export class PackWriter {
       nonceIndex,
     };
     this.used.add(nonceIndex);
-    this.parts.push(blob.stored);
+    if (this.buf) {
+      this.reserve(length);
+      blob.stored.copy(this.buf, this.bytes);
+    } else this.parts.push(blob.stored);
     this.entries.push(entry);
     this.bytes += length;
     return entry;
@@ -186,9 +217,18 @@ export class PackWriter {
     const footer = Buffer.alloc(PACK_FOOTER_SIZE);
     footer.writeUInt32LE(ct.length, 0);
     PACK_END_MAGIC.copy(footer, 4);
-    this.parts.push(ct, footer);
-    const bytes = Buffer.concat(this.parts, this.bytes + ct.length + footer.length);
-    this.parts.length = 0;
+    let bytes: Buffer;
+    if (this.buf) {
+      this.reserve(ct.length + footer.length);
+      ct.copy(this.buf, this.bytes);
+      footer.copy(this.buf, this.bytes + ct.length);
+      bytes = this.buf.subarray(0, this.bytes + ct.length + footer.length);
+      this.buf = undefined;
+    } else {
+      this.parts.push(ct, footer);
+      bytes = Buffer.concat(this.parts, this.bytes + ct.length + footer.length);
+      this.parts.length = 0;
+    }
     return { bytes, id: contentHash(bytes), entries: this.entries.slice() };
   }
 

@@ -9,6 +9,7 @@ import { Chunker, gearTable, type ChunkerParams } from './chunker.ts';
 import { chunkId } from './hash.ts';
 import { deriveRepoKeys } from './keys.ts';
 import { PackWriter } from './pack.ts';
+import { nativeCodec } from './addon.ts';
 import { WorkerPool } from './pool.ts';
 import { chunkAndHashSync, readFilesSync } from './tasks.ts';
 
@@ -253,14 +254,14 @@ describe('WorkerPool lifecycle', () => {
     await pool.close(); // idempotent
   });
 
-  it('create() validates its options; without a number it starts one worker per core', async () => {
+  it('create() validates its options; without a number it starts one worker per core, one per two with the addon\'s encoder', async () => {
     const usage = (e: unknown) => isCofferError(e, 'USAGE');
     await assert.rejects(WorkerPool.create({ keys: KEYS, chunker: PARAMS, level: 3, workers: 0 }), usage);
     await assert.rejects(WorkerPool.create({ keys: KEYS, chunker: PARAMS, level: 3, workers: 1.5 }), usage);
     await assert.rejects(WorkerPool.create({ keys: KEYS, chunker: { ...PARAMS, avgSize: 10_000 }, level: 3, workers: 1 }), usage);
     await assert.rejects(WorkerPool.create({ keys: KEYS, chunker: PARAMS, level: 99, workers: 1 }), usage);
     const pool = await WorkerPool.create({ keys: KEYS, chunker: PARAMS, level: 3 });
-    assert.equal(pool.size, Math.min(256, availableParallelism()));
+    assert.equal(pool.size, Math.min(256, nativeCodec() ? Math.ceil(availableParallelism() / 2) : availableParallelism()));
     await pool.close();
   });
 

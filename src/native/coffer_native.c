@@ -31,6 +31,8 @@
 #include <dirent.h>
 #include <unistd.h>
 
+#include "codec.h"
+
 #ifndef ENOATTR
 #define ENOATTR ENODATA
 #endif
@@ -893,6 +895,7 @@ NAPI_MODULE_INIT() {
     {"zstdDecompress", NULL, js_zstdDecompress, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   if (napi_define_properties(env, exports, sizeof props / sizeof props[0], props) != napi_ok) return NULL;
+  if (!coffer_codec_init(env, exports)) return NULL;
   napi_value flag;
   napi_create_int32(env, XATTR_CREATE, &flag);
   napi_set_named_property(env, exports, "XATTR_CREATE", flag);

@@ -16,8 +16,8 @@ import { checkPercent, checkSize } from './sizes.ts';
 import { DEFAULT_SCRATCH_PATH, scratchPathProblem } from './scratch-path.ts';
 
 export const API_VERSION = 'coffer/v1';
-export const KINDS = ['StorageUnit', 'Lifecycle', 'Policy', 'Client'] as const;
-export type Kind = (typeof KINDS)[number];
+export { KINDS, kindFromName, type Kind } from './kinds.ts';
+import type { Kind } from './kinds.ts';
 
 /** What an omitted field means. Documents keep fields omitted; whoever acts on them reads these. */
 export const DEFAULTS = {
@@ -687,17 +687,6 @@ export type Schedule = PolicyDocument['spec']['schedules'][number];
 export type Hook = NonNullable<Selection['pre']>;
 export type RestoreTests = NonNullable<PolicyDocument['spec']['restoreTests']>;
 
-const KIND_NAMES: Record<string, Kind> = {
-  storageunit: 'StorageUnit', storageunits: 'StorageUnit', su: 'StorageUnit',
-  lifecycle: 'Lifecycle', lifecycles: 'Lifecycle', slp: 'Lifecycle',
-  policy: 'Policy', policies: 'Policy',
-  client: 'Client', clients: 'Client',
-};
-
-/** The kind a command line names (`policies`, `policy`, `Policy`, `storageunits`, `su`, `slp`, ...). */
-export function kindFromName(name: string): Kind | undefined {
-  return KIND_NAMES[name.toLowerCase().replace(/[-_]/g, '')];
-}
 
 /** "Policy/web-server": how messages name a document. */
 export function documentId(doc: { kind: string; metadata: { name: string } }): string {

@@ -16,6 +16,8 @@ import type { Repository } from './repository.ts';
 /** What BlobSaver needs of the worker pool. */
 export interface Encoder {
   encode(items: Array<{ type: BlobType; id: Uint8Array; raw: Uint8Array; packKey: Buffer; nonceIndex: number }>, signal?: AbortSignal): Promise<EncodedBlob[]>;
+  /** Takes back a buffer encode() returned blobs in, once they are copied into their pack; false: not wanted. */
+  recycle?(buffer: ArrayBuffer): boolean;
 }
 
 export interface SaverStats {
@@ -51,13 +53,22 @@ export interface BlobSaverOptions extends CallOptions {
   session?: { assertAlive(options?: CallOptions): Promise<void> };
 }
 
+/** A saveMany() call's blobs still to be encoded, and who to tell when none is left. */
+interface Hold {
+  left: number;
+  done: () => void;
+}
+
+type Queued = { type: BlobType; id: Uint8Array; raw: Uint8Array; hold?: Hold };
+
+/** Pack buffers kept for reuse between packs (others are freed once uploaded). */
+const PACK_BUFFERS = 2;
+
 /** A batch is sent to the workers once this many raw bytes are queued (or on the next tick). */
 const BATCH_BYTES = 8 * 1024 * 1024;
 
 interface OpenPack {
   writer: PackWriter;
-  /** The encoder's output buffers whose blobs went into this pack: freed once it is finished. */
-  buffers: Set<ArrayBufferLike>;
   inflight: number;
   /** Raw bytes of the batches assigned to this pack (encoded or not yet). */
   reserved: number;
@@ -76,7 +87,7 @@ export class BlobSaver {
   private readonly uploads = new Set<Promise<void>>();
   private readonly closingPacks = new Set<Promise<void>>();
   private pendingIndex: IndexPack[] = [];
-  private queue: Array<{ type: BlobType; id: Uint8Array; raw: Uint8Array }> = [];
+  private queue: Queued[] = [];
   /** Raw bytes queued or being encoded. */
   private inFlight = 0;
   private readonly maxInFlight: number;
@@ -86,6 +97,8 @@ export class BlobSaver {
   private scheduled = false;
   private readonly batches = new Set<Promise<void>>();
   private failure: unknown;
+  /** Pack buffers given back after their upload, for the next packs (at most PACK_BUFFERS). */
+  private readonly packBuffers: ArrayBuffer[] = [];
   readonly stats: SaverStats = { blobsNew: 0, blobsKnown: 0, bytesNew: 0, bytesStored: 0, packs: 0, indexFiles: 0 };
   /** Index files this saver wrote (hex ids). */
   readonly indexFiles: string[] = [];
@@ -109,12 +122,20 @@ export class BlobSaver {
    * Queues the blobs that are not known yet for storing and returns once there is room for more
    * (backpressure: at most `maxInFlight` raw bytes queued or being encoded). The caller need not
    * wait for the blobs to be stored; failures surface in a later call and in flush(). The raw
-   * buffers must not change afterwards. Calls made in the same tick are batched into one request
-   * to the worker pool, so many small files cost one round trip.
+   * buffers must not change afterwards, until `released` is called: once every blob of this call
+   * is encoded (or known already, or its batch failed), so that the caller can use the memory
+   * again. Calls made in the same tick are batched into one request to the encoder, so many
+   * small files cost one round trip.
    */
-  async saveMany(items: Array<{ type: BlobType; id: Uint8Array; raw: Uint8Array }>): Promise<void> {
-    this.check();
-    const fresh: typeof items = [];
+  async saveMany(items: Array<{ type: BlobType; id: Uint8Array; raw: Uint8Array }>, released?: () => void): Promise<void> {
+    try {
+      this.check();
+    } catch (e) {
+      released?.();
+      throw e;
+    }
+    const fresh: Queued[] = [];
+    const hold: Hold | undefined = released ? { left: 0, done: released } : undefined;
     for (const it of items) {
       const key = it.type + toHex(it.id);
       if (this.mine.has(key) || (!this.options.force && this.repo.hasBlob(it.type, it.id, this.options.condemned))) {
@@ -122,10 +143,12 @@ export class BlobSaver {
         continue;
       }
       this.mine.add(key);
-      fresh.push(it);
+      fresh.push(hold ? { type: it.type, id: it.id, raw: it.raw, hold } : it);
+      if (hold) hold.left++;
       this.queueBytes += it.raw.length;
       this.inFlight += it.raw.length;
     }
+    if (hold && hold.left === 0) released!();
     if (fresh.length) {
       this.queue.push(...fresh);
       if (this.queueBytes >= this.batchBytes) this.drain();
@@ -157,11 +180,12 @@ export class BlobSaver {
     }
   }
 
-  private startBatch(batch: Array<{ type: BlobType; id: Uint8Array; raw: Uint8Array }>, bytes: number): void {
+  private startBatch(batch: Queued[], bytes: number): void {
     const done = this.saveBatch(batch).catch((e) => {
       for (const it of batch) this.mine.delete(it.type + toHex(it.id));
       this.failure ??= e;
     }).finally(() => {
+      releaseHolds(batch);
       this.batches.delete(done);
       this.inFlight -= bytes;
       // Wake every waiter: each re-checks the limit (and a failure) itself.
@@ -170,7 +194,7 @@ export class BlobSaver {
     this.batches.add(done);
   }
 
-  private async saveBatch(fresh: Array<{ type: BlobType; id: Uint8Array; raw: Uint8Array }>): Promise<void> {
+  private async saveBatch(fresh: Queued[]): Promise<void> {
     const pack = this.openPack();
     const nonces = fresh.map(() => pack.writer.reserveNonce());
     pack.inflight++;
@@ -183,16 +207,22 @@ export class BlobSaver {
         fresh.map((it, i) => ({ type: it.type, id: it.id, raw: it.raw, packKey: pack.writer.packKey, nonceIndex: nonces[i]! })),
         this.options.signal,
       );
+      const outputs = new Set<ArrayBufferLike>();
       for (let i = 0; i < fresh.length; i++) {
         const it = fresh[i]!;
         const enc = encoded[i]!;
         pack.writer.append(it.type, it.id, enc, nonces[i]!);
-        pack.buffers.add(enc.stored.buffer);
+        outputs.add(enc.stored.buffer);
         this.stats.blobsNew++;
         this.stats.bytesNew += it.raw.length;
         this.stats.bytesStored += enc.stored.length;
       }
+      // Copied into the pack: the encoder's buffers (used nowhere else) go back to it, or are
+      // freed now instead of at the next collection, which let ~50 MB pile up.
+      for (const b of outputs) if (b instanceof ArrayBuffer && !b.detached && !this.encoder.recycle?.(b)) b.transfer(0);
     } finally {
+      // Encoded (or failed): the raw bytes are not read again.
+      releaseHolds(fresh);
       pack.inflight--;
       if (pack.closing && pack.inflight === 0) pack.done?.();
     }
@@ -311,7 +341,7 @@ export class BlobSaver {
   }
 
   private openPack(): OpenPack {
-    if (!this.current) this.current = { writer: new PackWriter(this.repo.keys), buffers: new Set(), inflight: 0, reserved: 0, closing: false };
+    if (!this.current) this.current = { writer: new PackWriter(this.repo.keys, { memory: this.packMemory }), inflight: 0, reserved: 0, closing: false };
     return this.current;
   }
 
@@ -324,10 +354,6 @@ export class BlobSaver {
       this.closingPacks.delete(p);
       if (pack.writer.count === 0) return;
       this.startUpload(pack.writer);
-      // finish() copied the blobs into the pack: their buffers (from the encoder, used nowhere
-      // else) are freed now instead of at the next collection, which let ~50 MB pile up.
-      for (const b of pack.buffers) if (b instanceof ArrayBuffer && !b.detached) b.transfer(0);
-      pack.buffers.clear();
     });
     this.closingPacks.add(p);
   }
@@ -337,15 +363,35 @@ export class BlobSaver {
     this.upload(id, bytes, entries.map(toIndexEntry), true);
   }
 
+  /**
+   * Pack buffers (PackWriter's memory): one given back after an earlier upload when one is big
+   * enough, else a new one with room for packs a quarter over the target size. A new buffer
+   * per pack cost a page fault per 4 KiB of every pack written.
+   */
+  private readonly packMemory = {
+    take: (size: number): Buffer => {
+      const i = this.packBuffers.findIndex((b) => b.byteLength >= size);
+      const ab = i >= 0 ? this.packBuffers.splice(i, 1)[0]! : new ArrayBuffer(Math.max(size, Math.ceil(this.packSize * 1.25)));
+      return Buffer.from(ab);
+    },
+    give: (ab: ArrayBuffer): void => this.givePackBuffer(ab),
+  };
+
+  private givePackBuffer(ab: ArrayBuffer): void {
+    if (ab.detached) return;
+    if (this.packBuffers.length < PACK_BUFFERS) this.packBuffers.push(ab);
+    else ab.transfer(0);
+  }
+
   /** Uploads a finished pack, then lists it in the in-memory index and the next index file. */
   private upload(id: Buffer, bytes: Uint8Array, entries: IndexEntry[], free: boolean): void {
     const hex = toHex(id);
     const p: Promise<void> = (async () => {
       await this.repo.backend.put(packName(hex), bytes, { signal: this.options.signal });
       const size = bytes.length;
-      // Stored: the pack's memory is freed now rather than at the next collection (backends
-      // keep no reference to what they were given once put() has resolved).
-      if (free) release(bytes);
+      // Stored: the pack's memory is kept for the next pack or freed now rather than at the next
+      // collection (backends keep no reference to what they were given once put() has resolved).
+      if (free && bytes.buffer instanceof ArrayBuffer) this.givePackBuffer(bytes.buffer);
       this.stats.packs++;
       this.repo.index.add(id, size, entries);
       this.pendingIndex.push({ packId: id, packSize: size, entries });
@@ -382,6 +428,16 @@ export class BlobSaver {
     this.stats.indexFiles++;
     // Paused between the check and the write? Then the index may list deleted packs: retract().
     await session?.assertAlive({ signal });
+  }
+}
+
+/** Tells the callers of saveMany() whose last blobs these were that their memory is free (once). */
+function releaseHolds(items: Queued[]): void {
+  for (const it of items) {
+    const hold = it.hold;
+    if (!hold) continue;
+    it.hold = undefined;
+    if (--hold.left === 0) hold.done();
   }
 }
 
