@@ -44,7 +44,7 @@ import { childPath } from '../sources/scan.ts';
 import { readBlobs, type BlobDecoder, type BlobResult } from './read-blobs.ts';
 import type { ChunkFallback } from './restore-fallback.ts';
 import { TreeLoader } from './tree-loader.ts';
-import { FileWriters, applyMeta as applyMetaTo, deserializeError, type FileHeader, type WriteOp } from './restore-writer.ts';
+import { FileWriters, applyMeta as applyMetaTo, deserializeError, type FileHeader, type MetaNode, type WriteOp } from './restore-writer.ts';
 import { StaleTemps, TMP_PREFIX, otherRestoreRunning } from './restore-temps.ts';
 
 // ---- safety: whose data goes where ----------------------------------------------------------
@@ -618,6 +618,7 @@ export async function restore(repo: Repository, source: Snapshot | string, targe
   // The target directory itself: created (not in a dry run), then used by its real path.
   let rootPath = Buffer.from(checked.real);
   let rootFresh = false;
+  let rootCreated = false;
   try {
     await repo.loadIndex({ signal: userSignal, onUnreadable: (id, e) => result.notices.push(`index file ${id.slice(0, 12)} is unreadable (${e.message}) and was left out: what only it knew cannot be restored until \`coffer repo repair index\``) });
     try {
@@ -625,6 +626,7 @@ export async function restore(repo: Repository, source: Snapshot | string, targe
         if (dryRun) rootFresh = true;
         else {
           await mkdir(checked.lexical, { recursive: true });
+          rootCreated = true;
           rootPath = Buffer.from(await realpath(checked.lexical));
           result.target = rootPath.toString();
         }
@@ -647,8 +649,15 @@ export async function restore(repo: Repository, source: Snapshot | string, targe
   const signal = inner.signal;
 
   // Directories: created when first needed, with their metadata applied at the very end.
-  interface DirMeta { path: Buffer; inner: string; node: TreeNode; depth: number }
+  interface DirMeta { path: Buffer; inner: string; node: MetaNode; depth: number }
   const dirMeta: DirMeta[] = [];
+  // The target directory is the snapshot's root: it gets the root's metadata (snapshots that
+  // recorded it) like any directory, last of all: when this restore created it, or when the whole
+  // snapshot (the root itself) is selected and existing entries may be changed. A restore of
+  // some paths only (--include) merges them into an existing target and leaves its metadata.
+  if (typeof source !== 'string' && source.root && (rootCreated || (filter.decide('/', true, false) === 'all' && policy !== 'never'))) {
+    dirMeta.push({ path: rootPath, inner: '', node: { ...source.root, type: 'dir' }, depth: 0 });
+  }
   class DirCtx {
     readonly path: Buffer;
     readonly inner: string;
@@ -775,7 +784,7 @@ export async function restore(repo: Repository, source: Snapshot | string, targe
   };
 
   /** Owner, xattrs, mode and times (see restore-writer.ts); a step that fails is a warning. */
-  const applyMeta = (p: Buffer, node: TreeNode, innerPath: string, fd?: number) => applyMetaTo(p, node, fd, isRoot, (problem) => warn(innerPath, problem));
+  const applyMeta = (p: Buffer, node: MetaNode, innerPath: string, fd?: number) => applyMetaTo(p, node, fd, isRoot, (problem) => warn(innerPath, problem));
 
   /** Puts a finished temporary entry in place of `final` (removing an empty directory there). */
   const moveIntoPlace = async (tmp: Buffer, final: Buffer, existing: BigIntStats | undefined) => {
@@ -1618,7 +1627,7 @@ export async function restore(repo: Repository, source: Snapshot | string, targe
           }
         } catch (e) {
           if (isFatal(e)) throw e;
-          warn(d.inner, `cannot restore directory metadata: ${(e as Error).message}`);
+          warn(d.inner || '/', `cannot restore directory metadata: ${(e as Error).message}`);
         }
         if (performance.now() - slice > SLICE_MS) {
           await nextTurn();
