@@ -130,10 +130,13 @@ export async function readBlobs(
   // Requests are copied into shared memory for the workers, and those buffers are reused: each
   // one is referenced from every worker it went to until that worker's next GC, so fresh ones
   // would pile up.
+  // The range is read straight into such a buffer when the backend can (a local repository):
+  // no fresh buffer per request, no copy.
   const spare: SharedArrayBuffer[] = [];
-  const sharedCopy = (b: Buffer): Uint8Array => {
-    const sab = b.length <= maxRequest ? (spare.pop() ?? new SharedArrayBuffer(maxRequest)) : new SharedArrayBuffer(b.length);
-    const u = new Uint8Array(sab, 0, b.length);
+  const sharedFor = (n: number): Uint8Array => new Uint8Array(n <= maxRequest ? (spare.pop() ?? new SharedArrayBuffer(maxRequest)) : new SharedArrayBuffer(n), 0, n);
+  const sharedCopy = (b: Buffer, into: Uint8Array | undefined): Uint8Array => {
+    if (into && b.buffer === into.buffer && b.byteOffset === into.byteOffset) return into;
+    const u = into ?? sharedFor(b.length);
     u.set(b);
     return u;
   };
@@ -214,10 +217,11 @@ export async function readBlobs(
     if (key) {
       let range: Uint8Array | undefined;
       try {
-        const got = await repo.backend.get(packName(r.packHex), { signal, offset: r.start, length: r.end - r.start });
+        const into = decoder ? sharedFor(r.end - r.start) : undefined;
+        const got = await repo.backend.get(packName(r.packHex), { signal, offset: r.start, length: r.end - r.start, into });
         if (got.length !== r.end - r.start) throw new CofferError('STORAGE_ERROR', `Cannot read ${packName(r.packHex)}: the backend returned ${got.length} of ${r.end - r.start} bytes`);
-        // Shared with the workers: one copy here instead of one per blob in the pool.
-        range = decoder ? sharedCopy(got) : got;
+        // Shared with the workers: one copy at most here instead of one per blob in the pool.
+        range = decoder ? sharedCopy(got, into) : got;
       } catch (e) {
         if (isCofferError(e, 'CANCELLED') || signal.aborted) throw e;
         if (r.items.length === 1 && !isBlobError(e)) throw e;
