@@ -15,6 +15,8 @@ export interface NativeZstd {
   zstdCompress(data: Uint8Array, level: number): Buffer | null;
   /** Exactly `rawLength` bytes, or throws (code ZSTD_ERROR or ZSTD_LENGTH). */
   zstdDecompress(data: Uint8Array, rawLength: number): Buffer;
+  /** One frame that fills `out` exactly, decompressed into it, or throws (ZSTD_ERROR, ZSTD_LENGTH); missing in older builds of the addon. */
+  zstdDecompressInto?(data: Uint8Array, out: Uint8Array): void;
 }
 
 /** The addon's blob encoder (src/native/codec.c): see encodeBlobs there for the contract. */

@@ -51,7 +51,8 @@ export function blobAad(type: BlobType, id: Uint8Array, compressed: boolean, raw
 // A raw key Buffer makes node:crypto build a KeyObject on every cipher (about a tenth of decode
 // time for small blobs in profiles); a pack's blobs share one key, so keep a few KeyObjects.
 const keyObjects = new Map<string, KeyObject>();
-function keyObject(packKey: Buffer): KeyObject {
+/** The KeyObject of a pack key, from a small cache. */
+export function keyObject(packKey: Buffer): KeyObject {
   const k = packKey.toString('latin1');
   let ko = keyObjects.get(k);
   if (!ko) {

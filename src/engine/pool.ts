@@ -388,12 +388,25 @@ export class RepoPool {
     return results.flat();
   }
 
-  /** Decrypts, decompresses and verifies stored blobs (see decodeBlob); results in order. */
-  async decode(items: DecodeItem[], signal?: AbortSignal): Promise<Buffer[]> {
+  /**
+   * Decrypts, decompresses and verifies stored blobs (see decodeBlob); results in order. With
+   * `into`, a view of shared memory at least as long as the items' raw lengths together, the
+   * blobs are decoded into it back to back (decodeBlobInto(): no buffer per blob) and the results
+   * are views of it.
+   */
+  async decode(items: DecodeItem[], signal?: AbortSignal, options: { into?: Uint8Array } = {}): Promise<Buffer[]> {
     this.pool.checkUsable();
     if (items.length === 0) return [];
+    const into = options.into;
+    if (into && (!isShared(into) || into.length < items.reduce((n, it) => n + it.rawLength, 0))) throw new CofferError('INTERNAL', 'Cannot decode: the output must be shared memory as long as the blobs');
     const parts = split(items, (it) => it.stored.length, this.pool.size);
+    let outAt = 0;
     const results = await Promise.all(parts.map(async (part) => {
+      let out: Uint8Array | undefined;
+      if (into) {
+        const n = part.reduce((s, it) => s + it.rawLength, 0);
+        out = into.subarray(outAt, (outAt += n));
+      }
       const { ids, keys, keyOf } = packIdsAndKeys(part);
       const transfer: ArrayBuffer[] = [ids.buffer as ArrayBuffer];
       // The stored bytes: the shared buffer they all are views of (readBlobs() hands over one
@@ -425,8 +438,14 @@ export class RepoPool {
         cols[k + 6] = it.stored.length;
       });
       transfer.push(cols.buffer);
-      const r = await this.pool.run({ ctx: this.ctx, op: 'decode', cols, data, ids, keys }, transfer, signal);
+      const r = await this.pool.run({ ctx: this.ctx, op: 'decode', cols, data, ids, keys, ...(out ? { out } : {}) }, transfer, signal);
       if (r.op !== 'decode') throw new CofferError('INTERNAL', 'Cannot decode: the worker answered the wrong request');
+      if (out) {
+        if (!r.into) throw new CofferError('INTERNAL', 'Cannot decode: the worker answered the wrong request');
+        const all = asBuffer(out);
+        let o = 0;
+        return part.map((it) => all.subarray(o, (o += it.rawLength)));
+      }
       if (r.joined) {
         const all = asBuffer(r.joined);
         let o = 0;

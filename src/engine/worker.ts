@@ -10,6 +10,8 @@
 import { parentPort, workerData } from 'node:worker_threads';
 import { CofferError, isCofferError, type ErrorCode } from '../core/errors.ts';
 import { decodeBlob, encodeBlob, release } from './blob.ts';
+import { DecodeScratch } from './buffers.ts';
+import { decodeBlobInto } from './decode-into.ts';
 import { Chunker, gearTable, warmUpChunker, type ChunkerParams } from './chunker.ts';
 import { ID_SIZE, blobTypeFromCode } from './format.ts';
 import type { RepoKeys } from './keys.ts';
@@ -51,8 +53,11 @@ export type Request =
    * or shared[index] (a view into shared memory) when its shared index is not -1.
    */
   | { id: number; ctx: number; op: 'encode'; cols: Float64Array; ids: Uint8Array; keys: Uint8Array[]; raws: Uint8Array; shared: Uint8Array[] }
-  /** Items as columns: see DECODE_COLS (tasks.ts). */
-  | { id: number; ctx: number; op: 'decode'; cols: Float64Array; data: Uint8Array; ids: Uint8Array; keys: Uint8Array[] }
+  /**
+   * Items as columns: see DECODE_COLS (tasks.ts). With `out` (a view of shared memory, as long
+   * as the items' raw lengths together) the blobs are decoded into it back to back, in order.
+   */
+  | { id: number; ctx: number; op: 'decode'; cols: Float64Array; data: Uint8Array; ids: Uint8Array; keys: Uint8Array[]; out?: Uint8Array }
   /**
    * Small files read whole and hashed (readFilesSync): `paths` back to back, file i ending at
    * pathEnds[i]; `expect` 4 values per file: size, inode, mtime ns, ctime ns.
@@ -72,7 +77,7 @@ export type Reply = { spent: ArrayBuffer[] } & (
    * When every blob is at most JOIN_MAX bytes: `joined` holds them back to back (each blob's
    * length is its rawLength); else `raws`, one buffer each.
    */
-  | { id: number; ok: true; op: 'decode'; raws?: Uint8Array[]; joined?: Uint8Array }
+  | { id: number; ok: true; op: 'decode'; raws?: Uint8Array[]; joined?: Uint8Array; into?: true }
   /**
    * Per file: status 0 read, 1 read but changed, 2 failed (errors[i] says why); the bytes of
    * the files read back to back in `data` (lengths[i] each), their ids in `ids` (ID_SIZE each).
@@ -101,6 +106,23 @@ function joinAndRelease(parts: readonly Uint8Array[]): Uint8Array<ArrayBuffer> {
     release(b);
   }
   return out;
+}
+
+const scratch = new DecodeScratch();
+
+/** Decodes the items of a decode request into `out`, back to back (decodeBlobInto()). */
+function decodeInto(keys: RepoKeys, keyBufs: Buffer[], c: Float64Array, ids: Uint8Array, data: Uint8Array, out: Uint8Array): void {
+  let o = 0;
+  for (let i = 0; i * DECODE_COLS < c.length; i++) {
+    const k = i * DECODE_COLS;
+    const type = blobTypeFromCode(c[k]!);
+    if (!type) throw new CofferError('INTERNAL', `Cannot decode: unknown blob type code ${c[k]}`);
+    const rawLength = c[k + 4]!;
+    if (o + rawLength > out.length) throw new CofferError('INTERNAL', 'Cannot decode: the output buffer is too small');
+    const args = { packKey: keyBufs[c[k + 1]!]!, nonceIndex: c[k + 2]!, type, id: ids.subarray(i * ID_SIZE, (i + 1) * ID_SIZE), compressed: c[k + 3] === 1, rawLength, stored: data.subarray(c[k + 5]!, c[k + 5]! + c[k + 6]!) };
+    decodeBlobInto(keys, args, out.subarray(o, o + rawLength), scratch);
+    o += rawLength;
+  }
 }
 
 function serialize(e: unknown): SerializedError {
@@ -179,6 +201,12 @@ function main(): void {
           const { keys } = contextOf(req.ctx);
           const keyBufs = req.keys.map(buf);
           const c = req.cols;
+          if (req.out) {
+            decodeInto(keys, keyBufs, req.cols, req.ids, req.data, req.out);
+            done(req.data);
+            reply = { spent, id: req.id, ok: true, op: 'decode', into: true };
+            break;
+          }
           const out: Buffer[] = [];
           for (let i = 0; i * DECODE_COLS < c.length; i++) {
             const k = i * DECODE_COLS;

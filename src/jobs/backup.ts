@@ -27,7 +27,7 @@ import { BlobSaver, type Encoder, type SaverStats } from '../repository/packer.t
 import type { Repository } from '../repository/repository.ts';
 import { Session, isSessionGap } from '../repository/session.ts';
 import { encodeTree, encodeTreeParts, nameBytes, type Tree, type TreeNode } from '../repository/tree.ts';
-import { describeUnreadable, findSnapshot, readSnapshots, saveSnapshot, type HostIdentity, type Snapshot, type SnapshotRef, type SnapshotSummary, type UnreadableSnapshot } from '../repository/snapshot.ts';
+import { describeUnreadable, findSnapshot, readSnapshots, saveSnapshot, type HostIdentity, type RootMeta, type Snapshot, type SnapshotRef, type SnapshotSummary, type UnreadableSnapshot } from '../repository/snapshot.ts';
 import { loadCondemned } from '../repository/prune.ts';
 import { snapshotName } from '../repository/layout.ts';
 import { readXattrs, dataRegions } from '../sources/metadata.ts';
@@ -780,6 +780,7 @@ export async function backup(repo: Repository, pool: BackupPool, paths: string[]
     }
     const root: Dir = { children: new Map(), path: '/', prev: rootPrev };
     let treeId: string;
+    let rootMeta: RootMeta | undefined;
     if (options.stream) {
       const src = options.stream;
       const r = await readCommandOrStream(src, readStream, signal);
@@ -914,26 +915,28 @@ export async function backup(repo: Repository, pool: BackupPool, paths: string[]
       const outcomes = await Promise.allSettled(placed);
       for (const o of outcomes) if (o.status === 'rejected') throw o.reason;
       for (const o of outcomes) if (o.status === 'fulfilled') o.value();
+      /** A directory's node as a walk would store it (owner names, xattrs); a failure is a warning only for a path given. */
+      const dirNode = async (path: string, name: string, given: boolean | undefined) => {
+        const st = await lstat(path, { bigint: true });
+        const meta = nodeMeta(Buffer.from(name), st);
+        const user = owners.user(meta.uid);
+        const group = owners.group(meta.gid);
+        if (user) meta.user = user;
+        if (group) meta.group = group;
+        try {
+          const xattrs = readXattrs(path);
+          if (xattrs?.length) meta.xattrs = xattrs;
+        } catch (e) {
+          if (given) warn(path, `cannot read extended attributes: ${(e as Error).message}`);
+        }
+        return meta;
+      };
       const buildDir = async (d: Dir): Promise<string> => {
         const nodes: TreeNode[] = [];
         for (const [name, c] of d.children) {
-          if ('children' in c && c.children instanceof Map) {
-            const st = await lstat(c.path, { bigint: true });
-            // Owner names and xattrs as a walk would store them: this may be a path given (or a
-            // directory inside one) with another one below it. Only then is a failure a warning.
-            const meta = nodeMeta(Buffer.from(name), st);
-            const user = owners.user(meta.uid);
-            const group = owners.group(meta.gid);
-            if (user) meta.user = user;
-            if (group) meta.group = group;
-            try {
-              const xattrs = readXattrs(c.path);
-              if (xattrs?.length) meta.xattrs = xattrs;
-            } catch (e) {
-              if ((c as Dir).given) warn(c.path, `cannot read extended attributes: ${(e as Error).message}`);
-            }
-            nodes.push({ ...meta, type: 'dir', subtree: await buildDir(c as Dir) });
-          } else nodes.push(c as TreeNode);
+          // This may be a path given (or a directory inside one) with another one below it.
+          if ('children' in c && c.children instanceof Map) nodes.push({ ...(await dirNode(c.path, name, (c as Dir).given)), type: 'dir', subtree: await buildDir(c as Dir) });
+          else nodes.push(c as TreeNode);
         }
         if (!d.listed) return storeTree({ nodes });
         // The walk's entries are in name order already (the scan's); the few others merge in.
@@ -953,6 +956,9 @@ export async function backup(repo: Repository, pool: BackupPool, paths: string[]
         return storeTreeParts(ordered);
       };
       treeId = await buildDir(root);
+      // The root's own metadata, for the target directory of a restore (see RootMeta).
+      const { mode, uid, gid, user, group, mtimeNs, xattrs } = await dirNode(top.target?.abs ?? (paths.some((p) => !isAbsolute(p)) ? process.cwd() : '/'), '.', top.target !== undefined);
+      rootMeta = { mode, uid, gid, ...(user ? { user } : {}), ...(group ? { group } : {}), mtimeNs, ...(xattrs ? { xattrs } : {}) };
       parentTrees.clear();
     }
     if (!options.dryRun) await s.flush();
@@ -981,6 +987,7 @@ export async function backup(repo: Repository, pool: BackupPool, paths: string[]
       program: PROGRAM,
       summary,
       ...(warnings.length ? { warnings: warnings.slice(0, 1000) } : {}),
+      ...(rootMeta ? { root: rootMeta } : {}),
     };
     let snapshotId: string | undefined;
     if (!options.dryRun) {

@@ -6,7 +6,9 @@
 //
 // Memory stays bounded: a request is admitted only while the stored plus decoded bytes of the
 // requests in flight fit in `maxInFlight` (one request is always admitted, however large), and
-// its buffers are dropped once deliver() has returned.
+// its buffers are dropped once deliver() has returned, or, with ReadBuffers, reused: then the
+// ranges are read into recycled shared buffers and the blobs decoded into others
+// (decodeBlobInto()), and a steady restore allocates nothing per request or per blob.
 //
 // Errors: a blob that is damaged or missing (CORRUPT, NOT_FOUND, INVALID_RANGE when its pack
 // was truncated, UNSUPPORTED when its pack's header claims a newer version) is delivered as that
@@ -17,6 +19,8 @@
 import { setImmediate as nextTurn } from 'node:timers/promises';
 import { CofferError, isCofferError, throwIfAborted } from '../core/errors.ts';
 import { decodeBlob } from '../engine/blob.ts';
+import { DecodeScratch, SharedSlabs } from '../engine/buffers.ts';
+import { decodeBlobInto } from '../engine/decode-into.ts';
 import { toHex } from '../engine/hash.ts';
 import type { DecodeItem } from '../engine/pool.ts';
 import type { IndexHit } from '../repository/index/chunk-index.ts';
@@ -25,8 +29,34 @@ import type { Repository } from '../repository/repository.ts';
 
 /** What restore needs of the worker pool (WorkerPool satisfies it). */
 export interface BlobDecoder {
-  /** Decrypts, decompresses and verifies blobs; rejects with CORRUPT if any of them fails. */
-  decode(items: DecodeItem[], signal?: AbortSignal): Promise<Buffer[]>;
+  /**
+   * Decrypts, decompresses and verifies blobs; rejects with CORRUPT if any of them fails. With
+   * `into` (shared memory), decodes them into it back to back and returns views of it.
+   */
+  decode(items: DecodeItem[], signal?: AbortSignal, options?: { into?: Uint8Array }): Promise<Buffer[]>;
+}
+
+/**
+ * Buffers that readBlobs() reuses across its calls (one set per job): pack ranges are read into
+ * them and blobs decoded into them (decodeBlobInto()), instead of a fresh buffer per request and
+ * per blob. With them, the results handed to deliver() are views that are reused once it has
+ * returned: deliver() must be done with the bytes (written, or copied) by then.
+ */
+export class ReadBuffers {
+  /** Stored ranges: one slab per request in flight. */
+  readonly ranges: SharedSlabs;
+  /** Decoded blobs: one slab per request in flight (a request of more raw bytes gets its own). */
+  readonly outputs: SharedSlabs;
+  /** This thread's scratch for decoding without workers. */
+  readonly scratch = new DecodeScratch();
+
+  constructor(options: { maxRequest?: number; concurrency?: number } = {}) {
+    const maxRequest = options.maxRequest ?? DEFAULT_MAX_REQUEST;
+    const keep = Math.max(1, options.concurrency ?? 4) + 1;
+    this.ranges = new SharedSlabs(maxRequest, keep);
+    // A request holds at most twice maxRequest raw bytes (planRequests()).
+    this.outputs = new SharedSlabs(2 * maxRequest, keep);
+  }
 }
 
 export type BlobSource = Pick<Repository, 'backend' | 'keys' | 'packKey'>;
@@ -46,6 +76,8 @@ export interface ReadBlobsOptions {
   maxInFlight?: number;
   /** Requests in flight (default 4). */
   concurrency?: number;
+  /** Reused buffers (see ReadBuffers): results are then only valid until deliver() returns. */
+  buffers?: ReadBuffers;
 }
 
 export const DEFAULT_MAX_GAP = 1 << 20;
@@ -73,8 +105,13 @@ const SLICE_MS = 8;
  */
 const isBlobError = (e: unknown): e is CofferError => isCofferError(e, 'CORRUPT') || isCofferError(e, 'NOT_FOUND') || isCofferError(e, 'INVALID_RANGE') || isCofferError(e, 'UNSUPPORTED');
 
-/** Splits the hits into requests: by pack (in order of first appearance), then by offset. */
+/**
+ * Splits the hits into requests: by pack (in order of first appearance), then by offset. A
+ * request spans at most maxRequest stored bytes and holds at most 2 * maxRequest raw bytes (so
+ * that its blobs fit one of ReadBuffers' output slabs), unless one blob alone is larger.
+ */
 export function planRequests(hits: readonly IndexHit[], maxGap = DEFAULT_MAX_GAP, maxRequest = DEFAULT_MAX_REQUEST): Request[] {
+  const maxRaw = 2 * maxRequest;
   const byPack = new Map<string, number[]>();
   for (let i = 0; i < hits.length; i++) {
     const k = toHex(hits[i]!.packId);
@@ -89,7 +126,7 @@ export function planRequests(hits: readonly IndexHit[], maxGap = DEFAULT_MAX_GAP
     for (const i of list) {
       const e = hits[i]!.entry;
       const end = e.offset + e.length;
-      if (cur && e.offset - cur.end <= maxGap && Math.max(cur.end, end) - cur.start <= maxRequest) {
+      if (cur && e.offset - cur.end <= maxGap && Math.max(cur.end, end) - cur.start <= maxRequest && cur.cost + e.rawLength <= maxRaw) {
         cur.end = Math.max(cur.end, end);
         cur.items.push(i);
         cur.cost += e.rawLength;
@@ -129,11 +166,13 @@ export async function readBlobs(
   const decoder = options.decoder;
   // Requests are copied into shared memory for the workers, and those buffers are reused: each
   // one is referenced from every worker it went to until that worker's next GC, so fresh ones
-  // would pile up.
-  const spare: SharedArrayBuffer[] = [];
-  const sharedCopy = (b: Buffer): Uint8Array => {
-    const sab = b.length <= maxRequest ? (spare.pop() ?? new SharedArrayBuffer(maxRequest)) : new SharedArrayBuffer(b.length);
-    const u = new Uint8Array(sab, 0, b.length);
+  // would pile up. The range is read straight into such a buffer when the backend can (a local
+  // repository): no fresh buffer per request, no copy.
+  const buffers = options.buffers;
+  const slabs = buffers?.ranges ?? new SharedSlabs(maxRequest, concurrency + 1);
+  const sharedCopy = (b: Buffer, into: Uint8Array | undefined): Uint8Array => {
+    if (into && b.buffer === into.buffer && b.byteOffset === into.byteOffset) return into;
+    const u = into ?? slabs.take(b.length);
     u.set(b);
     return u;
   };
@@ -144,14 +183,21 @@ export async function readBlobs(
       return { type: e.type, id: e.id, packKey: key, nonceIndex: e.nonceIndex, compressed: e.compressed, rawLength: e.rawLength, stored: stored[k]! };
     });
 
-  /** Decodes each item on its own (errors apart), on this thread or in the pool. */
-  const decodeEach = async (items: DecodeItem[]): Promise<BlobResult[]> => {
+  /** Decodes one item into `into` (reused buffers), on this thread or in the pool. */
+  const decodeOneInto = async (it: DecodeItem, into: Uint8Array): Promise<Buffer> => {
+    if (decoder) return (await decoder.decode([it], signal, { into }))[0]!;
+    decodeBlobInto(repo.keys, it, into, buffers!.scratch);
+    return Buffer.from(into.buffer, into.byteOffset, into.byteLength);
+  };
+
+  /** Decodes each item on its own (errors apart), on this thread or in the pool; into `outs` when given. */
+  const decodeEach = async (items: DecodeItem[], outs?: Uint8Array[]): Promise<BlobResult[]> => {
     const out: BlobResult[] = [];
     let slice = performance.now();
-    for (const it of items) {
+    for (const [k, it] of items.entries()) {
       throwIfAborted(signal);
       try {
-        const data = decoder ? (await decoder.decode([it], signal))[0]! : decodeBlob(repo.keys, it.packKey, it.nonceIndex, it.type, it.id, it.compressed, it.rawLength, it.stored);
+        const data = outs ? await decodeOneInto(it, outs[k]!) : decoder ? (await decoder.decode([it], signal))[0]! : decodeBlob(repo.keys, it.packKey, it.nonceIndex, it.type, it.id, it.compressed, it.rawLength, it.stored);
         out.push(checked(it, data));
       } catch (e) {
         if (!isBlobError(e)) throw e;
@@ -170,23 +216,32 @@ export async function readBlobs(
       ? { data }
       : { error: new CofferError('CORRUPT', `Cannot read ${it.type} blob ${toHex(it.id)}: it has ${data.length} bytes, the index says ${it.rawLength}`, { hint: 'Run `coffer repo check`.' }) };
 
-  const decodeAll = async (items: DecodeItem[]): Promise<BlobResult[]> => {
-    if (!decoder) return decodeEach(items);
+  /** Views of `into` for each item's raw bytes, back to back. */
+  const outputsOf = (items: DecodeItem[], into: Uint8Array): Uint8Array[] => {
+    let o = 0;
+    return items.map((it) => into.subarray(o, (o += it.rawLength)));
+  };
+
+  const decodeAll = async (items: DecodeItem[], into?: Uint8Array): Promise<BlobResult[]> => {
+    const outs = into ? outputsOf(items, into) : undefined;
+    if (!decoder) return decodeEach(items, outs);
     try {
-      const raws = await decoder.decode(items, signal);
+      const raws = await decoder.decode(items, signal, into ? { into } : {});
       return items.map((it, k) => checked(it, raws[k]!));
     } catch (e) {
       // One damaged blob fails the whole call: find out which, one by one.
-      if (isCofferError(e, 'CORRUPT') && items.length > 1) return decodeEach(items);
+      if (isCofferError(e, 'CORRUPT') && items.length > 1) return decodeEach(items, outs);
       if (isBlobError(e)) return items.map(() => ({ error: e }));
       throw e;
     }
   };
 
   /** The old way, for a request that failed as a whole: one get per blob. */
-  const readEach = async (r: Request, key: Buffer): Promise<BlobResult[]> => {
+  const readEach = async (r: Request, key: Buffer, output: Uint8Array | undefined): Promise<BlobResult[]> => {
     const out: BlobResult[] = [];
+    let o = 0;
     for (const i of r.items) {
+      const into = output?.subarray(o, (o += hits[i]!.entry.rawLength));
       const e = hits[i]!.entry;
       let stored: Buffer;
       try {
@@ -196,7 +251,7 @@ export async function readBlobs(
         out.push({ error: err });
         continue;
       }
-      out.push(...(await decodeAll(itemsOf(key, [i], [stored]))));
+      out.push(...(await decodeAll(itemsOf(key, [i], [stored]), into)));
     }
     return out;
   };
@@ -205,6 +260,8 @@ export async function readBlobs(
     throwIfAborted(signal);
     let results: BlobResult[];
     let key: Buffer | undefined;
+    // With reused buffers: where this request's blobs are decoded (handed back after deliver()).
+    const output = buffers?.outputs.take(r.items.reduce((n, i) => n + hits[i]!.entry.rawLength, 0));
     try {
       key = await repo.packKey(r.packHex, { signal });
     } catch (e) {
@@ -214,10 +271,11 @@ export async function readBlobs(
     if (key) {
       let range: Uint8Array | undefined;
       try {
-        const got = await repo.backend.get(packName(r.packHex), { signal, offset: r.start, length: r.end - r.start });
+        const into = decoder || buffers ? slabs.take(r.end - r.start) : undefined;
+        const got = await repo.backend.get(packName(r.packHex), { signal, offset: r.start, length: r.end - r.start, into });
         if (got.length !== r.end - r.start) throw new CofferError('STORAGE_ERROR', `Cannot read ${packName(r.packHex)}: the backend returned ${got.length} of ${r.end - r.start} bytes`);
-        // Shared with the workers: one copy here instead of one per blob in the pool.
-        range = decoder ? sharedCopy(got) : got;
+        // Shared with the workers: one copy at most here instead of one per blob in the pool.
+        range = into ? sharedCopy(got, into) : got;
       } catch (e) {
         if (isCofferError(e, 'CANCELLED') || signal.aborted) throw e;
         if (r.items.length === 1 && !isBlobError(e)) throw e;
@@ -227,15 +285,16 @@ export async function readBlobs(
           const e = hits[i]!.entry;
           return range.subarray(e.offset - r.start, e.offset - r.start + e.length);
         });
-        results = await decodeAll(itemsOf(key, r.items, stored));
+        results = await decodeAll(itemsOf(key, r.items, stored), output);
         // The workers are done with it (a failed or cancelled call never gets here).
-        if (range.buffer instanceof SharedArrayBuffer && range.buffer.byteLength === maxRequest) spare.push(range.buffer);
+        slabs.give(range);
       } else {
-        results = await readEach(r, key);
+        results = await readEach(r, key, output);
       }
     }
     throwIfAborted(signal);
     await deliver(r.items, results!);
+    if (output) buffers!.outputs.give(output);
   };
 
   let next = 0;

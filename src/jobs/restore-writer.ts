@@ -319,7 +319,8 @@ interface Writer {
 
 /**
  * Writer threads. write() hands ops to a writer; the blobs' memory moves to it (transferred, not
- * copied), so the caller must not use them afterwards.
+ * copied), so the caller must not use them afterwards; blobs in shared memory are shared, and
+ * the caller may reuse that memory once write() has settled.
  */
 export class FileWriters {
   private readonly writers: Writer[] = [];
@@ -371,6 +372,8 @@ export class FileWriters {
     const transfer: ArrayBuffer[] = [];
     const seen = new Set<ArrayBuffer>();
     const sent = blobs.map((b) => {
+      // Shared memory (readBlobs()'s reused buffers) is shared with the writer as it is.
+      if (b.buffer instanceof SharedArrayBuffer) return b;
       // Only a buffer that owns all of its ArrayBuffer can move; others (pool slices) are copied.
       const owns = b.buffer instanceof ArrayBuffer && b.byteOffset === 0 && b.byteLength === b.buffer.byteLength && !seen.has(b.buffer);
       const u = owns ? b : new Uint8Array(b);

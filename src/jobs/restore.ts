@@ -41,10 +41,10 @@ import { loadCondemned } from '../repository/prune.ts';
 import type { PackDamage } from '../repository/damage.ts';
 import { createSpecial, dataRegions, readXattrs } from '../sources/metadata.ts';
 import { childPath } from '../sources/scan.ts';
-import { readBlobs, type BlobDecoder, type BlobResult } from './read-blobs.ts';
+import { ReadBuffers, readBlobs, type BlobDecoder, type BlobResult } from './read-blobs.ts';
 import type { ChunkFallback } from './restore-fallback.ts';
 import { TreeLoader } from './tree-loader.ts';
-import { FileWriters, applyMeta as applyMetaTo, deserializeError, type FileHeader, type WriteOp } from './restore-writer.ts';
+import { FileWriters, applyMeta as applyMetaTo, deserializeError, type FileHeader, type MetaNode, type WriteOp } from './restore-writer.ts';
 import { StaleTemps, TMP_PREFIX, otherRestoreRunning } from './restore-temps.ts';
 
 // ---- safety: whose data goes where ----------------------------------------------------------
@@ -343,7 +343,7 @@ export interface RestoreOptions extends SafetyOptions {
   targetHost: HostIdentity;
   /** Entries prepared at once: looked up in the target, created if not files (default 16). */
   fileConcurrency?: number;
-  /** Pack reads in flight, each of up to 8 MiB of neighbouring blobs (default 4). */
+  /** Pack reads in flight, each of up to RESTORE_MAX_REQUEST bytes of neighbouring blobs (default 3). */
   blobConcurrency?: number;
   /** Files per content window (default 16,384; tests use tiny windows to cross many). */
   windowFiles?: number;
@@ -386,6 +386,11 @@ export interface ChunkSource {
   fileCount?: number;
   files?: string[];
 }
+
+/** Stored bytes one pack read of a restore spans at most (unless one blob is larger). */
+export const RESTORE_MAX_REQUEST = 2 << 20;
+/** Stored plus decoded bytes of a restore's pack reads in flight. */
+export const RESTORE_MAX_IN_FLIGHT = 32 << 20;
 
 /** How many file paths a source lists at most. */
 export const SOURCE_FILES_LISTED = 20;
@@ -618,6 +623,7 @@ export async function restore(repo: Repository, source: Snapshot | string, targe
   // The target directory itself: created (not in a dry run), then used by its real path.
   let rootPath = Buffer.from(checked.real);
   let rootFresh = false;
+  let rootCreated = false;
   try {
     await repo.loadIndex({ signal: userSignal, onUnreadable: (id, e) => result.notices.push(`index file ${id.slice(0, 12)} is unreadable (${e.message}) and was left out: what only it knew cannot be restored until \`coffer repo repair index\``) });
     try {
@@ -625,6 +631,7 @@ export async function restore(repo: Repository, source: Snapshot | string, targe
         if (dryRun) rootFresh = true;
         else {
           await mkdir(checked.lexical, { recursive: true });
+          rootCreated = true;
           rootPath = Buffer.from(await realpath(checked.lexical));
           result.target = rootPath.toString();
         }
@@ -647,8 +654,15 @@ export async function restore(repo: Repository, source: Snapshot | string, targe
   const signal = inner.signal;
 
   // Directories: created when first needed, with their metadata applied at the very end.
-  interface DirMeta { path: Buffer; inner: string; node: TreeNode; depth: number }
+  interface DirMeta { path: Buffer; inner: string; node: MetaNode; depth: number }
   const dirMeta: DirMeta[] = [];
+  // The target directory is the snapshot's root: it gets the root's metadata (snapshots that
+  // recorded it) like any directory, last of all: when this restore created it, or when the whole
+  // snapshot (the root itself) is selected and existing entries may be changed. A restore of
+  // some paths only (--include) merges them into an existing target and leaves its metadata.
+  if (typeof source !== 'string' && source.root && (rootCreated || (filter.decide('/', true, false) === 'all' && policy !== 'never'))) {
+    dirMeta.push({ path: rootPath, inner: '', node: { ...source.root, type: 'dir' }, depth: 0 });
+  }
   class DirCtx {
     readonly path: Buffer;
     readonly inner: string;
@@ -726,7 +740,12 @@ export async function restore(repo: Repository, source: Snapshot | string, targe
   /** Data blobs found to be all zeros: with `sparse` they become holes and are not read again. */
   const zeroIds = new Set<string>();
   const fileSlots = new Limiter(options.fileConcurrency ?? 16);
-  const readOptions = { signal, decoder: options.pool, concurrency: options.blobConcurrency ?? 4 };
+  // Pack reads into buffers reused for the whole restore (deliver() has written a request's blobs
+  // before it returns), sized for a steady stream rather than for the largest reads: measured on
+  // one VM of the benchmark (496 MB), 2 MiB requests three at a time restore as fast as 8 MiB four
+  // at a time, with 60 MB less peak RSS and a fifth of the page faults.
+  const concurrency = options.blobConcurrency ?? 3;
+  const readOptions = { signal, decoder: options.pool, concurrency, maxRequest: RESTORE_MAX_REQUEST, maxInFlight: RESTORE_MAX_IN_FLIGHT, buffers: new ReadBuffers({ concurrency, maxRequest: RESTORE_MAX_REQUEST }) };
 
   /** How an entry that could not be restored counts: damaged data, the end of the restore, or a warning. */
   const entryFailed = (innerPath: string, e: unknown) => {
@@ -775,7 +794,7 @@ export async function restore(repo: Repository, source: Snapshot | string, targe
   };
 
   /** Owner, xattrs, mode and times (see restore-writer.ts); a step that fails is a warning. */
-  const applyMeta = (p: Buffer, node: TreeNode, innerPath: string, fd?: number) => applyMetaTo(p, node, fd, isRoot, (problem) => warn(innerPath, problem));
+  const applyMeta = (p: Buffer, node: MetaNode, innerPath: string, fd?: number) => applyMetaTo(p, node, fd, isRoot, (problem) => warn(innerPath, problem));
 
   /** Puts a finished temporary entry in place of `final` (removing an empty directory there). */
   const moveIntoPlace = async (tmp: Buffer, final: Buffer, existing: BigIntStats | undefined) => {
@@ -949,7 +968,9 @@ export async function restore(repo: Repository, source: Snapshot | string, targe
         if (b === undefined) {
           const first = sentTo.get(x.data);
           if (first === undefined) sentTo.set(x.data, index);
-          b = sub.blobs.push(first === undefined || first === index ? x.data : Buffer.from(x.data)) - 1;
+          // Shared memory goes to every writer as it is; other memory moves to the first.
+          const shared = x.data.buffer instanceof SharedArrayBuffer;
+          b = sub.blobs.push(shared || first === undefined || first === index ? x.data : Buffer.from(x.data)) - 1;
           sub.index.set(x.data, b);
         }
         parts.push({ blob: b, pos: x.pos });
@@ -1618,7 +1639,7 @@ export async function restore(repo: Repository, source: Snapshot | string, targe
           }
         } catch (e) {
           if (isFatal(e)) throw e;
-          warn(d.inner, `cannot restore directory metadata: ${(e as Error).message}`);
+          warn(d.inner || '/', `cannot restore directory metadata: ${(e as Error).message}`);
         }
         if (performance.now() - slice > SLICE_MS) {
           await nextTurn();

@@ -874,6 +874,50 @@ static napi_value js_zstdDecompress(napi_env env, napi_callback_info info) {
   return out;
 }
 
+// zstdDecompressInto(data, out): decompresses one zstd frame into `out` (any Uint8Array, shared
+// memory too), which it must fill exactly; throws ZSTD_ERROR or ZSTD_LENGTH otherwise. The
+// restore decodes into reused buffers with it (src/engine/decode-into.ts): a new buffer per blob,
+// as zstdDecompress() returns, cost a page fault per 4 KiB written.
+extern size_t ZSTD_findFrameCompressedSize(const void *src, size_t srcSize) __attribute__((weak));
+
+static napi_value js_zstdDecompressInto(napi_env env, napi_callback_info info) {
+  napi_value argv[2];
+  if (!get_args(env, info, 2, argv)) return NULL;
+  if (!zstd_present()) return throw_errno(env, ENOSYS, "zstdDecompressInto", NULL);
+  void *src, *dst;
+  size_t len, want;
+  if (!get_u8(env, argv[0], &src, &len)) return NULL;
+  if (!get_u8(env, argv[1], &dst, &want)) return NULL;
+  if (len == 0) {
+    napi_throw_error(env, "ZSTD_ERROR", "zstd decompress: no frame (empty input)");
+    return NULL;
+  }
+  // Exactly one frame: bytes after the first are not data of this blob.
+  if (ZSTD_findFrameCompressedSize) {
+    size_t frame = ZSTD_findFrameCompressedSize(src, len);
+    if (ZSTD_isError(frame)) return zstd_error(env, "decompress", frame);
+    if (frame != len) {
+      napi_throw_error(env, "ZSTD_ERROR", "zstd decompress: bytes after the frame");
+      return NULL;
+    }
+  }
+  zstd_state *st = zstd_get(env);
+  if (st == NULL) return NULL;
+  if (st->dctx == NULL) {
+    st->dctx = ZSTD_createDCtx();
+    if (st->dctx == NULL) return throw_errno(env, ENOMEM, "ZSTD_createDCtx", NULL);
+  }
+  size_t n = ZSTD_decompressDCtx(st->dctx, dst, want, src, len);
+  if (ZSTD_isError(n)) return zstd_error(env, "decompress", n);
+  if (n != want) {
+    char msg[96];
+    snprintf(msg, sizeof msg, "got %zu bytes, expected %zu", n, want);
+    napi_throw_error(env, "ZSTD_LENGTH", msg);
+    return NULL;
+  }
+  return make_undefined(env);
+}
+
 NAPI_MODULE_INIT() {
   napi_property_descriptor props[] = {
     {"utimensat", NULL, js_utimensat, NULL, NULL, NULL, napi_enumerable, NULL},
@@ -893,6 +937,7 @@ NAPI_MODULE_INIT() {
     {"zstdAvailable", NULL, js_zstdAvailable, NULL, NULL, NULL, napi_enumerable, NULL},
     {"zstdCompress", NULL, js_zstdCompress, NULL, NULL, NULL, napi_enumerable, NULL},
     {"zstdDecompress", NULL, js_zstdDecompress, NULL, NULL, NULL, napi_enumerable, NULL},
+    {"zstdDecompressInto", NULL, js_zstdDecompressInto, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   if (napi_define_properties(env, exports, sizeof props / sizeof props[0], props) != napi_ok) return NULL;
   if (!coffer_codec_init(env, exports)) return NULL;

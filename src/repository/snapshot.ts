@@ -32,6 +32,23 @@ export interface SnapshotSummary {
   durationMs: number;
 }
 
+/**
+ * The metadata of the directory the snapshot's root stands for: the directory backed up as "."
+ * (or "/"), else the current directory for relative paths, else "/". A restore gives it to the
+ * target directory, as to any directory it restores. Absent in snapshots of older versions.
+ */
+export interface RootMeta {
+  mode: number;
+  uid: number;
+  gid: number;
+  user?: string;
+  group?: string;
+  mtimeNs: string;
+  atimeNs?: string;
+  /** As a tree node's: values in base64. */
+  xattrs?: Array<{ name: string; value: string }>;
+}
+
 export interface Snapshot {
   version: 1;
   time: string;
@@ -47,6 +64,8 @@ export interface Snapshot {
   warnings?: Array<{ path: string; problem: string }>;
   /** Written by `repo repair snapshots` in place of this snapshot, whose data is partly lost. */
   repairedFrom?: string;
+  /** The root directory's own metadata (see RootMeta). */
+  root?: RootMeta;
 }
 
 export interface SnapshotRef {
@@ -72,7 +91,27 @@ export function validateSnapshot(raw: unknown, id: string): Snapshot {
   if (s!.parent !== undefined && (typeof s!.parent !== 'string' || !HEX64.test(s!.parent))) bad('bad parent id');
   if (typeof s!.username !== 'string' || typeof s!.program !== 'string') bad('bad username or program');
   if (s!.repairedFrom !== undefined && (typeof s!.repairedFrom !== 'string' || !HEX64.test(s!.repairedFrom))) bad('bad repairedFrom id');
+  if (s!.root !== undefined) {
+    const problem = rootMetaProblem(s!.root);
+    if (problem) bad(`bad root metadata: ${problem}`);
+  }
   return s as Snapshot;
+}
+
+const DECIMAL = /^-?\d{1,30}$/;
+const BASE64 = /^[A-Za-z0-9+/]*={0,2}$/;
+const isId = (n: unknown) => Number.isSafeInteger(n) && (n as number) >= 0 && (n as number) <= 0xffffffff;
+
+/** What is wrong with a snapshot's root metadata, or undefined. */
+export function rootMetaProblem(r: unknown): string | undefined {
+  const m = r as Partial<RootMeta> | null;
+  if (!m || typeof m !== 'object') return 'not an object';
+  if (!Number.isSafeInteger(m.mode) || m.mode! < 0 || m.mode! > 0o7777) return 'bad mode';
+  if (!isId(m.uid) || !isId(m.gid)) return 'bad owner';
+  if ((m.user !== undefined && typeof m.user !== 'string') || (m.group !== undefined && typeof m.group !== 'string')) return 'bad owner name';
+  if (typeof m.mtimeNs !== 'string' || !DECIMAL.test(m.mtimeNs) || (m.atimeNs !== undefined && (typeof m.atimeNs !== 'string' || !DECIMAL.test(m.atimeNs)))) return 'bad times';
+  if (m.xattrs !== undefined && (!Array.isArray(m.xattrs) || !m.xattrs.every((x) => x && typeof x.name === 'string' && x.name !== '' && typeof x.value === 'string' && BASE64.test(x.value)))) return 'bad extended attributes';
+  return undefined;
 }
 
 export async function saveSnapshot(repo: Repository, snap: Snapshot, options?: CallOptions): Promise<string> {

@@ -26,6 +26,12 @@ export interface GetOptions extends CallOptions {
   offset?: number;
   /** How many bytes to return (default: to the end of the object). */
   length?: number;
+  /**
+   * A buffer to read into, at least as long as the range: a backend that can returns a view of
+   * it (the caller reuses its buffers instead of a fresh one per read); others ignore it, so
+   * callers compare the result's memory with theirs.
+   */
+  into?: Uint8Array;
 }
 
 export interface ListOptions extends CallOptions {}

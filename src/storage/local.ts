@@ -123,7 +123,8 @@ export class LocalBackend implements Backend {
       const info = await fh.stat();
       if (!info.isFile()) throw missing(this.#where(name));
       const [start, end] = resolveRange(name, info.size, options);
-      const out = Buffer.allocUnsafe(end - start);
+      const into = options?.into;
+      const out = into && into.byteLength >= end - start ? Buffer.from(into.buffer, into.byteOffset, end - start) : Buffer.allocUnsafe(end - start);
       for (let done = 0; done < out.length; ) {
         throwIfAborted(signal);
         const { bytesRead } = await fh.read(out, done, Math.min(IO_CHUNK, out.length - done), start + done);
