@@ -161,6 +161,22 @@ export function setTimesNs(path: PathArg, node: { mtimeNs: string; atimeNs?: str
   }
 }
 
+/** How far node:fs may set a time off (a double of seconds holds about 240 ns around 2026). */
+const PORTABLE_TIME_SLACK_NS = 1000n;
+
+/**
+ * Whether a file's time `haveNs` (from lstat) is `wantNs` as setTimesNs() sets it: exactly with
+ * the addon, within a microsecond without it. Restore's "unchanged" test uses this, so that
+ * files it restored without the addon are not taken as changed the next time.
+ */
+export function sameTimeNs(haveNs: bigint, wantNs: bigint | string): boolean {
+  const want = BigInt(wantNs);
+  if (haveNs === want) return true;
+  if (nativeAvailable()) return false;
+  const d = haveNs - want;
+  return d < PORTABLE_TIME_SLACK_NS && d > -PORTABLE_TIME_SLACK_NS;
+}
+
 const TYPE_BITS = { blockdev: 0o060000, chardev: 0o020000 } as const;
 
 /**
