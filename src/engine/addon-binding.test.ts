@@ -138,6 +138,8 @@ describe('addon file-system functions: arguments out of range are refused before
     type(() => n.lgetxattr!(file, Buffer.from('user.\0a')), /^name must be a string or Buffer without NUL$/);
     range(() => n.makedev!(2 ** 32, 0), 'major');
     range(() => n.makedev!(0, -1), 'minor');
+    throwsCode(() => n.makedev!(2 ** 32 - 1, 0), 'ERR_OUT_OF_RANGE', /beyond 2\^53/);
+    assert.deepEqual(n.splitdev!(n.makedev!(259, 65_536) as number), [259, 65_536]);
     range(() => n.splitdev!(-1), 'dev');
     type(() => n.scanDir!(dir, 'not a function'), /^callback must be a function$/);
 

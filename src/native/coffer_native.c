@@ -540,7 +540,13 @@ static napi_value js_makedev(napi_env env, napi_callback_info info) {
   int64_t ma, mi;
   if (!get_int64_in(env, argv[0], &ma, 0, UINT32_MAX, "major")) return NULL;
   if (!get_int64_in(env, argv[1], &mi, 0, UINT32_MAX, "minor")) return NULL;
-  return make_number(env, (double)makedev((unsigned)ma, (unsigned)mi));
+  dev_t dev = makedev((unsigned)ma, (unsigned)mi);
+  // A Number holds integers exactly up to 2^53; Linux's own numbers use 32 bits.
+  if (dev > (dev_t)9007199254740991ULL) {
+    thrown(env, napi_throw_range_error(env, "ERR_OUT_OF_RANGE", "major and minor give a device number beyond 2^53, which a Number cannot hold"));
+    return NULL;
+  }
+  return make_number(env, (double)dev);
 }
 
 static napi_value js_splitdev(napi_env env, napi_callback_info info) {
