@@ -166,8 +166,8 @@ test('fuzzing every operation of /openapi.json as admin: no 5xx, the error shape
   assert.equal(backup.status, 202, JSON.stringify(backup.body));
   const job = await ts.waitJob(backup.body.jobs[0].id);
   const logs = await ts.api<Json>('GET', `/api/v1/jobs/${job.id}/logs`);
-  // warnings: extended attributes cannot be read where the native module is not built.
-  assert.ok(['succeeded', 'warnings'].includes(job.state as string), JSON.stringify(logs.body));
+  // Also without the native addon: that is one notice, not a warning per file.
+  assert.equal(job.state, 'succeeded', JSON.stringify(logs.body));
   const image = (await ts.api<Json>('GET', '/api/v1/images', { query: { client } })).body.items[0];
   assert.ok(image?.id);
   const victim = await ts.api<Json>('POST', '/api/v1/users', { body: { name: 'fuzz-victim', role: 'restore', password: 'fuzz victim password' } });

@@ -1,19 +1,79 @@
-// Where the native addon lives (src/native/coffer_native.c, built by node-gyp when `npm ci`
-// runs), and the engine's own use of it: zstd with one reused context per thread, and read-ahead
-// advice for the files a worker is about to read. The file-system functions for fidelity are
-// loaded and wrapped by sources/native.ts; this layer works without the addon (compress.ts then
+// The one loader of the native addon (src/native/coffer_native.c, built by `npm ci` into
+// native/build/Release/ when a C compiler is there: native/ is an optional local package), and
+// the engine's own use of it: zstd with one reused context per thread, and read-ahead advice for
+// the files a worker is about to read. The file-system functions for fidelity are wrapped by
+// sources/native.ts on top of this loader; this layer works without the addon (compress.ts then
 // uses node:zlib, and reads get no advice).
+//
+// Two environment variables steer the loader, for tests and CI: COFFER_NATIVE=0 runs as if the
+// addon were not built (the portable path), and COFFER_NATIVE_PATH loads it from another file
+// (the AddressSanitizer build of scripts/build-native-asan.ts).
 import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
 
-/** Where `npm ci` puts the addon. */
-export const NATIVE_MODULE_PATH = fileURLToPath(new URL('../../build/Release/coffer_native.node', import.meta.url));
+/** Where `npm ci` (or `npm run build:native`) puts the addon. */
+export const BUILT_MODULE_PATH = fileURLToPath(new URL('../../native/build/Release/coffer_native.node', import.meta.url));
+
+/** The addon this process loads: $COFFER_NATIVE_PATH when set, else BUILT_MODULE_PATH. */
+export const NATIVE_MODULE_PATH = process.env.COFFER_NATIVE_PATH || BUILT_MODULE_PATH;
+
+/** How to get the addon, for messages: the same advice everywhere. */
+export const BUILD_HINT = 'Install python3, make and a C compiler (Debian: apt-get install build-essential python3), then run `npm run build:native` (or npm ci again).';
+
+/** The outcome of loading the addon: its exports, or why there are none. */
+export type AddonLoad =
+  | { ok: true; path: string; exports: Record<string, unknown> }
+  | { ok: false; path: string; reason: string; hint: string; cause?: unknown };
+
+/** Whether COFFER_NATIVE=0 (or false/no/off) asks to run without the addon. */
+export function nativeDisabled(): boolean {
+  return /^(0|false|no|off)$/i.test(process.env.COFFER_NATIVE ?? '');
+}
+
+/**
+ * Loads the addon from `path`, or, without `path`, the one this process uses (honouring
+ * COFFER_NATIVE=0). Never throws: a missing or broken addon gives the reason and what to do.
+ */
+export function loadAddon(path?: string): AddonLoad {
+  const at = path ?? NATIVE_MODULE_PATH;
+  if (path === undefined && nativeDisabled()) {
+    return { ok: false, path: at, reason: 'the native addon is disabled (COFFER_NATIVE=0)', hint: 'Unset COFFER_NATIVE to use it.' };
+  }
+  if (process.platform !== 'linux') {
+    return {
+      ok: false,
+      path: at,
+      reason: `full file-system fidelity needs Linux, this is ${process.platform}`,
+      hint: 'Times are kept to the precision node:fs offers; extended attributes, ACLs, devices and holes are not backed up or restored here.',
+    };
+  }
+  if (!existsSync(at)) return { ok: false, path: at, reason: `the native addon is not built (${at} is missing)`, hint: BUILD_HINT };
+  try {
+    return { ok: true, path: at, exports: createRequire(import.meta.url)(at) as Record<string, unknown> };
+  } catch (e) {
+    return {
+      ok: false,
+      path: at,
+      reason: `the native addon ${at} cannot be loaded (${(e as Error).message})`,
+      hint: `Rebuild it: ${BUILD_HINT}`,
+      cause: e,
+    };
+  }
+}
+
+let loaded: AddonLoad | undefined;
+
+/** The addon this process uses, loaded once (see loadAddon()). */
+export function addon(): AddonLoad {
+  loaded ??= loadAddon();
+  return loaded;
+}
 
 export interface NativeZstd {
   /** One zstd frame of `data` at `level`, or null when it would not be smaller than `data`. */
   zstdCompress(data: Uint8Array, level: number): Buffer | null;
-  /** Exactly `rawLength` bytes, or throws (code ZSTD_ERROR or ZSTD_LENGTH). */
+  /** Exactly `rawLength` bytes from exactly one frame, or throws (code ZSTD_ERROR or ZSTD_LENGTH). */
   zstdDecompress(data: Uint8Array, rawLength: number): Buffer;
   /** One frame that fills `out` exactly, decompressed into it, or throws (ZSTD_ERROR, ZSTD_LENGTH); missing in older builds of the addon. */
   zstdDecompressInto?(data: Uint8Array, out: Uint8Array): void;
@@ -33,19 +93,9 @@ interface EngineAddon extends Partial<NativeZstd>, Partial<NativeCodec> {
   willNeed?: (fd: number) => void;
 }
 
-let addon: EngineAddon | null | undefined;
-
-function load(): EngineAddon | null {
-  if (addon !== undefined) return addon;
-  addon = null;
-  if (process.platform === 'linux' && existsSync(NATIVE_MODULE_PATH)) {
-    try {
-      addon = createRequire(import.meta.url)(NATIVE_MODULE_PATH) as EngineAddon;
-    } catch {
-      /* sources/native.ts reports a broken addon where it matters; the engine falls back */
-    }
-  }
-  return addon;
+function engineAddon(): EngineAddon | null {
+  const a = addon();
+  return a.ok ? (a.exports as EngineAddon) : null;
 }
 
 let zstd: NativeZstd | null | undefined;
@@ -56,7 +106,7 @@ let zstd: NativeZstd | null | undefined;
  */
 export function nativeZstd(): NativeZstd | null {
   if (zstd !== undefined) return zstd;
-  const m = load();
+  const m = engineAddon();
   zstd = m && process.env.COFFER_NATIVE_ZSTD !== '0' && m.zstdAvailable?.() && m.zstdCompress && m.zstdDecompress ? (m as NativeZstd) : null;
   return zstd;
 }
@@ -69,12 +119,12 @@ let codec: NativeCodec | null | undefined;
  */
 export function nativeCodec(): NativeCodec | null {
   if (codec !== undefined) return codec;
-  const m = load();
+  const m = engineAddon();
   codec = m && process.env.COFFER_NATIVE_CODEC !== '0' && m.codecAvailable?.() && m.encodeBlobs ? (m as NativeCodec) : null;
   return codec;
 }
 
 /** Asks the kernel to start reading file `fd` into the page cache (a no-op without the addon). */
 export function willNeed(fd: number): void {
-  load()?.willNeed?.(fd);
+  engineAddon()?.willNeed?.(fd);
 }

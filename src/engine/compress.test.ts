@@ -4,7 +4,7 @@ import { execFileSync } from 'node:child_process';
 import { constants, zstdCompressSync, zstdDecompressSync } from 'node:zlib';
 import { isCofferError } from '../core/errors.ts';
 import { randomBytes, textBytes } from '../testing/random.ts';
-import { nativeZstd } from './addon.ts';
+import { addon, nativeDisabled, nativeZstd } from './addon.ts';
 import { compress, decompress } from './compress.ts';
 
 const corrupt = (e: unknown) => isCofferError(e, 'CORRUPT');
@@ -67,6 +67,13 @@ describe('compress', () => {
 
   it('uses the addon (built by npm ci), whose frames are the ones node:zlib writes and reads', () => {
     const z = nativeZstd();
+    if (nativeDisabled()) {
+      // npm run test:no-addon: the loader says why there is no addon, and compress() uses node:zlib.
+      const a = addon();
+      assert.equal(z, null);
+      assert.equal(a.ok ? '' : a.reason, 'the native addon is disabled (COFFER_NATIVE=0)');
+      return;
+    }
     assert.ok(z, 'the native addon with zstd is there');
     for (const [seed, n] of [[8, 1], [9, 4096], [10, 300_000], [11, 1 << 20]] as const) {
       const raw = textBytes(seed, n);

@@ -39,7 +39,7 @@ import { decodeTree, nameBytes, type NodeType, type Tree, type TreeNode } from '
 import { Session } from '../repository/session.ts';
 import { loadCondemned } from '../repository/prune.ts';
 import type { PackDamage } from '../repository/damage.ts';
-import { createSpecial, dataRegions, readXattrs } from '../sources/metadata.ts';
+import { createSpecial, dataRegions, readXattrs, sameTimeNs } from '../sources/metadata.ts';
 import { childPath } from '../sources/scan.ts';
 import { ReadBuffers, readBlobs, type BlobDecoder, type BlobResult } from './read-blobs.ts';
 import type { ChunkFallback } from './restore-fallback.ts';
@@ -1292,7 +1292,7 @@ export async function restore(repo: Repository, source: Snapshot | string, targe
     if (have !== node.type) return `was a ${have}`;
     if (node.type === 'file') {
       if (compare === 'content') return existing.size === BigInt(node.size ?? 0) ? contentDifference(node, final, existing, innerPath) : 'size differs';
-      return existing.size === BigInt(node.size ?? 0) && existing.mtimeNs === BigInt(node.mtimeNs) ? undefined : 'size or mtime differ';
+      return existing.size === BigInt(node.size ?? 0) && sameTimeNs(existing.mtimeNs, node.mtimeNs) ? undefined : 'size or mtime differ';
     }
     if (node.type === 'symlink') return (await readlink(final, { encoding: 'buffer' })).equals(linkTargetBytes(node)) ? undefined : 'link target differs';
     if ((node.type === 'blockdev' || node.type === 'chardev') && BigInt(node.rdev ?? 0) !== existing.rdev) return 'device number differs';
@@ -1322,7 +1322,7 @@ export async function restore(repo: Repository, source: Snapshot | string, targe
     const out: string[] = [];
     if (node.type !== 'symlink' && Number(st.mode & 0o7777n) !== (node.mode & 0o7777)) out.push('mode');
     if (isRoot && (Number(st.uid) !== node.uid || Number(st.gid) !== node.gid)) out.push('owner');
-    if (st.mtimeNs !== BigInt(node.mtimeNs)) out.push('mtime');
+    if (!sameTimeNs(st.mtimeNs, node.mtimeNs)) out.push('mtime');
     if (node.xattrs?.length) {
       let have: Map<string, string> | undefined;
       try {

@@ -3,7 +3,8 @@
 // ACLs are the xattrs system.posix_acl_*), device nodes, FIFOs, Unix socket files and the
 // SEEK_DATA/SEEK_HOLE walk of sparse files. Plain C against node_api.h only (ABI-stable N-API,
 // no C++ and no npm dependencies), so `npm ci` builds it with the machine's compiler and
-// Node's headers and the result loads on any later Node.js.
+// Node's headers and the result loads on any later Node.js. It is optional: without it Coffer
+// runs on node:fs alone, with less fidelity (src/sources/native.ts says what is lost).
 //
 // Every function is one synchronous system call on a path (never following a final symlink
 // where that matters) or a file descriptor. Failures throw an Error shaped like Node's own:
@@ -11,6 +12,12 @@
 // .syscall, .path and .description (strerror), so that src/sources/native.ts can map errno
 // values the way node:fs errors are mapped. Paths and xattr names may be strings (UTF-8) or
 // Buffers (any bytes but NUL).
+//
+// Defensive by rule, as this code runs inside the agent on every protected host: every N-API
+// call's status is checked (CHECK below: a failure throws and the function returns NULL), and
+// every number from JavaScript is range-checked before it becomes a C type (get_int64_in: a
+// RangeError, code ERR_OUT_OF_RANGE, names the argument and its range). The tests run once per
+// CI run against a build with AddressSanitizer (scripts/build-native-asan.ts).
 
 #define _GNU_SOURCE
 #define NAPI_VERSION 8
@@ -18,6 +25,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -36,6 +44,41 @@
 #ifndef ENOATTR
 #define ENOATTR ENODATA
 #endif
+
+// ---- N-API status checks -----------------------------------------------------------------------
+
+// Checks the status of a napi_throw_*: it fails only when an exception is pending already (which
+// then propagates) or the engine is out of memory; returning to JavaScript with neither a value
+// nor an exception would hide the failure, so that last case stops the process.
+static void thrown(napi_env env, napi_status s) {
+  bool pending = false;
+  if (s == napi_ok || (napi_is_exception_pending(env, &pending) == napi_ok && pending)) return;
+  napi_fatal_error("coffer_native", NAPI_AUTO_LENGTH, "cannot throw an exception", NAPI_AUTO_LENGTH);
+}
+
+// Throws an Error (code NAPI_ERROR) for a failed N-API call, unless an exception is pending
+// already (the call ran JavaScript that threw, or an earlier step threw). Must run right after
+// the failed call: N-API keeps the last error's details only until the next call.
+static void throw_napi_failure(napi_env env, const char *call) {
+  const napi_extended_error_info *info = NULL;
+  char msg[256];
+  const char *said = napi_get_last_error_info(env, &info) == napi_ok && info != NULL && info->error_message != NULL ? info->error_message : "unknown error";
+  snprintf(msg, sizeof msg, "coffer_native: %s failed: %s", call, said);
+  bool pending = false;
+  if (napi_is_exception_pending(env, &pending) == napi_ok && pending) return;
+  thrown(env, napi_throw_error(env, "NAPI_ERROR", msg));
+}
+
+// Evaluates an N-API call; on failure throws and returns NULL (CHECK) or `ret` (CHECK_OR) from
+// the calling function.
+#define CHECK_OR(env, call, ret)                 \
+  do {                                           \
+    if ((call) != napi_ok) {                     \
+      throw_napi_failure((env), #call);          \
+      return ret;                                \
+    }                                            \
+  } while (0)
+#define CHECK(env, call) CHECK_OR(env, call, NULL)
 
 // errno names, so JS sees the same .code strings that node:fs errors carry. Numbers differ
 // between architectures, names do not.
@@ -56,7 +99,15 @@ static const char *errno_name(int e) {
   }
 }
 
-// An errno Error shaped like node:fs's; NULL (with an exception pending) when out of memory.
+// Sets a string property; 0 with an exception pending on failure.
+static int set_string(napi_env env, napi_value obj, const char *key, const char *value) {
+  napi_value v;
+  CHECK_OR(env, napi_create_string_utf8(env, value, NAPI_AUTO_LENGTH, &v), 0);
+  CHECK_OR(env, napi_set_named_property(env, obj, key, v), 0);
+  return 1;
+}
+
+// An errno Error shaped like node:fs's; NULL (with an exception pending) on failure.
 static napi_value make_errno_error(napi_env env, int err, const char *syscall, const char *path) {
   char codebuf[24];
   const char *code = errno_name(err);
@@ -66,48 +117,48 @@ static napi_value make_errno_error(napi_env env, int err, const char *syscall, c
   }
   // ENOTSUP and EOPNOTSUPP are one value on Linux; report the name node:fs uses for it.
   if (err == EOPNOTSUPP) code = "ENOTSUP";
-  size_t len = strlen(code) + strlen(strerror(err)) + strlen(syscall) + (path ? strlen(path) : 0) + 16;
+  const char *said = strerror(err);
+  size_t len = strlen(code) + strlen(said) + strlen(syscall) + (path ? strlen(path) : 0) + 16;
   char *msg = malloc(len);
   if (msg == NULL) {
-    napi_throw_error(env, "ENOMEM", "out of memory");
+    thrown(env, napi_throw_error(env, "ENOMEM", "out of memory"));
     return NULL;
   }
-  if (path) snprintf(msg, len, "%s: %s, %s '%s'", code, strerror(err), syscall, path);
-  else snprintf(msg, len, "%s: %s, %s", code, strerror(err), syscall);
+  if (path) snprintf(msg, len, "%s: %s, %s '%s'", code, said, syscall, path);
+  else snprintf(msg, len, "%s: %s, %s", code, said, syscall);
   napi_value jcode, jmsg, error, v;
-  napi_create_string_utf8(env, code, NAPI_AUTO_LENGTH, &jcode);
-  napi_create_string_utf8(env, msg, NAPI_AUTO_LENGTH, &jmsg);
-  free(msg);
-  napi_create_error(env, jcode, jmsg, &error);
-  napi_create_int32(env, -err, &v);
-  napi_set_named_property(env, error, "errno", v);
-  napi_create_string_utf8(env, strerror(err), NAPI_AUTO_LENGTH, &v);
-  napi_set_named_property(env, error, "description", v);
-  napi_create_string_utf8(env, syscall, NAPI_AUTO_LENGTH, &v);
-  napi_set_named_property(env, error, "syscall", v);
-  if (path) {
-    napi_create_string_utf8(env, path, NAPI_AUTO_LENGTH, &v);
-    napi_set_named_property(env, error, "path", v);
+  if (napi_create_string_utf8(env, code, NAPI_AUTO_LENGTH, &jcode) != napi_ok ||
+      napi_create_string_utf8(env, msg, NAPI_AUTO_LENGTH, &jmsg) != napi_ok) {
+    throw_napi_failure(env, "napi_create_string_utf8");
+    free(msg);
+    return NULL;
   }
+  free(msg);
+  CHECK(env, napi_create_error(env, jcode, jmsg, &error));
+  CHECK(env, napi_create_int32(env, -err, &v));
+  CHECK(env, napi_set_named_property(env, error, "errno", v));
+  if (!set_string(env, error, "description", said)) return NULL;
+  if (!set_string(env, error, "syscall", syscall)) return NULL;
+  if (path && !set_string(env, error, "path", path)) return NULL;
   return error;
 }
 
 // Throws an errno Error; returns NULL so callers can `return throw_errno(...)`.
 static napi_value throw_errno(napi_env env, int err, const char *syscall, const char *path) {
   napi_value error = make_errno_error(env, err, syscall, path);
-  if (error != NULL) napi_throw(env, error);
+  if (error != NULL) thrown(env, napi_throw(env, error));
   return NULL;
 }
 
 static napi_value throw_type(napi_env env, const char *msg) {
-  napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", msg);
+  thrown(env, napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", msg));
   return NULL;
 }
 
-// Reads argc arguments; throws unless exactly `want` were given.
+// Reads argc arguments; throws unless at least `want` were given.
 static int get_args(napi_env env, napi_callback_info info, size_t want, napi_value *argv) {
   size_t argc = want;
-  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok) return 0;
+  CHECK_OR(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL), 0);
   if (argc < want) {
     throw_type(env, "coffer_native: too few arguments");
     return 0;
@@ -119,14 +170,20 @@ static int get_args(napi_env env, napi_callback_info info, size_t want, napi_val
 // carry names that are not valid UTF-8; an embedded NUL could never name a file, so refuse it.
 static char *get_bytes(napi_env env, napi_value v, const char *what) {
   napi_valuetype t;
-  napi_typeof(env, v, &t);
+  CHECK(env, napi_typeof(env, v, &t));
   if (t == napi_string) {
     size_t len;
-    napi_get_value_string_utf8(env, v, NULL, 0, &len);
+    CHECK(env, napi_get_value_string_utf8(env, v, NULL, 0, &len));
+    if (len == SIZE_MAX) return (char *)throw_errno(env, ENOMEM, "malloc", NULL);
     char *s = malloc(len + 1);
     if (s == NULL) return (char *)throw_errno(env, ENOMEM, "malloc", NULL);
-    napi_get_value_string_utf8(env, v, s, len + 1, &len);
-    if (strlen(s) != len) {
+    size_t got;
+    if (napi_get_value_string_utf8(env, v, s, len + 1, &got) != napi_ok) {
+      free(s);
+      throw_napi_failure(env, "napi_get_value_string_utf8");
+      return NULL;
+    }
+    if (got != len || strlen(s) != len) {
       free(s);
       throw_type(env, what);
       return NULL;
@@ -134,18 +191,19 @@ static char *get_bytes(napi_env env, napi_value v, const char *what) {
     return s;
   }
   bool is_buffer = false;
-  napi_is_buffer(env, v, &is_buffer);
+  CHECK(env, napi_is_buffer(env, v, &is_buffer));
   if (is_buffer) {
     void *data;
     size_t len;
-    napi_get_buffer_info(env, v, &data, &len);
-    if (memchr(data, 0, len) != NULL) {
+    CHECK(env, napi_get_buffer_info(env, v, &data, &len));
+    if (len == SIZE_MAX) return (char *)throw_errno(env, ENOMEM, "malloc", NULL);
+    if (len > 0 && memchr(data, 0, len) != NULL) {
       throw_type(env, what);
       return NULL;
     }
     char *s = malloc(len + 1);
     if (s == NULL) return (char *)throw_errno(env, ENOMEM, "malloc", NULL);
-    memcpy(s, data, len);
+    if (len > 0) memcpy(s, data, len);
     s[len] = 0;
     return s;
   }
@@ -153,38 +211,70 @@ static char *get_bytes(napi_env env, napi_value v, const char *what) {
   return NULL;
 }
 
-// An integer argument given as a Number (must be an exact integer) or a BigInt.
-static int get_int64(napi_env env, napi_value v, int64_t *out, const char *what) {
+// An integer argument given as a Number (must be an exact integer) or a BigInt, in int64_t's
+// range; 0 with a TypeError pending otherwise.
+static int get_int64(napi_env env, napi_value v, int64_t *out, const char *name) {
   napi_valuetype t;
-  napi_typeof(env, v, &t);
+  CHECK_OR(env, napi_typeof(env, v, &t), 0);
   if (t == napi_bigint) {
     bool lossless;
-    napi_get_value_bigint_int64(env, v, out, &lossless);
+    CHECK_OR(env, napi_get_value_bigint_int64(env, v, out, &lossless), 0);
     if (lossless) return 1;
   } else if (t == napi_number) {
     double d;
-    napi_get_value_double(env, v, &d);
+    CHECK_OR(env, napi_get_value_double(env, v, &d), 0);
     // Range first (NaN fails it too): casting a double outside int64_t's range is undefined.
     if (d >= -9223372036854775808.0 && d < 9223372036854775808.0 && d == (double)(int64_t)d) {
       *out = (int64_t)d;
       return 1;
     }
   }
-  throw_type(env, what);
+  char msg[128];
+  snprintf(msg, sizeof msg, "%s must be an integer (a Number or a BigInt in the 64-bit range)", name);
+  throw_type(env, msg);
   return 0;
+}
+
+// An integer argument in [min, max], the range of the C value it becomes; a RangeError (code
+// ERR_OUT_OF_RANGE) that names the argument and the range when it is outside.
+static int get_int64_in(napi_env env, napi_value v, int64_t *out, int64_t min, int64_t max, const char *name) {
+  if (!get_int64(env, v, out, name)) return 0;
+  if (*out >= min && *out <= max) return 1;
+  char msg[160];
+  snprintf(msg, sizeof msg, "%s must be in %lld..%lld, got %lld", name, (long long)min, (long long)max, (long long)*out);
+  thrown(env, napi_throw_range_error(env, "ERR_OUT_OF_RANGE", msg));
+  return 0;
+}
+
+// A boolean argument (no coercion: a wrong type must not silently mean false).
+static int get_bool(napi_env env, napi_value v, bool *out, const char *name) {
+  napi_valuetype t;
+  CHECK_OR(env, napi_typeof(env, v, &t), 0);
+  if (t != napi_boolean) {
+    char msg[96];
+    snprintf(msg, sizeof msg, "%s must be a boolean", name);
+    throw_type(env, msg);
+    return 0;
+  }
+  CHECK_OR(env, napi_get_value_bool(env, v, out), 0);
+  return 1;
 }
 
 static napi_value make_number(napi_env env, double d) {
   napi_value v;
-  napi_create_double(env, d, &v);
+  CHECK(env, napi_create_double(env, d, &v));
   return v;
 }
 
 static napi_value make_undefined(napi_env env) {
   napi_value v;
-  napi_get_undefined(env, &v);
+  CHECK(env, napi_get_undefined(env, &v));
   return v;
 }
+
+// The range of time_t (64 bits on every Linux that Node.js 24 runs on; 32 on old 32-bit ABIs).
+#define TIME_T_MIN (sizeof(time_t) >= 8 ? INT64_MIN : (int64_t)INT32_MIN)
+#define TIME_T_MAX (sizeof(time_t) >= 8 ? INT64_MAX : (int64_t)INT32_MAX)
 
 // utimensat(path, atimeSec, atimeNsec, mtimeSec, mtimeNsec, nofollow): seconds as Number or
 // BigInt (times before 1970 are negative seconds with a non-negative nanosecond part).
@@ -193,12 +283,11 @@ static napi_value js_utimensat(napi_env env, napi_callback_info info) {
   if (!get_args(env, info, 6, argv)) return NULL;
   int64_t as, an, ms, mn;
   bool nofollow = false;
-  if (!get_int64(env, argv[1], &as, "atimeSec must be an integer")) return NULL;
-  if (!get_int64(env, argv[2], &an, "atimeNsec must be an integer")) return NULL;
-  if (!get_int64(env, argv[3], &ms, "mtimeSec must be an integer")) return NULL;
-  if (!get_int64(env, argv[4], &mn, "mtimeNsec must be an integer")) return NULL;
-  if (an < 0 || an > 999999999 || mn < 0 || mn > 999999999) return throw_type(env, "nanoseconds must be in 0..999999999");
-  napi_get_value_bool(env, argv[5], &nofollow);
+  if (!get_int64_in(env, argv[1], &as, TIME_T_MIN, TIME_T_MAX, "atimeSec")) return NULL;
+  if (!get_int64_in(env, argv[2], &an, 0, 999999999, "atimeNsec")) return NULL;
+  if (!get_int64_in(env, argv[3], &ms, TIME_T_MIN, TIME_T_MAX, "mtimeSec")) return NULL;
+  if (!get_int64_in(env, argv[4], &mn, 0, 999999999, "mtimeNsec")) return NULL;
+  if (!get_bool(env, argv[5], &nofollow, "nofollow")) return NULL;
   char *path = get_bytes(env, argv[0], "path must be a string or Buffer without NUL");
   if (path == NULL) return NULL;
   struct timespec ts[2] = {{.tv_sec = (time_t)as, .tv_nsec = (long)an}, {.tv_sec = (time_t)ms, .tv_nsec = (long)mn}};
@@ -239,12 +328,32 @@ static napi_value js_lgetxattr(napi_env env, napi_callback_info info) {
       result = throw_errno(env, err, "lgetxattr", path);
       break;
     }
-    napi_create_buffer_copy(env, (size_t)got, buf, NULL, &result);
+    if (napi_create_buffer_copy(env, (size_t)got, buf, NULL, &result) != napi_ok) {
+      throw_napi_failure(env, "napi_create_buffer_copy");
+      result = NULL;
+    }
     free(buf);
     break;
   }
   free(name);
   free(path);
+  return result;
+}
+
+// The names in an llistxattr list of `got` bytes as an array of Buffers; NULL after throwing.
+static napi_value xattr_names(napi_env env, const char *buf, ssize_t got) {
+  napi_value result;
+  CHECK(env, napi_create_array(env, &result));
+  uint32_t n = 0;
+  for (ssize_t i = 0; i < got;) {
+    size_t len = strnlen(buf + i, (size_t)(got - i));
+    if (len > 0) {
+      napi_value name;
+      CHECK(env, napi_create_buffer_copy(env, len, buf + i, NULL, &name));
+      CHECK(env, napi_set_element(env, result, n++, name));
+    }
+    i += (ssize_t)len + 1;
+  }
   return result;
 }
 
@@ -274,17 +383,7 @@ static napi_value js_llistxattr(napi_env env, napi_callback_info info) {
       result = throw_errno(env, err, "llistxattr", path);
       break;
     }
-    napi_create_array(env, &result);
-    uint32_t n = 0;
-    for (ssize_t i = 0; i < got;) {
-      size_t len = strnlen(buf + i, (size_t)(got - i));
-      if (len > 0) {
-        napi_value name;
-        napi_create_buffer_copy(env, len, buf + i, NULL, &name);
-        napi_set_element(env, result, n++, name);
-      }
-      i += (ssize_t)len + 1;
-    }
+    result = xattr_names(env, buf, got);
     free(buf);
     break;
   }
@@ -297,13 +396,13 @@ static napi_value js_lsetxattr(napi_env env, napi_callback_info info) {
   napi_value argv[4];
   if (!get_args(env, info, 4, argv)) return NULL;
   bool is_buffer = false;
-  napi_is_buffer(env, argv[2], &is_buffer);
+  CHECK(env, napi_is_buffer(env, argv[2], &is_buffer));
   if (!is_buffer) return throw_type(env, "value must be a Buffer");
   int64_t flags;
-  if (!get_int64(env, argv[3], &flags, "flags must be an integer")) return NULL;
+  if (!get_int64_in(env, argv[3], &flags, 0, XATTR_CREATE | XATTR_REPLACE, "flags")) return NULL;
   void *data;
   size_t len;
-  napi_get_buffer_info(env, argv[2], &data, &len);
+  CHECK(env, napi_get_buffer_info(env, argv[2], &data, &len));
   char *path = get_bytes(env, argv[0], "path must be a string or Buffer without NUL");
   if (path == NULL) return NULL;
   char *name = get_bytes(env, argv[1], "name must be a string or Buffer without NUL");
@@ -335,13 +434,17 @@ static napi_value js_lremovexattr(napi_env env, napi_callback_info info) {
   return result;
 }
 
+// A mode with the file type bits (S_IFMT) and permissions: what mknod takes.
+#define MODE_MAX ((int64_t)(S_IFMT | 07777))
+
 // mknod(path, mode, dev): mode includes the file type (S_IFCHR, S_IFBLK, ...); the umask applies.
 static napi_value js_mknod(napi_env env, napi_callback_info info) {
   napi_value argv[3];
   if (!get_args(env, info, 3, argv)) return NULL;
   int64_t mode, dev;
-  if (!get_int64(env, argv[1], &mode, "mode must be an integer")) return NULL;
-  if (!get_int64(env, argv[2], &dev, "dev must be an integer")) return NULL;
+  if (!get_int64_in(env, argv[1], &mode, 0, MODE_MAX, "mode")) return NULL;
+  // dev_t is unsigned 64-bit; Linux's device numbers use 32 of them (12 major + 20 minor bits).
+  if (!get_int64_in(env, argv[2], &dev, 0, INT64_MAX, "dev")) return NULL;
   char *path = get_bytes(env, argv[0], "path must be a string or Buffer without NUL");
   if (path == NULL) return NULL;
   int r = mknod(path, (mode_t)mode, (dev_t)dev);
@@ -354,7 +457,7 @@ static napi_value js_mkfifo(napi_env env, napi_callback_info info) {
   napi_value argv[2];
   if (!get_args(env, info, 2, argv)) return NULL;
   int64_t mode;
-  if (!get_int64(env, argv[1], &mode, "mode must be an integer")) return NULL;
+  if (!get_int64_in(env, argv[1], &mode, 0, 07777, "mode")) return NULL;
   char *path = get_bytes(env, argv[0], "path must be a string or Buffer without NUL");
   if (path == NULL) return NULL;
   int r = mkfifo(path, (mode_t)mode);
@@ -362,7 +465,6 @@ static napi_value js_mkfifo(napi_env env, napi_callback_info info) {
   free(path);
   return result;
 }
-
 // mksock(path): creates a Unix socket file by binding a socket to the path and closing it (the
 // file stays). sun_path holds only 107 bytes, so a longer path is bound through
 // /proc/self/fd/<dir>/<name> with the parent directory opened O_PATH, which changes no process
@@ -412,8 +514,8 @@ static napi_value do_seek(napi_env env, napi_callback_info info, int whence, con
   napi_value argv[2];
   if (!get_args(env, info, 2, argv)) return NULL;
   int64_t fd, offset;
-  if (!get_int64(env, argv[0], &fd, "fd must be an integer")) return NULL;
-  if (!get_int64(env, argv[1], &offset, "offset must be an integer")) return NULL;
+  if (!get_int64_in(env, argv[0], &fd, 0, INT_MAX, "fd")) return NULL;
+  if (!get_int64_in(env, argv[1], &offset, 0, sizeof(off_t) >= 8 ? INT64_MAX : (int64_t)INT32_MAX, "offset")) return NULL;
   off_t here = lseek((int)fd, 0, SEEK_CUR);
   if (here < 0) return throw_errno(env, errno, "lseek", NULL);
   off_t r = lseek((int)fd, (off_t)offset, whence);
@@ -438,21 +540,27 @@ static napi_value js_makedev(napi_env env, napi_callback_info info) {
   napi_value argv[2];
   if (!get_args(env, info, 2, argv)) return NULL;
   int64_t ma, mi;
-  if (!get_int64(env, argv[0], &ma, "major must be an integer")) return NULL;
-  if (!get_int64(env, argv[1], &mi, "minor must be an integer")) return NULL;
-  if (ma < 0 || ma > 0xffffffffLL || mi < 0 || mi > 0xffffffffLL) return throw_type(env, "major and minor must be 32-bit");
-  return make_number(env, (double)makedev((unsigned)ma, (unsigned)mi));
+  if (!get_int64_in(env, argv[0], &ma, 0, UINT32_MAX, "major")) return NULL;
+  if (!get_int64_in(env, argv[1], &mi, 0, UINT32_MAX, "minor")) return NULL;
+  dev_t dev = makedev((unsigned)ma, (unsigned)mi);
+  // A Number holds integers exactly up to 2^53; Linux's own numbers use 32 bits.
+  if (dev > (dev_t)9007199254740991ULL) {
+    thrown(env, napi_throw_range_error(env, "ERR_OUT_OF_RANGE", "major and minor give a device number beyond 2^53, which a Number cannot hold"));
+    return NULL;
+  }
+  return make_number(env, (double)dev);
 }
 
 static napi_value js_splitdev(napi_env env, napi_callback_info info) {
   napi_value argv[1];
   if (!get_args(env, info, 1, argv)) return NULL;
   int64_t dev;
-  if (!get_int64(env, argv[0], &dev, "dev must be an integer")) return NULL;
-  napi_value result;
-  napi_create_array_with_length(env, 2, &result);
-  napi_set_element(env, result, 0, make_number(env, major((dev_t)dev)));
-  napi_set_element(env, result, 1, make_number(env, minor((dev_t)dev)));
+  if (!get_int64_in(env, argv[0], &dev, 0, INT64_MAX, "dev")) return NULL;
+  napi_value result, ma, mi;
+  if ((ma = make_number(env, major((dev_t)dev))) == NULL || (mi = make_number(env, minor((dev_t)dev))) == NULL) return NULL;
+  CHECK(env, napi_create_array_with_length(env, 2, &result));
+  CHECK(env, napi_set_element(env, result, 0, ma));
+  CHECK(env, napi_set_element(env, result, 1, mi));
   return result;
 }
 
@@ -537,7 +645,7 @@ static void scan_execute(napi_env env, void *data) {
     }
     if (d->d_name[0] == '.' && (d->d_name[1] == 0 || (d->d_name[1] == '.' && d->d_name[2] == 0))) continue;
     if (job->count == cap) {
-      scan_name *more = realloc(job->names, 2 * cap * sizeof *job->names);
+      scan_name *more = cap <= SIZE_MAX / 2 / sizeof *job->names ? realloc(job->names, 2 * cap * sizeof *job->names) : NULL;
       if (more == NULL) {
         job->err = ENOMEM;
         job->syscall = "malloc";
@@ -615,39 +723,62 @@ static void scan_free(scan_job *job) {
   free(job);
 }
 
-static void scan_complete(napi_env env, napi_status status, void *data) {
-  scan_job *job = data;
+// The arguments for a successful scan's callback: the names back to back and the stats array.
+// 0 with an exception pending on failure.
+static int scan_results(napi_env env, scan_job *job, napi_value *names, napi_value *stats) {
+  size_t total = 0;
+  for (size_t i = 0; i < job->count; i++) total += job->names[i].len + 1;
+  void *bytes;
+  CHECK_OR(env, napi_create_buffer(env, total, &bytes, names), 0);
+  char *at = bytes;
+  for (size_t i = 0; i < job->count; i++) {
+    memcpy(at, job->names[i].name, job->names[i].len + 1);
+    at += job->names[i].len + 1;
+  }
+  void *data;
+  napi_value ab;
+  size_t n = job->count * SCAN_FIELDS;
+  CHECK_OR(env, napi_create_arraybuffer(env, n * sizeof(int64_t), &data, &ab), 0);
+  if (n) memcpy(data, job->stats, n * sizeof(int64_t));
+  CHECK_OR(env, napi_create_typedarray(env, napi_bigint64_array, n, ab, 0, stats), 0);
+  return 1;
+}
+
+// Calls the callback with (error) or (null, names, stats); returns with an exception pending
+// when that fails (or the callback threw), which Node reports as uncaught.
+static void scan_deliver(napi_env env, napi_status status, scan_job *job) {
   napi_value callback, global, argv[3], result;
-  napi_get_reference_value(env, job->callback, &callback);
-  napi_get_global(env, &global);
-  napi_get_null(env, &argv[0]);
   size_t argc = 1;
+  if (napi_get_reference_value(env, job->callback, &callback) != napi_ok) {
+    throw_napi_failure(env, "napi_get_reference_value");
+    return;
+  }
+  if (napi_get_global(env, &global) != napi_ok) {
+    throw_napi_failure(env, "napi_get_global");
+    return;
+  }
   if (status != napi_ok) {
-    argv[0] = make_errno_error(env, ECANCELED, "scandir", job->path);
+    if ((argv[0] = make_errno_error(env, ECANCELED, "scandir", job->path)) == NULL) return;
   } else if (job->err != 0) {
-    argv[0] = make_errno_error(env, job->err, job->syscall, job->path);
+    if ((argv[0] = make_errno_error(env, job->err, job->syscall, job->path)) == NULL) return;
   } else {
-    size_t total = 0;
-    for (size_t i = 0; i < job->count; i++) total += job->names[i].len + 1;
-    void *bytes;
-    napi_create_buffer(env, total, &bytes, &argv[1]);
-    char *at = bytes;
-    for (size_t i = 0; i < job->count; i++) {
-      memcpy(at, job->names[i].name, job->names[i].len + 1);
-      at += job->names[i].len + 1;
+    if (napi_get_null(env, &argv[0]) != napi_ok) {
+      throw_napi_failure(env, "napi_get_null");
+      return;
     }
-    void *stats;
-    napi_value ab;
-    size_t n = job->count * SCAN_FIELDS;
-    napi_create_arraybuffer(env, n * sizeof(int64_t), &stats, &ab);
-    if (n) memcpy(stats, job->stats, n * sizeof(int64_t));
-    napi_create_typedarray(env, napi_bigint64_array, n, ab, 0, &argv[2]);
+    if (!scan_results(env, job, &argv[1], &argv[2])) return;
     argc = 3;
   }
-  if (argv[0] == NULL) napi_get_null(env, &argv[0]);
-  napi_call_function(env, global, callback, argc, argv, &result);
-  napi_delete_reference(env, job->callback);
-  napi_delete_async_work(env, job->work);
+  if (napi_call_function(env, global, callback, argc, argv, &result) != napi_ok) throw_napi_failure(env, "napi_call_function");
+}
+
+static void scan_complete(napi_env env, napi_status status, void *data) {
+  scan_job *job = data;
+  scan_deliver(env, status, job);
+  napi_status s = napi_delete_reference(env, job->callback);
+  if (s != napi_ok) throw_napi_failure(env, "napi_delete_reference");
+  s = napi_delete_async_work(env, job->work);
+  if (s != napi_ok) throw_napi_failure(env, "napi_delete_async_work");
   scan_free(job);
 }
 
@@ -655,7 +786,7 @@ static napi_value js_scanDir(napi_env env, napi_callback_info info) {
   napi_value argv[2];
   if (!get_args(env, info, 2, argv)) return NULL;
   napi_valuetype t;
-  napi_typeof(env, argv[1], &t);
+  CHECK(env, napi_typeof(env, argv[1], &t));
   if (t != napi_function) return throw_type(env, "callback must be a function");
   char *path = get_bytes(env, argv[0], "path must be a string or Buffer without NUL bytes");
   if (path == NULL) return NULL;
@@ -666,13 +797,28 @@ static napi_value js_scanDir(napi_env env, napi_callback_info info) {
   }
   job->path = path;
   napi_value name;
-  napi_create_string_utf8(env, "coffer:scanDir", NAPI_AUTO_LENGTH, &name);
-  napi_create_reference(env, argv[1], 1, &job->callback);
-  if (napi_create_async_work(env, NULL, name, scan_execute, scan_complete, job, &job->work) != napi_ok ||
-      napi_queue_async_work(env, job->work) != napi_ok) {
-    napi_delete_reference(env, job->callback);
+  if (napi_create_string_utf8(env, "coffer:scanDir", NAPI_AUTO_LENGTH, &name) != napi_ok) {
+    throw_napi_failure(env, "napi_create_string_utf8");
     scan_free(job);
-    return throw_errno(env, ENOMEM, "napi_queue_async_work", NULL);
+    return NULL;
+  }
+  if (napi_create_reference(env, argv[1], 1, &job->callback) != napi_ok) {
+    throw_napi_failure(env, "napi_create_reference");
+    scan_free(job);
+    return NULL;
+  }
+  if (napi_create_async_work(env, NULL, name, scan_execute, scan_complete, job, &job->work) != napi_ok) {
+    throw_napi_failure(env, "napi_create_async_work");
+    if (napi_delete_reference(env, job->callback) != napi_ok) throw_napi_failure(env, "napi_delete_reference");
+    scan_free(job);
+    return NULL;
+  }
+  if (napi_queue_async_work(env, job->work) != napi_ok) {
+    throw_napi_failure(env, "napi_queue_async_work");
+    if (napi_delete_async_work(env, job->work) != napi_ok) throw_napi_failure(env, "napi_delete_async_work");
+    if (napi_delete_reference(env, job->callback) != napi_ok) throw_napi_failure(env, "napi_delete_reference");
+    scan_free(job);
+    return NULL;
   }
   return make_undefined(env);
 }
@@ -681,13 +827,13 @@ static napi_value js_scanDir(napi_env env, napi_callback_info info) {
 // it into the page cache and returns. A backup worker does this for every file of a batch before
 // reading them one by one, so that a cold disk sees many requests at once instead of one: reading
 // the benchmark data set cold took 16.9 s one file at a time and 5.0 s eight at a time. Advice
-// only: failures are ignored.
+// only: failures (a closed or invalid descriptor) are ignored, a number that is no int is not.
 static napi_value js_willNeed(napi_env env, napi_callback_info info) {
   napi_value argv[1];
   if (!get_args(env, info, 1, argv)) return NULL;
-  int32_t fd;
-  if (napi_get_value_int32(env, argv[0], &fd) != napi_ok) return throw_type(env, "fd must be a number");
-  (void)posix_fadvise(fd, 0, 0, POSIX_FADV_WILLNEED);
+  int64_t fd;
+  if (!get_int64_in(env, argv[0], &fd, INT_MIN, INT_MAX, "fd")) return NULL;
+  (void)posix_fadvise((int)fd, 0, 0, POSIX_FADV_WILLNEED);
   return make_undefined(env);
 }
 
@@ -708,14 +854,24 @@ extern size_t ZSTD_CCtx_setParameter(ZSTD_CCtx *cctx, int param, int value) __at
 extern size_t ZSTD_compress2(ZSTD_CCtx *cctx, void *dst, size_t dstCapacity, const void *src, size_t srcSize) __attribute__((weak));
 extern unsigned ZSTD_isError(size_t code) __attribute__((weak));
 extern const char *ZSTD_getErrorName(size_t code) __attribute__((weak));
+extern int ZSTD_getErrorCode(size_t functionResult) __attribute__((weak));
+extern int ZSTD_minCLevel(void) __attribute__((weak));
+extern int ZSTD_maxCLevel(void) __attribute__((weak));
 extern ZSTD_DCtx *ZSTD_createDCtx(void) __attribute__((weak));
 extern size_t ZSTD_freeDCtx(ZSTD_DCtx *dctx) __attribute__((weak));
 extern size_t ZSTD_decompressDCtx(ZSTD_DCtx *dctx, void *dst, size_t dstCapacity, const void *src, size_t srcSize) __attribute__((weak));
-enum { ZSTD_C_COMPRESSION_LEVEL = 100, ZSTD_C_CHECKSUM_FLAG = 201 };
+extern size_t ZSTD_findFrameCompressedSize(const void *src, size_t srcSize) __attribute__((weak));
+extern unsigned long long ZSTD_getFrameContentSize(const void *src, size_t srcSize) __attribute__((weak));
+// Parameter and error numbers from zstd.h and zstd_errors.h, which pin them down as stable.
+enum { ZSTD_C_COMPRESSION_LEVEL = 100, ZSTD_C_CHECKSUM_FLAG = 201, ZSTD_ERROR_DST_SIZE_TOO_SMALL = 70 };
+#define ZSTD_MAGIC 0xFD2FB528u
+#define ZSTD_CONTENTSIZE_UNKNOWN (0ULL - 1)
+#define ZSTD_CONTENTSIZE_ERROR (0ULL - 2)
 
 static int zstd_present(void) {
-  return ZSTD_createCCtx && ZSTD_freeCCtx && ZSTD_CCtx_setParameter && ZSTD_compress2 &&
-         ZSTD_isError && ZSTD_getErrorName && ZSTD_createDCtx && ZSTD_freeDCtx && ZSTD_decompressDCtx;
+  return ZSTD_createCCtx && ZSTD_freeCCtx && ZSTD_CCtx_setParameter && ZSTD_compress2 && ZSTD_isError &&
+         ZSTD_getErrorName && ZSTD_getErrorCode && ZSTD_minCLevel && ZSTD_maxCLevel && ZSTD_createDCtx &&
+         ZSTD_freeDCtx && ZSTD_decompressDCtx && ZSTD_findFrameCompressedSize && ZSTD_getFrameContentSize;
 }
 
 typedef struct {
@@ -737,7 +893,8 @@ static void zstd_state_free(napi_env env, void *data, void *hint) {
 // This thread's state, created on first use; NULL with an exception pending on failure.
 static zstd_state *zstd_get(napi_env env) {
   void *data = NULL;
-  if (napi_get_instance_data(env, &data) == napi_ok && data != NULL) return data;
+  CHECK(env, napi_get_instance_data(env, &data));
+  if (data != NULL) return data;
   zstd_state *st = calloc(1, sizeof *st);
   if (st == NULL) {
     throw_errno(env, ENOMEM, "malloc", NULL);
@@ -745,28 +902,34 @@ static zstd_state *zstd_get(napi_env env) {
   }
   st->level = INT32_MIN;
   if (napi_set_instance_data(env, st, zstd_state_free, NULL) != napi_ok) {
+    throw_napi_failure(env, "napi_set_instance_data");
     free(st);
-    napi_throw_error(env, "EINVAL", "zstd: cannot keep per-thread state");
     return NULL;
   }
   return st;
 }
 
+static napi_value zstd_throw(napi_env env, const char *code, const char *msg) {
+  thrown(env, napi_throw_error(env, code, msg));
+  return NULL;
+}
+
 static napi_value zstd_error(napi_env env, const char *what, size_t code) {
   char msg[160];
   snprintf(msg, sizeof msg, "zstd %s: %s", what, ZSTD_getErrorName(code));
-  napi_throw_error(env, "ZSTD_ERROR", msg);
-  return NULL;
+  return zstd_throw(env, "ZSTD_ERROR", msg);
 }
 
 // A Uint8Array argument's bytes (any backing store, shared or not); 0 with a TypeError pending.
 static int get_u8(napi_env env, napi_value v, void **data, size_t *len) {
   bool is_ta = false;
-  napi_is_typedarray(env, v, &is_ta);
+  CHECK_OR(env, napi_is_typedarray(env, v, &is_ta), 0);
   napi_typedarray_type tt = napi_int8_array;
-  napi_value ab;
-  size_t off;
-  if (is_ta) napi_get_typedarray_info(env, v, &tt, len, data, &ab, &off);
+  if (is_ta) {
+    napi_value ab;
+    size_t off;
+    CHECK_OR(env, napi_get_typedarray_info(env, v, &tt, len, data, &ab, &off), 0);
+  }
   if (tt != napi_uint8_array) {
     throw_type(env, "data must be a Uint8Array");
     return 0;
@@ -776,7 +939,13 @@ static int get_u8(napi_env env, napi_value v, void **data, size_t *len) {
 
 static napi_value js_zstdAvailable(napi_env env, napi_callback_info info) {
   napi_value v;
-  napi_get_boolean(env, zstd_present(), &v);
+  CHECK(env, napi_get_boolean(env, zstd_present(), &v));
+  return v;
+}
+
+static napi_value make_null(napi_env env) {
+  napi_value v;
+  CHECK(env, napi_get_null(env, &v));
   return v;
 }
 
@@ -789,8 +958,8 @@ static napi_value js_zstdCompress(napi_env env, napi_callback_info info) {
   void *src;
   size_t len;
   if (!get_u8(env, argv[0], &src, &len)) return NULL;
-  int32_t level;
-  if (napi_get_value_int32(env, argv[1], &level) != napi_ok) return throw_type(env, "level must be a number");
+  int64_t level;
+  if (!get_int64_in(env, argv[1], &level, ZSTD_minCLevel(), ZSTD_maxCLevel(), "level")) return NULL;
   zstd_state *st = zstd_get(env);
   if (st == NULL) return NULL;
   if (st->cctx == NULL) {
@@ -799,16 +968,12 @@ static napi_value js_zstdCompress(napi_env env, napi_callback_info info) {
     size_t r = ZSTD_CCtx_setParameter(st->cctx, ZSTD_C_CHECKSUM_FLAG, 0);
     if (ZSTD_isError(r)) return zstd_error(env, "set checksum flag", r);
   }
-  if (st->level != level) {
-    size_t r = ZSTD_CCtx_setParameter(st->cctx, ZSTD_C_COMPRESSION_LEVEL, level);
+  if (st->level != (int)level) {
+    size_t r = ZSTD_CCtx_setParameter(st->cctx, ZSTD_C_COMPRESSION_LEVEL, (int)level);
     if (ZSTD_isError(r)) return zstd_error(env, "set level", r);
-    st->level = level;
+    st->level = (int)level;
   }
-  napi_value out;
-  if (len == 0) {
-    napi_get_null(env, &out);
-    return out;
-  }
+  if (len == 0) return make_null(env);
   // Output that is not smaller than the input is not wanted: a len-1 byte buffer is enough,
   // and zstd stops with dstSize_tooSmall as soon as it would not fit.
   size_t cap = len - 1;
@@ -821,14 +986,12 @@ static napi_value js_zstdCompress(napi_env env, napi_callback_info info) {
   size_t n = ZSTD_compress2(st->cctx, st->out, cap, src, len);
   if (ZSTD_isError(n)) {
     // Too small for the output: the data does not shrink. Anything else is a real error.
-    if (strstr(ZSTD_getErrorName(n), "too small") != NULL) {
-      napi_get_null(env, &out);
-      return out;
-    }
+    if (ZSTD_getErrorCode(n) == ZSTD_ERROR_DST_SIZE_TOO_SMALL) return make_null(env);
     return zstd_error(env, "compress", n);
   }
+  napi_value out;
   void *dst;
-  if (napi_create_buffer_copy(env, n, st->out, &dst, &out) != napi_ok) return NULL;
+  CHECK(env, napi_create_buffer_copy(env, n, st->out, &dst, &out));
   // Keep at most 16 MiB of output buffer between calls (blobs are a few MiB at most).
   if (st->cap > (16u << 20)) {
     free(st->out);
@@ -838,8 +1001,9 @@ static napi_value js_zstdCompress(napi_env env, napi_callback_info info) {
   return out;
 }
 
-// zstdDecompress(data, rawLength): the bytes of the zstd frame(s) in `data`, which must come to
-// exactly rawLength bytes; throws ZSTD_ERROR (bad data, or more) or ZSTD_LENGTH (fewer).
+// zstdDecompress(data, rawLength): the content of the one zstd frame that `data` must be
+// (nothing before or after it, no second frame), which must be exactly rawLength bytes. Throws
+// ZSTD_ERROR for anything else but a wrong length, and ZSTD_LENGTH for that.
 static napi_value js_zstdDecompress(napi_env env, napi_callback_info info) {
   napi_value argv[2];
   if (!get_args(env, info, 2, argv)) return NULL;
@@ -848,11 +1012,27 @@ static napi_value js_zstdDecompress(napi_env env, napi_callback_info info) {
   size_t len;
   if (!get_u8(env, argv[0], &src, &len)) return NULL;
   int64_t want;
-  if (!get_int64(env, argv[1], &want, "rawLength must be an integer")) return NULL;
-  if (want < 0 || want > 0xffffffffLL) return throw_type(env, "rawLength must be 0..2^32-1");
-  if (len == 0) {
-    napi_throw_error(env, "ZSTD_ERROR", "zstd decompress: no frame (empty input)");
-    return NULL;
+  if (!get_int64_in(env, argv[1], &want, 0, 0xffffffffLL, "rawLength")) return NULL;
+  char msg[160];
+  if (len < 4 || ((const unsigned char *)src)[0] != (ZSTD_MAGIC & 0xff) || ((const unsigned char *)src)[1] != ((ZSTD_MAGIC >> 8) & 0xff) ||
+      ((const unsigned char *)src)[2] != ((ZSTD_MAGIC >> 16) & 0xff) || ((const unsigned char *)src)[3] != (ZSTD_MAGIC >> 24)) {
+    snprintf(msg, sizeof msg, "zstd decompress: not a zstd frame (%zu bytes that do not start with its magic number)", len);
+    return zstd_throw(env, "ZSTD_ERROR", msg);
+  }
+  size_t frame = ZSTD_findFrameCompressedSize(src, len);
+  if (ZSTD_isError(frame)) {
+    snprintf(msg, sizeof msg, "zstd decompress: not one whole frame (%s) in %zu bytes", ZSTD_getErrorName(frame), len);
+    return zstd_throw(env, "ZSTD_ERROR", msg);
+  }
+  if (frame != len) {
+    snprintf(msg, sizeof msg, "zstd decompress: %zu bytes follow the frame of %zu bytes (a second frame or trailing garbage)", len - frame, frame);
+    return zstd_throw(env, "ZSTD_ERROR", msg);
+  }
+  unsigned long long content = ZSTD_getFrameContentSize(src, len);
+  if (content == ZSTD_CONTENTSIZE_ERROR) return zstd_throw(env, "ZSTD_ERROR", "zstd decompress: the frame header is invalid");
+  if (content != ZSTD_CONTENTSIZE_UNKNOWN && content != (unsigned long long)want) {
+    snprintf(msg, sizeof msg, "zstd decompress: the frame holds %llu bytes, expected %lld", content, (long long)want);
+    return zstd_throw(env, "ZSTD_LENGTH", msg);
   }
   zstd_state *st = zstd_get(env);
   if (st == NULL) return NULL;
@@ -862,14 +1042,19 @@ static napi_value js_zstdDecompress(napi_env env, napi_callback_info info) {
   }
   napi_value out;
   void *dst;
-  if (napi_create_buffer(env, (size_t)want, &dst, &out) != napi_ok) return NULL;
+  CHECK(env, napi_create_buffer(env, (size_t)want, &dst, &out));
   size_t n = ZSTD_decompressDCtx(st->dctx, dst, (size_t)want, src, len);
-  if (ZSTD_isError(n)) return zstd_error(env, "decompress", n);
+  if (ZSTD_isError(n)) {
+    // Only a frame without a recorded size can expand past rawLength unnoticed until here.
+    if (ZSTD_getErrorCode(n) == ZSTD_ERROR_DST_SIZE_TOO_SMALL) {
+      snprintf(msg, sizeof msg, "zstd decompress: the frame holds more than the %lld bytes expected", (long long)want);
+      return zstd_throw(env, "ZSTD_LENGTH", msg);
+    }
+    return zstd_error(env, "decompress", n);
+  }
   if (n != (size_t)want) {
-    char msg[96];
-    snprintf(msg, sizeof msg, "got %zu bytes, expected %lld", n, (long long)want);
-    napi_throw_error(env, "ZSTD_LENGTH", msg);
-    return NULL;
+    snprintf(msg, sizeof msg, "zstd decompress: got %zu bytes, expected %lld", n, (long long)want);
+    return zstd_throw(env, "ZSTD_LENGTH", msg);
   }
   return out;
 }
@@ -918,33 +1103,21 @@ static napi_value js_zstdDecompressInto(napi_env env, napi_callback_info info) {
   return make_undefined(env);
 }
 
+// Defines a function property.
+#define FN(name) {#name, NULL, js_##name, NULL, NULL, NULL, napi_enumerable, NULL}
+
 NAPI_MODULE_INIT() {
   napi_property_descriptor props[] = {
-    {"utimensat", NULL, js_utimensat, NULL, NULL, NULL, napi_enumerable, NULL},
-    {"lgetxattr", NULL, js_lgetxattr, NULL, NULL, NULL, napi_enumerable, NULL},
-    {"llistxattr", NULL, js_llistxattr, NULL, NULL, NULL, napi_enumerable, NULL},
-    {"lsetxattr", NULL, js_lsetxattr, NULL, NULL, NULL, napi_enumerable, NULL},
-    {"lremovexattr", NULL, js_lremovexattr, NULL, NULL, NULL, napi_enumerable, NULL},
-    {"mknod", NULL, js_mknod, NULL, NULL, NULL, napi_enumerable, NULL},
-    {"mkfifo", NULL, js_mkfifo, NULL, NULL, NULL, napi_enumerable, NULL},
-    {"mksock", NULL, js_mksock, NULL, NULL, NULL, napi_enumerable, NULL},
-    {"seekData", NULL, js_seekData, NULL, NULL, NULL, napi_enumerable, NULL},
-    {"seekHole", NULL, js_seekHole, NULL, NULL, NULL, napi_enumerable, NULL},
-    {"makedev", NULL, js_makedev, NULL, NULL, NULL, napi_enumerable, NULL},
-    {"splitdev", NULL, js_splitdev, NULL, NULL, NULL, napi_enumerable, NULL},
-    {"scanDir", NULL, js_scanDir, NULL, NULL, NULL, napi_enumerable, NULL},
-    {"willNeed", NULL, js_willNeed, NULL, NULL, NULL, napi_enumerable, NULL},
-    {"zstdAvailable", NULL, js_zstdAvailable, NULL, NULL, NULL, napi_enumerable, NULL},
-    {"zstdCompress", NULL, js_zstdCompress, NULL, NULL, NULL, napi_enumerable, NULL},
-    {"zstdDecompress", NULL, js_zstdDecompress, NULL, NULL, NULL, napi_enumerable, NULL},
-    {"zstdDecompressInto", NULL, js_zstdDecompressInto, NULL, NULL, NULL, napi_enumerable, NULL},
+    FN(utimensat), FN(lgetxattr), FN(llistxattr), FN(lsetxattr), FN(lremovexattr), FN(mknod), FN(mkfifo),
+    FN(mksock), FN(seekData), FN(seekHole), FN(makedev), FN(splitdev), FN(scanDir), FN(willNeed),
+    FN(zstdAvailable), FN(zstdCompress), FN(zstdDecompress), FN(zstdDecompressInto),
   };
-  if (napi_define_properties(env, exports, sizeof props / sizeof props[0], props) != napi_ok) return NULL;
+  CHECK(env, napi_define_properties(env, exports, sizeof props / sizeof props[0], props));
   if (!coffer_codec_init(env, exports)) return NULL;
   napi_value flag;
-  napi_create_int32(env, XATTR_CREATE, &flag);
-  napi_set_named_property(env, exports, "XATTR_CREATE", flag);
-  napi_create_int32(env, XATTR_REPLACE, &flag);
-  napi_set_named_property(env, exports, "XATTR_REPLACE", flag);
+  CHECK(env, napi_create_int32(env, XATTR_CREATE, &flag));
+  CHECK(env, napi_set_named_property(env, exports, "XATTR_CREATE", flag));
+  CHECK(env, napi_create_int32(env, XATTR_REPLACE, &flag));
+  CHECK(env, napi_set_named_property(env, exports, "XATTR_REPLACE", flag));
   return exports;
 }

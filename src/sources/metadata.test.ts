@@ -60,11 +60,11 @@ describe('native module', () => {
     assert.equal(loaded.available, false);
     assert.throws(() => loaded.binding.utimensat('/x', 0, 0, 0, 0, true), (e: unknown) => {
       assert.ok(isCofferError(e, 'UNSUPPORTED'));
-      assert.equal(e.message, 'Cannot set exact file times: the native module is not built');
-      assert.match(e.hint ?? '', /npm ci \(needs python3, make and a C compiler\)/);
+      assert.equal(e.message, 'Cannot set exact file times: the native addon is not built (/nonexistent/coffer_native.node is missing)');
+      assert.match(e.hint ?? '', /python3, make and a C compiler .*`npm run build:native`/);
       return true;
     });
-    assert.throws(() => loaded.binding.llistxattr('/x'), /^CofferError: Cannot list extended attributes: the native module is not built$/);
+    assert.throws(() => loaded.binding.llistxattr('/x'), /^CofferError: Cannot list extended attributes: the native addon is not built \(\/nonexistent\/coffer_native.node is missing\)$/);
   });
 
   it('reports a module that is there but cannot be loaded', (t) => {

@@ -6,10 +6,14 @@
 // Restore order matters: writing a file's content and chown() both make the kernel drop
 // security.capability, so restore writes content, then owner, then mode, then xattrs (an ACL
 // brings its own group/mask bits, equal to the saved mode's), and times last.
+//
+// Without the addon (see native.ts), reading xattrs gives none, times are set through node:fs
+// (about a microsecond exact) and a file has no holes, each after the one notice that says so;
+// writing xattrs and creating special files throw UNSUPPORTED, as they would lose data silently.
 
-import { chmodSync } from 'node:fs';
+import { chmodSync, lutimesSync, utimesSync } from 'node:fs';
 import { CofferError } from '../core/errors.ts';
-import { errnoCode, native, nativeError } from './native.ts';
+import { errnoCode, native, nativeAvailable, nativeError, portableNotice } from './native.ts';
 import type { PathArg } from './native.ts';
 
 export type { PathArg } from './native.ts';
@@ -41,8 +45,13 @@ function byNameBytes(a: Xattr, b: Xattr): number {
  * without any stay as small as before. An attribute that cannot be kept (a name that is not
  * valid UTF-8, a read that fails) is reported through `onWarning` and left out; without
  * `onWarning` it throws. An attribute removed between listing and reading is simply skipped.
+ * Without the addon: undefined, after the one notice (portableNotice()).
  */
 export function readXattrs(path: PathArg, onWarning?: (problem: string) => void): Xattr[] | undefined {
+  if (!nativeAvailable()) {
+    portableNotice();
+    return undefined;
+  }
   const n = native();
   let names: Buffer[];
   try {
@@ -133,16 +142,39 @@ function splitNs(ns: string, path: PathArg): [bigint, number] {
 /**
  * Sets modification and access time to the exact nanosecond (atime defaults to mtime). By
  * default acts on `path` itself even when it is a symlink, never on its target (restore must
- * not reach outside the tree it writes); `nofollow: false` follows a final symlink.
+ * not reach outside the tree it writes); `nofollow: false` follows a final symlink. Without the
+ * addon, node:fs sets them from seconds as a double: exact to about a microsecond.
  */
 export function setTimesNs(path: PathArg, node: { mtimeNs: string; atimeNs?: string }, options: { nofollow?: boolean } = {}): void {
   const [ms, mn] = splitNs(node.mtimeNs, path);
   const [as, an] = node.atimeNs === undefined ? [ms, mn] : splitNs(node.atimeNs, path);
   try {
+    if (!nativeAvailable()) {
+      portableNotice();
+      const seconds = (sec: bigint, nsec: number) => Number(sec) + nsec / 1e9;
+      ((options.nofollow ?? true) ? lutimesSync : utimesSync)(path, seconds(as, an), seconds(ms, mn));
+      return;
+    }
     native().utimensat(path, as, an, ms, mn, options.nofollow ?? true);
   } catch (e) {
     throw nativeError(e, `set the times of ${show(path)}`);
   }
+}
+
+/** How far node:fs may set a time off (a double of seconds holds about 240 ns around 2026). */
+const PORTABLE_TIME_SLACK_NS = 1000n;
+
+/**
+ * Whether a file's time `haveNs` (from lstat) is `wantNs` as setTimesNs() sets it: exactly with
+ * the addon, within a microsecond without it. Restore's "unchanged" test uses this, so that
+ * files it restored without the addon are not taken as changed the next time.
+ */
+export function sameTimeNs(haveNs: bigint, wantNs: bigint | string): boolean {
+  const want = BigInt(wantNs);
+  if (haveNs === want) return true;
+  if (nativeAvailable()) return false;
+  const d = haveNs - want;
+  return d < PORTABLE_TIME_SLACK_NS && d > -PORTABLE_TIME_SLACK_NS;
 }
 
 const TYPE_BITS = { blockdev: 0o060000, chardev: 0o020000 } as const;
@@ -193,10 +225,15 @@ const NO_SEEK_SUPPORT = new Set(['EINVAL', 'ENOTSUP', 'ENOSYS']);
  * The data regions [start, end) of the open file `fd` within its first `size` bytes, found with
  * SEEK_DATA/SEEK_HOLE; everything between them reads as zeros. A file system that cannot tell
  * holes (or treats the whole file as data) gives one region [0, size); an empty file gives none.
- * The descriptor's position is left where it was.
+ * The descriptor's position is left where it was. Without the addon: [0, size), after the one
+ * notice.
  */
 export function dataRegions(fd: number, size: number): Array<[start: number, end: number]> {
   if (size <= 0) return [];
+  if (!nativeAvailable()) {
+    portableNotice();
+    return [[0, size]];
+  }
   const n = native();
   const regions: Array<[number, number]> = [];
   let pos = 0;

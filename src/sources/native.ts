@@ -1,14 +1,14 @@
-// Loads the native addon (src/native/coffer_native.c, built by node-gyp into build/Release/ when
-// `npm ci` runs) and maps its errno errors to CofferErrors. When the addon is missing (installed
-// with --ignore-scripts, no compiler, not Linux), loading still succeeds and every function
-// throws UNSUPPORTED instead, so that only the features that need it fail, each with a message
-// that says how to get it.
+// The native addon's file-system functions (src/native/coffer_native.c, loaded by the one loader
+// in engine/addon.ts), with its errno errors mapped to CofferErrors. When the addon is missing
+// (no C compiler at install, COFFER_NATIVE=0, not Linux), loading still succeeds and every
+// function throws UNSUPPORTED instead, so that only the features that need it fail, each with a
+// message that says how to get it; the callers that have a portable fallback use it and print
+// one notice per process (portableNotice()) instead of a warning per file.
 
-import { existsSync } from 'node:fs';
-import { createRequire } from 'node:module';
+import { getEnvironmentData, setEnvironmentData } from 'node:worker_threads';
 import { CofferError } from '../core/errors.ts';
 import type { ErrorCode } from '../core/errors.ts';
-import { NATIVE_MODULE_PATH } from '../engine/addon.ts';
+import { addon, loadAddon, NATIVE_MODULE_PATH } from '../engine/addon.ts';
 
 /** A path as node:fs takes it: a string, or a Buffer for names that are not valid UTF-8. */
 export type PathArg = string | Buffer;
@@ -71,37 +71,21 @@ export interface LoadedNative {
 }
 
 /**
- * Loads the addon from `options.path` (default NATIVE_MODULE_PATH). Never throws: when the
- * addon is missing or broken, the returned binding's functions throw UNSUPPORTED.
+ * Loads the addon from `options.path` (default: the one this process uses, see
+ * engine/addon.ts). Never throws: when the addon is missing or broken, the returned binding's
+ * functions throw UNSUPPORTED.
  */
 export function loadNative(options: { path?: string } = {}): LoadedNative {
-  const path = options.path ?? NATIVE_MODULE_PATH;
-  let state: string;
-  let hint: string;
-  let cause: unknown;
-  if (process.platform !== 'linux') {
-    state = `full file-system fidelity needs Linux, this is ${process.platform}`;
-    hint = 'Times are kept to the precision node:fs offers; extended attributes, ACLs, devices and holes are not backed up or restored here.';
-  } else if (!existsSync(path)) {
-    state = 'the native module is not built';
-    hint = 'Run npm ci (needs python3, make and a C compiler); after changing src/native/, `npm run build:native`.';
-  } else {
-    try {
-      const binding = createRequire(import.meta.url)(path) as NativeBinding;
-      return { binding, available: true };
-    } catch (e) {
-      cause = e;
-      state = `the native module ${path} cannot be loaded (${(e as Error).message})`;
-      hint = 'Rebuild it with `npm run build:native` (needs python3, make and a C compiler).';
-    }
-  }
+  const load = options.path === undefined ? addon() : loadAddon(options.path);
+  if (load.ok) return { binding: load.exports as unknown as NativeBinding, available: true };
+  const { reason, hint, cause, path } = load;
   const stub: Record<string, unknown> = { XATTR_CREATE: 1, XATTR_REPLACE: 2 };
   for (const [name, action] of Object.entries(ACTIONS)) {
     stub[name] = () => {
-      throw new CofferError('UNSUPPORTED', `Cannot ${action}: ${state}`, { hint, cause, details: { module: path } });
+      throw new CofferError('UNSUPPORTED', `Cannot ${action}: ${reason}`, { hint, cause, details: { module: path } });
     };
   }
-  return { binding: stub as unknown as NativeBinding, available: false, reason: state };
+  return { binding: stub as unknown as NativeBinding, available: false, reason };
 }
 
 let loaded: LoadedNative | undefined;
@@ -116,6 +100,35 @@ export function native(): NativeBinding {
 export function nativeAvailable(): boolean {
   loaded ??= loadNative();
   return loaded.available;
+}
+
+/** What a backup or restore without the addon cannot do, for the one notice. */
+export const PORTABLE_LIMITS =
+  'extended attributes and POSIX ACLs are neither backed up nor restored; restored times are exact to about a microsecond, not the nanosecond; ' +
+  'device nodes, FIFOs and socket files are backed up but cannot be restored; holes in sparse files are not found (they are read as zeros); ' +
+  'directory listings, zstd and cold reads are slower';
+
+// Whether the notice was given, shared by every thread of the process: worker threads (the
+// restore writers) get the same memory through their environment data, which the main thread
+// sets when it loads this module, before it starts any worker.
+const NOTICE_KEY = 'coffer:native-notice';
+const noticed = ((): Int32Array => {
+  const have = getEnvironmentData(NOTICE_KEY);
+  if (have instanceof SharedArrayBuffer) return new Int32Array(have);
+  const flag = new SharedArrayBuffer(4);
+  setEnvironmentData(NOTICE_KEY, flag);
+  return new Int32Array(flag);
+})();
+
+/**
+ * Says once per process, on stderr, that the addon is missing, what that costs and how to get
+ * it. Called by each portable fallback the first time it is used; does nothing with the addon.
+ */
+export function portableNotice(): void {
+  if (nativeAvailable() || Atomics.compareExchange(noticed, 0, 0, 1) !== 0) return;
+  const load = addon();
+  const hint = load.ok ? '' : ` ${load.hint}`;
+  process.stderr.write(`coffer: notice: running without the native addon: ${loaded?.reason}. So ${PORTABLE_LIMITS}.${hint}\n`);
 }
 
 /** The errno name (`ENOENT`, ...) of an error thrown by the addon or node:fs, if it has one. */

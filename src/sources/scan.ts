@@ -1,13 +1,14 @@
 // Listing a directory with the status of every entry, for the backup walk. With the native addon
 // one call per directory does the readdir and every lstat on a libuv pool thread (scanDir in
 // coffer_native.c); a walk of 76,000 files and 21,000 directories spent a sixth of its main
-// thread in Node's per-entry lstat promises. Without the addon: readdir plus one lstat each.
+// thread in Node's per-entry lstat promises. Without the addon: readdir plus one lstat each
+// (after the one notice of native.ts).
 
 import type { BigIntStats } from 'node:fs';
 import { lstat, readdir } from 'node:fs/promises';
 import { constants as osConstants } from 'node:os';
 import { getSystemErrorMessage } from 'node:util';
-import { native, nativeAvailable } from './native.ts';
+import { native, nativeAvailable, portableNotice } from './native.ts';
 
 /** What the walk needs of an entry's status: node:fs's BigIntStats, or the addon's. */
 export type EntryStat = Pick<BigIntStats,
@@ -178,7 +179,11 @@ class ArrayListing implements DirListing {
  * cannot be opened or listed; a symlink at `path` is not followed (ELOOP or ENOTDIR).
  */
 export function listDir(path: Buffer, options: { native?: boolean } = {}): Promise<DirListing> {
-  if (options.native === false || !nativeAvailable()) return scanDirPortable(path).then((e) => new ArrayListing(e));
+  if (options.native === false) return scanDirPortable(path).then((e) => new ArrayListing(e));
+  if (!nativeAvailable()) {
+    portableNotice();
+    return scanDirPortable(path).then((e) => new ArrayListing(e));
+  }
   return new Promise((resolve, reject) => {
     native().scanDir(path, (error, names, stats) => {
       if (error) reject(error);
