@@ -169,7 +169,10 @@ export async function readBlobs(
   // would pile up. The range is read straight into such a buffer when the backend can (a local
   // repository): no fresh buffer per request, no copy.
   const buffers = options.buffers;
-  const slabs = buffers?.ranges ?? new SharedSlabs(maxRequest, concurrency + 1);
+  // Without ReadBuffers the slabs live for this call only: as large as its largest request, not
+  // maxRequest (a backup's parent trees come a few KiB per call; an 8 MiB zeroed slab for each
+  // call was most of an incremental backup's time).
+  const slabs = buffers?.ranges ?? new SharedSlabs(Math.max(1, Math.min(maxRequest, requests.reduce((m, r) => Math.max(m, r.end - r.start), 0))), concurrency + 1);
   const sharedCopy = (b: Buffer, into: Uint8Array | undefined): Uint8Array => {
     if (into && b.buffer === into.buffer && b.byteOffset === into.byteOffset) return into;
     const u = into ?? slabs.take(b.length);
