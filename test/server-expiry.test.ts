@@ -18,9 +18,11 @@ const ENV = {
   COFFER_JOB_RETRY_BASE_MS: '300',
   // Every expiry prunes, so that every round can be cut in the middle of a prune.
   COFFER_PRUNE_INTERVAL_MS: '0',
-  // A killed prune's session is stale soon, so the next prune need not wait 15 minutes.
+  // A killed prune's session is stale soon, so the next prune need not wait 15 minutes. Not
+  // sooner: a writer paused for half of it fails its commit (session.ts), and at 1.5 s a busy
+  // machine's pauses of 0.75 s failed a backup in one run of seed 9.
   COFFER_SESSION_HEARTBEAT_MS: '300',
-  COFFER_SESSION_STALE_MS: '1500',
+  COFFER_SESSION_STALE_MS: '3000',
 };
 const IMAGES = 7;
 const ROUNDS = 3;
