@@ -356,7 +356,7 @@ export async function backup(repo: Repository, pool: BackupPool, paths: string[]
     // else one more than the workers that chunk them.
     const readers = Math.max(3, pool.size + 1);
     const largeLimiter = new Limiter(readers);
-    const readSize = Math.max(8 * 1024 * 1024, chunker.maxSize * 2);
+    const readSize = Math.max(4 * 1024 * 1024, chunker.maxSize * 2);
     const zeroChunks = new ZeroChunks(pool, chunker);
     const owners = new OwnerNames();
 
