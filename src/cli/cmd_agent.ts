@@ -16,7 +16,7 @@ export function register(program: Command): void {
     .description('serve the agent protocol on stdin/stdout (started by `coffer server` as its embedded agent)')
     .requiredOption('--state-dir <dir>', 'where the agent keeps its caches')
     .option('--name <name>', 'the client name the agent registers as (default: the host name)')
-    .option('--workers <n>', 'worker threads while jobs run (default: one per core)')
+    .option('--workers <n>', 'worker threads while jobs run (default: one per two cores with the addon\'s encoder, else one per core)')
     .action(async (o: { stateDir: string; name?: string; workers?: string }, cmd: Command) => {
       const [{ AgentRuntime }, { serveAgent }] = await Promise.all([import('../agent/runtime.ts'), import('../agent/serve.ts')]);
       if (output(cmd).json) {

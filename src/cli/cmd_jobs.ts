@@ -32,7 +32,7 @@ export function jobFilterOptions(cmd: Command): Command {
     .option('--state <state>', 'only jobs in this state: queued, running, succeeded, warnings, failed, cancelled, interrupted, missed (repeatable)', collect)
     .option('--client <name>', 'only jobs of this client')
     .option('--policy <name>', 'only jobs of this policy')
-    .option('--kind <kind>', 'only jobs of this kind: backup, restore, expire, reconcile')
+    .option('--kind <kind>', 'only jobs of this kind: backup, restore, duplicate, stage, expire, reconcile, verify, repair, restore-test, lock-extend')
     .option('--limit <n>', 'at most this many, newest first (default 50)');
 }
 

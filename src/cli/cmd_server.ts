@@ -70,7 +70,7 @@ export function register(program: Command): void {
     .option('--data-dir <dir>', 'where the server keeps everything: catalog, keystore, the storage unit "default" (default $COFFER_DATA_DIR, /var/lib/coffer as root, else ~/.local/share/coffer)')
     .option('--listen <host:port>', 'where the API listens', '127.0.0.1:7480')
     .option('--catalog <url>', 'the catalog: a file path (SQLite, default DATA_DIR/catalog.db) or postgres://user@host/db')
-    .option('--workers <n>', 'worker threads of this host\'s agent while jobs run (default: one per core)')
+    .option('--workers <n>', 'worker threads of this host\'s agent while jobs run (default: one per two cores with the addon\'s encoder, else one per core)')
     .option('--max-jobs <n>', 'jobs running at once in all', '16')
     .addHelpText('after', `
 With no options, everything is kept under one data directory: an embedded catalog (SQLite),
