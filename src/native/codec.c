@@ -319,28 +319,22 @@ static napi_value type_error(napi_env env, enc_item *items, enc_job *job, const 
   return NULL;
 }
 
-static int u8_info(napi_env env, napi_value v, unsigned char **data, size_t *len) {
+// A typed array argument of type `want`: its data and element count; 0 if it is not one.
+static int typed_info(napi_env env, napi_value v, napi_typedarray_type want, void **data, size_t *len) {
   bool is = false;
   if (napi_is_typedarray(env, v, &is) != napi_ok || !is) return 0;
   napi_typedarray_type tt;
   napi_value ab;
   size_t off;
-  void *p;
-  if (napi_get_typedarray_info(env, v, &tt, len, &p, &ab, &off) != napi_ok || tt != napi_uint8_array) return 0;
-  *data = p;
-  return 1;
+  return napi_get_typedarray_info(env, v, &tt, len, data, &ab, &off) == napi_ok && tt == want;
+}
+
+static int u8_info(napi_env env, napi_value v, unsigned char **data, size_t *len) {
+  return typed_info(env, v, napi_uint8_array, (void **)data, len);
 }
 
 static int f64_info(napi_env env, napi_value v, double **data, size_t *len) {
-  bool is = false;
-  if (napi_is_typedarray(env, v, &is) != napi_ok || !is) return 0;
-  napi_typedarray_type tt;
-  napi_value ab;
-  size_t off;
-  void *p;
-  if (napi_get_typedarray_info(env, v, &tt, len, &p, &ab, &off) != napi_ok || tt != napi_float64_array) return 0;
-  *data = p;
-  return 1;
+  return typed_info(env, v, napi_float64_array, (void **)data, len);
 }
 
 // encodeBlobs(raws: Uint8Array[], meta: Float64Array, ids: Uint8Array, keys: Uint8Array,
