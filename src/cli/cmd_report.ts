@@ -5,38 +5,17 @@
 // when something does not, so that monitoring can run it; other exit codes are errors.
 
 import type { Command } from 'commander';
+import type { ComplianceReport, ComplianceRow } from '../server/compliance.ts';
 import { EXIT_CODES } from '../core/errors.ts';
 import { output } from './context.ts';
 import { apiFor, apiLine, humanDuration, localTime, serverOption, table } from './remote.ts';
 
-interface Row {
-  policy: string;
-  client: string;
-  status: 'ok' | 'out';
-  problems: string[];
-  lastBackup: { image: string; time: number; ageMs: number } | null;
-  rpoMs: number | null;
-  restoreTest: { job: string; state: string; time: number | null; restoreMs: number | null; passed: boolean; withinRto: boolean | null } | null;
-  rtoMs: number | null;
-}
-
-interface Report {
-  time: number;
-  compliant: boolean;
-  policies: number;
-  clients: number;
-  outOfCompliance: number;
-  rows: Array<Row & Record<string, unknown>>;
-  holds: Array<{ image: string; client: string; policy: string; time: number; reason: string; copies: number }>;
-  holdsTotal: number;
-}
-
-function testText(t: Row['restoreTest']): string {
+function testText(t: ComplianceRow['restoreTest']): string {
   if (!t) return '-';
   return `${localTime(t.time)} ${!t.passed ? 'FAILED' : t.withinRto === false ? 'TOO SLOW' : 'passed'}${t.restoreMs === null ? '' : ` ${humanDuration(t.restoreMs)}`}`;
 }
 
-function human(report: Report, all: boolean): string[] {
+function human(report: ComplianceReport, all: boolean): string[] {
   const shown = all ? report.rows : report.rows.filter((r) => r.status === 'out');
   const lines: string[] = [];
   if (shown.length) {
@@ -68,7 +47,7 @@ export function register(program: Command): void {
     .option('--all', 'list the clients that comply too (default: only those out of compliance)'))
     .action(async (o: { policy?: string; all?: boolean }, cmd: Command) => {
       const out = output(cmd);
-      const r = await apiFor(cmd).request<Report>('GET', '/api/v1/reports/compliance', { query: o.policy === undefined ? {} : { policy: o.policy } });
+      const r = await apiFor(cmd).request<ComplianceReport>('GET', '/api/v1/reports/compliance', { query: o.policy === undefined ? {} : { policy: o.policy } });
       for (const row of r.rows) out.item(apiLine({ type: 'compliance', ...row }));
       for (const h of r.holds) out.item(apiLine({ type: 'held', ...h }));
       out.summary({ compliant: r.compliant, time: r.time, policies: r.policies, clients: r.clients, outOfCompliance: r.outOfCompliance, holds: r.holdsTotal }, () => human(r, !!o.all));

@@ -4,22 +4,11 @@
 // only copies are there fails naming the units (docs/server.md, "Restores use the best copy").
 
 import type { Command } from 'commander';
+import type { UnitView } from '../server/routes-units.ts';
 import { output } from './context.ts';
 import { apiFor, apiLine, localTime, serverOption, table } from './remote.ts';
 
-/** A unit as the API gives it (GET /api/v1/units). */
-interface Unit {
-  name: string;
-  url: string;
-  priority: number;
-  offsite: boolean;
-  available: boolean;
-  reason?: string;
-  since?: number;
-  by?: string;
-}
-
-function describe(u: Unit): string {
+function describe(u: UnitView): string {
   return u.available ? `storage unit ${u.name} is available` : `storage unit ${u.name} is unavailable since ${localTime(u.since!)} (${u.reason}, by ${u.by})`;
 }
 
@@ -28,7 +17,7 @@ export function register(program: Command): void {
   serverOption(units.command('list', { isDefault: true }).description('list storage units: priority (restores read higher first), offsite, availability'))
     .action(async (_o: unknown, cmd: Command) => {
       const out = output(cmd);
-      const r = await apiFor(cmd).request<{ items: Unit[] }>('GET', '/api/v1/units');
+      const r = await apiFor(cmd).request<{ items: UnitView[] }>('GET', '/api/v1/units');
       for (const unit of r.items) out.item(apiLine({ type: 'unit', unit }));
       const down = r.items.filter((u) => !u.available);
       out.summary({ units: r.items.length, unavailable: down.length }, () => table(['NAME', 'PRIORITY', 'OFFSITE', 'AVAILABLE', 'URL'], r.items.map((u) => [
@@ -38,12 +27,12 @@ export function register(program: Command): void {
   serverOption(units.command('unavailable <name>').description('mark a storage unit unavailable (admin): restores, duplicates and browsing pass over its copies until it is available again')
     .requiredOption('--reason <text>', 'why: "disks offline for maintenance", "volumes at the vault" (shown with the unit and in the audit log)'))
     .action(async (name: string, o: { reason: string }, cmd: Command) => {
-      const unit = await apiFor(cmd).request<Unit>('POST', `/api/v1/units/${encodeURIComponent(name)}/unavailable`, { body: { reason: o.reason } });
+      const unit = await apiFor(cmd).request<UnitView>('POST', `/api/v1/units/${encodeURIComponent(name)}/unavailable`, { body: { reason: o.reason } });
       output(cmd).summary({ unit }, () => describe(unit));
     });
   serverOption(units.command('available <name>').description('mark a storage unit available again (admin)'))
     .action(async (name: string, _o: unknown, cmd: Command) => {
-      const r = await apiFor(cmd).request<Unit & { changed: boolean }>('POST', `/api/v1/units/${encodeURIComponent(name)}/available`);
+      const r = await apiFor(cmd).request<UnitView & { changed: boolean }>('POST', `/api/v1/units/${encodeURIComponent(name)}/available`);
       const { changed, ...unit } = r;
       output(cmd).summary({ unit, changed }, () => changed ? describe(unit) : `storage unit ${unit.name} was not marked unavailable: nothing changed`);
     });

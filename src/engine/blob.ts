@@ -86,6 +86,17 @@ function checkArgs(action: string, packKey: Uint8Array, type: BlobType, id: Uint
 }
 
 /**
+ * The error of an encoder whose output fails its check (or whose input does not hash to its
+ * id): a bug, or faulty memory or CPU, never bad user input; nothing is committed with it.
+ */
+export function encodeFault(why: string, options: { cause?: unknown; details?: Record<string, unknown> } = {}): CofferError {
+  return new CofferError('INTERNAL', `Cannot encode a blob: ${why}`, {
+    ...options,
+    hint: 'Nothing was committed. This points at a bug or at faulty memory or CPU; report it.',
+  });
+}
+
+/**
  * Compresses (unless that does not shrink it), encrypts and then verifies one blob. `nonceIndex`
  * must never be used twice with the same packKey (PackWriter.reserveNonce() hands them out).
  * Throws INTERNAL if the result does not decode back to `raw` with id `id`.
@@ -125,11 +136,7 @@ export function encodeBlob(
     back = decodeBlob(keys, packKey, nonceIndex, type, id, compressed, raw.length, stored);
   } catch (e) {
     const why = isCofferError(e) ? e.message : String(e);
-    throw new CofferError('INTERNAL', `Cannot encode a blob: it does not decode back (${why})`, {
-      cause: e,
-      hint: 'Nothing was committed. This points at a bug or at faulty memory or CPU; report it.',
-      details: { type, id: Buffer.from(id).toString('hex') },
-    });
+    throw encodeFault(`it does not decode back (${why})`, { cause: e, details: { type, id: Buffer.from(id).toString('hex') } });
   }
   // decodeBlob() checked chunkId(back) == id; also compare with the input, in case the caller
   // passed a wrong id that happened to match (it cannot, but this is cheap next to the rest).

@@ -87,13 +87,13 @@ function trailerAad(count: number): Buffer {
   return aad;
 }
 
-/** Assembles one pack in memory. Blobs may be encoded elsewhere with nonces from reserveNonce(). */
 /** Where a PackWriter gets its pack buffers: take(n) gives one of at least n bytes. */
 export interface PackMemory {
   take(size: number): Buffer;
   give(buffer: ArrayBuffer): void;
 }
 
+/** Assembles one pack in memory. Blobs may be encoded elsewhere with nonces from reserveNonce(). */
 export class PackWriter {
   readonly packKey: Buffer;
   private readonly keys: RepoKeys;

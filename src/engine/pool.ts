@@ -15,7 +15,7 @@ import { Worker } from 'node:worker_threads';
 import { CofferError, throwIfAborted } from '../core/errors.ts';
 import { Limiter } from '../core/limiter.ts';
 import { workerExecArgv } from '../core/worker-argv.ts';
-import type { EncodedBlob } from './blob.ts';
+import { encodeFault, type EncodedBlob } from './blob.ts';
 import { nativeCodec, type NativeCodec } from './addon.ts';
 import { chunkerParamsProblem, type ChunkerParams } from './chunker.ts';
 import { checkLevel } from './compress.ts';
@@ -351,9 +351,7 @@ export class RepoPool {
       // id that is not its content's (the native check compares the bytes, it does not hash).
       for (const it of part) {
         if (!chunkId(this.chunkIdKey, it.raw).equals(it.id)) {
-          reject(new CofferError('INTERNAL', `Cannot encode a blob: its bytes do not hash to its id ${Buffer.from(it.id).toString('hex')}`, {
-            hint: 'Nothing was committed. This points at a bug or at faulty memory or CPU; report it.',
-          }));
+          reject(encodeFault(`its bytes do not hash to its id ${Buffer.from(it.id).toString('hex')}`));
           return;
         }
       }
@@ -373,9 +371,7 @@ export class RepoPool {
       const res = new Float64Array(part.length * 3);
       codec.encodeBlobs(part.map((it) => it.raw), meta, ids, keyBytes, this.level, out, res, (err) => {
         if (err) {
-          reject(new CofferError('INTERNAL', `Cannot encode a blob: ${err.message}`, {
-            hint: 'Nothing was committed. This points at a bug or at faulty memory or CPU; report it.',
-          }));
+          reject(encodeFault(err.message));
           return;
         }
         resolve(part.map((it, i): EncodedBlob => ({

@@ -359,6 +359,15 @@ export async function backup(repo: Repository, pool: BackupPool, paths: string[]
     const readSize = Math.max(4 * 1024 * 1024, chunker.maxSize * 2);
     const zeroChunks = new ZeroChunks(pool, chunker);
     const owners = new OwnerNames();
+    /** An entry's metadata with its owner's user and group names. */
+    const ownedMeta = (nameBytes: Buffer, st: EntryStat): Omit<TreeNode, 'type'> => {
+      const meta = nodeMeta(nameBytes, st);
+      const user = owners.user(meta.uid);
+      const group = owners.group(meta.gid);
+      if (user) meta.user = user;
+      if (group) meta.group = group;
+      return meta;
+    };
 
     /** Stores blobs; `released` is called once their raw bytes are no longer read. */
     const saveBlobs = async (items: Array<{ type: BlobType; id: Uint8Array; raw: Uint8Array }>, released?: () => void) => {
@@ -583,11 +592,7 @@ export async function backup(repo: Repository, pool: BackupPool, paths: string[]
         return undefined;
       }
       if (excluded(ctx, path, st.isDirectory())) return undefined;
-      const meta = nodeMeta(nameBytes, st);
-      const user = owners.user(meta.uid);
-      const group = owners.group(meta.gid);
-      if (user) meta.user = user;
-      if (group) meta.group = group;
+      const meta = ownedMeta(nameBytes, st);
       // Setting an xattr changes ctime: with the same inode and ctime as in the parent, the
       // parent's xattrs are still right and the syscalls can be skipped.
       if (prev && prev.ctimeNs === meta.ctimeNs && prev.inode === meta.inode) {
@@ -918,11 +923,7 @@ export async function backup(repo: Repository, pool: BackupPool, paths: string[]
       /** A directory's node as a walk would store it (owner names, xattrs); a failure is a warning only for a path given. */
       const dirNode = async (path: string, name: string, given: boolean | undefined) => {
         const st = await lstat(path, { bigint: true });
-        const meta = nodeMeta(Buffer.from(name), st);
-        const user = owners.user(meta.uid);
-        const group = owners.group(meta.gid);
-        if (user) meta.user = user;
-        if (group) meta.group = group;
+        const meta = ownedMeta(Buffer.from(name), st);
         try {
           const xattrs = readXattrs(path);
           if (xattrs?.length) meta.xattrs = xattrs;

@@ -6,7 +6,7 @@
 import { CofferError, isCofferError, throwIfAborted } from '../core/errors.ts';
 import type { CallOptions } from '../storage/backend.ts';
 import type { BlobType, } from '../engine/format.ts';
-import { release, type EncodedBlob } from '../engine/blob.ts';
+import type { EncodedBlob } from '../engine/blob.ts';
 import { PackWriter, type PackEntry } from '../engine/pack.ts';
 import { toHex } from '../engine/hash.ts';
 import type { IndexEntry, IndexPack } from './index/index-file.ts';
