@@ -10,6 +10,9 @@
 // only once no thread will touch its bytes again.
 //
 // DecodeScratch is one thread's growable scratch buffer (decrypted but still compressed bytes).
+//
+// BufferPool hands out equal ArrayBuffers, at most a fixed number, and makes take() wait when all
+// are out: the backup's read buffers, which bound what is read but not yet encoded.
 
 /** Fixed-size SharedArrayBuffers, reused; a request larger than the size gets a buffer of its own. */
 export class SharedSlabs {
@@ -51,5 +54,47 @@ export class DecodeScratch {
   get(n: number): Uint8Array {
     if (this.buf.byteLength < n) this.buf = new Uint8Array(Math.max(n, Math.min(2 * this.buf.byteLength, 64 << 20)));
     return this.buf.subarray(0, n);
+  }
+}
+
+/**
+ * Equal ArrayBuffers handed out and given back: at most `max` exist, take() waits for one when
+ * all are out. One given back detached (moved to a worker that failed) or of another size is
+ * dropped and a new one made in its place when needed.
+ */
+export class BufferPool {
+  private readonly free: ArrayBuffer[] = [];
+  private readonly waiters: Array<(b: ArrayBuffer) => void> = [];
+  private made = 0;
+  private readonly size: number;
+  private readonly max: number;
+
+  constructor(size: number, max: number) {
+    this.size = size;
+    this.max = max;
+  }
+
+  take(): Promise<ArrayBuffer> | ArrayBuffer {
+    const b = this.free.pop();
+    if (b) return b;
+    if (this.made < this.max) {
+      this.made++;
+      return new ArrayBuffer(this.size);
+    }
+    return new Promise((resolve) => this.waiters.push(resolve));
+  }
+
+  give(b: ArrayBuffer): void {
+    if (b.detached || b.byteLength !== this.size) {
+      this.made--;
+      if (this.waiters.length && this.made < this.max) {
+        this.made++;
+        this.waiters.shift()!(new ArrayBuffer(this.size));
+      }
+      return;
+    }
+    const w = this.waiters.shift();
+    if (w) w(b);
+    else this.free.push(b);
   }
 }

@@ -35,6 +35,7 @@ import { childPath, listDir, type DirEntry, type DirListing, type EntryStat } fr
 import type { BlobDecoder } from './read-blobs.ts';
 import { TreeLoader } from './tree-loader.ts';
 import { HoleMap, ZeroChunks } from './sparse-read.ts';
+import { BufferPool } from '../engine/buffers.ts';
 import { fixedChunkSize, type ChunkingChoice, type FileChunking } from './file-chunking.ts';
 
 export const PROGRAM = 'coffer 0.1.0';
@@ -159,48 +160,6 @@ const CACHEDIR_SIGNATURE = 'Signature: 8a477f597d28d172789f06886806bc55';
 /** Files up to this size are read into small buffers (of a pool of their own). */
 const SMALL_READ = 1 << 20;
 const EMPTY = Buffer.alloc(0);
-
-/**
- * Equal ArrayBuffers handed out and given back: at most `max` exist, take() waits for one when
- * all are out. One given back detached (moved to a worker that failed) or of another size is
- * dropped and a new one made in its place when needed.
- */
-class BufferPool {
-  private readonly free: ArrayBuffer[] = [];
-  private readonly waiters: Array<(b: ArrayBuffer) => void> = [];
-  private made = 0;
-  private readonly size: number;
-  private readonly max: number;
-
-  constructor(size: number, max: number) {
-    this.size = size;
-    this.max = max;
-  }
-
-  take(): Promise<ArrayBuffer> | ArrayBuffer {
-    const b = this.free.pop();
-    if (b) return b;
-    if (this.made < this.max) {
-      this.made++;
-      return new ArrayBuffer(this.size);
-    }
-    return new Promise((resolve) => this.waiters.push(resolve));
-  }
-
-  give(b: ArrayBuffer): void {
-    if (b.detached || b.byteLength !== this.size) {
-      this.made--;
-      if (this.waiters.length && this.made < this.max) {
-        this.made++;
-        this.waiters.shift()!(new ArrayBuffer(this.size));
-      }
-      return;
-    }
-    const w = this.waiters.shift();
-    if (w) w(b);
-    else this.free.push(b);
-  }
-}
 
 /** Entries of one directory visited at once (more than the small-file reads in flight). */
 const DIR_WINDOW = 1024;
