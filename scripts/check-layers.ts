@@ -6,7 +6,7 @@ import { join, relative, sep } from 'node:path';
 
 const RANK: Record<string, number> = {
   core: 0, storage: 1, engine: 2, repository: 3, sources: 4,
-  jobs: 5, catalog: 5, policy: 5, scheduler: 6, testing: 7, server: 8, agent: 8, cli: 9, web: 9,
+  jobs: 5, catalog: 5, policy: 5, scheduler: 6, testing: 7, server: 8, agent: 8, node: 8, cli: 9, web: 9,
 };
 const root = join(import.meta.dirname, '..', 'src');
 const problems: string[] = [];

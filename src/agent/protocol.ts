@@ -65,8 +65,27 @@ export const selectionSpec = z.union([
 ]);
 export type SelectionSpec = z.infer<typeof selectionSpec>;
 
+/** A one-time token of a session the server opened on a storage node (256 bits, base64url). */
+const sessionToken = z.string().regex(/^[A-Za-z0-9_-]{43}$/, 'a session token');
+
+/**
+ * Where a remote agent sends a backup: a storage node's data address and the session the server
+ * opened there. The agent holds no repository key; the node encrypts, packs and commits.
+ */
+export const remoteAccess = z.strictObject({
+  /** host:port of the node's data service ([v6]:port for IPv6). */
+  address: z.string().min(3).max(300),
+  session: sessionToken,
+  /** The node's name: its certificate must say it. */
+  node: name,
+});
+export type RemoteAccess = z.infer<typeof remoteAccess>;
+
 export const backupSpec = z.strictObject({
-  storage: storageAccess,
+  /** The repository to write (an agent that holds its keys: the embedded one), or... */
+  storage: storageAccess.optional(),
+  /** ...the storage node session to send to (source-side deduplication). */
+  remote: remoteAccess.optional(),
   selection: selectionSpec,
   /** A snapshot id to compare with, or 'none' for a full read. */
   parent: z.union([z.literal('none'), z.string().regex(/^[0-9a-f]{64}$/)]),
@@ -77,6 +96,16 @@ export const backupSpec = z.strictObject({
   post: command.optional(),
 });
 export type BackupSpec = z.infer<typeof backupSpec>;
+
+/** A storage node's side of a remote agent's backup: the session it serves (node/service.ts). */
+export const nodeBackupSpec = z.strictObject({
+  storage: storageAccess,
+  session: sessionToken,
+  client: name,
+  parent: z.union([z.literal('none'), z.string().regex(/^[0-9a-f]{64}$/)]),
+  tags: z.array(z.string().min(1).max(255)).max(100),
+});
+export type NodeBackupSpec = z.infer<typeof nodeBackupSpec>;
 
 export const restoreSpec = z.strictObject({
   storage: storageAccess,
@@ -218,6 +247,7 @@ export const JOB_SPECS = {
   compare: compareSpec,
   scratch: scratchSpec,
   'lock-extend': lockExtendSpec,
+  'node-backup': nodeBackupSpec,
 } as const;
 export type AgentJobKind = keyof typeof JOB_SPECS;
 export type AgentJobSpec<K extends AgentJobKind> = z.infer<(typeof JOB_SPECS)[K]>;

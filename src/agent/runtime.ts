@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import { TokenBucket } from '../core/bandwidth.ts';
 import { CofferError, isCofferError, throwIfAborted, toCofferError } from '../core/errors.ts';
 import { WorkerPool, type RepoPool } from '../engine/pool.ts';
-import { backup, backupReport } from '../jobs/backup.ts';
+import { backup, backupReport, backupTo } from '../jobs/backup.ts';
 import { findInSnapshots, listSnapshot } from '../jobs/browse.ts';
 import { backupEvents, ProgressReporter, restoreEvents, type EmitJobEvent } from '../jobs/events.ts';
 import { cloneToTargets } from '../jobs/clone.ts';
@@ -46,6 +46,8 @@ import {
   type JobError,
   type ListSpec,
   type LockExtendSpec,
+  type NodeBackupSpec,
+  type RemoteAccess,
   type ProbeSpec,
   type RepairSpec,
   type RestoreSpec,
@@ -55,6 +57,10 @@ import {
   type UsageSpec,
 } from './protocol.ts';
 import { scratchJob } from './scratch.ts';
+import type { Duplex } from 'node:stream';
+import { NodeClient } from '../node/client.ts';
+import { RemoteBackupStore, openSession } from '../node/remote-store.ts';
+import type { NodeService } from '../node/service.ts';
 
 export interface AgentRuntimeOptions {
   /** Where the agent keeps its caches (index caches per repository under cache/). */
@@ -67,6 +73,13 @@ export interface AgentRuntimeOptions {
   idleMs?: number;
   /** Session heartbeat and stale times for the jobs' repository sessions. */
   sessionTiming?: SessionTiming;
+  /**
+   * Opens a data connection to a storage node (mutual TLS with this agent's certificate); an
+   * agent without one cannot run a backup that goes through a node.
+   */
+  connectNode?: (remote: RemoteAccess, signal: AbortSignal) => Promise<Duplex>;
+  /** This process is a storage node too: it serves agents' sessions (node-backup jobs). */
+  node?: NodeService;
 }
 
 export interface JobOutcome {
@@ -136,6 +149,7 @@ export class AgentRuntime {
       case 'compare': return this.compare(parseJobSpec('compare', raw), emit, signal);
       case 'scratch': return scratchJob(parseJobSpec('scratch', raw));
       case 'lock-extend': return this.lockExtend(parseJobSpec('lock-extend', raw), emit, signal);
+      case 'node-backup': return this.nodeBackup(parseJobSpec('node-backup', raw), emit, signal);
     }
   }
 
@@ -152,26 +166,67 @@ export class AgentRuntime {
 
   // ---- the jobs --------------------------------------------------------------------------------
 
+  /**
+   * A backup through a storage node: read, chunk and hash here, send only what the node lacks.
+   * The worker pool gets the deduplication keys the node gave; no key that encrypts exists here
+   * (the pool's encryption key is random and never used: nothing is encoded in this process).
+   */
+  private async remoteBackup(remote: RemoteAccess, paths: string[], options: Parameters<typeof backupTo>[3], emit: EmitJobEvent, signal: AbortSignal): Promise<Record<string, unknown>> {
+    if (!this.options.connectNode) throw new CofferError('REFUSED', 'Cannot send the backup to a storage node: this agent has no certificate to connect with', { hint: 'Enroll the agent (`coffer agent enroll`) and run it with `coffer agent run`.' });
+    const socket = await this.options.connectNode(remote, signal);
+    const client = new NodeClient(socket);
+    try {
+      const hello = await openSession(client, remote.session, 'backup', { signal });
+      const store = new RemoteBackupStore(client, hello, { signal });
+      const pool = await this.acquirePool();
+      const view = pool.context({ keys: { encryption: randomBytes(32), chunkIdKey: store.chunkIdKey, gearSeed: Buffer.from(hello.gearSeed, 'base64') }, chunker: hello.chunker, level: hello.compressionLevel });
+      try {
+        const res = await backupTo(store, view, paths, options);
+        emit({ type: 'log', level: 'info', message: `sent ${store.bytesSent} bytes to storage node ${remote.node} for ${res.summary.bytesScanned} bytes scanned (${res.stats.blobsNew} new chunk(s), ${res.stats.blobsKnown} already stored)` });
+        return { ...backupReport(res), bytesStored: store.stats.bytesStored, bytesSent: store.bytesSent, node: remote.node };
+      } finally {
+        view.close();
+        this.releasePool();
+      }
+    } finally {
+      client.close();
+    }
+  }
+
+  /** A storage node's side of an agent's backup: the session, on the repository this node holds the keys of. */
+  private async nodeBackup(spec: NodeBackupSpec, emit: EmitJobEvent, signal: AbortSignal): Promise<Record<string, unknown>> {
+    const node = this.options.node;
+    if (!node) throw new CofferError('UNSUPPORTED', 'Cannot serve a backup session: this agent is not a storage node', { hint: 'Run `coffer node run` on the storage node, or let the server\'s embedded node serve the unit.' });
+    const r = await this.withRepo(spec.storage, signal, true, (repo, pool) => node.serveBackup(spec, repo, pool, emit, signal));
+    return { ...r };
+  }
+
   private async backup(spec: BackupSpec, emit: EmitJobEvent, signal: AbortSignal): Promise<Record<string, unknown>> {
     let failure: unknown;
     let result: Record<string, unknown> | undefined;
     try {
+      if ((spec.storage === undefined) === (spec.remote === undefined)) throw new CofferError('USAGE', 'Cannot run the backup job: give either storage (a repository) or remote (a storage node session), not both or neither');
       if (spec.pre) await runCommand('pre', spec.pre, emit, signal);
-      result = await this.withRepo(spec.storage, signal, true, async (repo, pool) => {
-        const sel = spec.selection;
-        const res = await backup(repo, pool, 'paths' in sel ? sel.paths : [], {
-          signal,
-          host: { ...this.options.host, hostname: spec.client },
-          parent: spec.parent,
-          tags: spec.tags,
-          ...('paths' in sel
-            ? { patterns: sel.exclude, oneFileSystem: sel.oneFileSystem, excludeCaches: sel.excludeCaches, images: sel.images, imageChunking: sel.imageChunking, fileChunking: sel.fileChunking }
-            : { stream: { name: sel.filename, command: sel.command } }),
-          ...backupEvents(emit),
+      const sel = spec.selection;
+      const paths = 'paths' in sel ? sel.paths : [];
+      const options = {
+        signal,
+        host: { ...this.options.host, hostname: spec.client },
+        parent: spec.parent,
+        tags: spec.tags,
+        ...('paths' in sel
+          ? { patterns: sel.exclude, oneFileSystem: sel.oneFileSystem, excludeCaches: sel.excludeCaches, images: sel.images, imageChunking: sel.imageChunking, fileChunking: sel.fileChunking }
+          : { stream: { name: sel.filename, command: sel.command } }),
+        ...backupEvents(emit),
+      };
+      if (spec.remote) result = await this.remoteBackup(spec.remote, paths, options, emit, signal);
+      else {
+        result = await this.withRepo(spec.storage!, signal, true, async (repo, pool) => {
+          const res = await backup(repo, pool, paths, options);
+          // The server computes the job's totals and dedup ratio from these fields.
+          return { ...backupReport(res), bytesSent: 0 };
         });
-        // The server computes the job's totals and dedup ratio from these fields.
-        return backupReport(res);
-      });
+      }
     } catch (e) {
       failure = e;
     }

@@ -23,30 +23,30 @@ import { chunkId, fromHex, toHex } from '../engine/hash.ts';
 import type { BlobType } from '../engine/format.ts';
 import type { ChunkerParams } from '../engine/chunker.ts';
 import type { ExpectedFile, ReadFileResult } from '../engine/tasks.ts';
-import { BlobSaver, type Encoder, type SaverStats } from '../repository/packer.ts';
+import type { Encoder, SaverStats } from '../repository/packer.ts';
 import type { Repository } from '../repository/repository.ts';
-import { Session, isSessionGap } from '../repository/session.ts';
 import { encodeTree, encodeTreeParts, nameBytes, type Tree, type TreeNode } from '../repository/tree.ts';
-import { describeUnreadable, findSnapshot, readSnapshots, saveSnapshot, type HostIdentity, type RootMeta, type Snapshot, type SnapshotRef, type SnapshotSummary, type UnreadableSnapshot } from '../repository/snapshot.ts';
-import { loadCondemned } from '../repository/prune.ts';
-import { snapshotName } from '../repository/layout.ts';
+import { describeUnreadable, type HostIdentity, type RootMeta, type Snapshot, type SnapshotRef, type SnapshotSummary, type UnreadableSnapshot } from '../repository/snapshot.ts';
 import { readXattrs, dataRegions } from '../sources/metadata.ts';
 import { childPath, listDir, type DirEntry, type DirListing, type EntryStat } from '../sources/scan.ts';
 import type { BlobDecoder } from './read-blobs.ts';
-import { TreeLoader } from './tree-loader.ts';
+import { LocalBackupStore, type BackupStore } from './backup-store.ts';
 import { HoleMap, ZeroChunks } from './sparse-read.ts';
 import { BufferPool } from '../engine/buffers.ts';
 import { fixedChunkSize, type ChunkingChoice, type FileChunking } from './file-chunking.ts';
 
 export const PROGRAM = 'coffer 0.1.0';
 
-/** What the backup needs of the worker pool (WorkerPool): encoding, decoding the parent's trees. */
-export interface BackupPool extends Encoder, BlobDecoder {
+/** What reading a backup needs of the worker pool: chunking and hashing (no key that decrypts). */
+export interface BackupReader {
   readonly size: number;
   /** Reads and hashes small files in a worker (see WorkerPool.readFiles). */
   readFiles(files: readonly ExpectedFile[], limit: number, signal?: AbortSignal): Promise<ReadFileResult[]>;
   chunkAndHash(data: Uint8Array, eof: boolean, mode: 'cdc' | { fixed: number }, signal?: AbortSignal, options?: { transfer?: boolean }): Promise<{ ends: number[]; ids: Buffer[]; rest: number; data: Uint8Array }>;
 }
+
+/** What a backup into a local repository needs of the worker pool (WorkerPool): also encoding, decoding the parent's trees. */
+export interface BackupPool extends BackupReader, Encoder, BlobDecoder {}
 
 export interface BackupProgress {
   files: number;
@@ -258,35 +258,32 @@ export function treeSegments(path: string): string[] {
   return n.split(sep).filter((s) => s !== '' && s !== '.');
 }
 
-/** The parent snapshot: the newest readable one of this host with the same set of paths. */
-export async function findParent(repo: Repository, host: string, paths: string[], options: { signal?: AbortSignal; onUnreadable?: (u: UnreadableSnapshot) => void } = {}): Promise<SnapshotRef | undefined> {
-  const want = [...paths].sort().join('\0');
-  const { snapshots, unreadable } = await readSnapshots(repo, options);
-  for (const u of unreadable) options.onUnreadable?.(u);
-  return snapshots.filter((s) => s.snapshot.host.hostname === host && [...s.snapshot.paths].sort().join('\0') === want).at(-1);
+/** Backs up into a repository this process holds the keys of. */
+export async function backup(repo: Repository, pool: BackupPool, paths: string[], options: BackupOptions): Promise<BackupResult> {
+  if (paths.length === 0 && !options.stream) throw new CofferError('USAGE', 'Cannot back up: no paths given', { hint: 'Name at least one file or directory, or use --stdin / --command.' });
+  const store = await LocalBackupStore.open(repo, pool, { signal: options.signal, dryRun: options.dryRun, onNotice: options.onNotice, onPackUploaded: options.onPackUploaded });
+  return backupTo(store, pool, paths, options);
 }
 
-export async function backup(repo: Repository, pool: BackupPool, paths: string[], options: BackupOptions): Promise<BackupResult> {
+/**
+ * Backs up into a store: the local repository, or a storage node that holds the keys (a remote
+ * agent). The store is ended when this returns.
+ */
+export async function backupTo(store: BackupStore, pool: BackupReader, paths: string[], options: BackupOptions): Promise<BackupResult> {
   const { signal } = options;
-  if (paths.length === 0 && !options.stream) throw new CofferError('USAGE', 'Cannot back up: no paths given', { hint: 'Name at least one file or directory, or use --stdin / --command.' });
   const started = Date.now();
   const host = options.host;
-  const session = options.dryRun ? undefined : await Session.start(repo, 'backup', { signal });
-  let saver: BlobSaver | undefined;
+  const s = store;
   try {
-    // Register first, then read the GC plans: a prune that marks after this point waits for us.
-    const condemned = await loadCondemned(repo, { signal });
-    await repo.loadIndex({ signal, onUnreadable: (id, e) => options.onNotice?.(`index file ${id.slice(0, 12)} is unreadable (${e.message}) and was left out: what only it knew is stored again; \`coffer repo repair index\` repairs the index`) });
-    saver = new BlobSaver(repo, pool, { signal, onPackUploaded: options.onPackUploaded, session, condemned });
-    const s = saver;
+    if (paths.length === 0 && !options.stream) throw new CofferError('USAGE', 'Cannot back up: no paths given', { hint: 'Name at least one file or directory, or use --stdin / --command.' });
     const absPaths = options.stream ? [`/${options.stream.name}`] : paths.map((p) => resolve(p));
 
     let parent: SnapshotRef | undefined;
     const onUnreadable = (u: UnreadableSnapshot) => options.onNotice?.(describeUnreadable(u));
     if (options.parent && options.parent !== 'none') {
-      parent = await findSnapshot(repo, options.parent, {}, { signal, onUnreadable });
+      parent = await s.findParent(options.parent, host.hostname, absPaths, { signal, onUnreadable });
     } else if (options.parent === undefined && !options.stream) {
-      parent = await findParent(repo, host.hostname, absPaths, { signal, onUnreadable });
+      parent = await s.findParent(undefined, host.hostname, absPaths, { signal, onUnreadable });
     }
 
     const warnings: Array<{ path: string; problem: string }> = [];
@@ -307,8 +304,8 @@ export async function backup(repo: Repository, pool: BackupPool, paths: string[]
     // Small files are bound by I/O latency: many at once, read and hashed by the workers in
     // batches. Large ones by CPU and memory: about one per worker. The BlobSaver's backpressure
     // bounds what is read but not yet stored.
-    const chunker: ChunkerParams = repo.config.chunker;
-    const chunking: ChunkingChoice = { images: options.images, imageChunking: options.imageChunking, fileChunking: options.fileChunking, imageChunkSize: repo.config.imageChunkSize, chunker };
+    const chunker: ChunkerParams = s.chunker;
+    const chunking: ChunkingChoice = { images: options.images, imageChunking: options.imageChunking, fileChunking: options.fileChunking, imageChunkSize: s.imageChunkSize, chunker };
     const smallLimiter = new Limiter(options.fileConcurrency ?? 256);
     const smallReader = new SmallFileBatcher(pool, chunker.maxSize, signal);
     // Large files read at once: at least three (a cold disk serves several reads better than one),
@@ -330,8 +327,7 @@ export async function backup(repo: Repository, pool: BackupPool, paths: string[]
 
     /** Stores blobs; `released` is called once their raw bytes are no longer read. */
     const saveBlobs = async (items: Array<{ type: BlobType; id: Uint8Array; raw: Uint8Array }>, released?: () => void) => {
-      if (!options.dryRun) await s.saveMany(items, released);
-      else released?.();
+      await s.saveMany(items, released);
     };
     // Read buffers, reused: a fresh one per read cost a page fault per 4 KiB read (and the
     // zeroing). Files up to 1 MiB take small ones (many are read at once), others full ones.
@@ -341,7 +337,7 @@ export async function backup(repo: Repository, pool: BackupPool, paths: string[]
     /** A tree from its nodes' JSON in name order (see encodeTreeParts). */
     const storeTreeParts = (parts: readonly string[]): Promise<string> => storeTreeBytes(encodeTreeParts(parts, parts.length > 4096));
     const storeTreeBytes = async (bytes: Buffer): Promise<string> => {
-      const id = chunkId(repo.keys.chunkIdKey, bytes);
+      const id = chunkId(s.chunkIdKey, bytes);
       await saveBlobs([{ type: 'tree', id, raw: bytes }]);
       return toHex(id);
     };
@@ -408,7 +404,7 @@ export async function backup(repo: Repository, pool: BackupPool, paths: string[]
         if (fixed === undefined && filled < chunker.minSize && eof) {
           // A small file is one chunk: hash it here rather than pay a worker round trip.
           const data = buf.subarray(0, filled);
-          const id = chunkId(repo.keys.chunkIdKey, data);
+          const id = chunkId(s.chunkIdKey, data);
           const held = buf;
           buf = EMPTY;
           await saveBlobs([{ type: 'data', id, raw: data }], () => buffers.give(held.buffer as ArrayBuffer));
@@ -478,7 +474,7 @@ export async function backup(repo: Repository, pool: BackupPool, paths: string[]
     };
 
     /** True when every blob of a parent's file is still stored (and not condemned by prune). */
-    const contentAvailable = (content: string[]) => content.every((c) => repo.hasBlob('data', fromHex(c), condemned));
+    const contentAvailable = (content: string[]) => content.every((c) => s.hasBlob('data', fromHex(c)));
 
     interface Ctx {
       /** Root of the backup path being walked: excludes are relative to it. */
@@ -522,7 +518,7 @@ export async function backup(repo: Repository, pool: BackupPool, paths: string[]
 
     // The parent's trees, read in batches: when a directory's parent tree is loaded, the trees of
     // its subdirectories are fetched too, as the walk is about to ask for them.
-    const parentTrees = new TreeLoader(repo, { decoder: pool, signal });
+    const parentTrees = { get: (id: string) => s.loadTree(id), prefetch: (ids: string[]) => s.prefetchTrees(ids), clear: () => s.clearTrees() };
     const loadParentChildren = async (node: TreeNode | undefined): Promise<Map<string, TreeNode> | undefined> => {
       if (!node || node.type !== 'dir' || !node.subtree) return undefined;
       try {
@@ -597,7 +593,7 @@ export async function backup(repo: Repository, pool: BackupPool, paths: string[]
         // Every child is the parent's node itself: the subtree is the parent's, no need to encode,
         // hash and look it up again.
         const sameChildren = prev?.subtree !== undefined && prevChildren !== undefined && allFromParent && kept === prevChildren.size &&
-          repo.hasBlob('tree', fromHex(prev.subtree), condemned);
+          s.hasBlob('tree', fromHex(prev.subtree));
         const subtree = sameChildren ? prev!.subtree! : await storeTreeParts(children.filter((c): c is string => c !== undefined));
         return reuseIfSame(prev, { ...meta, type: 'dir', subtree });
       }
@@ -921,7 +917,7 @@ export async function backup(repo: Repository, pool: BackupPool, paths: string[]
       rootMeta = { mode, uid, gid, ...(user ? { user } : {}), ...(group ? { group } : {}), mtimeNs, ...(xattrs ? { xattrs } : {}) };
       parentTrees.clear();
     }
-    if (!options.dryRun) await s.flush();
+    await s.flush();
     report(true);
 
     const summary: SnapshotSummary = {
@@ -950,44 +946,13 @@ export async function backup(repo: Repository, pool: BackupPool, paths: string[]
       ...(rootMeta ? { root: rootMeta } : {}),
     };
     let snapshotId: string | undefined;
-    if (!options.dryRun) {
-      // The commit point, guarded on both sides: alive without a break up to now, by the
-      // storage's clock (else a prune may have deleted what the snapshot would reference), and
-      // still after the write (a pause between the check and the write): then the snapshot goes.
-      await session!.assertAlive({ signal });
-      const id = await saveSnapshot(repo, snapshot, { signal });
-      try {
-        await session!.assertAlive({ signal });
-      } catch (e) {
-        if (isSessionGap(e)) await repo.backend.delete(snapshotName(id)).catch(() => {});
-        throw e;
-      }
-      snapshotId = id;
-    }
+    if (!options.dryRun) snapshotId = await s.commit(snapshot, { signal });
     return { snapshotId, snapshot, summary, warnings, stats: s.stats, parent: parent?.id };
   } catch (e) {
-    if (saver && !options.dryRun) await closeAfterFailure(repo, saver, e);
+    await s.fail(e);
     throw e;
   } finally {
-    await session?.end().catch(() => {});
-  }
-}
-
-/**
- * After a failure or Ctrl-C: indexes what was uploaded, so that the next run reuses it. After a
- * session gap (or one found while indexing), a prune may have deleted some of it instead: the
- * writer's index files are replaced by ones that list only what is still stored (retract()).
- */
-async function closeAfterFailure(repo: Repository, saver: BlobSaver, e: unknown): Promise<void> {
-  try {
-    if (!isSessionGap(e)) return await saver.salvage();
-  } catch (e2) {
-    if (!isSessionGap(e2)) return;
-  }
-  try {
-    await saver.retract(await loadCondemned(repo));
-  } catch {
-    // What is left is an index listing packs a prune deleted: `coffer repo check` finds it.
+    await s.end();
   }
 }
 
@@ -998,14 +963,14 @@ async function closeAfterFailure(repo: Repository, saver: BlobSaver, e: unknown)
 class SmallFileBatcher {
   static readonly BATCH_FILES = 64;
   static readonly BATCH_BYTES = 4 << 20;
-  private readonly pool: Pick<BackupPool, 'readFiles'>;
+  private readonly pool: Pick<BackupReader, 'readFiles'>;
   private readonly limit: number;
   private readonly signal: AbortSignal | undefined;
   private batch: Array<{ file: ExpectedFile; resolve: (r: ReadFileResult) => void; reject: (e: unknown) => void }> = [];
   private bytes = 0;
   private scheduled = false;
 
-  constructor(pool: BackupPool, limit: number, signal: AbortSignal | undefined) {
+  constructor(pool: Pick<BackupReader, 'readFiles'>, limit: number, signal: AbortSignal | undefined) {
     this.pool = pool;
     this.limit = limit;
     this.signal = signal;
