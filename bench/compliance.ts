@@ -22,6 +22,7 @@ import type { PolicyDocument } from '../src/policy/index.ts';
 import { complianceReport } from '../src/server/compliance.ts';
 import { RESTORE_TEST_KIND, syncPolicySchedules } from '../src/server/schedule-store.ts';
 import { AgentRegistry, type Services } from '../src/server/services.ts';
+import { NodeRegistry } from '../src/server/nodes.ts';
 import { startPostgres, type PostgresServer } from '../src/testing/postgres.ts';
 
 const DAY = 86_400_000;
@@ -180,7 +181,8 @@ async function main(): Promise<void> {
         }
       });
       if (o.backend === 'sqlite') console.log(`  catalog file: ${((await stat(url)).size / 2 ** 20).toFixed(0)} MiB`);
-      const services: Services = { catalog, now: () => now, agents: new AgentRegistry(), node: () => { throw new Error('no agent in this benchmark'); }, storageAccess: () => { throw new Error('no storage in this benchmark'); } };
+      const services: Services = { catalog, now: () => now, agents: new AgentRegistry(),
+      nodes: new NodeRegistry(), node: () => { throw new Error('no agent in this benchmark'); }, storageAccess: () => { throw new Error('no storage in this benchmark'); } };
       counting = true;
       for (let i = 0; i < o.runs; i++) {
         const t = performance.now();

@@ -14,6 +14,20 @@ import { jobEventProblem, type JobEvent } from '../jobs/events.ts';
 
 export const PROTOCOL_VERSION = 1;
 
+/**
+ * How busy an agent or storage node is, with every pong: what the server balances jobs by (as
+ * NetBackup balances media servers). cpu: the 1-minute load average per core; memory and ioWait:
+ * fractions 0..1 (ioWait over the last ping interval); jobs running; bytes received and not yet stored.
+ */
+export const nodeLoad = z.strictObject({
+  cpu: z.number().min(0).max(1e6),
+  memory: z.number().min(0).max(1),
+  ioWait: z.number().min(0).max(1),
+  jobs: z.number().int().min(0).max(1e6),
+  bytesInFlight: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER),
+});
+export type NodeLoad = z.infer<typeof nodeLoad>;
+
 /** The longest line either side accepts: a job's result or an event is far smaller. */
 export const MAX_LINE = 16 << 20;
 
@@ -285,7 +299,7 @@ const toServer = z.discriminatedUnion('t', [
     result: z.record(z.string(), z.unknown()).optional(),
     error: errorShape.optional(),
   }),
-  z.strictObject({ t: z.literal('pong'), n: z.number().int() }),
+  z.strictObject({ t: z.literal('pong'), n: z.number().int(), load: nodeLoad.optional() }),
 ]);
 
 export type ToAgent = z.infer<typeof toAgent>;

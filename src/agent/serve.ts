@@ -8,7 +8,7 @@ import type { Readable, Writable } from 'node:stream';
 import { CofferError, toCofferError } from '../core/errors.ts';
 import type { JobEvent } from '../jobs/events.ts';
 import type { AgentRuntime } from './runtime.ts';
-import { LineReader, PROTOCOL_VERSION, encodeMessage, parseToAgent, type ToServer } from './protocol.ts';
+import { LineReader, PROTOCOL_VERSION, encodeMessage, parseToAgent, type NodeLoad, type ToServer } from './protocol.ts';
 
 export interface ServeOptions {
   input: Readable;
@@ -17,6 +17,8 @@ export interface ServeOptions {
   agent: { name: string; version: string; host: Record<string, unknown> };
   /** Diagnostics that have no job to go to (a protocol error); default: nowhere. */
   log?: (message: string) => void;
+  /** How busy this host is, sent with every pong (a storage node's data service adds its bytes in flight). */
+  load?: () => NodeLoad;
 }
 
 export interface ServeResult {
@@ -87,7 +89,7 @@ export function serveAgent(options: ServeOptions): Promise<ServeResult> {
         jobs.get(m.job)?.controller.abort(new CofferError('CANCELLED', 'the server cancelled the job'));
         break;
       case 'ping':
-        send({ t: 'pong', n: m.n });
+        send({ t: 'pong', n: m.n, ...(options.load ? { load: options.load() } : {}) });
         break;
       default:
         end({ reason: 'protocol', message: `unexpected ${m.t}` });

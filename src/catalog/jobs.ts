@@ -86,6 +86,8 @@ export function unitsWrittenBy(spec: Record<string, unknown> | undefined): strin
 export interface JobResult {
   /** Bytes read from the client's files or streams. */
   scannedBytes?: number;
+  /** Bytes the agent sent over the network to a storage node (0 for the embedded agent, which writes itself). */
+  sentBytes?: number;
   /** Bytes of chunks the repository did not have. */
   newBytes?: number;
   /** Bytes written to storage (compressed and encrypted). */

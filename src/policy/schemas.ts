@@ -270,6 +270,12 @@ export const storageUnitSpec = z.strictObject({
   capacity: sizeSchema().optional(),
   /** Bytes per second written to and read from this unit by each agent, all its jobs together, e.g. "50MB/s" (default: no limit). */
   bandwidth: bandwidthSchema.optional(),
+  /**
+   * The storage nodes (media servers) that serve this unit, by name; \`server\` is the server's
+   * own embedded node (default: [server]). Several nodes can serve one S3 unit; the server
+   * gives each job to the least loaded one that is connected.
+   */
+  nodes: z.array(z.string().min(1).max(255).regex(/^[A-Za-z0-9][A-Za-z0-9._-]*$/, 'a node name')).min(1).max(64).optional(),
 }).superRefine((spec, ctx) => {
   if (spec.credentialsFrom !== undefined && !/^s3:/i.test(spec.url)) {
     ctx.addIssue({ code: 'custom', path: ['credentialsFrom'], message: issueMessage('applies to s3:// storage units only', 'Leave it out for a path or file:// URL.') });

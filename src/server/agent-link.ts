@@ -16,6 +16,7 @@ import {
   refusalFor,
   type DoneState,
   type JobError,
+  type NodeLoad,
   type ToAgent,
   type ToServer,
 } from '../agent/protocol.ts';
@@ -69,6 +70,7 @@ export class AgentLink {
   private pingTimer: NodeJS.Timeout | undefined;
   private pingSent = 0;
   private pongSeen = 0;
+  private lastLoad: (NodeLoad & { at: number }) | undefined;
   private resolveReady!: (h: AgentHello) => void;
   private rejectReady!: (e: Error) => void;
   private resolveClosed!: (r: { reason: string }) => void;
@@ -104,6 +106,11 @@ export class AgentLink {
       }, pingMs);
       this.pingTimer.unref();
     }, () => clearTimeout(helloTimer));
+  }
+
+  /** What the agent said of its load with its last pong (and when it came). */
+  get load(): (NodeLoad & { at: number }) | undefined {
+    return this.lastLoad;
   }
 
   get agent(): AgentHello | undefined {
@@ -186,6 +193,7 @@ export class AgentLink {
       }
       case 'pong':
         this.pongSeen = Math.max(this.pongSeen, m.n);
+        if (m.load) this.lastLoad = { ...m.load, at: Date.now() };
         break;
       default:
         this.close(`unexpected ${m.t} from the agent`);

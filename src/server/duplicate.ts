@@ -57,7 +57,7 @@ export function duplicateExecutor(s: Services): JobExecutor {
     const usable = await restorableCopies(s, image);
     const source = usable.find((c) => c.storageUnit === spec.from && c.state === 'ok') ?? usable[0] ?? await bestCopy(s, image, `duplicate image ${image.id}`, { retry: true });
     ctx.log('info', `duplicating image ${image.id} from ${source.storageUnit} to ${todo.map((t) => t.to).join(', ')}${already.length ? ` (${already.join(', ')} already hold a copy)` : ''}`);
-    const r = await runOnAgent(s.node(), 'clone', {
+    const r = await runOnAgent(s.node([source.storageUnit, ...todo.map((t) => t.to)]), 'clone', {
       source: await s.storageAccess(source.storageUnit),
       // An immutable target locks what it writes until this copy's expiry (object-lock.ts).
       targets: await Promise.all(todo.map((t) => s.storageAccess(t.to, { lockFor: expiryOf(t.retention, image.time) }))),

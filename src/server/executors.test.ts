@@ -8,6 +8,7 @@ import { tempDir } from '../testing/tmp.ts';
 import type { JobEvent } from '../jobs/events.ts';
 import { expireExecutor } from './executors.ts';
 import { AgentRegistry, type Services } from './services.ts';
+import { NodeRegistry } from './nodes.ts';
 
 const doc = (kind: string, name: string, spec: Record<string, unknown>) => ({ apiVersion: 'coffer/v1', kind, metadata: { name }, spec });
 
@@ -35,6 +36,7 @@ test('expiry keeps held copies and the source of an unfinished duplicate, and ex
     catalog,
     now: () => now,
     agents: new AgentRegistry(),
+      nodes: new NodeRegistry(),
     node: () => {
       throw new Error('no agent in this test');
     },

@@ -13,6 +13,7 @@ import { INFINITE, parseDuration, type PolicyDocument, type Selection } from '..
 import type { SelectionSpec } from '../agent/protocol.ts';
 import type { JobContext, JobEnd, JobExecutor } from './dispatcher.ts';
 import { lifecycleOf, runOnAgent, type Services } from './services.ts';
+import { runRemoteStream } from './remote-backup.ts';
 import { bestCopy, restorableCopies } from './restore-executor.ts';
 import { COPY_JOB_KINDS, isImmediate } from './lifecycle.ts';
 import { lockLookup, lockedSnapshots, noteLockedCopy, notePruneRetry, pruneRetriesDue, prunedLocked, type LockedCopies, type PrunedLocked } from './object-lock.ts';
@@ -85,7 +86,7 @@ export function backupExecutor(s: Services): JobExecutor {
 
     const streams: Record<string, string> = {};
     const failures: string[] = [];
-    const result: JobResult & Record<string, number | string | null> = { image: image.id, level, streams: policy.selections.length, scannedBytes: 0, newBytes: 0, storedBytes: 0, files: 0, warnings: 0 };
+    const result: JobResult & Record<string, number | string | null> = { image: image.id, level, streams: policy.selections.length, scannedBytes: 0, sentBytes: 0, newBytes: 0, storedBytes: 0, files: 0, warnings: 0 };
     let next = 0;
     const worker = async () => {
       while (next < policy.selections.length) {
@@ -100,22 +101,24 @@ export function backupExecutor(s: Services): JobExecutor {
           if (snap) parent = snap;
         }
         try {
-          const r = await runOnAgent(link, 'backup', {
-            storage,
-            client: job.client,
-            parent,
+          const tags = [`policy=${job.policy}`, `image=${image.id}`, ...(job.schedule ? [`schedule=${job.schedule}`] : [])];
+          const agentSpec = {
             selection: agentSelection(sel),
-            tags: [`policy=${job.policy}`, `image=${image.id}`, ...(job.schedule ? [`schedule=${job.schedule}`] : [])],
             ...(hook(sel.pre) ? { pre: hook(sel.pre) } : {}),
             ...(hook(sel.post) ? { post: hook(sel.post) } : {}),
-          }, { jobId: job.id, emit: ctx.emit, signal: ctx.signal });
+          };
+          // A remote agent holds no repository key: its stream goes through a storage node.
+          const r = s.agents.isRemote(job.client!)
+            ? await runRemoteStream(s, { client: job.client!, link, unit: await s.catalog.storageUnits.get(unit), storage, parent, tags, agentSpec }, { jobId: job.id, emit: ctx.emit, log: (l, m) => ctx.log(l, m), signal: ctx.signal })
+            : await runOnAgent(link, 'backup', { storage, client: job.client, parent, tags, ...agentSpec }, { jobId: job.id, emit: ctx.emit, signal: ctx.signal });
           streams[key] = r.snapshot as string;
           result.scannedBytes = add(result.scannedBytes, r.bytesScanned);
           result.newBytes = add(result.newBytes, r.bytesNew);
           result.storedBytes = add(result.storedBytes, r.bytesStored);
+          result.sentBytes = add(result.sentBytes as number | undefined, r.bytesSent);
           result.files = add(result.files as number, r.filesNew) + (typeof r.filesChanged === 'number' ? r.filesChanged : 0) + (typeof r.filesUnchanged === 'number' ? r.filesUnchanged : 0);
           result.warnings = add(result.warnings as number, r.warnings);
-          ctx.log('info', `${label}: snapshot ${String(r.snapshot).slice(0, 12)}${parent !== 'none' ? ` (parent ${parent.slice(0, 12)})` : ' (full read)'}, ${r.bytesScanned} bytes scanned, ${r.bytesNew} new, ${r.bytesStored} stored`);
+          ctx.log('info', `${label}: snapshot ${String(r.snapshot).slice(0, 12)}${parent !== 'none' ? ` (parent ${parent.slice(0, 12)})` : ' (full read)'}, ${r.bytesScanned} bytes scanned, ${r.bytesSent ?? 0} sent over the network${r.node ? ` to node ${String(r.node)}` : ''}, ${r.bytesNew} new, ${r.bytesStored} stored`);
         } catch (e) {
           const err = toCofferError(e);
           if (err.code === 'CANCELLED' || err.transient) throw err;
@@ -245,7 +248,7 @@ async function expireOnce(s: Services, options: { pruneIntervalMs: number }, ctx
     const lastPrune = (await s.catalog.settings.get(`prune.last.${unit}`)) as number | undefined;
     const prune = lastPrune === undefined || now - lastPrune >= options.pruneIntervalMs || retry.has(unit);
     ctx.log('info', `storage unit ${unit}: forgetting ${snapshots.length} snapshot(s) of ${copies.length} expired cop${copies.length === 1 ? 'y' : 'ies'}${prune ? ', then pruning' : ''}`);
-    const forgot = await runOnAgent(s.node(), 'forget', { storage, snapshots, prune: false }, { jobId: ctx.job.id, emit: ctx.emit, signal: ctx.signal });
+    const forgot = await runOnAgent(s.node(unit), 'forget', { storage, snapshots, prune: false }, { jobId: ctx.job.id, emit: ctx.emit, signal: ctx.signal });
     // Snapshots the storage would not delete yet (locked): their copies stay, for a later expiry.
     const stillLocked = lockedSnapshots(forgot);
     for (const c of copies) {
@@ -264,7 +267,7 @@ async function expireOnce(s: Services, options: { pruneIntervalMs: number }, ctx
       forgotten++;
     }
     if (prune) {
-      const r = await runOnAgent(s.node(), 'forget', { storage, snapshots: [], prune: true }, { jobId: ctx.job.id, emit: ctx.emit, signal: ctx.signal });
+      const r = await runOnAgent(s.node(unit), 'forget', { storage, snapshots: [], prune: true }, { jobId: ctx.job.id, emit: ctx.emit, signal: ctx.signal });
       await s.catalog.settings.set(`prune.last.${unit}`, now);
       pruned.push(unit);
       const left = prunedLocked(r);
@@ -313,7 +316,7 @@ export function reconcileExecutor(s: Services): JobExecutor {
         report.units.push(entry);
         try {
           const storage = await s.storageAccess(unit);
-          const r = await runOnAgent(s.node(), 'snapshots', { storage }, { jobId: ctx.job.id, signal: ctx.signal });
+          const r = await runOnAgent(s.node(unit), 'snapshots', { storage }, { jobId: ctx.job.id, signal: ctx.signal });
           const stored = r.snapshots as Array<{ id: string; time: string; host: { hostname: string }; paths: string[]; tags: string[] }>;
           entry.snapshots = stored.length;
           const present = new Set(stored.map((x) => x.id));

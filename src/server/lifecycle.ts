@@ -617,7 +617,7 @@ export class LifecycleRunner {
     const now = this.s.now();
     const known = this.usage.get(unitName);
     if (known && now - known.at < USAGE_MAX_AGE_MS && now >= known.at) return known.bytes;
-    const r = await runOnAgent(this.s.node(), 'usage', { storage: await this.s.storageAccess(unitName) }, { signal: AbortSignal.timeout(30 * MINUTE) });
+    const r = await runOnAgent(this.s.node(unitName), 'usage', { storage: await this.s.storageAccess(unitName) }, { signal: AbortSignal.timeout(30 * MINUTE) });
     const bytes = Number(r.bytes);
     this.usage.set(unitName, { at: now, bytes });
     return bytes;

@@ -336,7 +336,7 @@ export function buildRoutes(deps: ApiDeps): RouteDef[] {
         const key = ctx.query.stream ?? keys[0]!;
         const snapshot = copy.snapshots[key];
         if (!snapshot) throw new CofferError('NOT_FOUND', `Image ${image.id} has no stream ${key}`, { hint: `Its streams: ${keys.join(', ')}.` });
-        const r = await runOnAgent(s.node(), 'list', { storage: await s.storageAccess(copy.storageUnit), snapshot, path: ctx.query.path ?? '/', limit: ctx.query.limit ?? 1000, ...(ctx.query.after !== undefined ? { after: ctx.query.after } : {}) }, { signal: AbortSignal.timeout(120_000) });
+        const r = await runOnAgent(s.node(copy.storageUnit), 'list', { storage: await s.storageAccess(copy.storageUnit), snapshot, path: ctx.query.path ?? '/', limit: ctx.query.limit ?? 1000, ...(ctx.query.after !== undefined ? { after: ctx.query.after } : {}) }, { signal: AbortSignal.timeout(120_000) });
         return { image: image.id, stream: key, streams: keys, path: ctx.query.path ?? '/', items: r.entries, ...(r.more ? { next: (r.entries as Array<{ name: string }>).at(-1)?.name } : {}) };
       },
     }),
@@ -366,7 +366,7 @@ export function buildRoutes(deps: ApiDeps): RouteDef[] {
         let more = false;
         for (const [unit, u] of byUnit) {
           if (items.length >= limit) break;
-          const r = await runOnAgent(s.node(), 'find', { storage: await s.storageAccess(unit), snapshots: u.snapshots, pattern: q.pattern, limit: limit - items.length }, { signal: AbortSignal.timeout(300_000) });
+          const r = await runOnAgent(s.node(unit), 'find', { storage: await s.storageAccess(unit), snapshots: u.snapshots, pattern: q.pattern, limit: limit - items.length }, { signal: AbortSignal.timeout(300_000) });
           for (const m of r.matches as Array<Record<string, unknown>>) items.push({ image: u.image.get(m.snapshot as string), ...m });
           unreadable.push(...(r.unreadable as unknown[]));
           if (r.more) more = true;

@@ -33,6 +33,7 @@ import { buildRoutes } from './routes.ts';
 import { LifecycleRunner } from './lifecycle.ts';
 import type { BusMessage } from './dispatcher.ts';
 import { AgentRegistry, storageAccessFor, type Services } from './services.ts';
+import { NodeRegistry } from './nodes.ts';
 import { domainMasterKey } from './domain.ts';
 import { hasImmutableUnit, lockExtendExecutor } from './object-lock.ts';
 import { Keystore, resolveSecret } from './keystore.ts';
@@ -155,13 +156,20 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
     }
 
     const agents = new AgentRegistry();
+    const nodes = new NodeRegistry();
     let embedded: EmbeddedAgent | undefined;
     let stopping = false;
     const services: Services = {
       catalog,
       now,
       agents,
-      node: () => agents.get(clientName),
+      nodes,
+      node: async (units) => {
+        const list = units === undefined ? [] : Array.isArray(units) ? units : [units];
+        if (!list.length) return nodes.get(clientName)?.link ?? agents.get(clientName);
+        const resolved = await Promise.all(list.map((u) => (typeof u === 'string' ? catalog.storageUnits.get(u) : u)));
+        return nodes.choose(resolved).link;
+      },
       storageAccess: async (unit, o) => storageAccessFor(typeof unit === 'string' ? await catalog.storageUnits.get(unit) : unit, resolve, { now: now(), ...o }),
     };
 
@@ -173,7 +181,9 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
       await catalog.clients.upsert({ name: clientName, platform: String(hello.host.os ?? ''), agentId: `embedded@${hello.host.hostname ?? clientName}`, hostIdentity: hello.host });
       await catalog.clients.seen(clientName);
       agents.set(clientName, agent.link);
-      log.info({ client: clientName, agentPid: agent.child.pid }, 'embedded agent connected');
+      const dataAddress = typeof hello.host.dataAddress === 'string' ? hello.host.dataAddress : undefined;
+      nodes.set(clientName, agent.link, { embedded: true, dataAddress });
+      log.info({ client: clientName, agentPid: agent.child.pid, dataAddress }, 'embedded agent connected');
       void agent.link.closed.then(({ reason }) => {
         if (stopping) return;
         log.error({ reason }, 'embedded agent stopped; restarting it in 2 s');

@@ -13,6 +13,7 @@ import type { StorageAccess } from '../agent/protocol.ts';
 import type { JobEvent } from '../jobs/events.ts';
 import type { AgentLink, JobDone } from './agent-link.ts';
 import { minimumLockOf, writeLockUntil } from './object-lock.ts';
+import type { NodeRegistry } from './nodes.ts';
 
 /** Resolves a secret reference (`keystore:NAME`, `file:/path`, `env:NAME`); see keystore.ts. */
 export type SecretResolver = (ref: string) => Promise<string>;
@@ -21,8 +22,13 @@ export interface Services {
   catalog: Catalog;
   now(): number;
   agents: AgentRegistry;
-  /** The agent that does the storage side of jobs (the embedded agent: this host). */
-  node(): AgentLink;
+  /** The storage nodes connected now (the embedded one among them). */
+  nodes: NodeRegistry;
+  /**
+   * The node that does the storage side of a job: the least loaded connected node serving every
+   * unit named (nodes.ts), the embedded node when none is named.
+   */
+  node(units?: string | StorageUnit | ReadonlyArray<string | StorageUnit>): Promise<AgentLink>;
   /**
    * What an agent needs to open the unit's repository; `password` instead of the unit's own (a
    * probe, a new repository); `lockFor` the expiry of the copy being written (null: never), which
@@ -70,12 +76,24 @@ export async function storageAccessFor(unit: StorageUnit, resolve: SecretResolve
 /** The agents connected now, by client name. */
 export class AgentRegistry {
   private readonly links = new Map<string, AgentLink>();
+  private readonly remote = new WeakSet<AgentLink>();
 
-  set(client: string, link: AgentLink): void {
+  /**
+   * `remote`: an agent on another host, connected over mutual TLS, that holds no repository key:
+   * its backups go through a storage node. The embedded agent is this host's and holds them.
+   */
+  set(client: string, link: AgentLink, options: { remote?: boolean } = {}): void {
     this.links.set(client, link);
+    if (options.remote) this.remote.add(link);
     void link.closed.then(() => {
       if (this.links.get(client) === link) this.links.delete(client);
     });
+  }
+
+  /** True when the client's connected agent is a remote one (see set()). */
+  isRemote(client: string): boolean {
+    const link = this.links.get(client);
+    return link !== undefined && this.remote.has(link);
   }
 
   /** The client's agent; STORAGE_UNAVAILABLE (retried later) when it is not connected. */
@@ -101,7 +119,8 @@ export class AgentRegistry {
  * signal that fires cancels it on the agent. An agent that goes away interrupts it: that is
  * STORAGE_UNAVAILABLE, which the queue retries.
  */
-export async function runOnAgent(link: AgentLink, kind: string, spec: unknown, options: { jobId?: string; emit?: (e: JobEvent) => void; signal?: AbortSignal } = {}): Promise<Record<string, unknown>> {
+export async function runOnAgent(linkOrChoice: AgentLink | Promise<AgentLink>, kind: string, spec: unknown, options: { jobId?: string; emit?: (e: JobEvent) => void; signal?: AbortSignal } = {}): Promise<Record<string, unknown>> {
+  const link = await linkOrChoice;
   const id = `${options.jobId ?? 'request'}.${randomUUID().slice(0, 8)}`;
   const onAbort = () => link.cancel(id);
   options.signal?.addEventListener('abort', onAbort, { once: true });

@@ -153,7 +153,7 @@ export function verifyExecutor(s: Services, options: { log: Logger }): JobExecut
     }
     const share = slice.length >= ALL_PACKS.length ? 'every pack' : `the packs of ${slicePercent(slice).toFixed(slicePercent(slice) < 1 ? 3 : 1)}% of the pack-id space from ${slice.start.toString(16).padStart(8, '0')}`;
     ctx.log('info', `verifying storage unit ${unit.name}${spec.image ? ` (the copy of image ${spec.image})` : ''}: reading back ${share}`);
-    const r = await runOnAgent(s.node(), 'verify', {
+    const r = await runOnAgent(s.node(unit), 'verify', {
       storage,
       ...(slice.length < ALL_PACKS.length ? { slice } : {}),
       ...(snapshots ? { snapshots } : {}),

@@ -1,0 +1,107 @@
+// One backup stream of a remote agent, through a storage node (docs/server.md "Storage nodes"):
+// the server picks the least loaded node serving the unit, opens a session there (the node job
+// `node-backup`, which holds the unit's keys), and once the node says it is ready, tells the
+// client's agent (job `backup` with `remote`) where to send. The agent holds no repository key.
+//
+// Either side ending first ends the other: the agent failing cancels the session (nothing is
+// committed without the agent's commit), the node going away interrupts the agent. A node that
+// disappears or fails for a transient reason is left out and the stream runs again on another
+// node serving the same unit, at once; what the first node stored stays in the repository and
+// is found by the next session (HAVE), so the retry sends only what is still missing.
+
+import { randomBytes } from 'node:crypto';
+import { CofferError, toCofferError } from '../core/errors.ts';
+import type { StorageAccess } from '../agent/protocol.ts';
+import type { StorageUnit } from '../catalog/storage-units.ts';
+import type { JobEvent } from '../jobs/events.ts';
+import { isSessionReady } from '../node/service.ts';
+import type { AgentLink } from './agent-link.ts';
+import { NodeRegistry, type NodeEntry } from './nodes.ts';
+import { runOnAgent, type Services } from './services.ts';
+
+/** Nodes tried for one stream before it fails (each failure leaves that node out). */
+const MAX_NODES_PER_STREAM = 3;
+
+export interface RemoteStream {
+  client: string;
+  link: AgentLink;
+  unit: StorageUnit;
+  storage: StorageAccess;
+  parent: string;
+  tags: string[];
+  /** The agent's job spec without its destination (selection, pre, post, ...). */
+  agentSpec: Record<string, unknown>;
+}
+
+export interface StreamContext {
+  jobId: string;
+  emit: (e: JobEvent) => void;
+  log: (level: 'info' | 'warn' | 'error', message: string) => void;
+  signal: AbortSignal;
+}
+
+/** Runs the stream; resolves with the agent's result plus the node's (snapshot, bytes stored). */
+export async function runRemoteStream(s: Services, stream: RemoteStream, ctx: StreamContext): Promise<Record<string, unknown>> {
+  const failed = new Set<string>();
+  for (;;) {
+    const node = s.nodes.choose([stream.unit], { exclude: failed, needData: true });
+    try {
+      return await NodeRegistry.track(node, runOnNode(node, stream, ctx));
+    } catch (e) {
+      const err = toCofferError(e);
+      if (err.code === 'CANCELLED' || ctx.signal.aborted || !(err as CofferError & { nodeFailed?: boolean }).nodeFailed) throw err;
+      failed.add(node.name);
+      ctx.log('warn', `storage node ${node.name} failed this stream (${err.message}); ${failed.size < MAX_NODES_PER_STREAM ? 'trying another node that serves unit ' + stream.unit.name : 'giving up for now'}`);
+      if (failed.size >= MAX_NODES_PER_STREAM) throw err;
+    }
+  }
+}
+
+async function runOnNode(node: NodeEntry, stream: RemoteStream, ctx: StreamContext): Promise<Record<string, unknown>> {
+  const session = randomBytes(32).toString('base64url');
+  const both = new AbortController();
+  const onAbort = () => both.abort(ctx.signal.reason);
+  ctx.signal.addEventListener('abort', onAbort, { once: true });
+  let ready!: () => void;
+  const isReady = new Promise<void>((resolve) => (ready = resolve));
+  ctx.log('info', `storage node ${node.name} (${node.dataAddress}) takes client ${stream.client}'s stream to unit ${stream.unit.name}`);
+  const served = runOnAgent(node.link, 'node-backup', { storage: stream.storage, session, client: stream.client, parent: stream.parent, tags: stream.tags }, {
+    jobId: ctx.jobId,
+    signal: both.signal,
+    emit: (e) => {
+      if (isSessionReady(e)) ready();
+      else if (e.type === 'log') ctx.emit({ ...e, message: `node ${node.name}: ${e.message}` });
+    },
+  });
+  // The node's failure, marked as the node's: the stream may go to another node.
+  const nodeDone = served.catch((e: unknown) => {
+    const err = toCofferError(e);
+    if (err.transient || !node.link.isOpen) Object.assign(err, { nodeFailed: true });
+    throw err;
+  });
+  nodeDone.catch(() => both.abort(new CofferError('CANCELLED', 'the storage node ended the session')));
+  try {
+    await Promise.race([isReady, nodeDone]);
+    const sent = runOnAgent(stream.link, 'backup', { ...stream.agentSpec, client: stream.client, parent: stream.parent, tags: stream.tags, remote: { address: node.dataAddress!, session, node: node.name } }, {
+      jobId: ctx.jobId,
+      emit: ctx.emit,
+      signal: both.signal,
+    });
+    sent.catch(() => both.abort(new CofferError('CANCELLED', 'the agent ended its side of the backup')));
+    // The node's result is the truth of what was committed; a node that fails after the agent
+    // gave up is the agent's failure, which says why.
+    const [agentResult, nodeResult] = await Promise.allSettled([sent, nodeDone]);
+    if (agentResult.status === 'rejected') {
+      const err = toCofferError(agentResult.reason);
+      if (nodeResult.status === 'rejected' && (nodeResult.reason as { nodeFailed?: boolean }).nodeFailed && err.code === 'CANCELLED' && !ctx.signal.aborted) throw nodeResult.reason;
+      throw err;
+    }
+    if (nodeResult.status === 'rejected') throw nodeResult.reason;
+    const a = agentResult.value;
+    const n = nodeResult.value;
+    if (a.snapshot !== n.snapshot) throw new CofferError('INTERNAL', `The agent reports snapshot ${String(a.snapshot)}, the storage node ${String(n.snapshot)}`);
+    return { ...a, bytesStored: n.bytesStored, bytesReceived: n.bytesReceived, node: node.name };
+  } finally {
+    ctx.signal.removeEventListener('abort', onAbort);
+  }
+}
