@@ -10,7 +10,7 @@ import assert from 'node:assert/strict';
 import { execFileSync, spawn } from 'node:child_process';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import { createNetwork, netnsAvailable, type HostProcess, type Network } from '../src/testing/netns.ts';
+import { createNetwork, isAlive, netnsAvailable, waitForOutput, type HostProcess, type Network } from '../src/testing/netns.ts';
 
 const PORT = 7000; // each namespace has its own ports: no free-port hunting needed
 const NETNS = join(import.meta.dirname, '..', 'src', 'testing', 'netns.ts');
@@ -48,27 +48,6 @@ s.on('timeout', () => { console.log('error timeout'); process.exit(2); });
 s.on('error', (e) => { console.log('error ' + (e.code || e.message)); process.exit(2); });
 `;
 
-/** Resolves once the process's output matches `pattern`; rejects after timeoutMs with what it printed. */
-function waitForOutput(proc: HostProcess, pattern: RegExp, timeoutMs = 10_000): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const check = () => {
-      if (!pattern.test(proc.output())) return;
-      cleanup();
-      resolve();
-    };
-    const timer = setTimeout(() => {
-      cleanup();
-      reject(new Error(`${proc.host}: ${proc.command} did not print ${pattern} within ${timeoutMs} ms; it printed:\n${proc.output()}`));
-    }, timeoutMs);
-    const cleanup = () => {
-      clearTimeout(timer);
-      proc.child.stdout!.off('data', check);
-    };
-    proc.child.stdout!.on('data', check);
-    check();
-  });
-}
-
 async function startEcho(net: Network, host: string, tag: string): Promise<HostProcess> {
   const server = net.spawn(host, process.execPath, ['-e', ECHO_SERVER, tag]);
   await net.waitForPort(host, PORT);
@@ -95,15 +74,6 @@ function rootLinks(): string[] {
 
 function namespaces(): string[] {
   return execFileSync('ip', ['netns', 'list'], { encoding: 'utf8' }).split('\n').map((l) => l.split(' ')[0]!).filter(Boolean);
-}
-
-function isRunning(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 test('this machine can build test networks (root and iproute2)', () => {
@@ -163,17 +133,18 @@ test('kill() ends a process with the children it started; destroy() removes ever
       console.log('child ' + c.pid); setInterval(() => {}, 1000);`]);
     await waitForOutput(parent, /child \d+/);
     const childPid = Number(/child (\d+)/.exec(parent.output())![1]);
-    assert.ok(isRunning(childPid));
+    assert.ok(isAlive(childPid));
     assert.equal((await net.kill(parent)).signal, 'SIGKILL');
-    await waitUntil(() => !isRunning(childPid), 'the killed process\'s child to end');
+    await assert.rejects(waitForOutput(parent, /never printed/), /alpha: .* ended \(SIGKILL\) without printing \/never printed\/; it printed:\nchild \d+/s);
+    await waitUntil(() => !isAlive(childPid), 'the killed process\'s child to end');
 
     const sleeper = net.spawn('beta', process.execPath, ['-e', 'setInterval(() => {}, 1000)']);
-    assert.ok(isRunning(sleeper.pid));
+    assert.ok(isAlive(sleeper.pid));
     const names = net.namespaces;
     assert.deepEqual(names.filter((n) => namespaces().includes(n)), names);
     await net.destroy();
     assert.deepEqual(names.filter((n) => namespaces().includes(n)), [], 'every namespace is gone');
-    assert.ok(!isRunning(sleeper.pid), 'the process is gone');
+    assert.ok(!isAlive(sleeper.pid), 'the process is gone');
     assert.throws(() => net.spawn('alpha', 'true'), /destroyed/);
   } finally {
     await net.destroy();
@@ -192,13 +163,13 @@ test('two networks made at once do not collide, and neither reaches the other', 
   assert.match(across.stdout, /error ENETUNREACH/);
 });
 
-/** Starts a test process that builds a network and waits; resolves with it and its namespaces. */
-async function networkInChild(): Promise<{ child: ReturnType<typeof spawn>; names: string[] }> {
+/** Starts a test process that builds a network with a process in it and waits; resolves with its namespaces and that process's pid. */
+async function networkInChild(): Promise<{ child: ReturnType<typeof spawn>; names: string[]; pid: number }> {
   const child = spawn(process.execPath, ['-e', `
     const { createNetwork } = await import(${JSON.stringify(NETNS)});
     const net = await createNetwork({ hosts: ['solo'] });
-    net.spawn('solo', process.execPath, ['-e', 'setInterval(() => {}, 1000)']);
-    console.log(JSON.stringify(net.namespaces));
+    const p = net.spawn('solo', process.execPath, ['-e', 'setInterval(() => {}, 1000)']);
+    console.log(JSON.stringify({ names: net.namespaces, pid: p.pid }));
     setInterval(() => {}, 1000);`], { stdio: ['ignore', 'pipe', 'inherit'] });
   const line = await new Promise<string>((resolve, reject) => {
     let out = '';
@@ -208,7 +179,7 @@ async function networkInChild(): Promise<{ child: ReturnType<typeof spawn>; name
     });
     child.once('exit', (code) => reject(new Error(`the child exited (${code}) before making its network: ${out}`)));
   });
-  return { child, names: JSON.parse(line) as string[] };
+  return { child, ...(JSON.parse(line) as { names: string[]; pid: number }) };
 }
 
 test('a test process that is stopped by a signal removes its network; one SIGKILLed leaves it to the next createNetwork()', async (t) => {
@@ -218,14 +189,17 @@ test('a test process that is stopped by a signal removes its network; one SIGKIL
   stopped.child.kill('SIGTERM');
   assert.equal(await exited, 'SIGTERM');
   assert.deepEqual(stopped.names.filter((n) => namespaces().includes(n)), []);
+  await waitUntil(() => !isAlive(stopped.pid), 'its process to be killed');
 
   const crashed = await networkInChild();
   const gone = new Promise((r) => crashed.child.once('exit', r));
   crashed.child.kill('SIGKILL');
   await gone;
   assert.equal(crashed.names.filter((n) => namespaces().includes(n)).length, 2, 'nothing could clean up after SIGKILL');
+  assert.ok(isAlive(crashed.pid), 'its process outlived it');
   await network(t, ['next']);
   assert.deepEqual(crashed.names.filter((n) => namespaces().includes(n)), [], 'the next network removed the leftovers');
+  await waitUntil(() => !isAlive(crashed.pid), 'the leftover process to be killed');
 });
 
 test('without root or without ip, building a network fails saying what is missing', () => {

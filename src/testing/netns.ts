@@ -23,6 +23,7 @@
 // do not skip without them: they fail with that reason, as the house rules ask.
 
 import { execFile, execFileSync, spawn, type ChildProcess, type StdioOptions } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { CofferError } from '../core/errors.ts';
 
 const PREFIX = 'cofnet-';
@@ -148,12 +149,13 @@ function listNamespaces(): string[] {
   return out.split('\n').map((l) => l.trim().split(/\s+/)[0]!).filter((n) => n.length > 0);
 }
 
-function alive(pid: number): boolean {
+/** Whether process `pid` runs (a zombie, dead but not yet collected by its parent, does not). */
+export function isAlive(pid: number): boolean {
   try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code === 'EPERM';
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) !== 'Z';
+  } catch {
+    return false;
   }
 }
 
@@ -222,7 +224,7 @@ export function removeLeftovers(): string[] {
     const m = NAME_RE.exec(ns);
     if (!m) continue;
     const pid = Number(m[2]);
-    const stale = pid === process.pid ? !owned.has(ns) : !alive(pid);
+    const stale = pid === process.pid ? !owned.has(ns) : !isAlive(pid);
     if (!stale) continue;
     removeNamespaceSync(ns);
     removed.push(ns);
@@ -444,6 +446,44 @@ export class Network {
       await new Promise((r) => setTimeout(r, 20));
     }
   }
+}
+
+/**
+ * Resolves once the process's kept output (stdout and stderr) matches `pattern`, e.g. a server's
+ * "listening" line; rejects after timeoutMs (default 10 s) with what it printed.
+ */
+export function waitForOutput(proc: HostProcess, pattern: RegExp, timeoutMs = 10_000): Promise<void> {
+  return new Promise((resolve, reject) => {
+    let settled = false;
+    const check = () => {
+      if (settled || !pattern.test(proc.output())) return;
+      settled = true;
+      cleanup();
+      resolve();
+    };
+    const timer = setTimeout(() => {
+      cleanup();
+      reject(new CofferError('CANCELLED', `${proc.host}: ${proc.command} did not print ${pattern} within ${timeoutMs} ms; it printed:\n${proc.output()}`));
+    }, timeoutMs);
+    // Its output is all in once the process has closed its streams: no point waiting longer.
+    const onClose = () => {
+      check();
+      cleanup();
+      reject(new CofferError('CANCELLED', `${proc.host}: ${proc.command} ended (${proc.child.signalCode ?? `exit ${proc.child.exitCode}`}) without printing ${pattern}; it printed:\n${proc.output()}`));
+    };
+    const cleanup = () => {
+      clearTimeout(timer);
+      proc.child.stdout!.off('data', check);
+      proc.child.stderr!.off('data', check);
+      proc.child.off('close', onClose);
+    };
+    proc.child.stdout!.on('data', check);
+    proc.child.stderr!.on('data', check);
+    proc.child.on('close', onClose);
+    check();
+    const c = proc.child;
+    if (!settled && (c.exitCode !== null || c.signalCode !== null) && c.stdout!.destroyed && c.stderr!.destroyed) onClose();
+  });
 }
 
 /** Run by waitForPort inside a namespace: connect until it works or time runs out (argv: address, port, ms). */
