@@ -12,13 +12,14 @@ import { buildProgram } from '../src/cli/main.ts';
 import { COMMAND_OUTPUT, LINE_TYPES, checkJsonOutput } from '../src/cli/json-schema.ts';
 import { commandOf, leafCommands, runCli } from './cli.ts';
 import { makeSourceTree } from './helpers.ts';
-import { COMPLIANCE_COMMANDS, SERVER_COMMANDS, VERIFY_COMMANDS } from './server-commands.ts';
+import { COMPLIANCE_COMMANDS, PKI_COMMANDS, SERVER_COMMANDS, VERIFY_COMMANDS } from './server-commands.ts';
 
 /** Commands that need no --json test here, with the reason. */
 const EXEMPT: Record<string, string> = {
   ...Object.fromEntries(SERVER_COMMANDS.map((c) => [c, 'run with --json in test/server-cli.test.ts'])),
   ...Object.fromEntries(VERIFY_COMMANDS.map((c) => [c, 'run with --json in test/verify.test.ts'])),
   ...Object.fromEntries(COMPLIANCE_COMMANDS.map((c) => [c, 'run with --json in test/compliance.test.ts'])),
+  ...Object.fromEntries(PKI_COMMANDS.map((c) => [c, 'run with --json in test/pki.test.ts'])),
 };
 
 type Line = Record<string, unknown> & { type: string };

@@ -14,3 +14,6 @@ export const SERVER_COMMANDS = [
 export const VERIFY_COMMANDS = ['verify', 'alerts list', 'alerts ack'] as const;
 /** Run with --json against a real server in test/compliance.test.ts instead. */
 export const COMPLIANCE_COMMANDS = ['restore-test', 'report compliance'] as const;
+
+/** Enrollment, revocation and remote agents and nodes: run with --json in test/pki.test.ts. */
+export const PKI_COMMANDS = ['clients add', 'clients revoke', 'nodes add', 'nodes revoke', 'nodes list', 'agent enroll', 'node enroll', 'agent run', 'node run'] as const;

@@ -43,7 +43,7 @@ export async function waitUntil(what: string, check: () => boolean | Promise<boo
 
 /** Starts `coffer server --data-dir DIR --listen 127.0.0.1:PORT` and logs in as admin. */
 export async function startServerProcess(t: { after(fn: () => unknown): void }, options: { dataDir: string; port: number; env?: Record<string, string>; args?: string[] }): Promise<ServerProcess> {
-  const child = spawn(process.execPath, [MAIN, 'server', '--data-dir', options.dataDir, '--listen', `127.0.0.1:${options.port}`, '--workers', '1', ...(options.args ?? [])], {
+  const child = spawn(process.execPath, [MAIN, 'server', '--data-dir', options.dataDir, '--listen', `127.0.0.1:${options.port}`, '--agent-listen', '127.0.0.1:0', '--workers', '1', ...(options.args ?? [])], {
     env: { ...process.env, COFFER_ADMIN_PASSWORD: ADMIN_PASSWORD, COFFER_LOG_LEVEL: 'info', ...options.env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });

@@ -7,6 +7,14 @@
 //   server → agent   job.start { job, kind, spec }         agent → server   job.event { job, event }
 //   server → agent   job.cancel { job }                    agent → server   job.done { job, state, result?, error? }
 //   server → agent   ping { n }                            agent → server   pong { n }
+//
+// Remote agents and nodes over mutual TLS (issue #12; src/server/agent-port.ts) add, all optional
+// for the embedded agent: welcome's pingMs (the agent drops a connection silent for three of
+// them); refuse's code (REVOKED, PROTOCOL, IDENTITY: why, for the agent to decide whether to
+// retry); and these messages:
+//   agent → server   enroll { token, csr, role, name? }    server → agent   enrolled { certificate, ca, name, role } | refuse
+//                    (the only message of a connection without a client certificate)
+//   agent → server   renew { csr }                          server → agent   renewed { certificate } | renewed { reason }
 
 import { z } from 'zod';
 import { CofferError } from '../core/errors.ts';
@@ -281,9 +289,16 @@ const errorShape = z.strictObject({ code: z.string().max(64), message: z.string(
 
 const agentInfo = z.strictObject({ name, version: z.string().max(64), host: z.record(z.string(), z.unknown()) });
 
+/** Why a connection was refused, for the agent to decide what to do (stop for good, or retry). */
+export const REFUSAL_CODES = ['REVOKED', 'PROTOCOL', 'IDENTITY', 'ENROLL'] as const;
+export type RefusalCode = (typeof REFUSAL_CODES)[number];
+const pem = z.string().min(1).max(65536);
+
 const toAgent = z.discriminatedUnion('t', [
-  z.strictObject({ t: z.literal('welcome'), protocol: z.number().int() }),
-  z.strictObject({ t: z.literal('refuse'), reason: z.string().max(65536) }),
+  z.strictObject({ t: z.literal('welcome'), protocol: z.number().int(), pingMs: z.number().int().positive().optional() }),
+  z.strictObject({ t: z.literal('refuse'), reason: z.string().max(65536), code: z.enum(REFUSAL_CODES).optional() }),
+  z.strictObject({ t: z.literal('enrolled'), certificate: pem, ca: pem, name, role: z.enum(['agent', 'node']) }),
+  z.strictObject({ t: z.literal('renewed'), certificate: pem.optional(), reason: z.string().max(65536).optional() }),
   z.strictObject({ t: z.literal('job.start'), job: jobId, kind: z.string().max(64), spec: z.unknown() }),
   z.strictObject({ t: z.literal('job.cancel'), job: jobId }),
   z.strictObject({ t: z.literal('ping'), n: z.number().int() }),
@@ -291,6 +306,8 @@ const toAgent = z.discriminatedUnion('t', [
 
 const toServer = z.discriminatedUnion('t', [
   z.strictObject({ t: z.literal('hello'), protocol: z.number().int(), agent: agentInfo }),
+  z.strictObject({ t: z.literal('enroll'), protocol: z.number().int(), token: z.string().min(1).max(1024), csr: pem, role: z.enum(['agent', 'node']), name: name.optional() }),
+  z.strictObject({ t: z.literal('renew'), csr: pem }),
   z.strictObject({ t: z.literal('job.event'), job: jobId, event: z.unknown() }),
   z.strictObject({
     t: z.literal('job.done'),

@@ -8,7 +8,7 @@ import type { Readable, Writable } from 'node:stream';
 import { CofferError, toCofferError } from '../core/errors.ts';
 import type { JobEvent } from '../jobs/events.ts';
 import type { AgentRuntime } from './runtime.ts';
-import { LineReader, PROTOCOL_VERSION, encodeMessage, parseToAgent, type NodeLoad, type ToServer } from './protocol.ts';
+import { LineReader, PROTOCOL_VERSION, encodeMessage, parseToAgent, type NodeLoad, type RefusalCode, type ToAgent, type ToServer } from './protocol.ts';
 
 export interface ServeOptions {
   input: Readable;
@@ -19,12 +19,18 @@ export interface ServeOptions {
   log?: (message: string) => void;
   /** How busy this host is, sent with every pong (a storage node's data service adds its bytes in flight). */
   load?: () => NodeLoad;
+  /** Once the server welcomed the agent: its welcome, and a way to send (a remote agent's renewal). */
+  onWelcome?: (welcome: Extract<ToAgent, { t: 'welcome' }>, send: (m: ToServer) => void) => void;
+  /** The server's answer to a renewal (src/agent/remote.ts); without this hook, `renewed` is a protocol error. */
+  onRenewed?: (m: Extract<ToAgent, { t: 'renewed' }>) => void;
 }
 
 export interface ServeResult {
   /** Why the connection ended: 'closed' by the server, or a refusal or protocol error. */
   reason: 'closed' | 'refused' | 'protocol';
   message?: string;
+  /** A refusal's code, when the server gave one (REVOKED: stop for good). */
+  code?: RefusalCode;
 }
 
 export function serveAgent(options: ServeOptions): Promise<ServeResult> {
@@ -76,8 +82,10 @@ export function serveAgent(options: ServeOptions): Promise<ServeResult> {
       return;
     }
     if (!welcomed) {
-      if (m.t === 'welcome' && m.protocol === PROTOCOL_VERSION) welcomed = true;
-      else if (m.t === 'refuse') end({ reason: 'refused', message: m.reason });
+      if (m.t === 'welcome' && m.protocol === PROTOCOL_VERSION) {
+        welcomed = true;
+        options.onWelcome?.(m, send);
+      } else if (m.t === 'refuse') end({ reason: 'refused', message: m.reason, ...(m.code ? { code: m.code } : {}) });
       else end({ reason: 'protocol', message: `expected welcome, got ${m.t}` });
       return;
     }
@@ -90,6 +98,17 @@ export function serveAgent(options: ServeOptions): Promise<ServeResult> {
         break;
       case 'ping':
         send({ t: 'pong', n: m.n, ...(options.load ? { load: options.load() } : {}) });
+        break;
+      case 'refuse':
+        // Revoked while connected: the server says so, then closes.
+        end({ reason: 'refused', message: m.reason, ...(m.code ? { code: m.code } : {}) });
+        break;
+      case 'renewed':
+        if (options.onRenewed) {
+          options.onRenewed(m);
+          break;
+        }
+        end({ reason: 'protocol', message: 'unexpected renewed' });
         break;
       default:
         end({ reason: 'protocol', message: `unexpected ${m.t}` });

@@ -25,6 +25,7 @@ import { imagesModule, type Images } from './images.ts';
 import { jobsModule, type Jobs } from './jobs.ts';
 import { lifecycleScanModule, type LifecycleScan } from './lifecycle-scan.ts';
 import { migrate } from './migrate.ts';
+import { pkiModule, type Pki } from './pki.ts';
 import type { CatalogDialect, Migration } from './migrations/migration.ts';
 import type { Database } from './schema.ts';
 import type { Scope } from './scope.ts';
@@ -58,6 +59,8 @@ export interface CatalogQueries {
   lifecycleScan: LifecycleScan;
   /** Aggregates for the compliance report. */
   compliance: Compliance;
+  /** The certificate authority's enrollment tokens and issued certificates (pki.ts). */
+  pki: Pki;
   /**
    * Runs `fn` in one transaction: everything it does through `tx` is committed together, or
    * nothing is if it throws (the error is passed on). Inside a transaction, runs in that one.
@@ -184,6 +187,7 @@ function queries(scope: Scope): CatalogQueries {
     alerts: alertsModule(scope),
     lifecycleScan: lifecycleScanModule(scope),
     compliance: complianceModule(scope),
+    pki: pkiModule(scope),
     async transaction(fn) {
       if (scope.db.isTransaction) return fn(queries(scope));
       try {

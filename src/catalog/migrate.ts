@@ -11,6 +11,7 @@ import * as m0001 from './migrations/0001_init.ts';
 import * as m0002 from './migrations/0002_alerts.ts';
 import * as m0003 from './migrations/0003_lifecycle_next.ts';
 import * as m0004 from './migrations/0004_compliance_indexes.ts';
+import * as m0005 from './migrations/0005_enrollment.ts';
 import type { CatalogDialect, Migration } from './migrations/migration.ts';
 import type { Database } from './schema.ts';
 
@@ -19,6 +20,7 @@ export const MIGRATIONS: readonly Migration[] = [
   { version: 2, name: m0002.name, up: m0002.up },
   { version: 3, name: m0003.name, up: m0003.up },
   { version: 4, name: m0004.name, up: m0004.up },
+  { version: 5, name: m0005.name, up: m0005.up },
 ];
 
 /** The schema version this code writes. */

@@ -27,6 +27,8 @@ export interface Database {
   audit: AuditTable;
   settings: SettingsTable;
   alerts: AlertsTable;
+  enrollments: EnrollmentsTable;
+  certificates: CertificatesTable;
 }
 
 export interface MigrationsTable {
@@ -222,4 +224,29 @@ export interface AlertsTable {
   resolved: number | null;
   resolved_by: string | null;
   resolution: string | null;
+}
+
+export interface EnrollmentsTable {
+  id: string;
+  hash: string;
+  name: string;
+  role: string;
+  expires: number;
+  created: number;
+  created_by: string;
+  used: number | null;
+  serial: string | null;
+}
+
+export interface CertificatesTable {
+  serial: string;
+  name: string;
+  role: string;
+  not_before: number;
+  not_after: number;
+  issued: number;
+  last_seen: number | null;
+  address: string | null;
+  revoked: number | null;
+  revoked_by: string | null;
 }

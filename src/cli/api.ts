@@ -6,6 +6,7 @@
 import { randomBytes } from 'node:crypto';
 import { mkdirSync, readFileSync, renameSync, rmSync, writeFileSync, fsyncSync, openSync, closeSync } from 'node:fs';
 import { homedir } from 'node:os';
+import { getCACertificates, setDefaultCACertificates } from 'node:tls';
 import { dirname, join } from 'node:path';
 import { CofferError, ERROR_CODES, type ErrorCode } from '../core/errors.ts';
 
@@ -14,6 +15,20 @@ export interface SavedLogin {
   token: string;
   user?: string;
   expires?: number;
+  /** The CA certificate (PEM) that issued an HTTPS server's certificate: the server's own CA. */
+  ca?: string;
+}
+
+const trusted = new Set<string>();
+
+/**
+ * Trusts `pem` (a Coffer server's CA) for this process's HTTPS requests, besides the system's
+ * CAs. Scripts that use COFFER_SERVER and COFFER_TOKEN set NODE_EXTRA_CA_CERTS to the CA file instead.
+ */
+export function trustCa(pem: string): void {
+  if (trusted.has(pem)) return;
+  trusted.add(pem);
+  setDefaultCACertificates([...getCACertificates('default'), ...getCACertificates('extra'), ...trusted]);
 }
 
 export function loginFile(env: NodeJS.ProcessEnv = process.env): string {
@@ -86,14 +101,15 @@ export class ApiClient {
   readonly server: string;
   private readonly token: string | undefined;
 
-  constructor(server: string, token?: string) {
+  constructor(server: string, token?: string, ca?: string) {
     this.server = normalizeServerUrl(server);
     this.token = token;
+    if (ca) trustCa(ca);
   }
 
   static fromLogin(env: NodeJS.ProcessEnv = process.env, server?: string): ApiClient {
     const l = currentLogin(env, server);
-    return new ApiClient(l.server, l.token);
+    return new ApiClient(l.server, l.token, l.ca);
   }
 
   private url(path: string, query?: Record<string, unknown>): string {
@@ -115,6 +131,9 @@ export class ApiClient {
     } catch (e) {
       if ((e as Error).name === 'AbortError') throw new CofferError('CANCELLED', 'Cancelled: the request was interrupted');
       const cause = (e as { cause?: { code?: string; message?: string } }).cause;
+      if (/CERT|SELF_SIGNED|UNABLE_TO_VERIFY|ALTNAME/.test(cause?.code ?? '')) {
+        throw new CofferError('STORAGE_UNAVAILABLE', `Cannot trust the Coffer server at ${this.server}: ${cause?.code ?? cause?.message}`, { hint: 'Log in with `coffer login --server URL --ca-fingerprint SHA256` (the fingerprint `coffer server` printed) or `--cacert DATA_DIR/ca.pem`; scripts set NODE_EXTRA_CA_CERTS to the CA file.' });
+      }
       throw new CofferError('STORAGE_UNAVAILABLE', `Cannot reach the Coffer server at ${this.server}: ${cause?.code ?? cause?.message ?? (e as Error).message}`, { hint: 'Is `coffer server` running there? Check the address (COFFER_SERVER or `coffer login --server`).' });
     }
   }

@@ -1,6 +1,6 @@
 // `coffer agent ...`: the agent process. `agent stdio` is the embedded agent the server starts:
 // it speaks the agent protocol on its stdin and stdout (docs/server.md), and is not meant to be
-// run by hand. Remote agents (`agent enroll`, `agent run`) come with issue #12.
+// run by hand. Remote agents (`agent enroll`, `agent run`) are in cmd_remote.ts.
 import { hostname } from 'node:os';
 import type { Command } from 'commander';
 
@@ -8,6 +8,7 @@ import { CofferError } from '../core/errors.ts';
 import { VERSION } from '../core/version.ts';
 import { localHostIdentity } from '../sources/host.ts';
 import { output, sessionTimingFromEnv } from './context.ts';
+import { registerRemote } from './cmd_remote.ts';
 
 export function register(program: Command): void {
   const agent = program.command('agent').description('the agent that runs backups and restores on a protected host');
@@ -41,4 +42,5 @@ export function register(program: Command): void {
       await runtime.close();
       if (r.reason !== 'closed') throw new CofferError('PROTOCOL', `The agent stopped: ${r.message ?? r.reason}`);
     });
+  registerRemote(agent, 'agent');
 }

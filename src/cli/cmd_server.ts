@@ -72,6 +72,9 @@ export function register(program: Command): void {
     .option('--catalog <url>', 'the catalog: a file path (SQLite, default DATA_DIR/catalog.db) or postgres://user@host/db')
     .option('--workers <n>', 'worker threads of this host\'s agent while jobs run (default: one per two cores with the addon\'s encoder, else one per core)')
     .option('--max-jobs <n>', 'jobs running at once in all', '16')
+    .option('--agent-listen <host:port>', 'where remote agents and storage nodes connect (mutual TLS; "none": nowhere)', '127.0.0.1:7481')
+    .option('--agent-san <name>', 'another DNS name or IP address for the server\'s TLS certificate, as agents reach it (repeatable)', (v: string, prev: string[] = []) => [...prev, v])
+    .option('--api-tls', 'serve the API over HTTPS even on loopback (beyond loopback it always is)')
     .addHelpText('after', `
 With no options, everything is kept under one data directory: an embedded catalog (SQLite),
 a local-disk storage unit named "default", and an agent that backs up and restores this host
@@ -81,14 +84,19 @@ On first start the user "admin" is created with a random password, printed once 
 DATA_DIR/initial-admin-password (mode 0600); set COFFER_ADMIN_PASSWORD to choose it instead.
 Secrets (repository passwords) are kept in DATA_DIR/keystore.json, encrypted with
 DATA_DIR/server.key, or with COFFER_SERVER_KEY (base64) / COFFER_SERVER_KEY_FILE in containers.
+Remote agents and storage nodes connect to --agent-listen over mutual TLS with certificates from
+the server's own CA (DATA_DIR/ca.key, ca.pem; its fingerprint is logged at start): enroll them
+with \`coffer clients add NAME --enroll-token\` or \`coffer nodes add NAME --enroll-token\`. The API
+serves HTTPS with a certificate from the same CA whenever --listen is not a loopback address.
 Stop with Ctrl-C or SIGTERM: running jobs stop, are recorded as interrupted and run again after
 the next start.`)
-    .action(async (o: { dataDir?: string; listen: string; catalog?: string; workers?: string; maxJobs: string }, cmd: Command) => {
+    .action(async (o: { dataDir?: string; listen: string; catalog?: string; workers?: string; maxJobs: string; agentListen: string; agentSan?: string[]; apiTls?: boolean }, cmd: Command) => {
       if (output(cmd).json) {
         throw new CofferError('USAGE', 'Cannot run the server with --json: its output is its log, which is JSON lines whenever standard error is not a terminal', { hint: 'Leave out --json.' });
       }
       const env = process.env;
       const { host, port } = parseListen(o.listen);
+      const agentListen = o.agentListen === 'none' ? undefined : parseListen(o.agentListen);
       const workers = o.workers === undefined ? undefined : Number(o.workers);
       if (workers !== undefined && (!Number.isInteger(workers) || workers < 1 || workers > 256)) throw new CofferError('USAGE', `Cannot use --workers ${o.workers}: give a whole number from 1 to 256`);
       const maxJobs = Number(o.maxJobs);
@@ -111,6 +119,9 @@ the next start.`)
         log,
         workers,
         maxJobs,
+        ...(agentListen ? { agentListen } : {}),
+        ...(o.agentSan ? { agentSans: o.agentSan } : {}),
+        ...(o.apiTls ? { apiTls: true } : {}),
       });
       const example = join(dataDir, 'example-policy.yaml');
       if (!existsSync(example)) writeFileSync(example, exampleFor(server.clientName, dataDir), { mode: 0o600 });
@@ -118,6 +129,7 @@ the next start.`)
       const lines = [
         `Coffer server ${VERSION} is running at ${server.url}`,
         `  data directory: ${dataDir} (catalog ${server.catalog.where}; storage unit "default"; this host is client "${server.clientName}")`,
+        `  CA fingerprint (SHA-256): ${server.ca.fingerprint}${server.agentPort ? `; agents and nodes connect to ${server.agentPort.address}` : ''}`,
       ];
       if (server.initialAdminPassword) {
         lines.push(`  user "admin", password ${server.initialAdminPassword}  (shown once; also in ${pwFile}, mode 0600)`);
@@ -128,7 +140,7 @@ the next start.`)
       lines.push(
         '',
         'Next:',
-        `  coffer login --server ${server.url} --user admin${hasFile ? ` --password-stdin < ${pwFile}` : ''}`,
+        `  coffer login --server ${server.url} --user admin${server.url.startsWith('https:') ? ` --ca-fingerprint ${server.ca.fingerprint}` : ''}${hasFile ? ` --password-stdin < ${pwFile}` : ''}`,
         `  coffer apply -f ${example}`,
         '  coffer backup now --policy example --wait',
         '',

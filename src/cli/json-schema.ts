@@ -241,6 +241,14 @@ const repairIndexSummary = summary({
   report: z.string().optional(),
 });
 
+const fingerprintHex = z.string().regex(/^[0-9a-f]{64}$/, 'a SHA-256 fingerprint: 64 hex digits');
+const enrollmentSummary = (role: 'agent' | 'node') => summary({
+  id: z.string(), name: z.string(), role: z.literal(role), token: z.string().startsWith('cen_'), expires: count, caFingerprint: fingerprintHex, server: z.string(),
+  command: z.string().startsWith(`coffer ${role} enroll `),
+});
+const revokeSummary = (role: 'agent' | 'node') => summary({ name: z.string(), role: z.literal(role), certificates: count, enrollments: count, disconnected: z.boolean() });
+const enrolledSummary = (role: 'agent' | 'node') => summary({ name: z.string(), role: z.literal(role), server: z.string(), caFingerprint: fingerprintHex, trust: z.enum(['given', 'first-use']), notAfter: count, stateDir: z.string() });
+
 /** Every command of the CLI (its path below `coffer`) and what it prints with --json. */
 export const COMMAND_OUTPUT: Record<string, CommandOutput> = {
   'repo init': {
@@ -419,6 +427,18 @@ export const COMMAND_OUTPUT: Record<string, CommandOutput> = {
   'alerts list': { events: ['alert'], summary: summary({ alerts: count }) },
   'alerts ack': { events: [], summary: summary({ alert: apiAlert }) },
   'lock-extend': { events: JOB_LINES, summary: jobsSummary },
+  'clients add': { events: [], summary: enrollmentSummary('agent') },
+  'nodes add': { events: [], summary: enrollmentSummary('node') },
+  'clients revoke': { events: [], summary: revokeSummary('agent') },
+  'nodes revoke': { events: [], summary: revokeSummary('node') },
+  'nodes list': {
+    events: [],
+    summary: summary({ nodes: z.array(z.strictObject({ name: z.string(), connected: z.boolean(), revoked: z.boolean(), address: z.string().optional(), version: z.string().optional(), lastSeen: count.optional(), notAfter: count.optional() })) }),
+  },
+  'agent enroll': { events: [], summary: enrolledSummary('agent') },
+  'node enroll': { events: [], summary: enrolledSummary('node') },
+  'agent run': { events: [], summary: null },
+  'node run': { events: [], summary: null },
   quickstart: {
     events: ['warning'],
     summary: summary({ repository: z.string(), created: z.boolean(), snapshot: id, snapshots: count, check: z.enum(['ok', 'failed']), warnings: count }),

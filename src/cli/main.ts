@@ -33,6 +33,8 @@ import { register as units } from './cmd_units.ts';
 import { register as restoreTest } from './cmd_restore_test.ts';
 import { register as report } from './cmd_report.ts';
 import { register as lockExtend } from './cmd_lock_extend.ts';
+import { register as enrollment } from './cmd_enrollment.ts';
+import { register as storageNode } from './cmd_remote.ts';
 import { VERSION } from '../core/version.ts';
 
 export { VERSION };
@@ -82,6 +84,8 @@ export function buildProgram(): Command {
   restoreTest(program);
   report(program);
   lockExtend(program);
+  enrollment(program);
+  storageNode(program);
   quickstart(program);
   agent(program);
   // Every command, however deep, shares the error handling and exits through main().

@@ -17,6 +17,7 @@ import {
   type DoneState,
   type JobError,
   type NodeLoad,
+  type RefusalCode,
   type ToAgent,
   type ToServer,
 } from '../agent/protocol.ts';
@@ -51,6 +52,15 @@ export interface AgentLinkOptions {
    * is what an administrator needs to read, and it usually comes a moment after the pipe broke.
    */
   streamErrorGraceMs?: number;
+  /**
+   * A remote connection's check of the hello (src/server/agent-port.ts): a refusal when the name
+   * it gives is not its certificate's, undefined to welcome it.
+   */
+  checkHello?: (hello: AgentHello) => { reason: string; code: RefusalCode } | undefined;
+  /** A remote agent's renewal: the new certificate (PEM) for its CSR; throws to refuse it. */
+  onRenew?: (csr: string) => Promise<string>;
+  /** Every message heard from the agent (a remote one's last-seen time). */
+  onHeard?: () => void;
 }
 
 /**
@@ -75,10 +85,12 @@ export class AgentLink {
   private rejectReady!: (e: Error) => void;
   private resolveClosed!: (r: { reason: string }) => void;
   private readonly reader: LineReader;
+  private readonly options: AgentLinkOptions;
 
   constructor(input: Readable, output: Writable, options: AgentLinkOptions = {}) {
     this.input = input;
     this.output = output;
+    this.options = options;
     this.ready = new Promise((resolve, reject) => {
       this.resolveReady = resolve;
       this.rejectReady = reject;
@@ -99,11 +111,10 @@ export class AgentLink {
     helloTimer.unref();
     void this.ready.then(() => {
       clearTimeout(helloTimer);
-      const pingMs = options.pingMs ?? 15_000;
       this.pingTimer = setInterval(() => {
         if (this.pingSent - this.pongSeen >= 2) return this.close('the agent stopped answering');
         this.send({ t: 'ping', n: ++this.pingSent });
-      }, pingMs);
+      }, this.pingMs);
       this.pingTimer.unref();
     }, () => clearTimeout(helloTimer));
   }
@@ -111,6 +122,16 @@ export class AgentLink {
   /** What the agent said of its load with its last pong (and when it came). */
   get load(): (NodeLoad & { at: number }) | undefined {
     return this.lastLoad;
+  }
+
+  private get pingMs(): number {
+    return this.options.pingMs ?? 15_000;
+  }
+
+  /** Tells the agent why it is being disconnected (revoked: it stops for good), then closes. */
+  refuse(reason: string, code?: RefusalCode): void {
+    this.send({ t: 'refuse', reason, ...(code ? { code } : {}) });
+    this.close(reason);
   }
 
   get agent(): AgentHello | undefined {
@@ -168,15 +189,15 @@ export class AgentLink {
     } catch (e) {
       return this.close((e as Error).message);
     }
+    this.options.onHeard?.();
     if (!this.hello) {
       if (m.t !== 'hello') return this.close(`expected hello, got ${m.t}`);
       const refusal = refusalFor(m.protocol);
-      if (refusal) {
-        this.send({ t: 'refuse', reason: refusal });
-        return this.close(refusal);
-      }
+      if (refusal) return this.refuse(refusal, 'PROTOCOL');
+      const denied = this.options.checkHello?.(m.agent);
+      if (denied) return this.refuse(denied.reason, denied.code);
       this.hello = m.agent;
-      this.send({ t: 'welcome', protocol: PROTOCOL_VERSION });
+      this.send({ t: 'welcome', protocol: PROTOCOL_VERSION, ...(this.options.checkHello ? { pingMs: this.pingMs } : {}) });
       this.resolveReady(m.agent);
       return;
     }
@@ -194,6 +215,13 @@ export class AgentLink {
       case 'pong':
         this.pongSeen = Math.max(this.pongSeen, m.n);
         if (m.load) this.lastLoad = { ...m.load, at: Date.now() };
+        break;
+      case 'renew':
+        if (!this.options.onRenew) return this.close('unexpected renew from the agent');
+        this.options.onRenew(m.csr).then(
+          (certificate) => this.send({ t: 'renewed', certificate }),
+          (e: Error) => this.send({ t: 'renewed', reason: e.message }),
+        );
         break;
       default:
         this.close(`unexpected ${m.t} from the agent`);

@@ -66,6 +66,8 @@ export interface HttpOptions {
   logger?: boolean | object;
   /** Largest request body (default 8 MiB: a directory of policy documents). */
   bodyLimit?: number;
+  /** Serve HTTPS with this key and certificate chain (the API beyond loopback: server/ca.ts). */
+  https?: { key: string; cert: string };
 }
 
 declare module 'fastify' {
@@ -102,6 +104,7 @@ function describeValidation(err: { validation?: Array<{ instancePath?: string; m
 
 export async function buildHttp(options: HttpOptions): Promise<FastifyInstance> {
   const app = Fastify({
+    ...(options.https ? { https: { key: options.https.key, cert: options.https.cert, minVersion: 'TLSv1.2' } } : {}),
     logger: options.logger ?? false,
     bodyLimit: options.bodyLimit ?? 8 << 20,
     // Behind nothing by default: the source address is the peer's.

@@ -6,6 +6,7 @@
 //   DATA_DIR/initial-admin-password   the first admin's password (0600), written once
 //   DATA_DIR/storage/default          the storage unit `default`
 //   DATA_DIR/agent                    the embedded agent's caches
+//   DATA_DIR/ca.key, ca.pem           the server's certificate authority (ca.ts): remote agents, nodes, HTTPS
 //
 // Start: open the catalog, record jobs the last run left running as interrupted (they are queued
 // again), start the embedded agent (the client named after this host), make sure the default
@@ -14,6 +15,7 @@
 // as interrupted (queued again at the next start), the agent exits, the catalog closes.
 
 import { mkdirSync, statSync } from 'node:fs';
+import type { Server as HttpsServer } from 'node:https';
 import { hostname } from 'node:os';
 import { dirname, join } from 'node:path';
 import type { FastifyInstance } from 'fastify';
@@ -41,6 +43,10 @@ import { authenticate, createApiToken, ensureInitialAdmin, hashPassword, login, 
 import type { AuthApi } from './routes.ts';
 import { CatalogScheduleStore, syncPolicySchedules, upcoming } from './schedule-store.ts';
 import { repairExecutor, verifyExecutor, VerifyTimer } from './verify.ts';
+import { startPki, type ServerPki } from './pki-server.ts';
+import { pkiRoutes } from './pki-routes.ts';
+import type { AgentPort } from './agent-port.ts';
+import type { CertificateAuthority } from './ca.ts';
 
 export interface ServerOptions {
   dataDir: string;
@@ -69,6 +75,14 @@ export interface ServerOptions {
   pruneIntervalMs?: number;
   /** Environment for the agent and secret references (default process.env). */
   env?: NodeJS.ProcessEnv;
+  /** Where remote agents and nodes connect (mutual TLS: agent-port.ts); none when not given. */
+  agentListen?: { host: string; port: number };
+  /** More names (DNS or IP) for the server's TLS certificate, besides the listen addresses and the host name. */
+  agentSans?: string[];
+  /** Serve the API over HTTPS (default: exactly when it listens beyond loopback; see apiNeedsTls). */
+  apiTls?: boolean;
+  /** Ping interval of remote agents' links (default 15 s). */
+  agentPingMs?: number;
 }
 
 export interface RunningServer {
@@ -83,6 +97,10 @@ export interface RunningServer {
   initialAdminPassword?: string;
   initialAdminPasswordFile?: string;
   clientName: string;
+  /** The server's certificate authority (its fingerprint is what agents and HTTPS clients trust). */
+  ca: CertificateAuthority;
+  /** The agent port, when --agent-listen was given. */
+  agentPort?: AgentPort;
   stop(): Promise<void>;
 }
 
@@ -288,8 +306,13 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
         return d.allowed ? undefined : d.reason;
       },
     };
+    // The certificate authority, the server's TLS certificate and the agent port (pki-server.ts).
+    const host = options.host ?? '127.0.0.1';
+    const pki: ServerPki = await startPki({ services, dataDir, env, log, apiHost: host, apiTls: options.apiTls, agentListen: options.agentListen, sans: options.agentSans, pingMs: options.agentPingMs });
+    cleanups.push(() => pki.stop());
     const app = await buildHttp({
       catalog,
+      ...(pki.apiTls ? { https: pki.apiTls } : {}),
       authenticate: (header: string | undefined): Promise<Principal> => authenticate(catalog, header, { now }),
       routes: buildRoutes({
         s: services,
@@ -299,8 +322,9 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
         timezone,
         onApplied,
         schedules: (filter) => upcoming(catalog, { ...filter, now: now(), timezone }),
-      }),
+      }).concat(pkiRoutes({ s: services, ca: pki.ca, port: pki.port })),
     });
+    if (pki.apiTls) pki.onCertificate((tls) => (app.server as unknown as HttpsServer).setSecureContext({ key: tls.key, cert: tls.chain }));
 
     // Reconcile at every start: the catalog against what storage holds.
     await catalog.jobs.enqueue({ kind: 'reconcile', priority: 30, maxAttempts: 1, spec: { apply: false }, requestedBy: 'server' });
@@ -322,12 +346,11 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
     // The lifecycle pass: now, every 15 minutes, and after copy jobs end (lifecycle.ts).
     lifecycle.start();
 
-    const host = options.host ?? '127.0.0.1';
     await app.listen({ host, port: options.port ?? 7480 });
     const address = app.server.address();
     const port = typeof address === 'object' && address ? address.port : options.port ?? 7480;
-    const url = `http://${host.includes(':') ? `[${host}]` : host}:${port}`;
-    log.info({ url }, 'API listening');
+    const url = `${pki.apiTls ? 'https' : 'http'}://${host.includes(':') ? `[${host}]` : host}:${port}`;
+    log.info({ url, ...(pki.apiTls ? { caFingerprint: pki.ca.fingerprint } : {}) }, 'API listening');
 
     let stopped: Promise<void> | undefined;
     return {
@@ -338,6 +361,8 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
       services,
       lifecycle,
       clientName,
+      ca: pki.ca,
+      ...(pki.port ? { agentPort: pki.port } : {}),
       ...(admin.created && admin.password ? { initialAdminPassword: admin.password, initialAdminPasswordFile: admin.passwordFile } : {}),
       stop: () => (stopped ??= (async () => {
         log.info('stopping: running jobs are told to stop and will run again after the next start');

@@ -1,0 +1,116 @@
+// The API of enrollment and revocation (docs/server.md "Remote agents and storage nodes"): an
+// administrator makes one-time enrollment tokens for a client's agent or a storage node, and
+// revokes an identity (its certificates, its unused tokens, its live connection); everyone who
+// reads the catalog may list the storage nodes. Part of the route table: server.ts adds these to
+// routes.ts's, with the same rules, audit and role matrix (test/api-roles.test.ts).
+
+import { randomBytes } from 'node:crypto';
+import { z } from 'zod';
+import { CofferError } from '../core/errors.ts';
+import { parseDuration } from '../policy/durations.ts';
+import { unknownIdentity } from '../catalog/pki.ts';
+import { IDENTITY_NAME, type PkiRole } from '../agent/pki.ts';
+import { hashEnrollmentToken, revokedReason, type AgentPort } from './agent-port.ts';
+import type { CertificateAuthority } from './ca.ts';
+import { route, type RouteDef } from './http.ts';
+import type { Services } from './services.ts';
+
+const READERS = ['operator', 'auditor'] as const;
+const identityName = z.string().regex(IDENTITY_NAME, 'lower-case letters, digits, ".", "_" and "-", at most 63');
+const DEFAULT_TOKEN_LIFETIME = '24h';
+const MAX_TOKEN_LIFETIME_MS = 30 * 86_400_000;
+
+export interface PkiRouteDeps {
+  s: Services;
+  ca: CertificateAuthority;
+  /** The agent port, when the server has one. */
+  port: AgentPort | undefined;
+}
+
+/** A node as `GET /api/v1/nodes` lists it. */
+export interface NodeView {
+  name: string;
+  connected: boolean;
+  /** Where it connects from (now, or the last time). */
+  address?: string;
+  version?: string;
+  lastSeen?: number;
+  /** When its newest certificate that is not revoked runs out. */
+  notAfter?: number;
+  revoked: boolean;
+}
+
+export function pkiRoutes(deps: PkiRouteDeps): RouteDef[] {
+  const { s, ca } = deps;
+  const enroll = (role: PkiRole) => route({
+    method: 'POST', url: role === 'agent' ? '/api/v1/clients/:name/enrollment' : '/api/v1/nodes/:name/enrollment',
+    summary: `A one-time token that enrolls ${role === 'agent' ? 'the agent of a client' : 'a storage node'} (shown once; admin)`,
+    tags: [role === 'agent' ? 'clients' : 'nodes'], rule: { roles: [] }, audit: `${role}.enrollment`, status: 201,
+    params: z.strictObject({ name: identityName }),
+    body: z.strictObject({ expires: z.string().max(32).optional() }),
+    handler: async (ctx) => {
+      const name = ctx.params.name;
+      ctx.auditTarget(`${role}/${name}`);
+      const lifetime = tokenLifetime(ctx.body.expires);
+      const token = `cen_${randomBytes(24).toString('base64url')}`;
+      const enrollment = await s.catalog.pki.addEnrollment({ hash: hashEnrollmentToken(token), name, role, expires: Date.now() + lifetime, createdBy: ctx.principal.user });
+      ctx.auditDetails({ token: enrollment.id, expires: enrollment.expires });
+      return { id: enrollment.id, name, role, token, expires: enrollment.expires, caFingerprint: ca.fingerprint, ...(deps.port ? { agentAddress: deps.port.address } : {}) };
+    },
+  });
+  const revoke = (role: PkiRole) => route({
+    method: 'POST', url: role === 'agent' ? '/api/v1/clients/:name/revoke' : '/api/v1/nodes/:name/revoke',
+    summary: `Revoke ${role === 'agent' ? 'a client\'s agent' : 'a storage node'}: its certificates and unused tokens, and its live connection at once (admin)`,
+    tags: [role === 'agent' ? 'clients' : 'nodes'], rule: { roles: [] }, audit: `${role}.revoke`,
+    params: z.strictObject({ name: identityName }),
+    handler: async (ctx) => {
+      const name = ctx.params.name;
+      ctx.auditTarget(`${role}/${name}`);
+      if (!(await s.catalog.pki.known(role, name))) throw unknownIdentity(role, name);
+      const r = await s.catalog.pki.revokeIdentity(role, name, ctx.principal.user, Date.now());
+      const disconnected = deps.port?.revoke(role, name, revokedReason(role, name)) ?? false;
+      ctx.auditDetails({ certificates: r.certificates, enrollments: r.enrollments, disconnected });
+      return { name, role, certificates: r.certificates, enrollments: r.enrollments, disconnected };
+    },
+  });
+  return [
+    enroll('agent'),
+    enroll('node'),
+    revoke('agent'),
+    revoke('node'),
+    route({
+      method: 'GET', url: '/api/v1/nodes', summary: 'Storage nodes: enrolled and connected ones', tags: ['nodes'], rule: { roles: READERS },
+      handler: async () => {
+        const live = new Map((deps.port?.connected('node') ?? []).map((c) => [c.name, c]));
+        const items: NodeView[] = [];
+        for (const id of await s.catalog.pki.identities('node')) {
+          const c = live.get(id.name);
+          items.push({
+            name: id.name,
+            connected: c !== undefined,
+            ...(c ? { address: c.address, version: c.version, lastSeen: c.lastSeen } : {
+              ...(id.address !== undefined ? { address: id.address } : {}),
+              ...(id.lastSeen !== undefined ? { lastSeen: id.lastSeen } : {}),
+            }),
+            ...(id.notAfter !== undefined ? { notAfter: id.notAfter } : {}),
+            revoked: id.revoked,
+          });
+        }
+        return { items };
+      },
+    }),
+  ];
+}
+
+function tokenLifetime(value: string | undefined): number {
+  let ms: number;
+  try {
+    ms = parseDuration(value ?? DEFAULT_TOKEN_LIFETIME);
+  } catch (e) {
+    throw new CofferError('USAGE', `Cannot use --expires ${JSON.stringify(value)}: ${(e as Error).message}`, { hint: 'Give a duration such as 30m, 24h or 7d.' });
+  }
+  if (!(ms >= 60_000 && ms <= MAX_TOKEN_LIFETIME_MS)) {
+    throw new CofferError('USAGE', `Cannot use --expires ${value}: an enrollment token lives from 1 minute to 30 days`, { hint: 'Make a new token when this one runs out; the default is 24h.' });
+  }
+  return ms;
+}
