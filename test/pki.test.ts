@@ -102,6 +102,8 @@ test('enrollment, a backup through a remote agent, a name that is not the certif
   assert.match(added.command, new RegExp(`^coffer agent enroll --server ${port.address} --token ${added.token} --ca-fingerprint ${added.caFingerprint} `));
   assert.ok(added.expires > Date.now() + 3_500_000 && added.expires <= Date.now() + 3_600_000);
   await json(['clients', 'add', 'web1'], admin, 2); // says how: --enroll-token
+  const own = await json(['clients', 'add', ts.server.clientName, '--enroll-token'], admin, 1);
+  assert.match(own.message, /this server's own host/);
   const badExpiry = await json(['clients', 'add', 'web1', '--enroll-token', '--expires', '90d'], admin, 2);
   assert.match(badExpiry.message, /1 minute to 30 days/);
 

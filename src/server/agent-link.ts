@@ -1,7 +1,8 @@
 // The server's side of one agent connection (docs/server.md "Agent protocol"): the handshake,
 // starting and cancelling jobs, their events and outcomes, and liveness. The embedded agent is a
-// child process (`coffer agent stdio`) on the other end of its stdin/stdout; remote agents
-// (issue #12) will be the same link over TLS.
+// child process (`coffer agent stdio`) on the other end of its stdin/stdout; remote agents and
+// storage nodes are the same link over a mutual-TLS socket (agent-port.ts), with the hello checked
+// against the certificate and certificate renewal (the options below).
 
 import { spawn, type ChildProcess } from 'node:child_process';
 import { join } from 'node:path';

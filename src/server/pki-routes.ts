@@ -23,6 +23,8 @@ export interface PkiDeps {
   ca: CertificateAuthority;
   /** The agent port, when the server has one. */
   port: AgentPort | undefined;
+  /** The client of the server's own embedded agent: no remote agent may take its name. */
+  embeddedClient: string;
 }
 
 /** A node as `GET /api/v1/nodes` lists it. */
@@ -53,6 +55,9 @@ export function pkiRoutes(deps: { s: Services; pki?: PkiDeps }): RouteDef[] {
     handler: async (ctx) => {
       const name = ctx.params.name;
       ctx.auditTarget(`${role}/${name}`);
+      if (role === 'agent' && name === pki().embeddedClient) {
+        throw new CofferError('CONFLICT', `Cannot enroll a remote agent as client ${name}: that is this server's own host, served by its embedded agent`, { hint: 'Give the remote host its own client name.' });
+      }
       const lifetime = tokenLifetime(ctx.body.expires);
       const token = `cen_${randomBytes(24).toString('base64url')}`;
       const enrollment = await deps.s.catalog.pki.addEnrollment({ hash: hashEnrollmentToken(token), name, role, expires: Date.now() + lifetime, createdBy: ctx.principal.user });

@@ -321,7 +321,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
         timezone,
         onApplied,
         schedules: (filter) => upcoming(catalog, { ...filter, now: now(), timezone }),
-        pki: { ca: pki.ca, port: pki.port },
+        pki: { ca: pki.ca, port: pki.port, embeddedClient: clientName },
       }),
     });
     if (pki.apiTls) pki.onCertificate((tls) => (app.server as unknown as HttpsServer).setSecureContext({ key: tls.key, cert: tls.chain }));
