@@ -17,12 +17,11 @@
 // stops for good on a refusal (revoked, another protocol version, a name that is not its own),
 // with the server's reason.
 
-import { X509Certificate, createPrivateKey } from 'node:crypto';
+import { X509Certificate, createPrivateKey, randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { isIP } from 'node:net';
 import { join } from 'node:path';
-import { randomBytes } from 'node:crypto';
 import { connect, type ConnectionOptions, type TLSSocket } from 'node:tls';
 import { CofferError } from '../core/errors.ts';
 import { VERSION } from '../core/version.ts';

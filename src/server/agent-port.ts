@@ -82,11 +82,11 @@ export class AgentPort {
     });
     const address = server.address();
     const port = typeof address === 'object' && address ? address.port : o.port;
-    const port_ = new AgentPort(server, o, port);
-    server.on('secureConnection', (socket) => port_.accept(socket));
+    const agentPort = new AgentPort(server, o, port);
+    server.on('secureConnection', (socket) => agentPort.accept(socket));
     // A failed handshake (not TLS, a client that distrusts us) is the peer's problem: logged, not fatal.
     server.on('tlsClientError', (e, socket) => o.log.debug({ err: e.message, address: socket.remoteAddress }, 'agent port: TLS handshake failed'));
-    return port_;
+    return agentPort;
   }
 
   /** Presents a new server certificate to connections from now on (the running ones keep theirs). */
