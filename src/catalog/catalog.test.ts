@@ -1030,6 +1030,46 @@ for (const backend of backends) {
       });
     });
 
+    describe('enrollment tokens and certificates (pki)', () => {
+      it('a token is used once, at most, and not after it expired; two claims at once: one wins', async (t) => {
+        const { catalog, reopen } = await setup(t, backend);
+        const e = await catalog.pki.addEnrollment({ hash: 'h1', name: 'web1', role: 'agent', expires: T0 + 60_000, createdBy: 'admin' });
+        assert.equal((await catalog.pki.findEnrollment('h1'))?.id, e.id);
+        await expectCode(catalog.pki.addEnrollment({ hash: 'h1', name: 'x', role: 'agent', expires: T0 + 1, createdBy: 'admin' }), 'CONFLICT');
+        const other = backend.name === 'postgres' ? await reopen() : catalog;
+        const claims = await Promise.all([catalog.pki.claimEnrollment('h1', T0 + 1000), other.pki.claimEnrollment('h1', T0 + 1000)]);
+        assert.deepEqual(claims.map((c) => c.ok).sort(), [false, true]);
+        const lost = claims.find((c) => !c.ok)!;
+        assert.equal(!lost.ok && lost.reason, 'used');
+        await catalog.pki.addEnrollment({ hash: 'h2', name: 'web2', role: 'agent', expires: T0 + 60_000, createdBy: 'admin' });
+        const late = await catalog.pki.claimEnrollment('h2', T0 + 60_000);
+        assert.equal(!late.ok && late.reason, 'expired');
+        const none = await catalog.pki.claimEnrollment('nope', T0);
+        assert.equal(!none.ok && none.reason, 'unknown');
+      });
+
+      it('certificates: recorded, seen, listed by identity, revoked with the identity\'s unused tokens', async (t) => {
+        const { catalog } = await setup(t, backend);
+        await catalog.pki.addCertificate({ serial: 'AA01', name: 'store1', role: 'node', notBefore: T0, notAfter: T0 + 1000, issued: T0 });
+        await catalog.pki.addCertificate({ serial: 'AA02', name: 'store1', role: 'node', notBefore: T0, notAfter: T0 + 2000, issued: T0 + 1 });
+        await catalog.pki.addCertificate({ serial: 'AA03', name: 'store1', role: 'agent', notBefore: T0, notAfter: T0 + 3000, issued: T0 });
+        await expectCode(catalog.pki.addCertificate({ serial: 'AA01', name: 'x', role: 'node', notBefore: T0, notAfter: T0, issued: T0 }), 'CONFLICT');
+        await catalog.pki.seen('AA02', T0 + 500, '10.0.0.9:40000');
+        await catalog.pki.addEnrollment({ hash: 'h3', name: 'store1', role: 'node', expires: T0 + 60_000, createdBy: 'admin' });
+        assert.deepEqual(await catalog.pki.identities('node'), [{ name: 'store1', role: 'node', notAfter: T0 + 2000, lastSeen: T0 + 500, address: '10.0.0.9:40000', revoked: false }]);
+        assert.equal(await catalog.pki.known('node', 'store1'), true);
+        assert.equal(await catalog.pki.known('node', 'ghost'), false);
+        assert.deepEqual(await catalog.pki.revokeIdentity('node', 'store1', 'admin', T0 + 900), { certificates: 2, enrollments: 1 });
+        assert.deepEqual(await catalog.pki.revokeIdentity('node', 'store1', 'admin', T0 + 901), { certificates: 0, enrollments: 0 }, 'once');
+        assert.equal((await catalog.pki.findCertificate('AA01'))?.revoked, T0 + 900);
+        assert.equal((await catalog.pki.findCertificate('AA03'))?.revoked, undefined, 'the agent of the same name is another identity');
+        const [node] = await catalog.pki.identities('node');
+        assert.deepEqual([node!.revoked, node!.notAfter], [true, undefined]);
+        const used = await catalog.pki.claimEnrollment('h3', T0 + 1000);
+        assert.equal(!used.ok && used.reason, 'used', 'revocation voids unused tokens');
+      });
+    });
+
     describe('alerts', () => {
       it('raised open, listed newest first by state and unit, acknowledged (not once resolved), resolved with a note, changed', async (t) => {
         const { catalog, clock } = await setup(t, backend);
