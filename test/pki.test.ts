@@ -6,6 +6,7 @@
 // checked against docs/json.md's contract.
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { existsSync, readFileSync, statSync } from 'node:fs';
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -16,6 +17,8 @@ import { apiNeedsTls } from '../src/server/pki-server.ts';
 import { hashEnrollmentToken } from '../src/server/agent-port.ts';
 import { CertificateAuthority } from '../src/server/ca.ts';
 import { certificateInfo, normalizeFingerprint } from '../src/agent/pki.ts';
+import { connectToNode } from '../src/agent/data-port.ts';
+import { readRemoteState } from '../src/agent/remote.ts';
 import { startTestServer, TEST_ADMIN_PASSWORD, type TestServer } from '../src/server/test-server.ts';
 import { freePort } from '../src/testing/ports.ts';
 import { MAIN, runCli } from './cli.ts';
@@ -89,7 +92,7 @@ test('the CA is made once in the data directory: the key 0600, the same CA at ev
   await assert.rejects(CertificateAuthority.open(dir), /one of ca\.key and ca\.pem is missing/);
 });
 
-test('enrollment, a backup through a remote agent, a name that is not the certificate\'s, revocation', async (t) => {
+test('enrollment with one-time tokens, a name that is not the certificate\'s, revocation', async (t) => {
   const ts = await startTestServer(t, { agentListen: { host: '127.0.0.1', port: 0 } });
   const port = ts.server.agentPort!;
   const admin = adminEnv(ts);
@@ -148,22 +151,6 @@ test('enrollment, a backup through a remote agent, a name that is not the certif
   assert.equal(web1.agentId, `remote@${web1.hostIdentity.hostname}`);
   assert.ok(web1.lastSeen > 0);
 
-  // A real backup of a directory on "web1", through the server's backup executor.
-  const src = join(dir, 'src');
-  await mkdir(src);
-  await writeFile(join(src, 'index.html'), '<h1>hello</h1>\n'.repeat(1000));
-  const applied = await ts.api<Json>('POST', '/api/v1/apply', { body: { documents: [
-    { apiVersion: 'coffer/v1', kind: 'Lifecycle', metadata: { name: 'keep' }, spec: { copies: [{ operation: 'backup', storageUnit: 'default', retention: '30d' }] } },
-    { apiVersion: 'coffer/v1', kind: 'Policy', metadata: { name: 'remote' }, spec: { clients: ['web1'], selections: [{ paths: [src] }], schedules: [{ name: 'leap', level: 'full', calendar: '0 1 29 2 *' }], lifecycle: 'keep' } },
-  ] } });
-  assert.equal(applied.status, 200, JSON.stringify(applied.body));
-  const started = await ts.api<Json>('POST', '/api/v1/backups', { body: { policy: 'remote', level: 'full' } });
-  assert.equal(started.status, 202, JSON.stringify(started.body));
-  const job = await ts.waitJob(started.body.jobs[0].id);
-  assert.equal(job.state, 'succeeded', JSON.stringify(job));
-  assert.equal(job.client, 'web1');
-  assert.ok((job.result as Json).scannedBytes >= 15_000, JSON.stringify(job.result));
-
   // Another process with web1's certificate that calls itself db1: refused with the reason, and
   // it stops; the live connection of web1 is untouched.
   const liar = runAgent(t, 'agent', state, ['--name', 'db1']);
@@ -194,6 +181,53 @@ test('enrollment, a backup through a remote agent, a name that is not the certif
   const operatorToken = (await ts.api<Json>('POST', '/api/v1/tokens', { body: { name: 'op', role: 'operator' } })).body.token;
   const denied = await json(['clients', 'add', 'x', '--enroll-token'], { COFFER_SERVER: ts.url, COFFER_TOKEN: operatorToken }, 5);
   assert.equal(denied.code, 'FORBIDDEN');
+});
+
+test('a remote agent backs up through a remote storage node, over mutual TLS both ways', async (t) => {
+  const ts = await startTestServer(t, { agentListen: { host: '127.0.0.1', port: 0 } });
+  const admin = adminEnv(ts);
+  const dir = await tempDir(t);
+  const address = ts.server.agentPort!.address;
+  // The node, with its data port on loopback.
+  const nodeToken = await json(['nodes', 'add', 'store1', '--enroll-token'], admin, 0);
+  await json(['node', 'enroll', '--server', address, '--token', nodeToken.token, '--ca-fingerprint', nodeToken.caFingerprint, '--state-dir', join(dir, 'node')], {}, 0);
+  const node = runAgent(t, 'node', join(dir, 'node'), ['--data-listen', '127.0.0.1:0']);
+  await waitUntil('store1 to connect', () => ts.server.services.nodes.get('store1') !== undefined, 30_000);
+  assert.match(ts.server.services.nodes.get('store1')!.dataAddress ?? '', /^127\.0\.0\.1:\d+$/, node.stderr());
+  // The agent.
+  const agentToken = await json(['clients', 'add', 'web1', '--enroll-token'], admin, 0);
+  await json(['agent', 'enroll', '--server', address, '--token', agentToken.token, '--ca-fingerprint', agentToken.caFingerprint, '--state-dir', join(dir, 'agent')], {}, 0);
+  const agent = runAgent(t, 'agent', join(dir, 'agent'));
+  await waitUntil('web1 to connect', () => ts.server.services.agents.has('web1'), 30_000);
+  assert.equal(ts.server.services.agents.isRemote('web1'), true);
+
+  // A unit that only store1 serves, and a backup of a directory on "web1" into it.
+  const src = join(dir, 'src');
+  await mkdir(src);
+  await writeFile(join(src, 'index.html'), '<h1>hello</h1>\n'.repeat(1000));
+  await writeFile(join(src, 'random.bin'), randomBytes(300_000));
+  const applied = await ts.api<Json>('POST', '/api/v1/apply', { body: { documents: [
+    { apiVersion: 'coffer/v1', kind: 'StorageUnit', metadata: { name: 'far' }, spec: { url: join(dir, 'far'), nodes: ['store1'] } },
+    { apiVersion: 'coffer/v1', kind: 'Lifecycle', metadata: { name: 'keep' }, spec: { copies: [{ operation: 'backup', storageUnit: 'far', retention: '30d' }] } },
+    { apiVersion: 'coffer/v1', kind: 'Policy', metadata: { name: 'remote' }, spec: { clients: ['web1'], selections: [{ paths: [src] }], schedules: [{ name: 'leap', level: 'full', calendar: '0 1 29 2 *' }], lifecycle: 'keep' } },
+  ] } });
+  assert.equal(applied.status, 200, JSON.stringify(applied.body));
+  const started = await ts.api<Json>('POST', '/api/v1/backups', { body: { policy: 'remote', level: 'full' } });
+  assert.equal(started.status, 202, JSON.stringify(started.body));
+  const job = await ts.waitJob(started.body.jobs[0].id);
+  assert.equal(job.state, 'succeeded', JSON.stringify(job) + agent.stderr() + node.stderr());
+  assert.equal(job.client, 'web1');
+  const result = job.result as Json;
+  assert.ok(result.scannedBytes >= 200_000, JSON.stringify(result));
+  assert.ok(result.sentBytes >= 300_000, `the new chunks crossed the network: ${JSON.stringify(result)}`);
+  // The agent's data connection accepts only the node the server named.
+  const dataAddress = ts.server.services.nodes.get('store1')!.dataAddress!;
+  const agentState = readRemoteState(join(dir, 'agent'), 'agent');
+  await assert.rejects(connectToNode({ address: dataAddress, session: 'x'.repeat(43), node: 'store2' }, agentState, AbortSignal.timeout(10_000)), /is node store1, not node store2/);
+  // A second backup of the same files sends almost nothing: the node has every chunk.
+  const second = await ts.waitJob((await ts.api<Json>('POST', '/api/v1/backups', { body: { policy: 'remote', level: 'full' } })).body.jobs[0].id);
+  assert.equal(second.state, 'succeeded', JSON.stringify(second));
+  assert.ok((second.result as Json).sentBytes < result.sentBytes / 4, JSON.stringify(second.result));
 });
 
 test('a storage node enrolls, is listed, renews its certificate without reconnecting, survives a server restart, and is revoked', async (t) => {

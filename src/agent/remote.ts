@@ -25,7 +25,7 @@ import { join } from 'node:path';
 import { connect, type ConnectionOptions, type TLSSocket } from 'node:tls';
 import { CofferError } from '../core/errors.ts';
 import { VERSION } from '../core/version.ts';
-import { LineReader, PROTOCOL_VERSION, encodeMessage, parseToAgent, type RefusalCode, type ToServer } from './protocol.ts';
+import { LineReader, PROTOCOL_VERSION, encodeMessage, parseToAgent, type NodeLoad, type RefusalCode, type ToServer } from './protocol.ts';
 import { certificateInfo, checkIdentityName, createCsr, fingerprint, generateKeyPair, issuedBy, normalizeFingerprint, toPem, type PkiRole } from './pki.ts';
 import type { AgentRuntime } from './runtime.ts';
 import { serveAgent } from './serve.ts';
@@ -64,12 +64,15 @@ export interface EnrollResult {
   stateDir: string;
 }
 
-/** HOST:PORT (or [v6]:PORT) of a server's agent port; USAGE otherwise. */
-export function parseServerAddress(value: string): { host: string; port: number } {
+/**
+ * HOST:PORT (or [v6]:PORT) of a server's agent port or a node's data port; USAGE otherwise.
+ * `listen`: an address to listen on, where port 0 (any) is allowed.
+ */
+export function parseServerAddress(value: string, options: { listen?: boolean } = {}): { host: string; port: number } {
   const m = /^(?:\[([0-9a-fA-F:.]+)\]|([^:\s/]+)):(\d{1,5})$/.exec(value.replace(/^tls:\/\//, ''));
   const port = m ? Number(m[3]) : NaN;
-  if (!m || !(port >= 1 && port <= 65535)) {
-    throw new CofferError('USAGE', `Cannot use the server address ${JSON.stringify(value)}: give HOST:PORT of its agent port (e.g. backup.example.com:7481)`);
+  if (!m || !(port >= (options.listen ? 0 : 1) && port <= 65535)) {
+    throw new CofferError('USAGE', `Cannot use the address ${JSON.stringify(value)}: give HOST:PORT (e.g. backup.example.com:7481)`);
   }
   return { host: m[1] ?? m[2]!, port };
 }
@@ -147,6 +150,10 @@ export interface RunRemoteOptions {
   log: (message: string) => void;
   /** Backoff of reconnections: first and largest delay (default 1 s and 60 s). */
   backoffMs?: { base: number; max: number };
+  /** How busy this host is, with every pong (a storage node: what the server balances by). */
+  load?: () => NodeLoad;
+  /** After a renewal: the new key and certificate (a node's data port takes them). */
+  onRenewed?: (identity: { key: string; cert: string; ca: string }) => void;
 }
 
 export interface RunRemoteResult {
@@ -226,6 +233,7 @@ async function serveSession(o: RunRemoteOptions, state: ReturnType<typeof readRe
     runtime: o.runtime,
     agent: { name: o.name ?? state.name, version: VERSION, host: o.host },
     log: (m) => o.log(m),
+    ...(o.load ? { load: o.load } : {}),
     onWelcome: (welcome, s) => {
       send = s;
       onWelcome();
@@ -244,6 +252,7 @@ async function serveSession(o: RunRemoteOptions, state: ReturnType<typeof readRe
         const f = files(o.stateDir);
         writeAtomically(f.key, pendingKey, 0o600);
         writeAtomically(f.cert, m.certificate, 0o644);
+        o.onRenewed?.({ key: pendingKey, cert: m.certificate, ca: state.ca });
         pendingKey = undefined;
         o.log(`certificate renewed until ${new Date(certificateInfo(m.certificate).notAfter).toISOString()}`);
         scheduleRenewal(m.certificate);

@@ -1,8 +1,9 @@
 // `coffer agent enroll|run` and `coffer node enroll|run`: a remote agent on a protected host, or a
 // storage node, enrolled with the server's CA and connected out to its agent port over mutual TLS
-// (src/agent/remote.ts; docs/server.md "Remote agents and storage nodes"). For now a node serves
-// the same agent runtime as an agent does; the node's own job kinds come with the storage-node
-// service.
+// (src/agent/remote.ts; docs/server.md "Remote agents and storage nodes"). An agent sends its
+// backups to the storage node the server names, over a mutual-TLS data connection with its own
+// certificate; a node serves the storage side of jobs and, on its data port (--data-listen), the
+// data service agents send to (src/node/service.ts, src/agent/data-port.ts).
 
 import { hostname } from 'node:os';
 import type { Command } from 'commander';
@@ -33,23 +34,43 @@ export function registerRemote(parent: Command, role: PkiRole): void {
         `Next: coffer ${role} run --state-dir ${r.stateDir}`,
       ]);
     });
-  parent
+  const run = parent
     .command('run')
     .description(`connect to the server and run the jobs it gives this ${NOUN[role]} (reconnects, renews its certificate; stops on SIGTERM)`)
     .requiredOption('--state-dir <dir>', `the directory \`coffer ${role} enroll\` wrote`)
     .option('--workers <n>', 'worker threads while jobs run (default: one per two cores with the addon\'s encoder, else one per core)')
-    .option('--name <name>', 'the name to give the server (default: the enrolled one; the server refuses any other)')
-    .action(async (o: { stateDir: string; workers?: string; name?: string }, cmd: Command) => {
+    .option('--name <name>', 'the name to give the server (default: the enrolled one; the server refuses any other)');
+  if (role === 'node') {
+    run
+      .option('--data-listen <host:port>', 'where agents send their backups (mutual TLS)', '127.0.0.1:7482')
+      .option('--data-address <host:port>', 'the address agents reach the data port at (default: --data-listen\'s)');
+  }
+  run
+    .action(async (o: { stateDir: string; workers?: string; name?: string; dataListen?: string; dataAddress?: string }, cmd: Command) => {
       if (output(cmd).json) {
         throw new CofferError('USAGE', `Cannot run the ${NOUN[role]} with --json: it runs until stopped, and its output is its log on standard error`, { hint: 'Leave out --json; see the server\'s API for its state.' });
       }
       const workers = o.workers === undefined ? undefined : parseIntOption('--workers', o.workers, 1, 256);
-      const [{ AgentRuntime }, { runRemote, readRemoteState, refusalError }, { localHostIdentity }] = await Promise.all([
-        import('../agent/runtime.ts'), import('../agent/remote.ts'), import('../sources/host.ts'),
+      const [{ AgentRuntime }, { runRemote, readRemoteState, refusalError, parseServerAddress }, { localHostIdentity }, { connectToNode, startDataPort }, { NodeService }, { LoadMeter }] = await Promise.all([
+        import('../agent/runtime.ts'), import('../agent/remote.ts'), import('../sources/host.ts'), import('../agent/data-port.ts'), import('../node/service.ts'), import('../agent/load.ts'),
       ]);
-      readRemoteState(o.stateDir, role); // a missing or broken enrollment fails now, not in the loop
+      const enrolled = readRemoteState(o.stateDir, role); // a missing or broken enrollment fails now, not in the loop
       const host = localHostIdentity();
-      const runtime = new AgentRuntime({ stateDir: o.stateDir, host, workers, sessionTiming: sessionTimingFromEnv() });
+      const log = (m: string) => process.stderr.write(`${new Date().toISOString()} coffer ${role}: ${m}\n`);
+      // The key and certificate as they are now (renewal replaces them in the state directory).
+      const identity = () => {
+        const s = readRemoteState(o.stateDir, role);
+        return { key: s.key, cert: s.cert, ca: s.ca };
+      };
+      const service = role === 'node' ? new NodeService({ log }) : undefined;
+      const dataPort = service
+        ? await startDataPort({ ...parseServerAddress(o.dataListen!, { listen: true }), ...(o.dataAddress ? { advertise: o.dataAddress } : {}), identity: { key: enrolled.key, cert: enrolled.cert, ca: enrolled.ca }, accept: (socket, agent) => service.accept(socket, agent), log })
+        : undefined;
+      const runtime = new AgentRuntime({
+        stateDir: o.stateDir, host, workers, sessionTiming: sessionTimingFromEnv(),
+        ...(service ? { node: service } : { connectNode: (remote, signal) => connectToNode(remote, identity(), signal) }),
+      });
+      const meter = new LoadMeter();
       const stop = new AbortController();
       const onSignal = (sig: string) => {
         if (stop.signal.aborted) process.exit(130);
@@ -58,9 +79,14 @@ export function registerRemote(parent: Command, role: PkiRole): void {
       };
       process.on('SIGINT', () => onSignal('SIGINT'));
       process.on('SIGTERM', () => onSignal('SIGTERM'));
-      const log = (m: string) => process.stderr.write(`${new Date().toISOString()} coffer ${role}: ${m}\n`);
-      log(`starting on ${hostname()} (pid ${process.pid})`);
-      const r = await runRemote({ stateDir: o.stateDir, role, runtime, host: { ...host }, signal: stop.signal, log, ...(o.name !== undefined ? { name: o.name } : {}), backoffMs: backoffFromEnv() });
+      log(`starting on ${hostname()} (pid ${process.pid})${dataPort ? `; data port ${dataPort.address}` : ''}`);
+      const r = await runRemote({
+        stateDir: o.stateDir, role, runtime, signal: stop.signal, log, backoffMs: backoffFromEnv(),
+        host: { ...host, ...(dataPort ? { dataAddress: dataPort.address } : {}) },
+        ...(o.name !== undefined ? { name: o.name } : {}),
+        ...(service ? { load: () => meter.measure(service.sessions, service.bytesInFlight), onRenewed: (id) => dataPort?.setIdentity(id) } : {}),
+      });
+      await dataPort?.close();
       await runtime.close();
       if (r.reason === 'refused') {
         const e = refusalError(r.message ?? 'refused', r.code);

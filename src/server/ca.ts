@@ -6,7 +6,8 @@
 //     particular server certificate;
 //   - client certificates for agents and storage nodes, from a CSR the host made (its private key
 //     never leaves it), with the identity the server decided (the enrollment token's, or the
-//     connection's at renewal) and never the one the CSR asks for. Serial numbers are random;
+//     connection's at renewal) and never the one the CSR asks for. A node's certificate serves
+//     its data port too (serverAuth as well as clientAuth). Serial numbers are random;
 //     every issued certificate is recorded in the catalog (catalog.pki), which is where
 //     revocation is looked up.
 // Validity is measured on the real clock (TLS peers check it on theirs), not the scheduler's.
@@ -124,7 +125,8 @@ export class CertificateAuthority {
     return this.sign(publicKey, {
       subject: `CN=${name}, OU=${role}, O=Coffer`,
       names: [{ type: 'url', value: identityUri(role, name) }],
-      usage: x509.ExtendedKeyUsage.clientAuth,
+      // A node is a TLS server too: agents connect to its data port with their certificates.
+      usage: role === 'node' ? [x509.ExtendedKeyUsage.clientAuth, x509.ExtendedKeyUsage.serverAuth] : [x509.ExtendedKeyUsage.clientAuth],
     });
   }
 
@@ -138,7 +140,7 @@ export class CertificateAuthority {
     const issued = await this.sign(keys.publicKey, {
       subject: `CN=${unique[0] ?? hostname()}, O=Coffer`,
       names: unique.map((n) => ({ type: isIP(n) ? 'ip' : 'dns', value: n }) as x509.JsonGeneralName),
-      usage: x509.ExtendedKeyUsage.serverAuth,
+      usage: [x509.ExtendedKeyUsage.serverAuth],
     });
     return { key: privateKeyPem, cert: issued.pem, chain: issued.pem + this.pem, notAfter: issued.notAfter };
   }
@@ -153,7 +155,7 @@ export class CertificateAuthority {
     return issued;
   }
 
-  private async sign(publicKey: CryptoKey, o: { subject: string; names: x509.JsonGeneralName[]; usage: x509.ExtendedKeyUsage }): Promise<IssuedPem> {
+  private async sign(publicKey: CryptoKey, o: { subject: string; names: x509.JsonGeneralName[]; usage: x509.ExtendedKeyUsage[] }): Promise<IssuedPem> {
     const now = Date.now();
     const notAfter = now + this.lifetimeMs;
     const cert = await x509.X509CertificateGenerator.create({
@@ -168,7 +170,7 @@ export class CertificateAuthority {
       extensions: [
         new x509.BasicConstraintsExtension(false, undefined, true),
         new x509.KeyUsagesExtension(x509.KeyUsageFlags.digitalSignature | x509.KeyUsageFlags.keyAgreement, true),
-        new x509.ExtendedKeyUsageExtension([o.usage]),
+        new x509.ExtendedKeyUsageExtension(o.usage),
         new x509.SubjectAlternativeNameExtension(o.names),
         await x509.AuthorityKeyIdentifierExtension.create(this.cert),
       ],

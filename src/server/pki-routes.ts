@@ -13,6 +13,7 @@ import { hashEnrollmentToken, revokedReason, type AgentPort } from './agent-port
 import type { CertificateAuthority } from './ca.ts';
 import { route, type RouteDef } from './http.ts';
 import type { Services } from './services.ts';
+import { EMBEDDED_NODE } from './nodes.ts';
 
 const READERS = ['operator', 'auditor'] as const;
 const identityName = z.string().regex(IDENTITY_NAME, 'lower-case letters, digits, ".", "_" and "-", at most 63');
@@ -55,8 +56,8 @@ export function pkiRoutes(deps: { s: Services; pki?: PkiDeps }): RouteDef[] {
     handler: async (ctx) => {
       const name = ctx.params.name;
       ctx.auditTarget(`${role}/${name}`);
-      if (role === 'agent' && name === pki().embeddedClient) {
-        throw new CofferError('CONFLICT', `Cannot enroll a remote agent as client ${name}: that is this server's own host, served by its embedded agent`, { hint: 'Give the remote host its own client name.' });
+      if (name === pki().embeddedClient || (role === 'node' && name === EMBEDDED_NODE)) {
+        throw new CofferError('CONFLICT', `Cannot enroll a remote ${role} as ${name}: that is this server's own host, served by its embedded agent and node`, { hint: `Give the remote host its own ${role === 'agent' ? 'client' : 'node'} name.` });
       }
       const lifetime = tokenLifetime(ctx.body.expires);
       const token = `cen_${randomBytes(24).toString('base64url')}`;
