@@ -181,11 +181,17 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
       now,
       agents,
       nodes,
-      node: async (units) => {
-        const list = units === undefined ? [] : Array.isArray(units) ? units : [units];
-        if (!list.length) return nodes.get(clientName)?.link ?? agents.get(clientName);
-        const resolved = await Promise.all(list.map((u) => (typeof u === 'string' ? catalog.storageUnits.get(u) : u)));
-        return nodes.choose(resolved).link;
+      node: (units) => {
+        const chosen = (async () => {
+          const list = units === undefined ? [] : Array.isArray(units) ? units : [units];
+          if (!list.length) return nodes.get(clientName)?.link ?? agents.get(clientName);
+          const resolved = await Promise.all(list.map((u) => (typeof u === 'string' ? catalog.storageUnits.get(u) : u)));
+          return nodes.choose(resolved).link;
+        })();
+        // Callers pass the choice to runOnAgent while they still await the job's other arguments:
+        // a rejection is theirs to see there, not an unhandled one meanwhile.
+        chosen.catch(() => {});
+        return chosen;
       },
       storageAccess: async (unit, o) => storageAccessFor(typeof unit === 'string' ? await catalog.storageUnits.get(unit) : unit, resolve, { now: now(), ...o }),
     };
