@@ -228,6 +228,22 @@ test('a remote agent backs up through a remote storage node, over mutual TLS bot
   const second = await ts.waitJob((await ts.api<Json>('POST', '/api/v1/backups', { body: { policy: 'remote', level: 'full' } })).body.jobs[0].id);
   assert.equal(second.state, 'succeeded', JSON.stringify(second));
   assert.ok((second.result as Json).sentBytes < result.sentBytes / 4, JSON.stringify(second.result));
+
+  // A unit that names no node is the server's own: the embedded node serves remote agents too,
+  // on its data port beside the agent port, with a node certificate of the same CA.
+  const embedded = ts.server.services.nodes.get(ts.server.clientName)!;
+  assert.match(embedded.dataAddress ?? '', /^127\.0\.0\.1:\d+$/, 'the embedded node has a data port');
+  const near = await ts.api<Json>('POST', '/api/v1/apply', { body: { documents: [
+    { apiVersion: 'coffer/v1', kind: 'StorageUnit', metadata: { name: 'near' }, spec: { url: join(dir, 'near') } },
+    { apiVersion: 'coffer/v1', kind: 'Lifecycle', metadata: { name: 'local' }, spec: { copies: [{ operation: 'backup', storageUnit: 'near', retention: '30d' }] } },
+    { apiVersion: 'coffer/v1', kind: 'Policy', metadata: { name: 'home' }, spec: { clients: ['web1'], selections: [{ paths: [src] }], schedules: [{ name: 'leap', level: 'full', calendar: '0 1 29 2 *' }], lifecycle: 'local' } },
+  ] } });
+  assert.equal(near.status, 200, JSON.stringify(near.body));
+  const home = await ts.waitJob((await ts.api<Json>('POST', '/api/v1/backups', { body: { policy: 'home', level: 'full' } })).body.jobs[0].id);
+  assert.equal(home.state, 'succeeded', JSON.stringify(home) + agent.stderr());
+  assert.ok((home.result as Json).sentBytes >= 300_000, JSON.stringify(home.result));
+  const logs = (await ts.api<Json>('GET', `/api/v1/jobs/${home.id}/logs`)).body.items.map((l: Json) => l.message).join('\n');
+  assert.match(logs, new RegExp(`storage node ${ts.server.clientName} \\(127\\.0\\.0\\.1:\\d+\\) takes client web1's stream to unit near`), logs);
 });
 
 test('a storage node enrolls, is listed, renews its certificate without reconnecting, survives a server restart, and is revoked', async (t) => {

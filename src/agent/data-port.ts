@@ -33,7 +33,7 @@ export interface DataPort {
  * listened on; a wildcard address needs one).
  */
 export async function startDataPort(o: { host: string; port: number; advertise?: string; identity: TlsIdentity; accept: (socket: Duplex, agent: string) => void; log: (m: string) => void }): Promise<DataPort> {
-  const server: Server = createServer({ key: o.identity.key, cert: o.identity.cert, ca: o.identity.ca, requestCert: true, rejectUnauthorized: true, minVersion: 'TLSv1.2' });
+  const server: Server = createServer({ key: o.identity.key, cert: o.identity.cert, ca: o.identity.ca, requestCert: true, rejectUnauthorized: true, minVersion: 'TLSv1.3' });
   server.on('secureConnection', (socket: TLSSocket) => {
     socket.on('error', () => {});
     const id = identityFromAltNames(socket.getPeerCertificate().subjectaltname);
@@ -74,7 +74,7 @@ export function connectToNode(remote: RemoteAccess, identity: TlsIdentity, signa
   const { host, port } = parseServerAddress(remote.address);
   return new Promise((resolve, reject) => {
     const socket = connect({
-      host, port, key: identity.key, cert: identity.cert, ca: identity.ca, minVersion: 'TLSv1.2',
+      host, port, key: identity.key, cert: identity.cert, ca: identity.ca, minVersion: 'TLSv1.3',
       // The node's certificate names it by its Coffer identity, not by a DNS name or address.
       checkServerIdentity: (_host: string, cert: PeerCertificate) => {
         const id = identityFromAltNames(cert.subjectaltname);

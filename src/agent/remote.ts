@@ -308,7 +308,7 @@ function serverCa(socket: TLSSocket): { fingerprint: string; pem: string } {
 
 function openTls(options: ConnectionOptions & { host: string; port: number }, timeoutMs = 30_000, signal?: AbortSignal): Promise<TLSSocket> {
   return new Promise((resolve, reject) => {
-    const socket = connect({ ...options, minVersion: 'TLSv1.2' });
+    const socket = connect({ ...options, minVersion: 'TLSv1.3' });
     const timer = setTimeout(() => fail(new Error(`no answer within ${timeoutMs / 1000} s`)), timeoutMs);
     const onAbort = () => fail(new CofferError('CANCELLED', 'stopped'));
     signal?.addEventListener('abort', onAbort, { once: true });

@@ -84,7 +84,7 @@ export function registerRemote(parent: Command, role: PkiRole): void {
         stateDir: o.stateDir, role, runtime, signal: stop.signal, log, backoffMs: backoffFromEnv(),
         host: { ...host, ...(dataPort ? { dataAddress: dataPort.address } : {}) },
         ...(o.name !== undefined ? { name: o.name } : {}),
-        ...(service ? { load: () => meter.measure(service.sessions, service.bytesInFlight), onRenewed: (id) => dataPort?.setIdentity(id) } : {}),
+        ...(service ? { load: () => meter.measure(runtime.running, service.bytesInFlight), onRenewed: (id) => dataPort?.setIdentity(id) } : {}),
       });
       await dataPort?.close();
       await runtime.close();

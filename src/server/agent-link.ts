@@ -238,6 +238,8 @@ export interface EmbeddedAgentOptions extends AgentLinkOptions {
   /** Where the agent's stderr goes (default: inherited). */
   stderr?: 'inherit' | 'ignore' | 'pipe';
   env?: NodeJS.ProcessEnv;
+  /** Serve remote agents as the embedded storage node: the data port and its certificate's directory. */
+  data?: { listen: { host: string; port: number }; advertise?: string; tlsDir: string };
 }
 
 export interface EmbeddedAgent {
@@ -253,6 +255,11 @@ const MAIN = join(import.meta.dirname, '..', 'cli', 'main.ts');
 export function startEmbeddedAgent(options: EmbeddedAgentOptions): EmbeddedAgent {
   const args = [MAIN, 'agent', 'stdio', '--state-dir', options.stateDir, '--name', options.name];
   if (options.workers !== undefined) args.push('--workers', String(options.workers));
+  if (options.data) {
+    const h = options.data.listen.host;
+    args.push('--data-listen', `${h.includes(':') ? `[${h}]` : h}:${options.data.listen.port}`, '--node-tls-dir', options.data.tlsDir);
+    if (options.data.advertise) args.push('--data-address', options.data.advertise);
+  }
   const child = spawn(process.execPath, args, { stdio: ['pipe', 'pipe', options.stderr ?? 'inherit'], env: options.env ?? process.env });
   const link = new AgentLink(child.stdout!, child.stdin!, { streamErrorGraceMs: 2_000, ...options, closeOnEnd: false });
   const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));

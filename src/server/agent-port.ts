@@ -70,7 +70,7 @@ export class AgentPort {
   }
 
   static async start(o: AgentPortOptions): Promise<AgentPort> {
-    const server = createServer({ key: o.tls.key, cert: o.tls.chain, ca: o.ca.pem, requestCert: true, rejectUnauthorized: false, minVersion: 'TLSv1.2' });
+    const server = createServer({ key: o.tls.key, cert: o.tls.chain, ca: o.ca.pem, requestCert: true, rejectUnauthorized: false, minVersion: 'TLSv1.3' });
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
       server.listen(o.port, o.host, () => {

@@ -104,7 +104,7 @@ function describeValidation(err: { validation?: Array<{ instancePath?: string; m
 
 export async function buildHttp(options: HttpOptions): Promise<FastifyInstance> {
   const app = Fastify({
-    ...(options.https ? { https: { key: options.https.key, cert: options.https.cert, minVersion: 'TLSv1.2' } } : {}),
+    ...(options.https ? { https: { key: options.https.key, cert: options.https.cert, minVersion: 'TLSv1.3' } } : {}),
     logger: options.logger ?? false,
     bodyLimit: options.bodyLimit ?? 8 << 20,
     // Behind nothing by default: the source address is the peer's.

@@ -4,7 +4,10 @@
 // take the new one for new connections), and opens the agent port when one was asked for. The
 // API is HTTPS exactly when it listens beyond loopback (apiNeedsTls), or when told to.
 
+import { mkdirSync, renameSync, writeFileSync } from 'node:fs';
 import { hostname } from 'node:os';
+import { join } from 'node:path';
+import { createCsr, generateKeyPair } from '../agent/pki.ts';
 import { isIP } from 'node:net';
 import type { Logger } from 'pino';
 import { AgentPort } from './agent-port.ts';
@@ -95,4 +98,42 @@ export async function startPki(o: PkiStartOptions): Promise<ServerPki> {
       await port?.close();
     },
   };
+}
+
+/**
+ * The embedded node's key and certificate (role node, the server's host's client name), in a
+ * directory of the server's data directory that the embedded agent reads: key.pem (0600),
+ * cert.pem, ca.pem. Issued at every start and again when a third of its life is left; the agent
+ * notices new files and presents them from then on (src/cli/cmd_agent.ts).
+ */
+export class EmbeddedNodeTls {
+  readonly dir: string;
+  private readonly ca: CertificateAuthority;
+  private readonly name: string;
+  private issued: { notBefore: number; notAfter: number } | undefined;
+
+  constructor(dir: string, ca: CertificateAuthority, name: string) {
+    this.dir = dir;
+    this.ca = ca;
+    this.name = name;
+  }
+
+  async issue(): Promise<void> {
+    const { privateKeyPem, keys } = await generateKeyPair();
+    const cert = await this.ca.issueClient(await createCsr(this.name, 'node', keys), 'node', this.name);
+    mkdirSync(this.dir, { recursive: true, mode: 0o700 });
+    // Key first, then the certificate: the agent reloads when cert.pem changes, and a key that is
+    // newer than its certificate is never presented (both are renamed into place).
+    for (const [file, text, mode] of [['key.pem', privateKeyPem, 0o600], ['ca.pem', this.ca.pem, 0o644], ['cert.pem', cert.pem, 0o644]] as const) {
+      const tmp = join(this.dir, `.${file}.tmp`);
+      writeFileSync(tmp, text, { mode });
+      renameSync(tmp, join(this.dir, file));
+    }
+    this.issued = { notBefore: Date.now(), notAfter: cert.notAfter };
+  }
+
+  async renewIfDue(now = Date.now()): Promise<void> {
+    const i = this.issued;
+    if (!i || now >= i.notAfter - (i.notAfter - i.notBefore) / 3) await this.issue();
+  }
 }

@@ -43,7 +43,7 @@ import { authenticate, createApiToken, ensureInitialAdmin, hashPassword, login, 
 import type { AuthApi } from './routes.ts';
 import { CatalogScheduleStore, syncPolicySchedules, upcoming } from './schedule-store.ts';
 import { repairExecutor, verifyExecutor, VerifyTimer } from './verify.ts';
-import { startPki, type ServerPki } from './pki-server.ts';
+import { EmbeddedNodeTls, startPki, type ServerPki } from './pki-server.ts';
 import type { AgentPort } from './agent-port.ts';
 import type { CertificateAuthority } from './ca.ts';
 
@@ -82,6 +82,10 @@ export interface ServerOptions {
   apiTls?: boolean;
   /** Ping interval of remote agents' links (default 15 s). */
   agentPingMs?: number;
+  /** The embedded node's data port for remote agents (default: the agent port's host, any free port). */
+  dataListen?: { host: string; port: number };
+  /** The address remote agents reach the embedded node's data port at (default: dataListen's). */
+  dataAddress?: string;
 }
 
 export interface RunningServer {
@@ -196,9 +200,28 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
       storageAccess: async (unit, o) => storageAccessFor(typeof unit === 'string' ? await catalog.storageUnits.get(unit) : unit, resolve, { now: now(), ...o }),
     };
 
+    // The certificate authority, the server's TLS certificate and the agent port (pki-server.ts).
+    const host = options.host ?? '127.0.0.1';
+    const pki: ServerPki = await startPki({ services, dataDir, env, log, apiHost: host, apiTls: options.apiTls, agentListen: options.agentListen, sans: options.agentSans, pingMs: options.agentPingMs });
+    cleanups.push(() => pki.stop());
+    // The embedded node's data port, where remote agents send backups when a unit is served by
+    // the server itself: on the agent port's host, with a node certificate of the server's CA.
+    const dataListen = options.dataListen ?? (options.agentListen ? { host: options.agentListen.host, port: 0 } : undefined);
+    const nodeTls = dataListen ? new EmbeddedNodeTls(join(dataDir, 'agent', 'node-tls'), pki.ca, clientName) : undefined;
+    if (nodeTls) {
+      await nodeTls.issue();
+      // Re-issued when a third of its life is left; the agent takes the new files up by itself.
+      const renew = setInterval(() => void nodeTls.renewIfDue().catch((e) => log.error({ err: toCofferError(e).message }, 'cannot renew the embedded node\'s certificate')), 3_600_000);
+      renew.unref();
+      cleanups.push(async () => clearInterval(renew));
+    }
+
     // The embedded agent: this host's client, and the node for storage work. Restarted if it dies.
     const startAgent = async (): Promise<void> => {
-      const agent = startEmbeddedAgent({ stateDir: join(dataDir, 'agent'), name: clientName, workers: options.workers, env: { ...env } });
+      const agent = startEmbeddedAgent({
+        stateDir: join(dataDir, 'agent'), name: clientName, workers: options.workers, env: { ...env },
+        ...(dataListen && nodeTls ? { data: { listen: dataListen, ...(options.dataAddress ? { advertise: options.dataAddress } : {}), tlsDir: nodeTls.dir } } : {}),
+      });
       embedded = agent;
       const hello = await agent.link.ready;
       await catalog.clients.upsert({ name: clientName, platform: String(hello.host.os ?? ''), agentId: `embedded@${hello.host.hostname ?? clientName}`, hostIdentity: hello.host });
@@ -311,10 +334,6 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
         return d.allowed ? undefined : d.reason;
       },
     };
-    // The certificate authority, the server's TLS certificate and the agent port (pki-server.ts).
-    const host = options.host ?? '127.0.0.1';
-    const pki: ServerPki = await startPki({ services, dataDir, env, log, apiHost: host, apiTls: options.apiTls, agentListen: options.agentListen, sans: options.agentSans, pingMs: options.agentPingMs });
-    cleanups.push(() => pki.stop());
     const app = await buildHttp({
       catalog,
       ...(pki.apiTls ? { https: pki.apiTls } : {}),
