@@ -239,7 +239,8 @@ async function serveSession(o: RunRemoteOptions, state: ReturnType<typeof readRe
       onWelcome();
       const pingMs = welcome.pingMs ?? 15_000;
       watchdog = setInterval(() => {
-        if (Date.now() - heard > 3 * pingMs) {
+        if (Date.now() - heard > 3 * pingMs && !socket.destroyed) {
+          // Said once: the session ends when the jobs it ran have stopped (told to, at once).
           o.log(`heard nothing from the server for ${Math.round((Date.now() - heard) / 1000)} s: dropping the connection`);
           socket.destroy();
         }

@@ -175,6 +175,10 @@ export class AgentRuntime {
     if (!this.options.connectNode) throw new CofferError('REFUSED', 'Cannot send the backup to a storage node: this agent has no certificate to connect with', { hint: 'Enroll the agent (`coffer agent enroll`) and run it with `coffer agent run`.' });
     const socket = await this.options.connectNode(remote, signal);
     const client = new NodeClient(socket);
+    // Told to stop (the server's connection ended, a cancel): requests waiting on a stalled data
+    // connection end now, not when TCP gives up.
+    const onAbort = () => client.close(new CofferError('CANCELLED', 'Cancelled: the backup was told to stop'));
+    signal.addEventListener('abort', onAbort, { once: true });
     try {
       const hello = await openSession(client, remote.session, 'backup', { signal });
       const store = new RemoteBackupStore(client, hello, { signal });
@@ -189,6 +193,7 @@ export class AgentRuntime {
         this.releasePool();
       }
     } finally {
+      signal.removeEventListener('abort', onAbort);
       client.close();
     }
   }

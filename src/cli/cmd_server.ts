@@ -10,7 +10,7 @@ import type { Command } from 'commander';
 import type { Logger } from 'pino';
 import { CofferError } from '../core/errors.ts';
 import { VERSION } from '../core/version.ts';
-import { output } from './context.ts';
+import { output, parseIntOption } from './context.ts';
 
 export function defaultDataDir(env: NodeJS.ProcessEnv = process.env): string {
   if (env.COFFER_DATA_DIR) return env.COFFER_DATA_DIR;
@@ -122,6 +122,7 @@ the next start.`)
         ...(agentListen ? { agentListen } : {}),
         ...(o.agentSan ? { agentSans: o.agentSan } : {}),
         ...(o.apiTls ? { apiTls: true } : {}),
+        ...(env.COFFER_AGENT_PING_MS ? { agentPingMs: parseIntOption('COFFER_AGENT_PING_MS', env.COFFER_AGENT_PING_MS, 100, 3_600_000) } : {}),
       });
       const example = join(dataDir, 'example-policy.yaml');
       if (!existsSync(example)) writeFileSync(example, exampleFor(server.clientName, dataDir), { mode: 0o600 });

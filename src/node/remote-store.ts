@@ -42,6 +42,13 @@ const PUT_BYTES = 4 << 20;
 /** Bytes sent but not yet acknowledged by the node before saveMany() waits. */
 const MAX_UNACKED = 32 << 20;
 
+/**
+ * Test knob (multi-host tests): COFFER_TEST_FORGE_CHUNK=1 makes this agent send its first new
+ * data chunk with one byte changed under its true id, as a compromised client would to poison
+ * deduplicated data. The node must refuse it.
+ */
+const FORGE_ONE_CHUNK = process.env.COFFER_TEST_FORGE_CHUNK === '1';
+
 const keyOf = (type: BlobType, id: Uint8Array) => `${type[0]}${toHex(id)}`;
 
 export async function openSession(client: NodeClient, session: string, kind: 'backup' | 'restore', options: CallOptions = {}): Promise<SessionHello> {
@@ -74,6 +81,7 @@ export class RemoteBackupStore implements BackupStore {
   private ackWaiters: Array<() => void> = [];
   private failure: unknown;
   private readonly trees = new Map<string, { promise: Promise<Tree>; expected: number }>();
+  private forged = false;
 
   constructor(client: NodeClient, hello: SessionHello, options: CallOptions = {}) {
     this.client = client;
@@ -236,6 +244,13 @@ export class RemoteBackupStore implements BackupStore {
   }
 
   private async compress(it: BlobItem): Promise<{ bytes: Uint8Array; compressed: boolean }> {
+    if (FORGE_ONE_CHUNK && !this.forged && it.type === 'data' && it.raw.length > 0) {
+      // The test knob of a compromised client: content that is not what its id says.
+      this.forged = true;
+      const raw = Buffer.from(it.raw);
+      raw[0]! ^= 0xff;
+      return { bytes: raw, compressed: false };
+    }
     if (it.raw.length < 64) return { bytes: Buffer.from(it.raw), compressed: false };
     const z = await compressAsync(it.raw, { params: { [constants.ZSTD_c_compressionLevel]: this.level } });
     return z.length < it.raw.length ? { bytes: z, compressed: true } : { bytes: Buffer.from(it.raw), compressed: false };

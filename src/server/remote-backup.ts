@@ -19,6 +19,9 @@ import type { AgentLink } from './agent-link.ts';
 import { NodeRegistry, type NodeEntry } from './nodes.ts';
 import { runOnAgent, type Services } from './services.ts';
 
+/** How long a lost data connection waits to see whether its node's link to the server goes too. */
+const NODE_GONE_GRACE_MS = 3_000;
+
 /** Nodes tried for one stream before it fails (each failure leaves that node out). */
 const MAX_NODES_PER_STREAM = 3;
 
@@ -93,7 +96,13 @@ async function runOnNode(node: NodeEntry, stream: RemoteStream, ctx: StreamConte
     const [agentResult, nodeResult] = await Promise.allSettled([sent, nodeDone]);
     if (agentResult.status === 'rejected') {
       const err = toCofferError(agentResult.reason);
-      if (nodeResult.status === 'rejected' && (nodeResult.reason as { nodeFailed?: boolean }).nodeFailed && err.code === 'CANCELLED' && !ctx.signal.aborted) throw nodeResult.reason;
+      if (ctx.signal.aborted) throw err;
+      if (nodeResult.status === 'rejected' && (nodeResult.reason as { nodeFailed?: boolean }).nodeFailed && err.code === 'CANCELLED') throw nodeResult.reason;
+      // The agent lost its data connection: if the node is gone (killed, its host down), that is
+      // the node's failure, and the stream moves to another node. Its link to the server closes
+      // at about the same moment; give it a little time to be noticed.
+      if (err.transient && node.link.isOpen) await Promise.race([node.link.closed, new Promise((r) => setTimeout(r, NODE_GONE_GRACE_MS).unref())]);
+      if (err.transient && !node.link.isOpen) throw Object.assign(new CofferError('STORAGE_UNAVAILABLE', `storage node ${node.name} went away: ${err.message}`), { nodeFailed: true });
       throw err;
     }
     if (nodeResult.status === 'rejected') throw nodeResult.reason;
