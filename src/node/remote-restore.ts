@@ -8,9 +8,8 @@
 // with a message naming it. Other copies (the local source's alternates) are not asked from here:
 // the server re-runs the restore from the next copy of the image.
 
-import { promisify } from 'node:util';
-import { zstdDecompress } from 'node:zlib';
 import { CofferError, throwIfAborted, type ErrorCode } from '../core/errors.ts';
+import { decompress } from '../engine/compress.ts';
 import { chunkId, fromHex } from '../engine/hash.ts';
 import type { BlobResult, ReadBlobsOptions } from '../jobs/read-blobs.ts';
 import type { RestoreSource, RestoreTrees } from '../jobs/restore-source.ts';
@@ -20,8 +19,6 @@ import type { CallOptions } from '../storage/backend.ts';
 import type { NodeClient } from './client.ts';
 import type { RestoreHello } from './restore-session.ts';
 import { DATA_PROTOCOL, NO_LENGTH, T, encodeIds, parseBlobs, parseJson } from './wire.ts';
-
-const decompressAsync = promisify(zstdDecompress);
 
 /** A data chunk the node can give: its id and its plaintext length (from the tree that names it). */
 export interface RemoteBlob {
@@ -151,14 +148,14 @@ export class RemoteRestoreSource implements RestoreSource<RemoteBlob> {
     const reply = await this.client.request(T.READ, encodeIds(want.map((b) => ({ type: 'data' as const, id: b.id }))));
     if (reply.type !== T.BLOBS) throw new CofferError('PROTOCOL', `The storage node answered a READ with message type ${reply.type}`);
     const served = parseBlobs(reply.payload, want.length);
-    return Promise.all(served.map(async (s, i): Promise<BlobResult> => {
+    return served.map((s, i): BlobResult => {
       const b = want[i]!;
       const name = b.id.toString('hex').slice(0, 12);
       // The node's word for damage (CORRUPT, NOT_FOUND, ...) stays; anything else counts as damage too.
       if (s.error) return { error: new CofferError(DAMAGE_CODES.includes(s.error.code as ErrorCode) ? (s.error.code as ErrorCode) : 'CORRUPT', s.error.message) };
       let raw: Buffer;
       try {
-        raw = s.compressed ? await decompressAsync(s.bytes, { maxOutputLength: Math.max(1, b.rawLength) }) : s.bytes;
+        raw = s.compressed ? decompress(s.bytes, b.rawLength) : s.bytes;
       } catch (e) {
         return { error: new CofferError('CORRUPT', `chunk ${name} from storage node ${this.node} does not decompress: ${(e as Error).message}`) };
       }
@@ -167,7 +164,7 @@ export class RemoteRestoreSource implements RestoreSource<RemoteBlob> {
         return { error: new CofferError('CORRUPT', `chunk ${name} from storage node ${this.node} does not match its id: the node sent other content`) };
       }
       return { data: raw };
-    }));
+    });
   }
 
   /** A tree of the snapshot, checked against its id; the lengths of the chunks it names are kept. */
