@@ -70,7 +70,7 @@ const READS_AT_ONCE = 2;
 /** zstd level of chunks on the wire: fast, the link is what is saved. */
 const WIRE_LEVEL = 1;
 
-/** The node's side of the storage node's restore bookkeeping it reports as load. */
+/** The storage node's load figures a session adds to (the server balances nodes by them). */
 export interface NodeLoad {
   bytesInFlight: number;
 }
