@@ -130,7 +130,10 @@ export const nodeBackupSpec = z.strictObject({
 export type NodeBackupSpec = z.infer<typeof nodeBackupSpec>;
 
 export const restoreSpec = z.strictObject({
-  storage: storageAccess,
+  /** The repository to read (an agent that holds its keys: the embedded one), or... */
+  storage: storageAccess.optional(),
+  /** ...the storage node session that serves the snapshot (an agent without repository keys). */
+  remote: remoteAccess.optional(),
   snapshot: z.string().regex(/^[0-9a-f]{64}$/),
   targetPath: path,
   include: z.array(z.string().min(1).max(4096)).max(10_000).optional(),
@@ -146,8 +149,19 @@ export const restoreSpec = z.strictObject({
    * read from `storage` is read from them (src/jobs/restore-fallback.ts).
    */
   alternates: z.array(z.strictObject({ storage: storageAccess, snapshot: z.string().regex(/^[0-9a-f]{64}$/), unit: name })).max(32).optional(),
-});
+}).refine((s) => (s.storage === undefined) !== (s.remote === undefined), { message: 'give exactly one of storage and remote', path: ['remote'] })
+  .refine((s) => !(s.remote && s.alternates?.length), { message: 'alternates are read with a repository\'s keys: a restore through a storage node has none', path: ['alternates'] });
 export type RestoreSpec = z.infer<typeof restoreSpec>;
+
+/** A storage node's side of a remote agent's restore: the session that serves one snapshot (node/restore-session.ts). */
+export const nodeRestoreSpec = z.strictObject({
+  storage: storageAccess,
+  session: sessionToken,
+  /** The client whose agent connects (the restore's target host). */
+  client: name,
+  snapshot: z.string().regex(/^[0-9a-f]{64}$/),
+});
+export type NodeRestoreSpec = z.infer<typeof nodeRestoreSpec>;
 
 export const snapshotsSpec = z.strictObject({ storage: storageAccess });
 export type SnapshotsSpec = z.infer<typeof snapshotsSpec>;
@@ -270,6 +284,7 @@ export const JOB_SPECS = {
   scratch: scratchSpec,
   'lock-extend': lockExtendSpec,
   'node-backup': nodeBackupSpec,
+  'node-restore': nodeRestoreSpec,
 } as const;
 export type AgentJobKind = keyof typeof JOB_SPECS;
 export type AgentJobSpec<K extends AgentJobKind> = z.infer<(typeof JOB_SPECS)[K]>;

@@ -18,7 +18,7 @@ import { backupEvents, ProgressReporter, restoreEvents, type EmitJobEvent } from
 import { cloneToTargets } from '../jobs/clone.ts';
 import { verifyRepository } from '../jobs/verify.ts';
 import { repairPacks } from '../repository/repair.ts';
-import { describeHost, restore, type RestoreResult } from '../jobs/restore.ts';
+import { describeHost, restore, restoreFrom, type RestoreOptions, type RestoreResult } from '../jobs/restore.ts';
 import { AlternateSources, type AlternateCopy } from '../jobs/restore-fallback.ts';
 import { compareRestored } from '../jobs/compare.ts';
 import { extendLocks, isLockedObject } from '../repository/object-lock.ts';
@@ -47,6 +47,7 @@ import {
   type ListSpec,
   type LockExtendSpec,
   type NodeBackupSpec,
+  type NodeRestoreSpec,
   type RemoteAccess,
   type ProbeSpec,
   type RepairSpec,
@@ -60,6 +61,7 @@ import { scratchJob } from './scratch.ts';
 import type { Duplex } from 'node:stream';
 import { NodeClient } from '../node/client.ts';
 import { RemoteBackupStore, openSession } from '../node/remote-store.ts';
+import { RemoteRestoreSource, openRestoreSession } from '../node/remote-restore.ts';
 import type { NodeService } from '../node/service.ts';
 
 export interface AgentRuntimeOptions {
@@ -78,7 +80,7 @@ export interface AgentRuntimeOptions {
    * agent without one cannot run a backup that goes through a node.
    */
   connectNode?: (remote: RemoteAccess, signal: AbortSignal) => Promise<Duplex>;
-  /** This process is a storage node too: it serves agents' sessions (node-backup jobs). */
+  /** This process is a storage node too: it serves agents' sessions (node-backup and node-restore jobs). */
   node?: NodeService;
 }
 
@@ -150,6 +152,7 @@ export class AgentRuntime {
       case 'scratch': return scratchJob(parseJobSpec('scratch', raw));
       case 'lock-extend': return this.lockExtend(parseJobSpec('lock-extend', raw), emit, signal);
       case 'node-backup': return this.nodeBackup(parseJobSpec('node-backup', raw), emit, signal);
+      case 'node-restore': return this.nodeRestore(parseJobSpec('node-restore', raw), emit, signal);
     }
   }
 
@@ -248,8 +251,73 @@ export class AgentRuntime {
     return result!;
   }
 
+  /** A storage node's side of an agent's restore: the session that serves one snapshot. */
+  private async nodeRestore(spec: NodeRestoreSpec, emit: EmitJobEvent, signal: AbortSignal): Promise<Record<string, unknown>> {
+    const node = this.options.node;
+    if (!node) throw new CofferError('UNSUPPORTED', 'Cannot serve a restore session: this agent is not a storage node', { hint: 'Run `coffer node run` on the storage node, or let the server\'s embedded node serve the unit.' });
+    const r = await this.withRepo(spec.storage, signal, true, (repo, pool) => node.serveRestore(spec, repo, pool, emit, signal));
+    return { ...r };
+  }
+
+  /** The restore options both kinds of restore share: the spec's, this host's identity, the events. */
+  private restoreOptions(spec: RestoreSpec, emit: EmitJobEvent, signal: AbortSignal, bytesTotal: number | undefined): RestoreOptions {
+    return {
+      signal,
+      targetHost: this.options.host,
+      include: spec.include,
+      exclude: spec.exclude,
+      overwrite: spec.overwrite,
+      dryRun: spec.dryRun,
+      force: spec.force,
+      confirmHost: spec.confirmHost,
+      ...restoreEvents(emit, { bytesTotal }),
+    };
+  }
+
+  /** The job's result from restore()'s. */
+  private restoreReport(res: RestoreResult, sourceHost: unknown): Record<string, unknown> {
+    return {
+      target: res.target,
+      sourceHost,
+      targetHost: this.options.host,
+      dryRun: res.dryRun,
+      created: res.created,
+      overwritten: res.overwritten,
+      metadataRestored: res.metadataRestored,
+      unchanged: res.unchanged,
+      skipped: res.skipped,
+      damaged: res.damaged.length,
+      warnings: res.warnings.length + res.damaged.length,
+      sources: res.sources,
+    };
+  }
+
+  /**
+   * A restore through a storage node: the node reads the repository and sends the snapshot's
+   * trees and chunks; this agent holds the chunk-id key only, verifies every byte against the
+   * snapshot's ids, and writes with restore()'s safety. The source counts as `spec.unit`.
+   */
+  private async remoteRestore(spec: RestoreSpec, remote: RemoteAccess, emit: EmitJobEvent, signal: AbortSignal): Promise<Record<string, unknown>> {
+    if (!this.options.connectNode) throw new CofferError('REFUSED', 'Cannot restore from a storage node: this agent has no certificate to connect with', { hint: 'Enroll the agent (`coffer agent enroll`) and run it with `coffer agent run`.' });
+    const socket = await this.options.connectNode(remote, signal);
+    const client = new NodeClient(socket);
+    try {
+      const hello = await openRestoreSession(client, remote.session, { signal });
+      const source = new RemoteRestoreSource(client, hello, remote.node);
+      const snap = await source.snapshot(spec.snapshot, { signal });
+      emit({ type: 'log', level: 'info', message: `restoring snapshot ${spec.snapshot.slice(0, 12)} of ${snap.time}${spec.dryRun ? ' (dry run)' : ''} from host ${describeHost(snap.host)} onto host ${describeHost(this.options.host)} at ${spec.targetPath}, through storage node ${remote.node}` });
+      const res = await restoreFrom(source, snap, spec.targetPath, { ...this.restoreOptions(spec, emit, signal, snap.summary?.bytesScanned), sourceName: spec.unit ?? remote.node });
+      for (const n of res.notices) emit({ type: 'log', level: 'warn', message: n });
+      emit({ type: 'log', level: 'info', message: `received ${source.bytesReceived} bytes from storage node ${remote.node}` });
+      return { ...this.restoreReport(res, snap.host), bytesReceived: source.bytesReceived, node: remote.node };
+    } finally {
+      client.close();
+    }
+  }
+
   private async restore(spec: RestoreSpec, emit: EmitJobEvent, signal: AbortSignal): Promise<Record<string, unknown>> {
-    return this.withRepo(spec.storage, signal, true, async (repo, pool) => {
+    if (spec.remote) return this.remoteRestore(spec, spec.remote, emit, signal);
+    return this.withRepo(spec.storage!, signal, true, async (repo, pool) => {
       const snap = await loadSnapshot(repo, spec.snapshot, { signal });
       // The pre-flight a person reads first: which host's data goes onto which host, where.
       emit({ type: 'log', level: 'info', message: `restoring snapshot ${spec.snapshot.slice(0, 12)} of ${snap.time}${spec.dryRun ? ' (dry run)' : ''} from host ${describeHost(snap.host)} onto host ${describeHost(this.options.host)} at ${spec.targetPath}` });
@@ -258,18 +326,10 @@ export class AgentRuntime {
       let res: RestoreResult;
       try {
         res = await restore(repo, snap, spec.targetPath, {
-          signal,
-          targetHost: this.options.host,
-          include: spec.include,
-          exclude: spec.exclude,
-          overwrite: spec.overwrite,
-          dryRun: spec.dryRun,
-          force: spec.force,
-          confirmHost: spec.confirmHost,
+          ...this.restoreOptions(spec, emit, signal, snap.summary?.bytesScanned),
           pool,
           sourceName: primary,
           ...(fallback ? { fallback } : {}),
-          ...restoreEvents(emit, { bytesTotal: snap.summary?.bytesScanned }),
         });
       } finally {
         await fallback?.close();
@@ -281,20 +341,7 @@ export class AgentRuntime {
         const files = s.fileCount ? `, for ${s.fileCount} file(s): ${s.files!.join(', ')}${s.fileCount > s.files!.length ? ', ...' : ''}` : ' (directory trees)';
         emit({ type: 'log', level: 'warn', message: `${s.chunks} chunk(s), ${s.bytes} bytes, could not be read from ${primary} and were restored from ${name}${files}` });
       }
-      return {
-        target: res.target,
-        sourceHost: snap.host,
-        targetHost: this.options.host,
-        dryRun: res.dryRun,
-        created: res.created,
-        overwritten: res.overwritten,
-        metadataRestored: res.metadataRestored,
-        unchanged: res.unchanged,
-        skipped: res.skipped,
-        damaged: res.damaged.length,
-        warnings: res.warnings.length + res.damaged.length,
-        sources,
-      };
+      return this.restoreReport(res, snap.host);
     });
   }
 

@@ -32,20 +32,16 @@ import { CofferError, isCofferError, throwIfAborted } from '../core/errors.ts';
 import { Limiter } from '../core/limiter.ts';
 import { isAllZero } from '../core/bytes.ts';
 import { chunkId, fromHex, toHex } from '../engine/hash.ts';
-import type { IndexHit } from '../repository/index/chunk-index.ts';
 import type { Repository } from '../repository/repository.ts';
 import type { HostIdentity, Snapshot } from '../repository/snapshot.ts';
 import { decodeTree, nameBytes, type NodeType, type Tree, type TreeNode } from '../repository/tree.ts';
-import { Session } from '../repository/session.ts';
-import { loadCondemned } from '../repository/prune.ts';
-import type { PackDamage } from '../repository/damage.ts';
 import { createSpecial, dataRegions, readXattrs, sameTimeNs } from '../sources/metadata.ts';
 import { childPath } from '../sources/scan.ts';
-import { ReadBuffers, readBlobs, type BlobDecoder, type BlobResult } from './read-blobs.ts';
+import { ReadBuffers, type BlobDecoder, type BlobResult } from './read-blobs.ts';
 import type { ChunkFallback } from './restore-fallback.ts';
-import { TreeLoader } from './tree-loader.ts';
+import { LocalRestoreSource, type RestoreSource } from './restore-source.ts';
 import { FileWriters, applyMeta as applyMetaTo, deserializeError, type FileHeader, type MetaNode, type WriteOp } from './restore-writer.ts';
-import { StaleTemps, TMP_PREFIX, otherRestoreRunning } from './restore-temps.ts';
+import { StaleTemps, TMP_PREFIX } from './restore-temps.ts';
 
 // ---- safety: whose data goes where ----------------------------------------------------------
 
@@ -547,7 +543,15 @@ export async function checkRestoreTarget(snapshotHost: HostIdentity | undefined,
  * some entries could not be restored because their data is damaged or missing (everything else
  * is restored); CANCELLED when the signal fires (temporary files are removed first).
  */
-export async function restore(repo: Repository, source: Snapshot | string, target: string, options: RestoreOptions): Promise<RestoreResult> {
+export function restore(repo: Repository, source: Snapshot | string, target: string, options: RestoreOptions): Promise<RestoreResult> {
+  return restoreFrom(new LocalRestoreSource(repo), source, target, options);
+}
+
+/**
+ * restore() reading through `from` (restore-source.ts): the repository, or a storage node for an
+ * agent that holds no repository key. The same checks, the same safety, the same result.
+ */
+export async function restoreFrom<L>(from: RestoreSource<L>, source: Snapshot | string, target: string, options: RestoreOptions): Promise<RestoreResult> {
   const userSignal = options.signal;
   throwIfAborted(userSignal);
   const treeId = typeof source === 'string' ? source : source.tree;
@@ -583,49 +587,24 @@ export async function restore(repo: Repository, source: Snapshot | string, targe
   if (typeof source !== 'string' && source.repairedFrom) {
     warn('/', `this snapshot is the repair of ${source.repairedFrom.slice(0, 12)}, whose data was partly lost: what was lost is renamed *.damaged (zero-filled, or an empty directory), or missing if the whole snapshot root was lost`);
   }
-  // Copies that could not be read, by pack: recorded in the repository at the end (damage.ts),
-  // so that the next backup stores those blobs again instead of deduplicating against them.
-  const readFailures = new Map<string, PackDamage>();
-  const noteReadFailure = (hit: IndexHit, error: CofferError) => {
-    const pack = toHex(hit.packId);
-    if (condemned.has(pack)) return; // a prune's to delete: not damage
-    let d = readFailures.get(pack);
-    if (!d) readFailures.set(pack, (d = { pack, problem: error.message, blobs: [] }));
-    // A missing pack, or one whose header is unreadable, is unusable as a whole.
-    if (error.code === 'NOT_FOUND' || /pack header/.test(error.message)) d.blobs = undefined;
-    else d.blobs?.push({ type: hit.entry.type, id: toHex(hit.entry.id) });
-  };
   let fatal: unknown;
   const fail = (e: unknown) => {
     fatal ??= e;
     if (!signal.aborted) inner.abort(e);
   };
 
-  // A registered session makes a concurrent prune wait before it deletes packs this restore may
-  // still read; registering comes before the index is (re)loaded, as the GC protocol requires.
-  // A read-only repository (an immutable bucket in a disaster) must still restore.
-  let session: Session | undefined;
-  // Packs a pending prune condemned (read once the session is registered): a copy elsewhere is read instead.
-  let condemned: ReadonlySet<string> = new Set();
-  if (!dryRun) {
-    try {
-      session = await Session.start(repo, 'restore', { signal: userSignal });
-      // Copies in packs a pending prune condemned may vanish: read the sound copy if there is one.
-      condemned = await loadCondemned(repo, { signal: userSignal });
-    } catch (e) {
-      if (!(isCofferError(e, 'STORAGE_DENIED') || isCofferError(e, 'STORAGE_ERROR'))) throw e;
-      result.notices.push(`cannot register this restore in the repository (${(e as Error).message}): a prune running meanwhile could remove data it reads`);
-    }
-  }
-  const endSession = () => session?.end().catch(() => {});
-  const temps = new StaleTemps({ othersMayWrite: await otherRestoreRunning(repo, session, { signal: userSignal }), minAgeMs: options.staleTempMs, dryRun, onWarning: warn });
+  // The source registers the restore (a prune waits for it) before the index is loaded.
+  const notice = (message: string) => result.notices.push(message);
+  const { othersMayWrite } = await from.begin({ signal: userSignal, dryRun, notice });
+  const endSource = () => from.end({ dryRun, notice });
+  const temps = new StaleTemps({ othersMayWrite, minAgeMs: options.staleTempMs, dryRun, onWarning: warn });
 
   // The target directory itself: created (not in a dry run), then used by its real path.
   let rootPath = Buffer.from(checked.real);
   let rootFresh = false;
   let rootCreated = false;
   try {
-    await repo.loadIndex({ signal: userSignal, onUnreadable: (id, e) => result.notices.push(`index file ${id.slice(0, 12)} is unreadable (${e.message}) and was left out: what only it knew cannot be restored until \`coffer repo repair index\``) });
+    await from.load({ signal: userSignal, notice });
     try {
       if (!checked.exists) {
         if (dryRun) rootFresh = true;
@@ -642,7 +621,7 @@ export async function restore(repo: Repository, source: Snapshot | string, targe
     }
     if (checked.exists) await temps.sweep(rootPath, '');
   } catch (e) {
-    await endSession();
+    await endSource();
     throw e;
   }
 
@@ -764,19 +743,20 @@ export async function restore(repo: Repository, source: Snapshot | string, targe
    * the others (it is the only one unknown).
    */
   const contentParts = (node: TreeNode, innerPath: string, known?: Map<string, BlobNeed>) => {
-    const parts: Array<{ id: string; hit?: IndexHit; length: number; pos: number; need?: BlobNeed }> = [];
+    const parts: Array<{ id: string; at?: L; length: number; pos: number; need?: BlobNeed }> = [];
     let pos = 0;
     let unknown = 0;
     for (const id of node.content ?? []) {
       const need = known?.get(id);
-      const hit = need?.hit ?? repo.locate('data', fromHex(id), condemned);
-      if (!hit) {
+      const at = need?.at ?? from.locate(id);
+      if (at === undefined) {
         if (!salvage || ++unknown > 1) throw tag(dataErrors, new CofferError('NOT_FOUND', `Cannot restore ${innerPath}: its data blob ${id.slice(0, 12)} is not in the repository index`, { hint: 'Run `coffer repo check`.', details: { blob: id } }));
         parts.push({ id, length: -1, pos: -1 });
         continue;
       }
-      parts.push({ id, hit, length: hit.entry.rawLength, pos, need });
-      pos += hit.entry.rawLength;
+      const length = from.rawLength(at);
+      parts.push({ id, at, length, pos, need });
+      pos += length;
     }
     if (unknown) {
       // The one blob the index does not know fills the gap.
@@ -784,7 +764,7 @@ export async function restore(repo: Repository, source: Snapshot | string, targe
       if (length <= 0) throw tag(dataErrors, new CofferError('NOT_FOUND', `Cannot restore ${innerPath}: a data blob is not in the repository index and its size cannot be told`, { hint: 'Run `coffer repo check`.' }));
       pos = 0;
       for (const p of parts) {
-        if (!p.hit) p.length = length;
+        if (p.at === undefined) p.length = length;
         p.pos = pos;
         pos += p.length;
       }
@@ -842,7 +822,8 @@ export async function restore(repo: Repository, source: Snapshot | string, targe
   /** One blob a window reads, and every place it goes. */
   interface BlobNeed {
     id: string;
-    hit: IndexHit;
+    /** Where it is read (a copy in a pack, for the local source). */
+    at: L;
     uses: Array<{ job: FileJob; pos: number }>;
     /** Packs whose copy failed: another copy is read before the blob counts as lost. */
     tried?: Set<string>;
@@ -866,13 +847,13 @@ export async function restore(repo: Repository, source: Snapshot | string, targe
     throwIfAborted(signal);
     const parts = contentParts(job.node, job.innerPath, windowNeeds);
     for (const p of parts) {
-      if (!p.hit) {
+      if (p.at === undefined) {
         (job.lost ??= []).push({ pos: p.pos, length: p.length, blob: p.id, problem: `data blob ${p.id.slice(0, 12)} is not in the repository index` });
         continue;
       }
       if (sparse && zeroIds.has(p.id)) continue;
       let need = p.need ?? windowNeeds.get(p.id);
-      if (!need) windowNeeds.set(p.id, (need = { id: p.id, hit: p.hit, uses: [] }));
+      if (!need) windowNeeds.set(p.id, (need = { id: p.id, at: p.at, uses: [] }));
       need.uses.push({ job, pos: p.pos });
       job.remaining++;
     }
@@ -1041,14 +1022,14 @@ export async function restore(repo: Repository, source: Snapshot | string, targe
   const fedFiles = new Map<string, Set<string>>();
 
   /** A blob no copy gives: the files needing it fail (or, with salvage, get a hole there). */
-  const lose = (need: BlobNeed, code: CofferError['code'], problem: string, pack: string, byJob: Map<FileJob, Writes>) => {
+  const lose = (need: BlobNeed, code: CofferError['code'], problem: string, pack: string | undefined, byJob: Map<FileJob, Writes>) => {
     for (const u of need.uses) {
       if (u.job.settled) continue;
       if (!salvage) {
         settleJob(u.job, tag(dataErrors, new CofferError(code, `Cannot restore ${u.job.innerPath}: ${problem}`, { details: { pack, blob: need.id } })));
         continue;
       }
-      (u.job.lost ??= []).push({ pos: u.pos, length: need.hit.entry.rawLength, problem, pack, blob: need.id });
+      (u.job.lost ??= []).push({ pos: u.pos, length: from.rawLength(need.at), problem, pack, blob: need.id });
       let w = byJob.get(u.job);
       if (!w) byJob.set(u.job, (w = []));
       w.push({ data: undefined, pos: u.pos });
@@ -1084,12 +1065,10 @@ export async function restore(repo: Repository, source: Snapshot | string, targe
       const need = needs[indexes[k]!]!;
       const r = results[k]!;
       if (r.error) {
-        noteReadFailure(need.hit, r.error);
-        const pack = toHex(need.hit.packId);
-        (need.tried ??= new Set()).add(pack);
-        const other = repo.index.lookupAll(fromHex(need.id), 'data').find((h) => !need.tried!.has(toHex(h.packId)));
-        if (other) {
-          need.hit = other;
+        const failed = need.at;
+        const other = from.readFailed(need.id, failed, r.error, (need.tried ??= new Set()));
+        if (other !== undefined) {
+          need.at = other;
           retry.push(need);
           continue;
         }
@@ -1097,7 +1076,7 @@ export async function restore(repo: Repository, source: Snapshot | string, targe
           elsewhere.push({ need, error: r.error });
           continue;
         }
-        lose(need, r.error.code, `data blob ${need.id.slice(0, 12)} in pack ${pack.slice(0, 12)} cannot be read: ${r.error.message}`, pack, byJob);
+        lose(need, r.error.code, `data blob ${need.id.slice(0, 12)} ${from.describe(failed)} cannot be read: ${r.error.message}`, from.packOf(failed), byJob);
         continue;
       }
       here.chunks++;
@@ -1117,12 +1096,12 @@ export async function restore(repo: Repository, source: Snapshot | string, targe
     while (elsewhere.length) {
       let bytes = 0;
       let n = 0;
-      while (n < elsewhere.length && (n === 0 || bytes + elsewhere[n]!.need.hit.entry.rawLength <= ELSEWHERE_BATCH)) bytes += elsewhere[n++]!.need.hit.entry.rawLength;
+      while (n < elsewhere.length && (n === 0 || bytes + from.rawLength(elsewhere[n]!.need.at) <= ELSEWHERE_BATCH)) bytes += from.rawLength(elsewhere[n++]!.need.at);
       const batch = elsewhere.slice(0, n);
       elsewhere = elsewhere.slice(n);
       const wants = batch.map(({ need }) => ({
         id: need.id,
-        length: need.hit.entry.rawLength,
+        length: from.rawLength(need.at),
         places: need.uses.filter((u) => !u.job.settled).map((u) => ({ path: u.job.innerPath, pos: u.pos })),
       }));
       const found = await fallback.fetch(wants, signal);
@@ -1130,9 +1109,8 @@ export async function restore(repo: Repository, source: Snapshot | string, targe
       for (let k = 0; k < batch.length; k++) {
         const { need, error } = batch[k]!;
         const f = found[k]!;
-        const pack = toHex(need.hit.packId);
         // Verified here too: whatever the fallback is, no byte reaches a file unchecked.
-        if (f.data && f.data.length === need.hit.entry.rawLength && chunkId(repo.keys.chunkIdKey, f.data).equals(fromHex(need.id))) {
+        if (f.data && f.data.length === from.rawLength(need.at) && chunkId(from.chunkIdKey, f.data).equals(fromHex(need.id))) {
           const s = (sources[f.from] ??= { chunks: 0, bytes: 0, fileCount: 0, files: [] });
           s.chunks++;
           s.bytes += f.data.length;
@@ -1148,7 +1126,7 @@ export async function restore(repo: Repository, source: Snapshot | string, targe
           continue;
         }
         const tried = f.error ?? `${f.from}: its data differs from the snapshot's chunk`;
-        lose(need, error.code, `data blob ${need.id.slice(0, 12)} in pack ${pack.slice(0, 12)} cannot be read (${error.message}), nor from another copy (${tried})`, pack, byJob);
+        lose(need, error.code, `data blob ${need.id.slice(0, 12)} ${from.describe(need.at)} cannot be read (${error.message}), nor from another copy (${tried})`, from.packOf(need.at), byJob);
       }
       await writeAll(byJob);
     }
@@ -1185,12 +1163,12 @@ export async function restore(repo: Repository, source: Snapshot | string, targe
         throwIfAborted(signal);
         await write(empty.slice(i, i + 512));
       }
-      await readBlobs(repo, needs.map((n) => n.hit), (indexes, results) => deliver(needs, indexes, results), readOptions);
+      await from.readData(needs.map((n) => n.at), (indexes, results) => deliver(needs, indexes, results), readOptions);
       // Blobs whose first copy failed, from their next copy (until none is left).
       while (retry.length) {
         const again = retry;
         retry = [];
-        await readBlobs(repo, again.map((n) => n.hit), (indexes, results) => deliver(again, indexes, results), readOptions);
+        await from.readData(again.map((n) => n.at), (indexes, results) => deliver(again, indexes, results), readOptions);
       }
       // What no copy here gives, from the other copies of the snapshot.
       if (options.fallback) await fetchElsewhere(options.fallback);
@@ -1251,14 +1229,14 @@ export async function restore(repo: Repository, source: Snapshot | string, targe
         let at = 0;
         for (const p of parts) {
           throwIfAborted(signal);
-          if (!p.hit) return 'a blob of it is not in the repository index';
+          if (p.at === undefined) return 'a blob of it is not in the repository index';
           const len = p.length;
           if (regions) {
             while (ri < regions.length && regions[ri]![1] <= p.pos) ri++;
             if (ri === regions.length || regions[ri]![0] >= p.pos + len) {
               // All hole: zeros, whose chunk id depends on the length alone.
               let zero = zeroChunkIds.get(len);
-              if (zero === undefined) zeroChunkIds.set(len, (zero = toHex(chunkId(repo.keys.chunkIdKey, Buffer.alloc(len)))));
+              if (zero === undefined) zeroChunkIds.set(len, (zero = toHex(chunkId(from.chunkIdKey, Buffer.alloc(len)))));
               if (zero !== p.id) return 'content differs';
               start = p.pos + len;
               filled = at = 0;
@@ -1276,7 +1254,7 @@ export async function restore(repo: Repository, source: Snapshot | string, targe
               filled += bytesRead;
             }
           }
-          if (toHex(chunkId(repo.keys.chunkIdKey, buf.subarray(at, at + len))) !== p.id) return 'content differs';
+          if (toHex(chunkId(from.chunkIdKey, buf.subarray(at, at + len))) !== p.id) return 'content differs';
           at += len;
         }
         return undefined;
@@ -1521,7 +1499,7 @@ export async function restore(repo: Repository, source: Snapshot | string, targe
   // (a round trip each) took longer than restoring the data of a typical snapshot.
 
   const TREE_BATCH = 4096;
-  const trees = new TreeLoader(repo, { decoder: options.pool, signal, concurrency: readOptions.concurrency, onReadError: (_id, hit, e) => noteReadFailure(hit, e), condemned });
+  const trees = from.openTrees({ decoder: options.pool, signal, concurrency: readOptions.concurrency });
 
   interface DirWork { id: string; dir: DirCtx; selected: boolean }
 
@@ -1568,7 +1546,7 @@ export async function restore(repo: Repository, source: Snapshot | string, targe
           // A tree no copy here gives, from another copy of the snapshot (one with the same keys).
           if (t.status === 'rejected' && options.fallback && isCofferError(t.reason) && ['CORRUPT', 'NOT_FOUND', 'INVALID_RANGE', 'UNSUPPORTED'].includes(t.reason.code)) {
             const found = await options.fallback.fetchTree(w.id, signal);
-            if (found.data && chunkId(repo.keys.chunkIdKey, found.data).equals(fromHex(w.id))) {
+            if (found.data && chunkId(from.chunkIdKey, found.data).equals(fromHex(w.id))) {
               try {
                 t = { status: 'fulfilled', value: decodeTree(found.data) };
                 const from = (sources[found.from] ??= { chunks: 0, bytes: 0, fileCount: 0, files: [] });
@@ -1649,24 +1627,8 @@ export async function restore(repo: Repository, source: Snapshot | string, targe
     }
   } finally {
     await writers?.close();
-    if (readFailures.size && !dryRun) {
-      // Recorded, so that the next backup of the intact source stores these blobs again.
-      try {
-        // A pack a prune deleted while this restore was paused is not damage: only packs the
-        // index still lists, and no prune condemned, are recorded.
-        const now = await loadCondemned(repo);
-        await repo.loadIndex();
-        const still = repo.indexedPacks((hex) => readFailures.has(hex) && !now.has(hex));
-        const damage = [...readFailures.values()].filter((d) => still.has(d.pack));
-        if (damage.length) {
-          await repo.noteDamage('restore', damage);
-          result.notices.push(`recorded the damage to ${damage.length} pack(s) in the repository: the next backup stores those blobs again; \`coffer repo repair packs\` salvages the rest`);
-        }
-      } catch (e) {
-        result.notices.push(`cannot record the damage in the repository (${(e as Error).message}); \`coffer repo check --read-data\` finds it again`);
-      }
-    }
-    await endSession();
+    // Damage met is recorded in the repository (the next backup stores those blobs again).
+    await endSource();
     userSignal?.removeEventListener('abort', onUserAbort);
   }
   result.staleTemps = { removed: temps.removed, kept: temps.kept };

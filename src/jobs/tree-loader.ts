@@ -18,9 +18,15 @@ import { readBlobs, type BlobDecoder } from './read-blobs.ts';
 /** Trees are small and written next to each other: read across small gaps only. */
 const TREE_GAP = 64 * 1024;
 
+/** A tree and, with keepBytes, the plaintext it was decoded from. */
+export interface LoadedTree {
+  tree: Tree;
+  bytes?: Buffer;
+}
+
 interface Entry {
-  promise: Promise<Tree>;
-  resolve: (t: Tree) => void;
+  promise: Promise<LoadedTree>;
+  resolve: (t: LoadedTree) => void;
   reject: (e: unknown) => void;
   /** get() calls still expected (from prefetch()); the entry is dropped when it reaches 0. */
   expected: number;
@@ -36,6 +42,7 @@ export class TreeLoader {
   private readonly concurrency: number | undefined;
   private readonly onReadError: TreeReadError | undefined;
   private readonly condemned: ReadonlySet<string> | undefined;
+  private readonly keepBytes: boolean;
   private readonly entries = new Map<string, Entry>();
   private pending: Array<[string, Entry]> = [];
   private scheduled = false;
@@ -44,14 +51,16 @@ export class TreeLoader {
    * `concurrency`: pack reads in flight per batch (readBlobs' default when not given).
    * `onReadError`: told of every copy that could not be read (the caller records the damage);
    * another copy of the tree, if the index knows one, is tried before the tree fails.
+   * `keepBytes`: getLoaded() also gives each tree's plaintext (a storage node sends it on).
    */
-  constructor(repo: Repository, options: { decoder?: BlobDecoder; signal?: AbortSignal; concurrency?: number; onReadError?: TreeReadError; condemned?: ReadonlySet<string> } = {}) {
+  constructor(repo: Repository, options: { decoder?: BlobDecoder; signal?: AbortSignal; concurrency?: number; onReadError?: TreeReadError; condemned?: ReadonlySet<string>; keepBytes?: boolean } = {}) {
     this.repo = repo;
     this.decoder = options.decoder;
     this.signal = options.signal;
     this.concurrency = options.concurrency;
     this.onReadError = options.onReadError;
     this.condemned = options.condemned;
+    this.keepBytes = options.keepBytes === true;
   }
 
   /** Starts loading trees that get() will be asked for soon (once per id listed). */
@@ -65,6 +74,11 @@ export class TreeLoader {
 
   /** The tree `id`: validated, or a CofferError (NOT_FOUND, CORRUPT, CANCELLED, ...). */
   get(id: string): Promise<Tree> {
+    return this.getLoaded(id).then((l) => l.tree);
+  }
+
+  /** The tree `id` with, when the loader keeps them, its plaintext bytes. */
+  getLoaded(id: string): Promise<LoadedTree> {
     const e = this.entries.get(id);
     if (!e) return this.load(id, 0).promise;
     if (--e.expected <= 0) this.entries.delete(id);
@@ -77,9 +91,9 @@ export class TreeLoader {
   }
 
   private load(id: string, expected: number): Entry {
-    let resolve!: (t: Tree) => void;
+    let resolve!: (t: LoadedTree) => void;
     let reject!: (e: unknown) => void;
-    const promise = new Promise<Tree>((res, rej) => {
+    const promise = new Promise<LoadedTree>((res, rej) => {
       resolve = res;
       reject = rej;
     });
@@ -138,7 +152,7 @@ export class TreeLoader {
         const id = want[indexes[k]!]!;
         const list = waiting.get(id)!;
         const r = results[k]!;
-        let outcome: { tree: Tree } | { error: unknown };
+        let outcome: { loaded: LoadedTree } | { error: unknown };
         if (r.error) {
           const hit = hits[indexes[k]!]!;
           this.onReadError?.(id, hit, r.error);
@@ -154,12 +168,12 @@ export class TreeLoader {
           outcome = { error: r.error };
         } else {
           try {
-            outcome = { tree: decodeTree(r.data) };
+            outcome = { loaded: this.keepBytes ? { tree: decodeTree(r.data), bytes: r.data } : { tree: decodeTree(r.data) } };
           } catch (err) {
             outcome = { error: err };
           }
         }
-        for (const e of list) 'tree' in outcome ? e.resolve(outcome.tree) : e.reject(outcome.error);
+        for (const e of list) 'loaded' in outcome ? e.resolve(outcome.loaded) : e.reject(outcome.error);
       }
     }, { signal: this.signal, decoder: this.decoder, maxGap: TREE_GAP, concurrency: this.concurrency }).then(() => this.read(retryWant, retryHits, waiting, tried), (err: unknown) => {
       // The whole read failed (backend unreachable, cancelled): every tree not delivered fails

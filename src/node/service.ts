@@ -26,6 +26,7 @@ import type { Repository } from '../repository/repository.ts';
 import { findSnapshot, validateSnapshot, type Snapshot } from '../repository/snapshot.ts';
 import { decodeTree } from '../repository/tree.ts';
 import type { SessionHello } from './remote-store.ts';
+import { serveRestoreSession, type NodeRestoreResult, type RestoreSessionSpec } from './restore-session.ts';
 import { DATA_PROTOCOL, FrameReader, T, errorFrame, frame, jsonFrame, parseIds, parseJson, parsePut, type Frame } from './wire.ts';
 
 const decompressAsync = promisify(zstdDecompress);
@@ -58,8 +59,13 @@ export const isSessionReady = (e: { type: string; data?: Record<string, unknown>
 /** How long a session waits for its agent to connect (default 10 min). */
 const CONNECT_TIMEOUT_MS = Number(process.env.COFFER_NODE_CONNECT_TIMEOUT_MS ?? 600_000);
 
+/** A session's kind: what the agent may do in it. */
+export type SessionKind = 'backup' | 'restore';
+
 interface Waiting {
-  spec: BackupSessionSpec;
+  kind: SessionKind;
+  /** The client whose agent may open the session. */
+  client: string;
   /** Hands the session its connection and the id of the OPEN request to answer. */
   attach: (conn: Connection, openId: number) => void;
 }
@@ -70,7 +76,7 @@ export interface NodeServiceOptions {
 }
 
 /** A data connection: frames in, frames out, and who is on the other end. */
-interface Connection {
+export interface Connection {
   socket: Duplex;
   /** The certificate's identity of the peer (undefined: an unauthenticated transport, tests and loopback). */
   peer: string | undefined;
@@ -128,7 +134,8 @@ export class NodeService {
       if (v.protocol !== DATA_PROTOCOL) return refuse(f.id, new CofferError('PROTOCOL', `This storage node speaks data protocol ${DATA_PROTOCOL}, the agent ${String(v.protocol)}`, { hint: 'Run the same Coffer version on agents and storage nodes.' }));
       const w = typeof v.session === 'string' ? this.waiting.get(v.session) : undefined;
       if (!w) return refuse(f.id, new CofferError('REFUSED', 'No such session on this storage node: it ended, was never opened, or belongs to another node', { hint: 'The server opens sessions for the jobs it runs; the job is retried.' }));
-      if (peer !== undefined && peer !== w.spec.client) return refuse(f.id, new CofferError('FORBIDDEN', `Session refused: it is client ${w.spec.client}'s, and this connection is ${peer}'s`));
+      if (peer !== undefined && peer !== w.client) return refuse(f.id, new CofferError('FORBIDDEN', `Session refused: it is client ${w.client}'s, and this connection is ${peer}'s`));
+      if (v.kind !== undefined && v.kind !== w.kind) return refuse(f.id, new CofferError('REFUSED', `Session refused: it is a ${w.kind} session, and the agent asked for a ${String(v.kind)}`, { hint: 'The server gives each job its own session; the job is retried.' }));
       // One connection per session: the token is spent. The agent sends nothing more before
       // the session's hello, so nothing is left in this reader.
       this.waiting.delete(v.session as string);
@@ -158,28 +165,7 @@ export class NodeService {
     let conn: Connection;
     let openId: number;
     try {
-      [conn, openId] = await new Promise<[Connection, number]>((resolve, reject) => {
-        const timer = setTimeout(() => {
-          this.waiting.delete(spec.session);
-          reject(new CofferError('STORAGE_UNAVAILABLE', `Client ${spec.client}'s agent did not connect to this storage node within ${Math.round(CONNECT_TIMEOUT_MS / 1000)} s`, { hint: 'Check that the agent can reach the node\'s data address; the job is retried.' }));
-        }, CONNECT_TIMEOUT_MS);
-        const onAbort = () => {
-          clearTimeout(timer);
-          this.waiting.delete(spec.session);
-          reject(new CofferError('CANCELLED', 'The session was cancelled before the agent connected'));
-        };
-        signal.addEventListener('abort', onAbort, { once: true });
-        this.waiting.set(spec.session, {
-          spec,
-          attach: (c, id) => {
-            clearTimeout(timer);
-            signal.removeEventListener('abort', onAbort);
-            resolve([c, id]);
-          },
-        });
-        // The server starts the agent's job when it reads this (SESSION_READY).
-        emit({ type: 'log', level: 'info', message: `session open: waiting for client ${spec.client}'s agent`, data: { [SESSION_READY]: true } });
-      });
+      [conn, openId] = await this.waitForAgent(spec.session, 'backup', spec.client, emit, signal);
     } catch (e) {
       await store.end();
       throw e;
@@ -190,6 +176,47 @@ export class NodeService {
     } finally {
       await store.end();
     }
+  }
+
+  /**
+   * Runs a restore session (restore-session.ts): waits for the client's agent, then serves it the
+   * snapshot, its trees and the data chunks they name, and nothing else. `repo` and `pool` are
+   * opened by the caller for the session's length.
+   */
+  async serveRestore(spec: RestoreSessionSpec, repo: Repository, pool: BlobDecoder, emit: EmitJobEvent, signal: AbortSignal): Promise<NodeRestoreResult> {
+    if (this.waiting.has(spec.session)) throw new CofferError('CONFLICT', 'A session with this token is open already');
+    return serveRestoreSession(spec, repo, pool, emit, signal, (ready) => this.waitForAgent(spec.session, 'restore', spec.client, ready, signal), this);
+  }
+
+  /**
+   * Registers a session and waits for its agent's connection (at most CONNECT_TIMEOUT_MS):
+   * the connection and the id of its OPEN request. Emits SESSION_READY once it waits.
+   */
+  private waitForAgent(session: string, kind: SessionKind, client: string, emit: EmitJobEvent, signal: AbortSignal): Promise<[Connection, number]> {
+    return new Promise<[Connection, number]>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.waiting.delete(session);
+        reject(new CofferError('STORAGE_UNAVAILABLE', `Client ${client}'s agent did not connect to this storage node within ${Math.round(CONNECT_TIMEOUT_MS / 1000)} s`, { hint: 'Check that the agent can reach the node\'s data address; the job is retried.' }));
+      }, CONNECT_TIMEOUT_MS);
+      const onAbort = () => {
+        clearTimeout(timer);
+        this.waiting.delete(session);
+        reject(new CofferError('CANCELLED', 'The session was cancelled before the agent connected'));
+      };
+      if (signal.aborted) return onAbort();
+      signal.addEventListener('abort', onAbort, { once: true });
+      this.waiting.set(session, {
+        kind,
+        client,
+        attach: (c, id) => {
+          clearTimeout(timer);
+          signal.removeEventListener('abort', onAbort);
+          resolve([c, id]);
+        },
+      });
+      // The server starts the agent's job when it reads this (SESSION_READY).
+      emit({ type: 'log', level: 'info', message: `session open: waiting for client ${client}'s agent`, data: { [SESSION_READY]: true } });
+    });
   }
 }
 

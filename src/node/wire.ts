@@ -23,15 +23,22 @@ export const T = {
   HAVE: 2,
   /** n × (u8 type, 32-byte id, u32 raw length, u32 length, u8 compressed, bytes) → OK { stored } */
   PUT: 3,
-  /** 32-byte id of a tree of the parent snapshot → BYTES: the tree's plaintext */
+  /**
+   * (u8 type, 32-byte id) of a tree of the parent snapshot → BYTES: the tree's plaintext; in a
+   * restore session, of a tree of the snapshot restored → TREE_R
+   */
   TREE: 4,
   /** json snapshot → OK { snapshot, stats } */
   COMMIT: 5,
   /** json { reason }: the agent gives up; no reply */
   ABORT: 6,
-  /** json {} → OK { snapshot }: the snapshot a restore session reads */
+  /** json {} → OK { id, snapshot }: the snapshot a restore session reads */
   SNAPSHOT: 7,
-  /** n × (u8 type, 32-byte id) → BLOBS: each blob as (u32 raw length, u32 length, u8 compressed, bytes) */
+  /**
+   * n × (u8 type, 32-byte id) of data chunks named by trees served in this session → BLOBS: each
+   * blob as (u32 raw length, u32 length, u8 form, bytes), in the order asked; form 0 plain,
+   * 1 zstd, 2 an error ({ code, message } JSON: that chunk cannot be read, the others can)
+   */
   READ: 8,
 
   HELLO: 128,
@@ -40,7 +47,18 @@ export const T = {
   BYTES: 131,
   BLOBS: 132,
   ERR: 133,
+  /**
+   * A restore session's tree: u32 tree length | the tree's plaintext | u32 raw length of every
+   * data chunk its files name, in order (NO_LENGTH: not in the repository's index)
+   */
+  TREE_R: 134,
 } as const;
+
+/** The length TREE_R gives a chunk the repository's index does not know. */
+export const NO_LENGTH = 0xffff_ffff;
+
+/** Forms of a blob in a BLOBS reply. */
+export const BLOB_FORM = { plain: 0, zstd: 1, error: 2 } as const;
 
 export const ID_SIZE = 32;
 export const BLOB_TYPES = ['data', 'tree'] as const;
@@ -218,4 +236,39 @@ export function blobHeader(type: WireBlobType, id: Uint8Array, rawLength: number
   h.writeUInt32BE(length, 1 + ID_SIZE + 4);
   h[1 + ID_SIZE + 8] = compressed ? 1 : 0;
   return h;
+}
+
+/** One blob of a BLOBS reply: its bytes as sent (plain or zstd), or why the node could not read it. */
+export type ServedBlob = { rawLength: number; compressed: boolean; bytes: Buffer; error?: undefined } | { error: { code: string; message: string } };
+
+/** A BLOBS entry's header (the bytes follow it). */
+export function servedHeader(rawLength: number, length: number, form: number): Buffer {
+  const h = Buffer.allocUnsafe(9);
+  h.writeUInt32BE(rawLength, 0);
+  h.writeUInt32BE(length, 4);
+  h[8] = form;
+  return h;
+}
+
+/** The blobs of a BLOBS payload; there must be exactly `count`. */
+export function parseBlobs(payload: Buffer, count: number): ServedBlob[] {
+  const out: ServedBlob[] = [];
+  let at = 0;
+  while (at < payload.length) {
+    if (payload.length - at < 9) throw new CofferError('PROTOCOL', 'A BLOBS reply ends inside a blob header');
+    const rawLength = payload.readUInt32BE(at);
+    const length = payload.readUInt32BE(at + 4);
+    const form = payload[at + 8]!;
+    at += 9;
+    if (payload.length - at < length) throw new CofferError('PROTOCOL', 'A BLOBS reply ends inside a blob');
+    const bytes = payload.subarray(at, at + length);
+    at += length;
+    if (form === BLOB_FORM.error) {
+      const e = errorOf(bytes);
+      out.push({ error: { code: e.code, message: e.message } });
+    } else if (form === BLOB_FORM.plain || form === BLOB_FORM.zstd) out.push({ rawLength, compressed: form === BLOB_FORM.zstd, bytes });
+    else throw new CofferError('PROTOCOL', `A BLOBS reply has a blob of form ${form} (0 plain, 1 zstd, 2 error)`);
+  }
+  if (out.length !== count) throw new CofferError('PROTOCOL', `The storage node answered ${count} chunk id(s) with ${out.length} blob(s)`);
+  return out;
 }
