@@ -14,7 +14,7 @@
 //
 // Needs root and iproute2, as CI has: without them each test fails saying what is missing.
 import assert from 'node:assert/strict';
-import { mkdir, writeFile, rm } from 'node:fs/promises';
+import { mkdir, readFile, writeFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
@@ -243,6 +243,16 @@ test('a server, two storage nodes and three agents on their own hosts: enrollmen
     // Nothing in storage the catalog does not know: no half-committed or doubled snapshot from
     // the killed node, the cut link, or the forgery.
     assert.deepEqual(await unknownSnapshots(s), []);
+
+    // A restore flows from a node to the agent, which holds no repository key.
+    const restoreTo = join(dir, 'restored1');
+    const rs = await s.api('POST', '/api/v1/restores', { image: first.result.image, toClient: 'agent1', toPath: restoreTo });
+    assert.equal(rs.status, 202, JSON.stringify(rs.body));
+    const restored = await s.waitJob(rs.body.id);
+    const restoreLogs = await s.logs(restored.id);
+    assert.equal(restored.state, 'succeeded', JSON.stringify(restored) + restoreLogs);
+    assert.match(restoreLogs, /storage node node[12] \(.*\) serves the restore from unit shared to client agent1/, restoreLogs);
+    for (const f of ['data3.bin', 'etc/conf7.txt']) assert.deepEqual(await readFile(join(restoreTo, common, f)), await readFile(join(common, f)));
 
     // What an agent's credential cannot do: pass for another client, or open a session it was not given.
     const spoof = await net.exec('agent1', NODE, [MAIN, 'agent', 'run', '--state-dir', join(dir, 'agent1-state'), '--name', 'agent2', '--workers', '1'], { env: s.env, timeoutMs: 60_000 });

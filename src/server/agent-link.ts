@@ -76,6 +76,11 @@ export class AgentLink {
   private readonly input: Readable;
   private readonly output: Writable;
   private readonly jobs = new Map<string, RunningJob>();
+  /**
+   * False for a remote agent: a protected host that must never be sent a repository's password
+   * or storage credentials (runOnAgent refuses to). The embedded agent and storage nodes hold them.
+   */
+  mayHoldKeys = true;
   private hello: AgentHello | undefined;
   private ended: string | undefined;
   private pingTimer: NodeJS.Timeout | undefined;

@@ -13,7 +13,7 @@ import { INFINITE, parseDuration, type PolicyDocument, type Selection } from '..
 import type { SelectionSpec } from '../agent/protocol.ts';
 import type { JobContext, JobEnd, JobExecutor } from './dispatcher.ts';
 import { lifecycleOf, runOnAgent, type Services } from './services.ts';
-import { runRemoteStream } from './remote-backup.ts';
+import { runRemoteStream } from './remote-streams.ts';
 import { bestCopy, restorableCopies } from './restore-executor.ts';
 import { COPY_JOB_KINDS, isImmediate } from './lifecycle.ts';
 import { lockLookup, lockedSnapshots, noteLockedCopy, notePruneRetry, pruneRetriesDue, prunedLocked, type LockedCopies, type PrunedLocked } from './object-lock.ts';
@@ -109,7 +109,10 @@ export function backupExecutor(s: Services): JobExecutor {
           };
           // A remote agent holds no repository key: its stream goes through a storage node.
           const r = s.agents.isRemote(job.client!)
-            ? await runRemoteStream(s, { client: job.client!, link, unit: await s.catalog.storageUnits.get(unit), storage, parent, tags, agentSpec }, { jobId: job.id, emit: ctx.emit, log: (l, m) => ctx.log(l, m), signal: ctx.signal })
+            ? await runRemoteStream(s, {
+              kind: 'backup', client: job.client!, link, unit: await s.catalog.storageUnits.get(unit),
+              nodeSpec: { storage, client: job.client!, parent, tags }, agentSpec: { ...agentSpec, client: job.client!, parent, tags },
+            }, { jobId: job.id, emit: ctx.emit, log: (l, m) => ctx.log(l, m), signal: ctx.signal })
             : await runOnAgent(link, 'backup', { storage, client: job.client, parent, tags, ...agentSpec }, { jobId: job.id, emit: ctx.emit, signal: ctx.signal });
           streams[key] = r.snapshot as string;
           result.scannedBytes = add(result.scannedBytes, r.bytesScanned);

@@ -14,6 +14,7 @@ import type { Copy } from '../catalog/copies.ts';
 import type { Image } from '../catalog/images.ts';
 import type { StorageAccess } from '../agent/protocol.ts';
 import type { JobExecutor } from './dispatcher.ts';
+import { runRemoteStream } from './remote-streams.ts';
 import { runOnAgent, type Services } from './services.ts';
 import { onlyUnavailable, unavailableUnits, type Unavailability } from './units.ts';
 
@@ -134,15 +135,22 @@ export function restoreExecutor(s: Services): JobExecutor {
             if (a) alternates.push({ storage: a, snapshot: o.snapshots[key]!, unit: o.storageUnit });
           }
           ctx.log('info', `restoring stream ${key} (snapshot ${snapshot.slice(0, 12)}) from storage unit ${copy.storageUnit} to ${spec.toClient}:${spec.toPath}${alternates.length ? `; a chunk it cannot give is read from ${alternates.map((a) => a.unit).join(', then ')}` : ''}`);
-          const r = await runOnAgent(link, 'restore', {
-            storage, snapshot, targetPath: spec.toPath, unit: copy.storageUnit,
-            ...(alternates.length ? { alternates } : {}),
+          const agentSpec = {
+            snapshot, targetPath: spec.toPath, unit: copy.storageUnit,
             ...(spec.include ? { include: spec.include } : {}), ...(spec.exclude ? { exclude: spec.exclude } : {}),
             // After a damaged copy, files already restored whole are left as they are.
             ...(n > 0 ? { overwrite: spec.overwrite === 'never' ? 'never' : 'if-changed' } : spec.overwrite ? { overwrite: spec.overwrite } : {}),
             dryRun: !!spec.dryRun, force: !!spec.force,
             ...(spec.confirmHost ? { confirmHost: spec.confirmHost } : {}),
-          }, { jobId: ctx.job.id, emit: ctx.emit, signal: ctx.signal });
+          };
+          // A remote agent holds no repository key: a node reads the copy and sends it what it
+          // asks for (alternates are the node's own index; the next copy is the re-run below).
+          const r = s.agents.isRemote(spec.toClient)
+            ? await runRemoteStream(s, {
+              kind: 'restore', client: spec.toClient, link, unit: await s.catalog.storageUnits.get(copy.storageUnit),
+              nodeSpec: { storage, client: spec.toClient, snapshot }, agentSpec,
+            }, { jobId: ctx.job.id, emit: ctx.emit, log: (l, m) => ctx.log(l, m), signal: ctx.signal })
+            : await runOnAgent(link, 'restore', { storage, ...agentSpec, ...(alternates.length ? { alternates } : {}) }, { jobId: ctx.job.id, emit: ctx.emit, signal: ctx.signal });
           const created = r.created as { files?: number; bytes?: number } | undefined;
           const overwritten = r.overwritten as { files?: number; bytes?: number } | undefined;
           result.files = plus(result.files, created?.files) + (overwritten?.files ?? 0);

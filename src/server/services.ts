@@ -84,7 +84,10 @@ export class AgentRegistry {
    */
   set(client: string, link: AgentLink, options: { remote?: boolean } = {}): void {
     this.links.set(client, link);
-    if (options.remote) this.remote.add(link);
+    if (options.remote) {
+      this.remote.add(link);
+      link.mayHoldKeys = false;
+    }
     void link.closed.then(() => {
       if (this.links.get(client) === link) this.links.delete(client);
     });
@@ -121,6 +124,13 @@ export class AgentRegistry {
  */
 export async function runOnAgent(linkOrChoice: AgentLink | Promise<AgentLink>, kind: string, spec: unknown, options: { jobId?: string; emit?: (e: JobEvent) => void; signal?: AbortSignal } = {}): Promise<Record<string, unknown>> {
   const link = await linkOrChoice;
+  // The trust boundary: a remote agent gets no repository password or storage credentials,
+  // whatever the job; its data goes through a storage node (remote-streams.ts).
+  if (!link.mayHoldKeys && spec && typeof spec === 'object' && ['storage', 'source', 'targets', 'alternates'].some((k) => k in spec)) {
+    throw new CofferError('REFUSED', `Cannot run a ${kind} job on the remote agent of client ${link.agent?.name ?? '?'} with a repository's credentials: remote agents hold no repository key`, {
+      hint: kind === 'compare' ? 'Restore tests need a scratch client served by the server\'s embedded agent for now.' : 'This job kind cannot run on a remote agent yet.',
+    });
+  }
   const id = `${options.jobId ?? 'request'}.${randomUUID().slice(0, 8)}`;
   const onAbort = () => link.cancel(id);
   options.signal?.addEventListener('abort', onAbort, { once: true });

@@ -1,7 +1,8 @@
-// One backup stream of a remote agent, through a storage node (docs/server.md "Storage nodes"):
-// the server picks the least loaded node serving the unit, opens a session there (the node job
-// `node-backup`, which holds the unit's keys), and once the node says it is ready, tells the
-// client's agent (job `backup` with `remote`) where to send. The agent holds no repository key.
+// One backup or restore stream of a remote agent, through a storage node (docs/server.md
+// "Storage nodes"): the server picks the least loaded node serving the unit, opens a session
+// there (the node job `node-backup` or `node-restore`, which holds the unit's keys), and once the
+// node says it is ready, tells the client's agent (job `backup` or `restore` with `remote`) where
+// to connect. The agent holds no repository key.
 //
 // Either side ending first ends the other: the agent failing cancels the session (nothing is
 // committed without the agent's commit), the node going away interrupts the agent. A node that
@@ -26,13 +27,14 @@ const NODE_GONE_GRACE_MS = 3_000;
 const MAX_NODES_PER_STREAM = 3;
 
 export interface RemoteStream {
+  kind: 'backup' | 'restore';
+  /** The client whose agent connects to the node (a restore's target). */
   client: string;
   link: AgentLink;
   unit: StorageUnit;
-  storage: StorageAccess;
-  parent: string;
-  tags: string[];
-  /** The agent's job spec without its destination (selection, pre, post, ...). */
+  /** The node's session spec without its token (storage, client, and parent and tags, or snapshot). */
+  nodeSpec: { storage: StorageAccess } & Record<string, unknown>;
+  /** The agent's job spec without `remote` (selection, parent, tags, ... or snapshot, targetPath, ...). */
   agentSpec: Record<string, unknown>;
 }
 
@@ -67,8 +69,10 @@ async function runOnNode(node: NodeEntry, stream: RemoteStream, ctx: StreamConte
   ctx.signal.addEventListener('abort', onAbort, { once: true });
   let ready!: () => void;
   const isReady = new Promise<void>((resolve) => (ready = resolve));
-  ctx.log('info', `storage node ${node.name} (${node.dataAddress}) takes client ${stream.client}'s stream to unit ${stream.unit.name}`);
-  const served = runOnAgent(node.link, 'node-backup', { storage: stream.storage, session, client: stream.client, parent: stream.parent, tags: stream.tags }, {
+  ctx.log('info', stream.kind === 'backup'
+    ? `storage node ${node.name} (${node.dataAddress}) takes client ${stream.client}'s stream to unit ${stream.unit.name}`
+    : `storage node ${node.name} (${node.dataAddress}) serves the restore from unit ${stream.unit.name} to client ${stream.client}`);
+  const served = runOnAgent(node.link, stream.kind === 'backup' ? 'node-backup' : 'node-restore', { ...stream.nodeSpec, session }, {
     jobId: ctx.jobId,
     signal: both.signal,
     emit: (e) => {
@@ -85,7 +89,7 @@ async function runOnNode(node: NodeEntry, stream: RemoteStream, ctx: StreamConte
   nodeDone.catch(() => both.abort(new CofferError('CANCELLED', 'the storage node ended the session')));
   try {
     await Promise.race([isReady, nodeDone]);
-    const sent = runOnAgent(stream.link, 'backup', { ...stream.agentSpec, client: stream.client, parent: stream.parent, tags: stream.tags, remote: { address: node.dataAddress!, session, node: node.name } }, {
+    const sent = runOnAgent(stream.link, stream.kind, { ...stream.agentSpec, remote: { address: node.dataAddress!, session, node: node.name } }, {
       jobId: ctx.jobId,
       emit: ctx.emit,
       signal: both.signal,
@@ -108,6 +112,7 @@ async function runOnNode(node: NodeEntry, stream: RemoteStream, ctx: StreamConte
     if (nodeResult.status === 'rejected') throw nodeResult.reason;
     const a = agentResult.value;
     const n = nodeResult.value;
+    if (stream.kind === 'restore') return { ...a, node: node.name, nodeResult: n };
     if (a.snapshot !== n.snapshot) throw new CofferError('INTERNAL', `The agent reports snapshot ${String(a.snapshot)}, the storage node ${String(n.snapshot)}`);
     return { ...a, bytesStored: n.bytesStored, bytesReceived: n.bytesReceived, node: node.name };
   } finally {
