@@ -167,6 +167,11 @@ export interface JobEnd {
   error?: Record<string, unknown>;
   /** For a failure: queue it again, after a backoff, if attempts are left. */
   retry?: boolean;
+  /**
+   * For a failure: queue it again to start at this time (ms), without using an attempt: it did
+   * not run (its client's agent is not connected, and its window is still open).
+   */
+  waitUntil?: number;
 }
 
 export interface JobFilter {
@@ -516,8 +521,15 @@ export function jobsModule(scope: Scope): Jobs {
         if (job.state !== 'running') throw new CofferError('CONFLICT', `Cannot ${action}: it is ${job.state}, not running`, { hint: 'A job is finished once, by whoever claimed it.' });
         const now = scope.now();
         const again = end.state === 'failed' && end.retry === true && job.attempt < job.max_attempts;
+        const wait = end.state === 'failed' && end.waitUntil !== undefined;
         let row;
-        if (again) {
+        if (wait) {
+          row = await trx.updateTable('jobs').set({
+            state: 'queued', not_before: end.waitUntil!, started: null, ended: null,
+            updated: now, progress: null, error: toJson(end.error), claimed_by: null,
+          }).where('id', '=', id).where('state', '=', 'running').returningAll().executeTakeFirstOrThrow();
+          await appendIn(trx, id, [{ level: 'info', message: `Waiting: ${String((end.error as { message?: string } | undefined)?.message ?? 'not ready')}; looking again at ${new Date(end.waitUntil!).toISOString()}` }], action);
+        } else if (again) {
           const delay = backoff(job.attempt);
           row = await trx.updateTable('jobs').set({
             state: 'queued', attempt: job.attempt + 1, not_before: now + delay, started: null, ended: null,

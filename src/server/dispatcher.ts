@@ -25,6 +25,8 @@ export interface JobEnd {
   error?: { code: string; message: string; hint?: string };
   /** A failure that may pass (storage or agent unavailable): queue it again if attempts are left. */
   retry?: boolean;
+  /** It did not run: queue it again for this time without using an attempt (catalog JobEnd.waitUntil). */
+  waitUntil?: number;
 }
 
 export type JobExecutor = (ctx: JobContext) => Promise<JobEnd>;
@@ -178,7 +180,7 @@ export class Dispatcher {
         // An interrupted job stays running in the catalog: interruptRunning() at the next start
         // records it and queues it again (also when this process dies before getting here).
         if (end.state === 'interrupted') finished = await catalog.jobs.get(job.id);
-        else finished = await catalog.jobs.finish(job.id, { state: end.state, result: end.result, error: end.error, retry: end.retry });
+        else finished = await catalog.jobs.finish(job.id, { state: end.state, result: end.result, error: end.error, retry: end.retry, ...(end.waitUntil !== undefined ? { waitUntil: end.waitUntil } : {}) });
       } catch (e) {
         this.options.onError?.(toCofferError(e), job);
         finished = { ...job, state: end.state === 'interrupted' ? 'running' : end.state };

@@ -60,6 +60,9 @@ function add(a: number | undefined, b: unknown): number {
   return (a ?? 0) + (typeof b === 'number' ? b : 0);
 }
 
+/** How often a backup waiting for its client's agent looks again (COFFER_UNREACHABLE_POLL_MS for tests). */
+const UNREACHABLE_POLL_MS = Number(process.env.COFFER_UNREACHABLE_POLL_MS ?? 30_000);
+
 /** The backup job: spec { level?, slot?, notAfter? } plus the job's client, policy and schedule. */
 export function backupExecutor(s: Services): JobExecutor {
   return async (ctx: JobContext): Promise<JobEnd> => {
@@ -68,6 +71,15 @@ export function backupExecutor(s: Services): JobExecutor {
     const notAfter = typeof job.spec.notAfter === 'number' ? job.spec.notAfter : undefined;
     if (notAfter !== undefined && s.now() > notAfter) {
       return { state: 'missed', error: { code: 'REFUSED', message: `Missed: the backup window closed at ${new Date(notAfter).toISOString()} before the job could start`, hint: 'Widen the window, or raise the storage unit\'s maxJobs or the server\'s job limit.' } };
+    }
+    // An unreachable client's scheduled backup waits, attempt unused, until its window ends; a
+    // job claimed after that is missed (above). Without a window the queue's retries apply.
+    if (notAfter !== undefined && !s.agents.has(job.client)) {
+      return {
+        state: 'failed',
+        waitUntil: Math.min(s.now() + UNREACHABLE_POLL_MS, notAfter + 1),
+        error: { code: 'STORAGE_UNAVAILABLE', message: `client ${job.client}'s agent is not connected; the backup waits for it until its window closes at ${new Date(notAfter).toISOString()}, then counts as missed` },
+      };
     }
     const policy = (await s.catalog.policies.get(job.policy)).spec as PolicyDocument['spec'];
     const schedule = job.schedule ? policy.schedules.find((x) => x.name === job.schedule) : undefined;
