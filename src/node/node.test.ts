@@ -190,3 +190,41 @@ test('a session reads only its parent\'s trees and commits only its client\'s sn
   await assert.rejects(c2.request(T.COMMIT, Buffer.from(JSON.stringify(snap))), (e: Error & { code?: string }) => e.code === 'FORBIDDEN' && /cannot commit a snapshot of host other/.test(e.message));
   assert.equal((await served2).state, 'failed');
 });
+
+test('hostile data connections: garbage, a frame too long, a truncated PUT, another client\'s session', async (t) => {
+  const env = await setup(t);
+  const session = token();
+  const { served, ready } = serve(env, { session, client: 'web01', parent: 'none', tags: [] });
+  await ready;
+  const raw = async (bytes: Buffer) => {
+    const s = connect(env.port, '127.0.0.1');
+    await once(s, 'connect');
+    s.write(bytes);
+    const chunks: Buffer[] = [];
+    s.on('data', (c: Buffer) => chunks.push(c));
+    await once(s, 'close');
+    return Buffer.concat(chunks);
+  };
+  // Not our protocol at all: refused, and the session still waits for its agent.
+  const garbage = await raw(Buffer.from('GET / HTTP/1.1\r\nHost: x\r\n\r\n'));
+  assert.match(garbage.subarray(9).toString(), /does not speak the Coffer data protocol/);
+  assert.ok(env.logs.some((l) => /refused/.test(l)), env.logs.join('\n'));
+  // Another client's certificate cannot open this client's session, even with its token.
+  const { createServer } = await import('node:net');
+  const intruder = createServer((socket) => env.service.accept(socket, 'web02'));
+  intruder.listen(0, '127.0.0.1');
+  await once(intruder, 'listening');
+  t.after(() => intruder.close());
+  const s1 = connect((intruder.address() as { port: number }).port, '127.0.0.1');
+  await once(s1, 'connect');
+  await assert.rejects(openSession(new NodeClient(s1), session, 'backup'), (e: Error & { code?: string }) => e.code === 'FORBIDDEN' && /client web01's/.test(e.message));
+  // The right client opens it; a PUT that ends inside a blob ends the session with PROTOCOL.
+  const s2 = connect(env.port, '127.0.0.1');
+  await once(s2, 'connect');
+  const c = new NodeClient(s2);
+  await openSession(c, session, 'backup');
+  await assert.rejects(c.request(T.PUT, [blobHeader('data', Buffer.alloc(32), 100, 100, false), Buffer.alloc(10)]), (e: Error & { code?: string }) => e.code === 'PROTOCOL');
+  const done = await served;
+  assert.equal(done.state, 'failed');
+  assert.equal(done.error!.code, 'PROTOCOL');
+});
