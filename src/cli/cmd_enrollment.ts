@@ -4,6 +4,7 @@
 // host; revoking an identity ends its live connection at once and refuses it from then on.
 
 import type { Command } from 'commander';
+import type { NodeView } from '../server/pki-routes.ts';
 import { CofferError } from '../core/errors.ts';
 import { output } from './context.ts';
 import { apiFor, localTime, serverOption, table } from './remote.ts';
@@ -18,15 +19,6 @@ interface Enrollment {
   agentAddress?: string;
 }
 
-interface NodeView {
-  name: string;
-  connected: boolean;
-  address?: string;
-  version?: string;
-  lastSeen?: number;
-  notAfter?: number;
-  revoked: boolean;
-}
 
 /** The agent port as a host elsewhere reaches it: a wildcard listen address becomes the API's host. */
 function agentAddressFor(apiServer: string, agentAddress: string | undefined): string {

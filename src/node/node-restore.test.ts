@@ -4,19 +4,16 @@
 // still guards it; the session serves only the snapshot's trees and the chunks its files name;
 // a chunk damaged on the node fails its file with a message naming it, and no wrong byte is written.
 import assert from 'node:assert/strict';
-import { createServer, connect, type Server } from 'node:net';
+import { connect } from 'node:net';
 import { chmod, lstat, mkdir, open, readFile, readdir, utimes, writeFile } from 'node:fs/promises';
 import { randomBytes as cryptoRandom } from 'node:crypto';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { once } from 'node:events';
 import { randomBytes } from '../testing/random.ts';
-import { tempDir } from '../testing/tmp.ts';
 import { localHostIdentity } from '../sources/host.ts';
 import type { JobEvent } from '../jobs/events.ts';
-import { AgentRuntime } from '../agent/runtime.ts';
-import type { HostIdentity } from '../repository/snapshot.ts';
-import { NodeService, isSessionReady } from './service.ts';
+import { never, serveSession, startTestNode, type TestNode } from './test-node.ts';
 import { NodeClient } from './client.ts';
 import { openSession } from './remote-store.ts';
 import { openRestoreSession } from './remote-restore.ts';
@@ -28,7 +25,6 @@ import { decodeTree, type Tree } from '../repository/tree.ts';
 import { packName } from '../repository/layout.ts';
 import { openBackend } from '../storage/url.ts';
 
-const never = () => new AbortController().signal;
 const token = () => cryptoRandom(32).toString('base64url');
 
 async function sourceTree(dir: string): Promise<void> {
@@ -44,43 +40,9 @@ async function sourceTree(dir: string): Promise<void> {
   await utimes(join(dir, 'sub'), new Date('2011-02-03T04:05:06Z'), new Date('2011-02-03T04:05:06Z'));
 }
 
-async function setup(t: { after(fn: () => unknown): void }, agentHost: HostIdentity = localHostIdentity()) {
-  const dir = await tempDir(t);
-  const storage = { url: join(dir, 'repo'), password: 'unit password' };
-  const service = new NodeService();
-  const server: Server = createServer((socket) => service.accept(socket, undefined));
-  server.listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  t.after(() => server.close());
-  const port = (server.address() as { port: number }).port;
-  const node = new AgentRuntime({ stateDir: join(dir, 'node'), host: localHostIdentity(), workers: 1, idleMs: 50, node: service });
-  t.after(() => node.close());
-  const init = await node.run('init', { storage }, () => {}, never());
-  assert.equal(init.state, 'succeeded', JSON.stringify(init.error));
-  const connectNode = async (r: { address: string }) => {
-    const [host, p] = r.address.split(':');
-    const s = connect(Number(p), host);
-    await once(s, 'connect');
-    return s;
-  };
-  const agent = new AgentRuntime({ stateDir: join(dir, 'agent'), host: agentHost, workers: 1, idleMs: 50, connectNode });
-  t.after(() => agent.close());
-  return { dir, storage, node, agent, address: `127.0.0.1:${port}`, port };
-}
-
-type Env = Awaited<ReturnType<typeof setup>>;
-
-/** A node job that opens a session: the job, and when its agent may connect. */
-function serve(env: Env, kind: 'node-backup' | 'node-restore', spec: Record<string, unknown>, events: JobEvent[] = []) {
-  let onReady!: () => void;
-  const ready = new Promise<void>((r) => (onReady = r));
-  const served = env.node.run(kind, { storage: env.storage, ...spec }, (e) => {
-    events.push(e);
-    if (isSessionReady(e as { type: string; data?: Record<string, unknown> })) onReady();
-  }, never());
-  void served.then(() => onReady());
-  return { served, ready };
-}
+const setup = startTestNode;
+type Env = TestNode;
+const serve = serveSession;
 
 async function remoteBackup(env: Env, client: string, paths: string[]): Promise<string> {
   const session = token();

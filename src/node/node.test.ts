@@ -4,18 +4,16 @@
 // snapshot restores byte for byte, a forged chunk is refused and logged, a session is single-use
 // and bound to its client, and the parent's trees are the only ones an agent can read.
 import assert from 'node:assert/strict';
-import { createServer, connect, type Server } from 'node:net';
+import { connect } from 'node:net';
 import { mkdir, writeFile, readFile } from 'node:fs/promises';
 import { randomBytes as cryptoRandom } from 'node:crypto';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { once } from 'node:events';
 import { randomBytes } from '../testing/random.ts';
-import { tempDir } from '../testing/tmp.ts';
 import { localHostIdentity } from '../sources/host.ts';
 import type { JobEvent } from '../jobs/events.ts';
-import { AgentRuntime } from '../agent/runtime.ts';
-import { NodeService, isSessionReady } from './service.ts';
+import { never, serveSession, startTestNode, type TestNode } from './test-node.ts';
 import { NodeClient } from './client.ts';
 import { openSession } from './remote-store.ts';
 import { T, blobHeader, encodeIds } from './wire.ts';
@@ -24,7 +22,6 @@ import { Repository } from '../repository/repository.ts';
 import { loadSnapshot } from '../repository/snapshot.ts';
 import { openBackend } from '../storage/url.ts';
 
-const never = () => new AbortController().signal;
 const token = () => cryptoRandom(32).toString('base64url');
 
 async function sourceTree(dir: string, seed: number): Promise<void> {
@@ -33,47 +30,9 @@ async function sourceTree(dir: string, seed: number): Promise<void> {
   await writeFile(join(dir, 'sub', 'big.bin'), randomBytes(seed * 100 + 99, 4_000_000));
 }
 
-async function setup(t: { after(fn: () => unknown): void }) {
-  const dir = await tempDir(t);
-  const storage = { url: join(dir, 'repo'), password: 'unit password' };
-  const logs: string[] = [];
-  const service = new NodeService({ log: (m) => logs.push(m) });
-  // The peer's name as a TLS certificate would give it: here the first line the test client sends.
-  const server: Server = createServer((socket) => service.accept(socket, undefined));
-  server.listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  t.after(() => server.close());
-  const port = (server.address() as { port: number }).port;
-  const node = new AgentRuntime({ stateDir: join(dir, 'node'), host: localHostIdentity(), workers: 1, idleMs: 50, node: service });
-  t.after(() => node.close());
-  const init = await node.run('init', { storage }, () => {}, never());
-  assert.equal(init.state, 'succeeded', JSON.stringify(init.error));
-  const agent = new AgentRuntime({
-    stateDir: join(dir, 'agent'), host: localHostIdentity(), workers: 1, idleMs: 50,
-    connectNode: async (r) => {
-      const [host, p] = r.address.split(':');
-      const s = connect(Number(p), host);
-      await once(s, 'connect');
-      return s;
-    },
-  });
-  t.after(() => agent.close());
-  return { dir, storage, service, node, agent, address: `127.0.0.1:${port}`, port, logs };
-}
-
-type Env = Awaited<ReturnType<typeof setup>>;
-
-/** The node's side of a session: the job, and when its agent may connect. */
-function serve(env: Env, spec: { session: string; client: string; parent: string; tags: string[] }, events: JobEvent[] = []) {
-  let onReady!: () => void;
-  const ready = new Promise<void>((r) => (onReady = r));
-  const served = env.node.run('node-backup', { storage: env.storage, ...spec }, (e) => {
-    events.push(e);
-    if (isSessionReady(e as { type: string; data?: Record<string, unknown> })) onReady();
-  }, never());
-  void served.then(() => onReady());
-  return { served, ready };
-}
+const setup = startTestNode;
+type Env = TestNode;
+const serve = (env: Env, spec: { session: string; client: string; parent: string; tags: string[] }, events: JobEvent[] = []) => serveSession(env, 'node-backup', spec, events);
 
 /** One remote backup: the node's session and the agent's job, side by side, as the server runs them. */
 async function remoteBackup(env: Env, client: string, paths: string[], parent = 'none') {

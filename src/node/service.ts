@@ -235,7 +235,6 @@ class BackupSession {
   /** Trees of the parent the agent may read: the root, and the subtrees of trees it read. */
   private readonly readable = new Set<string>();
   private blobsReceived = 0;
-  private committed: string | undefined;
 
   constructor(spec: BackupSessionSpec, repo: Repository, store: LocalBackupStore, conn: Connection, openId: number, parent: { id: string; snapshot: Snapshot } | undefined, emit: EmitJobEvent, service: NodeService) {
     this.spec = spec;
@@ -442,7 +441,6 @@ class BackupSession {
     // What was stored is the node's to say: the agent sent its snapshot before the last packs closed.
     if (snap.summary) snap.summary = { ...snap.summary, bytesStored: this.store.stats.bytesStored };
     const id = await this.store.commit(snap, {});
-    this.committed = id;
     const stats = this.store.stats;
     this.conn.send(jsonFrame(T.OK, f.id, { snapshot: id, stats }));
     this.emit({ type: 'log', level: 'info', message: `snapshot ${id.slice(0, 12)} of client ${spec.client} committed: ${this.blobsReceived} blob(s) received, ${stats.blobsNew} new, ${stats.bytesStored} bytes stored` });
