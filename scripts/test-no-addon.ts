@@ -16,7 +16,7 @@ import { join } from 'node:path';
 const ROOT = join(import.meta.dirname, '..');
 
 const FILES = [
-  'src/{core,engine,repository,sources,agent}/**/*.test.ts',
+  'src/{core,engine,repository,sources,agent,node}/**/*.test.ts',
   'test/{backup,restore,restore-temps,restore-fallback,scan,sparse,repository,cli,compare,no-addon}.test.ts',
 ];
 
