@@ -291,7 +291,7 @@ test('a storage node enrolls, is listed, renews its certificate without reconnec
   assert.ok(revoked.certificates >= 2, 'the enrolled and the renewed certificates');
   assert.equal((await node.exited).code, 4);
   const after = await json(['nodes', 'list'], adminEnv(ts), 0);
-  assert.deepEqual(after.nodes.map((n: Json) => [n.name, n.connected, n.revoked]), [['store1', false, true]]);
+  assert.deepEqual(after.nodes.map((n: Json) => [n.name, n.connected, n.revoked, n.embedded ?? false]), [[ts.server.clientName, true, false, true], ['store1', false, true, false]]);
 });
 
 test('an agent drops a server that stopped answering, and `run` refuses --json and a missing enrollment', async (t) => {
@@ -341,7 +341,7 @@ test('the API over HTTPS with the CA\'s certificate, and `coffer login --ca-fing
   checkJsonOutput('login', ok.stdout, ok.code);
   // The saved login carries the CA: later commands trust the server.
   const listed = await json(['nodes', 'list'], env, 0);
-  assert.deepEqual(listed.nodes, []);
+  assert.deepEqual(listed.nodes.map((n: Json) => n.name), [ts.server.clientName], 'only the embedded node');
   // --cacert does the same from the file.
   const viaFile = await runCli(['--json', 'login', '--server', ts.url, '--user', 'admin', '--password-stdin', '--cacert', join(ts.dataDir, 'ca.pem')], { env, input: TEST_ADMIN_PASSWORD });
   assert.equal(viaFile.code, 0, viaFile.stdout);

@@ -68,7 +68,11 @@ export function register(program: Command): void {
   serverOption(nodes.command('list').description('storage nodes: enrolled, connected, last seen'))
     .action(async (_o: unknown, cmd: Command) => {
       const r = await apiFor(cmd).request<{ items: NodeView[] }>('GET', '/api/v1/nodes');
-      output(cmd).summary({ nodes: r.items }, () => table(['NAME', 'CONNECTED', 'ADDRESS', 'VERSION', 'LAST-SEEN', 'CERT-UNTIL'],
-        r.items.map((n) => [n.name, n.revoked ? 'revoked' : n.connected ? 'yes' : 'no', n.address ?? '-', n.version ?? '-', localTime(n.lastSeen), localTime(n.notAfter)])));
+      output(cmd).summary({ nodes: r.items }, () => table(['NAME', 'CONNECTED', 'DATA-PORT', 'JOBS', 'CPU', 'IOWAIT', 'ADDRESS', 'VERSION', 'LAST-SEEN', 'CERT-UNTIL'],
+        r.items.map((n) => [
+          n.embedded ? `${n.name} (embedded)` : n.name, n.revoked ? 'revoked' : n.connected ? 'yes' : 'no', n.dataAddress ?? '-',
+          n.load ? String(n.load.jobs) : '-', n.load ? n.load.cpu.toFixed(2) : '-', n.load ? `${Math.round(n.load.ioWait * 100)}%` : '-',
+          n.address ?? '-', n.version ?? '-', n.embedded ? '-' : localTime(n.lastSeen), n.embedded ? '-' : localTime(n.notAfter),
+        ])));
     });
 }

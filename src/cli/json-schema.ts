@@ -433,7 +433,11 @@ export const COMMAND_OUTPUT: Record<string, CommandOutput> = {
   'nodes revoke': { events: [], summary: revokeSummary('node') },
   'nodes list': {
     events: [],
-    summary: summary({ nodes: z.array(z.strictObject({ name: z.string(), connected: z.boolean(), revoked: z.boolean(), address: z.string().optional(), version: z.string().optional(), lastSeen: count.optional(), notAfter: count.optional() })) }),
+    summary: summary({ nodes: z.array(z.strictObject({
+      name: z.string(), connected: z.boolean(), revoked: z.boolean(), address: z.string().optional(), version: z.string().optional(), lastSeen: count.optional(), notAfter: count.optional(),
+      embedded: z.boolean().optional(), dataAddress: z.string().optional(), assigned: count.optional(),
+      load: z.strictObject({ cpu: z.number(), memory: z.number(), ioWait: z.number(), jobs: count, bytesInFlight: count }).optional(),
+    })) }),
   },
   'agent enroll': { events: [], summary: enrolledSummary('agent') },
   'node enroll': { events: [], summary: enrolledSummary('node') },

@@ -39,6 +39,13 @@ export interface NodeView {
   /** When its newest certificate that is not revoked runs out. */
   notAfter?: number;
   revoked: boolean;
+  /** The server's own embedded node (no enrollment). */
+  embedded?: boolean;
+  /** Where agents send backups (its data port), when it has one and is connected. */
+  dataAddress?: string;
+  /** What it said of its load with its last heartbeat, and the jobs this server gave it that run. */
+  load?: { cpu: number; memory: number; ioWait: number; jobs: number; bytesInFlight: number };
+  assigned?: number;
 }
 
 export function pkiRoutes(deps: { s: Services; pki?: PkiDeps }): RouteDef[] {
@@ -91,9 +98,19 @@ export function pkiRoutes(deps: { s: Services; pki?: PkiDeps }): RouteDef[] {
       handler: async () => {
         const live = new Map((pki().port?.connected('node') ?? []).map((c) => [c.name, c]));
         const items: NodeView[] = [];
+        const state = (name: string) => {
+          const e = deps.s.nodes.get(name);
+          if (!e) return {};
+          const l = e.link.load;
+          return { ...(e.dataAddress ? { dataAddress: e.dataAddress } : {}), ...(l ? { load: { cpu: l.cpu, memory: l.memory, ioWait: l.ioWait, jobs: l.jobs, bytesInFlight: l.bytesInFlight } } : {}), assigned: e.assigned };
+        };
+        for (const e of deps.s.nodes.list().filter((n) => n.embedded)) {
+          items.push({ name: e.name, connected: true, revoked: false, embedded: true, ...state(e.name) });
+        }
         for (const id of await deps.s.catalog.pki.identities('node')) {
           const c = live.get(id.name);
           items.push({
+            ...state(id.name),
             name: id.name,
             connected: c !== undefined,
             ...(c ? { address: c.address, version: c.version, lastSeen: c.lastSeen } : {
