@@ -66,6 +66,8 @@ export interface LocalStoreOptions extends CallOptions {
   dryRun?: boolean;
   onNotice?: (message: string) => void;
   onPackUploaded?: (packId: string) => void;
+  /** Write an index file after this many packs (BlobSaver's indexEvery): what others can see sooner. */
+  indexEvery?: number;
 }
 
 /** The store of a process that holds the repository's keys: a BlobSaver and the repository's session. */
@@ -94,7 +96,7 @@ export class LocalBackupStore implements BackupStore {
       // Register first, then read the GC plans: a prune that marks after this point waits for us.
       const condemned = await loadCondemned(repo, { signal });
       await repo.loadIndex({ signal, onUnreadable: (id, e) => options.onNotice?.(`index file ${id.slice(0, 12)} is unreadable (${e.message}) and was left out: what only it knew is stored again; \`coffer repo repair index\` repairs the index`) });
-      const saver = new BlobSaver(repo, pool, { signal, onPackUploaded: options.onPackUploaded, session, condemned });
+      const saver = new BlobSaver(repo, pool, { signal, onPackUploaded: options.onPackUploaded, session, condemned, ...(options.indexEvery ? { indexEvery: options.indexEvery } : {}) });
       return new LocalBackupStore(repo, saver, session, condemned, new TreeLoader(repo, { decoder: pool, signal }), options.dryRun === true);
     } catch (e) {
       await session?.end().catch(() => {});
@@ -125,6 +127,14 @@ export class LocalBackupStore implements BackupStore {
 
   hasBlob(type: BlobType, id: Uint8Array): boolean {
     return this.repo.hasBlob(type, id, this.condemned);
+  }
+
+  /**
+   * Reads the index files written since the index was loaded (by other backups running now), so
+   * that what they stored is not stored again; a failure to list leaves the index as it was.
+   */
+  async refreshIndex(options: CallOptions = {}): Promise<void> {
+    await this.repo.loadIndex({ ...options, onUnreadable: () => {} }).catch(() => {});
   }
 
   async saveMany(items: BlobItem[], released?: () => void): Promise<void> {

@@ -187,3 +187,22 @@ test('hostile data connections: garbage, a frame too long, a truncated PUT, anot
   assert.equal(done.state, 'failed');
   assert.equal(done.error!.code, 'PROTOCOL');
 });
+
+test('backups running at once find what the others stored since they began: the session reads new index files when its agent asks', async (t) => {
+  const env = await setup(t);
+  const a = join(env.dir, 'a');
+  await sourceTree(a, 3);
+  // web02's session opens (and loads the index) before web01 stores anything.
+  const session = token();
+  const { served, ready } = serve(env, { session, client: 'web02', parent: 'none', tags: [] });
+  await ready;
+  const first = await remoteBackup(env, 'web01', [a]);
+  assert.equal(first.node.state, 'succeeded', JSON.stringify(first.node.error));
+  // web02's agent asks about the same chunks: the session reads the index files written since it
+  // began (at its first question, then every few seconds), and finds them.
+  const sent = await env.agent.run('backup', { remote: { address: env.address, session, node: 'node1' }, client: 'web02', parent: 'none', tags: [], selection: { paths: [a] } }, () => {}, never());
+  assert.equal(sent.state, 'succeeded', JSON.stringify(sent.error));
+  assert.equal((await served).state, 'succeeded');
+  const scanned = sent.result!.bytesScanned as number;
+  assert.ok((sent.result!.bytesSent as number) < 0.01 * scanned, `web02 sent ${String(sent.result!.bytesSent)} of ${scanned}`);
+});

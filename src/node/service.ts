@@ -56,6 +56,11 @@ export const SESSION_READY = 'sessionReady';
 /** True for the event a node's session job emits once its agent may connect. */
 export const isSessionReady = (e: { type: string; data?: Record<string, unknown> }): boolean => e.type === 'log' && e.data?.[SESSION_READY] === true;
 
+/** A node's backup session writes an index file after this many packs (a local backup: 64). */
+const SESSION_INDEX_EVERY = 4;
+/** A session reads new index files at most this often, when its agent asks which chunks are stored. */
+const INDEX_REFRESH_MS = 5_000;
+
 /** How long a session waits for its agent to connect (default 10 min). */
 const CONNECT_TIMEOUT_MS = Number(process.env.COFFER_NODE_CONNECT_TIMEOUT_MS ?? 600_000);
 
@@ -161,7 +166,9 @@ export class NodeService {
     if (parent && parent.snapshot.host.hostname !== spec.client) {
       throw new CofferError('REFUSED', `Cannot use snapshot ${spec.parent.slice(0, 12)} as client ${spec.client}'s parent: it is ${parent.snapshot.host.hostname}'s`);
     }
-    const store = await LocalBackupStore.open(repo, pool, { signal, onNotice: (m) => emit({ type: 'log', level: 'warn', message: m }) });
+    // Index files every few packs, and the index read again while agents ask (HAVE): backups of
+    // many clients at once then find what the others stored minutes ago, not only at their start.
+    const store = await LocalBackupStore.open(repo, pool, { signal, indexEvery: SESSION_INDEX_EVERY, onNotice: (m) => emit({ type: 'log', level: 'warn', message: m }) });
     let conn: Connection;
     let openId: number;
     try {
@@ -235,6 +242,8 @@ class BackupSession {
   /** Trees of the parent the agent may read: the root, and the subtrees of trees it read. */
   private readonly readable = new Set<string>();
   private blobsReceived = 0;
+  /** When the index was last brought up to date (the session's first question always does). */
+  private indexRead = 0;
 
   constructor(spec: BackupSessionSpec, repo: Repository, store: LocalBackupStore, conn: Connection, openId: number, parent: { id: string; snapshot: Snapshot } | undefined, emit: EmitJobEvent, service: NodeService) {
     this.spec = spec;
@@ -317,6 +326,10 @@ class BackupSession {
       switch (f.type) {
         case T.HAVE: {
           const ids = parseIds(f.payload);
+          if (Date.now() - this.indexRead >= INDEX_REFRESH_MS) {
+            this.indexRead = Date.now();
+            await this.store.refreshIndex();
+          }
           const out = Buffer.alloc(ids.length);
           for (let i = 0; i < ids.length; i++) {
             const { type, id } = ids[i]!;
