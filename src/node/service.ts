@@ -13,11 +13,10 @@
 // tags and parent; nothing half-sent is ever committed.
 
 import type { Duplex } from 'node:stream';
-import { promisify } from 'node:util';
-import { zstdDecompress } from 'node:zlib';
 import { CofferError, toCofferError } from '../core/errors.ts';
 import type { BlobType } from '../engine/format.ts';
 import { chunkId, toHex } from '../engine/hash.ts';
+import { decompress } from '../engine/compress.ts';
 import { LocalBackupStore, type BlobItem } from '../jobs/backup-store.ts';
 import type { BlobDecoder } from '../jobs/read-blobs.ts';
 import type { EmitJobEvent } from '../jobs/events.ts';
@@ -29,7 +28,6 @@ import type { SessionHello } from './remote-store.ts';
 import { serveRestoreSession, type NodeRestoreResult, type RestoreSessionSpec } from './restore-session.ts';
 import { DATA_PROTOCOL, FrameReader, T, errorFrame, frame, jsonFrame, parseIds, parseJson, parsePut, type Frame } from './wire.ts';
 
-const decompressAsync = promisify(zstdDecompress);
 
 /** What the server asks of the node for one backup (protocol.ts nodeBackupSpec). */
 export interface BackupSessionSpec {
@@ -398,7 +396,8 @@ class BackupSession {
     let raw: Buffer;
     if (compressed) {
       try {
-        raw = await decompressAsync(bytes, { maxOutputLength: Math.max(1, rawLength) });
+        // On this thread (see remote-store.ts compress): exactly rawLength bytes, or CORRUPT.
+        raw = decompress(bytes, rawLength);
       } catch (e) {
         throw new CofferError('CORRUPT', `Chunk ${toHex(id).slice(0, 12)} from client ${this.spec.client} does not decompress: ${(e as Error).message}`);
       }
