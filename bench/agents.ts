@@ -449,7 +449,7 @@ async function section3(work: string, vm: string): Promise<void> {
   const one = await timedRepoBackup(dir, [join(DATA, vm)]);
   print(`For comparison, \`coffer repo backup\` of ${vm} by one process into a fresh local repository (caches ${one.cache}): ${sec(one.wallMs)} s, CPU ${sec(one.cpuMs)} s, peak RSS ${mib(one.maxRss)} MiB, page faults ${one.faults}.`);
   print();
-  print(`First backup: ${sec(first.wallMs)} s, ${gb(r.scannedBytes)} GB scanned, ${gb(r.sentBytes)} GB sent, ${gb(r.storedBytes)} GB stored; second: ${sec(second.wallMs)} s, ${second.jobs[0].state}, ${(second.jobs[0].result?.sentBytes / 1e6).toFixed(1)} MB sent.`);
+  print(`First backup: ${sec(first.wallMs)} s, ${gb(r.scannedBytes)} GB scanned, ${gb(r.sentBytes)} GB sent, ${gb(r.storedBytes)} GB stored; second: ${sec(second.wallMs)} s, ${second.jobs[0].state}${second.jobs[0].error ? ` (${JSON.stringify(second.jobs[0].error)})` : ''}, ${(second.jobs[0].result?.sentBytes / 1e6).toFixed(1)} MB sent.`);
   print();
   await stopAll();
   rmSync(dir, { recursive: true, force: true });
