@@ -46,16 +46,7 @@ export async function startDataPort(o: { host: string; port: number; advertise?:
     o.accept(socket, id.name);
   });
   server.on('tlsClientError', (e, socket) => o.log(`data connection from ${socket.remoteAddress} refused: ${e.message}`));
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(o.port, o.host, () => {
-      server.off('error', reject);
-      resolve();
-    });
-  }).catch((e: NodeJS.ErrnoException) => {
-    throw new CofferError('USAGE', `Cannot listen for data connections on ${o.host}:${o.port}: ${e.code === 'EADDRINUSE' ? 'the address is in use' : e.message}`, { hint: 'Give another --data-listen HOST:PORT.' });
-  });
-  const port = (server.address() as { port: number }).port;
+  const port = await listenOn(server, o.host, o.port, { what: 'data connections', inUse: 'the address is in use', hint: 'Give another --data-listen HOST:PORT.' });
   const wildcard = o.host === '0.0.0.0' || o.host === '::';
   if (wildcard && !o.advertise) {
     server.close();
@@ -67,6 +58,23 @@ export async function startDataPort(o: { host: string; port: number; advertise?:
     setIdentity: (id) => server.setSecureContext({ key: id.key, cert: id.cert, ca: id.ca }),
     close: () => new Promise<void>((resolve) => server.close(() => resolve())),
   };
+}
+
+/**
+ * Listens on host:port and resolves with the port bound (a given 0 picks one); a failure is
+ * USAGE naming the address, `what` listens there, and `hint` (what to give instead).
+ */
+export async function listenOn(server: Server, host: string, port: number, o: { what: string; inUse: string; hint: string }): Promise<number> {
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(port, host, () => {
+      server.off('error', reject);
+      resolve();
+    });
+  }).catch((e: NodeJS.ErrnoException) => {
+    throw new CofferError('USAGE', `Cannot listen for ${o.what} on ${host}:${port}: ${e.code === 'EADDRINUSE' ? o.inUse : e.message}`, { hint: o.hint });
+  });
+  return (server.address() as { port: number }).port;
 }
 
 /** An agent's data connection to the node the server named, authenticated both ways. */

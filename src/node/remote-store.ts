@@ -115,44 +115,39 @@ export class RemoteBackupStore implements BackupStore {
     try {
       this.check();
       const waits: Array<Promise<void>> = [];
-      const fresh: BlobItem[] = [];
-      let own: { resolve: () => void; reject: (e: unknown) => void } | undefined;
-      const mine = new Promise<void>((resolve, reject) => (own = { resolve, reject }));
-      mine.catch(() => {});
+      const fresh = new Map<string, BlobItem>();
       for (const it of items) {
         const k = keyOf(it.type, it.id);
         const seen = this.known.get(k);
-        if (seen === true) {
-          this.stats.blobsKnown++;
-          continue;
-        }
-        if (seen) {
-          waits.push(seen);
-          continue;
-        }
-        this.known.set(k, mine);
-        fresh.push(it);
+        if (seen === true) this.stats.blobsKnown++;
+        else if (seen) waits.push(seen);
+        else fresh.set(k, it);
       }
-      try {
-        if (fresh.length) {
-          const present = await Promise.all(fresh.map((it) => this.have(it.type as WireBlobType, it.id)));
-          const missing = fresh.filter((_, i) => !present[i]);
-          this.stats.blobsKnown += fresh.length - missing.length;
-          const encoded = await Promise.all(missing.map((it) => this.compress(it)));
+      if (fresh.size) {
+        // Another call with the same blobs meanwhile waits for this one's PUT, not its own.
+        const sent = this.sendMissing([...fresh.values()], () => {
           released?.();
           released = undefined;
-          for (let i = 0; i < missing.length; i++) await this.queuePut(missing[i]!, encoded[i]!);
-        }
-        for (const it of fresh) this.known.set(keyOf(it.type, it.id), true);
-        own!.resolve();
-      } catch (e) {
-        own!.reject(e);
-        throw e;
+        });
+        sent.catch(() => {});
+        for (const k of fresh.keys()) this.known.set(k, sent);
+        await sent;
+        for (const k of fresh.keys()) this.known.set(k, true);
       }
       await Promise.all(waits);
     } finally {
       released?.();
     }
+  }
+
+  /** Asks which of `items` the node lacks, compresses those (then `released`), and queues their PUT. */
+  private async sendMissing(items: BlobItem[], released: () => void): Promise<void> {
+    const present = await Promise.all(items.map((it) => this.have(it.type as WireBlobType, it.id)));
+    const missing = items.filter((_, i) => !present[i]);
+    this.stats.blobsKnown += items.length - missing.length;
+    const encoded = await Promise.all(missing.map((it) => this.compress(it)));
+    released();
+    for (let i = 0; i < missing.length; i++) await this.queuePut(missing[i]!, encoded[i]!);
   }
 
   loadTree(id: string): Promise<Tree> {

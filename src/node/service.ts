@@ -83,7 +83,6 @@ export interface Connection {
   socket: Duplex;
   /** The certificate's identity of the peer (undefined: an unauthenticated transport, tests and loopback). */
   peer: string | undefined;
-  reader: FrameReader;
   bytesIn: number;
   send(b: Buffer): void;
 }
@@ -98,11 +97,6 @@ export class NodeService {
     this.options = options;
   }
 
-  /** Sessions waiting for their agent or running. */
-  get sessions(): number {
-    return this.waiting.size;
-  }
-
   /**
    * Takes one data connection. Its first frame must open a session this node has; with `peer`
    * (the TLS client certificate's name), the session's client must be that peer.
@@ -112,7 +106,6 @@ export class NodeService {
       socket,
       peer,
       bytesIn: 0,
-      reader: undefined as unknown as FrameReader,
       send: (b) => {
         if (!socket.destroyed) socket.write(b);
       },
@@ -122,9 +115,9 @@ export class NodeService {
       this.options.log?.(`data connection${peer ? ` from ${peer}` : ''} refused: ${e.message}`);
       conn.send(errorFrame(id, e));
       socket.end();
-      conn.reader.stop();
+      reader.stop();
     };
-    conn.reader = new FrameReader((f) => {
+    const reader = new FrameReader((f) => {
       if (opened) return;
       opened = true;
       if (f.type !== T.OPEN) return refuse(f.id, new CofferError('PROTOCOL', 'The first message on a data connection must open a session'));
@@ -142,12 +135,12 @@ export class NodeService {
       // One connection per session: the token is spent. The agent sends nothing more before
       // the session's hello, so nothing is left in this reader.
       this.waiting.delete(v.session as string);
-      conn.reader.stop();
+      reader.stop();
       w.attach(conn, f.id);
     }, (e) => refuse(0, e));
     const onData = (b: Buffer) => {
       conn.bytesIn += b.length;
-      if (!opened) conn.reader.push(b);
+      if (!opened) reader.push(b);
     };
     socket.on('data', onData);
     socket.on('error', () => socket.destroy());
@@ -158,7 +151,7 @@ export class NodeService {
    * commits its snapshot. `repo` and `pool` are opened by the caller for the session's length.
    */
   async serveBackup(spec: BackupSessionSpec, repo: Repository, pool: Encoder & BlobDecoder, emit: EmitJobEvent, signal: AbortSignal): Promise<NodeBackupResult> {
-    if (this.waiting.has(spec.session)) throw new CofferError('CONFLICT', 'A session with this token is open already');
+    this.checkToken(spec.session);
     // The parent, read before the agent comes: it is part of the session's hello.
     const parent = spec.parent === 'none' ? undefined : await findSnapshot(repo, spec.parent, {}, { signal });
     if (parent && parent.snapshot.host.hostname !== spec.client) {
@@ -189,8 +182,13 @@ export class NodeService {
    * opened by the caller for the session's length.
    */
   async serveRestore(spec: RestoreSessionSpec, repo: Repository, pool: BlobDecoder, emit: EmitJobEvent, signal: AbortSignal): Promise<NodeRestoreResult> {
-    if (this.waiting.has(spec.session)) throw new CofferError('CONFLICT', 'A session with this token is open already');
+    this.checkToken(spec.session);
     return serveRestoreSession(spec, repo, pool, emit, signal, (ready) => this.waitForAgent(spec.session, 'restore', spec.client, ready, signal), this);
+  }
+
+  /** A session token must be new on this node (checked before the session's work begins). */
+  private checkToken(session: string): void {
+    if (this.waiting.has(session)) throw new CofferError('CONFLICT', 'A session with this token is open already');
   }
 
   /**

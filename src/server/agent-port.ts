@@ -15,9 +15,10 @@
 import { createHash } from 'node:crypto';
 import { createServer, type Server, type TLSSocket } from 'node:tls';
 import type { Logger } from 'pino';
-import { CofferError, toCofferError } from '../core/errors.ts';
+import { toCofferError } from '../core/errors.ts';
 import { LineReader, encodeMessage, parseToServer, refusalFor, type RefusalCode, type ToAgent } from '../agent/protocol.ts';
 import { certificateInfo, identityFromAltNames, type Identity, type PkiRole } from '../agent/pki.ts';
+import { listenOn } from '../agent/data-port.ts';
 import { AgentLink, type AgentHello } from './agent-link.ts';
 import type { CertificateAuthority, ServerTls } from './ca.ts';
 import type { Services } from './services.ts';
@@ -71,17 +72,7 @@ export class AgentPort {
 
   static async start(o: AgentPortOptions): Promise<AgentPort> {
     const server = createServer({ key: o.tls.key, cert: o.tls.chain, ca: o.ca.pem, requestCert: true, rejectUnauthorized: false, minVersion: 'TLSv1.3' });
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', reject);
-      server.listen(o.port, o.host, () => {
-        server.off('error', reject);
-        resolve();
-      });
-    }).catch((e: NodeJS.ErrnoException) => {
-      throw new CofferError('USAGE', `Cannot listen for agents on ${o.host}:${o.port}: ${e.code === 'EADDRINUSE' ? 'the address is in use (another coffer server?)' : e.message}`, { hint: 'Give another address with --agent-listen HOST:PORT.' });
-    });
-    const address = server.address();
-    const port = typeof address === 'object' && address ? address.port : o.port;
+    const port = await listenOn(server, o.host, o.port, { what: 'agents', inUse: 'the address is in use (another coffer server?)', hint: 'Give another address with --agent-listen HOST:PORT.' });
     const agentPort = new AgentPort(server, o, port);
     server.on('secureConnection', (socket) => agentPort.accept(socket));
     // A failed handshake (not TLS, a client that distrusts us) is the peer's problem: logged, not fatal.

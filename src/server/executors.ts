@@ -99,6 +99,8 @@ export function backupExecutor(s: Services): JobExecutor {
     const streams: Record<string, string> = {};
     const failures: string[] = [];
     const result: JobResult & Record<string, number | string | null> = { image: image.id, level, streams: policy.selections.length, scannedBytes: 0, sentBytes: 0, newBytes: 0, storedBytes: 0, files: 0, warnings: 0 };
+    // A remote agent holds no repository key: its streams go through a storage node of the unit.
+    const remoteUnit = s.agents.isRemote(job.client) ? await s.catalog.storageUnits.get(unit) : undefined;
     let next = 0;
     const worker = async () => {
       while (next < policy.selections.length) {
@@ -119,10 +121,9 @@ export function backupExecutor(s: Services): JobExecutor {
             ...(hook(sel.pre) ? { pre: hook(sel.pre) } : {}),
             ...(hook(sel.post) ? { post: hook(sel.post) } : {}),
           };
-          // A remote agent holds no repository key: its stream goes through a storage node.
-          const r = s.agents.isRemote(job.client!)
+          const r = remoteUnit
             ? await runRemoteStream(s, {
-              kind: 'backup', client: job.client!, link, unit: await s.catalog.storageUnits.get(unit),
+              kind: 'backup', client: job.client!, link, unit: remoteUnit,
               nodeSpec: { storage, client: job.client!, parent, tags }, agentSpec: { ...agentSpec, client: job.client!, parent, tags },
             }, { jobId: job.id, emit: ctx.emit, log: (l, m) => ctx.log(l, m), signal: ctx.signal })
             : await runOnAgent(link, 'backup', { storage, client: job.client, parent, tags, ...agentSpec }, { jobId: job.id, emit: ctx.emit, signal: ctx.signal });

@@ -54,13 +54,18 @@ export async function runRemoteStream(s: Services, stream: RemoteStream, ctx: St
       return await NodeRegistry.track(node, runOnNode(node, stream, ctx));
     } catch (e) {
       const err = toCofferError(e);
-      if (err.code === 'CANCELLED' || ctx.signal.aborted || !(err as CofferError & { nodeFailed?: boolean }).nodeFailed) throw err;
+      if (err.code === 'CANCELLED' || ctx.signal.aborted || !isNodeFailure(err)) throw err;
       failed.add(node.name);
       ctx.log('warn', `storage node ${node.name} failed this stream (${err.message}); ${failed.size < MAX_NODES_PER_STREAM ? 'trying another node that serves unit ' + stream.unit.name : 'giving up for now'}`);
       if (failed.size >= MAX_NODES_PER_STREAM) throw err;
     }
   }
 }
+
+/** Errors that are the node's fault: the stream may run again on another node. */
+const NODE_FAILED = new WeakSet<object>();
+const nodeFailure = (e: CofferError): CofferError => (NODE_FAILED.add(e), e);
+const isNodeFailure = (e: unknown): boolean => typeof e === 'object' && e !== null && NODE_FAILED.has(e);
 
 async function runOnNode(node: NodeEntry, stream: RemoteStream, ctx: StreamContext): Promise<Record<string, unknown>> {
   const session = randomBytes(32).toString('base64url');
@@ -83,8 +88,7 @@ async function runOnNode(node: NodeEntry, stream: RemoteStream, ctx: StreamConte
   // The node's failure, marked as the node's: the stream may go to another node.
   const nodeDone = served.catch((e: unknown) => {
     const err = toCofferError(e);
-    if (err.transient || !node.link.isOpen) Object.assign(err, { nodeFailed: true });
-    throw err;
+    throw err.transient || !node.link.isOpen ? nodeFailure(err) : err;
   });
   nodeDone.catch(() => both.abort(new CofferError('CANCELLED', 'the storage node ended the session')));
   try {
@@ -94,19 +98,19 @@ async function runOnNode(node: NodeEntry, stream: RemoteStream, ctx: StreamConte
       emit: ctx.emit,
       signal: both.signal,
     });
-    sent.catch(() => both.abort(new CofferError('CANCELLED', 'the agent ended its side of the backup')));
+    sent.catch(() => both.abort(new CofferError('CANCELLED', `the agent ended its side of the ${stream.kind}`)));
     // The node's result is the truth of what was committed; a node that fails after the agent
     // gave up is the agent's failure, which says why.
     const [agentResult, nodeResult] = await Promise.allSettled([sent, nodeDone]);
     if (agentResult.status === 'rejected') {
       const err = toCofferError(agentResult.reason);
       if (ctx.signal.aborted) throw err;
-      if (nodeResult.status === 'rejected' && (nodeResult.reason as { nodeFailed?: boolean }).nodeFailed && err.code === 'CANCELLED') throw nodeResult.reason;
+      if (nodeResult.status === 'rejected' && isNodeFailure(nodeResult.reason) && err.code === 'CANCELLED') throw nodeResult.reason;
       // The agent lost its data connection: if the node is gone (killed, its host down), that is
       // the node's failure, and the stream moves to another node. Its link to the server closes
       // at about the same moment; give it a little time to be noticed.
       if (err.transient && node.link.isOpen) await Promise.race([node.link.closed, new Promise((r) => setTimeout(r, NODE_GONE_GRACE_MS).unref())]);
-      if (err.transient && !node.link.isOpen) throw Object.assign(new CofferError('STORAGE_UNAVAILABLE', `storage node ${node.name} went away: ${err.message}`), { nodeFailed: true });
+      if (err.transient && !node.link.isOpen) throw nodeFailure(new CofferError('STORAGE_UNAVAILABLE', `storage node ${node.name} went away: ${err.message}`));
       throw err;
     }
     if (nodeResult.status === 'rejected') throw nodeResult.reason;

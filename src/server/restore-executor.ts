@@ -125,6 +125,7 @@ export function restoreExecutor(s: Services): JobExecutor {
       const others = copies.filter((c) => c !== copy);
       try {
         const storage = await s.storageAccess(copy.storageUnit);
+        const remoteUnit = s.agents.isRemote(spec.toClient) ? await s.catalog.storageUnits.get(copy.storageUnit) : undefined;
         let damaged = 0;
         let warnings = 0;
         const before = new Map(Object.entries(sources).map(([k, v]) => [k, v.chunks]));
@@ -145,9 +146,9 @@ export function restoreExecutor(s: Services): JobExecutor {
           };
           // A remote agent holds no repository key: a node reads the copy and sends it what it
           // asks for (alternates are the node's own index; the next copy is the re-run below).
-          const r = s.agents.isRemote(spec.toClient)
+          const r = remoteUnit
             ? await runRemoteStream(s, {
-              kind: 'restore', client: spec.toClient, link, unit: await s.catalog.storageUnits.get(copy.storageUnit),
+              kind: 'restore', client: spec.toClient, link, unit: remoteUnit,
               nodeSpec: { storage, client: spec.toClient, snapshot }, agentSpec,
             }, { jobId: ctx.job.id, emit: ctx.emit, log: (l, m) => ctx.log(l, m), signal: ctx.signal })
             : await runOnAgent(link, 'restore', { storage, ...agentSpec, ...(alternates.length ? { alternates } : {}) }, { jobId: ctx.job.id, emit: ctx.emit, signal: ctx.signal });
